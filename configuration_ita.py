@@ -1,0 +1,423 @@
+"""Configuration of ITA (Image-Text Aggregation for open-vocabulary semantic segmentation).
+
+One configuration class describes both ITA and FC-CLIP, its parent model: they differ only in
+the number of dominant-category text queries, the number of learnable queries and whether the
+masked-attention decoder keeps its self-attention sub-layers.
+"""
+
+import copy
+import math
+
+from transformers import PreTrainedConfig
+
+__all__ = ["ITAConfig", "CONVNEXT_LARGE_D_320_CLIP_CONFIG", "VILD_PROMPT_TEMPLATES", "COCO_PANOPTIC_VOCABULARY"]
+
+# open_clip's `model_configs/convnext_large_d_320.json` (the CLIP of FC-CLIP and ITA). Kept as a dict so
+# that building the model never needs the network or a model name.
+CONVNEXT_LARGE_D_320_CLIP_CONFIG = {
+    "embed_dim": 768,
+    "vision_cfg": {
+        "timm_model_name": "convnext_large",
+        "timm_model_pretrained": False,
+        "timm_pool": "",
+        "timm_proj": "mlp",
+        "timm_drop": 0.0,
+        "timm_drop_path": 0.1,
+        "image_size": 320,
+    },
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 16},
+}
+
+# The 14 ViLD prompt templates used by FC-CLIP (fcclip/fcclip.py, VILD_PROMPT).
+VILD_PROMPT_TEMPLATES = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+
+# COCO panoptic's 133 classes with FC-CLIP's synonyms (fcclip/data/datasets/coco_panoptic_with_prompt_eng.txt):
+# the training vocabulary of the released models.
+COCO_PANOPTIC_VOCABULARY = (
+    'person,child,girl,boy,woman,man,people,children,girls,boys,women,men,lady,guy,ladies,guys,clothes',
+    'bicycle,bicycles,bike,bikes',
+    'car,cars',
+    'motorcycle,motorcycles',
+    'airplane,airplanes',
+    'bus,buses',
+    'train,trains,locomotive,locomotives,freight train',
+    'truck,trucks',
+    'boat,boats',
+    'traffic light',
+    'fire hydrant',
+    'stop sign',
+    'parking meter',
+    'bench,benches',
+    'bird,birds',
+    'cat,cats,kitties,kitty',
+    'dog,dogs,puppy,puppies',
+    'horse,horses,foal',
+    'sheep',
+    'cow,cows,calf',
+    'elephant,elephants',
+    'bear,bears',
+    'zebra,zebras',
+    'giraffe,giraffes',
+    'backpack,backpacks',
+    'umbrella,umbrellas',
+    'handbag,handbags',
+    'tie',
+    'suitcase,suitcases',
+    'frisbee',
+    'skis',
+    'snowboard',
+    'sports ball',
+    'kite,kites',
+    'baseball bat',
+    'baseball glove',
+    'skateboard',
+    'surfboard',
+    'tennis racket',
+    'bottle,bottles,water bottle',
+    'wine glass,wine glasses,wineglass',
+    'cup,cups,water cup,water glass',
+    'fork,forks',
+    'knife,knives',
+    'spoon,spoons',
+    'bowl,bowls',
+    'banana,bananas',
+    'apple,apples,apple fruit',
+    'sandwich,sandwiches',
+    'orange fruit',
+    'broccoli',
+    'carrot,carrots',
+    'hot dog',
+    'pizza',
+    'donut,donuts',
+    'cake,cakes',
+    'chair,chairs',
+    'couch,sofa,sofas',
+    'potted plant,potted plants,pottedplant,pottedplants,planter,planters',
+    'bed,beds',
+    'dining table,dining tables,diningtable,diningtables,plate,plates,diningtable tablecloth',
+    'toilet',
+    'tv',
+    'laptop',
+    'mouse',
+    'tv remote,remote control',
+    'keyboard',
+    'cell phone,mobile',
+    'microwave',
+    'oven,ovens',
+    'toaster',
+    'sink,sinks',
+    'refrigerator,fridge',
+    'book,books',
+    'clock',
+    'vase,vases',
+    'scissor,scissors',
+    'teddy bear,teddy bears',
+    'hair drier',
+    'toothbrush,toothbrushes',
+    'banner,banners',
+    'blanket,blankets',
+    'bridge',
+    'cardboard',
+    'counter',
+    'curtain,curtains',
+    'door,doors',
+    'wood floor',
+    'flower,flowers',
+    'fruit,fruits',
+    'gravel',
+    'house',
+    'lamp,bulb,lamps,bulbs',
+    'mirror',
+    'tennis net',
+    'pillow,pillows',
+    'platform',
+    'playingfield,tennis court,baseball field,soccer field,tennis field',
+    'railroad',
+    'river',
+    'road',
+    'roof',
+    'sand',
+    'sea,sea wave,wave,waves',
+    'shelf',
+    'snow',
+    'stairs',
+    'tent',
+    'towel',
+    'brick wall',
+    'stone wall',
+    'tile wall',
+    'wood wall',
+    'water',
+    'window blind',
+    'window',
+    'tree,trees,palm tree,bushes',
+    'fence,fences',
+    'ceiling',
+    'sky,clouds',
+    'cabinet,cabinets',
+    'table',
+    'floor,flooring,tile floor',
+    'pavement',
+    'mountain,mountains',
+    'grass',
+    'dirt',
+    'paper',
+    'food',
+    'building,buildings',
+    'rock',
+    'wall,walls',
+    'rug',
+)
+
+
+class ITAConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`ITAForOpenVocabSegmentation`]. The defaults build ITA with the frozen OpenCLIP
+    ConvNeXt-L (`convnext_large_d_320`) of the paper; `ITAConfig.fcclip()` gives FC-CLIP.
+
+    Args:
+        clip_config (`dict`, *optional*):
+            open_clip model configuration (`embed_dim`, `vision_cfg`, `text_cfg`), as in open_clip's
+            `model_configs/*.json`. The vision tower must be a timm ConvNeXt trunk. Defaults to
+            `convnext_large_d_320`.
+        num_queries (`int`, *optional*, defaults to 180):
+            Learnable object queries (180 for ITA, 250 for FC-CLIP).
+        num_dominant_categories (`int`, *optional*, defaults to 20):
+            Top-k vocabulary names whose text embeddings become text queries (dominant-category
+            unearthing); 0 turns it off (FC-CLIP).
+        dominant_category_extra_names (`list[str]`, *optional*, defaults to `["other"]`):
+            Names added to the vocabulary's synonyms as candidates when ranking dominant categories.
+        dominant_category_image_size (`int`, *optional*, defaults to 320):
+            Side of the centre crop that CLIP sees when ranking dominant categories.
+        decoder_self_attention (`bool`, *optional*, defaults to `False`):
+            Whether each decoder layer has a self-attention sub-layer (FC-CLIP) or not (ITA).
+        hidden_dim (`int`, *optional*, defaults to 256):
+            Width of the decoder queries.
+        decoder_layers (`int`, *optional*, defaults to 9):
+            Masked-attention decoder layers (Mask2Former's `DEC_LAYERS` minus one).
+        decoder_attention_heads (`int`, *optional*, defaults to 8):
+            Heads of the decoder's attention layers.
+        decoder_ffn_dim (`int`, *optional*, defaults to 2048):
+            Hidden size of the decoder's feed-forward layers.
+        decoder_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout in the decoder.
+        num_feature_levels (`int`, *optional*, defaults to 3):
+            Feature levels (strides 32, 16, 8) used by the pixel decoder's encoder and the decoder.
+        pixel_decoder_dim (`int`, *optional*, defaults to 256):
+            Channels of the pixel decoder (`CONVS_DIM`).
+        mask_dim (`int`, *optional*, defaults to 256):
+            Channels of the stride-4 mask features.
+        pixel_decoder_encoder_layers (`int`, *optional*, defaults to 6):
+            Deformable-attention encoder layers.
+        pixel_decoder_attention_heads (`int`, *optional*, defaults to 8):
+            Heads of the deformable attention.
+        pixel_decoder_num_points (`int`, *optional*, defaults to 4):
+            Sampling points per head and level of the deformable attention.
+        pixel_decoder_ffn_dim (`int`, *optional*, defaults to 1024):
+            Hidden size of the encoder's feed-forward layers.
+        pixel_decoder_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout in the pixel decoder's encoder.
+        group_norm_groups (`int`, *optional*, defaults to 32):
+            Groups of the pixel decoder's GroupNorm layers.
+        prompt_templates (`list[str]`, *optional*):
+            Prompt templates, each with one `{}`; defaults to the 14 ViLD templates.
+        train_vocabulary (`list[str]`, *optional*):
+            Training classes, each a string of comma-separated synonyms; defaults to COCO panoptic's
+            133 classes. Also decides the category-overlapping mask of the geometric ensemble.
+        logit_scale_init (`float`, *optional*, defaults to log(1/0.07)):
+            Initial value of the in-vocabulary classifier's learnable log temperature.
+        logit_scale_max (`float`, *optional*, defaults to 100.0):
+            Upper clamp of the exponentiated logit scale.
+        ensemble_alpha (`float`, *optional*, defaults to 0.4):
+            Weight of the out-of-vocabulary (CLIP) probabilities for classes seen in training.
+        ensemble_beta (`float`, *optional*, defaults to 0.8):
+            Weight of the out-of-vocabulary probabilities for unseen classes.
+        ensemble_on_valid_mask (`bool`, *optional*, defaults to `False`):
+            Use the CLIP probabilities only for queries whose mask covers at least one CLIP-feature pixel.
+        class_weight (`float`, *optional*, defaults to 2.0):
+            Weight of the classification loss and matching cost.
+        mask_weight (`float`, *optional*, defaults to 5.0):
+            Weight of the sigmoid binary cross-entropy mask loss and matching cost.
+        dice_weight (`float`, *optional*, defaults to 5.0):
+            Weight of the dice loss and matching cost.
+        no_object_weight (`float`, *optional*, defaults to 0.1):
+            Cross-entropy weight of the void class.
+        train_num_points (`int`, *optional*, defaults to 12544):
+            Points sampled per mask for matching and for the mask losses.
+        oversample_ratio (`float`, *optional*, defaults to 3.0):
+            Oversampling of candidate points for uncertainty-based point selection.
+        importance_sample_ratio (`float`, *optional*, defaults to 0.75):
+            Share of points chosen by uncertainty rather than uniformly.
+        deep_supervision (`bool`, *optional*, defaults to `True`):
+            Apply the loss to every intermediate decoder prediction.
+        text_batch_size (`int`, *optional*, defaults to 256):
+            Prompts encoded per text-encoder forward; bounds memory for large vocabularies.
+        init_std (`float`, *optional*, defaults to 0.02):
+            Unused by the original initialisation scheme; kept for transformers compatibility.
+    """
+
+    model_type = "ita"
+
+    def __init__(
+        self,
+        clip_config=None,
+        num_queries=180,
+        num_dominant_categories=20,
+        dominant_category_extra_names=("other",),
+        dominant_category_image_size=320,
+        decoder_self_attention=False,
+        hidden_dim=256,
+        decoder_layers=9,
+        decoder_attention_heads=8,
+        decoder_ffn_dim=2048,
+        decoder_dropout=0.0,
+        num_feature_levels=3,
+        pixel_decoder_dim=256,
+        mask_dim=256,
+        pixel_decoder_encoder_layers=6,
+        pixel_decoder_attention_heads=8,
+        pixel_decoder_num_points=4,
+        pixel_decoder_ffn_dim=1024,
+        pixel_decoder_dropout=0.0,
+        group_norm_groups=32,
+        prompt_templates=None,
+        train_vocabulary=None,
+        logit_scale_init=math.log(1 / 0.07),
+        logit_scale_max=100.0,
+        ensemble_alpha=0.4,
+        ensemble_beta=0.8,
+        ensemble_on_valid_mask=False,
+        class_weight=2.0,
+        mask_weight=5.0,
+        dice_weight=5.0,
+        no_object_weight=0.1,
+        train_num_points=12544,
+        oversample_ratio=3.0,
+        importance_sample_ratio=0.75,
+        deep_supervision=True,
+        text_batch_size=256,
+        init_std=0.02,
+        **kwargs,
+    ):
+        self.clip_config = copy.deepcopy(clip_config if clip_config is not None else CONVNEXT_LARGE_D_320_CLIP_CONFIG)
+        self.num_queries = num_queries
+        self.num_dominant_categories = num_dominant_categories
+        self.dominant_category_extra_names = list(dominant_category_extra_names)
+        self.dominant_category_image_size = dominant_category_image_size
+        self.decoder_self_attention = decoder_self_attention
+        self.hidden_dim = hidden_dim
+        self.decoder_layers = decoder_layers
+        self.decoder_attention_heads = decoder_attention_heads
+        self.decoder_ffn_dim = decoder_ffn_dim
+        self.decoder_dropout = decoder_dropout
+        self.num_feature_levels = num_feature_levels
+        self.pixel_decoder_dim = pixel_decoder_dim
+        self.mask_dim = mask_dim
+        self.pixel_decoder_encoder_layers = pixel_decoder_encoder_layers
+        self.pixel_decoder_attention_heads = pixel_decoder_attention_heads
+        self.pixel_decoder_num_points = pixel_decoder_num_points
+        self.pixel_decoder_ffn_dim = pixel_decoder_ffn_dim
+        self.pixel_decoder_dropout = pixel_decoder_dropout
+        self.group_norm_groups = group_norm_groups
+        self.prompt_templates = list(prompt_templates if prompt_templates is not None else VILD_PROMPT_TEMPLATES)
+        self.train_vocabulary = list(train_vocabulary if train_vocabulary is not None else COCO_PANOPTIC_VOCABULARY)
+        self.logit_scale_init = logit_scale_init
+        self.logit_scale_max = logit_scale_max
+        self.ensemble_alpha = ensemble_alpha
+        self.ensemble_beta = ensemble_beta
+        self.ensemble_on_valid_mask = ensemble_on_valid_mask
+        self.class_weight = class_weight
+        self.mask_weight = mask_weight
+        self.dice_weight = dice_weight
+        self.no_object_weight = no_object_weight
+        self.train_num_points = train_num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.deep_supervision = deep_supervision
+        self.text_batch_size = text_batch_size
+        self.init_std = init_std
+        super().__init__(**kwargs)
+        self.validate_ita()
+
+    @classmethod
+    def fcclip(cls, **kwargs):
+        """FC-CLIP: no text queries, 250 learnable queries, decoder with self-attention."""
+        kwargs.setdefault("num_dominant_categories", 0)
+        kwargs.setdefault("num_queries", 250)
+        kwargs.setdefault("decoder_self_attention", True)
+        return cls(**kwargs)
+
+    @property
+    def total_queries(self):
+        """Queries the decoder runs: dominant-category text queries first, then the learnable ones."""
+        return self.num_dominant_categories + self.num_queries
+
+    @property
+    def clip_embed_dim(self):
+        return self.clip_config["embed_dim"]
+
+    def validate_ita(self):
+        """Raise a `ValueError` naming the field of any invalid value or combination."""
+
+        def fail(field, message):
+            raise ValueError(f"ITAConfig.{field}: {message}")
+
+        clip = self.clip_config
+        if not isinstance(clip, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(clip):
+            fail("clip_config", "must be an open_clip config dict with 'embed_dim', 'vision_cfg' and 'text_cfg'")
+        timm_name = clip["vision_cfg"].get("timm_model_name")
+        if not timm_name or "convnext" not in timm_name:
+            fail("clip_config", f"the vision tower must be a timm ConvNeXt trunk, got timm_model_name={timm_name!r}")
+        for field in ("num_queries", "hidden_dim", "decoder_layers", "decoder_attention_heads", "decoder_ffn_dim",
+                      "pixel_decoder_dim", "mask_dim", "pixel_decoder_attention_heads", "pixel_decoder_num_points",
+                      "pixel_decoder_ffn_dim", "group_norm_groups", "train_num_points", "text_batch_size",
+                      "dominant_category_image_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(field, f"must be a positive integer, got {value!r}")
+        if not isinstance(self.num_dominant_categories, int) or self.num_dominant_categories < 0:
+            fail("num_dominant_categories", f"must be an integer >= 0, got {self.num_dominant_categories!r}")
+        if self.pixel_decoder_encoder_layers < 0:
+            fail("pixel_decoder_encoder_layers", "must be >= 0")
+        if self.num_feature_levels != 3:
+            fail("num_feature_levels", "only 3 levels (strides 32, 16, 8) are supported, as in the original")
+        if self.hidden_dim % self.decoder_attention_heads:
+            fail("decoder_attention_heads", f"must divide hidden_dim={self.hidden_dim}")
+        if self.pixel_decoder_dim % self.pixel_decoder_attention_heads:
+            fail("pixel_decoder_attention_heads", f"must divide pixel_decoder_dim={self.pixel_decoder_dim}")
+        if self.pixel_decoder_dim % self.group_norm_groups:
+            fail("group_norm_groups", f"must divide pixel_decoder_dim={self.pixel_decoder_dim}")
+        if self.hidden_dim != self.pixel_decoder_dim:
+            fail("hidden_dim", f"must equal pixel_decoder_dim={self.pixel_decoder_dim} (no decoder input projection)")
+        if self.mask_dim != self.hidden_dim:
+            fail("mask_dim", f"must equal hidden_dim={self.hidden_dim} (mask pooling adds pooled mask features to the queries)")
+        for field in ("ensemble_alpha", "ensemble_beta", "importance_sample_ratio"):
+            value = getattr(self, field)
+            if not 0.0 <= value <= 1.0:
+                fail(field, f"must lie in [0, 1], got {value!r}")
+        if self.oversample_ratio < 1.0:
+            fail("oversample_ratio", f"must be >= 1, got {self.oversample_ratio!r}")
+        if not self.prompt_templates:
+            fail("prompt_templates", "must not be empty")
+        for template in self.prompt_templates:
+            if template.count("{}") != 1:
+                fail("prompt_templates", f"each template needs exactly one '{{}}', got {template!r}")
+        if not self.train_vocabulary:
+            fail("train_vocabulary", "must not be empty")
+
+

@@ -1,0 +1,1 @@
+"""Image processor for ITA (filled in by the inference issue)."""

@@ -1,0 +1,1 @@
+"""ITA: open-vocabulary semantic segmentation for Hugging Face transformers."""
