@@ -1,0 +1,296 @@
+"""`ITAForOpenVocabSegmentation`: ITA and FC-CLIP in one transformers model."""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from configuration_ita import ITAConfig
+
+from .aggregation_decoder import ITAAggregationDecoder
+from .clip_backbone import ITACLIPBackbone
+from .dominant_categories import ITADominantCategoryUnearthing
+from .layers import classification_logits, mask_pool
+from .loss import ITALoss
+from .pixel_decoder import ITAPixelDecoder
+from .vocabulary import ITAVocabulary, ITAVocabularyEncoder
+
+__all__ = [
+    "ITAOpenVocabSegmentationOutput",
+    "ITAPreTrainedModel",
+    "ITAForOpenVocabSegmentation",
+    "geometric_ensemble",
+]
+
+
+@dataclass
+class ITAOpenVocabSegmentationOutput(ModelOutput):
+    """Output of [`ITAForOpenVocabSegmentation`]. Q = dominant categories + learnable queries, K = classes.
+
+    Args:
+        loss: weighted sum of all loss terms, when labels are given.
+        class_queries_logits: `[B, Q, K + 1]` class logits, void last. In training mode the in-vocabulary logits;
+            in eval mode the log-probabilities of the geometric ensemble of the in- and out-of-vocabulary
+            classifiers (what `post_process_semantic_segmentation` expects).
+        masks_queries_logits: `[B, Q, H/4, W/4]` mask logits on the padded input's stride-4 grid.
+        in_vocabulary_logits: `[B, Q, K + 1]` logits of the decoder's classifier.
+        out_vocabulary_logits: `[B, Q, K + 1]` logits of frozen CLIP on mask-pooled features (eval mode only).
+        dominant_category_ids: `[B, k]` indices into `candidate_names` of the text queries' names (ITA only).
+        dominant_categories: the k chosen names per image (ITA only).
+        auxiliary_logits: the intermediate predictions, dicts with `class_queries_logits` and
+            `masks_queries_logits`, first to last.
+        loss_dict: the unweighted loss terms.
+        image_sizes: `[B, 2]` size of each image inside the padded batch.
+    """
+
+    loss: torch.FloatTensor | None = None
+    class_queries_logits: torch.FloatTensor | None = None
+    masks_queries_logits: torch.FloatTensor | None = None
+    in_vocabulary_logits: torch.FloatTensor | None = None
+    out_vocabulary_logits: torch.FloatTensor | None = None
+    dominant_category_ids: torch.LongTensor | None = None
+    dominant_categories: list | None = None
+    auxiliary_logits: list | None = None
+    loss_dict: dict | None = None
+    image_sizes: torch.LongTensor | None = None
+
+
+def geometric_ensemble(in_vocabulary_logits, out_vocabulary_logits, overlap_mask, alpha, beta, valid=None):
+    """FC-CLIP's geometric ensemble -> log-probabilities [B, Q, K + 1] (void last).
+
+    Classes seen in training mix p_in^(1 - alpha) * p_out^alpha, unseen ones p_in^(1 - beta) * p_out^beta,
+    computed in log space (the original multiplies probabilities, which can underflow to log(0) * 0 = NaN);
+    the void probability of the in-vocabulary classifier scales the rest. `valid` [B, Q] switches the CLIP
+    term off for queries whose mask covers no CLIP-feature pixel.
+    """
+    log_p_in = in_vocabulary_logits[..., :-1].float().log_softmax(dim=-1)
+    log_p_out = out_vocabulary_logits[..., :-1].float().log_softmax(dim=-1)
+    alpha = torch.full_like(log_p_in[..., :1], alpha)
+    beta = torch.full_like(log_p_in[..., :1], beta)
+    if valid is not None:
+        alpha = alpha * valid[..., None].to(alpha.dtype)
+        beta = beta * valid[..., None].to(beta.dtype)
+    seen = (1 - alpha) * log_p_in + alpha * log_p_out
+    unseen = (1 - beta) * log_p_in + beta * log_p_out
+    ensemble = torch.where(overlap_mask.bool(), seen, unseen)
+    void = in_vocabulary_logits.float().softmax(dim=-1)[..., -1:]
+    probs = torch.cat([ensemble.softmax(dim=-1) * (1.0 - void), void], dim=-1)
+    return torch.log(probs + 1e-8)
+
+
+class ITAPreTrainedModel(PreTrainedModel):
+    config_class = ITAConfig
+    base_model_prefix = "ita"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ITACLIPBackbone"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # The original initialisation: each ITA module knows its own scheme (`_reset_parameters`), plain torch
+        # modules keep torch's defaults. transformers' init guard turns these into no-ops for loaded weights.
+        if getattr(module, "_ita_skip_init", False):
+            return  # frozen CLIP: open_clip's own init or loaded weights
+        if hasattr(module, "_reset_parameters"):
+            module._reset_parameters()
+        elif isinstance(module, (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.GroupNorm, nn.Embedding)):
+            module.reset_parameters()
+
+
+class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
+    """Open-vocabulary semantic segmentation with ITA (or FC-CLIP, by config): segment an image into any
+    vocabulary chosen at call time."""
+
+    def __init__(self, config: ITAConfig):
+        super().__init__(config)
+        self.backbone = ITACLIPBackbone(config)  # frozen CLIP (feature extractor of the DEM)
+        self.pixel_decoder = ITAPixelDecoder(config, self.backbone.feature_channels)  # DEM
+        self.dominant_categories = (
+            ITADominantCategoryUnearthing(config) if config.num_dominant_categories > 0 else None
+        )  # DCU
+        self.decoder = ITAAggregationDecoder(config)  # ITA module
+        self.void_embedding = nn.Embedding(1, config.clip_embed_dim)
+        self.criterion = ITALoss(config)
+        self.vocabulary_encoder = ITAVocabularyEncoder(
+            config.prompt_templates,
+            config.train_vocabulary,
+            extra_candidates=config.dominant_category_extra_names,
+            batch_size=config.text_batch_size,
+        )
+        self.post_init()
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def encode_vocabulary(self, class_names=None):
+        """Encode (or fetch from the cache) a vocabulary; defaults to the config's training vocabulary."""
+        class_names = self.config.train_vocabulary if class_names is None else class_names
+        return self.vocabulary_encoder.encode(
+            self.backbone, class_names, with_name_embeddings=self.dominant_categories is not None
+        )
+
+    @staticmethod
+    def _image_sizes(pixel_values, pixel_mask, image_sizes):
+        if image_sizes is not None:
+            return torch.as_tensor(image_sizes, dtype=torch.long, device=pixel_values.device).view(-1, 2)
+        if pixel_mask is not None:
+            heights = pixel_mask.bool().any(dim=2).sum(dim=1)
+            widths = pixel_mask.bool().any(dim=1).sum(dim=1)
+            return torch.stack([heights, widths], dim=1).long()
+        batch, _, height, width = pixel_values.shape
+        return torch.tensor([[height, width]] * batch, dtype=torch.long, device=pixel_values.device)
+
+    def text_classifier(self, vocabulary):
+        """[S + 1, D]: the vocabulary's synonym embeddings, then the learnable void embedding."""
+        void = F.normalize(self.void_embedding.weight, dim=-1)
+        return torch.cat([vocabulary.text_classifier.to(void.dtype), void], dim=0)
+
+    def unearth_dominant_categories(self, pixel_values, image_sizes, vocabulary, dominant_category_ids=None):
+        """Text queries [B, k, hidden] and the chosen candidate indices [B, k] (or None, None for FC-CLIP)."""
+        if self.dominant_categories is None:
+            return None, None
+        if dominant_category_ids is None:
+            dominant_category_ids = self.dominant_categories.rank(
+                self.backbone, pixel_values, image_sizes, vocabulary.name_embeddings
+            )
+        dominant_category_ids = dominant_category_ids.to(vocabulary.name_embeddings.device)
+        num_candidates = vocabulary.name_embeddings.shape[0]
+        if dominant_category_ids.min() < 0 or dominant_category_ids.max() >= num_candidates:
+            raise ValueError(
+                f"dominant_category_ids must index the {num_candidates} candidate names of the vocabulary "
+                f"(its synonyms plus {list(self.config.dominant_category_extra_names)}), got values in "
+                f"[{int(dominant_category_ids.min())}, {int(dominant_category_ids.max())}]"
+            )
+        name_embeddings = vocabulary.name_embeddings[dominant_category_ids]  # [B, k, D]
+        return self.dominant_categories(name_embeddings), dominant_category_ids
+
+    def out_of_vocabulary_logits(self, clip_dense_features, mask_logits, classifier, vocabulary):
+        """Frozen CLIP classifies each query's mask-pooled dense features -> ([B, Q, K + 1], valid [B, Q])."""
+        masks = F.interpolate(mask_logits, size=clip_dense_features.shape[-2:], mode="bilinear", align_corners=False)
+        pooled = mask_pool(clip_dense_features, masks)  # [B, Q, C]
+        embeddings = self.backbone.pooled_embeddings(pooled)  # [B, Q, D]
+        scale = torch.clamp(self.backbone.logit_scale.exp(), max=self.config.logit_scale_max)
+        logits = classification_logits(
+            embeddings, classifier, scale, vocabulary.synonym_to_class, vocabulary.num_classes
+        )
+        valid = (masks > 0).flatten(2).any(dim=-1)
+        return logits, valid
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        pixel_values,
+        pixel_mask=None,
+        image_sizes=None,
+        class_names=None,
+        vocabulary=None,
+        mask_labels=None,
+        class_labels=None,
+        dominant_category_ids=None,
+        output_auxiliary_logits=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        r"""
+        Args:
+            pixel_values: `[B, 3, H, W]` CLIP-normalised images, padded (see `ITAImageProcessor`).
+            pixel_mask: `[B, H, W]`, 1 on real pixels; used to find each image's size when `image_sizes` is absent.
+            image_sizes: `[B, 2]` each image's (height, width) inside the padded batch.
+            class_names: the vocabulary, a list of classes, each a string of comma-separated synonyms. Defaults
+                to the config's training vocabulary.
+            vocabulary: a precomputed `ITAVocabulary` (`model.encode_vocabulary(class_names)`), instead of
+                `class_names`.
+            mask_labels: per image, `[N_i, H, W]` binary target masks (training).
+            class_labels: per image, `[N_i]` target class indices into the vocabulary (training).
+            dominant_category_ids: `[B, k]` precomputed dominant categories (indices into the vocabulary's
+                synonyms followed by the extra candidates); ranked on the fly by CLIP when absent.
+            output_auxiliary_logits: return the intermediate predictions.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        if vocabulary is None:
+            vocabulary = self.encode_vocabulary(class_names)
+        elif not isinstance(vocabulary, ITAVocabulary):
+            raise TypeError(f"vocabulary must be an ITAVocabulary from model.encode_vocabulary(), got {type(vocabulary)}")
+        if (mask_labels is None) != (class_labels is None):
+            raise ValueError("mask_labels and class_labels must be given together")
+        image_sizes = self._image_sizes(pixel_values, pixel_mask, image_sizes)
+
+        # Frozen CLIP -> pixel decoder (the detail enhancement module)
+        features = self.backbone.extract_features(pixel_values)
+        mask_features, multi_scale_features = self.pixel_decoder([features[f"res{i}"] for i in range(2, 6)])
+
+        # Dominant category unearthing -> text queries
+        text_queries, dominant_category_ids = self.unearth_dominant_categories(
+            pixel_values, image_sizes, vocabulary, dominant_category_ids
+        )
+
+        # Image-text aggregation decoder with the in-vocabulary classifier
+        classifier = self.text_classifier(vocabulary)
+        predictions = self.decoder(
+            multi_scale_features, mask_features, text_queries, classifier, vocabulary.synonym_to_class,
+            vocabulary.num_classes,
+        )
+        in_vocabulary_logits, masks_queries_logits = predictions[-1]
+        auxiliary = [
+            {"class_queries_logits": logits, "masks_queries_logits": masks} for logits, masks in predictions[:-1]
+        ]
+
+        loss = loss_dict = None
+        if mask_labels is not None:
+            self._check_labels(mask_labels, class_labels, vocabulary.num_classes, pixel_values.shape[-2:])
+            loss_dict = self.criterion(
+                in_vocabulary_logits, masks_queries_logits, mask_labels, class_labels,
+                auxiliary if self.config.deep_supervision else None,
+            )
+            loss = self.criterion.weighted_total(loss_dict)
+
+        # Inference: out-of-vocabulary classifier (frozen CLIP) and the geometric ensemble
+        out_vocabulary_logits = None
+        class_queries_logits = in_vocabulary_logits
+        if not self.training:
+            out_vocabulary_logits, valid = self.out_of_vocabulary_logits(
+                features["clip_vis_dense"], masks_queries_logits, classifier, vocabulary
+            )
+            class_queries_logits = geometric_ensemble(
+                in_vocabulary_logits, out_vocabulary_logits, vocabulary.overlap_mask,
+                self.config.ensemble_alpha, self.config.ensemble_beta,
+                valid if self.config.ensemble_on_valid_mask else None,
+            )
+
+        dominant_categories = None
+        if dominant_category_ids is not None:
+            names = vocabulary.candidate_names
+            dominant_categories = [[names[i] for i in row] for row in dominant_category_ids.tolist()]
+
+        output = ITAOpenVocabSegmentationOutput(
+            loss=loss,
+            class_queries_logits=class_queries_logits,
+            masks_queries_logits=masks_queries_logits,
+            in_vocabulary_logits=in_vocabulary_logits,
+            out_vocabulary_logits=out_vocabulary_logits,
+            dominant_category_ids=dominant_category_ids,
+            dominant_categories=dominant_categories,
+            auxiliary_logits=auxiliary if output_auxiliary_logits else None,
+            loss_dict=loss_dict,
+            image_sizes=image_sizes,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _check_labels(mask_labels, class_labels, num_classes, padded_size):
+        if len(mask_labels) != len(class_labels):
+            raise ValueError(f"mask_labels has {len(mask_labels)} images but class_labels has {len(class_labels)}")
+        for i, (masks, labels) in enumerate(zip(mask_labels, class_labels)):
+            if masks.shape[0] != labels.shape[0]:
+                raise ValueError(f"image {i}: {masks.shape[0]} masks but {labels.shape[0]} class labels")
+            if tuple(masks.shape[-2:]) != tuple(padded_size):
+                raise ValueError(
+                    f"image {i}: mask_labels of size {tuple(masks.shape[-2:])} do not match the padded input "
+                    f"{tuple(padded_size)}"
+                )
+            if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+                raise ValueError(
+                    f"image {i}: class_labels {labels.tolist()} fall outside the vocabulary of {num_classes} classes"
+                )

@@ -1,0 +1,141 @@
+"""The vocabulary side: class names with synonyms, prompt-template text classifiers, and their cache.
+
+A vocabulary is a list of classes; each class is one string of comma-separated synonyms
+(`"sofa,couch"`). Every synonym is encoded with every prompt template; the embeddings are normalised,
+averaged over templates and normalised again, giving one row per synonym. Classification takes the max
+over a class's synonyms (`layers.classification_logits`).
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["parse_vocabulary", "ITAVocabulary", "ITAVocabularyEncoder"]
+
+
+def parse_vocabulary(class_names):
+    """Validate a vocabulary and split each class into its synonyms.
+
+    Returns a list (one entry per class) of lists of synonyms. Raises `ValueError` for an empty vocabulary,
+    a class or synonym that is empty, a non-string entry, or duplicate class names.
+    """
+    if isinstance(class_names, str):
+        raise ValueError(
+            "The vocabulary must be a list of class names, got a single string "
+            f"{class_names!r}; write synonyms of one class as one comma-separated entry, e.g. ['sofa,couch']"
+        )
+    class_names = list(class_names) if class_names is not None else []
+    if not class_names:
+        raise ValueError("The vocabulary is empty: give at least one class name")
+    parsed, seen = [], {}
+    for index, name in enumerate(class_names):
+        if not isinstance(name, str):
+            raise ValueError(f"Class {index} of the vocabulary is {type(name).__name__}, not a string: {name!r}")
+        synonyms = [synonym.strip() for synonym in name.split(",")]
+        if not name.strip():
+            raise ValueError(f"Class {index} of the vocabulary is an empty string")
+        if any(not synonym for synonym in synonyms):
+            raise ValueError(f"Class {index} of the vocabulary, {name!r}, has an empty synonym")
+        key = ",".join(synonyms)
+        if key in seen:
+            raise ValueError(f"Duplicate class name {name!r} at positions {seen[key]} and {index} of the vocabulary")
+        seen[key] = index
+        parsed.append(synonyms)
+    return parsed
+
+
+@dataclass(frozen=True)
+class ITAVocabulary:
+    """An encoded vocabulary.
+
+    Attributes:
+        class_names: the K classes as given.
+        synonyms: the S synonyms of all classes, class by class.
+        synonym_to_class: `[S]` long, the class of each synonym.
+        text_classifier: `[S, D]` template-averaged, L2-normalised synonym embeddings.
+        overlap_mask: `[K]` float, 1 where a synonym of the class is among the training synonyms.
+        name_embeddings: `[S + E, D]` L2-normalised embeddings of the bare synonyms followed by the E extra
+            dominant-category candidates (`"other"`), or None when not requested.
+        candidate_names: the S + E strings behind `name_embeddings`.
+    """
+
+    class_names: tuple
+    synonyms: tuple
+    synonym_to_class: torch.Tensor
+    text_classifier: torch.Tensor
+    overlap_mask: torch.Tensor
+    name_embeddings: torch.Tensor | None = None
+    candidate_names: tuple | None = None
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+
+class ITAVocabularyEncoder:
+    """Encodes vocabularies with the frozen CLIP text tower and keeps the last few in memory.
+
+    The cache is keyed by the vocabulary, the templates, the device and the dtype, so a second call with the
+    same vocabulary runs no text-encoder forward. Prompts are encoded `batch_size` at a time (bounded memory
+    for large vocabularies such as A-847 x 14 templates) with the context cut to the longest prompt.
+    """
+
+    def __init__(self, templates, train_vocabulary, extra_candidates=(), batch_size=256, cache_size=8):
+        self.templates = tuple(templates)
+        self.extra_candidates = tuple(extra_candidates)
+        self.batch_size = batch_size
+        self.cache_size = cache_size
+        self.train_synonyms = {s for synonyms in parse_vocabulary(train_vocabulary) for s in synonyms}
+        self._cache = OrderedDict()
+
+    def clear_cache(self):
+        self._cache.clear()
+
+    def _encode_texts(self, backbone, texts):
+        embeddings = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = backbone.tokenize(texts[start : start + self.batch_size])
+            embeddings.append(backbone.encode_text(tokens, normalize=False).float())
+        return torch.cat(embeddings)  # [N, D]
+
+    def encode(self, backbone, class_names, with_name_embeddings=False):
+        """Encode `class_names` (a list of comma-separated synonym strings) into an `ITAVocabulary`."""
+        parsed = parse_vocabulary(class_names)
+        weight = backbone.clip_model.text_projection
+        key = (tuple(class_names), self.templates, self.extra_candidates, with_name_embeddings, weight.device, weight.dtype)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+
+        synonyms = [synonym for class_synonyms in parsed for synonym in class_synonyms]
+        synonym_to_class = torch.tensor(
+            [index for index, class_synonyms in enumerate(parsed) for _ in class_synonyms], dtype=torch.long
+        )
+        prompts = [template.format(synonym) for synonym in synonyms for template in self.templates]
+        prompt_embeddings = F.normalize(self._encode_texts(backbone, prompts), dim=-1)
+        text_classifier = prompt_embeddings.view(len(synonyms), len(self.templates), -1).mean(dim=1)
+        text_classifier = F.normalize(text_classifier, dim=-1)  # [S, D]
+        overlap_mask = torch.tensor(
+            [float(any(s in self.train_synonyms for s in class_synonyms)) for class_synonyms in parsed]
+        )
+
+        name_embeddings = candidate_names = None
+        if with_name_embeddings:
+            candidate_names = tuple(synonyms) + self.extra_candidates
+            name_embeddings = F.normalize(self._encode_texts(backbone, list(candidate_names)), dim=-1)
+
+        vocabulary = ITAVocabulary(
+            class_names=tuple(class_names),
+            synonyms=tuple(synonyms),
+            synonym_to_class=synonym_to_class.to(weight.device),
+            text_classifier=text_classifier.to(weight.device),
+            overlap_mask=overlap_mask.to(weight.device),
+            name_embeddings=None if name_embeddings is None else name_embeddings.to(weight.device),
+            candidate_names=candidate_names,
+        )
+        self._cache[key] = vocabulary
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return vocabulary

@@ -1,0 +1,71 @@
+import pytest
+from transformers import AutoConfig
+
+import modeling_ita  # noqa: F401  (registers the Auto classes)
+from configuration_ita import COCO_PANOPTIC_VOCABULARY, VILD_PROMPT_TEMPLATES, ITAConfig
+
+from conftest import tiny_config
+
+
+def test_defaults_are_ita_with_convnext_large():
+    config = ITAConfig()
+    assert config.model_type == "ita"
+    assert (config.num_dominant_categories, config.num_queries, config.decoder_self_attention) == (20, 180, False)
+    assert config.total_queries == 200
+    assert config.clip_config["vision_cfg"]["timm_model_name"] == "convnext_large"
+    assert config.clip_embed_dim == 768
+    assert len(config.prompt_templates) == 14 and config.prompt_templates[0] == "a photo of a {}."
+    assert len(config.train_vocabulary) == 133
+
+
+def test_fcclip_variant():
+    config = ITAConfig.fcclip()
+    assert (config.num_dominant_categories, config.num_queries, config.decoder_self_attention) == (0, 250, True)
+    assert config.total_queries == 250
+
+
+def test_round_trip_through_auto_config(tmp_path):
+    config = tiny_config(ensemble_alpha=0.3, num_queries=7)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, ITAConfig)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.num_queries == 7 and loaded.ensemble_alpha == 0.3
+    assert loaded.clip_config == config.clip_config
+
+
+def test_defaults_do_not_share_mutable_state():
+    a, b = ITAConfig(), ITAConfig()
+    a.clip_config["embed_dim"] = 1
+    a.train_vocabulary.append("x")
+    assert b.clip_config["embed_dim"] == 768 and len(b.train_vocabulary) == 133
+    assert len(COCO_PANOPTIC_VOCABULARY) == 133 and len(VILD_PROMPT_TEMPLATES) == 14
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"num_dominant_categories": -1}, "num_dominant_categories"),
+        ({"num_queries": 0}, "num_queries"),
+        ({"decoder_attention_heads": 3}, "decoder_attention_heads"),
+        ({"pixel_decoder_attention_heads": 5}, "pixel_decoder_attention_heads"),
+        ({"group_norm_groups": 7}, "group_norm_groups"),
+        ({"hidden_dim": 64}, "hidden_dim"),
+        ({"ensemble_alpha": 1.5}, "ensemble_alpha"),
+        ({"prompt_templates": ["no placeholder"]}, "prompt_templates"),
+        ({"prompt_templates": []}, "prompt_templates"),
+        ({"train_vocabulary": []}, "train_vocabulary"),
+        ({"clip_config": {"embed_dim": 8}}, "clip_config"),
+        ({"num_feature_levels": 4}, "num_feature_levels"),
+    ],
+)
+def test_invalid_values_name_the_field(overrides, field):
+    with pytest.raises(ValueError, match=rf"ITAConfig\.{field}"):
+        tiny_config(**overrides)
+
+
+def test_vision_tower_must_be_convnext():
+    clip = dict(tiny_config().clip_config)
+    clip["vision_cfg"] = dict(clip["vision_cfg"], timm_model_name="vit_base_patch16_224")
+    with pytest.raises(ValueError, match="ConvNeXt"):
+        tiny_config(clip_config=clip)

@@ -1,0 +1,103 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_ita.clip_backbone import ITACLIPBackbone
+from modeling_ita.vocabulary import ITAVocabularyEncoder, parse_vocabulary
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return ITACLIPBackbone(tiny_config())
+
+
+def make_encoder(config, **kwargs):
+    return ITAVocabularyEncoder(config.prompt_templates, config.train_vocabulary, ["other"], **kwargs)
+
+
+def test_parse_vocabulary_splits_synonyms():
+    assert parse_vocabulary(["cat", "sofa, couch", "wall"]) == [["cat"], ["sofa", "couch"], ["wall"]]
+
+
+@pytest.mark.parametrize(
+    "vocabulary, message",
+    [
+        ([], "empty"),
+        (None, "empty"),
+        ("cat", "single string"),
+        (["cat", ""], "Class 1 .* empty string"),
+        (["cat", "sofa,,couch"], "empty synonym"),
+        (["cat", "sofa, "], "empty synonym"),
+        (["cat", "dog", "cat"], "Duplicate class name 'cat' at positions 0 and 2"),
+        (["cat", 3], "not a string"),
+    ],
+)
+def test_bad_vocabularies_raise_clear_errors(vocabulary, message):
+    with pytest.raises(ValueError, match=message):
+        parse_vocabulary(vocabulary)
+
+
+def test_classifier_is_template_average_of_normalised_embeddings(backbone):
+    config = tiny_config()
+    encoder = make_encoder(config)
+    vocabulary = encoder.encode(backbone, ["cat", "sofa,couch"])
+    assert vocabulary.synonyms == ("cat", "sofa", "couch")
+    assert vocabulary.synonym_to_class.tolist() == [0, 1, 1]
+    # Direct computation at full context, one prompt at a time.
+    rows = []
+    for synonym in vocabulary.synonyms:
+        prompts = [t.format(synonym) for t in config.prompt_templates]
+        emb = backbone.encode_text(backbone.tokenize(prompts), truncate_context=False)
+        rows.append(F.normalize(F.normalize(emb, dim=-1).mean(0), dim=-1))
+    expected = torch.stack(rows)
+    torch.testing.assert_close(vocabulary.text_classifier, expected, atol=1e-5, rtol=0)
+    assert torch.allclose(vocabulary.text_classifier.norm(dim=-1), torch.ones(3))
+
+
+def test_truncated_context_matches_full_context(backbone):
+    texts = ["a photo of a cat.", "There is a large brick wall in the scene.", "x", "a photo of a sofa in the scene"]
+    tokens = backbone.tokenize(texts)
+    truncated = backbone.encode_text(tokens, truncate_context=True)
+    full = backbone.encode_text(tokens, truncate_context=False)
+    reference = backbone.clip_model.encode_text(tokens)  # open_clip's own 77-token path
+    assert (truncated - full).abs().max() <= 1e-5
+    assert (truncated - reference).abs().max() <= 1e-5
+
+
+def test_second_call_runs_no_text_forward(backbone, monkeypatch):
+    encoder = make_encoder(tiny_config())
+    calls = []
+    original = backbone.encode_text
+    monkeypatch.setattr(backbone, "encode_text", lambda *a, **k: calls.append(1) or original(*a, **k))
+    first = encoder.encode(backbone, ["cat", "dog", "wall"])
+    assert len(calls) > 0
+    count = len(calls)
+    second = encoder.encode(backbone, ["cat", "dog", "wall"])
+    assert len(calls) == count
+    assert second is first
+    encoder.encode(backbone, ["cat", "dog"])  # a different vocabulary is encoded again
+    assert len(calls) > count
+
+
+def test_large_vocabularies_are_encoded_in_bounded_batches(backbone, monkeypatch):
+    encoder = make_encoder(tiny_config(), batch_size=7)
+    sizes = []
+    original = backbone.encode_text
+    monkeypatch.setattr(backbone, "encode_text", lambda tokens, **k: sizes.append(len(tokens)) or original(tokens, **k))
+    classes = [f"thing number {i}" for i in range(20)]
+    vocabulary = encoder.encode(backbone, classes)
+    assert max(sizes) <= 7 and sum(sizes) == 20 * 2
+    unbatched = make_encoder(tiny_config(), batch_size=1000)
+    monkeypatch.setattr(backbone, "encode_text", original)
+    torch.testing.assert_close(vocabulary.text_classifier, unbatched.encode(backbone, classes).text_classifier, atol=1e-5, rtol=0)
+
+
+def test_overlap_mask_and_name_embeddings(backbone):
+    encoder = make_encoder(tiny_config())  # training vocabulary: cat,kitty / dog / sofa,couch / wall / grass / sky
+    vocabulary = encoder.encode(backbone, ["kitty,tiger", "car", "couch"], with_name_embeddings=True)
+    assert vocabulary.overlap_mask.tolist() == [1.0, 0.0, 1.0]
+    assert vocabulary.candidate_names == ("kitty", "tiger", "car", "couch", "other")
+    expected = backbone.encode_text(backbone.tokenize(list(vocabulary.candidate_names)), normalize=True)
+    torch.testing.assert_close(vocabulary.name_embeddings, expected, atol=1e-5, rtol=0)
