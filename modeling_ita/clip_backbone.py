@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ITACLIPBackbone", "build_causal_mask", "load_open_clip_weights"]
+__all__ = ["ITACLIPBackbone", "build_causal_mask", "load_open_clip_weights", "rebuild_causal_mask"]
 
 
 def build_causal_mask(length, device=None, dtype=torch.float32):
@@ -50,16 +50,11 @@ class ITACLIPBackbone(nn.Module):
 
     def train(self, mode=True):
         super().train(mode)
-        self.clip_model.eval()  # frozen: BatchNorm-free, but drop-path and dropout must stay off
+        self.clip_model.eval()  # frozen: drop-path and dropout stay off
+        # `from_pretrained` swaps in new parameters that require gradients; it ends with `model.eval()`, and
+        # Trainer calls `model.train()`, so re-freezing here covers both.
+        self.clip_model.requires_grad_(False)
         return self
-
-    def _reset_parameters(self):
-        # transformers 5 builds models on the meta device and refills non-persistent buffers with uninitialised
-        # memory on `from_pretrained`; open_clip's causal text mask is such a buffer, so rebuild it here.
-        mask = self.clip_model.attn_mask
-        if mask is not None:
-            with torch.no_grad():
-                mask.copy_(build_causal_mask(mask.shape[-1], device=mask.device, dtype=mask.dtype))
 
     @property
     def embed_dim(self):
@@ -125,6 +120,19 @@ class ITACLIPBackbone(nn.Module):
         return F.normalize(x, dim=-1) if normalize else x
 
 
+def rebuild_causal_mask(clip_model):
+    """Refill open_clip's causal text mask, a non-persistent buffer.
+
+    transformers 5 builds models on the meta device and refills non-persistent buffers with uninitialised
+    memory on `from_pretrained`; without this the text embeddings of open_clip's own `encode_text` come out
+    silently wrong after a reload. (`ITACLIPBackbone.encode_text` builds its own mask and is not affected.)
+    """
+    mask = getattr(clip_model, "attn_mask", None)
+    if mask is not None:
+        with torch.no_grad():
+            mask.copy_(build_causal_mask(mask.shape[-1], device=mask.device, dtype=mask.dtype))
+
+
 def load_open_clip_weights(backbone, checkpoint_path):
     """Fill `backbone.clip_model` from an open_clip checkpoint file, strictly.
 
@@ -156,5 +164,5 @@ def load_open_clip_weights(backbone, checkpoint_path):
     if mismatched:
         raise ValueError(f"{checkpoint_path}: shape mismatch for {mismatched[:20]}")
     backbone.clip_model.load_state_dict(state_dict, strict=True)
-    backbone._reset_parameters()
+    rebuild_causal_mask(backbone.clip_model)
     return backbone

@@ -2,16 +2,20 @@
 
 from dataclasses import dataclass
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from configuration_ita import ITAConfig
+try:  # flat layout of a Hub model folder loaded with trust_remote_code
+    from .configuration_ita import ITAConfig
+except ImportError:  # the installed package
+    from configuration_ita import ITAConfig
 
 from .aggregation_decoder import ITAAggregationDecoder
-from .clip_backbone import ITACLIPBackbone
+from .clip_backbone import ITACLIPBackbone, rebuild_causal_mask
 from .dominant_categories import ITADominantCategoryUnearthing
 from .layers import classification_logits, mask_pool
 from .loss import ITALoss
@@ -93,6 +97,8 @@ class ITAPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         # The original initialisation: each ITA module knows its own scheme (`_reset_parameters`), plain torch
         # modules keep torch's defaults. transformers' init guard turns these into no-ops for loaded weights.
+        if isinstance(module, open_clip.model.CLIP):
+            rebuild_causal_mask(module)  # the only CLIP tensor that is not in a checkpoint
         if getattr(module, "_ita_skip_init", False):
             return  # frozen CLIP: open_clip's own init or loaded weights
         if hasattr(module, "_reset_parameters"):
