@@ -56,8 +56,9 @@ class ITAVocabulary:
         synonym_to_class: `[S]` long, the class of each synonym.
         text_classifier: `[S, D]` template-averaged, L2-normalised synonym embeddings.
         overlap_mask: `[K]` float, 1 where a synonym of the class is among the training synonyms.
-        name_embeddings: `[S + E, D]` L2-normalised embeddings of the bare synonyms followed by the E extra
-            dominant-category candidates (`"other"`), or None when not requested.
+        name_embeddings: `[S + E, D]` embeddings of the bare synonyms followed by the E extra dominant-category
+            candidates (`"other"`), L2-normalised text-tower outputs or category-bank rows; None when not
+            requested.
         candidate_names: the S + E strings behind `name_embeddings`.
     """
 
@@ -88,10 +89,26 @@ class ITAVocabularyEncoder:
         self.batch_size = batch_size
         self.cache_size = cache_size
         self.train_synonyms = {s for synonyms in parse_vocabulary(train_vocabulary) for s in synonyms}
+        self.category_bank = None
         self._cache = OrderedDict()
 
     def clear_cache(self):
         self._cache.clear()
+
+    def set_category_bank(self, bank):
+        """Use fixed name embeddings (`{name: [D] tensor}`) for dominant-category candidates, as the original
+        ITA does with `Category/category_tensor.pt`; names missing from the bank raise a `KeyError`, as there.
+        `None` goes back to the text tower."""
+        self.category_bank = None if bank is None else {name: value.reshape(-1) for name, value in bank.items()}
+        self.clear_cache()
+
+    def _name_embeddings(self, backbone, names):
+        if self.category_bank is None:
+            return F.normalize(self._encode_texts(backbone, names), dim=-1)
+        missing = [name for name in names if name not in self.category_bank]
+        if missing:
+            raise KeyError(f"Names missing from the category bank: {missing[:20]} ({len(missing)} in all)")
+        return torch.stack([self.category_bank[name].float() for name in names])
 
     def _encode_texts(self, backbone, texts):
         embeddings = []
@@ -124,7 +141,7 @@ class ITAVocabularyEncoder:
         name_embeddings = candidate_names = None
         if with_name_embeddings:
             candidate_names = tuple(synonyms) + self.extra_candidates
-            name_embeddings = F.normalize(self._encode_texts(backbone, list(candidate_names)), dim=-1)
+            name_embeddings = self._name_embeddings(backbone, list(candidate_names))
 
         vocabulary = ITAVocabulary(
             class_names=tuple(class_names),

@@ -101,3 +101,16 @@ def test_overlap_mask_and_name_embeddings(backbone):
     assert vocabulary.candidate_names == ("kitty", "tiger", "car", "couch", "other")
     expected = backbone.encode_text(backbone.tokenize(list(vocabulary.candidate_names)), normalize=True)
     torch.testing.assert_close(vocabulary.name_embeddings, expected, atol=1e-5, rtol=0)
+
+
+def test_category_bank_replaces_name_embeddings_and_names_missing_ones(backbone):
+    encoder = make_encoder(tiny_config())
+    bank = {name: torch.full((1, 32), float(i)) for i, name in enumerate(["cat", "car", "other"])}
+    encoder.set_category_bank(bank)
+    vocabulary = encoder.encode(backbone, ["cat", "car"], with_name_embeddings=True)
+    assert vocabulary.name_embeddings[:, 0].tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(KeyError, match="wall"):
+        encoder.encode(backbone, ["cat", "wall"], with_name_embeddings=True)
+    encoder.set_category_bank(None)
+    text_tower = encoder.encode(backbone, ["cat", "car"], with_name_embeddings=True)
+    assert torch.allclose(text_tower.name_embeddings.norm(dim=-1), torch.ones(3))
