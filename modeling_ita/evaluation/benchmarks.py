@@ -1,0 +1,492 @@
+"""The six open-vocabulary semantic segmentation benchmarks, their class lists and their data on disk.
+
+Each benchmark records what the FC-CLIP protocol fixes about it (SPEC section 8): the class names with
+FC-CLIP's hand-made synonyms (`vocabularies/NAME.txt`), the ignore index, and the folders in which
+detectron2/FC-CLIP's preparation scripts leave the validation split under `$DETECTRON2_DATASETS`:
+
+- ade150: `ADEChallengeData2016/images/validation` + `.../annotations_detectron2/validation` (png, ignore 255),
+  or the raw `.../annotations/validation` (0 = other: reduce_labels).
+- ade847: `ADE20K_2021_17_01/images_detectron2/validation` + `.../annotations_detectron2/validation` (16-bit
+  tif, ignore 65535), also under `ade/ADE20K_2021_17_01`, where `prepare_ade20k_full_sem_seg.py` writes.
+- pc59: `pascal_ctx_d2/images/validation` + `pascal_ctx_d2/annotations_ctx59/validation` (png, ignore 255).
+- pc459: `pascal_ctx_d2/images/validation` + `pascal_ctx_d2/annotations_ctx459/validation` (16-bit tif,
+  ignore 65535).
+- pas20: `pascal_voc_d2/images/validation` + `pascal_voc_d2/annotations_pascal20/validation` (png, ignore
+  255), or the raw `VOCdevkit/VOC2012` (`JPEGImages` + `SegmentationClass`, split from
+  `ImageSets/Segmentation/val.txt`; 0 = background: reduce_labels).
+- pas21: `pascal_voc_d2/images/validation` + `pascal_voc_d2/annotations_pascal21/validation` (png, ignore
+  255), or the raw `VOCdevkit/VOC2012` as for pas20 (background stays class 0).
+
+Images are .jpg; a label has the image's file stem. `data_dir` may also be a benchmark's own folder
+(`.../ADEChallengeData2016`, `.../VOCdevkit/VOC2012`).
+
+Labels are loaded as stored. Where a layout still has the raw "0 = other/background, classes from 1"
+convention, the dataset's metadata says `reduce_labels=True` and the metric applies the reduction
+(`SegmentationConfusionMatrix(..., reduce_labels=True)`), exactly as FC-CLIP's preparation scripts do.
+"""
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import datasets
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BenchmarkLayout",
+    "SegmentationBenchmark",
+    "BENCHMARKS",
+    "VOCABULARY_DIR",
+    "get_benchmark",
+    "read_vocabulary_file",
+    "load_benchmark",
+    "load_hub_benchmark",
+    "benchmark_metadata",
+]
+
+VOCABULARY_DIR = Path(__file__).parent / "vocabularies"
+
+# FC-CLIP's class files start with a placeholder for the ignored label 0.
+_PLACEHOLDER_CLASS = "invalid_class_id"
+_ID_LINE = re.compile(r"^\s*(-?\d+)\s*:(.*)$")
+_METADATA_PREFIX = "ita-benchmark:"
+
+
+def read_vocabulary_file(path):
+    """Read a class list: one class per line, either `id:name,synonym,...` (FC-CLIP's format) or
+    `name,synonym,...` without ids (one style per file).
+
+    Returns one string per class, its synonyms joined by commas with surrounding spaces removed, in id order
+    for files with ids and in line order otherwise. Blank lines and lines starting with `#` are skipped, as
+    are FC-CLIP's `0:invalid_class_id` placeholders. Raises `ValueError` naming the file and line for a
+    malformed line, an empty class name or synonym, a duplicate id, a gap in the ids, or a duplicate class.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Vocabulary file {path} does not exist")
+    entries = []  # (id or None, line number, class)
+    with_ids = None
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        where = f"{path}, line {number}"
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _ID_LINE.match(line)
+        if match is None and ":" in line:
+            raise ValueError(f"{where}: {line!r} is malformed; expected `id:name,synonym,...` with an integer id")
+        if with_ids is None:
+            with_ids = match is not None
+        elif with_ids != (match is not None):
+            raise ValueError(
+                f"{where}: {line!r} mixes the two styles; write every line as `id:name,synonym,...` "
+                "or every line as `name,synonym,...`"
+            )
+        class_id, names = (int(match.group(1)), match.group(2)) if match else (None, line)
+        synonyms = [synonym.strip() for synonym in names.split(",")]
+        if not names.strip():
+            raise ValueError(f"{where}: the class name is empty")
+        if any(not synonym for synonym in synonyms):
+            raise ValueError(f"{where}: {names.strip()!r} has an empty synonym (two commas or a trailing comma)")
+        if synonyms == [_PLACEHOLDER_CLASS]:
+            continue
+        entries.append((class_id, number, ",".join(synonyms)))
+    if not entries:
+        raise ValueError(f"Vocabulary file {path} holds no class")
+
+    if with_ids:
+        first_line = {}
+        for class_id, number, _ in entries:
+            if class_id in first_line:
+                raise ValueError(
+                    f"{path}, line {number}: duplicate id {class_id} (already on line {first_line[class_id]})"
+                )
+            first_line[class_id] = number
+        entries.sort(key=lambda entry: entry[0])
+        for previous, (class_id, number, _) in zip(entries, entries[1:]):
+            if class_id != previous[0] + 1:
+                raise ValueError(
+                    f"{path}, line {number}: id {class_id} follows id {previous[0]}; ids must be consecutive so "
+                    "that the n-th class is label n"
+                )
+    seen = {}
+    for _, number, name in entries:
+        if name in seen:
+            raise ValueError(f"{path}, line {number}: class {name!r} is already on line {seen[name]}")
+        seen[name] = number
+    return [name for _, _, name in entries]
+
+
+@dataclass(frozen=True)
+class BenchmarkLayout:
+    """Where one preparation of a benchmark's validation split lives, relative to the datasets root.
+
+    Attributes:
+        image_dir: folder of the images.
+        label_dir: folder of the label maps, one per image with the same file stem.
+        image_suffix: image file suffix (".jpg").
+        label_suffix: label file suffix (".png", or ".tif" for 16-bit labels).
+        reduce_labels: the labels still use 0 for "other"/"background" with classes from 1.
+        split_file: optional text file listing the split's file stems (raw VOC); without it every label
+            file in `label_dir` belongs to the split.
+    """
+
+    image_dir: str
+    label_dir: str
+    image_suffix: str = ".jpg"
+    label_suffix: str = ".png"
+    reduce_labels: bool = False
+    split_file: str = None
+
+
+@dataclass(frozen=True)
+class SegmentationBenchmark:
+    """One benchmark of SPEC section 8.
+
+    Attributes:
+        name: registry key (`"ade150"`).
+        display_name: the name papers use (`"A-150"`).
+        num_labels: number of scored classes.
+        ignore_index: label value that is not scored.
+        vocabulary_file: file name of the class list in `vocabularies/`.
+        layouts: accepted preparations of the validation split, tried in order.
+        num_images: size of the full validation split.
+    """
+
+    name: str
+    display_name: str
+    num_labels: int
+    ignore_index: int
+    vocabulary_file: str
+    layouts: tuple
+    num_images: int
+
+    @cached_property
+    def class_names(self):
+        """The classes with FC-CLIP's synonyms, one comma-separated string each."""
+        names = read_vocabulary_file(VOCABULARY_DIR / self.vocabulary_file)
+        if len(names) != self.num_labels:
+            raise ValueError(f"{self.vocabulary_file} lists {len(names)} classes, {self.name} has {self.num_labels}")
+        return names
+
+
+_RAW_VOC = "VOCdevkit/VOC2012"
+
+BENCHMARKS = {
+    benchmark.name: benchmark
+    for benchmark in (
+        SegmentationBenchmark(
+            name="ade150",
+            display_name="A-150",
+            num_labels=150,
+            ignore_index=255,
+            vocabulary_file="ade150.txt",
+            layouts=(
+                # Mask2Former/FC-CLIP's prepare_ade20k_sem_seg.py: 0 -> 255, ids - 1 already applied.
+                BenchmarkLayout(
+                    "ADEChallengeData2016/images/validation", "ADEChallengeData2016/annotations_detectron2/validation"
+                ),
+                BenchmarkLayout(
+                    "ADEChallengeData2016/images/validation",
+                    "ADEChallengeData2016/annotations/validation",
+                    reduce_labels=True,
+                ),
+            ),
+            num_images=2000,
+        ),
+        SegmentationBenchmark(
+            name="ade847",
+            display_name="A-847",
+            num_labels=847,
+            ignore_index=65535,
+            vocabulary_file="ade847.txt",
+            layouts=tuple(
+                # prepare_ade20k_full_sem_seg.py writes under ade/, the registration reads the datasets root.
+                BenchmarkLayout(
+                    f"{root}/images_detectron2/validation",
+                    f"{root}/annotations_detectron2/validation",
+                    label_suffix=".tif",
+                )
+                for root in ("ADE20K_2021_17_01", "ade/ADE20K_2021_17_01")
+            ),
+            num_images=2000,
+        ),
+        SegmentationBenchmark(
+            name="pc59",
+            display_name="PC-59",
+            num_labels=59,
+            ignore_index=255,
+            vocabulary_file="pc59.txt",
+            layouts=(BenchmarkLayout("pascal_ctx_d2/images/validation", "pascal_ctx_d2/annotations_ctx59/validation"),),
+            num_images=5104,
+        ),
+        SegmentationBenchmark(
+            name="pc459",
+            display_name="PC-459",
+            num_labels=459,
+            ignore_index=65535,
+            vocabulary_file="pc459.txt",
+            layouts=(
+                BenchmarkLayout(
+                    "pascal_ctx_d2/images/validation",
+                    "pascal_ctx_d2/annotations_ctx459/validation",
+                    label_suffix=".tif",
+                ),
+            ),
+            num_images=5104,
+        ),
+        SegmentationBenchmark(
+            name="pas20",
+            display_name="PAS-20",
+            num_labels=20,
+            ignore_index=255,
+            vocabulary_file="pas20.txt",
+            layouts=(
+                BenchmarkLayout("pascal_voc_d2/images/validation", "pascal_voc_d2/annotations_pascal20/validation"),
+                BenchmarkLayout(
+                    f"{_RAW_VOC}/JPEGImages",
+                    f"{_RAW_VOC}/SegmentationClass",
+                    reduce_labels=True,
+                    split_file=f"{_RAW_VOC}/ImageSets/Segmentation/val.txt",
+                ),
+            ),
+            num_images=1449,
+        ),
+        SegmentationBenchmark(
+            name="pas21",
+            display_name="PAS-21",
+            num_labels=21,
+            ignore_index=255,
+            vocabulary_file="pas21.txt",
+            layouts=(
+                BenchmarkLayout("pascal_voc_d2/images/validation", "pascal_voc_d2/annotations_pascal21/validation"),
+                BenchmarkLayout(
+                    f"{_RAW_VOC}/JPEGImages",
+                    f"{_RAW_VOC}/SegmentationClass",
+                    split_file=f"{_RAW_VOC}/ImageSets/Segmentation/val.txt",
+                ),
+            ),
+            num_images=1449,
+        ),
+    )
+}
+
+
+def get_benchmark(name):
+    """The registered `SegmentationBenchmark` called `name`: `"ade150"`, `"ade847"`, `"pc59"`, `"pc459"`,
+    `"pas20"`, `"pas21"`, or a display name such as `"A-150"`."""
+    key = name.lower().replace("-", "").replace("_", "")
+    for benchmark in BENCHMARKS.values():
+        if key in (benchmark.name, benchmark.display_name.lower().replace("-", "")):
+            return benchmark
+    raise KeyError(f"Unknown benchmark {name!r}; registered: {', '.join(BENCHMARKS)}")
+
+
+def _candidate_roots(data_dir, layout):
+    """`data_dir` as the datasets root, or as a folder inside it (`.../ADEChallengeData2016`,
+    `.../VOCdevkit/VOC2012`) when its last components start the layout's paths."""
+    yield data_dir
+    parts = Path(layout.image_dir).parts
+    for depth in range(1, len(parts)):
+        if data_dir.parts[-depth:] == parts[:depth]:
+            yield data_dir.parents[depth - 1]
+
+
+def _find_layout(benchmark, data_dir):
+    """The first layout of `benchmark` whose image and label folders exist, and its datasets root."""
+    data_dir = Path(data_dir).expanduser()
+    tried = []
+    for layout in benchmark.layouts:
+        for root in _candidate_roots(data_dir, layout):
+            image_dir, label_dir = root / layout.image_dir, root / layout.label_dir
+            if image_dir.is_dir() and label_dir.is_dir():
+                return layout, root
+            tried.append(f"{image_dir} + {label_dir}")
+    raise FileNotFoundError(
+        f"No {benchmark.display_name} ({benchmark.name}) validation split under {data_dir}. Expected the image and "
+        "label folders of one of:\n  "
+        + "\n  ".join(tried)
+        + "\nPrepare it with detectron2/FC-CLIP's datasets/prepare_*.py scripts, and pass the datasets root "
+        "($DETECTRON2_DATASETS) as data_dir."
+    )
+
+
+def _list_pairs(layout, root):
+    image_dir, label_dir = root / layout.image_dir, root / layout.label_dir
+    if layout.split_file is not None:
+        split_file = root / layout.split_file
+        if not split_file.is_file():
+            raise FileNotFoundError(f"Split file {split_file} does not exist")
+        stems = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    else:
+        stems = sorted(path.name[: -len(layout.label_suffix)] for path in label_dir.glob(f"*{layout.label_suffix}"))
+    if not stems:
+        raise FileNotFoundError(f"No {layout.label_suffix} label files in {label_dir}")
+    pairs = []
+    for stem in stems:
+        image, label = image_dir / f"{stem}{layout.image_suffix}", label_dir / f"{stem}{layout.label_suffix}"
+        for path in (image, label):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing (the split lists {stem!r})")
+        pairs.append((image, label))
+    return pairs
+
+
+def _with_metadata(dataset, metadata):
+    """Store the benchmark metadata in `dataset.info`, which `select`, `map`, `filter` and `save_to_disk`
+    carry along; `benchmark_metadata` reads it back."""
+    dataset.info.dataset_name = metadata["name"]
+    dataset.info.description = _METADATA_PREFIX + json.dumps(metadata)
+    return dataset
+
+
+def benchmark_metadata(dataset):
+    """The metadata `load_benchmark`/`load_hub_benchmark` attached to `dataset`: a dict with `name`,
+    `display_name`, `class_names`, `num_labels`, `ignore_index` and `reduce_labels`."""
+    description = dataset.info.description or ""
+    if not description.startswith(_METADATA_PREFIX):
+        raise ValueError(
+            "This dataset carries no benchmark metadata; load it with load_benchmark or load_hub_benchmark"
+        )
+    return json.loads(description[len(_METADATA_PREFIX) :])
+
+
+def _class_names(benchmark, vocabulary_file, class_names, num_labels):
+    if vocabulary_file is not None and class_names is not None:
+        raise ValueError("Give vocabulary_file or class_names, not both")
+    if vocabulary_file is not None:
+        class_names = read_vocabulary_file(vocabulary_file)
+    elif class_names is None and benchmark is not None:
+        class_names = benchmark.class_names
+    if class_names is None:
+        raise ValueError("Give a benchmark name, vocabulary_file or class_names to know the classes")
+    class_names = list(class_names)
+    if num_labels is not None and len(class_names) != num_labels:
+        source = vocabulary_file or "class_names"
+        raise ValueError(f"{source} lists {len(class_names)} classes but the benchmark has {num_labels}")
+    return class_names
+
+
+def load_benchmark(name, data_dir, vocabulary_file=None, max_samples=None):
+    """Load a benchmark's validation split from its prepared folders.
+
+    Args:
+        name: a registered benchmark (see `BENCHMARKS`).
+        data_dir: the datasets root (`$DETECTRON2_DATASETS`, holding e.g. `ADEChallengeData2016/`), or the
+            benchmark's own folder.
+        vocabulary_file: a class list to use instead of the shipped one; it must have as many classes.
+        max_samples: keep only the first N images (in file-name order).
+
+    Returns:
+        A `datasets.Dataset` with columns `image` (Image), `label` (Image; 16-bit TIFF labels decode as mode
+        "I;16" with their values intact) and `file_name` (the image's file name), read lazily from disk.
+        `benchmark_metadata(dataset)` gives the class names, `num_labels`, `ignore_index` and whether the
+        labels still need `reduce_labels`.
+    """
+    benchmark = get_benchmark(name)
+    class_names = _class_names(benchmark, vocabulary_file, None, benchmark.num_labels)
+    layout, root = _find_layout(benchmark, data_dir)
+    pairs = _list_pairs(layout, root)
+    if max_samples is not None:
+        pairs = pairs[:max_samples]
+    elif len(pairs) != benchmark.num_images:
+        logger.warning(
+            "%s: found %d images in %s, the full validation split has %d",
+            benchmark.display_name,
+            len(pairs),
+            root / layout.label_dir,
+            benchmark.num_images,
+        )
+    dataset = datasets.Dataset.from_dict(
+        {
+            "image": [str(image) for image, _ in pairs],
+            "label": [str(label) for _, label in pairs],
+            "file_name": [image.name for image, _ in pairs],
+        },
+        features=datasets.Features(
+            {"image": datasets.Image(), "label": datasets.Image(), "file_name": datasets.Value("string")}
+        ),
+        split=datasets.Split.VALIDATION,
+    )
+    metadata = {
+        "name": benchmark.name,
+        "display_name": benchmark.display_name,
+        "class_names": class_names,
+        "num_labels": benchmark.num_labels,
+        "ignore_index": benchmark.ignore_index,
+        "reduce_labels": layout.reduce_labels,
+        "image_dir": str(root / layout.image_dir),
+        "label_dir": str(root / layout.label_dir),
+    }
+    return _with_metadata(dataset, metadata)
+
+
+def load_hub_benchmark(
+    path_or_id,
+    split="validation",
+    image_column="image",
+    label_column="label",
+    *,
+    benchmark=None,
+    vocabulary_file=None,
+    class_names=None,
+    ignore_index=None,
+    reduce_labels=False,
+    max_samples=None,
+    **load_kwargs,
+):
+    """Load a segmentation split with `datasets.load_dataset`: a Hub id, a local folder of parquet/arrow
+    files, or a builder name such as `"imagefolder"`/`"parquet"` with `data_dir=`/`data_files=` in
+    `load_kwargs`.
+
+    The image and label columns are renamed to `image` and `label` (both decoded as `datasets.Image`) and a
+    `file_name` column is added when missing (from the image path, else the row index). The class names and
+    ignore index come from `benchmark` (a registered name) unless `vocabulary_file`/`class_names` and
+    `ignore_index` are given. `reduce_labels=True` records that label 0 is "other"/"background" and classes
+    start at 1, as in the raw ADE20K/VOC annotations most Hub copies hold.
+    """
+    registered = get_benchmark(benchmark) if benchmark is not None else None
+    names = _class_names(registered, vocabulary_file, class_names, registered.num_labels if registered else None)
+    if ignore_index is None:
+        if registered is None:
+            raise ValueError("Give ignore_index (or a registered benchmark name)")
+        ignore_index = registered.ignore_index
+
+    dataset = datasets.load_dataset(path_or_id, split=split, **load_kwargs)
+    for column in (image_column, label_column):
+        if column not in dataset.column_names:
+            raise KeyError(f"{path_or_id} ({split}) has no column {column!r}; its columns: {dataset.column_names}")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
+    clashing = [new for new in renames.values() if new in dataset.column_names]
+    dataset = dataset.remove_columns(clashing).rename_columns(renames)
+    for column in ("image", "label"):
+        if not isinstance(dataset.features[column], datasets.Image):
+            dataset = dataset.cast_column(column, datasets.Image())
+    if "file_name" not in dataset.column_names:
+        dataset = dataset.add_column("file_name", _file_names(dataset))
+    dataset = dataset.select_columns(["image", "label", "file_name"])
+    name = registered.name if registered else os.path.basename(str(path_or_id).rstrip("/")) or str(path_or_id)
+    metadata = {
+        "name": name,
+        "display_name": registered.display_name if registered else name,
+        "class_names": names,
+        "num_labels": len(names),
+        "ignore_index": int(ignore_index),
+        "reduce_labels": bool(reduce_labels),
+        "source": str(path_or_id),
+    }
+    return _with_metadata(dataset, metadata)
+
+
+def _file_names(dataset):
+    """Image file names from the stored paths (read as arrow, without decoding any image), or the row index
+    where a row has no path."""
+    paths = dataset.select_columns(["image"]).with_format("arrow")["image"].combine_chunks().field("path")
+    return [
+        os.path.basename(path) if path else f"{index:06d}" for index, path in enumerate(paths.to_pylist())
+    ]
