@@ -178,7 +178,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(config):
     for checkpointing in (False, True):
         model = make_model(config).train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         torch.manual_seed(1)  # same point sampling in the loss
         out = model(pixel_values, class_names=VOCABULARY, mask_labels=mask_labels, class_labels=class_labels)
         out.loss.backward()
