@@ -1,1 +1,659 @@
-"""Image processor for ITA (filled in by the inference issue)."""
+"""Image processor of ITA and FC-CLIP.
+
+Preprocessing reproduces the test-time input of the original (detectron2) code: shortest side resized to
+800 with the longest side capped at 1333 (`ResizeShortestEdge`), bilinear, pixel values on the 0..255
+scale normalised with OpenAI CLIP's mean/std expressed on that scale, zero padding at the bottom/right to a
+multiple of 32. `image_sizes` records each image's size inside the padded batch; the model and
+`post_process_semantic_segmentation` use it to ignore the padding.
+
+Segmentation maps become Mask2Former-style targets: per image, one binary mask per class present
+(`mask_labels`) and the class ids (`class_labels`).
+"""
+
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torchvision.transforms.v2 import functional as tvF
+from transformers.image_processing_backends import TorchvisionBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import (
+    ChannelDimension,
+    ImageInput,
+    PILImageResampling,
+    SizeDict,
+    load_image,
+    pil_torch_interpolation_mapping,
+)
+from transformers.processing_utils import ImagesKwargs, Unpack
+
+__all__ = ["ITAImageProcessor", "ITAImageProcessorKwargs", "ITA_PIXEL_MEAN", "ITA_PIXEL_STD"]
+
+# FC-CLIP's MODEL.PIXEL_MEAN / PIXEL_STD: OpenAI CLIP's normalisation constants times 255, applied to 0..255 RGB.
+ITA_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
+ITA_PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
+
+# The mask logits live on the stride-4 grid of the padded input (the pixel decoder's `mask_features`).
+MASK_STRIDE = 4
+
+_SIXTEEN_BIT_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ITAImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    size_divisor (`int`, *optional*, defaults to 32):
+        Images are padded (bottom/right, with zeros) so that the padded height and width are multiples of it.
+    ignore_index (`int`, *optional*):
+        Label of pixels that carry no class in segmentation maps (and of the padding). By default 65535 for
+        16-bit maps (`uint16` arrays, PIL `I;16`) and 255 for all others.
+    do_reduce_labels (`bool`, *optional*, defaults to `False`):
+        Map label 0 to `ignore_index` and shift the other labels down by one (ADE20K, Pascal Context-59 and
+        VOC-20 encode "other"/background as 0).
+    num_labels (`int`, *optional*):
+        Number of classes; segmentation-map labels (after reduction) outside `[0, num_labels)` that are not
+        the ignore index raise a `ValueError`. [`ITAProcessor`] sets it to the vocabulary's length.
+    """
+
+    size_divisor: int
+    ignore_index: int | None
+    do_reduce_labels: bool
+    num_labels: int | None
+
+
+class ITAImageProcessor(TorchvisionBackend):
+    r"""
+    Image processor of [`ITAForOpenVocabSegmentation`] (ITA and FC-CLIP).
+
+    Accepts PIL images, NumPy arrays and torch tensors, channels last or first (pass `input_data_format`
+    when a shape is ambiguous), one image or a list:
+
+    - 8-bit images (`uint8`, PIL `RGB`/`L`/`P`/`RGBA`/...) are used as they are; 16-bit ones (`uint16`, PIL
+      `I;16`, PIL `I` with values up to 65535) are scaled to 0..255 (x * 255 / 65535); floating-point ones
+      must lie in [0, 1] and are scaled by 255.
+    - Grayscale is replicated to three channels. An alpha channel is dropped, not composited: this is what
+      the original pipeline does (detectron2 reads images with PIL's `convert("RGB")`).
+    - PIL images are turned upright following their EXIF orientation first, as detectron2's `read_image` does.
+
+    Resizing follows detectron2's `ResizeShortestEdge` (scale = shortest_edge / short side, lowered to
+    longest_edge / long side if the long side would exceed it; each side rounded half up), with torchvision's
+    antialiased bilinear resize. On `uint8` input it differs from PIL's bilinear resize of the original by at
+    most 2 grey levels.
+
+    Returns `pixel_values` `[B, 3, H, W]` float32, `pixel_mask` `[B, H, W]` long (1 on real pixels) and
+    `image_sizes` `[B, 2]` long (each image's resized size, before padding); with `segmentation_maps`, also
+    `mask_labels` (list of float `[N_i, H, W]`) and `class_labels` (list of long `[N_i]`).
+    """
+
+    valid_kwargs = ITAImageProcessorKwargs
+    model_input_names = ["pixel_values", "pixel_mask", "image_sizes"]
+
+    resample = PILImageResampling.BILINEAR
+    size = {"shortest_edge": 800, "longest_edge": 1333}
+    default_to_square = False
+    do_resize = True
+    # Pixel values stay on the 0..255 scale of the original normalisation constants; set `do_rescale=True`,
+    # `rescale_factor=1/255` and 0..1 constants for the same result in the usual transformers convention.
+    do_rescale = False
+    rescale_factor = 1 / 255
+    do_normalize = True
+    image_mean = ITA_PIXEL_MEAN
+    image_std = ITA_PIXEL_STD
+    do_pad = True
+    size_divisor = 32
+    ignore_index = None
+    do_reduce_labels = False
+    num_labels = None
+
+    # Post-processing works on blocks of at most this many float32 values (queries or classes at a time): its
+    # peak memory is about three blocks (768 MiB) plus the output maps, whatever the batch or vocabulary size.
+    post_process_chunk_elements = 2**26
+
+    def __init__(self, **kwargs: Unpack[ITAImageProcessorKwargs]):
+        super().__init__(**kwargs)
+
+    def preprocess(
+        self,
+        images: ImageInput,
+        segmentation_maps: ImageInput | None = None,
+        **kwargs: Unpack[ITAImageProcessorKwargs],
+    ) -> BatchFeature:
+        r"""
+        images (`ImageInput`):
+            One image or a list of images (PIL, NumPy or torch; see the class docstring), or paths/URLs.
+        segmentation_maps (`ImageInput`, *optional*):
+            One label map per image, each `(H, W)` with integer class ids at the image's own size (PIL `L`, `P`,
+            `I;16` or `I`, or an integer array/tensor; a 3-D array is a batch `(B, H, W)`). They are resized
+            with nearest-neighbour sampling to the images' resized sizes and padded with `ignore_index`.
+        """
+        return super().preprocess(images, segmentation_maps, **kwargs)
+
+    def _validate_preprocess_kwargs(self, size=None, size_divisor=None, ignore_index=None, num_labels=None, **kwargs):
+        super()._validate_preprocess_kwargs(size=size, **kwargs)
+        if size is not None and not (size.shortest_edge or (size.height and size.width)):
+            raise ValueError(
+                f"size must be {{'shortest_edge': int, 'longest_edge': int}}, {{'shortest_edge': int}} or "
+                f"{{'height': int, 'width': int}}, got {dict(size)}"
+            )
+        if not isinstance(size_divisor, int) or size_divisor < 1:
+            raise ValueError(f"size_divisor must be a positive integer, got {size_divisor!r}")
+        if ignore_index is not None and ignore_index < 0:
+            raise ValueError(f"ignore_index must be >= 0, got {ignore_index}")
+        if num_labels is not None and num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+
+    # ------------------------------------------------------------------------------------------------
+    # Input conversion
+    # ------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _flatten_inputs(inputs, map_like, top_level=True):
+        """One input or a (nested) list of inputs -> flat list. At the top level a 4-D array is a batch of
+        images and a 3-D one a batch of segmentation maps."""
+        if isinstance(inputs, (list, tuple)):
+            flat = []
+            for item in inputs:
+                flat.extend(ITAImageProcessor._flatten_inputs(item, map_like, top_level=False))
+            return flat
+        batch_ndim = 3 if map_like else 4
+        if top_level and isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == batch_ndim:
+            return list(inputs)
+        return [inputs]
+
+    @staticmethod
+    def _open(image):
+        if isinstance(image, (str, os.PathLike)):
+            path = os.fspath(image)
+            # load_image converts to RGB, which would clip 16-bit files: open local files ourselves.
+            return Image.open(path) if os.path.isfile(path) else load_image(path)
+        return image
+
+    @staticmethod
+    def _pil_to_array(image, index):
+        """An upright PIL image -> NumPy array, `uint16` for 16-bit modes, `uint8` RGB for 8-bit ones."""
+        image = ImageOps.exif_transpose(image)
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"Image {index} has zero size ({image.height}x{image.width} pixels)")
+        if image.mode in _SIXTEEN_BIT_PIL_MODES:
+            return np.asarray(image).astype(np.uint16)
+        if image.mode == "I":
+            array = np.asarray(image)
+            if array.min() < 0 or array.max() > 65535:
+                raise ValueError(
+                    f"Image {index} is a 32-bit integer PIL image (mode 'I') with values in "
+                    f"[{array.min()}, {array.max()}]; only 16-bit values (0..65535) are supported"
+                )
+            return array.astype(np.uint16)
+        if image.mode == "F":
+            return np.asarray(image)
+        # Drops alpha and expands L, P, 1, CMYK, ... to RGB, like detectron2's reader.
+        return np.asarray(image.convert("RGB"))
+
+    def process_image(self, image, input_data_format=None, device=None, index=0, **kwargs) -> torch.Tensor:
+        """One input image -> `[3, H, W]`: `uint8` for 8-bit input, float32 on the 0..255 scale otherwise."""
+        image = self._open(image)
+        if isinstance(image, Image.Image):
+            tensor = torch.from_numpy(np.array(self._pil_to_array(image, index)))
+            input_data_format, prefer_last = ChannelDimension.LAST, True
+        elif isinstance(image, np.ndarray):
+            if image.dtype.byteorder == ">":
+                image = image.astype(image.dtype.newbyteorder("="))
+            tensor, prefer_last = torch.from_numpy(np.array(image)), True
+        elif isinstance(image, torch.Tensor):
+            tensor, prefer_last = image.detach().cpu(), False
+        else:
+            raise TypeError(
+                f"Image {index} is a {type(image).__name__}; expected a PIL image, a NumPy array, a torch tensor or "
+                "a path/URL"
+            )
+        tensor = self._to_channels_first(tensor, input_data_format, prefer_last, index)
+        if tensor.shape[-2] == 0 or tensor.shape[-1] == 0:
+            raise ValueError(f"Image {index} has zero size (shape {tuple(tensor.shape)})")
+
+        if tensor.dtype == torch.uint16:
+            tensor = tensor.to(torch.float32) * (255.0 / 65535.0)
+        elif tensor.is_floating_point():
+            tensor = tensor.to(torch.float32)
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"Image {index} contains NaN or infinite values")
+            low, high = tensor.min().item(), tensor.max().item()
+            if low < 0.0 or high > 1.0:
+                raise ValueError(
+                    f"Image {index} is floating point with values in [{low:g}, {high:g}]; floating-point images "
+                    "must lie in [0, 1] (pass uint8 for 0..255 values)"
+                )
+            tensor = tensor * 255.0
+        elif tensor.dtype != torch.uint8:
+            raise ValueError(
+                f"Image {index} has unsupported dtype {tensor.dtype}; use uint8 (0..255), uint16 (0..65535) or "
+                "floating point in [0, 1]"
+            )
+
+        channels = tensor.shape[0]
+        if channels in (1, 2):  # grayscale, grayscale + alpha
+            tensor = tensor[:1].expand(3, -1, -1)
+        elif channels == 4:  # RGBA: alpha dropped
+            tensor = tensor[:3]
+        tensor = tensor.contiguous()
+        return tensor.to(device) if device is not None else tensor
+
+    @staticmethod
+    def _to_channels_first(tensor, input_data_format, prefer_last, index):
+        if tensor.ndim == 2:
+            return tensor.unsqueeze(0)
+        if tensor.ndim != 3:
+            raise ValueError(
+                f"Image {index} has shape {tuple(tensor.shape)}; expected (H, W), (H, W, C) or (C, H, W)"
+            )
+        if input_data_format is None:
+            first, last = tensor.shape[0] in (1, 2, 3, 4), tensor.shape[-1] in (1, 2, 3, 4)
+            if first and last:
+                input_data_format = ChannelDimension.LAST if prefer_last else ChannelDimension.FIRST
+            elif first or last:
+                input_data_format = ChannelDimension.FIRST if first else ChannelDimension.LAST
+            else:
+                raise ValueError(
+                    f"Image {index} has shape {tuple(tensor.shape)}: no channel dimension of size 1, 2, 3 or 4 "
+                    "(grayscale, grayscale + alpha, RGB, RGBA) in first or last position"
+                )
+        input_data_format = ChannelDimension(input_data_format)
+        if input_data_format == ChannelDimension.LAST:
+            tensor = tensor.permute(2, 0, 1)
+        if tensor.shape[0] not in (1, 2, 3, 4):
+            raise ValueError(
+                f"Image {index} has {tensor.shape[0]} channels (shape {tuple(tensor.shape)}); expected 1, 2, 3 or 4"
+            )
+        return tensor
+
+    def _segmentation_map_to_tensor(self, segmentation_map, index):
+        """One label map -> (`[H, W]` long tensor, default ignore index for its bit depth)."""
+        segmentation_map = self._open(segmentation_map)
+        if isinstance(segmentation_map, Image.Image):
+            segmentation_map = ImageOps.exif_transpose(segmentation_map)
+            if segmentation_map.mode not in ("L", "P", "I", "1") + _SIXTEEN_BIT_PIL_MODES:
+                raise ValueError(
+                    f"Segmentation map {index} is a PIL image of mode {segmentation_map.mode!r}; label maps must "
+                    "have one channel of class ids (modes L, P, I;16 or I)"
+                )
+            sixteen_bit = segmentation_map.mode in _SIXTEEN_BIT_PIL_MODES
+            array = np.asarray(segmentation_map)
+            if sixteen_bit:
+                array = array.astype(np.uint16)
+        elif isinstance(segmentation_map, (np.ndarray, torch.Tensor)):
+            array = segmentation_map
+            if isinstance(array, torch.Tensor):
+                array = array.detach().cpu()
+                sixteen_bit = array.dtype == torch.uint16
+                if array.is_floating_point() or array.is_complex():
+                    raise ValueError(f"Segmentation map {index} has dtype {array.dtype}; label maps hold integer ids")
+                array = array.to(torch.int64).numpy()
+            else:
+                sixteen_bit = array.dtype == np.uint16
+                if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+                    raise ValueError(f"Segmentation map {index} has dtype {array.dtype}; label maps hold integer ids")
+        else:
+            raise TypeError(
+                f"Segmentation map {index} is a {type(segmentation_map).__name__}; expected a PIL image, a NumPy "
+                "array or a torch tensor"
+            )
+        if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+            array = array.squeeze(0) if array.shape[0] == 1 else array.squeeze(-1)
+        if array.ndim != 2:
+            raise ValueError(
+                f"Segmentation map {index} has shape {tuple(array.shape)}; expected (H, W) class ids (one channel)"
+            )
+        if array.size == 0:
+            raise ValueError(f"Segmentation map {index} has zero size (shape {tuple(array.shape)})")
+        if array.min() < 0:
+            raise ValueError(f"Segmentation map {index} has negative labels (min {array.min()})")
+        tensor = torch.from_numpy(np.ascontiguousarray(array).astype(np.int64))
+        return tensor, (65535 if sixteen_bit else 255)
+
+    # ------------------------------------------------------------------------------------------------
+    # Preprocessing
+    # ------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def resized_size(height, width, size):
+        """Output (height, width) of detectron2's `ResizeShortestEdge` for `size` (a `SizeDict`)."""
+        if size.shortest_edge:
+            short_side = size.shortest_edge
+            scale = short_side / min(height, width)
+            if height < width:
+                new_height, new_width = short_side, scale * width
+            else:
+                new_height, new_width = scale * height, short_side
+            if size.longest_edge and max(new_height, new_width) > size.longest_edge:
+                scale = size.longest_edge / max(new_height, new_width)
+                new_height, new_width = new_height * scale, new_width * scale
+            return int(new_height + 0.5), int(new_width + 0.5)
+        return size.height, size.width
+
+    def _preprocess_image_like_inputs(
+        self,
+        images,
+        segmentation_maps=None,
+        input_data_format=None,
+        device=None,
+        **kwargs,
+    ) -> BatchFeature:
+        images = self._flatten_inputs(images, map_like=False)
+        if not images:
+            raise ValueError("No images were given")
+        images = [
+            self.process_image(image, input_data_format=input_data_format, device=device, index=index)
+            for index, image in enumerate(images)
+        ]
+        maps = None
+        if segmentation_maps is not None:
+            maps = self._flatten_inputs(segmentation_maps, map_like=True)
+            if len(maps) != len(images):
+                raise ValueError(f"Got {len(images)} images but {len(maps)} segmentation maps")
+            maps = [self._segmentation_map_to_tensor(item, index) for index, item in enumerate(maps)]
+            for index, ((label_map, _), image) in enumerate(zip(maps, images)):
+                if tuple(label_map.shape) != tuple(image.shape[-2:]):
+                    raise ValueError(
+                        f"Segmentation map {index} has size {tuple(label_map.shape)} (height, width) but its image "
+                        f"has size {tuple(image.shape[-2:])}"
+                    )
+        return self._preprocess(images, maps, **kwargs)
+
+    def _preprocess(
+        self,
+        images,
+        segmentation_maps=None,
+        do_resize=True,
+        size=None,
+        resample=None,
+        do_rescale=False,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=None,
+        image_std=None,
+        do_pad=True,
+        pad_size=None,
+        size_divisor=32,
+        ignore_index=None,
+        do_reduce_labels=False,
+        num_labels=None,
+        return_tensors=None,
+        **kwargs,
+    ) -> BatchFeature:
+        if resample is None:
+            interpolation = tvF.InterpolationMode.BILINEAR
+        elif isinstance(resample, tvF.InterpolationMode):
+            interpolation = resample
+        else:
+            interpolation = pil_torch_interpolation_mapping[PILImageResampling(resample)]
+
+        processed, image_sizes = [], []
+        for image in images:
+            height, width = image.shape[-2:]
+            new_size = self.resized_size(height, width, size) if do_resize else (height, width)
+            if new_size != (height, width):
+                image = tvF.resize(image, list(new_size), interpolation=interpolation, antialias=True)
+            image = image.to(torch.float32)
+            if do_rescale:
+                image = image * rescale_factor
+            if do_normalize:
+                mean = torch.tensor(image_mean, dtype=torch.float32, device=image.device).view(-1, 1, 1)
+                std = torch.tensor(image_std, dtype=torch.float32, device=image.device).view(-1, 1, 1)
+                image = (image - mean) / std
+            processed.append(image)
+            image_sizes.append(new_size)
+
+        max_height = max(h for h, _ in image_sizes)
+        max_width = max(w for _, w in image_sizes)
+        if do_pad:
+            padded_height = math.ceil(max_height / size_divisor) * size_divisor
+            padded_width = math.ceil(max_width / size_divisor) * size_divisor
+            if pad_size is not None:
+                if pad_size.height < padded_height or pad_size.width < padded_width:
+                    raise ValueError(
+                        f"pad_size {pad_size.height}x{pad_size.width} is smaller than the padded batch "
+                        f"{padded_height}x{padded_width}"
+                    )
+                padded_height, padded_width = pad_size.height, pad_size.width
+        else:
+            if len(set(image_sizes)) > 1:
+                raise ValueError(f"With do_pad=False all resized images must share one size, got {image_sizes}")
+            padded_height, padded_width = max_height, max_width
+
+        batch = len(processed)
+        device = processed[0].device
+        pixel_values = torch.zeros(batch, 3, padded_height, padded_width, dtype=torch.float32, device=device)
+        pixel_mask = torch.zeros(batch, padded_height, padded_width, dtype=torch.long, device=device)
+        for index, (image, (height, width)) in enumerate(zip(processed, image_sizes)):
+            pixel_values[index, :, :height, :width] = image
+            pixel_mask[index, :height, :width] = 1
+
+        encoded = BatchFeature(
+            data={
+                "pixel_values": pixel_values,
+                "pixel_mask": pixel_mask,
+                "image_sizes": torch.tensor(image_sizes, dtype=torch.long, device=device),
+            },
+            tensor_type=return_tensors,
+        )
+
+        if segmentation_maps is not None:
+            mask_labels, class_labels = [], []
+            for index, ((label_map, default_ignore), (height, width)) in enumerate(
+                zip(segmentation_maps, image_sizes)
+            ):
+                masks, classes = self._segmentation_targets(
+                    label_map,
+                    (height, width),
+                    (padded_height, padded_width),
+                    default_ignore if ignore_index is None else ignore_index,
+                    do_reduce_labels,
+                    num_labels,
+                    index,
+                )
+                mask_labels.append(masks.to(device))
+                class_labels.append(classes.to(device))
+            if return_tensors == "np":
+                mask_labels = [masks.cpu().numpy() for masks in mask_labels]
+                class_labels = [classes.cpu().numpy() for classes in class_labels]
+            # Lists, not stacked: images have different numbers of classes.
+            encoded["mask_labels"] = mask_labels
+            encoded["class_labels"] = class_labels
+        return encoded
+
+    @staticmethod
+    def _resize_nearest(label_map, new_size):
+        """Nearest-neighbour resize sampling at pixel centres (PIL's NEAREST, torch's `nearest-exact`), exact
+        for any integer labels."""
+        (height, width), (new_height, new_width) = label_map.shape, new_size
+        if (height, width) == (new_height, new_width):
+            return label_map
+        rows = ((torch.arange(new_height, dtype=torch.float64) + 0.5) * (height / new_height)).floor().long()
+        cols = ((torch.arange(new_width, dtype=torch.float64) + 0.5) * (width / new_width)).floor().long()
+        return label_map[rows.clamp_(max=height - 1)][:, cols.clamp_(max=width - 1)]
+
+    def _segmentation_targets(self, label_map, size, padded_size, ignore_index, do_reduce_labels, num_labels, index):
+        label_map = self._resize_nearest(label_map, size)
+        if do_reduce_labels:
+            ignored = (label_map == ignore_index) | (label_map == 0)
+            label_map = torch.where(ignored, torch.full_like(label_map, ignore_index), label_map - 1)
+        present = torch.unique(label_map)
+        classes = present[present != ignore_index]
+        if num_labels is not None:
+            unknown = classes[classes >= num_labels]
+            if unknown.numel():
+                raise ValueError(
+                    f"Segmentation map {index} has class ids {unknown.tolist()} outside the {num_labels} classes "
+                    f"(ids 0..{num_labels - 1}; ignore index {ignore_index})"
+                )
+        padded = torch.full(padded_size, ignore_index, dtype=torch.long)
+        padded[: size[0], : size[1]] = label_map
+        masks = (padded.unsqueeze(0) == classes.view(-1, 1, 1)).to(torch.float32)  # [N, H_pad, W_pad]
+        return masks, classes
+
+    # ------------------------------------------------------------------------------------------------
+    # Post-processing
+    # ------------------------------------------------------------------------------------------------
+
+    def post_process_semantic_segmentation(
+        self,
+        outputs,
+        target_sizes=None,
+        return_scores=False,
+        sem_seg_postprocess_before_inference=False,
+    ):
+        """Semantic label maps from the model's outputs, as FC-CLIP's `semantic_inference` computes them.
+
+        Per image: mask logits are upsampled bilinearly (align_corners=False) from the stride-4 grid to the
+        padded input, passed through a sigmoid and combined with the class probabilities (softmax over the
+        K + 1 columns, void dropped): `score[c] = sum_q p[q, c] * mask[q]`; the padding is cropped
+        (`image_sizes`), the scores are resized bilinearly to the target size and the label is the argmax.
+
+        Each image is computed in its own padded frame (its size rounded up to `size_divisor`) — the frame it
+        has when run alone, as the original evaluates (one image per forward) — and never reads the mask
+        logits beyond it. Upsampling the whole batch frame instead would let the padding's logits leak into
+        the last image rows/columns through bilinear interpolation whenever the image ends within 2 pixels
+        of its own frame (e.g. 800 rows, a multiple of 32). So, for the same logits on its own frame, an image
+        gets exactly the same map alone or batched with larger images. Memory does not grow with the batch:
+        images are processed one at a time, queries and classes in chunks of `post_process_chunk_elements`.
+
+        Args:
+            outputs ([`ITAOpenVocabSegmentationOutput`] or mapping):
+                With `class_queries_logits` `[B, Q, K + 1]` (at inference, the log-probabilities of the
+                geometric ensemble), `masks_queries_logits` `[B, Q, h, w]` on the stride-4 grid of the padded
+                input, and `image_sizes` `[B, 2]` (each image's resized size before padding).
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
+                Output (height, width) per image, usually the original image sizes. Defaults to `image_sizes`.
+            return_scores (`bool`, *optional*, defaults to `False`):
+                Also return, per pixel, the score of the chosen class.
+            sem_seg_postprocess_before_inference (`bool`, *optional*, defaults to `False`):
+                Crop and resize the mask logits to the target size before the sigmoid and the class sum,
+                instead of resizing the class scores. FC-CLIP's configs do this when panoptic or instance
+                inference is on too (its COCO and A-150 evaluations); its other semantic benchmarks use the
+                default order.
+
+        Returns:
+            `list[torch.LongTensor]` of `[H, W]` label maps, or with `return_scores` a list of dicts with
+            `segmentation` (`[H, W]` long) and `scores` (`[H, W]` float32).
+        """
+        class_logits = _output_field(outputs, "class_queries_logits")
+        mask_logits = _output_field(outputs, "masks_queries_logits")
+        image_sizes = _output_field(outputs, "image_sizes")
+        if class_logits is None or mask_logits is None:
+            raise ValueError("outputs must have `class_queries_logits` and `masks_queries_logits`")
+        if image_sizes is None:
+            raise ValueError(
+                "outputs must have `image_sizes` (each image's size inside the padded batch) to crop the padding"
+            )
+        batch, num_queries = class_logits.shape[:2]
+        if class_logits.shape[-1] < 2:
+            raise ValueError(f"class_queries_logits has {class_logits.shape[-1]} columns; need K >= 1 classes + void")
+        if mask_logits.ndim != 4 or tuple(mask_logits.shape[:2]) != (batch, num_queries):
+            raise ValueError(
+                f"masks_queries_logits has shape {tuple(mask_logits.shape)}; expected [{batch}, {num_queries}, h, w]"
+            )
+        image_sizes = [tuple(int(v) for v in size) for size in torch.as_tensor(image_sizes).view(-1, 2).tolist()]
+        if len(image_sizes) != batch:
+            raise ValueError(f"Got {len(image_sizes)} image_sizes for a batch of {batch}")
+        if target_sizes is None:
+            target_sizes = image_sizes
+        else:
+            if isinstance(target_sizes, torch.Tensor):
+                target_sizes = target_sizes.tolist()
+            target_sizes = [tuple(int(v) for v in size) for size in target_sizes]
+            if len(target_sizes) != batch:
+                raise ValueError(f"Got {len(target_sizes)} target_sizes for a batch of {batch}")
+        if self.size_divisor % MASK_STRIDE:
+            raise ValueError(
+                f"size_divisor={self.size_divisor} must be a multiple of the mask stride {MASK_STRIDE} to locate each "
+                "image's own frame on the mask grid"
+            )
+
+        results = []
+        for index in range(batch):
+            labels, scores = self._semantic_map(
+                class_logits[index],
+                mask_logits[index],
+                image_sizes[index],
+                target_sizes[index],
+                sem_seg_postprocess_before_inference,
+                index,
+            )
+            results.append({"segmentation": labels, "scores": scores} if return_scores else labels)
+        return results
+
+    def _semantic_map(self, class_logits, mask_logits, image_size, target_size, masks_first, index):
+        """Label map and winning score `[H_t, W_t]` of one image; `class_logits` `[Q, K+1]`, `mask_logits`
+        `[Q, h, w]`."""
+        height, width = image_size
+        target_height, target_width = target_size
+        if min(height, width, target_height, target_width) < 1:
+            raise ValueError(f"Image {index}: image size {image_size} and target size {target_size} must be positive")
+        frame_height = math.ceil(height / self.size_divisor) * self.size_divisor
+        frame_width = math.ceil(width / self.size_divisor) * self.size_divisor
+        grid_height, grid_width = frame_height // MASK_STRIDE, frame_width // MASK_STRIDE
+        if grid_height > mask_logits.shape[-2] or grid_width > mask_logits.shape[-1]:
+            raise ValueError(
+                f"Image {index} of size {image_size} needs a {grid_height}x{grid_width} mask grid (stride "
+                f"{MASK_STRIDE} of its {frame_height}x{frame_width} padded frame) but masks_queries_logits is "
+                f"{mask_logits.shape[-2]}x{mask_logits.shape[-1]}"
+            )
+        class_probs = class_logits.float().softmax(dim=-1)[:, :-1]  # [Q, K]
+        mask_logits = mask_logits[:, :grid_height, :grid_width].float()
+        num_queries, num_classes = class_probs.shape
+        device = mask_logits.device
+        target_area = target_height * target_width
+        budget = self.post_process_chunk_elements
+
+        def sigmoid_masks(start, stop):  # [q, H_t * W_t]
+            masks = F.interpolate(
+                mask_logits[None, start:stop], size=(frame_height, frame_width), mode="bilinear", align_corners=False
+            )[:, :, :height, :width]
+            if masks_first:  # the original's sem_seg_postprocess on the mask logits
+                masks = _resize_bilinear(masks, target_size).sigmoid()
+            else:
+                masks = _resize_bilinear(masks.sigmoid(), target_size)
+            return masks[0].flatten(1)
+
+        # The class sum and the bilinear resize to the target commute (both linear, the resize acts on each
+        # map alike), so resizing the Q mask maps instead of the K class maps gives the original's scores up
+        # to float rounding, at the target's resolution, whatever K.
+        query_chunk = max(1, budget // max(frame_height * frame_width, target_area))
+        query_starts = range(0, num_queries, query_chunk)
+        cache = {} if num_queries * target_area <= budget else None
+        best_scores = torch.full((target_area,), float("-inf"), dtype=torch.float32, device=device)
+        best_labels = torch.zeros((target_area,), dtype=torch.long, device=device)
+        class_chunk = max(1, budget // target_area)
+        for class_start in range(0, num_classes, class_chunk):
+            class_stop = min(class_start + class_chunk, num_classes)
+            scores = torch.zeros((class_stop - class_start, target_area), dtype=torch.float32, device=device)
+            for query_start in query_starts:
+                query_stop = min(query_start + query_chunk, num_queries)
+                if cache is not None and query_start in cache:
+                    masks = cache[query_start]
+                else:
+                    masks = sigmoid_masks(query_start, query_stop)
+                    if cache is not None:
+                        cache[query_start] = masks
+                scores.addmm_(class_probs[query_start:query_stop, class_start:class_stop].T, masks)
+            # Running maximum; a strict ">" keeps the first of tied classes, as argmax does.
+            chunk_scores, chunk_labels = scores.max(dim=0)
+            better = chunk_scores > best_scores
+            best_scores = torch.where(better, chunk_scores, best_scores)
+            best_labels = torch.where(better, chunk_labels + class_start, best_labels)
+        return best_labels.view(target_size), best_scores.view(target_size)
+
+
+def _resize_bilinear(maps, size):
+    """`[1, C, H, W]` -> `[1, C, *size]`, bilinear with align_corners=False (detectron2's `sem_seg_postprocess`)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def _output_field(outputs, name):
+    if isinstance(outputs, Mapping):
+        return outputs.get(name)
+    return getattr(outputs, name, None)
