@@ -4,9 +4,10 @@ Importing this package registers ITA with the Auto classes: `AutoConfig`, `AutoM
 `AutoImageProcessor` and `AutoProcessor` (and the `zero-shot-image-segmentation` pipeline task).
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
 from configuration_ita import ITAConfig
+from image_processing_ita import ITAImageProcessor
 
 from .modeling import (
     ITAForOpenVocabSegmentation,
@@ -14,14 +15,19 @@ from .modeling import (
     ITAPreTrainedModel,
     geometric_ensemble,
 )
+from .processing_ita import ITAProcessor
 from .vocabulary import ITAVocabulary, ITAVocabularyEncoder, parse_vocabulary
 
 AutoConfig.register(ITAConfig.model_type, ITAConfig, exist_ok=True)
 AutoModel.register(ITAConfig, ITAForOpenVocabSegmentation, exist_ok=True)
+AutoImageProcessor.register(ITAConfig, image_processor_classes={"torchvision": ITAImageProcessor}, exist_ok=True)
+AutoProcessor.register(ITAConfig, ITAProcessor, exist_ok=True)
 
 __all__ = [
     "ITAConfig",
     "ITAForOpenVocabSegmentation",
+    "ITAImageProcessor",
+    "ITAProcessor",
     "ITAOpenVocabSegmentationOutput",
     "ITAPreTrainedModel",
     "ITAVocabulary",

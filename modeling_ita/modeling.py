@@ -214,7 +214,7 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
                 synonyms followed by the extra candidates); ranked on the fly by CLIP when absent.
             output_auxiliary_logits: return the intermediate predictions.
         """
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if vocabulary is None:
             vocabulary = self.encode_vocabulary(class_names)
         elif not isinstance(vocabulary, ITAVocabulary):
