@@ -127,8 +127,8 @@ def test_loss_gradients_reach_every_trainable_parameter_and_no_clip_parameter(co
 def test_training_cuts_the_loss_and_leaves_clip_unchanged(config):
     model = make_model(config).train()
     clip_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    pixel_values = torch.randn(2, 3, 64, 64)
-    mask_labels, class_labels = synthetic_targets(2, 64, 64, len(VOCABULARY))
+    pixel_values = torch.randn(2, 3, 32, 32)
+    mask_labels, class_labels = synthetic_targets(2, 32, 32, len(VOCABULARY))
     ranking = model.eval()(pixel_values, class_names=VOCABULARY).dominant_category_ids
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
