@@ -1,0 +1,472 @@
+"""Convert original FC-CLIP / ITA checkpoints (detectron2 `.pth` files) into Hugging Face model folders.
+
+The original models keep their weights under detectron2 names (`sem_seg_head.predictor.*`, ...). This module
+reads such a checkpoint, tells ITA from FC-CLIP by its keys, infers the `ITAConfig` from the tensor shapes,
+renames every key to `ITAForOpenVocabSegmentation`'s layout (strictly: nothing unplaced, nothing unfilled) and
+writes a folder that `AutoModel.from_pretrained` / `AutoProcessor.from_pretrained` load, with or without this
+package installed. `scripts/convert_checkpoint.py` is its command line.
+
+Only PyTorch checkpoints are read (`torch.load(..., weights_only=True)`): a dict holding the state dict under
+`model` (detectron2's `DetectionCheckpointer`) or a bare state dict. detectron2 `.pkl` files (numpy arrays,
+as converted from other frameworks) are out of scope.
+"""
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import open_clip
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG, ITAConfig
+
+from . import hub
+from .hub import CATEGORY_BANK_FILE
+from .modeling import ITAForOpenVocabSegmentation
+
+__all__ = [
+    "CATEGORY_BANK_FILE",
+    "CheckpointConversionError",
+    "ConversionResult",
+    "DROPPED_ORIGINAL_KEYS",
+    "KEY_RENAMES",
+    "convert_checkpoint",
+    "convert_state_dict",
+    "detect_variant",
+    "hf_to_original_key",
+    "infer_config",
+    "load_category_bank",
+    "load_original_state_dict",
+    "original_to_hf_key",
+    "save_category_bank",
+]
+
+# (original name, our name), most specific first. A name ending in "." is a prefix (the rest of the key is
+# kept), any other name is a whole key; `{i}` is a layer index. The table reads both ways.
+KEY_RENAMES = (
+    ("backbone.clip_model.", "backbone.clip_model."),
+    ("backbone.add_tgt_em.weight", "dominant_categories.projection"),
+    ("void_embedding.weight", "void_embedding.weight"),
+    ("sem_seg_head.pixel_decoder.", "pixel_decoder."),
+    (
+        "sem_seg_head.predictor.transformer_cross_attention_layers.{i}.multihead_attn.",
+        "decoder.layers.{i}.cross_attention.attention.",
+    ),
+    ("sem_seg_head.predictor.transformer_cross_attention_layers.{i}.norm.", "decoder.layers.{i}.cross_attention.norm."),
+    (
+        "sem_seg_head.predictor.transformer_self_attention_layers.{i}.self_attn.",
+        "decoder.layers.{i}.self_attention.attention.",
+    ),
+    ("sem_seg_head.predictor.transformer_self_attention_layers.{i}.norm.", "decoder.layers.{i}.self_attention.norm."),
+    ("sem_seg_head.predictor.transformer_ffn_layers.{i}.", "decoder.layers.{i}.ffn."),
+    ("sem_seg_head.predictor._mask_pooling_proj.", "decoder.mask_pooling_proj."),
+    ("sem_seg_head.predictor.", "decoder."),
+)
+
+# Original keys with no place in the model, on purpose.
+DROPPED_ORIGINAL_KEYS = {
+    "criterion.empty_weight": "class weights of the original loss (ones, the no-object weight last); ITALoss "
+    "builds them from the config (`no_object_weight`) for each vocabulary",
+}
+
+_SELF_ATTENTION_PREFIX = "sem_seg_head.predictor.transformer_self_attention_layers."
+_PROJECTION_KEY = "backbone.add_tgt_em.weight"
+_REQUIRED_KEYS = (
+    "sem_seg_head.predictor.query_feat.weight",
+    "sem_seg_head.predictor.query_embed.weight",
+    "sem_seg_head.pixel_decoder.input_proj.0.0.weight",
+    "sem_seg_head.pixel_decoder.mask_features.weight",
+    "sem_seg_head.pixel_decoder.transformer.level_embed",
+)  # what config inference reads; every other key is checked by `convert_state_dict`
+
+
+def _template_regex(template):
+    pattern = re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)")
+    return re.compile(pattern if template.endswith(".") else pattern + "$")
+
+
+_FORWARD = [(_template_regex(src), src, dst) for src, dst in KEY_RENAMES]
+_BACKWARD = [(_template_regex(dst), dst, src) for src, dst in KEY_RENAMES]
+
+
+def _rename(key, rules):
+    for regex, _, target in rules:
+        match = regex.match(key)
+        if match:
+            prefix = target.replace("{i}", match.group("i")) if "i" in match.groupdict() else target
+            return prefix + key[match.end() :]
+    return None
+
+
+def original_to_hf_key(key):
+    """Our name for an original key, or None when no rule covers it (dropped keys included)."""
+    if key in DROPPED_ORIGINAL_KEYS:
+        return None
+    return _rename(key, _FORWARD)
+
+
+def hf_to_original_key(key):
+    """The original name of one of our keys (the inverse of `original_to_hf_key`), or None."""
+    return _rename(key, _BACKWARD)
+
+
+class CheckpointConversionError(ValueError):
+    """The checkpoint does not fit the model; `problems` lists every reason, one line each."""
+
+    def __init__(self, summary, problems):
+        self.problems = list(problems)
+        super().__init__(summary + "\n" + "\n".join(f"  - {line}" for line in self.problems))
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+def load_original_state_dict(path):
+    """Read an original checkpoint: `{"model": state_dict, ...}` (detectron2) or a bare state dict."""
+    path = Path(path)
+    if path.suffix == ".pkl":
+        raise ValueError(
+            f"{path}: detectron2 .pkl checkpoints (numpy arrays) are not supported. Load the model in detectron2 "
+            "and save `{'model': model.state_dict()}` with torch.save, then convert that .pth file."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the unpickler's errors come in many classes
+        raise ValueError(
+            f"{path}: cannot be read with torch.load(weights_only=True) ({type(error).__name__}: {error}). Only "
+            "PyTorch checkpoints holding tensors are supported; resave the state dict alone with torch.save."
+        ) from error
+    state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise ValueError(f"{path}: expected a state dict or a dict with one under 'model', got {type(state_dict)}")
+    not_tensors = sorted(key for key, value in state_dict.items() if not isinstance(value, torch.Tensor))
+    if not_tensors:
+        raise ValueError(f"{path}: these entries are not tensors: {not_tensors}")
+    return state_dict
+
+
+def detect_variant(state_dict):
+    """'ita' or 'fcclip', from the keys: ITA has the text-query projection `backbone.add_tgt_em.weight` and no
+    decoder self-attention; FC-CLIP the reverse."""
+    missing = [key for key in _REQUIRED_KEYS if key not in state_dict]
+    if missing:
+        raise CheckpointConversionError("Not an FC-CLIP or ITA checkpoint: required keys are missing", missing)
+    has_projection = _PROJECTION_KEY in state_dict
+    has_self_attention = any(key.startswith(_SELF_ATTENTION_PREFIX) for key in state_dict)
+    extra_queries = _rows("sem_seg_head.predictor.query_embed.weight", state_dict) - _rows(
+        "sem_seg_head.predictor.query_feat.weight", state_dict
+    )
+    if has_projection and not has_self_attention and extra_queries > 0:
+        return "ita"
+    if not has_projection and has_self_attention and extra_queries == 0:
+        return "fcclip"
+    raise CheckpointConversionError(
+        "The checkpoint is neither ITA nor FC-CLIP",
+        [
+            f"{_PROJECTION_KEY} present: {has_projection} (ITA: yes, FC-CLIP: no)",
+            f"decoder self-attention ({_SELF_ATTENTION_PREFIX}*) present: {has_self_attention} (ITA: no, FC-CLIP: yes)",
+            f"query_embed rows - query_feat rows: {extra_queries} (ITA: the number of text queries > 0, FC-CLIP: 0)",
+        ],
+    )
+
+
+def _rows(key, state_dict):
+    return state_dict[key].shape[0]
+
+
+def _layer_count(state_dict, prefix):
+    """Number of layers `prefix{i}.*` in the state dict (highest index + 1)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = [int(match.group(1)) for match in map(pattern.match, state_dict) if match]
+    return max(indices) + 1 if indices else 0
+
+
+def _clip_shapes(clip_config):
+    with torch.device("meta"):
+        clip = open_clip.model.CLIP(
+            embed_dim=clip_config["embed_dim"],
+            vision_cfg=dict(clip_config["vision_cfg"]),
+            text_cfg=dict(clip_config["text_cfg"]),
+        )
+    return {f"backbone.clip_model.{key}": tuple(value.shape) for key, value in clip.state_dict().items()}
+
+
+def _clip_differences(state_dict, clip_config):
+    expected = _clip_shapes(clip_config)
+    found = {key: tuple(value.shape) for key, value in state_dict.items() if key.startswith("backbone.clip_model.")}
+    problems = [f"missing {key}" for key in sorted(set(expected) - set(found))]
+    problems += [f"unexpected {key}" for key in sorted(set(found) - set(expected))]
+    problems += [
+        f"{key}: {list(found[key])} vs {list(expected[key])}"
+        for key in sorted(set(found) & set(expected))
+        if found[key] != expected[key]
+    ]
+    return problems
+
+
+def infer_config(state_dict, clip_config=None, **overrides):
+    """The `ITAConfig` of an original checkpoint, and its variant ('ita' or 'fcclip').
+
+    Sizes come from tensor shapes: queries, text queries, layers, widths, the deformable attention's sampling
+    points. The CLIP is taken to be open_clip `convnext_large_d_320` when its shapes say so; any other CLIP
+    needs `clip_config` (an open_clip model config dict). Attention heads, GroupNorm groups, the training
+    vocabulary and the other hyper-parameters that leave no trace in shapes keep the original values (the
+    `ITAConfig` defaults) unless given in `overrides`; the vocabulary's length is checked against the loss's
+    class weights.
+    """
+    variant = detect_variant(state_dict)
+    if clip_config is None:
+        differences = _clip_differences(state_dict, CONVNEXT_LARGE_D_320_CLIP_CONFIG)
+        if differences:
+            raise CheckpointConversionError(
+                "The CLIP weights (backbone.clip_model.*) are not open_clip convnext_large_d_320; give the CLIP's "
+                "open_clip model config with --clip-config JSON (keys embed_dim, vision_cfg, text_cfg). Differences",
+                differences,
+            )
+        clip_config = CONVNEXT_LARGE_D_320_CLIP_CONFIG
+
+    predictor, pixel_decoder = "sem_seg_head.predictor.", "sem_seg_head.pixel_decoder."
+    query_feat = state_dict[predictor + "query_feat.weight"]
+    values = dict(
+        clip_config=clip_config,
+        num_queries=query_feat.shape[0],
+        num_dominant_categories=_rows(predictor + "query_embed.weight", state_dict) - query_feat.shape[0],
+        decoder_self_attention=variant == "fcclip",
+        hidden_dim=query_feat.shape[1],
+        decoder_layers=_layer_count(state_dict, predictor + "transformer_cross_attention_layers."),
+        num_feature_levels=_rows(pixel_decoder + "transformer.level_embed", state_dict),
+        pixel_decoder_dim=_rows(pixel_decoder + "input_proj.0.0.weight", state_dict),
+        mask_dim=_rows(pixel_decoder + "mask_features.weight", state_dict),
+        pixel_decoder_encoder_layers=_layer_count(state_dict, pixel_decoder + "transformer.encoder.layers."),
+    )
+    ffn = predictor + "transformer_ffn_layers.0.linear1.weight"
+    if ffn in state_dict:
+        values["decoder_ffn_dim"] = _rows(ffn, state_dict)
+    encoder_layer = pixel_decoder + "transformer.encoder.layers.0."
+    if encoder_layer + "linear1.weight" in state_dict:
+        values["pixel_decoder_ffn_dim"] = _rows(encoder_layer + "linear1.weight", state_dict)
+    weights = encoder_layer + "self_attn.attention_weights.weight"
+    if weights in state_dict:
+        # attention_weights: one output per head, level and point.
+        heads = overrides.get("pixel_decoder_attention_heads", ITAConfig().pixel_decoder_attention_heads)
+        samples = _rows(weights, state_dict)
+        if samples % (heads * values["num_feature_levels"]):
+            raise CheckpointConversionError(
+                "Cannot infer the deformable attention's sampling points",
+                [
+                    f"{weights} has {samples} rows, not a multiple of heads ({heads}) x levels "
+                    f"({values['num_feature_levels']}); give pixel_decoder_attention_heads in --config-overrides"
+                ],
+            )
+        values["pixel_decoder_num_points"] = samples // (heads * values["num_feature_levels"])
+    values.update(overrides)
+    config = ITAConfig(**values)
+
+    if "criterion.empty_weight" in state_dict:
+        trained_classes = state_dict["criterion.empty_weight"].shape[0] - 1
+        if trained_classes != len(config.train_vocabulary):
+            raise CheckpointConversionError(
+                "The training vocabulary does not match the checkpoint",
+                [
+                    f"criterion.empty_weight says {trained_classes} training classes, the config's train_vocabulary "
+                    f"has {len(config.train_vocabulary)}; give the right one with --config-overrides "
+                    "'{\"train_vocabulary\": [...]}' (it decides the geometric ensemble's seen classes)"
+                ],
+            )
+    return config, variant
+
+
+# --------------------------------------------------------------------------------------------------- mapping
+def expected_state_dict_shapes(config):
+    """{key: shape} of `ITAForOpenVocabSegmentation(config)`'s state dict, built on the meta device."""
+    with torch.device("meta"):
+        model = ITAForOpenVocabSegmentation(config)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def convert_state_dict(state_dict, expected_shapes):
+    """Rename an original state dict to our layout, strictly.
+
+    `expected_shapes` is the model's `{key: shape}`. Raises `CheckpointConversionError` listing every source key
+    that no rule covers or whose new name the model lacks, every model key left unfilled and every shape
+    mismatch. Knowingly dropped keys (`DROPPED_ORIGINAL_KEYS`) are skipped. The tensors are not copied.
+    """
+    converted, sources, problems = {}, {}, []
+    for key, value in state_dict.items():
+        if key in DROPPED_ORIGINAL_KEYS:
+            continue
+        new_key = original_to_hf_key(key)
+        if new_key is None:
+            problems.append(f"unmapped source key {key} {list(value.shape)}")
+        elif new_key not in expected_shapes:
+            problems.append(f"source key {key} {list(value.shape)} -> {new_key}, which the model does not have")
+        elif new_key in converted:
+            problems.append(f"source keys {sources[new_key]} and {key} both map to {new_key}")
+        else:
+            if tuple(value.shape) != expected_shapes[new_key]:
+                problems.append(
+                    f"shape mismatch: {key} {list(value.shape)} -> {new_key} expects {list(expected_shapes[new_key])}"
+                )
+            converted[new_key], sources[new_key] = value, key
+    for key in expected_shapes:
+        if key not in converted:
+            original = hf_to_original_key(key)
+            problems.append(f"model key {key} {list(expected_shapes[key])} is not filled (expected from {original})")
+    if problems:
+        raise CheckpointConversionError(f"The checkpoint does not fit the model ({len(problems)} problems)", problems)
+    return converted
+
+
+# ----------------------------------------------------------------------------------------------- category bank
+def load_category_bank(path):
+    """Read a category bank -> `{name: [D] tensor}` in file order, dtype kept.
+
+    Reads the original ITA `Category/category_tensor.pt` (a dict name -> fp16 `[1, D]`) or the
+    `category_bank.safetensors` of a converted folder. Activate it with
+    `model.vocabulary_encoder.set_category_bank(bank)`.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if "names" not in metadata:
+                raise ValueError(f"{path}: not a category bank (no 'names' in the safetensors metadata)")
+            names = json.loads(metadata["names"])
+            embeddings = handle.get_tensor("embeddings")
+        if len(names) != embeddings.shape[0]:
+            raise ValueError(f"{path}: {len(names)} names for {embeddings.shape[0]} embeddings")
+        return dict(zip(names, embeddings))
+    bank = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(bank, dict) or not bank:
+        raise ValueError(f"{path}: expected a dict name -> embedding, got {type(bank).__name__}")
+    result = {}
+    for name, value in bank.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path}: entry {name!r} is not a name with a tensor")
+        if value.numel() != value.shape[-1]:
+            raise ValueError(f"{path}: the embedding of {name!r} has shape {list(value.shape)}, expected [1, D] or [D]")
+        result[name] = value.reshape(-1)
+    if len({value.shape[0] for value in result.values()}) != 1:
+        raise ValueError(f"{path}: the embeddings differ in size")
+    return result
+
+
+def save_category_bank(bank, path, source=None):
+    """Write `{name: [D] or [1, D] tensor}` as one safetensors file: `embeddings` [N, D], names in metadata."""
+    names = list(bank)
+    embeddings = torch.stack([bank[name].reshape(-1) for name in names]).contiguous()
+    metadata = {"format": "pt", "names": json.dumps(names)}
+    if source is not None:
+        metadata["source"] = str(source)
+    save_file({"embeddings": embeddings}, str(path), metadata=metadata)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- whole folder
+@dataclass
+class ConversionResult:
+    """What `convert_checkpoint` wrote."""
+
+    output_dir: Path
+    variant: str
+    config: ITAConfig
+    source: str
+    source_sha256: str
+    num_tensors: int
+    num_parameters: int
+    dropped_keys: list = field(default_factory=list)
+    category_bank_size: int | None = None
+    verified: bool = False
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _distinct_storage(tensors):
+    """safetensors refuses tensors that share memory: copy the second and later users of a storage."""
+    seen, result = set(), {}
+    for key, tensor in tensors.items():
+        tensor = tensor.detach().contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        result[key] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
+    return result
+
+
+def convert_checkpoint(
+    checkpoint,
+    output_dir,
+    clip_config=None,
+    config_overrides=None,
+    category_bank=None,
+    verify=True,
+    repo_id=None,
+):
+    """Convert an original FC-CLIP or ITA checkpoint into a model folder; returns a `ConversionResult`.
+
+    The folder holds `config.json`, `model.safetensors`, the processor configuration, the model's source files
+    (so `AutoModel.from_pretrained(folder, trust_remote_code=True)` works without this package), a model card
+    and, with `category_bank` (ITA's `Category/category_tensor.pt`), `category_bank.safetensors`. With `verify`
+    the folder is reloaded and every tensor compared with the checkpoint's. `repo_id` only names the repository
+    in the model card's examples.
+    """
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    state_dict = load_original_state_dict(checkpoint)
+    config, variant = infer_config(state_dict, clip_config=clip_config, **(config_overrides or {}))
+    converted = convert_state_dict(state_dict, expected_state_dict_shapes(config))
+
+    bank = None
+    if category_bank is not None:
+        if config.num_dominant_categories == 0:
+            raise ValueError(f"{category_bank}: a category bank serves ITA's text queries; this checkpoint is FC-CLIP")
+        bank = load_category_bank(category_bank)
+        dim = next(iter(bank.values())).shape[0]
+        if dim != config.clip_embed_dim:
+            raise ValueError(f"{category_bank}: embeddings of size {dim}, the CLIP's are {config.clip_embed_dim}")
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    hub.prepare_config_for_folder(config)
+    config.save_pretrained(output_dir)
+    save_file(_distinct_storage(converted), str(output_dir / "model.safetensors"), metadata={"format": "pt"})
+    hub.save_processor(output_dir)
+    hub.export_remote_code(output_dir)
+    if bank is not None:
+        save_category_bank(bank, output_dir / CATEGORY_BANK_FILE, source=Path(category_bank).name)
+
+    result = ConversionResult(
+        output_dir=output_dir,
+        variant=variant,
+        config=config,
+        source=checkpoint.name,
+        source_sha256=_sha256(checkpoint),
+        num_tensors=len(converted),
+        num_parameters=sum(value.numel() for value in converted.values()),
+        dropped_keys=sorted(key for key in state_dict if key in DROPPED_ORIGINAL_KEYS),
+        category_bank_size=None if bank is None else len(bank),
+    )
+    if verify:
+        verify_folder(output_dir, converted)
+        result.verified = True
+    hub.write_model_card(output_dir, result, repo_id=repo_id)
+    return result
+
+
+def verify_folder(folder, converted):
+    """Reload `folder` with `from_pretrained` and check that every tensor equals the converted one."""
+    model = ITAForOpenVocabSegmentation.from_pretrained(folder)
+    loaded = model.state_dict()
+    different = [
+        key
+        for key, value in converted.items()
+        if key not in loaded or not torch.equal(loaded[key].to(value.dtype), value)
+    ]
+    if different:
+        raise CheckpointConversionError(f"{folder}: reloaded tensors differ from the checkpoint's", different)
+    return model

@@ -1,0 +1,423 @@
+"""Hub-ready model folders: the model's source files for `trust_remote_code`, the processor configuration, the
+model card, and pushing a folder to the Hub.
+
+A folder loads without this package when it carries the model's source files flat (`configuration_ita.py`,
+`modeling_ita.py`, the part files, `image_processing_ita.py`, `processing_ita.py`) and `auto_map` entries that
+name them. transformers copies such files into its dynamic-module cache and imports them as one package, so
+they may import each other only relatively (`from .layers import ...`): `export_remote_code` rewrites this
+package's own imports into that form and checks the result with transformers' own import scanner.
+"""
+
+import ast
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import huggingface_hub
+import open_clip
+import transformers
+from huggingface_hub import HfApi
+from transformers.dynamic_module_utils import get_imports, get_relative_imports
+
+from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG
+from image_processing_ita import ITAImageProcessor
+
+from .processing_ita import ITAProcessor
+
+__all__ = [
+    "CATEGORY_BANK_FILE",
+    "CATEGORY_BANK_SNIPPET",
+    "HubPushError",
+    "export_remote_code",
+    "prepare_config_for_folder",
+    "push_folder_to_hub",
+    "render_model_card",
+    "save_processor",
+    "write_model_card",
+]
+
+CATEGORY_BANK_FILE = "category_bank.safetensors"
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Top-level names of this project's modules: never importable by name inside a Hub folder.
+LOCAL_MODULES = ("configuration_ita", "image_processing_ita", "modeling_ita")
+
+# auto class -> (module in this project, class)
+REMOTE_CODE_ENTRY_POINTS = {
+    "AutoConfig": ("configuration_ita", "ITAConfig"),
+    "AutoModel": ("modeling_ita.modeling", "ITAForOpenVocabSegmentation"),
+    "AutoImageProcessor": ("image_processing_ita", "ITAImageProcessor"),
+    "AutoProcessor": ("modeling_ita.processing_ita", "ITAProcessor"),
+}
+# Files whose name in the folder differs from the package's: the Hub convention `modeling_<model_type>.py`.
+FLAT_NAMES = {"modeling_ita.modeling": "modeling_ita"}
+
+# Activates an exported category bank; expects `bank_file` (its path) and `model`. Needs only safetensors.
+CATEGORY_BANK_SNIPPET = """\
+import json
+from safetensors import safe_open
+
+with safe_open(bank_file, framework="pt") as bank:
+    names = json.loads(bank.metadata()["names"])
+    embeddings = bank.get_tensor("embeddings")
+model.vocabulary_encoder.set_category_bank(dict(zip(names, embeddings)))
+"""
+
+REQUIREMENTS = ("torch", "torchvision", "transformers>=5", "open_clip_torch>=3", "timm", "scipy", "safetensors", "pillow")
+
+
+# ------------------------------------------------------------------------------------------------ remote code
+def _module_file(module):
+    """Source file of one of this project's modules (`configuration_ita`, `modeling_ita.vocabulary`, ...)."""
+    if module.startswith("modeling_ita."):
+        path = PACKAGE_DIR / (module.split(".", 1)[1] + ".py")
+        return path if path.is_file() else None
+    if module not in ("configuration_ita", "image_processing_ita"):
+        return None
+    spec = importlib.util.find_spec(module)
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def _flat_name(module):
+    return FLAT_NAMES.get(module, module.rsplit(".", 1)[-1])
+
+
+def _local_imports(module):
+    """(import node, imported module) for each import of a project module inside `module`'s file."""
+    path = _module_file(module)
+    in_package = module.startswith("modeling_ita.")
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            local = [alias.name for alias in node.names if alias.name.split(".")[0] in LOCAL_MODULES]
+            if local:
+                raise ValueError(f"{path}:{node.lineno}: write `from ... import ...` for {local}; plain imports cannot be exported")
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve_import(node, in_package, path)
+            if target is not None:
+                found.append((node, target))
+    return found
+
+
+def _resolve_import(node, in_package, path):
+    where = f"{path}:{node.lineno}"
+    name = node.module or ""
+    if node.level == 0:
+        if name.split(".")[0] not in LOCAL_MODULES:
+            return None  # a third-party import: transformers checks it is installed
+        if name == "modeling_ita" or name.count(".") > 1:
+            raise ValueError(f"{where}: import from a module of the package directly (`modeling_ita.<module>`), not {name!r}")
+        target = name
+    elif node.level == 1 and name and "." not in name:
+        target = f"modeling_ita.{name}" if in_package else name
+        if _module_file(target) is None and name in LOCAL_MODULES:
+            target = name  # already written for the flat layout (`from .configuration_ita import ...`)
+    else:
+        raise ValueError(f"{where}: only `from .<module> import ...` relative imports can be exported")
+    if _module_file(target) is None:
+        raise ValueError(f"{where}: cannot find the module {target!r}")
+    return target
+
+
+def _flat_source(module, imports):
+    """`module`'s source with each project import rewritten to `from .<flat name> import`."""
+    lines = _module_file(module).read_text(encoding="utf-8").splitlines(keepends=True)
+    for node, target in imports:
+        line = lines[node.lineno - 1]
+        head, tail = line[: node.col_offset], line[node.col_offset :]
+        tail, count = re.subn(r"^from\s+\.*[\w.]*\s+import", f"from .{_flat_name(target)} import", tail, count=1)
+        if count != 1:
+            raise ValueError(f"{_module_file(module)}:{node.lineno}: cannot rewrite the import {line.strip()!r}")
+        lines[node.lineno - 1] = head + tail
+    note = "# From the ita-segmentation package, exported for trust_remote_code (imports of the package made relative).\n"
+    return note + "".join(lines)
+
+
+def export_remote_code(folder):
+    """Copy the source of the config, model, image processor and processor, with everything they import from
+    this project, flat into `folder`; returns the written file names.
+
+    Raises `ValueError` when a file imports the project in a form that cannot work inside a Hub folder, or when
+    transformers' import scanner still finds a project module imported by name or a relative import without
+    its file.
+    """
+    folder = Path(folder)
+    pending = [module for module, _ in REMOTE_CODE_ENTRY_POINTS.values()]
+    sources = {}
+    while pending:
+        module = pending.pop()
+        if module in sources:
+            continue
+        imports = _local_imports(module)
+        sources[module] = _flat_source(module, imports)
+        pending.extend(target for _, target in imports)
+
+    names = {}
+    for module in sources:
+        names.setdefault(_flat_name(module), []).append(module)
+    clashes = {name: modules for name, modules in names.items() if len(modules) > 1}
+    if clashes:
+        raise ValueError(f"modules that would share a file name in the folder: {clashes}")
+
+    written = []
+    for module, source in sorted(sources.items()):
+        path = folder / f"{_flat_name(module)}.py"
+        path.write_text(source, encoding="utf-8")
+        written.append(path.name)
+
+    problems = []
+    for name in written:
+        path = folder / name
+        by_name = sorted(set(get_imports(path)) & set(LOCAL_MODULES))
+        if by_name:
+            problems.append(f"{name} imports {by_name} by name")
+        problems += [
+            f"{name} imports .{relative}, which is not in the folder"
+            for relative in get_relative_imports(path)
+            if not (folder / f"{relative}.py").is_file()
+        ]
+    if problems:
+        raise ValueError("The exported source files would not load with trust_remote_code: " + "; ".join(problems))
+    return sorted(written)
+
+
+def _auto_map(*auto_classes):
+    return {
+        auto_class: f"{_flat_name(REMOTE_CODE_ENTRY_POINTS[auto_class][0])}.{REMOTE_CODE_ENTRY_POINTS[auto_class][1]}"
+        for auto_class in auto_classes
+    }
+
+
+def prepare_config_for_folder(config):
+    """Name the model class and the exported source files in the config (`architectures`, `auto_map`)."""
+    config.architectures = [REMOTE_CODE_ENTRY_POINTS["AutoModel"][1]]
+    config.auto_map = _auto_map("AutoConfig", "AutoModel")
+    return config
+
+
+def save_processor(folder):
+    """Write the default `ITAProcessor`'s configuration, with `auto_map` entries for trust_remote_code."""
+    processor = ITAProcessor(image_processor=ITAImageProcessor())
+    processor.save_pretrained(folder)
+    path = Path(folder) / "processor_config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["auto_map"] = _auto_map("AutoProcessor")
+    data["image_processor"]["auto_map"] = _auto_map("AutoImageProcessor")
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return processor
+
+
+# -------------------------------------------------------------------------------------------------------- push
+class HubPushError(RuntimeError):
+    """Pushing a converted folder failed; the folder itself is complete."""
+
+
+def push_folder_to_hub(folder, repo_id, private=None, token=None, endpoint=None, commit_message=None):
+    """Create `repo_id` (if needed) and upload `folder` to it; returns the commit URL.
+
+    Fails at once in offline mode (`HF_HUB_OFFLINE=1`), and with a `HubPushError` on any Hub or network error;
+    the message says the folder is written and how to push it later.
+    """
+    folder = Path(folder)
+    later = (
+        f"The converted model folder is complete at {folder}; push it later with "
+        f"`hf upload {repo_id} {folder} .` (or `HfApi().upload_folder(repo_id={repo_id!r}, folder_path={str(folder)!r})`)."
+    )
+    if huggingface_hub.constants.is_offline_mode():
+        raise HubPushError(f"Not pushed to {repo_id}: offline mode is on (HF_HUB_OFFLINE=1). {later}")
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            repo_type="model",
+            commit_message=commit_message or "Add a model converted from an original checkpoint",
+        )
+    except Exception as error:  # network, authentication and Hub errors alike: the folder stays usable
+        raise HubPushError(f"Not pushed to {repo_id}: {type(error).__name__}: {error}. {later}") from error
+    return commit.commit_url
+
+
+# -------------------------------------------------------------------------------------------------- model card
+_PROTOCOL = """\
+| benchmark | classes | val images |
+|---|---|---|
+| ADE20K (A-150) | 150 | 2,000 |
+| ADE20K-full (A-847) | 847 | 2,000 |
+| Pascal Context (PC-59) | 59 | 5,104 |
+| Pascal Context full (PC-459) | 459 | 5,104 |
+| Pascal VOC (PAS-20, background ignored) | 20 | 1,449 |
+| Pascal VOC (PAS-21, background scored) | 21 | 1,449 |
+
+The protocol of the FC-CLIP and ITA papers: trained on COCO panoptic (133 classes) only, every benchmark is
+zero-shot. Single scale: shortest side 800, longest at most 1333, padded to a multiple of 32, no flip, no
+sliding window. Classes are FC-CLIP's lists with hand-made synonyms (comma-separated in one class name; the
+best synonym wins). mIoU from one confusion matrix over the split, averaged over the classes present in the
+ground truth, as detectron2's `SemSegEvaluator`.
+"""
+
+_FCCLIP_PUBLISHED = """\
+For reference, the FC-CLIP authors report for their released ConvNeXt-L model (`fcclip_cocopan.pth`), in mIoU:
+A-847 14.8, PC-459 18.2, A-150 34.1, PC-59 58.4, PAS-20 95.4, PAS-21 81.8. They are the numbers to reproduce if
+this folder was converted from that release; they were not measured on this folder.
+"""
+
+
+def _clip_name(config):
+    return "OpenCLIP ConvNeXt-L (`convnext_large_d_320`)" if config.clip_config == CONVNEXT_LARGE_D_320_CLIP_CONFIG else (
+        f"OpenCLIP with a timm `{config.clip_config['vision_cfg']['timm_model_name']}` image tower (custom config)"
+    )
+
+
+def _category_bank_section(result, where):
+    bank_intro = (
+        f"`{CATEGORY_BANK_FILE}` holds the original ITA's fixed name embeddings ({result.category_bank_size} names, "
+        "`Category/category_tensor.pt`)."
+        if result.category_bank_size
+        else "This folder has no category bank. The original ITA looks dominant-category names up in a fixed bank "
+        "(`Category/category_tensor.pt`); convert with `--category-bank` to include it."
+    )
+    bank_imports, bank_body = CATEGORY_BANK_SNIPPET.rstrip("\n").split("\n\n", 1)
+    return [
+        "## Category bank",
+        "",
+        bank_intro + " By default the model computes the text-query embeddings with the CLIP text tower, so any "
+        "vocabulary works. The bank is not switched on when loading: with it, every name must be in the bank "
+        "(a missing name raises a `KeyError`, as in the original), which turns the model closed-vocabulary. Switch "
+        "it on for parity with the original:",
+        "",
+        "```python",
+        bank_imports,
+        "",
+        f'bank_file = "{where}/{CATEGORY_BANK_FILE}"  # or huggingface_hub.hf_hub_download(repo_id, "{CATEGORY_BANK_FILE}")',
+        bank_body,
+        "```",
+        "",
+        "`model.vocabulary_encoder.set_category_bank(None)` switches back to the text tower.",
+        "",
+    ]
+
+
+def render_model_card(result, repo_id=None):
+    """The README.md of a converted folder, from a `ConversionResult`."""
+    config, variant = result.config, result.variant
+    name = "ITA" if variant == "ita" else "FC-CLIP"
+    where = repo_id or "path/to/this/folder"
+    if variant == "ita":
+        what = (
+            "**ITA** (*Image-Text Aggregation for Open-Vocabulary Semantic Segmentation*, Cheng et al., IEEE TCSVT "
+            "2025): FC-CLIP with dominant-category text queries. Per image, the frozen CLIP ranks the vocabulary "
+            f"zero-shot; the {config.num_dominant_categories} best names' text embeddings, projected to the "
+            "decoder's width, join the learnable queries, and the decoder runs without self-attention."
+        )
+    else:
+        what = (
+            "**FC-CLIP** (*Convolutions Die Hard: Open-Vocabulary Segmentation with Single Frozen Convolutional "
+            "CLIP*, Yu et al., NeurIPS 2023): a frozen CLIP feeds a Mask2Former pixel decoder and masked-attention "
+            "decoder; masks are classified by text embeddings and by CLIP itself, combined by a geometric ensemble."
+        )
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: image-segmentation",
+        "tags:",
+        *[f"- {tag}" for tag in ("open-vocabulary-segmentation", "semantic-segmentation", variant, "clip", "custom_code")],
+        "---",
+        "",
+        f"# {name} for open-vocabulary semantic segmentation",
+        "",
+        f"{what} Give it an image and any list of class names; it labels every pixel with one of them.",
+        "",
+        f"This folder holds weights converted from an original detectron2 checkpoint for "
+        "`ITAForOpenVocabSegmentation` of the ita-segmentation package (one class for ITA and FC-CLIP).",
+        "",
+        "## Variant",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| model | {name} |",
+        f"| CLIP (frozen) | {_clip_name(config)} |",
+        f"| dominant-category text queries | {config.num_dominant_categories} |",
+        f"| learnable queries | {config.num_queries} |",
+        f"| decoder | {config.decoder_layers} layers, self-attention {'on' if config.decoder_self_attention else 'off'} |",
+        f"| parameters | {result.num_parameters:,} in {result.num_tensors} tensors |",
+        "",
+        "## Source",
+        "",
+        f"- Converted from `{result.source}` (sha256 `{result.source_sha256}`) with `scripts/convert_checkpoint.py`.",
+        "- Every original tensor was renamed to its place in this model (`backbone.add_tgt_em.weight` -> "
+        "`dominant_categories.projection`, `sem_seg_head.pixel_decoder.*` -> `pixel_decoder.*`, "
+        "`sem_seg_head.predictor.*` -> `decoder.*`, CLIP unchanged); values are untouched.",
+        "- Not converted, on purpose: "
+        + (", ".join(f"`{key}`" for key in result.dropped_keys) or "nothing")
+        + " (the loss's class weights, rebuilt from the config).",
+        "- Sizes in `config.json` were read from the tensor shapes. Hyper-parameters that leave no trace in shapes "
+        "(attention heads, the training vocabulary and its synonyms, prompt templates, ensemble weights) are the "
+        "original defaults unless the conversion was told otherwise.",
+        "",
+        "## How to load",
+        "",
+        "Without the package, with the source files in this folder (`trust_remote_code=True`; needs "
+        + ", ".join(f"`{requirement}`" for requirement in REQUIREMENTS)
+        + "):",
+        "",
+        "```python",
+        "import torch",
+        "from PIL import Image",
+        "from transformers import AutoModel, AutoProcessor",
+        "",
+        f'model = AutoModel.from_pretrained("{where}", trust_remote_code=True).eval()',
+        f'processor = AutoProcessor.from_pretrained("{where}", trust_remote_code=True)',
+        "",
+        'image = Image.open("photo.jpg").convert("RGB")',
+        'inputs = processor(images=image, text=["sofa,couch", "wall", "floor", "lamp"], return_tensors="pt")',
+        "with torch.no_grad():",
+        "    outputs = model(**inputs)",
+        "label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]",
+        "```",
+        "",
+        "With the ita-segmentation package installed, `import modeling_ita` registers ITA with the Auto classes, "
+        "and the same calls then run the package's code without `trust_remote_code`.",
+        "",
+        "A class is one string of comma-separated synonyms. The vocabulary is chosen per call and cached.",
+        "",
+    ]
+    if variant == "ita":
+        lines += _category_bank_section(result, where)
+    lines += [
+        "## Evaluation protocol",
+        "",
+        _PROTOCOL.rstrip("\n"),
+        "",
+        "## What was verified",
+        "",
+        "- The conversion is strict: it stops if any original tensor has no place in this model, any model tensor "
+        "is left unfilled, or any shape differs.",
+    ]
+    if result.verified:
+        lines.append("- The folder was reloaded with `from_pretrained` and every tensor compared equal to the checkpoint's.")
+    lines += [
+        "- The exported source files are the package's own, with its imports made relative; the package's tests "
+        "check, on small models, that they load without the package and give the package's outputs.",
+        "- Not verified by the conversion: segmentation accuracy. No benchmark was run on these weights.",
+    ]
+    if variant == "fcclip":
+        lines += ["", _FCCLIP_PUBLISHED.rstrip("\n")]
+    else:
+        lines += ["", "The ITA authors released no weights and we have no paper numbers to compare with."]
+    lines += [
+        "",
+        "Converted with transformers "
+        f"{transformers.__version__}, open_clip {open_clip.__version__}. The weights keep the licence of the "
+        "checkpoint they came from; check it before redistributing them.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(folder, result, repo_id=None):
+    path = Path(folder) / "README.md"
+    path.write_text(render_model_card(result, repo_id=repo_id), encoding="utf-8")
+    return path
