@@ -154,6 +154,10 @@ class SegmentationBenchmark:
         vocabulary_file: file name of the class list in `vocabularies/`.
         layouts: accepted preparations of the validation split, tried in order.
         num_images: size of the full validation split.
+        sem_seg_postprocess_before_inference: resize the mask logits to the label size before the class sum
+            (`post_process_semantic_segmentation`'s option). FC-CLIP's eval config for A-150 turns panoptic and
+            instance inference on, which makes the original take that order; its configs for the other five
+            turn both off (`configs/coco/panoptic-segmentation/fcclip/fcclip_convnext_large_eval_*.yaml`).
     """
 
     name: str
@@ -163,6 +167,7 @@ class SegmentationBenchmark:
     vocabulary_file: str
     layouts: tuple
     num_images: int
+    sem_seg_postprocess_before_inference: bool = False
 
     @cached_property
     def class_names(self):
@@ -196,6 +201,7 @@ BENCHMARKS = {
                 ),
             ),
             num_images=2000,
+            sem_seg_postprocess_before_inference=True,
         ),
         SegmentationBenchmark(
             name="ade847",
