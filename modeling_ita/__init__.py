@@ -15,6 +15,7 @@ from .modeling import (
     ITAPreTrainedModel,
     geometric_ensemble,
 )
+from .pipeline import ZeroShotImageSegmentationPipeline  # registers the "zero-shot-image-segmentation" task
 from .processing_ita import ITAProcessor
 from .vocabulary import ITAVocabulary, ITAVocabularyEncoder, parse_vocabulary
 
@@ -34,4 +35,5 @@ __all__ = [
     "ITAVocabularyEncoder",
     "geometric_ensemble",
     "parse_vocabulary",
+    "ZeroShotImageSegmentationPipeline",
 ]

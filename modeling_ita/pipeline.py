@@ -1,0 +1,366 @@
+"""The `zero-shot-image-segmentation` pipeline task: segment an image into classes named at call time.
+
+Importing `modeling_ita` registers the task with transformers' `PIPELINE_REGISTRY`, so that
+
+```python
+>>> import modeling_ita
+>>> from transformers import pipeline
+>>> segmenter = pipeline("zero-shot-image-segmentation", model="path/or/hub-id")
+>>> result = segmenter("cat.jpg", candidate_labels=["cat", "sofa,couch", "wall"])
+>>> [(segment["label"], round(segment["pixel_share"], 2)) for segment in result["segments"]]
+[('sofa,couch', 0.48), ('cat', 0.31), ('wall', 0.21)]
+```
+"""
+
+import math
+import os
+from collections.abc import Sized
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader
+from transformers import AutoModel
+from transformers.image_utils import load_image
+from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.base import Pipeline
+from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
+from transformers.utils import logging
+
+try:  # flat layout of a Hub model folder loaded with trust_remote_code
+    from .image_processing_ita import ITAImageProcessor
+except ImportError:  # the installed package
+    from image_processing_ita import ITAImageProcessor
+
+from .vocabulary import parse_vocabulary
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["ZeroShotImageSegmentationPipeline", "ZERO_SHOT_IMAGE_SEGMENTATION_TASK"]
+
+ZERO_SHOT_IMAGE_SEGMENTATION_TASK = "zero-shot-image-segmentation"
+
+
+def _check_candidate_labels(candidate_labels):
+    if candidate_labels is None:
+        raise ValueError(
+            "candidate_labels is required: the classes to segment, one string per class with synonyms separated "
+            "by commas, e.g. candidate_labels=['cat', 'sofa,couch', 'wall']"
+        )
+    if isinstance(candidate_labels, str):
+        raise ValueError(
+            f"candidate_labels must be a list of classes, got the single string {candidate_labels!r}; commas "
+            "separate synonyms of one class, so write candidate_labels=['cat', 'sofa,couch'] for two classes"
+        )
+    if len(candidate_labels) == 0:
+        raise ValueError("candidate_labels is empty: give at least one class, e.g. ['cat', 'sofa,couch', 'wall']")
+    parse_vocabulary(candidate_labels)  # no empty class or synonym, no duplicate class
+    return list(candidate_labels)
+
+
+def _original_size(image):
+    """(height, width) of an image as the image processor will read it (upright PIL, or an array/tensor with
+    the channel axis first or last, preferring last for NumPy and first for torch, as the processor does)."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    shape = tuple(image.shape)
+    if len(shape) == 2:
+        return shape
+    if len(shape) == 3:
+        channels_last = shape[-1] in (1, 2, 3, 4)
+        channels_first = shape[0] in (1, 2, 3, 4)
+        if channels_last and (not channels_first or isinstance(image, np.ndarray)):
+            return shape[0], shape[1]
+        if channels_first:
+            return shape[1], shape[2]
+    raise ValueError(f"Cannot read an image of shape {shape}: expected (H, W), (H, W, C) or (C, H, W)")
+
+
+class ZeroShotImageSegmentationPipeline(Pipeline):
+    r"""
+    Open-vocabulary semantic segmentation with [`ITAForOpenVocabSegmentation`] (ITA or FC-CLIP): every pixel
+    of the image gets one of the `candidate_labels`, classes named at call time.
+
+    Loading: `pipeline("zero-shot-image-segmentation", model=...)` loads the model with `AutoModel` and the
+    image processor with `AutoImageProcessor` from the same folder or Hub repository (`processor_config.json`,
+    as `ITAProcessor.save_pretrained` writes it, or `preprocessor_config.json`). Pass `image_processor=` (or
+    `processor=`) to use another; a checkpoint without one falls back, with a warning, to the default
+    [`ITAImageProcessor`] (the original's test-time input: shortest side 800, longest at most 1333).
+
+    Batching (`batch_size=N`): each image's result equals its result alone. Images are padded only to their
+    own frame (their resized size rounded up to the processor's `size_divisor`), as when run alone: the model
+    sees the padding (its convolutions, group norms and attention read it), so padding a small image up to a
+    larger one's frame would change its prediction. A batch therefore runs one forward pass per distinct frame
+    size and vocabulary among its images.
+
+    Example:
+
+    ```python
+    >>> import modeling_ita
+    >>> from transformers import pipeline
+    >>> segmenter = pipeline("zero-shot-image-segmentation", model="path/to/ita-checkpoint")
+    >>> result = segmenter("living_room.jpg", candidate_labels=["cat", "sofa,couch", "wall"])
+    >>> result["segments"][0]["label"], result["label_map"].shape
+    ('sofa,couch', (480, 640))
+    ```
+    """
+
+    _load_processor = False
+    _load_image_processor = None  # optional: ITAImageProcessor's defaults when the checkpoint has none
+    _load_feature_extractor = False
+    _load_tokenizer = False  # the model tokenizes its vocabulary itself (open_clip's tokenizer)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.image_processor is None:
+            logger.warning(
+                "No image processor was found for this model; using ITAImageProcessor's defaults (shortest side "
+                "800, longest at most 1333). Pass image_processor=... to choose another."
+            )
+            self.image_processor = ITAImageProcessor()
+        self.check_model_type({"ita": "ITAForOpenVocabSegmentation"})
+
+    def __call__(self, image, candidate_labels=None, **kwargs):
+        """
+        Segment one image or several.
+
+        Args:
+            image (`str`, `PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `dict`, or a list of them):
+                An image: a local path or an http(s) URL, a PIL image (its EXIF orientation is applied), or an
+                array/tensor as [`ITAImageProcessor`] accepts it (`uint8`, `uint16`, or float in [0, 1]; channels
+                last or first). A dict `{"image": ..., "candidate_labels": [...]}` gives an image its own
+                classes. A list of images returns a list of results; a generator or a dataset returns an
+                iterator.
+            candidate_labels (`list[str]` or `list[list[str]]`):
+                The classes, one string per class, synonyms separated by commas (`["cat", "sofa,couch"]`). With a
+                list of images, one list for all of them or one list per image.
+            batch_size (`int`, *optional*):
+                Images per forward pass (see the class docstring: results do not depend on it).
+            timeout (`float`, *optional*):
+                Seconds to wait for an image URL; no limit by default.
+
+        Returns:
+            A dict per image:
+
+            - **segments** (`list[dict]`) -- one entry per class present, largest first:
+                - **label** (`str`) -- the class string as given in `candidate_labels`.
+                - **class_id** (`int`) -- its position in `candidate_labels` (its value in `label_map`).
+                - **pixel_share** (`float`) -- the fraction of the image's pixels given this class; the shares of
+                  all segments sum to 1.
+                - **score** (`float`) -- the mean, over the segment's pixels, of the class's semantic score at the
+                  pixel: FC-CLIP's `sum_q p_q(class) * sigmoid(mask_q(pixel))` over the queries `q` (class
+                  probabilities of the ensemble times mask probabilities), the value the label map maximises. It
+                  ranks confidence but is not a calibrated probability; where masks of several queries overlap
+                  it can exceed 1.
+                - **mask** (`PIL.Image.Image`) -- mode "L", the image's size, 255 on the segment and 0 elsewhere.
+            - **label_map** (`np.ndarray`) -- `[H, W]` int64 at the original (upright) image size, each pixel's
+              class id into `candidate_labels`.
+        """
+        if "images" in kwargs:
+            image = kwargs.pop("images")
+        if isinstance(image, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+            inputs = {"image": image, "candidate_labels": _check_candidate_labels(candidate_labels)}
+            return super().__call__(inputs, **kwargs)
+        if isinstance(image, (list, tuple)):
+            if len(image) == 0:
+                return []
+            if not all(isinstance(item, dict) for item in image):
+                per_image = self._labels_per_image(candidate_labels, len(image))
+                image = [{"image": item, "candidate_labels": labels} for item, labels in zip(image, per_image)]
+                return super().__call__(image, **kwargs)
+            image = list(image)
+        # Dicts `{"image": ..., "candidate_labels": ...}`, a generator or a dataset: labels given here are the
+        # default of the images that come without their own.
+        if candidate_labels is not None:
+            kwargs["candidate_labels"] = _check_candidate_labels(candidate_labels)
+        return super().__call__(image, **kwargs)
+
+    @staticmethod
+    def _labels_per_image(candidate_labels, num_images):
+        """One shared vocabulary, or one per image (a list of lists) -> a validated list per image."""
+        per_image = (
+            isinstance(candidate_labels, (list, tuple))
+            and len(candidate_labels) > 0
+            and all(isinstance(labels, (list, tuple)) for labels in candidate_labels)
+        )
+        if not per_image:
+            return [_check_candidate_labels(candidate_labels)] * num_images
+        if len(candidate_labels) != num_images:
+            raise ValueError(
+                f"Got {num_images} images but {len(candidate_labels)} lists of candidate_labels; give one list for "
+                "all images or one per image"
+            )
+        return [_check_candidate_labels(labels) for labels in candidate_labels]
+
+    def _sanitize_parameters(self, candidate_labels=None, timeout=None):
+        preprocess_params = {}
+        if candidate_labels is not None:
+            preprocess_params["candidate_labels"] = candidate_labels
+        if timeout is not None:
+            preprocess_params["timeout"] = timeout
+        return preprocess_params, {}, {}
+
+    # ------------------------------------------------------------------------------------------------ stages
+    def _load(self, image, timeout=None):
+        if isinstance(image, os.PathLike):
+            image = os.fspath(image)
+        if isinstance(image, str):
+            if os.path.isfile(image):
+                try:
+                    # PIL directly, not transformers' load_image: it would convert 16-bit files to 8-bit RGB.
+                    with Image.open(image) as opened:
+                        opened.load()
+                        return ImageOps.exif_transpose(opened)
+                except Exception as error:
+                    raise ValueError(f"Cannot read the image file {image}: {error}") from error
+            return load_image(image, timeout=timeout)
+        if isinstance(image, Image.Image):
+            return ImageOps.exif_transpose(image)
+        if isinstance(image, (np.ndarray, torch.Tensor)):
+            return image
+        raise TypeError(
+            f"Cannot segment a {type(image).__name__}: give a path, a URL, a PIL image, a NumPy array or a tensor"
+        )
+
+    def preprocess(self, inputs, candidate_labels=None, timeout=None):
+        if not isinstance(inputs, dict):
+            inputs = {"image": inputs}
+        vocabulary = _check_candidate_labels(inputs.get("candidate_labels", candidate_labels))
+        image = self._load(inputs["image"], timeout=timeout)
+        height, width = _original_size(image)
+        if height == 0 or width == 0:
+            raise ValueError(f"The image has zero size ({height}x{width} pixels)")
+        encoded = self.image_processor(image, return_tensors="pt")
+        return {
+            "pixel_values": encoded["pixel_values"].to(self.dtype),  # [1, 3, H_frame, W_frame]
+            "image_sizes": encoded["image_sizes"],  # [1, 2] resized size inside the frame
+            "target_size": torch.tensor([[height, width]], dtype=torch.long),
+            "candidate_labels": vocabulary,
+        }
+
+    def _collate(self, items):
+        """Stack preprocessed images, zero-padded to the largest (the padding is cropped away again in
+        `_forward`); the vocabularies stay one list per image."""
+        height = max(item["pixel_values"].shape[-2] for item in items)
+        width = max(item["pixel_values"].shape[-1] for item in items)
+        first = items[0]["pixel_values"]
+        pixel_values = first.new_zeros((len(items), first.shape[1], height, width))
+        for index, item in enumerate(items):
+            pixel_values[index, :, : item["pixel_values"].shape[-2], : item["pixel_values"].shape[-1]] = item[
+                "pixel_values"
+            ][0]
+        return {
+            "pixel_values": pixel_values,
+            "image_sizes": torch.cat([item["image_sizes"] for item in items]),
+            "target_size": torch.cat([item["target_size"] for item in items]),
+            "candidate_labels": [item["candidate_labels"] for item in items],
+        }
+
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        # As Pipeline.get_iterator, with our collate function: the default one concatenates `pixel_values`,
+        # which fails for images of different sizes.
+        if isinstance(inputs, Sized):
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+        else:
+            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+            num_workers = min(num_workers, 1)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=self._collate)
+        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    def _forward(self, model_inputs):
+        pixel_values = model_inputs["pixel_values"]
+        image_sizes = model_inputs["image_sizes"]
+        vocabularies = model_inputs["candidate_labels"]
+        if vocabularies and isinstance(vocabularies[0], str):  # one image, not collated
+            vocabularies = [vocabularies]
+        batch = pixel_values.shape[0]
+        divisor = self.image_processor.size_divisor
+        padded_height, padded_width = pixel_values.shape[-2:]
+
+        # One forward pass per (frame size, vocabulary): an image never sees padding beyond its own frame.
+        groups = {}
+        for index, ((height, width), vocabulary) in enumerate(zip(image_sizes.tolist(), vocabularies)):
+            frame = (
+                min(padded_height, math.ceil(height / divisor) * divisor),
+                min(padded_width, math.ceil(width / divisor) * divisor),
+            )
+            groups.setdefault((frame, tuple(vocabulary)), []).append(index)
+
+        num_columns = max(len(vocabulary) for vocabulary in vocabularies) + 1
+        class_logits = mask_logits = None
+        for ((frame_height, frame_width), vocabulary), indices in groups.items():
+            outputs = self.model(
+                pixel_values=pixel_values[indices, :, :frame_height, :frame_width],
+                image_sizes=image_sizes[indices],
+                class_names=list(vocabulary),
+            )
+            logits, masks = outputs.class_queries_logits, outputs.masks_queries_logits  # [g, Q, K+1], [g, Q, h, w]
+            if class_logits is None:
+                num_queries, stride = logits.shape[1], frame_height // masks.shape[-2]
+                class_logits = logits.new_zeros((batch, num_queries, num_columns))
+                mask_logits = masks.new_zeros((batch, num_queries, padded_height // stride, padded_width // stride))
+            # Vocabularies of different lengths share one tensor: the classes first, void in the last column.
+            class_logits[indices, :, : len(vocabulary)] = logits[..., :-1]
+            class_logits[indices, :, -1] = logits[..., -1]
+            # Post-processing reads each image's own frame only: the zeros around it are never used.
+            mask_logits[indices, :, : masks.shape[-2], : masks.shape[-1]] = masks
+        return {
+            "class_queries_logits": class_logits,
+            "masks_queries_logits": mask_logits,
+            "image_sizes": image_sizes,
+            "target_size": model_inputs["target_size"],
+            "candidate_labels": model_inputs["candidate_labels"],
+        }
+
+    def postprocess(self, model_outputs):
+        vocabulary = model_outputs["candidate_labels"]
+        if vocabulary and not isinstance(vocabulary[0], str):
+            # Without batching the outputs keep the batch's list of vocabularies; batched outputs are already
+            # split per image by the pipeline.
+            vocabulary = vocabulary[0]
+        num_classes = len(vocabulary)
+        class_logits = model_outputs["class_queries_logits"]
+        class_logits = torch.cat([class_logits[..., :num_classes], class_logits[..., -1:]], dim=-1)
+        outputs = {
+            "class_queries_logits": class_logits,
+            "masks_queries_logits": model_outputs["masks_queries_logits"],
+            "image_sizes": model_outputs["image_sizes"],
+        }
+        target_size = [tuple(model_outputs["target_size"][0].tolist())]
+        result = self.image_processor.post_process_semantic_segmentation(
+            outputs, target_sizes=target_size, return_scores=True
+        )[0]
+        label_map = result["segmentation"].cpu().numpy()
+        scores = result["scores"].cpu().numpy()
+
+        counts = np.bincount(label_map.ravel(), minlength=num_classes)
+        present = sorted(np.flatnonzero(counts).tolist(), key=lambda class_id: (-counts[class_id], class_id))
+        segments = []
+        for class_id in present:
+            mask = label_map == class_id
+            segments.append(
+                {
+                    "label": vocabulary[class_id],
+                    "class_id": class_id,
+                    "score": float(scores[mask].mean()),
+                    "pixel_share": float(counts[class_id] / label_map.size),
+                    "mask": Image.fromarray(mask.astype(np.uint8) * 255),
+                }
+            )
+        return {"segments": segments, "label_map": label_map}
+
+
+def _register():
+    registered = PIPELINE_REGISTRY.supported_tasks.get(ZERO_SHOT_IMAGE_SEGMENTATION_TASK)
+    if registered is not None and registered["impl"] is ZeroShotImageSegmentationPipeline:
+        return
+    PIPELINE_REGISTRY.register_pipeline(
+        ZERO_SHOT_IMAGE_SEGMENTATION_TASK,
+        pipeline_class=ZeroShotImageSegmentationPipeline,
+        pt_model=AutoModel,
+        type="multimodal",
+    )
+
+
+_register()

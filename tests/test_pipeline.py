@@ -1,0 +1,183 @@
+"""The `zero-shot-image-segmentation` pipeline on a tiny ITA checkpoint."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import pipeline
+from transformers.pipelines import get_supported_tasks
+
+from modeling_ita import ITAForOpenVocabSegmentation, ITAImageProcessor, ITAProcessor, ZeroShotImageSegmentationPipeline
+
+from conftest import tiny_config
+
+VOCABULARY = ["cat", "sofa,couch", "wall"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny-ita")
+    torch.manual_seed(0)
+    ITAForOpenVocabSegmentation(tiny_config()).save_pretrained(directory)
+    ITAProcessor(image_processor=ITAImageProcessor(size={"shortest_edge": 96, "longest_edge": 160})).save_pretrained(
+        directory
+    )
+    return directory
+
+
+@pytest.fixture(scope="module")
+def segmenter(model_dir):
+    return pipeline("zero-shot-image-segmentation", model=str(model_dir), device="cpu")
+
+
+def make_image(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    array[: height // 2, :, 0] = 230  # some structure: a reddish top half
+    return Image.fromarray(array)
+
+
+def check_result(result, image_size, vocabulary):
+    height, width = image_size
+    label_map = result["label_map"]
+    assert isinstance(label_map, np.ndarray) and np.issubdtype(label_map.dtype, np.integer)
+    assert label_map.shape == (height, width)
+    segments = result["segments"]
+    assert segments, "every pixel has a class, so at least one segment"
+    shares = [segment["pixel_share"] for segment in segments]
+    assert shares == sorted(shares, reverse=True)
+    assert sum(shares) == pytest.approx(1.0, abs=1e-9)
+    covered = np.zeros((height, width), dtype=bool)
+    for segment in segments:
+        assert segment["label"] == vocabulary[segment["class_id"]]
+        mask = segment["mask"]
+        assert mask.mode == "L" and mask.size == (width, height)
+        mask = np.asarray(mask)
+        assert set(np.unique(mask).tolist()) <= {0, 255}
+        np.testing.assert_array_equal(mask == 255, label_map == segment["class_id"])
+        assert segment["pixel_share"] == pytest.approx((mask == 255).mean())
+        assert np.isfinite(segment["score"]) and segment["score"] > 0
+        covered |= mask == 255
+    assert covered.all()
+    assert set(np.unique(label_map).tolist()) == {segment["class_id"] for segment in segments}
+
+
+def test_task_is_registered_and_loads_the_checkpoint_image_processor(segmenter):
+    assert "zero-shot-image-segmentation" in get_supported_tasks()
+    assert isinstance(segmenter, ZeroShotImageSegmentationPipeline)
+    assert isinstance(segmenter.model, ITAForOpenVocabSegmentation)
+    assert isinstance(segmenter.image_processor, ITAImageProcessor)
+    assert segmenter.image_processor.size.shortest_edge == 96  # from the folder, not the 800 default
+
+
+def test_checkpoint_without_image_processor_falls_back_to_defaults(model_dir, tmp_path):
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model_dir / name, tmp_path / name)
+    segmenter = pipeline("zero-shot-image-segmentation", model=str(tmp_path), device="cpu")
+    assert isinstance(segmenter.image_processor, ITAImageProcessor)
+    assert segmenter.image_processor.size.shortest_edge == 800
+
+
+def test_output_structure(segmenter):
+    image = make_image(60, 84)
+    result = segmenter(image, candidate_labels=VOCABULARY)
+    assert set(result) == {"segments", "label_map"}
+    assert set(result["segments"][0]) == {"label", "class_id", "score", "pixel_share", "mask"}
+    check_result(result, (60, 84), VOCABULARY)
+
+
+def test_postprocess_builds_segments_from_the_label_map(segmenter):
+    # Two queries: query 0 is "wall" on the left half, query 1 is "cat" on the right half of a 32x32 input.
+    class_logits = torch.full((1, 2, 4), -20.0)
+    class_logits[0, 0, 2] = 20.0
+    class_logits[0, 1, 0] = 20.0
+    mask_logits = torch.full((1, 2, 8, 8), -20.0)
+    mask_logits[0, 0, :, :4] = 20.0
+    mask_logits[0, 1, :, 4:] = 20.0
+    outputs = {
+        "class_queries_logits": class_logits,
+        "masks_queries_logits": mask_logits,
+        "image_sizes": torch.tensor([[32, 32]]),
+        "target_size": torch.tensor([[16, 40]]),
+        "candidate_labels": VOCABULARY,
+    }
+    result = segmenter.postprocess(outputs)
+    check_result(result, (16, 40), VOCABULARY)
+    assert [segment["label"] for segment in result["segments"]] == ["cat", "wall"]  # equal shares: by class id
+    assert [segment["class_id"] for segment in result["segments"]] == [0, 2]
+    assert (result["label_map"][:, :20] == 2).all() and (result["label_map"][:, 20:] == 0).all()
+    for segment in result["segments"]:
+        assert segment["pixel_share"] == pytest.approx(0.5)
+        assert segment["score"] == pytest.approx(1.0, abs=0.02)  # p(class) = 1 times a sure mask (soft at the border)
+
+
+def test_batch_of_two_sizes_equals_singles(segmenter):
+    # Resized to 96x128 and 96x206 (frames 96x128 and 96x224): different frames in one batch.
+    images = [make_image(60, 80, seed=1), make_image(70, 150, seed=2)]
+    singles = [segmenter(image, candidate_labels=VOCABULARY) for image in images]
+    batched = segmenter(images, candidate_labels=VOCABULARY, batch_size=2)
+    assert isinstance(batched, list) and len(batched) == 2
+    for image, single, together in zip(images, singles, batched):
+        check_result(together, (image.height, image.width), VOCABULARY)
+        np.testing.assert_array_equal(together["label_map"], single["label_map"])
+        assert [s["label"] for s in together["segments"]] == [s["label"] for s in single["segments"]]
+        for a, b in zip(together["segments"], single["segments"]):
+            # The score reads the model's logits: padding the small image to the large one's frame would move it.
+            assert a["score"] == pytest.approx(b["score"], rel=1e-5, abs=1e-6)
+            assert a["pixel_share"] == b["pixel_share"]
+
+
+def test_per_image_vocabularies_in_one_batch(segmenter):
+    images = [make_image(60, 80, seed=3), make_image(60, 80, seed=4)]
+    vocabularies = [VOCABULARY, ["sky", "grass", "road", "tree"]]
+    batched = segmenter(images, candidate_labels=vocabularies, batch_size=2)
+    for image, vocabulary, together in zip(images, vocabularies, batched):
+        check_result(together, (60, 80), vocabulary)
+        single = segmenter(image, candidate_labels=vocabulary)
+        np.testing.assert_array_equal(together["label_map"], single["label_map"])
+    as_dicts = segmenter([{"image": images[1], "candidate_labels": vocabularies[1]}])
+    np.testing.assert_array_equal(as_dicts[0]["label_map"], batched[1]["label_map"])
+
+
+def test_path_numpy_and_pil_inputs_agree(segmenter, tmp_path):
+    image = make_image(50, 70, seed=5)
+    path = tmp_path / "image.png"
+    image.save(path)
+    reference = segmenter(image, candidate_labels=VOCABULARY)["label_map"]
+    for source in (str(path), np.asarray(image)):
+        np.testing.assert_array_equal(segmenter(source, candidate_labels=VOCABULARY)["label_map"], reference)
+
+
+def test_exif_orientation_gives_the_upright_size(segmenter, tmp_path):
+    image = make_image(40, 72, seed=6)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: upright it is 72 high and 40 wide
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    result = segmenter(str(path), candidate_labels=VOCABULARY)
+    check_result(result, (72, 40), VOCABULARY)
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [([], "empty"), (None, "required"), ("cat,sofa", "single string"), (["cat", ""], "empty string"),
+     (["cat", "cat"], "Duplicate")],
+)
+def test_bad_candidate_labels(segmenter, labels, message):
+    with pytest.raises(ValueError, match=message):
+        segmenter(make_image(32, 32), candidate_labels=labels)
+
+
+def test_bad_images(segmenter, tmp_path):
+    with pytest.raises(ValueError, match="zero size"):
+        segmenter(np.zeros((0, 0, 3), dtype=np.uint8), candidate_labels=VOCABULARY)
+    truncated = tmp_path / "truncated.png"
+    make_image(64, 64).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.png"):
+        segmenter(str(truncated), candidate_labels=VOCABULARY)
+    with pytest.raises(ValueError, match="2 images but 1 lists"):
+        segmenter([make_image(32, 32), make_image(32, 32)], candidate_labels=[VOCABULARY])
