@@ -28,6 +28,10 @@ CONVNEXT_LARGE_D_320_CLIP_CONFIG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 16},
 }
 
+# What CLIP ranks the vocabulary with for dominant-category unearthing: the original second image forward, or
+# the dense features of the main forward (a speed option; see `ITAConfig.dominant_category_features`).
+DOMINANT_CATEGORY_FEATURES = ("clip_image", "dense_features")
+
 # The 14 ViLD prompt templates used by FC-CLIP (fcclip/fcclip.py, VILD_PROMPT).
 VILD_PROMPT_TEMPLATES = (
     "a photo of a {}.",
@@ -204,6 +208,15 @@ class ITAConfig(PreTrainedConfig):
             Names added to the vocabulary's synonyms as candidates when ranking dominant categories.
         dominant_category_image_size (`int`, *optional*, defaults to 320):
             Side of the centre crop that CLIP sees when ranking dominant categories.
+        dominant_category_features (`str`, *optional*, defaults to `"clip_image"`):
+            What CLIP ranks the vocabulary with for dominant-category unearthing. `"clip_image"` (the original):
+            a second, full CLIP image forward on each image's `dominant_category_image_size` centre crop.
+            `"dense_features"`: no second forward; the stride-32 CLIP features of the main forward
+            (`clip_vis_dense`) are averaged over each image's region and passed through CLIP's own pooling
+            head (norm, projection), as CLIP pools its image features. It saves a ConvNeXt-L forward at 320 px
+            per image (about a tenth of CPU inference at 800x1067), but it changes the ranking input (the whole
+            image at the test resolution instead of a 320-px centre crop), so the chosen categories, and with
+            them every prediction, can differ from the original's. A speed option, off by default.
         decoder_self_attention (`bool`, *optional*, defaults to `False`):
             Whether each decoder layer has a self-attention sub-layer (FC-CLIP) or not (ITA).
         hidden_dim (`int`, *optional*, defaults to 256):
@@ -280,6 +293,7 @@ class ITAConfig(PreTrainedConfig):
         num_dominant_categories=20,
         dominant_category_extra_names=("other",),
         dominant_category_image_size=320,
+        dominant_category_features="clip_image",
         decoder_self_attention=False,
         hidden_dim=256,
         decoder_layers=9,
@@ -319,6 +333,7 @@ class ITAConfig(PreTrainedConfig):
         self.num_dominant_categories = num_dominant_categories
         self.dominant_category_extra_names = list(dominant_category_extra_names)
         self.dominant_category_image_size = dominant_category_image_size
+        self.dominant_category_features = dominant_category_features
         self.decoder_self_attention = decoder_self_attention
         self.hidden_dim = hidden_dim
         self.decoder_layers = decoder_layers
@@ -390,6 +405,11 @@ class ITAConfig(PreTrainedConfig):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(field, f"must be a positive integer, got {value!r}")
+        if self.dominant_category_features not in DOMINANT_CATEGORY_FEATURES:
+            fail(
+                "dominant_category_features",
+                f"must be one of {list(DOMINANT_CATEGORY_FEATURES)}, got {self.dominant_category_features!r}",
+            )
         if not isinstance(self.num_dominant_categories, int) or self.num_dominant_categories < 0:
             fail("num_dominant_categories", f"must be an integer >= 0, got {self.num_dominant_categories!r}")
         if self.pixel_decoder_encoder_layers < 0:

@@ -2,11 +2,13 @@
 projected into the decoder's width, become text queries of the aggregation decoder.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ITADominantCategoryUnearthing", "clip_center_crop"]
+__all__ = ["ITADominantCategoryUnearthing", "clip_center_crop", "dense_image_embeddings"]
 
 
 def clip_center_crop(pixel_values, image_sizes, size):
@@ -29,6 +31,21 @@ def clip_center_crop(pixel_values, image_sizes, size):
     return torch.stack(views).to(pixel_values.dtype)
 
 
+def dense_image_embeddings(backbone, dense_features, image_sizes, padded_size):
+    """Image embeddings [B, D] (not normalised) from the main forward's dense CLIP features [B, C, h, w]: the
+    mean over the cells that cover each image (its unpadded region, rounded up to whole cells), then CLIP's own
+    pooling head, the way CLIP's image encoder pools its last stage."""
+    padded_height, padded_width = padded_size
+    grid_height, grid_width = dense_features.shape[-2:]
+    pooled = []
+    for features, (height, width) in zip(dense_features, image_sizes.tolist()):
+        rows = math.ceil(height * grid_height / padded_height)
+        columns = math.ceil(width * grid_width / padded_width)
+        pooled.append(features[:, :rows, :columns].float().mean(dim=(-2, -1)))  # [C]
+    pooled = torch.stack(pooled)[:, None].to(dense_features.dtype)  # [B, 1, C]
+    return backbone.pooled_embeddings(pooled)[:, 0]
+
+
 class ITADominantCategoryUnearthing(nn.Module):
     """Ranks candidate names per image and turns the top-k into text queries.
 
@@ -40,6 +57,7 @@ class ITADominantCategoryUnearthing(nn.Module):
         super().__init__()
         self.num_categories = config.num_dominant_categories
         self.image_size = config.dominant_category_image_size
+        self.features = config.dominant_category_features
         self.projection = nn.Parameter(torch.empty(config.clip_embed_dim, config.hidden_dim))
         self._reset_parameters()
 
@@ -47,15 +65,23 @@ class ITADominantCategoryUnearthing(nn.Module):
         nn.init.normal_(self.projection)
 
     @torch.no_grad()
-    def rank(self, backbone, pixel_values, image_sizes, candidate_embeddings):
+    def rank(self, backbone, pixel_values, image_sizes, candidate_embeddings, dense_features=None):
         """Indices [B, k] of the top-k candidates per image, best first.
 
         `candidate_embeddings` [N, D] are the L2-normalised bare-name embeddings of the vocabulary's synonyms
         plus the extra candidates. With fewer than k candidates the ranking is repeated until the k slots are
-        full (the original fails there).
+        full (the original fails there). With `config.dominant_category_features="dense_features"` the images
+        are represented by `dense_features` (`clip_vis_dense` of the main forward) instead of a second CLIP
+        forward on their centre crops; they are computed from `pixel_values` when not given.
         """
-        views = clip_center_crop(pixel_values, image_sizes, self.image_size)
-        image_embeddings = backbone.encode_image(views, normalize=True)  # [B, D]
+        if self.features == "dense_features":
+            if dense_features is None:
+                dense_features = backbone.extract_features(pixel_values)["clip_vis_dense"]
+            image_embeddings = dense_image_embeddings(backbone, dense_features, image_sizes, pixel_values.shape[-2:])
+            image_embeddings = F.normalize(image_embeddings, dim=-1)  # [B, D]
+        else:
+            views = clip_center_crop(pixel_values, image_sizes, self.image_size)
+            image_embeddings = backbone.encode_image(views, normalize=True)  # [B, D]
         scale = backbone.logit_scale.exp()
         probs = (scale * image_embeddings.float() @ candidate_embeddings.float().t()).softmax(dim=-1)  # [B, N]
         order = torch.sort(probs, dim=-1, descending=True, stable=True).indices

@@ -153,13 +153,16 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         void = F.normalize(self.void_embedding.weight, dim=-1)
         return torch.cat([vocabulary.text_classifier.to(void.dtype), void], dim=0)
 
-    def unearth_dominant_categories(self, pixel_values, image_sizes, vocabulary, dominant_category_ids=None):
-        """Text queries [B, k, hidden] and the chosen candidate indices [B, k] (or None, None for FC-CLIP)."""
+    def unearth_dominant_categories(
+        self, pixel_values, image_sizes, vocabulary, dominant_category_ids=None, clip_dense_features=None
+    ):
+        """Text queries [B, k, hidden] and the chosen candidate indices [B, k] (or None, None for FC-CLIP).
+        `clip_dense_features` (the main forward's `clip_vis_dense`) serve the `"dense_features"` ranking."""
         if self.dominant_categories is None:
             return None, None
         if dominant_category_ids is None:
             dominant_category_ids = self.dominant_categories.rank(
-                self.backbone, pixel_values, image_sizes, vocabulary.name_embeddings
+                self.backbone, pixel_values, image_sizes, vocabulary.name_embeddings, clip_dense_features
             )
         dominant_category_ids = dominant_category_ids.to(vocabulary.name_embeddings.device)
         num_candidates = vocabulary.name_embeddings.shape[0]
@@ -229,7 +232,7 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
 
         # Dominant category unearthing -> text queries
         text_queries, dominant_category_ids = self.unearth_dominant_categories(
-            pixel_values, image_sizes, vocabulary, dominant_category_ids
+            pixel_values, image_sizes, vocabulary, dominant_category_ids, features["clip_vis_dense"]
         )
 
         # Image-text aggregation decoder with the in-vocabulary classifier

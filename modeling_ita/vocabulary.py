@@ -111,11 +111,21 @@ class ITAVocabularyEncoder:
         return torch.stack([self.category_bank[name].float() for name in names])
 
     def _encode_texts(self, backbone, texts):
-        embeddings = []
+        # Batches of prompts of similar length: `encode_text` cuts each batch's context after its longest
+        # prompt, so grouping by length cuts the padding the text tower runs on. Each embedding depends only
+        # on its own tokens (causal attention), so the order changes nothing but float rounding.
+        if not texts:
+            return torch.empty(0, backbone.embed_dim)
+        tokens = backbone.tokenize(texts)  # [N, context_length]
+        order = torch.sort(tokens.argmax(dim=-1), stable=True).indices  # by end-of-text position
+        embeddings = None
         for start in range(0, len(texts), self.batch_size):
-            tokens = backbone.tokenize(texts[start : start + self.batch_size])
-            embeddings.append(backbone.encode_text(tokens, normalize=False).float())
-        return torch.cat(embeddings)  # [N, D]
+            rows = order[start : start + self.batch_size]
+            batch = backbone.encode_text(tokens[rows], normalize=False).float()
+            if embeddings is None:
+                embeddings = batch.new_empty(len(texts), batch.shape[-1])
+            embeddings[rows.to(batch.device)] = batch
+        return embeddings  # [N, D]
 
     def encode(self, backbone, class_names, with_name_embeddings=False):
         """Encode `class_names` (a list of comma-separated synonym strings) into an `ITAVocabulary`."""

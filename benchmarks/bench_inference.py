@@ -1,0 +1,182 @@
+"""End-to-end inference cost of the full-size model against its floor, the frozen CLIP trunk alone.
+
+One image (600x800 by default, resized by the processor to 800x1067 and padded to 800x1088), the A-150
+vocabulary (150 classes with FC-CLIP's synonyms), batch 1, random weights (the cost does not depend on
+them), vocabulary encoded once before timing. End-to-end = `ITAProcessor` preprocessing + model forward +
+`post_process_semantic_segmentation` to the original size. Trunk = `backbone.extract_features` (ConvNeXt
+stem + 4 stages) on the same padded input. The two are timed alternately, `--repeats` times each after a
+warm-up, and the script prints medians and their ratio; per-stage times come from timers wrapped around the
+model's own methods during the end-to-end runs (no mirrored forward). Peak memory is the rise of the
+process's resident set (Linux high-water mark, see `measure.PeakRSS`) during one inference.
+
+    python benchmarks/bench_inference.py --threads 2 --repeats 3
+    python benchmarks/bench_inference.py --dominant-category-features dense_features
+    python benchmarks/bench_inference.py --dtype bfloat16 --channels-last
+"""
+
+import argparse
+import functools
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from measure import PeakRSS, StageTimer, machine_description, rss_mib, set_threads
+
+from configuration_ita import ITAConfig
+from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
+from modeling_ita.evaluation import VOCABULARY_DIR, read_vocabulary_file
+
+STAGES = ("preprocess", "trunk", "pixel decoder", "DCU", "decoder", "out-of-vocab classifier", "post-processing")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (after one warm-up run)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16 runs the forward under CPU autocast (the pixel decoder stays float32)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last CLIP trunk and input")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the trunk stages and both decoders")
+    parser.add_argument("--variant", choices=("ita", "fcclip"), default="ita")
+    parser.add_argument("--dominant-category-features", choices=("clip_image", "dense_features"), default=None,
+                        help="ITAConfig.dominant_category_features (default: the config's default)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=(600, 800), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--vocabulary", default="ade150", help="a class list in modeling_ita/evaluation/vocabularies")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def build_model(args):
+    overrides = {}
+    if args.dominant_category_features is not None:
+        overrides["dominant_category_features"] = args.dominant_category_features
+    config = ITAConfig.fcclip(**overrides) if args.variant == "fcclip" else ITAConfig(**overrides)
+    model = ITAForOpenVocabSegmentation(config).eval()
+    trunk = model.backbone.clip_model.visual.trunk
+    if args.channels_last:
+        model.backbone.to(memory_format=torch.channels_last)
+    if args.compile:
+        trunk.stem.compile()
+        for stage in trunk.stages:
+            stage.compile()
+        model.pixel_decoder.compile()
+        model.decoder.compile()
+    return model
+
+
+def instrument(model, processor, timer):
+    """Time the model's parts by wrapping the methods its forward calls (instance attributes shadow them)."""
+
+    def wrap(owner, name, stage):
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            with timer(stage):
+                return original(*args, **kwargs)
+
+        setattr(owner, name, timed)
+
+    wrap(model.backbone, "extract_features", "trunk")
+    wrap(model.pixel_decoder, "forward", "pixel decoder")
+    wrap(model, "unearth_dominant_categories", "DCU")
+    wrap(model.decoder, "forward", "decoder")
+    wrap(model, "out_of_vocabulary_logits", "out-of-vocab classifier")
+    wrap(processor, "post_process_semantic_segmentation", "post-processing")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    print(machine_description(args.threads))
+    print(f"options: variant={args.variant} dtype={args.dtype} channels_last={args.channels_last} "
+          f"compile={args.compile} dominant_category_features={args.dominant_category_features or 'default'}")
+
+    rss_start = rss_mib()
+    start = time.perf_counter()
+    model = build_model(args)
+    processor = ITAProcessor()
+    print(f"model built in {time.perf_counter() - start:.1f} s; RSS {rss_mib() - rss_start:.0f} MiB above start "
+          f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
+
+    class_names = read_vocabulary_file(VOCABULARY_DIR / f"{args.vocabulary}.txt")
+    start = time.perf_counter()
+    vocabulary = model.encode_vocabulary(class_names)
+    print(f"vocabulary {args.vocabulary}: {len(class_names)} classes, {len(vocabulary.synonyms)} synonyms, "
+          f"cold encoding {time.perf_counter() - start:.1f} s (not part of the timings below)")
+
+    rng = np.random.default_rng(args.seed)
+    height, width = args.image_size
+    image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+
+    def end_to_end():
+        inputs = processor(images=image, return_tensors="pt")
+        with torch.no_grad(), autocast():
+            outputs = model(
+                pixel_values=inputs["pixel_values"].contiguous(memory_format=memory_format),
+                image_sizes=inputs["image_sizes"],
+                vocabulary=vocabulary,
+            )
+        return processor.post_process_semantic_segmentation(outputs, target_sizes=[(height, width)])[0]
+
+    pixel_values = processor(images=image, return_tensors="pt")["pixel_values"].contiguous(memory_format=memory_format)
+    print(f"input {height}x{width} -> padded {tuple(pixel_values.shape[-2:])}")
+
+    extract_features = model.backbone.extract_features  # unwrapped: `instrument` below times the model's calls
+
+    def trunk_alone():
+        with torch.no_grad(), autocast():
+            return extract_features(pixel_values)
+
+    timer = StageTimer()
+    start = time.perf_counter()
+    trunk_alone()
+    warm_trunk = time.perf_counter() - start
+    start = time.perf_counter()
+    label_map = end_to_end()
+    print(f"warm-up: trunk {warm_trunk:.2f} s, end-to-end {time.perf_counter() - start:.2f} s "
+          f"(includes compilation with --compile); label map {tuple(label_map.shape)}")
+
+    instrument(model, processor, timer)
+    trunk_times, total_times = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        trunk_alone()
+        trunk_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        end_to_end()
+        total_times.append(time.perf_counter() - start)
+
+    trunk = statistics.median(trunk_times)
+    total = statistics.median(total_times)
+    print(f"\nmedians over {args.repeats} alternating runs (seconds):")
+    print(f"  {'CLIP trunk alone (floor)':<28}{trunk:8.2f}   runs {' '.join(f'{t:.2f}' for t in trunk_times)}")
+    print(f"  {'end-to-end':<28}{total:8.2f}   runs {' '.join(f'{t:.2f}' for t in total_times)}")
+    print("  stages of the end-to-end runs:")
+    accounted = 0.0
+    for stage in STAGES:
+        if stage in timer.samples:
+            value = timer.median(stage)
+            accounted += value
+            print(f"    {stage:<26}{value:8.2f}   {value / total:6.1%}")
+    print(f"    {'rest (processor, ensemble)':<26}{total - accounted:8.2f}   {(total - accounted) / total:6.1%}")
+    print(f"\nRATIO end-to-end / trunk alone: {total / trunk:.2f}  (target <= 1.5)")
+
+    peak = PeakRSS()
+    end_to_end()
+    inference_peak = peak.delta_mib()
+    peak.reset()
+    trunk_alone()
+    trunk_peak = peak.delta_mib()
+    note = "" if peak.resettable else " (clear_refs not writable: lifetime peaks, upper bounds)"
+    print(f"peak RSS rise during one inference: end-to-end {inference_peak:.0f} MiB, trunk alone "
+          f"{trunk_peak:.0f} MiB{note}; RSS now {rss_mib():.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
