@@ -27,6 +27,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from configuration_ita import ITAConfig  # noqa: E402
@@ -96,6 +97,13 @@ def parse_args(argv=None):
     parser.add_argument("--eval-images", type=int, default=48, help="held-out scenes for mIoU (default: 48)")
     parser.add_argument("--samples", type=int, default=6, help="held-out scenes to segment with ita-segment")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch (default: 1; the toy model's small operations gain little from more, and one "
+        "thread does not stall when other programs keep the cores busy)",
+    )
     return parser.parse_args(argv)
 
 
@@ -149,6 +157,7 @@ def write_samples(trainer, args):
 
 def main(argv=None):
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     transformers_logging.set_verbosity_error()
     start = time.perf_counter()
     print(NOTICE, flush=True)

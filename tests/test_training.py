@@ -42,6 +42,16 @@ from conftest import tiny_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models gain little from threads, and a single thread does not stall when other processes (the
+    other pytest-xdist worker, say) keep both cores busy."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny_run(tmp_path, name="run", num_train=32, num_eval=8, model=None, data=None, **training):
     """Arguments for a tiny ITA on generated shapes."""
     config_path = tmp_path / "config.json"
@@ -347,7 +357,7 @@ def test_demo_trains_saves_and_segments(tmp_path):
     spec.loader.exec_module(demo)
     output = tmp_path / "demo"
     status = demo.main(["--output", str(output), "--steps", "3", "--batch-size", "2", "--image-size", "64",
-                        "--train-images", "4", "--eval-images", "2", "--samples", "2"])
+                        "--train-images", "4", "--eval-images", "2", "--samples", "2", "--threads", "1"])
     assert status == 0
     results = json.loads((output / "results.json").read_text())
     assert 0 <= results["mean_iou_untrained"] <= 1 and 0 <= results["mean_iou_trained"] <= 1
