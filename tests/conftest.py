@@ -10,6 +10,10 @@ import torch
 
 from configuration_ita import ITAConfig
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each avoids oversubscription, which stalls torch.
+    torch.set_num_threads(1)
+
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {

@@ -384,7 +384,12 @@ def test_remote_code_loads_without_the_package_and_matches_it(converted, tmp_pat
         {"image": image, "vocabulary": VOCABULARY, "snippet": CATEGORY_BANK_SNIPPET}, tmp_path / "reference.pt"
     )
     folders = [str(converted[variant][0].output_dir) for variant in ("ita", "fcclip")]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    # Same thread count as this process: the masked-attention thresholds of a random tiny model can flip on
+    # float reordering between thread counts, which would not be a remote-code difference.
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"),
+        OMP_NUM_THREADS=str(torch.get_num_threads()),
+    )
     env.pop("PYTHONPATH", None)
     completed = subprocess.run(
         [sys.executable, "-c", REMOTE_LOAD, str(tmp_path / "reference.pt"), str(tmp_path / "remote.pt"), *folders],
