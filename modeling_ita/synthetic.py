@@ -24,6 +24,24 @@ __all__ = [
     "write_coco_panoptic",
 ]
 
+def toy_clip_config(width=32, heads=2):
+    """A tiny random-init open_clip config for tests, demos and benchmarks: timm's `test_convnext` trunk
+    (0.27 M parameters, channels 24/32/48/64) and a 2-layer text tower of `width` channels."""
+    return {
+        "embed_dim": width,
+        "vision_cfg": {
+            "timm_model_name": "test_convnext",
+            "timm_model_pretrained": False,
+            "timm_pool": "",
+            "timm_proj": "mlp",
+            "timm_drop": 0.0,
+            "timm_drop_path": 0.0,
+            "image_size": 64,
+        },
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": heads, "layers": 2},
+    }
+
+
 SYNTHETIC_CLASS_NAMES = ("red circle", "blue square", "yellow triangle", "green background", "gray background")
 
 # Mean RGB colour of each class; every image jitters it and adds pixel noise.

@@ -32,7 +32,7 @@ from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from configuration_ita import ITAConfig  # noqa: E402
 from modeling_ita.cli import main as ita_segment  # noqa: E402
-from modeling_ita.synthetic import SYNTHETIC_CLASS_NAMES  # noqa: E402
+from modeling_ita.synthetic import SYNTHETIC_CLASS_NAMES, toy_clip_config  # noqa: E402
 from modeling_ita.training import (  # noqa: E402
     ITADataArguments,
     ITAModelArguments,
@@ -47,19 +47,7 @@ NOTICE = (
 )
 
 # A toy CLIP: timm's `test_convnext` trunk (0.27 M parameters) and a 2-layer text tower, random and frozen.
-DEMO_CLIP_CONFIG = {
-    "embed_dim": 64,
-    "vision_cfg": {
-        "timm_model_name": "test_convnext",
-        "timm_model_pretrained": False,
-        "timm_pool": "",
-        "timm_proj": "mlp",
-        "timm_drop": 0.0,
-        "timm_drop_path": 0.0,
-        "image_size": 64,
-    },
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
-}
+DEMO_CLIP_CONFIG = toy_clip_config(width=64, heads=4)
 
 
 def demo_config():

@@ -9,24 +9,13 @@ import pytest
 import torch
 
 from configuration_ita import ITAConfig
+from modeling_ita.synthetic import toy_clip_config
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on two cores: one thread each avoids oversubscription, which stalls torch.
     torch.set_num_threads(1)
 
-TINY_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {
-        "timm_model_name": "test_convnext",
-        "timm_model_pretrained": False,
-        "timm_pool": "",
-        "timm_proj": "mlp",
-        "timm_drop": 0.0,
-        "timm_drop_path": 0.0,
-        "image_size": 64,
-    },
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+TINY_CLIP_CONFIG = toy_clip_config(width=32, heads=2)
 
 TINY_TRAIN_VOCABULARY = ["cat,kitty", "dog", "sofa,couch", "wall", "grass", "sky"]
 
@@ -71,3 +60,30 @@ def fcclip_config():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def save_tiny_model(folder, size=None, spread_weights=False):
+    """Save a tiny ITA and its processor into `folder`, loadable with AutoModel/AutoProcessor.
+
+    `spread_weights` redraws the weight matrices with std 1: at their init scale the random tiny model gives
+    every pixel one class, which hides bugs that only show with several classes."""
+    from image_processing_ita import ITAImageProcessor
+    from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
+
+    torch.manual_seed(0)
+    model = ITAForOpenVocabSegmentation(tiny_config())
+    if spread_weights:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.ndim > 1:
+                    parameter.normal_(0.0, 1.0)
+    model.save_pretrained(folder)
+    size = size or {"shortest_edge": 96, "longest_edge": 160}
+    ITAProcessor(image_processor=ITAImageProcessor(size=size)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny ITA + processor (shortest edge 96, longest 160), shared by the tests that load from disk."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-ita"))

@@ -7,27 +7,17 @@ from importlib.metadata import entry_points
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from modeling_ita import ITAForOpenVocabSegmentation, ITAImageProcessor, ITAProcessor
 from modeling_ita.cli import main, write_label_map
 from modeling_ita.visualization import color_palette, colorize_label_map, legend_entries, overlay
-
-from conftest import tiny_config
 
 LABELS = ["cat", "sofa,couch", "wall"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-ita")
-    torch.manual_seed(0)
-    ITAForOpenVocabSegmentation(tiny_config()).save_pretrained(directory)
-    ITAProcessor(image_processor=ITAImageProcessor(size={"shortest_edge": 96, "longest_edge": 160})).save_pretrained(
-        directory
-    )
-    return directory
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def save_image(path, height, width, seed=0):

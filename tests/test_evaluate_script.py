@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from image_processing_ita import ITAImageProcessor
-from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
+from modeling_ita import ITAProcessor
 from modeling_ita.evaluation import BENCHMARKS, SegmentationConfusionMatrix, get_benchmark, load_benchmark
 from modeling_ita.evaluation.runner import (
     PUBLISHED_FC_CLIP_MIOU,
@@ -31,7 +31,7 @@ from modeling_ita.evaluation.runner import (
     write_results_table,
 )
 
-from conftest import tiny_config
+from conftest import save_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SIZE = {"shortest_edge": 64, "longest_edge": 96}
@@ -53,16 +53,7 @@ evaluate_script = _load_script()
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-ita")
-    torch.manual_seed(0)
-    model = ITAForOpenVocabSegmentation(tiny_config())
-    with torch.no_grad():  # spread the random weights out: at their init scale every pixel gets one class
-        for parameter in model.parameters():
-            if parameter.ndim > 1:
-                parameter.normal_(0.0, 1.0)
-    model.save_pretrained(folder)
-    ITAProcessor(image_processor=ITAImageProcessor(size=TEST_SIZE)).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-ita"), size=TEST_SIZE, spread_weights=True)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from transformers import AutoModel
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation, geometric_ensemble
 
-from conftest import tiny_config
 
 VOCABULARY = ["cat,kitty", "sofa,couch", "wall", "sky", "tiger"]
 

@@ -9,22 +9,14 @@ from PIL import Image
 from transformers import pipeline
 from transformers.pipelines import get_supported_tasks
 
-from modeling_ita import ITAForOpenVocabSegmentation, ITAImageProcessor, ITAProcessor, ZeroShotImageSegmentationPipeline
-
-from conftest import tiny_config
+from modeling_ita import ITAForOpenVocabSegmentation, ITAImageProcessor, ZeroShotImageSegmentationPipeline
 
 VOCABULARY = ["cat", "sofa,couch", "wall"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny-ita")
-    torch.manual_seed(0)
-    ITAForOpenVocabSegmentation(tiny_config()).save_pretrained(directory)
-    ITAProcessor(image_processor=ITAImageProcessor(size={"shortest_edge": 96, "longest_edge": 160})).save_pretrained(
-        directory
-    )
-    return directory
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-import modeling_ita
-from image_processing_ita import ITAImageProcessor
-from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
-
-from conftest import tiny_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -24,12 +19,8 @@ def code_blocks(language):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("readme_model")
-    torch.manual_seed(0)
-    ITAForOpenVocabSegmentation(tiny_config()).save_pretrained(folder)
-    ITAProcessor(image_processor=ITAImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})).save_pretrained(folder)
-    return folder
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
