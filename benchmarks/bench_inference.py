@@ -18,14 +18,17 @@ import argparse
 import functools
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench_pixel_decoder import first_multi_scale_deformable_attention
 from measure import PeakRSS, StageTimer, machine_description, rss_mib, set_threads
 
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
+from modeling_ita import pixel_decoder as pixel_decoder_module
 from modeling_ita.evaluation import VOCABULARY_DIR, read_vocabulary_file
 
 STAGES = ("preprocess", "trunk", "pixel decoder", "DCU", "decoder", "out-of-vocab classifier", "post-processing")
@@ -42,13 +45,22 @@ def parse_args(argv=None):
     parser.add_argument("--variant", choices=("ita", "fcclip"), default="ita")
     parser.add_argument("--dominant-category-features", choices=("clip_image", "dense_features"), default=None,
                         help="ITAConfig.dominant_category_features (default: the config's default)")
+    parser.add_argument("--post-process-chunk-elements", type=int, default=None,
+                        help="ITAImageProcessor.post_process_chunk_elements (memory bound of post-processing)")
+    parser.add_argument("--first-deformable-attention", action="store_true",
+                        help="run the first version of the pixel decoder's deformable attention (before/after)")
     parser.add_argument("--image-size", type=int, nargs=2, default=(600, 800), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--vocabulary", default="ade150", help="a class list in modeling_ita/evaluation/vocabularies")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocabulary-cache", default=None,
+                        help="a file holding the encoded vocabulary: written after the first encoding, read by later "
+                        "runs (same --seed and --variant: the same random text tower) to skip minutes of text encoding")
     return parser.parse_args(argv)
 
 
 def build_model(args):
+    if args.first_deformable_attention:
+        pixel_decoder_module.multi_scale_deformable_attention = first_multi_scale_deformable_attention
     overrides = {}
     if args.dominant_category_features is not None:
         overrides["dominant_category_features"] = args.dominant_category_features
@@ -93,20 +105,34 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     print(machine_description(args.threads))
     print(f"options: variant={args.variant} dtype={args.dtype} channels_last={args.channels_last} "
-          f"compile={args.compile} dominant_category_features={args.dominant_category_features or 'default'}")
+          f"compile={args.compile} dominant_category_features={args.dominant_category_features or 'default'} "
+          f"post_process_chunk_elements={args.post_process_chunk_elements or 'default'} "
+          f"first_deformable_attention={args.first_deformable_attention}")
 
     rss_start = rss_mib()
     start = time.perf_counter()
     model = build_model(args)
     processor = ITAProcessor()
+    if args.post_process_chunk_elements is not None:
+        processor.image_processor.post_process_chunk_elements = args.post_process_chunk_elements
     print(f"model built in {time.perf_counter() - start:.1f} s; RSS {rss_mib() - rss_start:.0f} MiB above start "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
 
     class_names = read_vocabulary_file(VOCABULARY_DIR / f"{args.vocabulary}.txt")
     start = time.perf_counter()
-    vocabulary = model.encode_vocabulary(class_names)
+    cache = Path(args.vocabulary_cache) if args.vocabulary_cache else None
+    if cache is not None and cache.is_file():
+        vocabulary = torch.load(cache, weights_only=False)
+        if vocabulary.class_names != tuple(class_names):
+            raise SystemExit(f"{cache} holds another vocabulary")
+        how = f"read from {cache}"
+    else:
+        vocabulary = model.encode_vocabulary(class_names)
+        how = "cold encoding"
+        if cache is not None:
+            torch.save(vocabulary, cache)
     print(f"vocabulary {args.vocabulary}: {len(class_names)} classes, {len(vocabulary.synonyms)} synonyms, "
-          f"cold encoding {time.perf_counter() - start:.1f} s (not part of the timings below)")
+          f"{how} {time.perf_counter() - start:.1f} s (not part of the timings below)")
 
     rng = np.random.default_rng(args.seed)
     height, width = args.image_size
