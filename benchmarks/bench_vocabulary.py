@@ -45,7 +45,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--subset", type=int, default=512, help="A-847 prompts compared at full context")
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved timings of each way on the subset")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved timings of each way on the subset")
     parser.add_argument("--vocabularies", nargs="*", default=["ade150", "ade847"],
                         help="class lists encoded whole (truncated) and then from the cache")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts per forward (default: the config's)")

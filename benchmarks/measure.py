@@ -73,19 +73,11 @@ class PeakRSS:
         return self.peak_mib() - self.start_mib
 
 
-@contextmanager
-def peak_rss():
-    """`with peak_rss() as peak: ...` then `peak.delta_mib()`, `peak.peak_mib()`."""
-    tracker = PeakRSS()
-    yield tracker
-
-
 class StageTimer:
     """Accumulates wall-clock seconds per named stage over repeats; `with timer("trunk"): ...`."""
 
     def __init__(self):
         self.samples = {}
-        self._current = None
 
     @contextmanager
     def __call__(self, name):
@@ -98,21 +90,6 @@ class StageTimer:
     def median(self, name):
         return statistics.median(self.samples[name])
 
-    def names(self):
-        return list(self.samples)
-
-
-def timed(function, repeats, warmup=1):
-    """Run `function` `warmup` times untimed, then `repeats` times; returns (median seconds, all, last result)."""
-    result = None
-    for _ in range(warmup):
-        result = function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times, result
 
 
 def cpu_model():
