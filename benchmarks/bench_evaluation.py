@@ -28,21 +28,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from modeling_ita.synthetic import toy_clip_config
+
 from measure import PeakRSS, machine_description, rss_mib, set_threads
 
-SMALL_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {
-        "timm_model_name": "test_convnext",
-        "timm_model_pretrained": False,
-        "timm_pool": "",
-        "timm_proj": "mlp",
-        "timm_drop": 0.0,
-        "timm_drop_path": 0.0,
-        "image_size": 64,
-    },
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+SMALL_CLIP_CONFIG = toy_clip_config(width=32, heads=2)
 IMAGE_SIZES = ((375, 500), (480, 640), (512, 512), (600, 450))  # (height, width), ADE20K-like
 NUM_CLASSES = 150
 IGNORE = 255
