@@ -38,8 +38,9 @@ def _xavier_uniform_matrices(module):
             nn.init.xavier_uniform_(parameter)
 
 
-class ITAMaskedCrossAttention(nn.Module):
-    """Queries attend to one flattened feature level, blocked where the previous mask says so; post-norm."""
+class _ITAPostNormAttention(nn.Module):
+    """Multi-head attention with a residual connection and post-norm: the shared part of both attention
+    sub-layers (`attention`, `norm`, dropout; Xavier-initialised matrices)."""
 
     def __init__(self, config):
         super().__init__()
@@ -52,6 +53,10 @@ class ITAMaskedCrossAttention(nn.Module):
 
     def _reset_parameters(self):
         _xavier_uniform_matrices(self)
+
+
+class ITAMaskedCrossAttention(_ITAPostNormAttention):
+    """Queries attend to one flattened feature level, blocked where the previous mask says so; post-norm."""
 
     def forward(self, queries, memory, attention_mask, memory_pos, query_pos):
         """`queries`/`query_pos` [B, Q, C], `memory`/`memory_pos` [B, HW, C], `attention_mask` bool
@@ -66,20 +71,8 @@ class ITAMaskedCrossAttention(nn.Module):
         return self.norm(queries + self.dropout(attended))
 
 
-class ITAQuerySelfAttention(nn.Module):
+class ITAQuerySelfAttention(_ITAPostNormAttention):
     """Self-attention among the queries (FC-CLIP only; ITA removes it); post-norm."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.attention = nn.MultiheadAttention(
-            config.hidden_dim, config.decoder_attention_heads, dropout=config.decoder_dropout, batch_first=True
-        )
-        self.norm = nn.LayerNorm(config.hidden_dim)
-        self.dropout = nn.Dropout(config.decoder_dropout)
-        self._reset_parameters()
-
-    def _reset_parameters(self):
-        _xavier_uniform_matrices(self)
 
     def forward(self, queries, query_pos):
         queries_with_pos = queries + query_pos
