@@ -68,8 +68,10 @@ def mask_pool(features, mask_logits):
         if mask_logits.shape[-2:] != features.shape[-2:]:
             mask_logits = F.interpolate(mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
         mask = (mask_logits > 0).to(features.dtype)
-        mask = mask / (mask.sum(dim=(-2, -1), keepdim=True) + 1e-8)
-    return torch.einsum("bchw,bqhw->bqc", features, mask)
+        area = mask.sum(dim=(-2, -1)) + 1e-8  # [B, Q]
+    # Dividing the pooled sums by the areas equals pooling with area-normalised masks, without a second
+    # full-resolution [B, Q, H, W] tensor per prediction.
+    return torch.einsum("bchw,bqhw->bqc", features, mask) / area[..., None]
 
 
 def classification_logits(embeddings, classifier, logit_scale, synonym_to_class, num_classes):
