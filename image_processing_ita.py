@@ -108,9 +108,11 @@ class ITAImageProcessor(TorchvisionBackend):
     do_reduce_labels = False
     num_labels = None
 
-    # Post-processing works on blocks of at most this many float32 values (queries or classes at a time): its
-    # peak memory is about three blocks (768 MiB) plus the output maps, whatever the batch or vocabulary size.
-    post_process_chunk_elements = 2**26
+    # Post-processing works in bands of output rows whose intermediates (the Q masks on the band's rows, the K
+    # class scores) hold at most about this many float32 values: a few such blocks (16 MiB each) plus the
+    # output maps, whatever the batch, image or vocabulary size. Blocks of this size stay in the CPU's caches;
+    # much larger ones make it slower (measured in benchmarks/README.md).
+    post_process_chunk_elements = 2**22
 
     def __init__(self, **kwargs: Unpack[ITAImageProcessorKwargs]):
         super().__init__(**kwargs)
@@ -517,7 +519,9 @@ class ITAImageProcessor(TorchvisionBackend):
         the last image rows/columns through bilinear interpolation whenever the image ends within 2 pixels
         of its own frame (e.g. 800 rows, a multiple of 32). So, for the same logits on its own frame, an image
         gets exactly the same map alone or batched with larger images. Memory does not grow with the batch:
-        images are processed one at a time, queries and classes in chunks of `post_process_chunk_elements`.
+        images are processed one at a time, in bands of output rows of at most about
+        `post_process_chunk_elements` values per intermediate; the bilinear resizes are computed with
+        PyTorch's weights, so the scores equal the formula's up to float rounding (a few 1e-6).
 
         Args:
             outputs ([`ITAOpenVocabSegmentationOutput`] or mapping):
@@ -601,56 +605,91 @@ class ITAImageProcessor(TorchvisionBackend):
                 f"{mask_logits.shape[-2]}x{mask_logits.shape[-1]}"
             )
         class_probs = class_logits.float().softmax(dim=-1)[:, :-1]  # [Q, K]
-        mask_logits = mask_logits[:, :grid_height, :grid_width].float()
+        mask_logits = mask_logits.float()
         num_queries, num_classes = class_probs.shape
         device = mask_logits.device
-        target_area = target_height * target_width
-        budget = self.post_process_chunk_elements
+        resize = (target_height, target_width) != (height, width)
 
-        def sigmoid_masks(start, stop):  # [q, H_t * W_t]
-            masks = F.interpolate(
-                mask_logits[None, start:stop], size=(frame_height, frame_width), mode="bilinear", align_corners=False
-            )[:, :, :height, :width]
-            if masks_first:  # the original's sem_seg_postprocess on the mask logits
-                masks = _resize_bilinear(masks, target_size).sigmoid()
+        # Bilinear resizing (align_corners=False) is separable: each output row mixes two input rows with
+        # PyTorch's weights. The label map is computed in bands of target rows; a band needs a few rows of
+        # the padded frame, which need a few rows of the mask grid. So the Q upsampled masks never exist at
+        # full size, each frame row is computed once (twice at a band edge), and no mask is recomputed per
+        # class chunk. Along the width, F.interpolate resizes the band's rows (rows kept as they are).
+        up_rows = _bilinear_taps(grid_height, frame_height, device)  # grid rows -> frame rows
+        down_rows = _bilinear_taps(height, target_height, device) if resize else None  # frame rows -> target rows
+
+        def frame_rows_of(first, last):  # frame rows [first, last] of the image's masks: [Q, n, width]
+            grid_first, grid_last = int(up_rows[0][first]), int(up_rows[1][last])
+            rows = mask_logits[None, :, grid_first : grid_last + 1, :grid_width]
+            rows = F.interpolate(
+                rows, size=(rows.shape[-2], frame_width), mode="bilinear", align_corners=False
+            )[0, :, :, :width]
+            return _lerp_rows(rows, up_rows, first, last + 1, grid_first)
+
+        # Rows per band: the largest intermediate, [Q, frame rows of the band, width] or the class scores
+        # [K, band rows, target width], stays within `post_process_chunk_elements` (at least one row).
+        rows_per_target_row = height / target_height
+        per_row = max(num_queries * width * rows_per_target_row, num_classes * target_width, num_queries * target_width)
+        band = max(1, min(target_height, int(self.post_process_chunk_elements // per_row) - 2))
+        labels = torch.empty((target_height, target_width), dtype=torch.long, device=device)
+        best = torch.empty((target_height, target_width), dtype=torch.float32, device=device)
+        for top in range(0, target_height, band):
+            bottom = min(top + band, target_height)
+            if resize:
+                first, last = int(down_rows[0][top]), int(down_rows[1][bottom - 1])
+                masks = frame_rows_of(first, last)  # [Q, n, width]
+                if not masks_first:
+                    masks.sigmoid_()
+                masks = _lerp_rows(masks, down_rows, top, bottom, first)  # [Q, bottom - top, width]
+                if width != target_width:
+                    masks = F.interpolate(
+                        masks[None], size=(bottom - top, target_width), mode="bilinear", align_corners=False
+                    )[0]
+                if masks_first:
+                    masks.sigmoid_()
             else:
-                masks = _resize_bilinear(masks.sigmoid(), target_size)
-            return masks[0].flatten(1)
-
-        # The class sum and the bilinear resize to the target commute (both linear, the resize acts on each
-        # map alike), so resizing the Q mask maps instead of the K class maps gives the original's scores up
-        # to float rounding, at the target's resolution, whatever K.
-        query_chunk = max(1, budget // max(frame_height * frame_width, target_area))
-        query_starts = range(0, num_queries, query_chunk)
-        cache = {} if num_queries * target_area <= budget else None
-        best_scores = torch.full((target_area,), float("-inf"), dtype=torch.float32, device=device)
-        best_labels = torch.zeros((target_area,), dtype=torch.long, device=device)
-        class_chunk = max(1, budget // target_area)
-        for class_start in range(0, num_classes, class_chunk):
-            class_stop = min(class_start + class_chunk, num_classes)
-            scores = torch.zeros((class_stop - class_start, target_area), dtype=torch.float32, device=device)
-            for query_start in query_starts:
-                query_stop = min(query_start + query_chunk, num_queries)
-                if cache is not None and query_start in cache:
-                    masks = cache[query_start]
-                else:
-                    masks = sigmoid_masks(query_start, query_stop)
-                    if cache is not None:
-                        cache[query_start] = masks
-                scores.addmm_(class_probs[query_start:query_stop, class_start:class_stop].T, masks)
-            # Running maximum; a strict ">" keeps the first of tied classes, as argmax does.
-            chunk_scores, chunk_labels = scores.max(dim=0)
-            better = chunk_scores > best_scores
-            best_scores = torch.where(better, chunk_scores, best_scores)
-            best_labels = torch.where(better, chunk_labels + class_start, best_labels)
-        return best_labels.view(target_size), best_scores.view(target_size)
+                masks = frame_rows_of(top, bottom - 1).sigmoid_()
+            # Summing the Q masks per class before or after the resize (both linear) gives the original's
+            # scores up to float rounding; after it, at the target's resolution, is cheaper.
+            scores = class_probs.T @ masks.reshape(num_queries, -1)  # [K, rows * target width]
+            # max over dim 0 returns the first of tied classes, as argmax does.
+            band_best, band_labels = scores.max(dim=0)
+            labels[top:bottom] = band_labels.view(bottom - top, target_width)
+            best[top:bottom] = band_best.view(bottom - top, target_width)
+        return labels, best
 
 
-def _resize_bilinear(maps, size):
-    """`[1, C, H, W]` -> `[1, C, *size]`, bilinear with align_corners=False (detectron2's `sem_seg_postprocess`)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+def _bilinear_taps(input_size, output_size, device):
+    """The two input rows and weights of each output row of a bilinear resize (align_corners=False, no
+    antialiasing) as PyTorch's CPU kernel computes them: `(lower [out], upper [out], lower weight [out],
+    upper weight [out])`.
+
+    The kernel's source coordinate `scale * (i + 0.5) - 0.5` (float32 scale) is rounded once, as a fused
+    multiply-add does; evaluating it exactly in float64 and rounding to float32 reproduces that (rounding
+    twice in float32 moves the weights by up to 2e-5 at a thousand rows).
+    """
+    scale = float(torch.tensor(input_size / output_size, dtype=torch.float32))
+    source = ((torch.arange(output_size, dtype=torch.float64) + 0.5) * scale - 0.5).float().clamp(min=0)
+    lower = source.long().clamp(max=input_size - 1)
+    upper = (lower + 1).clamp(max=input_size - 1)
+    upper_weight = (source - lower).clamp(0, 1)
+    lower_weight = 1 - upper_weight
+    return lower.to(device), upper.to(device), lower_weight.to(device), upper_weight.to(device)
+
+
+def _lerp_rows(maps, taps, start, stop, offset):
+    """Rows `start:stop` of the bilinear row resize described by `taps`, from `maps` [C, n, W] holding the
+    input rows `offset:offset + n`: `[C, stop - start, W]`.
+
+    Written as a product with the band's `[stop - start, n]` interpolation matrix (two weights per row, zeros
+    elsewhere): one pass over the output, where gathering the two rows and mixing them takes five.
+    """
+    lower, upper, lower_weight, upper_weight = (tap[start:stop] for tap in taps)
+    rows = torch.arange(stop - start, device=maps.device)
+    matrix = maps.new_zeros((stop - start, maps.shape[1]))
+    matrix.index_put_((rows, lower - offset), lower_weight.to(maps.dtype), accumulate=True)
+    matrix.index_put_((rows, upper - offset), upper_weight.to(maps.dtype), accumulate=True)
+    return torch.matmul(matrix, maps)
 
 
 def _output_field(outputs, name):

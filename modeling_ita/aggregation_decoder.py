@@ -56,18 +56,38 @@ class _ITAPostNormAttention(nn.Module):
 
 
 class ITAMaskedCrossAttention(_ITAPostNormAttention):
-    """Queries attend to one flattened feature level, blocked where the previous mask says so; post-norm."""
+    """Queries attend to one flattened feature level, blocked where the previous mask says so; post-norm.
+
+    The projections are those of `self.attention` (an `nn.MultiheadAttention`, whose parameter names the
+    original's state dict uses); the attention itself runs through `F.scaled_dot_product_attention` with a
+    mask shared by the heads. `nn.MultiheadAttention` would need the mask repeated per head and turns it
+    into a float tensor of that size on every call (`[B * heads, Q, h * w]`, 22 M elements per layer at
+    stride 8 of an 800x1088 input); the arithmetic is the same.
+    """
 
     def forward(self, queries, memory, attention_mask, memory_pos, query_pos):
         """`queries`/`query_pos` [B, Q, C], `memory`/`memory_pos` [B, HW, C], `attention_mask` bool
-        [B * heads, Q, HW] with True = blocked, or None."""
-        attended, _ = self.attention(
-            query=queries + query_pos,
-            key=memory + memory_pos,
-            value=memory,
-            attn_mask=attention_mask,
-            need_weights=False,
-        )
+        [B, 1, Q, HW] with True = blocked, or None."""
+        attention = self.attention
+        batch, num_queries, channels = queries.shape
+        heads = attention.num_heads
+        query_weight, key_weight, value_weight = attention.in_proj_weight.chunk(3)
+        query_bias, key_bias, value_bias = attention.in_proj_bias.chunk(3)
+
+        def split_heads(x):  # [B, L, C] -> [B, heads, L, C / heads]
+            return x.view(batch, x.shape[1], heads, channels // heads).transpose(1, 2)
+
+        query = split_heads(F.linear(queries + query_pos, query_weight, query_bias))
+        key = split_heads(F.linear(memory + memory_pos, key_weight, key_bias))
+        value = split_heads(F.linear(memory, value_weight, value_bias))
+        attended = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=None if attention_mask is None else ~attention_mask,  # SDPA: True = may attend
+            dropout_p=attention.dropout if self.training else 0.0,
+        )  # [B, heads, Q, C / heads]
+        attended = attention.out_proj(attended.transpose(1, 2).reshape(batch, num_queries, channels))
         return self.norm(queries + self.dropout(attended))
 
 
@@ -119,24 +139,24 @@ class ITAAggregationDecoderLayer(GradientCheckpointingLayer):
 
 
 @torch.no_grad()
-def masked_attention_mask(mask_logits, size, num_heads):
+def masked_attention_mask(mask_logits, size=None):
     """Cross-attention mask for the next layer from the current mask predictions.
 
     Args:
         mask_logits: `[B, Q, H, W]` mask logits.
-        size: `(h, w)` of the feature level the next layer attends to.
-        num_heads: attention heads.
+        size: `(h, w)` of the feature level the next layer attends to; the logits are resized to it
+            bilinearly. None: they already have that size.
 
     Returns:
-        Bool `[B * num_heads, Q, h * w]`, True where a query may not attend (its mask's sigmoid is
-        below 0.5 there). A query blocked everywhere is let attend everywhere instead, so that its
-        attention softmax stays defined.
+        Bool `[B, 1, Q, h * w]` (one mask for all heads), True where a query may not attend (its mask's
+        sigmoid is below 0.5 there). A query blocked everywhere is let attend everywhere instead, so that
+        its attention softmax stays defined.
     """
-    resized = F.interpolate(mask_logits.detach(), size=tuple(size), mode="bilinear", align_corners=False)
-    blocked = resized.sigmoid().flatten(2) < 0.5  # [B, Q, h*w]
+    if size is not None and tuple(mask_logits.shape[-2:]) != tuple(size):
+        mask_logits = F.interpolate(mask_logits.detach(), size=tuple(size), mode="bilinear", align_corners=False)
+    blocked = mask_logits.detach().sigmoid().flatten(2) < 0.5  # [B, Q, h*w]
     blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
-    # Image-major with the heads inner, the layout nn.MultiheadAttention expects for a 3-D mask.
-    return blocked.repeat_interleave(num_heads, dim=0)  # [B*heads, Q, h*w]
+    return blocked.unsqueeze(1)
 
 
 class ITAAggregationDecoder(nn.Module):
@@ -173,10 +193,14 @@ class ITAAggregationDecoder(nn.Module):
     def _reset_parameters(self):
         nn.init.constant_(self.logit_scale, self.config.logit_scale_init)
 
+    def _mask_logits(self, normed_queries, mask_features):
+        """Mask logits [B, Q, h, w] of the normalised queries [B, Q, C] on `mask_features` [B, mask_dim, h, w]."""
+        return torch.einsum("bqc,bchw->bqhw", self.mask_embed(normed_queries), mask_features)
+
     def predict(self, queries, mask_features, classifier, synonym_to_class, num_classes):
         """Class and mask logits of the current queries [B, Q, C] -> ([B, Q, K + 1], [B, Q, H/4, W/4])."""
         queries = self.decoder_norm(queries)
-        mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_embed(queries), mask_features)  # [B, Q, H/4, W/4]
+        mask_logits = self._mask_logits(queries, mask_features)  # [B, Q, H/4, W/4]
         pooled = self.mask_pooling_proj(mask_pool(mask_features, mask_logits))  # [B, Q, C]
         logit_scale = self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
         class_logits = classification_logits(
@@ -184,7 +208,16 @@ class ITAAggregationDecoder(nn.Module):
         )  # [B, Q, K + 1]
         return class_logits, mask_logits
 
-    def forward(self, multi_scale_features, mask_features, text_queries, classifier, synonym_to_class, num_classes):
+    def forward(
+        self,
+        multi_scale_features,
+        mask_features,
+        text_queries,
+        classifier,
+        synonym_to_class,
+        num_classes,
+        output_intermediate_predictions=True,
+    ):
         """
         Args:
             multi_scale_features: `num_feature_levels` maps `[B, hidden_dim, h_l, w_l]`, strides 32, 16, 8.
@@ -194,10 +227,17 @@ class ITAAggregationDecoder(nn.Module):
             classifier: `[S + 1, clip_embed_dim]` L2-normalised synonym embeddings, void last.
             synonym_to_class: `[S]` long, the class of each synonym.
             num_classes: K.
+            output_intermediate_predictions: return the prediction of the initial queries and of every layer
+                (deep supervision, auxiliary logits). False returns only the last one and computes, between
+                layers, only what the next layer's attention mask needs: the mask logits at that layer's
+                feature level. Bilinear resizing is linear, so resizing the mask features before the product
+                with the mask embeddings instead of the stride-4 logits after it gives the same logits up to
+                float rounding, for 4 to 64 times fewer products, and the class head is skipped.
 
         Returns:
-            `decoder_layers + 1` tuples `(class_logits [B, Q, K + 1], mask_logits [B, Q, H/4, W/4])`, the
-            first from the initial queries, then one after every layer; Q = text queries + learnable queries.
+            A list of tuples `(class_logits [B, Q, K + 1], mask_logits [B, Q, H/4, W/4])`: `decoder_layers + 1`
+            of them (the initial queries, then one after every layer), or only the last one; Q = text queries
+            + learnable queries.
         """
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(
@@ -207,7 +247,7 @@ class ITAAggregationDecoder(nn.Module):
 
         memories, memory_pos, level_sizes = [], [], []
         for level, features in enumerate(multi_scale_features):
-            level_sizes.append(features.shape[-2:])
+            level_sizes.append(tuple(features.shape[-2:]))
             memory = features.flatten(2).transpose(1, 2) + self.level_embed.weight[level]  # [B, h*w, C]
             # The sine embedding is float32; follow the memory so a half-precision model stays in half.
             pos = self.position_embedding(features).flatten(2).transpose(1, 2).to(memory.dtype)  # [B, h*w, C]
@@ -227,10 +267,26 @@ class ITAAggregationDecoder(nn.Module):
             queries = learnable
         query_pos = self.query_embed.weight.unsqueeze(0).expand(batch_size, -1, -1)  # [B, Q, C]
 
+        if not output_intermediate_predictions:
+            with torch.no_grad():
+                level_mask_features = [
+                    F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
+                    if size != tuple(mask_features.shape[-2:])
+                    else mask_features
+                    for size in level_sizes
+                ]
+            for i, layer in enumerate(self.layers):
+                level = i % self.num_feature_levels
+                attention_mask = masked_attention_mask(
+                    self._mask_logits(self.decoder_norm(queries), level_mask_features[level])
+                )
+                queries = layer(queries, memories[level], attention_mask, memory_pos[level], query_pos)
+            return [self.predict(queries, mask_features, classifier, synonym_to_class, num_classes)]
+
         predictions = [self.predict(queries, mask_features, classifier, synonym_to_class, num_classes)]
         for i, layer in enumerate(self.layers):
             level = i % self.num_feature_levels
-            attention_mask = masked_attention_mask(predictions[-1][1], level_sizes[level], self.num_heads)
+            attention_mask = masked_attention_mask(predictions[-1][1], level_sizes[level])
             queries = layer(queries, memories[level], attention_mask, memory_pos[level], query_pos)
             predictions.append(self.predict(queries, mask_features, classifier, synonym_to_class, num_classes))
         return predictions

@@ -237,9 +237,13 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
 
         # Image-text aggregation decoder with the in-vocabulary classifier
         classifier = self.text_classifier(vocabulary)
+        # Intermediate predictions only when something reads them: the deep-supervision loss or the caller.
+        output_intermediate = bool(output_auxiliary_logits) or (
+            mask_labels is not None and self.config.deep_supervision
+        )
         predictions = self.decoder(
             multi_scale_features, mask_features, text_queries, classifier, vocabulary.synonym_to_class,
-            vocabulary.num_classes,
+            vocabulary.num_classes, output_intermediate_predictions=output_intermediate,
         )
         in_vocabulary_logits, masks_queries_logits = predictions[-1]
         auxiliary = [

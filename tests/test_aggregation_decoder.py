@@ -151,31 +151,30 @@ def test_queries_interact_through_self_attention_in_fcclip():
 
 
 def test_attention_mask_thresholds_at_sigmoid_one_half_and_unblocks_full_rows():
-    num_heads = 2
     mask_logits = torch.tensor(
         [
             [[[-1.0, 2.0], [0.5, -3.0]], [[-1.0, -2.0], [-0.5, -3.0]]],  # image 0: query 1 is negative everywhere
             [[[1.0, 1.0], [1.0, 1.0]], [[4.0, -4.0], [-4.0, 4.0]]],  # image 1
         ]
     )  # [B=2, Q=2, 2, 2]
-    blocked = masked_attention_mask(mask_logits, (2, 2), num_heads)
-    assert blocked.dtype == torch.bool and blocked.shape == (2 * num_heads, 2, 4)
+    blocked = masked_attention_mask(mask_logits, (2, 2))
+    assert blocked.dtype == torch.bool and blocked.shape == (2, 1, 2, 4)
     expected = torch.tensor(
         [
             [[True, False, False, True], [False, False, False, False]],  # the all-negative row is unblocked
             [[False, False, False, False], [False, True, True, False]],
         ]
     )
-    # Image-major, heads inner: rows 0..heads-1 belong to image 0.
-    torch.testing.assert_close(blocked, expected.repeat_interleave(num_heads, dim=0))
+    # One mask per image, broadcast over the heads.
+    torch.testing.assert_close(blocked, expected[:, None])
 
 
 def test_attention_mask_is_resized_bilinearly_and_detached():
     mask_logits = torch.randn(1, 3, 8, 12, requires_grad=True)
-    blocked = masked_attention_mask(mask_logits, (4, 6), 1)
+    blocked = masked_attention_mask(mask_logits, (4, 6))
     resized = F.interpolate(mask_logits.detach(), size=(4, 6), mode="bilinear", align_corners=False)
     assert not blocked.requires_grad
-    torch.testing.assert_close(blocked[0], resized[0].flatten(1) < 0)
+    torch.testing.assert_close(blocked[0, 0], resized[0].flatten(1) < 0)
 
 
 def test_a_query_with_an_all_negative_mask_attends_everywhere(config, monkeypatch):
@@ -290,11 +289,32 @@ def test_matches_sequence_first_reference(variant):
         ours = run(decoder, *inputs)
         reference = reference_sequence_first(decoder, *inputs)
         # Some, not all, attention is blocked, so the comparison covers the masking.
-        blocked = masked_attention_mask(ours[0][1], inputs[0][0].shape[-2:], config.decoder_attention_heads)
+        blocked = masked_attention_mask(ours[0][1], inputs[0][0].shape[-2:])
         assert 0.0 < blocked.float().mean() < 1.0
     for (class_ours, mask_ours), (class_ref, mask_ref) in zip(ours, reference, strict=True):
         torch.testing.assert_close(class_ours, class_ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(mask_ours, mask_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["ita", "fcclip"])
+def test_last_prediction_alone_matches_the_full_run(variant, monkeypatch):
+    """Without intermediate predictions the decoder builds the attention masks from logits computed on
+    mask features resized to each level (same numbers up to rounding) and runs the class head once."""
+    config = tiny_config() if variant == "ita" else tiny_fcclip_config()
+    decoder = build(config)
+    features, mask_features, text_queries, classifier = make_inputs(config)
+    with torch.no_grad():
+        full = run(decoder, features, mask_features, text_queries, classifier)
+        heads = []
+        predict = decoder.predict
+        monkeypatch.setattr(decoder, "predict", lambda *args: heads.append(1) or predict(*args))
+        last = decoder(
+            features, mask_features, text_queries, classifier, SYNONYM_TO_CLASS, NUM_CLASSES,
+            output_intermediate_predictions=False,
+        )
+    assert len(last) == 1 and len(heads) == 1
+    torch.testing.assert_close(last[0][0], full[-1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(last[0][1], full[-1][1], atol=1e-5, rtol=1e-5)
 
 
 class _DecoderModel(PreTrainedModel):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+import image_processing_ita
 from image_processing_ita import ITA_PIXEL_MEAN, ITA_PIXEL_STD, ITAImageProcessor
 
 SMALL_SIZE = {"shortest_edge": 64, "longest_edge": 100}
@@ -377,7 +378,7 @@ def test_post_process_matches_the_original_formula(masks_first):
     results = processor.post_process_semantic_segmentation(
         outputs, target_sizes=target_sizes, return_scores=True, sem_seg_postprocess_before_inference=masks_first
     )
-    # A tiny block size: many query and class chunks, recomputed masks; same answer.
+    # A tiny block size: bands of one output row, each reading its own few frame and grid rows; same answer.
     processor.post_process_chunk_elements = 3000
     chunked = processor.post_process_semantic_segmentation(
         outputs, target_sizes=target_sizes, return_scores=True, sem_seg_postprocess_before_inference=masks_first
@@ -393,6 +394,23 @@ def test_post_process_matches_the_original_formula(masks_first):
         for result in (results[index], chunked[index]):
             assert torch.equal(result["segmentation"], labels)
             assert torch.allclose(result["scores"], scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("sizes", [(200, 800), (800, 600), (37, 53), (333, 1000), (5, 5), (1, 7), (7, 1)])
+def test_row_resize_matches_torch_bilinear(sizes):
+    """The banded post-processing resizes rows with PyTorch's own weights (a source coordinate rounded once):
+    the same rows as F.interpolate up to float rounding, for any band."""
+    input_size, output_size = sizes
+    maps = torch.randn(3, input_size, 11, generator=torch.Generator().manual_seed(0)) * 4
+    expected = F.interpolate(maps[None], size=(output_size, 11), mode="bilinear", align_corners=False)[0]
+    taps = image_processing_ita._bilinear_taps(input_size, output_size, maps.device)
+    resized = image_processing_ita._lerp_rows(maps, taps, 0, output_size, 0)
+    torch.testing.assert_close(resized, expected, atol=1e-6, rtol=0)
+    # A band of output rows from only the input rows it needs.
+    start, stop = output_size // 3, max(output_size // 3 + 1, 2 * output_size // 3)
+    first, last = int(taps[0][start]), int(taps[1][stop - 1])
+    band = image_processing_ita._lerp_rows(maps[:, first : last + 1], taps, start, stop, first)
+    torch.testing.assert_close(band, expected[:, start:stop], atol=1e-6, rtol=0)
 
 
 def test_small_image_batched_with_a_large_one_gives_the_same_map():

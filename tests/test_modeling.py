@@ -51,6 +51,20 @@ def test_output_shapes(variant, config, fcclip_config):
         assert out.dominant_category_ids is None and model.dominant_categories is None
 
 
+@pytest.mark.parametrize("variant", ["ita", "fcclip"])
+def test_final_prediction_does_not_depend_on_asking_for_auxiliary_logits(variant, config, fcclip_config):
+    # Without auxiliary logits the decoder skips the intermediate class heads and builds its attention
+    # masks at each level's resolution: the same final prediction up to float rounding.
+    model = make_model(config if variant == "ita" else fcclip_config)
+    pixel_values = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        plain = model(pixel_values, class_names=VOCABULARY)
+        with_auxiliary = model(pixel_values, class_names=VOCABULARY, output_auxiliary_logits=True)
+    assert plain.auxiliary_logits is None
+    for name in ("class_queries_logits", "masks_queries_logits", "in_vocabulary_logits", "out_vocabulary_logits"):
+        torch.testing.assert_close(getattr(plain, name), getattr(with_auxiliary, name), atol=1e-5, rtol=1e-5)
+
+
 def test_return_dict_false_gives_the_same_tensors(config):
     model = make_model(config)
     pixel_values = torch.randn(1, 3, 64, 64)
