@@ -19,8 +19,15 @@ from transformers import initialization as hf_init
 
 from .layers import ITASinePositionEmbedding
 
+# Tokens per chunk of the deformable encoder layers (see `ITAPixelDecoderEncoderLayer.forward`): 1024 to 2048
+# were fastest on CPU for an 800x1088 input (17,850 tokens); the result depends on it only through float
+# rounding (matrix products over fewer rows).
+ENCODER_TOKEN_CHUNK = 2048
+
 __all__ = [
     "multi_scale_deformable_attention",
+    "deformable_value_maps",
+    "sample_value_maps",
     "ITAMultiScaleDeformableAttention",
     "ITAPixelDecoderEncoderLayer",
     "ITAPixelDecoderEncoder",
@@ -28,6 +35,45 @@ __all__ = [
     "ITAConv2dNormActivation",
     "ITAPixelDecoder",
 ]
+
+
+def deformable_value_maps(value, spatial_shapes):
+    """The levels of `value` [B, S, heads, head_dim] (flattened row-major and concatenated) as maps
+    `[B * heads, head_dim, h, w]`, the layout `sample_value_maps` reads: built once, sampled by every chunk of
+    queries."""
+    batch, _, heads, head_dim = value.shape
+    shapes = [(int(height), int(width)) for height, width in spatial_shapes]
+    return [
+        level.permute(0, 2, 3, 1).reshape(batch * heads, head_dim, height, width)
+        for level, (height, width) in zip(value.split([height * width for height, width in shapes], dim=1), shapes)
+    ]
+
+
+def sample_value_maps(value_maps, sampling_locations, attention_weights):
+    """Weighted sum of bilinear samples of the maps from `deformable_value_maps`; arguments and result as in
+    `multi_scale_deformable_attention`."""
+    batch, num_queries, heads, num_levels, num_points, _ = sampling_locations.shape
+    head_dim = value_maps[0].shape[1]
+    dtype = value_maps[0].dtype
+    # grid_sample addresses a map with [-1, 1] corners; with align_corners=False, -1 and 1 are the outer
+    # pixel edges, the same convention as the [0, 1] locations. The queries go last: grid_sample then reads a
+    # contiguous grid and writes each point's samples as one contiguous [Lq] row per channel, so the weighted
+    # sum over points is a few contiguous multiply-adds. (On CPU, a query-major grid made grid_sample alone
+    # about twice as slow, and broadcasting the weights over [.., Lq, points] samples slower still.) Inputs
+    # already laid out query-last (the module builds them so) are not copied.
+    grids = (2 * sampling_locations - 1).to(dtype).permute(0, 2, 3, 4, 1, 5).contiguous()
+    grids = grids.view(batch * heads, num_levels, num_points, num_queries, 2)
+    weights = attention_weights.to(dtype).permute(0, 2, 3, 4, 1).contiguous()
+    weights = weights.view(batch * heads, 1, num_levels, num_points, num_queries)
+    output = value_maps[0].new_zeros(batch * heads, head_dim, num_queries)
+    for level, level_value in enumerate(value_maps):
+        samples = F.grid_sample(
+            level_value, grids[:, level], mode="bilinear", padding_mode="zeros", align_corners=False
+        )  # [B*heads, head_dim, points, Lq]
+        # Accumulating point by point keeps only one level's samples in memory and builds no product tensor.
+        for point in range(num_points):
+            output.addcmul_(samples[:, :, point], weights[:, :, level, point])
+    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
 
 
 def multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, attention_weights):
@@ -44,29 +90,7 @@ def multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, 
     Returns:
         `[B, Lq, heads * head_dim]`, the heads concatenated.
     """
-    batch, _, heads, head_dim = value.shape
-    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
-    shapes = [(int(height), int(width)) for height, width in spatial_shapes]
-    value_per_level = value.split([height * width for height, width in shapes], dim=1)
-    # grid_sample addresses a map with [-1, 1] corners; with align_corners=False, -1 and 1 are the outer
-    # pixel edges, the same convention as the [0, 1] locations. The queries go last: grid_sample then reads a
-    # contiguous grid and writes each point's samples as one contiguous [Lq] row per channel, so the weighted
-    # sum over points is a few contiguous multiply-adds. (On CPU, a query-major grid made grid_sample alone
-    # about twice as slow, and broadcasting the weights over [.., Lq, points] samples slower still.)
-    grids = (2 * sampling_locations - 1).to(value.dtype).permute(0, 2, 3, 4, 1, 5).contiguous()
-    grids = grids.view(batch * heads, num_levels, num_points, num_queries, 2)
-    weights = attention_weights.to(value.dtype).permute(0, 2, 3, 4, 1).contiguous()
-    weights = weights.view(batch * heads, 1, num_levels, num_points, num_queries)
-    output = value.new_zeros(batch * heads, head_dim, num_queries)
-    for level, (height, width) in enumerate(shapes):
-        level_value = value_per_level[level].permute(0, 2, 3, 1).reshape(batch * heads, head_dim, height, width)
-        samples = F.grid_sample(
-            level_value, grids[:, level], mode="bilinear", padding_mode="zeros", align_corners=False
-        )  # [B*heads, head_dim, points, Lq]
-        # Accumulating point by point keeps only one level's samples in memory and builds no product tensor.
-        for point in range(num_points):
-            output.addcmul_(samples[:, :, point], weights[:, :, level, point])
-    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
+    return sample_value_maps(deformable_value_maps(value, spatial_shapes), sampling_locations, attention_weights)
 
 
 class ITAMultiScaleDeformableAttention(nn.Module):
@@ -117,6 +141,34 @@ class ITAMultiScaleDeformableAttention(nn.Module):
             nn.init.xavier_uniform_(projection.weight)
             nn.init.constant_(projection.bias, 0.0)
 
+    def value_maps(self, value, spatial_shapes):
+        """Projected values [B, S, d] -> per-level maps for `attend` (see `deformable_value_maps`)."""
+        batch = value.shape[0]
+        value = self.value_proj(value).view(batch, -1, self.num_heads, self.embed_dim // self.num_heads)
+        return deformable_value_maps(value, spatial_shapes)
+
+    def attend(self, query, value_maps, reference_points, spatial_shapes):
+        """Attention of `query` [B, Lq, d] (any subset of the queries, with their `reference_points`
+        [B or 1, Lq, 2]) over the maps from `value_maps` -> [B, Lq, d]."""
+        batch, num_queries, _ = query.shape
+        heads, levels, points = self.num_heads, self.num_levels, self.num_points
+        # Offsets and weights are laid out query-last, as `sample_value_maps` reads them, before any
+        # arithmetic: the softmax then runs over a non-innermost axis of 12 with the queries contiguous
+        # (several times faster on CPU than a softmax over innermost rows of 12), and no copy follows.
+        # The values are the same, computed in the same order.
+        weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
+        weights = weights.permute(0, 2, 3, 1).contiguous().softmax(dim=2)  # [B, heads, levels * points, Lq]
+        weights = weights.view(batch, heads, levels, points, num_queries).permute(0, 4, 1, 2, 3)
+        offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
+        offsets = offsets.permute(0, 2, 3, 4, 1, 5).contiguous()  # [B, heads, levels, points, Lq, 2]
+        # Offsets are in pixels of each level: divide x by the width, y by the height.
+        level_sizes = torch.tensor(
+            [[width, height] for height, width in spatial_shapes], dtype=offsets.dtype, device=offsets.device
+        )  # [levels, 2]
+        locations = offsets.div_(level_sizes[:, None, None, :]).add_(reference_points[:, None, None, None])
+        locations = locations.permute(0, 4, 1, 2, 3, 5)  # [B, Lq, heads, levels, points, 2], a view
+        return self.output_proj(sample_value_maps(value_maps, locations, weights))
+
     def forward(self, query, value, reference_points, spatial_shapes):
         """
         Args:
@@ -128,21 +180,7 @@ class ITAMultiScaleDeformableAttention(nn.Module):
         Returns:
             `[B, Lq, d]`.
         """
-        batch, num_queries, _ = query.shape
-        head_dim = self.embed_dim // self.num_heads
-        value = self.value_proj(value).view(batch, -1, self.num_heads, head_dim)  # [B, S, heads, head_dim]
-        offsets = self.sampling_offsets(query).view(
-            batch, num_queries, self.num_heads, self.num_levels, self.num_points, 2
-        )
-        weights = self.attention_weights(query).view(batch, num_queries, self.num_heads, -1).softmax(-1)
-        weights = weights.view(batch, num_queries, self.num_heads, self.num_levels, self.num_points)
-        # Offsets are in pixels of each level: divide x by the width, y by the height.
-        level_sizes = torch.tensor(
-            [[width, height] for height, width in spatial_shapes], dtype=offsets.dtype, device=offsets.device
-        )  # [levels, 2]
-        locations = reference_points[:, :, None, None, None, :] + offsets / level_sizes[:, None, :]
-        output = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)  # [B, Lq, d]
-        return self.output_proj(output)
+        return self.attend(query, self.value_maps(value, spatial_shapes), reference_points, spatial_shapes)
 
 
 class ITAPixelDecoderEncoderLayer(nn.Module):
@@ -172,10 +210,22 @@ class ITAPixelDecoderEncoderLayer(nn.Module):
             nn.init.zeros_(norm.bias)
 
     def forward(self, hidden_states, position_embeddings, reference_points, spatial_shapes):
-        attended = self.self_attn(hidden_states + position_embeddings, hidden_states, reference_points, spatial_shapes)
-        hidden_states = self.norm1(hidden_states + self.dropout(attended))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(hidden_states))))
-        return self.norm2(hidden_states + self.dropout(ffn))
+        value_maps = self.self_attn.value_maps(hidden_states, spatial_shapes)
+        # After the value projection every token is computed on its own (its offsets, weights, samples,
+        # norms and feed-forward depend on nothing else), so the tokens go through in chunks: the chunk's
+        # intermediates (12 sample maps, the [tokens, ffn_dim] activations) stay a few MiB, inside the CPU's
+        # caches and the allocator's reused memory, instead of tens of MiB per tensor at full size.
+        chunks = []
+        for start in range(0, hidden_states.shape[1], ENCODER_TOKEN_CHUNK):
+            tokens = slice(start, start + ENCODER_TOKEN_CHUNK)
+            states = hidden_states[:, tokens]
+            attended = self.self_attn.attend(
+                states + position_embeddings[:, tokens], value_maps, reference_points[:, tokens], spatial_shapes
+            )
+            states = self.norm1(states + self.dropout(attended))
+            ffn = self.linear2(self.dropout(F.relu(self.linear1(states), inplace=True)))
+            chunks.append(self.norm2(states + self.dropout(ffn)))
+        return torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]
 
 
 class ITAPixelDecoderEncoder(nn.Module):
@@ -310,7 +360,7 @@ class ITAPixelDecoder(nn.Module):
         for index, channels in enumerate(feature_channels[: self.num_fpn_levels], start=1):
             adapter = ITAConv2dNormActivation(channels, dim, 1, bias=False, norm=nn.GroupNorm(groups, dim))
             layer = ITAConv2dNormActivation(
-                dim, dim, 3, bias=False, norm=nn.GroupNorm(groups, dim), activation=nn.ReLU()
+                dim, dim, 3, bias=False, norm=nn.GroupNorm(groups, dim), activation=nn.ReLU(inplace=True)
             )
             self.add_module(f"adapter_{index}", adapter)
             self.add_module(f"layer_{index}", layer)
@@ -349,7 +399,8 @@ class ITAPixelDecoder(nn.Module):
             for index in range(self.num_fpn_levels, 0, -1):
                 lateral = getattr(self, f"adapter_{index}")(features[index - 1])  # [B, d, 2h, 2w]
                 upsampled = F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
-                maps.append(getattr(self, f"layer_{index}")(lateral + upsampled))
+                # In place: at stride 4 every fresh [B, d, H/4, W/4] tensor costs a page-faulted allocation.
+                maps.append(getattr(self, f"layer_{index}")(upsampled.add_(lateral)))
 
             mask_features = self.mask_features(maps[-1])  # [B, mask_dim, H/4, W/4]
         return mask_features, maps[: self.num_feature_levels]
