@@ -65,9 +65,10 @@ class ITAMaskedCrossAttention(_ITAPostNormAttention):
     stride 8 of an 800x1088 input); the arithmetic is the same.
     """
 
-    def forward(self, queries, memory, attention_mask, memory_pos, query_pos):
-        """`queries`/`query_pos` [B, Q, C], `memory`/`memory_pos` [B, HW, C], `attention_mask` bool
-        [B, 1, Q, HW] with True = blocked, or None."""
+    def forward(self, queries, memory, attention_mask, memory_with_pos, query_pos):
+        """`queries`/`query_pos` [B, Q, C]; `memory` [B, HW, C], the values' input, and `memory_with_pos`, the
+        memory plus its position embedding (the keys' input, computed once for the layers of a level);
+        `attention_mask` bool [B, 1, Q, HW] with True = blocked, or None."""
         attention = self.attention
         batch, num_queries, channels = queries.shape
         heads = attention.num_heads
@@ -78,7 +79,7 @@ class ITAMaskedCrossAttention(_ITAPostNormAttention):
             return x.view(batch, x.shape[1], heads, channels // heads).transpose(1, 2)
 
         query = split_heads(F.linear(queries + query_pos, query_weight, query_bias))
-        key = split_heads(F.linear(memory + memory_pos, key_weight, key_bias))
+        key = split_heads(F.linear(memory_with_pos, key_weight, key_bias))
         value = split_heads(F.linear(memory, value_weight, value_bias))
         attended = F.scaled_dot_product_attention(
             query,
@@ -131,8 +132,8 @@ class ITAAggregationDecoderLayer(GradientCheckpointingLayer):
         self.self_attention = ITAQuerySelfAttention(config) if config.decoder_self_attention else None
         self.ffn = ITADecoderFeedForward(config)
 
-    def forward(self, queries, memory, attention_mask, memory_pos, query_pos):
-        queries = self.cross_attention(queries, memory, attention_mask, memory_pos, query_pos)
+    def forward(self, queries, memory, attention_mask, memory_with_pos, query_pos):
+        queries = self.cross_attention(queries, memory, attention_mask, memory_with_pos, query_pos)
         if self.self_attention is not None:
             queries = self.self_attention(queries, query_pos)
         return self.ffn(queries)
@@ -245,14 +246,14 @@ class ITAAggregationDecoder(nn.Module):
             )
         batch_size = mask_features.shape[0]
 
-        memories, memory_pos, level_sizes = [], [], []
+        memories, memories_with_pos, level_sizes = [], [], []
         for level, features in enumerate(multi_scale_features):
             level_sizes.append(tuple(features.shape[-2:]))
             memory = features.flatten(2).transpose(1, 2) + self.level_embed.weight[level]  # [B, h*w, C]
             # The sine embedding is float32; follow the memory so a half-precision model stays in half.
             pos = self.position_embedding(features).flatten(2).transpose(1, 2).to(memory.dtype)  # [B, h*w, C]
             memories.append(memory)
-            memory_pos.append(pos)
+            memories_with_pos.append(memory + pos)
 
         learnable = self.query_feat.weight.unsqueeze(0).expand(batch_size, -1, -1)  # [B, num_queries, C]
         if self.num_dominant_categories > 0:
@@ -280,13 +281,13 @@ class ITAAggregationDecoder(nn.Module):
                 attention_mask = masked_attention_mask(
                     self._mask_logits(self.decoder_norm(queries), level_mask_features[level])
                 )
-                queries = layer(queries, memories[level], attention_mask, memory_pos[level], query_pos)
+                queries = layer(queries, memories[level], attention_mask, memories_with_pos[level], query_pos)
             return [self.predict(queries, mask_features, classifier, synonym_to_class, num_classes)]
 
         predictions = [self.predict(queries, mask_features, classifier, synonym_to_class, num_classes)]
         for i, layer in enumerate(self.layers):
             level = i % self.num_feature_levels
             attention_mask = masked_attention_mask(predictions[-1][1], level_sizes[level])
-            queries = layer(queries, memories[level], attention_mask, memory_pos[level], query_pos)
+            queries = layer(queries, memories[level], attention_mask, memories_with_pos[level], query_pos)
             predictions.append(self.predict(queries, mask_features, classifier, synonym_to_class, num_classes))
         return predictions
