@@ -81,11 +81,13 @@ class ITAMaskedCrossAttention(_ITAPostNormAttention):
         query = split_heads(F.linear(queries + query_pos, query_weight, query_bias))
         key = split_heads(F.linear(memory_with_pos, key_weight, key_bias))
         value = split_heads(F.linear(memory, value_weight, value_bias))
+        if attention_mask is not None:  # additive float mask: a boolean one SDPA converts twice per call on CPU
+            attention_mask = query.new_zeros(attention_mask.shape).masked_fill_(attention_mask, float("-inf"))
         attended = F.scaled_dot_product_attention(
             query,
             key,
             value,
-            attn_mask=None if attention_mask is None else ~attention_mask,  # SDPA: True = may attend
+            attn_mask=attention_mask,
             dropout_p=attention.dropout if self.training else 0.0,
         )  # [B, heads, Q, C / heads]
         attended = attention.out_proj(attended.transpose(1, 2).reshape(batch, num_queries, channels))

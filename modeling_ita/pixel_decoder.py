@@ -215,7 +215,7 @@ class ITAPixelDecoderEncoderLayer(nn.Module):
         # norms and feed-forward depend on nothing else), so the tokens go through in chunks: the chunk's
         # intermediates (12 sample maps, the [tokens, ffn_dim] activations) stay a few MiB, inside the CPU's
         # caches and the allocator's reused memory, instead of tens of MiB per tensor at full size.
-        chunks = []
+        output = torch.empty_like(hidden_states)
         for start in range(0, hidden_states.shape[1], ENCODER_TOKEN_CHUNK):
             tokens = slice(start, start + ENCODER_TOKEN_CHUNK)
             states = hidden_states[:, tokens]
@@ -224,8 +224,8 @@ class ITAPixelDecoderEncoderLayer(nn.Module):
             )
             states = self.norm1(states + self.dropout(attended))
             ffn = self.linear2(self.dropout(F.relu(self.linear1(states), inplace=True)))
-            chunks.append(self.norm2(states + self.dropout(ffn)))
-        return torch.cat(chunks, dim=1) if len(chunks) > 1 else chunks[0]
+            output[:, tokens] = self.norm2(states + self.dropout(ffn))
+        return output
 
 
 class ITAPixelDecoderEncoder(nn.Module):
@@ -319,7 +319,16 @@ class ITAConv2dNormActivation(nn.Conv2d):
             nn.init.zeros_(self.norm.bias)
 
     def forward(self, x):
-        x = super().forward(x)
+        if self.kernel_size == (1, 1) and x.dim() == 4:
+            # A 1x1 convolution is a matrix product over the channels; on CPU, one `addmm` per image gives the
+            # same sums about 20% faster than the convolution kernel at stride 4 of an 800x1088 input.
+            batch, channels, height, width = x.shape
+            weight = self.weight.view(self.out_channels, channels)
+            bias = self.bias[:, None] if self.bias is not None else x.new_zeros(())
+            x = torch.stack([torch.addmm(bias, weight, image.reshape(channels, -1)) for image in x])
+            x = x.view(batch, self.out_channels, height, width)
+        else:
+            x = super().forward(x)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
