@@ -23,12 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_pixel_decoder import first_multi_scale_deformable_attention
 from measure import PeakRSS, StageTimer, machine_description, rss_mib, set_threads
 
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
-from modeling_ita import pixel_decoder as pixel_decoder_module
 from modeling_ita.evaluation import VOCABULARY_DIR, read_vocabulary_file
 
 STAGES = ("preprocess", "trunk", "pixel decoder", "DCU", "decoder", "out-of-vocab classifier", "post-processing")
@@ -47,8 +45,9 @@ def parse_args(argv=None):
                         help="ITAConfig.dominant_category_features (default: the config's default)")
     parser.add_argument("--post-process-chunk-elements", type=int, default=None,
                         help="ITAImageProcessor.post_process_chunk_elements (memory bound of post-processing)")
-    parser.add_argument("--first-deformable-attention", action="store_true",
-                        help="run the first version of the pixel decoder's deformable attention (before/after)")
+    parser.add_argument("--auxiliary-logits", action="store_true",
+                        help="call the model with output_auxiliary_logits=True: the decoder then computes every "
+                        "intermediate prediction at full resolution (what it always did before it skipped them)")
     parser.add_argument("--image-size", type=int, nargs=2, default=(600, 800), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--vocabulary", default="ade150", help="a class list in modeling_ita/evaluation/vocabularies")
     parser.add_argument("--seed", type=int, default=0)
@@ -59,8 +58,6 @@ def parse_args(argv=None):
 
 
 def build_model(args):
-    if args.first_deformable_attention:
-        pixel_decoder_module.multi_scale_deformable_attention = first_multi_scale_deformable_attention
     overrides = {}
     if args.dominant_category_features is not None:
         overrides["dominant_category_features"] = args.dominant_category_features
@@ -107,7 +104,7 @@ def main(argv=None):
     print(f"options: variant={args.variant} dtype={args.dtype} channels_last={args.channels_last} "
           f"compile={args.compile} dominant_category_features={args.dominant_category_features or 'default'} "
           f"post_process_chunk_elements={args.post_process_chunk_elements or 'default'} "
-          f"first_deformable_attention={args.first_deformable_attention}")
+          f"auxiliary_logits={args.auxiliary_logits}")
 
     rss_start = rss_mib()
     start = time.perf_counter()
@@ -147,6 +144,7 @@ def main(argv=None):
                 pixel_values=inputs["pixel_values"].contiguous(memory_format=memory_format),
                 image_sizes=inputs["image_sizes"],
                 vocabulary=vocabulary,
+                output_auxiliary_logits=args.auxiliary_logits,
             )
         return processor.post_process_semantic_segmentation(outputs, target_sizes=[(height, width)])[0]
 
@@ -205,15 +203,16 @@ def main(argv=None):
     print(f"peak RSS rise during one inference: end-to-end {inference_peak:.0f} MiB, trunk alone "
           f"{trunk_peak:.0f} MiB{note}; RSS now {rss_mib():.0f} MiB")
 
-    if args.dtype != "float32" or args.channels_last:
-        # How far the layout/precision option moves the numbers: the same model and input in float32 with a
-        # contiguous input as the reference.
+    if args.dtype != "float32" or args.channels_last or args.auxiliary_logits:
+        # How far the option moves the numbers: the same model and input in float32 with a contiguous input
+        # and without auxiliary logits as the reference.
         with torch.no_grad():
             features = trunk_alone()["clip_vis_dense"].float()
             reference_features = extract_features(pixel_values.contiguous())["clip_vis_dense"]
             labels = end_to_end()
             autocast = functools.partial(torch.autocast, "cpu", enabled=False)
             memory_format = torch.contiguous_format
+            args.auxiliary_logits = False
             reference_labels = end_to_end()
         spread = (reference_features.max() - reference_features.min()).item()
         difference = (features - reference_features).abs().max().item()

@@ -1,21 +1,23 @@
-"""The pixel decoder at full size (ConvNeXt-L channels, an 800x1088 input): the current multi-scale deformable
-attention against its first version (kept below as the baseline), alone and inside the whole pixel decoder (where
-the first version also handed channels-last views of the encoded maps to the FPN's upsampling).
+"""The pixel decoder at full size (ConvNeXt-L channels, an 800x1088 input), before and after two speed-ups:
 
-Both versions are timed alternately in one process and the script prints the ratios and the largest
+- the multi-scale deformable attention core against its first version (kept below as the baseline), on the
+  shapes of one encoder layer;
+- the whole pixel decoder with its encoder layers run on all tokens at once (as before) or in chunks of
+  `ENCODER_TOKEN_CHUNK` tokens (the current code).
+
+Both versions of each are timed alternately in one process and the script prints the ratios and the largest
 difference of their outputs.
 
     python benchmarks/bench_pixel_decoder.py --threads 2 --repeats 3
 """
 
 import argparse
-import statistics
-import time
+import functools
 
 import torch
 import torch.nn.functional as F
 
-from measure import machine_description, set_threads
+from measure import alternate, machine_description, set_threads
 
 from configuration_ita import ITAConfig
 from modeling_ita import pixel_decoder as pixel_decoder_module
@@ -42,19 +44,6 @@ def first_multi_scale_deformable_attention(value, spatial_shapes, sampling_locat
         level_output = (samples * weights[:, None, :, level]).sum(-1)
         output = level_output if output is None else output + level_output
     return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
-
-
-def alternate(functions, repeats):
-    """Median seconds of each function, runs interleaved (after one warm-up each) so drift hits all alike."""
-    for function in functions.values():
-        function()
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv=None):
@@ -91,48 +80,44 @@ def main(argv=None):
     print(f"  first {core['first']:.3f}  current {core['current']:.3f}  "
           f"RATIO first/current {core['first'] / core['current']:.2f}  max abs diff {(first - current).abs().max():.2e}")
 
-    # The whole pixel decoder with either core.
+    # The whole pixel decoder, its encoder layers run on all tokens at once or in chunks of tokens.
     decoder = ITAPixelDecoder(config, list(CONVNEXT_L_CHANNELS)).eval()
+    with torch.no_grad():  # non-zero offsets and weights, as in a trained model (they start at zero)
+        for layer in decoder.transformer.encoder.layers:
+            layer.self_attn.sampling_offsets.weight.normal_(0, 0.01)
+            layer.self_attn.attention_weights.weight.normal_(0, 0.01)
     features = [torch.randn(1, c, height // s, width // s) for c, s in zip(CONVNEXT_L_CHANNELS, STRIDES)]
 
-    transformer_forward = decoder.transformer.forward
-
-    def channels_last_maps(*inputs):
-        # The first version returned the encoded maps as views of the [B, S, d] tokens (channels-last strides);
-        # bilinear upsampling of such a map to stride 4 was the slow part. Rebuilt here from the current
-        # output the way the first version made them (the extra concatenation costs a few milliseconds).
-        maps = transformer_forward(*inputs)
-        tokens = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
-        levels = tokens.split([m.shape[-2] * m.shape[-1] for m in maps], dim=1)
-        return [level.transpose(1, 2).reshape(m.shape) for level, m in zip(levels, maps)]
-
-    def run_with(core_function, first_layout=False):
-        pixel_decoder_module.multi_scale_deformable_attention = core_function
-        if first_layout:
-            decoder.transformer.forward = channels_last_maps
+    def run(chunked):
+        if not chunked:
+            for layer in decoder.transformer.encoder.layers:
+                layer.forward = functools.partial(unchunked_layer_forward, layer)
         try:
             with torch.no_grad():
                 return decoder(features)
         finally:
-            pixel_decoder_module.multi_scale_deformable_attention = multi_scale_deformable_attention
-            decoder.transformer.forward = transformer_forward
+            for layer in decoder.transformer.encoder.layers:
+                layer.__dict__.pop("forward", None)
 
-    mask_first, maps_first = run_with(first_multi_scale_deformable_attention, first_layout=True)
-    mask_current, maps_current = run_with(multi_scale_deformable_attention)
-    diff = max((a - b).abs().max().item() for a, b in zip([mask_first, *maps_first], [mask_current, *maps_current]))
-    whole = alternate(
-        {
-            "first": lambda: run_with(first_multi_scale_deformable_attention, first_layout=True),
-            "first core, contiguous maps": lambda: run_with(first_multi_scale_deformable_attention),
-            "current": lambda: run_with(multi_scale_deformable_attention),
-        },
-        args.repeats,
+    mask_unchunked, maps_unchunked = run(chunked=False)
+    mask_chunked, maps_chunked = run(chunked=True)
+    diff = max(
+        (a - b).abs().max().item() for a, b in zip([mask_unchunked, *maps_unchunked], [mask_chunked, *maps_chunked])
     )
+    whole = alternate({"all tokens at once": lambda: run(False), "token chunks": lambda: run(True)}, args.repeats)
     print(f"\nwhole pixel decoder ({config.pixel_decoder_encoder_layers} encoder layers + FPN), input {height}x{width} "
           f"(median s):")
-    print(f"  first {whole['first']:.2f}  first core with contiguous maps {whole['first core, contiguous maps']:.2f}  "
-          f"current {whole['current']:.2f}")
-    print(f"  RATIO first/current {whole['first'] / whole['current']:.2f}  max abs diff of outputs {diff:.2e}")
+    print(f"  encoder layers on all tokens at once {whole['all tokens at once']:.2f}  in chunks of "
+          f"{pixel_decoder_module.ENCODER_TOKEN_CHUNK} tokens (current) {whole['token chunks']:.2f}")
+    print(f"  RATIO {whole['all tokens at once'] / whole['token chunks']:.2f}  max abs diff of outputs {diff:.2e}")
+
+
+def unchunked_layer_forward(layer, hidden_states, position_embeddings, reference_points, spatial_shapes):
+    """An encoder layer on all tokens at once (before the token chunks): the [tokens, ffn_dim] activations and
+    the sample maps of all 17,850 tokens exist at full size, tens of MiB each."""
+    attended = layer.self_attn(hidden_states + position_embeddings, hidden_states, reference_points, spatial_shapes)
+    hidden_states = layer.norm1(hidden_states + attended)
+    return layer.norm2(hidden_states + layer.linear2(F.relu(layer.linear1(hidden_states))))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,18 @@ class StageTimer:
         return statistics.median(self.samples[name])
 
 
+def alternate(functions, repeats):
+    """Median seconds of each function, runs interleaved (after one warm-up each) so drift hits all alike."""
+    for function in functions.values():
+        function()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
 
 def cpu_model():
     try:

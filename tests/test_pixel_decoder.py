@@ -5,6 +5,7 @@ import torch
 from transformers.initialization import guard_torch_init_functions
 
 from configuration_ita import ITAConfig
+from modeling_ita import pixel_decoder
 from modeling_ita.pixel_decoder import (
     ITAMultiScaleDeformableAttention,
     ITAPixelDecoder,
@@ -239,6 +240,32 @@ def test_batched_equals_one_by_one(tiny_config):
             torch.testing.assert_close(batched_level[index : index + 1], level, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_token_chunks_give_the_same_result_and_gradients(tiny_config, monkeypatch, chunk):
+    """Encoder layers run their tokens in chunks (64x96 input: 6 + 24 + 96 = 126 tokens); any chunk size gives
+    the result and the gradients of one chunk holding every token."""
+    decoder = ITAPixelDecoder(tiny_config, TINY_CHANNELS)
+    perturb_parameters(decoder)
+    features = backbone_features(2, 64, 96)
+
+    def run():
+        decoder.zero_grad()
+        mask, levels = decoder(features)
+        (mask.square().mean() + sum(level.sin().mean() for level in levels)).backward()
+        grads = {name: p.grad.clone() for name, p in decoder.named_parameters() if p.grad is not None}
+        return [mask.detach(), *[level.detach() for level in levels]], grads
+
+    monkeypatch.setattr(pixel_decoder, "ENCODER_TOKEN_CHUNK", 10_000)
+    whole, whole_grads = run()
+    monkeypatch.setattr(pixel_decoder, "ENCODER_TOKEN_CHUNK", chunk)
+    chunked, chunked_grads = run()
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert whole_grads.keys() == chunked_grads.keys() and "transformer.encoder.layers.0.linear1.weight" in whole_grads
+    for name in whole_grads:
+        torch.testing.assert_close(whole_grads[name], chunked_grads[name], atol=1e-5, rtol=1e-4)
+
+
 def test_gradients_reach_sampling_offsets(tiny_config):
     decoder = ITAPixelDecoder(tiny_config, TINY_CHANNELS)
     perturb_parameters(decoder)
@@ -289,3 +316,14 @@ def test_reset_parameters_restores_init_and_skips_loaded_weights(tiny_config):
         assert conv.bias.abs().sum() == 0 and (norm.weight == 1).all()
     assert decoder.mask_features.bias.abs().sum() == 0
     assert (decoder.layer_1.norm.weight == 1).all() and (decoder.adapter_1.norm.bias == 0).all()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_by_one_convolution_as_matrix_product_matches_conv2d(bias):
+    torch.manual_seed(0)
+    conv = pixel_decoder.ITAConv2dNormActivation(6, 5, kernel_size=1, bias=bias)
+    with torch.no_grad():
+        if bias:
+            conv.bias.normal_()
+        x = torch.randn(2, 6, 7, 9)
+        torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, conv.weight, conv.bias), atol=1e-6, rtol=1e-6)
