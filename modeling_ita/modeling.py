@@ -215,7 +215,9 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             class_labels: per image, `[N_i]` target class indices into the vocabulary (training).
             dominant_category_ids: `[B, k]` precomputed dominant categories (indices into the vocabulary's
                 synonyms followed by the extra candidates); ranked on the fly by CLIP when absent.
-            output_auxiliary_logits: return the intermediate predictions.
+            output_auxiliary_logits: return the intermediate predictions. They are computed only when asked for
+                or when the deep-supervision loss needs them; otherwise the decoder computes only what its last
+                prediction needs (the same prediction up to float rounding, several times faster).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if vocabulary is None:
