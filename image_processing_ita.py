@@ -616,8 +616,10 @@ class ITAImageProcessor(TorchvisionBackend):
         # full size, each frame row is computed once (twice at a band edge), and no mask is recomputed per
         # class chunk. The band's tensors are laid out rows first, [rows, Q, columns]: resizing the rows is
         # then one matrix product and resizing the columns one F.interpolate (rows kept as they are).
-        up_rows = _bilinear_taps(grid_height, frame_height, device)  # grid rows -> frame rows
-        down_rows = _bilinear_taps(height, target_height, device) if resize else None  # frame rows -> target rows
+        # Taps stay on the CPU (band bounds are read from them without a device sync); each band's small
+        # interpolation matrix goes to the masks' device.
+        up_rows = _bilinear_taps(grid_height, frame_height)  # grid rows -> frame rows
+        down_rows = _bilinear_taps(height, target_height) if resize else None  # frame rows -> target rows
         grid = mask_logits[:, :grid_height, :grid_width].transpose(0, 1)  # [grid rows, Q, grid columns], a view
 
         def frame_rows(first, last):  # frame rows first..last: [n, Q, frame_width] (padding columns included)
@@ -654,10 +656,10 @@ class ITAImageProcessor(TorchvisionBackend):
         return labels, best
 
 
-def _bilinear_taps(input_size, output_size, device):
+def _bilinear_taps(input_size, output_size):
     """The two input rows and weights of each output row of a bilinear resize (align_corners=False, no
     antialiasing) as PyTorch's CPU kernel computes them: `(lower [out], upper [out], lower weight [out],
-    upper weight [out])`.
+    upper weight [out])`, CPU tensors.
 
     The kernel's source coordinate `scale * (i + 0.5) - 0.5` (float32 scale) is rounded once, as a fused
     multiply-add does; evaluating it exactly in float64 and rounding to float32 reproduces that (rounding
@@ -669,7 +671,7 @@ def _bilinear_taps(input_size, output_size, device):
     upper = (lower + 1).clamp(max=input_size - 1)
     upper_weight = (source - lower).clamp(0, 1)
     lower_weight = 1 - upper_weight
-    return lower.to(device), upper.to(device), lower_weight.to(device), upper_weight.to(device)
+    return lower, upper, lower_weight, upper_weight
 
 
 def _resize_columns(maps, width):
@@ -688,10 +690,11 @@ def _lerp_rows(maps, taps, start, stop, offset):
     zeros elsewhere): a single pass over the output, where gathering the two rows and mixing them takes five.
     """
     lower, upper, lower_weight, upper_weight = (tap[start:stop] for tap in taps)
-    rows = torch.arange(stop - start, device=maps.device)
-    matrix = maps.new_zeros((stop - start, maps.shape[0]))
-    matrix.index_put_((rows, lower - offset), lower_weight.to(maps.dtype), accumulate=True)
-    matrix.index_put_((rows, upper - offset), upper_weight.to(maps.dtype), accumulate=True)
+    rows = torch.arange(stop - start)
+    matrix = torch.zeros((stop - start, maps.shape[0]))
+    matrix.index_put_((rows, lower - offset), lower_weight, accumulate=True)
+    matrix.index_put_((rows, upper - offset), upper_weight, accumulate=True)
+    matrix = matrix.to(device=maps.device, dtype=maps.dtype)
     return (matrix @ maps.reshape(maps.shape[0], -1)).view(stop - start, *maps.shape[1:])
 
 

@@ -403,7 +403,7 @@ def test_row_resize_matches_torch_bilinear(sizes):
     input_size, output_size = sizes
     maps = torch.randn(3, input_size, 11, generator=torch.Generator().manual_seed(0)) * 4
     expected = F.interpolate(maps[None], size=(output_size, 11), mode="bilinear", align_corners=False)[0]
-    taps = image_processing_ita._bilinear_taps(input_size, output_size, maps.device)
+    taps = image_processing_ita._bilinear_taps(input_size, output_size)
     rows_first = maps.transpose(0, 1).contiguous()  # [rows, 3, 11]
     resized = image_processing_ita._lerp_rows(rows_first, taps, 0, output_size, 0)
     torch.testing.assert_close(resized.transpose(0, 1), expected, atol=1e-6, rtol=0)
