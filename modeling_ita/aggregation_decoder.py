@@ -162,6 +162,29 @@ def masked_attention_mask(mask_logits, size=None):
     return blocked.unsqueeze(1)
 
 
+def _resize_to_levels(features, sizes):
+    """`features` [B, C, H, W] resized bilinearly (align_corners=False) to each of `sizes`.
+
+    PyTorch's CPU kernel converts a channels-first input to channels-last on every call that shrinks it more
+    than twofold (a copy of the whole input); converting once for all such sizes gives the same maps (tested)
+    for one copy instead of one per level.
+    """
+    height, width = features.shape[-2:]
+    channels_last = None
+    resized = []
+    for size in sizes:
+        if tuple(size) == (height, width):
+            resized.append(features)
+            continue
+        source = features
+        if 2 * size[0] < height or 2 * size[1] < width:
+            if channels_last is None:
+                channels_last = features.contiguous(memory_format=torch.channels_last)
+            source = channels_last
+        resized.append(F.interpolate(source, size=tuple(size), mode="bilinear", align_corners=False))
+    return resized
+
+
 class ITAAggregationDecoder(nn.Module):
     """Multi-scale masked-attention decoder with FC-CLIP's mask-pooled text classification head.
 
@@ -272,12 +295,7 @@ class ITAAggregationDecoder(nn.Module):
 
         if not output_intermediate_predictions:
             with torch.no_grad():
-                level_mask_features = [
-                    F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
-                    if size != tuple(mask_features.shape[-2:])
-                    else mask_features
-                    for size in level_sizes
-                ]
+                level_mask_features = _resize_to_levels(mask_features, level_sizes)
             for i, layer in enumerate(self.layers):
                 level = i % self.num_feature_levels
                 attention_mask = masked_attention_mask(

@@ -58,20 +58,26 @@ class ITAMLP(nn.Module):
         return x
 
 
-def mask_pool(features, mask_logits):
+def mask_pool(features, mask_logits, query_chunk=32):
     """Average `features` [B, C, H, W] inside each binarised mask (`mask_logits > 0`) -> [B, Q, C].
 
     Masks are resized bilinearly to the feature size first; they are detached, so no gradient flows
-    through the mask into the pooling weights (as in FC-CLIP's `MaskPooling`).
+    through the mask into the pooling weights (as in FC-CLIP's `MaskPooling`). Queries are pooled
+    `query_chunk` at a time, so the float copy of the binarised masks stays a few MiB (a fresh
+    `[B, Q, H/4, W/4]` float tensor, 43 MiB at 800x1088, costs more to allocate than to fill).
     """
     with torch.no_grad():
         if mask_logits.shape[-2:] != features.shape[-2:]:
             mask_logits = F.interpolate(mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
-        mask = (mask_logits > 0).to(features.dtype)
-        area = mask.sum(dim=(-2, -1)) + 1e-8  # [B, Q]
-    # Dividing the pooled sums by the areas equals pooling with area-normalised masks, without a second
-    # full-resolution [B, Q, H, W] tensor per prediction.
-    return torch.einsum("bchw,bqhw->bqc", features, mask) / area[..., None]
+        binary = mask_logits > 0
+    pooled = []
+    for start in range(0, binary.shape[1], query_chunk):
+        mask = binary[:, start : start + query_chunk].to(features.dtype)
+        area = mask.sum(dim=(-2, -1)) + 1e-8  # [B, q]
+        # Dividing the pooled sums by the areas equals pooling with area-normalised masks, without a second
+        # full-resolution mask tensor.
+        pooled.append(torch.einsum("bchw,bqhw->bqc", features, mask) / area[..., None])
+    return torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]
 
 
 def classification_logits(embeddings, classifier, logit_scale, synonym_to_class, num_classes):

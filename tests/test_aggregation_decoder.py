@@ -296,6 +296,14 @@ def test_matches_sequence_first_reference(variant):
         torch.testing.assert_close(mask_ours, mask_ref, atol=1e-5, rtol=1e-5)
 
 
+def test_level_resizes_equal_plain_bilinear_resizes():
+    features = torch.randn(2, 5, 64, 96, generator=torch.Generator().manual_seed(0))
+    sizes = [(8, 12), (16, 24), (32, 48), (64, 96), (7, 11)]
+    for size, resized in zip(sizes, aggregation_decoder._resize_to_levels(features, sizes), strict=True):
+        expected = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+        assert torch.equal(resized, expected)
+
+
 @pytest.mark.parametrize("variant", ["ita", "fcclip"])
 def test_last_prediction_alone_matches_the_full_run(variant, monkeypatch):
     """Without intermediate predictions the decoder builds the attention masks from logits computed on
@@ -490,3 +498,19 @@ def test_state_dict_maps_one_to_one_onto_the_original(fcclip):
     renamed = {rename(key): shape for key, shape in original.items()}
     assert len(renamed) == len(original)  # no two original keys collapse onto one
     assert renamed == ours
+
+
+@pytest.mark.parametrize("query_chunk", [1, 2, 32])
+def test_mask_pool_averages_features_inside_each_binarised_mask(query_chunk):
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 3, 4, 6, generator=generator)
+    mask_logits = torch.randn(2, 5, 8, 12, generator=generator)  # twice the feature size: resized first
+    mask_logits[1, 4] = -1.0  # an empty mask pools to zeros
+    pooled = mask_pool(features, mask_logits, query_chunk=query_chunk)
+    resized = F.interpolate(mask_logits, size=(4, 6), mode="bilinear", align_corners=False)
+    assert pooled.shape == (2, 5, 3)
+    for b in range(2):
+        for q in range(5):
+            inside = resized[b, q] > 0
+            expected = features[b][:, inside].mean(dim=-1) if inside.any() else torch.zeros(3)
+            torch.testing.assert_close(pooled[b, q], expected, atol=1e-5, rtol=1e-5)
