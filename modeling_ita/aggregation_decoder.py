@@ -156,8 +156,8 @@ def masked_attention_mask(mask_logits, size=None):
         its attention softmax stays defined.
     """
     if size is not None and tuple(mask_logits.shape[-2:]) != tuple(size):
-        mask_logits = F.interpolate(mask_logits.detach(), size=tuple(size), mode="bilinear", align_corners=False)
-    blocked = mask_logits.detach().sigmoid().flatten(2) < 0.5  # [B, Q, h*w]
+        mask_logits = F.interpolate(mask_logits, size=tuple(size), mode="bilinear", align_corners=False)
+    blocked = mask_logits.sigmoid().flatten(2) < 0.5  # [B, Q, h*w]; no gradient (torch.no_grad)
     blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
     return blocked.unsqueeze(1)
 

@@ -17,40 +17,15 @@ from modeling_ita.aggregation_decoder import (
 )
 from modeling_ita.layers import classification_logits, mask_pool
 
-TINY_CLIP_CONFIG = {
-    "embed_dim": 16,
-    "vision_cfg": {"timm_model_name": "test_convnext", "timm_pool": "", "timm_proj": "mlp", "image_size": 64},
-    "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
-}
+from conftest import tiny_config
+
 NUM_CLASSES = 3
 SYNONYM_TO_CLASS = torch.tensor([0, 0, 1, 2, 2])
 
 
-def tiny_config(**overrides):
-    values = dict(
-        hidden_dim=32,
-        pixel_decoder_dim=32,
-        mask_dim=32,
-        decoder_attention_heads=4,
-        decoder_ffn_dim=64,
-        decoder_layers=3,
-        num_queries=6,
-        num_dominant_categories=4,
-        group_norm_groups=8,
-        pixel_decoder_attention_heads=4,
-        clip_config=TINY_CLIP_CONFIG,
-    )
-    values.update(overrides)
-    return ITAConfig(**values)
-
-
 def tiny_fcclip_config(**overrides):
+    """FC-CLIP at the size of `tiny_config` (6 learnable queries, self-attention, no text queries)."""
     return tiny_config(**{"num_dominant_categories": 0, "decoder_self_attention": True, **overrides})
-
-
-@pytest.fixture
-def config():
-    return tiny_config()
 
 
 def make_inputs(config, batch_size=2, height=64, width=96, seed=0):

@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers.initialization import guard_torch_init_functions
 
+import conftest
 from configuration_ita import ITAConfig
 from modeling_ita import pixel_decoder
 from modeling_ita.pixel_decoder import (
@@ -20,17 +21,8 @@ STRIDES = [4, 8, 16, 32]
 
 @pytest.fixture
 def tiny_config():
-    return ITAConfig(
-        pixel_decoder_dim=32,
-        hidden_dim=32,
-        mask_dim=32,
-        group_norm_groups=8,
-        pixel_decoder_attention_heads=4,
-        pixel_decoder_num_points=2,
-        pixel_decoder_ffn_dim=64,
-        pixel_decoder_encoder_layers=2,
-        decoder_attention_heads=4,
-    )
+    # The shared tiny configuration: 32 channels, 4 heads, 2 points, 2 encoder layers, feed-forward 64.
+    return conftest.tiny_config()
 
 
 def backbone_features(batch, height, width, channels=TINY_CHANNELS, seed=0):
