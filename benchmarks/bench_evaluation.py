@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from modeling_ita.synthetic import toy_clip_config
+from modeling_ita.training.synthetic import toy_clip_config
 
 from measure import PeakRSS, machine_description, rss_mib, set_threads
 

@@ -15,8 +15,9 @@ from .modeling import (
     ITAPreTrainedModel,
     geometric_ensemble,
 )
-from .pipeline import ZeroShotImageSegmentationPipeline  # registers the "zero-shot-image-segmentation" task
-from .processing_ita import ITAProcessor
+from processing_ita import ITAProcessor
+
+from .apps.pipeline import ZeroShotImageSegmentationPipeline  # registers the "zero-shot-image-segmentation" task
 from .vocabulary import ITAVocabulary, ITAVocabularyEncoder, parse_vocabulary
 
 AutoConfig.register(ITAConfig.model_type, ITAConfig, exist_ok=True)

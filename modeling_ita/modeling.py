@@ -9,10 +9,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-try:  # flat layout of a Hub model folder loaded with trust_remote_code
-    from .configuration_ita import ITAConfig
-except ImportError:  # the installed package
-    from configuration_ita import ITAConfig
+from configuration_ita import ITAConfig
 
 from .aggregation_decoder import ITAAggregationDecoder
 from .clip_backbone import ITACLIPBackbone, rebuild_causal_mask

@@ -4,7 +4,7 @@
     python scripts/convert_checkpoint.py --checkpoint ita.pth --output ita-convnext-large \\
         --category-bank Category/category_tensor.pt --push-to-hub my-user/ita-convnext-large
 
-The variant and the sizes are read from the checkpoint; see `modeling_ita.conversion`. detectron2 .pkl files
+The variant and the sizes are read from the checkpoint; see `modeling_ita.hub.conversion`. detectron2 .pkl files
 (numpy arrays) are not supported.
 """
 
@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from modeling_ita.conversion import CheckpointConversionError, convert_checkpoint
-from modeling_ita.hub import HubPushError, push_folder_to_hub
+from modeling_ita.hub.conversion import CheckpointConversionError, convert_checkpoint
+from modeling_ita.hub.folder import HubPushError, push_folder_to_hub
 
 
 def _json_argument(value):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """`make demo`: train a tiny ITA end to end on generated shapes, with no download, and segment new images.
 
-1. Generates scenes of coloured shapes on textured backgrounds (`modeling_ita.synthetic`): a training set and
+1. Generates scenes of coloured shapes on textured backgrounds (`modeling_ita.training.synthetic`): a training set and
    held-out scenes.
 2. Builds a tiny ITA (a random-init, frozen toy CLIP and a small decoder) and trains it with the logic of
    `scripts/train.py` (`modeling_ita.training.build_trainer`: large-scale jitter, FC-CLIP's loss, optimiser
@@ -31,15 +31,15 @@ import torch  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from configuration_ita import ITAConfig  # noqa: E402
-from modeling_ita.cli import main as ita_segment  # noqa: E402
-from modeling_ita.synthetic import SYNTHETIC_CLASS_NAMES, toy_clip_config  # noqa: E402
+from modeling_ita.apps.cli import main as ita_segment  # noqa: E402
+from modeling_ita.training.synthetic import SYNTHETIC_CLASS_NAMES, toy_clip_config  # noqa: E402
 from modeling_ita.training import (  # noqa: E402
     ITADataArguments,
     ITAModelArguments,
     ITATrainingArguments,
     build_trainer,
 )
-from modeling_ita.visualization import overlay  # noqa: E402
+from modeling_ita.apps.visualization import overlay  # noqa: E402
 
 NOTICE = (
     "This demo model is a toy: a tiny ITA whose frozen CLIP has random weights, trained for about a minute on "

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_ita.cli import main, write_label_map
-from modeling_ita.visualization import color_palette, colorize_label_map, legend_entries, overlay
+from modeling_ita.apps.cli import main, write_label_map
+from modeling_ita.apps.visualization import color_palette, colorize_label_map, legend_entries, overlay
 
 LABELS = ["cat", "sofa,couch", "wall"]
 
@@ -172,7 +172,7 @@ def test_python_m_help_and_console_script():
     for option in ("--model", "--labels", "--labels-file", "--output", "--batch-size", "--device", "--dtype"):
         assert option in completed.stdout
     scripts = {entry.name: entry.value for entry in entry_points(group="console_scripts")}
-    assert scripts.get("ita-segment") == "modeling_ita.cli:main"
+    assert scripts.get("ita-segment") == "modeling_ita.apps.cli:main"
 
 
 def test_label_png_is_16_bit_above_256_classes(tmp_path):

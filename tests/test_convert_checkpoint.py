@@ -22,7 +22,7 @@ from transformers.dynamic_module_utils import get_imports
 from configuration_ita import ITAConfig
 from image_processing_ita import ITAImageProcessor
 from modeling_ita import ITAForOpenVocabSegmentation
-from modeling_ita.conversion import (
+from modeling_ita.hub.conversion import (
     DROPPED_ORIGINAL_KEYS,
     CheckpointConversionError,
     convert_checkpoint,
@@ -35,14 +35,9 @@ from modeling_ita.conversion import (
     load_original_state_dict,
     original_to_hf_key,
 )
-from modeling_ita.hub import (
-    CATEGORY_BANK_FILE,
-    CATEGORY_BANK_SNIPPET,
-    HubPushError,
-    export_remote_code,
-    push_folder_to_hub,
-)
-from modeling_ita.processing_ita import ITAProcessor
+from modeling_ita.hub.folder import CATEGORY_BANK_FILE, CATEGORY_BANK_SNIPPET, HubPushError, push_folder_to_hub
+from modeling_ita.hub.remote_code import REMOTE_CODE_FILES, export_remote_code, flat_source
+from processing_ita import ITAProcessor
 
 from conftest import TINY_CLIP_CONFIG, tiny_config
 
@@ -315,17 +310,47 @@ def test_exported_source_imports_only_relatively(tmp_path):
     )
     for name in written:
         assert not {"configuration_ita", "image_processing_ita", "modeling_ita"} & set(get_imports(tmp_path / name))
-    # The package's fallback `from configuration_ita import ITAConfig` became a relative import.
+    # The package's `from configuration_ita import ITAConfig` became a relative import.
     modeling = (tmp_path / "modeling_ita.py").read_text()
     assert "from configuration_ita import" not in modeling
-    assert modeling.count("from .configuration_ita import ITAConfig") == 2
+    assert modeling.count("from .configuration_ita import ITAConfig") == 1
+    assert "from modeling_ita" not in (tmp_path / "processing_ita.py").read_text()
+
+
+def test_flat_source_rewrites_project_imports_only():
+    source = (
+        "import torch\n"
+        "from configuration_ita import ITAConfig\n"
+        "from .modeling import ITAForOpenVocabSegmentation\n"
+        "def f():\n"
+        "    from modeling_ita.vocabulary import parse_vocabulary\n"
+        "from transformers import PreTrainedModel\n"
+    )
+    assert flat_source(source, in_package=True) == (
+        "import torch\n"
+        "from .configuration_ita import ITAConfig\n"
+        "from .modeling_ita import ITAForOpenVocabSegmentation\n"
+        "def f():\n"
+        "    from .vocabulary import parse_vocabulary\n"
+        "from transformers import PreTrainedModel\n"
+    )
+    for bad in ("from ..training import main\n", "import modeling_ita\n", "from modeling_ita import ITAConfig\n"):
+        with pytest.raises(ValueError):
+            flat_source(bad, in_package=True)
+
+
+def test_exported_files_are_the_figure_and_never_a_wing():
+    sources = {Path(path).parent.name for path in REMOTE_CODE_FILES.values()}
+    assert sources <= {"", "modeling_ita"}  # root modules and the figure modules directly in the package
+    for path in REMOTE_CODE_FILES.values():
+        assert (ROOT / path).is_file(), path
 
 
 REMOTE_LOAD = textwrap.dedent(
     """
     import importlib.abc, sys
 
-    BLOCKED = ("modeling_ita", "configuration_ita", "image_processing_ita")
+    BLOCKED = ("modeling_ita", "configuration_ita", "image_processing_ita", "processing_ita")
 
     class BlockPackage(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):

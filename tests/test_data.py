@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from image_processing_ita import ITA_PIXEL_MEAN, ITA_PIXEL_STD, ITAImageProcessor
-from modeling_ita.data import (
+from modeling_ita.training.data import (
     IGNORE_LABEL,
     ITASegmentationCollator,
     ITASegmentationDataset,
@@ -19,7 +19,7 @@ from modeling_ita.data import (
     resize_nearest,
     resolve_class_names,
 )
-from modeling_ita.synthetic import (
+from modeling_ita.training.synthetic import (
     SYNTHETIC_CLASS_NAMES,
     make_synthetic_dataset,
     write_coco_panoptic,

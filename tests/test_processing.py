@@ -9,7 +9,7 @@ from transformers import AutoImageProcessor
 
 from configuration_ita import ITAConfig
 from image_processing_ita import ITAImageProcessor
-from modeling_ita.processing_ita import ITAProcessor
+from processing_ita import ITAProcessor
 
 SMALL_SIZE = {"shortest_edge": 64, "longest_edge": 100}
 VOCABULARY = ["wall,walls,brick wall", "sofa,couch", "cat"]

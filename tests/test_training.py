@@ -17,9 +17,9 @@ from transformers.trainer_utils import EvalPrediction
 
 from image_processing_ita import ITAImageProcessor
 from modeling_ita import ITAForOpenVocabSegmentation
-from modeling_ita.data import IGNORE_LABEL, load_segmentation_dataset
-from modeling_ita.synthetic import SYNTHETIC_CLASS_NAMES
-from modeling_ita.training import (
+from modeling_ita.training.data import IGNORE_LABEL, load_segmentation_dataset
+from modeling_ita.training.synthetic import SYNTHETIC_CLASS_NAMES
+from modeling_ita.training.trainer import (
     COCO_DECAY_STEPS,
     COCO_MAX_ITER,
     ITADataArguments,

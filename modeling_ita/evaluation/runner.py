@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..modeling import ITAForOpenVocabSegmentation
-from ..processing_ita import ITAProcessor
+from processing_ita import ITAProcessor
 from .benchmarks import BENCHMARKS, benchmark_metadata, get_benchmark, load_benchmark, load_hub_benchmark
 from .metric import SegmentationConfusionMatrix
 

@@ -24,9 +24,10 @@ from safetensors.torch import save_file
 
 from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG, ITAConfig
 
-from . import hub
-from .hub import CATEGORY_BANK_FILE
-from .modeling import ITAForOpenVocabSegmentation
+from ..modeling import ITAForOpenVocabSegmentation
+from . import folder as hub_folder
+from .folder import CATEGORY_BANK_FILE
+from .remote_code import export_remote_code
 
 __all__ = [
     "CATEGORY_BANK_FILE",
@@ -432,11 +433,11 @@ def convert_checkpoint(
             raise ValueError(f"{category_bank}: embeddings of size {dim}, the CLIP's are {config.clip_embed_dim}")
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    hub.prepare_config_for_folder(config)
+    hub_folder.prepare_config_for_folder(config)
     config.save_pretrained(output_dir)
     save_file(_distinct_storage(converted), str(output_dir / "model.safetensors"), metadata={"format": "pt"})
-    hub.save_processor(output_dir)
-    hub.export_remote_code(output_dir)
+    hub_folder.save_processor(output_dir)
+    export_remote_code(output_dir)
     if bank is not None:
         save_category_bank(bank, output_dir / CATEGORY_BANK_FILE, source=Path(category_bank).name)
 
@@ -454,7 +455,7 @@ def convert_checkpoint(
     if verify:
         verify_folder(output_dir, converted)
         result.verified = True
-    hub.write_model_card(output_dir, result, repo_id=repo_id)
+    hub_folder.write_model_card(output_dir, result, repo_id=repo_id)
     return result
 
 

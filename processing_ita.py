@@ -3,12 +3,7 @@
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-try:  # flat layout of a Hub model folder loaded with trust_remote_code
-    from .image_processing_ita import ITAImageProcessor
-except ImportError:  # the installed package
-    from image_processing_ita import ITAImageProcessor
-
-from .vocabulary import parse_vocabulary
+from image_processing_ita import ITAImageProcessor
 
 __all__ = ["ITAProcessor"]
 
@@ -59,6 +54,9 @@ class ITAProcessor(ProcessorMixin):
             raise ValueError("Give images, a vocabulary (text) or both")
         class_names = None
         if text is not None:
+            # Imported here: `modeling_ita` imports this module when it registers the Auto classes.
+            from modeling_ita.vocabulary import parse_vocabulary
+
             parse_vocabulary(text)
             class_names = list(text)
         if images is not None:

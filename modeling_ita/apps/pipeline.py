@@ -27,12 +27,9 @@ from transformers.pipelines.base import Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
-try:  # flat layout of a Hub model folder loaded with trust_remote_code
-    from .image_processing_ita import ITAImageProcessor
-except ImportError:  # the installed package
-    from image_processing_ita import ITAImageProcessor
+from image_processing_ita import ITAImageProcessor
 
-from .vocabulary import parse_vocabulary
+from ..vocabulary import parse_vocabulary
 
 logger = logging.get_logger(__name__)
 

@@ -26,7 +26,7 @@ from transformers import pipeline
 
 from .pipeline import ZERO_SHOT_IMAGE_SEGMENTATION_TASK
 from .visualization import overlay
-from .vocabulary import parse_vocabulary
+from ..vocabulary import parse_vocabulary
 
 __all__ = ["IMAGE_EXTENSIONS", "build_parser", "find_images", "main", "read_image", "write_label_map"]
 
@@ -111,7 +111,7 @@ def find_images(inputs):
 def read_vocabulary(args):
     """The vocabulary from `--labels` or `--labels-file`, validated; raises `UsageError`."""
     if args.labels_file is not None:
-        from .evaluation.benchmarks import read_vocabulary_file  # imports `datasets`: only when needed
+        from ..evaluation.benchmarks import read_vocabulary_file  # imports `datasets`: only when needed
 
         try:
             vocabulary = read_vocabulary_file(args.labels_file)

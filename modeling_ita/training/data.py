@@ -31,7 +31,7 @@ from torchvision.transforms.v2 import functional as tvF
 
 from configuration_ita import COCO_PANOPTIC_VOCABULARY
 
-from .vocabulary import parse_vocabulary
+from ..vocabulary import parse_vocabulary
 
 __all__ = [
     "IGNORE_LABEL",
@@ -441,7 +441,7 @@ def resolve_class_names(dataset, class_names=None, vocabulary_file=None):
     if vocabulary_file is not None and class_names:
         raise ValueError("Give a vocabulary file or class names, not both")
     if vocabulary_file is not None:
-        from .evaluation.benchmarks import read_vocabulary_file
+        from ..evaluation.benchmarks import read_vocabulary_file
 
         names = read_vocabulary_file(vocabulary_file)
     elif class_names:

@@ -34,8 +34,9 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArg
 
 from configuration_ita import COCO_PANOPTIC_VOCABULARY, ITAConfig
 from image_processing_ita import ITAImageProcessor
+from processing_ita import ITAProcessor
 
-from .clip_backbone import ITACLIPBackbone, load_open_clip_weights
+from ..clip_backbone import ITACLIPBackbone, load_open_clip_weights
 from .data import (
     DEFAULT_CROP_SIZE,
     DEFAULT_MAX_SCALE,
@@ -48,10 +49,9 @@ from .data import (
     load_segmentation_dataset,
     resolve_class_names,
 )
-from .dominant_categories import ITADominantCategoryUnearthing
-from .evaluation.metric import SegmentationConfusionMatrix
-from .modeling import ITAForOpenVocabSegmentation
-from .processing_ita import ITAProcessor
+from ..dominant_categories import ITADominantCategoryUnearthing
+from ..evaluation.metric import SegmentationConfusionMatrix
+from ..modeling import ITAForOpenVocabSegmentation
 
 __all__ = [
     "ITAModelArguments",
@@ -533,7 +533,7 @@ def _explicit_class_names(data_args):
     if data_args.vocabulary_file and data_args.class_names:
         raise ValueError("Give vocabulary_file or class_names, not both")
     if data_args.vocabulary_file:
-        from .evaluation.benchmarks import read_vocabulary_file
+        from ..evaluation.benchmarks import read_vocabulary_file
 
         return read_vocabulary_file(data_args.vocabulary_file)
     return list(data_args.class_names) if data_args.class_names else None

@@ -1,35 +1,26 @@
-"""Hub-ready model folders: the model's source files for `trust_remote_code`, the processor configuration, the
-model card, and pushing a folder to the Hub.
+"""Hub-ready model folders: the processor configuration, the model card, and pushing a folder to the Hub.
 
-A folder loads without this package when it carries the model's source files flat (`configuration_ita.py`,
-`modeling_ita.py`, the part files, `image_processing_ita.py`, `processing_ita.py`) and `auto_map` entries that
-name them. transformers copies such files into its dynamic-module cache and imports them as one package, so
-they may import each other only relatively (`from .layers import ...`): `export_remote_code` rewrites this
-package's own imports into that form and checks the result with transformers' own import scanner.
+The model's source files for `trust_remote_code` are written by `remote_code.export_remote_code`.
 """
 
-import ast
-import importlib.util
 import json
-import re
 from pathlib import Path
 
 import huggingface_hub
 import open_clip
 import transformers
 from huggingface_hub import HfApi
-from transformers.dynamic_module_utils import get_imports, get_relative_imports
 
 from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG
 from image_processing_ita import ITAImageProcessor
+from processing_ita import ITAProcessor
 
-from .processing_ita import ITAProcessor
+from .remote_code import REMOTE_CODE_ENTRY_POINTS
 
 __all__ = [
     "CATEGORY_BANK_FILE",
     "CATEGORY_BANK_SNIPPET",
     "HubPushError",
-    "export_remote_code",
     "prepare_config_for_folder",
     "push_folder_to_hub",
     "render_model_card",
@@ -38,20 +29,6 @@ __all__ = [
 ]
 
 CATEGORY_BANK_FILE = "category_bank.safetensors"
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-# Top-level names of this project's modules: never importable by name inside a Hub folder.
-LOCAL_MODULES = ("configuration_ita", "image_processing_ita", "modeling_ita")
-
-# auto class -> (module in this project, class)
-REMOTE_CODE_ENTRY_POINTS = {
-    "AutoConfig": ("configuration_ita", "ITAConfig"),
-    "AutoModel": ("modeling_ita.modeling", "ITAForOpenVocabSegmentation"),
-    "AutoImageProcessor": ("image_processing_ita", "ITAImageProcessor"),
-    "AutoProcessor": ("modeling_ita.processing_ita", "ITAProcessor"),
-}
-# Files whose name in the folder differs from the package's: the Hub convention `modeling_<model_type>.py`.
-FLAT_NAMES = {"modeling_ita.modeling": "modeling_ita"}
 
 # Activates an exported category bank; expects `bank_file` (its path) and `model`. Needs only safetensors.
 CATEGORY_BANK_SNIPPET = """\
@@ -67,131 +44,13 @@ model.vocabulary_encoder.set_category_bank(dict(zip(names, embeddings)))
 REQUIREMENTS = ("torch", "torchvision", "transformers>=5", "open_clip_torch>=3", "timm", "scipy", "safetensors", "pillow")
 
 
-# ------------------------------------------------------------------------------------------------ remote code
-def _module_file(module):
-    """Source file of one of this project's modules (`configuration_ita`, `modeling_ita.vocabulary`, ...)."""
-    if module.startswith("modeling_ita."):
-        path = PACKAGE_DIR / (module.split(".", 1)[1] + ".py")
-        return path if path.is_file() else None
-    if module not in ("configuration_ita", "image_processing_ita"):
-        return None
-    spec = importlib.util.find_spec(module)
-    return Path(spec.origin) if spec is not None and spec.origin else None
-
-
-def _flat_name(module):
-    return FLAT_NAMES.get(module, module.rsplit(".", 1)[-1])
-
-
-def _local_imports(module):
-    """(import node, imported module) for each import of a project module inside `module`'s file."""
-    path = _module_file(module)
-    in_package = module.startswith("modeling_ita.")
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            local = [alias.name for alias in node.names if alias.name.split(".")[0] in LOCAL_MODULES]
-            if local:
-                raise ValueError(f"{path}:{node.lineno}: write `from ... import ...` for {local}; plain imports cannot be exported")
-        elif isinstance(node, ast.ImportFrom):
-            target = _resolve_import(node, in_package, path)
-            if target is not None:
-                found.append((node, target))
-    return found
-
-
-def _resolve_import(node, in_package, path):
-    where = f"{path}:{node.lineno}"
-    name = node.module or ""
-    if node.level == 0:
-        if name.split(".")[0] not in LOCAL_MODULES:
-            return None  # a third-party import: transformers checks it is installed
-        if name == "modeling_ita" or name.count(".") > 1:
-            raise ValueError(f"{where}: import from a module of the package directly (`modeling_ita.<module>`), not {name!r}")
-        target = name
-    elif node.level == 1 and name and "." not in name:
-        target = f"modeling_ita.{name}" if in_package else name
-        if _module_file(target) is None and name in LOCAL_MODULES:
-            target = name  # already written for the flat layout (`from .configuration_ita import ...`)
-    else:
-        raise ValueError(f"{where}: only `from .<module> import ...` relative imports can be exported")
-    if _module_file(target) is None:
-        raise ValueError(f"{where}: cannot find the module {target!r}")
-    return target
-
-
-def _flat_source(module, imports):
-    """`module`'s source with each project import rewritten to `from .<flat name> import`."""
-    lines = _module_file(module).read_text(encoding="utf-8").splitlines(keepends=True)
-    for node, target in imports:
-        line = lines[node.lineno - 1]
-        head, tail = line[: node.col_offset], line[node.col_offset :]
-        tail, count = re.subn(r"^from\s+\.*[\w.]*\s+import", f"from .{_flat_name(target)} import", tail, count=1)
-        if count != 1:
-            raise ValueError(f"{_module_file(module)}:{node.lineno}: cannot rewrite the import {line.strip()!r}")
-        lines[node.lineno - 1] = head + tail
-    note = "# From the ita-segmentation package, exported for trust_remote_code (imports of the package made relative).\n"
-    return note + "".join(lines)
-
-
-def export_remote_code(folder):
-    """Copy the source of the config, model, image processor and processor, with everything they import from
-    this project, flat into `folder`; returns the written file names.
-
-    Raises `ValueError` when a file imports the project in a form that cannot work inside a Hub folder, or when
-    transformers' import scanner still finds a project module imported by name or a relative import without
-    its file.
-    """
-    folder = Path(folder)
-    pending = [module for module, _ in REMOTE_CODE_ENTRY_POINTS.values()]
-    sources = {}
-    while pending:
-        module = pending.pop()
-        if module in sources:
-            continue
-        imports = _local_imports(module)
-        sources[module] = _flat_source(module, imports)
-        pending.extend(target for _, target in imports)
-
-    names = {}
-    for module in sources:
-        names.setdefault(_flat_name(module), []).append(module)
-    clashes = {name: modules for name, modules in names.items() if len(modules) > 1}
-    if clashes:
-        raise ValueError(f"modules that would share a file name in the folder: {clashes}")
-
-    written = []
-    for module, source in sorted(sources.items()):
-        path = folder / f"{_flat_name(module)}.py"
-        path.write_text(source, encoding="utf-8")
-        written.append(path.name)
-
-    problems = []
-    for name in written:
-        path = folder / name
-        by_name = sorted(set(get_imports(path)) & set(LOCAL_MODULES))
-        if by_name:
-            problems.append(f"{name} imports {by_name} by name")
-        problems += [
-            f"{name} imports .{relative}, which is not in the folder"
-            for relative in get_relative_imports(path)
-            if not (folder / f"{relative}.py").is_file()
-        ]
-    if problems:
-        raise ValueError("The exported source files would not load with trust_remote_code: " + "; ".join(problems))
-    return sorted(written)
-
-
 def _auto_map(*auto_classes):
-    return {
-        auto_class: f"{_flat_name(REMOTE_CODE_ENTRY_POINTS[auto_class][0])}.{REMOTE_CODE_ENTRY_POINTS[auto_class][1]}"
-        for auto_class in auto_classes
-    }
+    return {auto_class: REMOTE_CODE_ENTRY_POINTS[auto_class] for auto_class in auto_classes}
 
 
 def prepare_config_for_folder(config):
     """Name the model class and the exported source files in the config (`architectures`, `auto_map`)."""
-    config.architectures = [REMOTE_CODE_ENTRY_POINTS["AutoModel"][1]]
+    config.architectures = [REMOTE_CODE_ENTRY_POINTS["AutoModel"].rsplit(".", 1)[1]]
     config.auto_map = _auto_map("AutoConfig", "AutoModel")
     return config
 

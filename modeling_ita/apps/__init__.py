@@ -1,0 +1,1 @@
+"""Apps wing: the `zero-shot-image-segmentation` pipeline, the `ita-segment` command line and overlays."""
