@@ -207,10 +207,13 @@ class ITAConfig(PreTrainedConfig):
         dominant_category_extra_names (`list[str]`, *optional*, defaults to `["other"]`):
             Names added to the vocabulary's synonyms as candidates when ranking dominant categories.
         dominant_category_image_size (`int`, *optional*, defaults to 320):
-            Side of the centre crop that CLIP sees when ranking dominant categories.
+            Side of the view CLIP ranks the vocabulary on (the CLIP's own image size). The processor makes it as
+            open_clip's eval transform does, with PIL on the 8-bit image: shortest side resized to this size
+            (bicubic), centre crop. The original applies open_clip's training transform there instead (a random
+            crop of 90-100% of the image), so its ranking varies from call to call; this view is deterministic.
         dominant_category_features (`str`, *optional*, defaults to `"clip_image"`):
             What CLIP ranks the vocabulary with for dominant-category unearthing. `"clip_image"` (the original):
-            a second, full CLIP image forward on each image's `dominant_category_image_size` centre crop.
+            a second, full CLIP image forward on each image's `dominant_category_image_size` view.
             `"dense_features"`: no second forward; the stride-32 CLIP features of the main forward
             (`clip_vis_dense`) are averaged over each image's region and passed through CLIP's own pooling
             head (norm, projection), as CLIP pools its image features. It saves a ConvNeXt-L forward at 320 px

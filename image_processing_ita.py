@@ -31,16 +31,45 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 
-__all__ = ["ITAImageProcessor", "ITAImageProcessorKwargs", "ITA_PIXEL_MEAN", "ITA_PIXEL_STD"]
+__all__ = ["ITAImageProcessor", "ITAImageProcessorKwargs", "ITA_PIXEL_MEAN", "ITA_PIXEL_STD", "clip_view"]
 
 # FC-CLIP's MODEL.PIXEL_MEAN / PIXEL_STD: OpenAI CLIP's normalisation constants times 255, applied to 0..255 RGB.
 ITA_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
 ITA_PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
 
+# open_clip's eval transform normalises its 0..1 views with OpenAI CLIP's constants (the ones above / 255).
+CLIP_VIEW_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_VIEW_STD = (0.26862954, 0.26130258, 0.27577711)
+
 # The mask logits live on the stride-4 grid of the padded input (the pixel decoder's `mask_features`).
 MASK_STRIDE = 4
 
 _SIXTEEN_BIT_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def clip_view(image: torch.Tensor, size: int) -> torch.Tensor:
+    """open_clip's eval view `[3, size, size]` of one `[3, H, W]` image on the 0..255 scale, made with PIL on its
+    8-bit values as the original ITA makes it: shortest side resized to `size` (bicubic; the long side by
+    torchvision's `Resize(int)` rule), centre crop, then `x / 255` normalised with OpenAI CLIP's constants.
+
+    PIL resamples in two fixed-point passes with 8-bit rounding in between, which a tensor resize does not
+    reproduce; non-8-bit input is rounded to 8 bits first, as the original reads images.
+    """
+    if image.dtype != torch.uint8:
+        image = image.float().round().clamp(0, 255).to(torch.uint8)
+    pil_image = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+    width, height = pil_image.size
+    short, long = min(height, width), max(height, width)
+    new_long = int(size * long / short)
+    new_width, new_height = (new_long, size) if height <= width else (size, new_long)
+    pil_image = pil_image.resize((new_width, new_height), Image.Resampling.BICUBIC)
+    top = int(round((new_height - size) / 2.0))
+    left = int(round((new_width - size) / 2.0))
+    pil_image = pil_image.crop((left, top, left + size, top + size))
+    view = torch.from_numpy(np.array(pil_image)).permute(2, 0, 1).to(torch.float32).div(255)
+    mean = torch.tensor(CLIP_VIEW_MEAN, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(CLIP_VIEW_STD, dtype=torch.float32).view(-1, 1, 1)
+    return (view - mean) / std
 
 
 class ITAImageProcessorKwargs(ImagesKwargs, total=False):
@@ -56,12 +85,16 @@ class ITAImageProcessorKwargs(ImagesKwargs, total=False):
     num_labels (`int`, *optional*):
         Number of classes; segmentation-map labels (after reduction) outside `[0, num_labels)` that are not
         the ignore index raise a `ValueError`. [`ITAProcessor`] sets it to the vocabulary's length.
+    dominant_category_image_size (`int`, *optional*, defaults to 320):
+        Side of the view CLIP ranks the vocabulary on in ITA's dominant-category unearthing, returned as
+        `dominant_category_pixel_values`; `None` for FC-CLIP, which has no such step.
     """
 
     size_divisor: int
     ignore_index: int | None
     do_reduce_labels: bool
     num_labels: int | None
+    dominant_category_image_size: int | None
 
 
 class ITAImageProcessor(TorchvisionBackend):
@@ -86,6 +119,12 @@ class ITAImageProcessor(TorchvisionBackend):
     Returns `pixel_values` `[B, 3, H, W]` float32, `pixel_mask` `[B, H, W]` long (1 on real pixels) and
     `image_sizes` `[B, 2]` long (each image's resized size, before padding); with `segmentation_maps`, also
     `mask_labels` (list of float `[N_i, H, W]`) and `class_labels` (list of long `[N_i]`).
+
+    With `dominant_category_image_size` (ITA), also `dominant_category_pixel_values` `[B, 3, S, S]`: the view
+    of each resized image that CLIP ranks the vocabulary on, made as the original ITA makes it: open_clip's
+    eval transform on the 8-bit image with PIL (shortest side to S, bicubic; centre crop S x S; OpenAI CLIP
+    normalisation). The original applies open_clip's *training* transform there (a random crop of 90-100% of
+    the image), so its ranking changes from call to call; this deterministic view is its eval counterpart.
     """
 
     valid_kwargs = ITAImageProcessorKwargs
@@ -107,6 +146,7 @@ class ITAImageProcessor(TorchvisionBackend):
     ignore_index = None
     do_reduce_labels = False
     num_labels = None
+    dominant_category_image_size = 320
 
     # Post-processing works in bands of output rows whose intermediates (the Q masks on the band's rows, the K
     # class scores) hold at most about this many float32 values: a few such blocks (16 MiB each) plus the
@@ -116,6 +156,13 @@ class ITAImageProcessor(TorchvisionBackend):
 
     def __init__(self, **kwargs: Unpack[ITAImageProcessorKwargs]):
         super().__init__(**kwargs)
+
+    @classmethod
+    def for_model_config(cls, config, **kwargs) -> "ITAImageProcessor":
+        """The processor that fits a model of `config` (an `ITAConfig`): its dominant-category view size, or none
+        for FC-CLIP; `kwargs` set the other options."""
+        size = config.dominant_category_image_size if config.num_dominant_categories else None
+        return cls(**{"dominant_category_image_size": size, **kwargs})
 
     def preprocess(
         self,
@@ -133,8 +180,16 @@ class ITAImageProcessor(TorchvisionBackend):
         """
         return super().preprocess(images, segmentation_maps, **kwargs)
 
-    def _validate_preprocess_kwargs(self, size=None, size_divisor=None, ignore_index=None, num_labels=None, **kwargs):
+    def _validate_preprocess_kwargs(
+        self, size=None, size_divisor=None, ignore_index=None, num_labels=None, dominant_category_image_size=None, **kwargs
+    ):
         super()._validate_preprocess_kwargs(size=size, **kwargs)
+        if dominant_category_image_size is not None and (
+            not isinstance(dominant_category_image_size, int) or dominant_category_image_size < 1
+        ):
+            raise ValueError(
+                f"dominant_category_image_size must be a positive integer or None, got {dominant_category_image_size!r}"
+            )
         if size is not None and not (size.shortest_edge or (size.height and size.width)):
             raise ValueError(
                 f"size must be {{'shortest_edge': int, 'longest_edge': int}}, {{'shortest_edge': int}} or "
@@ -381,6 +436,7 @@ class ITAImageProcessor(TorchvisionBackend):
         ignore_index=None,
         do_reduce_labels=False,
         num_labels=None,
+        dominant_category_image_size=None,
         return_tensors=None,
         **kwargs,
     ) -> BatchFeature:
@@ -391,12 +447,14 @@ class ITAImageProcessor(TorchvisionBackend):
         else:
             interpolation = pil_torch_interpolation_mapping[PILImageResampling(resample)]
 
-        processed, image_sizes = [], []
+        processed, image_sizes, views = [], [], []
         for image in images:
             height, width = image.shape[-2:]
             new_size = self.resized_size(height, width, size) if do_resize else (height, width)
             if new_size != (height, width):
                 image = tvF.resize(image, list(new_size), interpolation=interpolation, antialias=True)
+            if dominant_category_image_size is not None:
+                views.append(clip_view(image, dominant_category_image_size))
             image = image.to(torch.float32)
             if do_rescale:
                 image = image * rescale_factor
@@ -432,14 +490,14 @@ class ITAImageProcessor(TorchvisionBackend):
             pixel_values[index, :, :height, :width] = image
             pixel_mask[index, :height, :width] = 1
 
-        encoded = BatchFeature(
-            data={
-                "pixel_values": pixel_values,
-                "pixel_mask": pixel_mask,
-                "image_sizes": torch.tensor(image_sizes, dtype=torch.long, device=device),
-            },
-            tensor_type=return_tensors,
-        )
+        data = {
+            "pixel_values": pixel_values,
+            "pixel_mask": pixel_mask,
+            "image_sizes": torch.tensor(image_sizes, dtype=torch.long, device=device),
+        }
+        if views:
+            data["dominant_category_pixel_values"] = torch.stack(views).to(device)
+        encoded = BatchFeature(data=data, tensor_type=return_tensors)
 
         if segmentation_maps is not None:
             mask_labels, class_labels = [], []

@@ -12,11 +12,13 @@ __all__ = ["ITADominantCategoryUnearthing", "clip_center_crop", "dense_image_emb
 
 
 def clip_center_crop(pixel_values, image_sizes, size):
-    """open_clip's eval view of each image: its unpadded region, shortest side resized to `size` (bicubic,
-    antialiased), centre crop `size` x `size`. Input and output are CLIP-normalised: [B, 3, size, size].
+    """open_clip's eval view of each image made from the model input: its unpadded region, shortest side
+    resized to `size` (bicubic, antialiased), centre crop `size` x `size`. Input and output are CLIP-normalised:
+    [B, 3, size, size].
 
-    The original applies the same steps to the uint8 image with PIL; resizing normalised values instead
-    differs only by PIL's rounding to uint8.
+    The fallback when the processor's view (`dominant_category_pixel_values`) is not given. The original makes
+    the view with PIL on the 8-bit image, which resamples in two passes rounded to 8 bits: this tensor resize of
+    normalised values can differ from it by a few grey levels and flip near-ties of the ranking.
     """
     views = []
     for image, (height, width) in zip(pixel_values, image_sizes.tolist()):
@@ -65,28 +67,46 @@ class ITADominantCategoryUnearthing(nn.Module):
         nn.init.normal_(self.projection)
 
     @torch.no_grad()
-    def rank(self, backbone, pixel_values, image_sizes, candidate_embeddings, dense_features=None):
+    def rank(self, backbone, pixel_values, image_sizes, candidate_embeddings, dense_features=None, views=None):
         """Indices [B, k] of the top-k candidates per image, best first.
 
         `candidate_embeddings` [N, D] are the L2-normalised bare-name embeddings of the vocabulary's synonyms
         plus the extra candidates. With fewer than k candidates the ranking is repeated until the k slots are
         full (the original fails there). With `config.dominant_category_features="dense_features"` the images
         are represented by `dense_features` (`clip_vis_dense` of the main forward) instead of a second CLIP
-        forward on their centre crops; they are computed from `pixel_values` when not given.
+        forward on their centre crops; they are computed from `pixel_values` when not given. `views`
+        [B, 3, S, S] are the CLIP views of the images (the processor's `dominant_category_pixel_values`); without
+        them the views are made from `pixel_values` (`clip_center_crop`).
         """
+        probs = self.ranking_probabilities(
+            backbone, pixel_values, image_sizes, candidate_embeddings, dense_features, views
+        )
+        order = torch.sort(probs, dim=-1, descending=True, stable=True).indices
+        slots = torch.arange(self.num_categories, device=order.device) % order.shape[-1]
+        return order[:, slots]
+
+    @torch.no_grad()
+    def ranking_probabilities(
+        self, backbone, pixel_values, image_sizes, candidate_embeddings, dense_features=None, views=None
+    ):
+        """[B, N] CLIP's zero-shot probabilities of the N candidates per image (what `rank` sorts)."""
         if self.features == "dense_features":
             if dense_features is None:
                 dense_features = backbone.extract_features(pixel_values)["clip_vis_dense"]
             image_embeddings = dense_image_embeddings(backbone, dense_features, image_sizes, pixel_values.shape[-2:])
             image_embeddings = F.normalize(image_embeddings, dim=-1)  # [B, D]
         else:
-            views = clip_center_crop(pixel_values, image_sizes, self.image_size)
-            image_embeddings = backbone.encode_image(views, normalize=True)  # [B, D]
+            if views is None:
+                views = clip_center_crop(pixel_values, image_sizes, self.image_size)
+            elif tuple(views.shape[-2:]) != (self.image_size, self.image_size) or views.shape[0] != len(pixel_values):
+                raise ValueError(
+                    f"dominant_category_pixel_values has shape {tuple(views.shape)}; this model ranks on "
+                    f"{self.image_size}x{self.image_size} views, one per image of the batch of {len(pixel_values)} "
+                    "(set the processor's dominant_category_image_size to the config's)"
+                )
+            image_embeddings = backbone.encode_image(views.to(pixel_values.dtype), normalize=True)  # [B, D]
         scale = backbone.logit_scale.exp()
-        probs = (scale * image_embeddings.float() @ candidate_embeddings.float().t()).softmax(dim=-1)  # [B, N]
-        order = torch.sort(probs, dim=-1, descending=True, stable=True).indices
-        slots = torch.arange(self.num_categories, device=order.device) % order.shape[-1]
-        return order[:, slots]
+        return (scale * image_embeddings.float() @ candidate_embeddings.float().t()).softmax(dim=-1)  # [B, N]
 
     def forward(self, name_embeddings):
         """Text queries [B, k, hidden] from the chosen names' embeddings [B, k, D]."""

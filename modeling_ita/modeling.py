@@ -1,5 +1,6 @@
 """`ITAForOpenVocabSegmentation`: ITA and FC-CLIP in one transformers model."""
 
+import warnings
 from dataclasses import dataclass
 
 import open_clip
@@ -151,15 +152,30 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         return torch.cat([vocabulary.text_classifier.to(void.dtype), void], dim=0)
 
     def unearth_dominant_categories(
-        self, pixel_values, image_sizes, vocabulary, dominant_category_ids=None, clip_dense_features=None
+        self,
+        pixel_values,
+        image_sizes,
+        vocabulary,
+        dominant_category_ids=None,
+        clip_dense_features=None,
+        dominant_category_pixel_values=None,
     ):
         """Text queries [B, k, hidden] and the chosen candidate indices [B, k] (or None, None for FC-CLIP).
-        `clip_dense_features` (the main forward's `clip_vis_dense`) serve the `"dense_features"` ranking."""
+
+        CLIP ranks the candidates by their text-tower embeddings; the chosen ones' text queries are made from
+        `vocabulary.text_query_embeddings` (category-bank rows when a bank is set). `clip_dense_features` (the main
+        forward's `clip_vis_dense`) serve the `"dense_features"` ranking; `dominant_category_pixel_values` are the
+        processor's CLIP views of the images."""
         if self.dominant_categories is None:
             return None, None
         if dominant_category_ids is None:
             dominant_category_ids = self.dominant_categories.rank(
-                self.backbone, pixel_values, image_sizes, vocabulary.name_embeddings, clip_dense_features
+                self.backbone,
+                pixel_values,
+                image_sizes,
+                vocabulary.name_embeddings,
+                clip_dense_features,
+                views=dominant_category_pixel_values,
             )
         dominant_category_ids = dominant_category_ids.to(vocabulary.name_embeddings.device)
         num_candidates = vocabulary.name_embeddings.shape[0]
@@ -169,7 +185,16 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
                 f"(its synonyms plus {list(self.config.dominant_category_extra_names)}), got values in "
                 f"[{int(dominant_category_ids.min())}, {int(dominant_category_ids.max())}]"
             )
-        name_embeddings = vocabulary.name_embeddings[dominant_category_ids]  # [B, k, D]
+        if vocabulary.missing_from_bank:
+            chosen = {vocabulary.candidate_names[i] for i in dominant_category_ids.unique().tolist()}
+            missing = sorted(chosen & set(vocabulary.missing_from_bank))
+            if missing:
+                warnings.warn(
+                    f"Dominant categories {missing} are not in the category bank: their text queries use the CLIP "
+                    "text tower's embeddings instead (the original ITA raises a KeyError here)",
+                    stacklevel=3,
+                )
+        name_embeddings = vocabulary.text_query_embeddings[dominant_category_ids]  # [B, k, D]
         return self.dominant_categories(name_embeddings), dominant_category_ids
 
     def out_of_vocabulary_logits(self, clip_dense_features, mask_logits, classifier, vocabulary):
@@ -195,6 +220,7 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         mask_labels=None,
         class_labels=None,
         dominant_category_ids=None,
+        dominant_category_pixel_values=None,
         output_auxiliary_logits=None,
         return_dict=None,
         **kwargs,
@@ -212,6 +238,9 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             class_labels: per image, `[N_i]` target class indices into the vocabulary (training).
             dominant_category_ids: `[B, k]` precomputed dominant categories (indices into the vocabulary's
                 synonyms followed by the extra candidates); ranked on the fly by CLIP when absent.
+            dominant_category_pixel_values: `[B, 3, S, S]` the view CLIP ranks the vocabulary on (ITA only), made
+                by the processor as the original makes it (PIL on the 8-bit image). Without it the model makes
+                the view from `pixel_values` with a tensor resize, which can differ by a few grey levels.
             output_auxiliary_logits: return the intermediate predictions. They are computed only when asked for
                 or when the deep-supervision loss needs them; otherwise the decoder computes only what its last
                 prediction needs (the same prediction up to float rounding, several times faster).
@@ -231,7 +260,12 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
 
         # Dominant category unearthing -> text queries
         text_queries, dominant_category_ids = self.unearth_dominant_categories(
-            pixel_values, image_sizes, vocabulary, dominant_category_ids, features["clip_vis_dense"]
+            pixel_values,
+            image_sizes,
+            vocabulary,
+            dominant_category_ids,
+            features["clip_vis_dense"],
+            dominant_category_pixel_values,
         )
 
         # Image-text aggregation decoder with the in-vocabulary classifier

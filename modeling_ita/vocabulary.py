@@ -56,9 +56,13 @@ class ITAVocabulary:
         synonym_to_class: `[S]` long, the class of each synonym.
         text_classifier: `[S, D]` template-averaged, L2-normalised synonym embeddings.
         overlap_mask: `[K]` float, 1 where a synonym of the class is among the training synonyms.
-        name_embeddings: `[S + E, D]` embeddings of the bare synonyms followed by the E extra dominant-category
-            candidates (`"other"`), L2-normalised text-tower outputs or category-bank rows; None when not
+        name_embeddings: `[S + E, D]` L2-normalised text-tower embeddings of the bare synonyms followed by the E
+            extra dominant-category candidates (`"other"`): what CLIP ranks the candidates with. None when not
             requested.
+        text_query_embeddings: `[S + E, D]` the embeddings the chosen candidates' text queries are made from:
+            `name_embeddings`, or with a category bank the bank's row of each name the bank holds (the original
+            ITA looks only its chosen names up in the bank; it never ranks with it).
+        missing_from_bank: the candidates the category bank lacks (their text queries come from the text tower).
         candidate_names: the S + E strings behind `name_embeddings`.
     """
 
@@ -68,6 +72,8 @@ class ITAVocabulary:
     text_classifier: torch.Tensor
     overlap_mask: torch.Tensor
     name_embeddings: torch.Tensor | None = None
+    text_query_embeddings: torch.Tensor | None = None
+    missing_from_bank: tuple = ()
     candidate_names: tuple | None = None
 
     @property
@@ -96,19 +102,22 @@ class ITAVocabularyEncoder:
         self._cache.clear()
 
     def set_category_bank(self, bank):
-        """Use fixed name embeddings (`{name: [D] tensor}`) for dominant-category candidates, as the original
-        ITA does with `Category/category_tensor.pt`; names missing from the bank raise a `KeyError`, as there.
-        `None` goes back to the text tower."""
+        """Make the text queries of chosen names from fixed embeddings (`{name: [D] tensor}`), as the original
+        ITA does with `Category/category_tensor.pt`. The ranking still uses the text tower, as there. A chosen
+        name the bank lacks takes its text-tower embedding, with a warning (the original raises a `KeyError`).
+        `None` goes back to the text tower for the text queries too."""
         self.category_bank = None if bank is None else {name: value.reshape(-1) for name, value in bank.items()}
         self.clear_cache()
 
-    def _name_embeddings(self, backbone, names):
+    def _text_query_embeddings(self, names, name_embeddings):
+        """Bank rows (as float32, as the original casts them) for the names the bank holds, text-tower rows else."""
         if self.category_bank is None:
-            return F.normalize(self._encode_texts(backbone, names), dim=-1)
-        missing = [name for name in names if name not in self.category_bank]
-        if missing:
-            raise KeyError(f"Names missing from the category bank: {missing[:20]} ({len(missing)} in all)")
-        return torch.stack([self.category_bank[name].float() for name in names])
+            return name_embeddings, ()
+        rows = [
+            self.category_bank[name].to(name_embeddings) if name in self.category_bank else name_embeddings[index]
+            for index, name in enumerate(names)
+        ]
+        return torch.stack(rows), tuple(name for name in names if name not in self.category_bank)
 
     def _encode_texts(self, backbone, texts):
         # Batches of prompts of similar length: `encode_text` cuts each batch's context after its longest
@@ -148,10 +157,12 @@ class ITAVocabularyEncoder:
             [float(any(s in self.train_synonyms for s in class_synonyms)) for class_synonyms in parsed]
         )
 
-        name_embeddings = candidate_names = None
+        name_embeddings = text_query_embeddings = candidate_names = None
+        missing_from_bank = ()
         if with_name_embeddings:
             candidate_names = tuple(synonyms) + self.extra_candidates
-            name_embeddings = self._name_embeddings(backbone, list(candidate_names))
+            name_embeddings = F.normalize(self._encode_texts(backbone, list(candidate_names)), dim=-1)
+            text_query_embeddings, missing_from_bank = self._text_query_embeddings(candidate_names, name_embeddings)
 
         vocabulary = ITAVocabulary(
             class_names=tuple(class_names),
@@ -160,6 +171,8 @@ class ITAVocabularyEncoder:
             text_classifier=text_classifier.to(weight.device),
             overlap_mask=overlap_mask.to(weight.device),
             name_embeddings=None if name_embeddings is None else name_embeddings.to(weight.device),
+            text_query_embeddings=None if text_query_embeddings is None else text_query_embeddings.to(weight.device),
+            missing_from_bank=missing_from_bank,
             candidate_names=candidate_names,
         )
         self._cache[key] = vocabulary

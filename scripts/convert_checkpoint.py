@@ -49,6 +49,12 @@ def parse_args(argv=None):
         type=_json_argument,
         help="ITAConfig values that shapes cannot tell (JSON or .json file), e.g. a different train_vocabulary",
     )
+    parser.add_argument(
+        "--original-config",
+        type=Path,
+        help="the original detectron2 YAML config of the checkpoint (its _BASE_ files beside it): heads, "
+        "ensemble and loss weights that shapes cannot tell",
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip reloading the folder to compare tensors")
     return parser.parse_args(argv)
 
@@ -64,10 +70,17 @@ def main(argv=None):
             category_bank=args.category_bank,
             verify=not args.no_verify,
             repo_id=args.push_to_hub,
+            original_config=args.original_config,
         )
-    except (CheckpointConversionError, ValueError) as error:
+    except (CheckpointConversionError, ValueError, FileNotFoundError) as error:
         print(f"Conversion failed: {error}", file=sys.stderr)
         return 1
+    print("Values the checkpoint's tensor shapes do not determine, and where they came from:")
+    for name, source in sorted(result.provenance.items()):
+        if source != "tensor shapes":
+            value = getattr(result.config, name)
+            shown = f"{len(value)} entries" if isinstance(value, (list, dict)) and len(str(value)) > 60 else repr(value)
+            print(f"  {name} = {shown}: {source}")
     print(
         f"Wrote {result.variant} ({result.num_tensors} tensors, {result.num_parameters:,} parameters) to "
         f"{result.output_dir}" + (" and checked it by reloading" if result.verified else "")

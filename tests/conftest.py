@@ -79,7 +79,7 @@ def save_tiny_model(folder, size=None, spread_weights=False):
                     parameter.normal_(0.0, 1.0)
     model.save_pretrained(folder)
     size = size or {"shortest_edge": 96, "longest_edge": 160}
-    ITAProcessor(image_processor=ITAImageProcessor(size=size)).save_pretrained(folder)
+    ITAProcessor(image_processor=ITAImageProcessor.for_model_config(model.config, size=size)).save_pretrained(folder)
     return folder
 
 

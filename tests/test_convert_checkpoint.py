@@ -34,6 +34,7 @@ from modeling_ita.hub.conversion import (
     load_category_bank,
     load_original_state_dict,
     original_to_hf_key,
+    read_original_config,
 )
 from modeling_ita.hub.folder import CATEGORY_BANK_FILE, CATEGORY_BANK_SNIPPET, HubPushError, push_folder_to_hub
 from modeling_ita.hub.remote_code import REMOTE_CODE_FILES, export_remote_code, flat_source
@@ -124,7 +125,7 @@ def converted(tmp_path_factory):
 @pytest.mark.parametrize("variant", ["ita", "fcclip"])
 def test_full_size_mapping_is_a_bijection_with_matching_shapes(variant):
     original = full_size_state_dict(variant)
-    config, detected = infer_config(original)
+    config, detected, _ = infer_config(original)
     assert detected == variant
     reference = ITAConfig() if variant == "ita" else ITAConfig.fcclip()
     assert config.to_diff_dict() == reference.to_diff_dict()  # every size read back from the shapes
@@ -176,7 +177,7 @@ def test_variant_detection():
 def test_infer_config_reads_tiny_sizes():
     for variant in ("ita", "fcclip"):
         config = tiny_variant_config(variant)
-        inferred, _ = infer_config(original_state_dict(config), clip_config=TINY_CLIP_CONFIG, **tiny_overrides(config))
+        inferred, _, _ = infer_config(original_state_dict(config), clip_config=TINY_CLIP_CONFIG, **tiny_overrides(config))
         assert inferred.to_diff_dict() == config.to_diff_dict()
 
 
@@ -282,12 +283,14 @@ def test_category_bank_round_trips(converted, tmp_path):
         for name in BANK_NAMES:
             assert bank[name].dtype == torch.float16 and torch.equal(bank[name], original[name].reshape(-1))
 
-    # The model card's snippet activates it: the dominant-category candidates take the bank's embeddings.
+    # The model card's snippet activates it: the text queries take the bank's embeddings; the ranking does not.
     model = ITAForOpenVocabSegmentation.from_pretrained(result.output_dir)
+    text_tower = model.encode_vocabulary(VOCABULARY).name_embeddings
     exec(CATEGORY_BANK_SNIPPET, {"bank_file": str(result.output_dir / CATEGORY_BANK_FILE), "model": model})
     vocabulary = model.encode_vocabulary(VOCABULARY)
     expected = torch.stack([original[name].reshape(-1).float() for name in vocabulary.candidate_names])
-    assert torch.equal(vocabulary.name_embeddings, expected)
+    assert torch.equal(vocabulary.text_query_embeddings, expected)
+    assert torch.equal(vocabulary.name_embeddings, text_tower)
     card = (result.output_dir / "README.md").read_text()
     assert all(part.strip() in card for part in CATEGORY_BANK_SNIPPET.split("\n\n"))
     assert f"original ITA's fixed name embeddings ({len(BANK_NAMES)} names" in card
@@ -393,7 +396,7 @@ REMOTE_LOAD = textwrap.dedent(
             pass
         else:
             exec(reference["snippet"], {"bank_file": bank_file, "model": model})
-            result["name_embeddings"] = model.encode_vocabulary(reference["vocabulary"]).name_embeddings
+            result["text_query_embeddings"] = model.encode_vocabulary(reference["vocabulary"]).text_query_embeddings
         outputs[folder] = result
     torch.save(outputs, output_file)
     leaked = sorted(name for name in sys.modules if name.split(".")[0] in BLOCKED)
@@ -428,10 +431,10 @@ def test_remote_code_loads_without_the_package_and_matches_it(converted, tmp_pat
     assert "remote code OK" in completed.stdout
     remote = torch.load(tmp_path / "remote.pt", weights_only=False)
 
-    processor = ITAProcessor(image_processor=ITAImageProcessor())
-    inputs = processor(images=image, text=VOCABULARY, return_tensors="pt")
     for folder in folders:
         model = ITAForOpenVocabSegmentation.from_pretrained(folder).eval()
+        processor = ITAProcessor(image_processor=ITAImageProcessor.for_model_config(model.config))
+        inputs = processor(images=image, text=VOCABULARY, return_tensors="pt")
         with torch.no_grad():
             out = model(**inputs)
         torch.testing.assert_close(remote[folder]["pixel_values"], inputs["pixel_values"], rtol=0, atol=0)
@@ -440,8 +443,8 @@ def test_remote_code_loads_without_the_package_and_matches_it(converted, tmp_pat
     bank = load_category_bank(Path(folders[0]) / CATEGORY_BANK_FILE)
     candidates = ITAForOpenVocabSegmentation.from_pretrained(folders[0]).encode_vocabulary(VOCABULARY).candidate_names
     expected = torch.stack([bank[name].float() for name in candidates])
-    assert torch.equal(remote[folders[0]]["name_embeddings"], expected)
-    assert "name_embeddings" not in remote[folders[1]]
+    assert torch.equal(remote[folders[0]]["text_query_embeddings"], expected)
+    assert "text_query_embeddings" not in remote[folders[1]]
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -497,3 +500,36 @@ def test_command_line_reports_conversion_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Conversion failed" in err and "model key void_embedding.weight [1, 32] is not filled" in err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------- original configs
+def test_original_yaml_config_fills_what_shapes_cannot_tell(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "MODEL:\n  MASK_FORMER:\n    NHEADS: 2\n    DEC_LAYERS: 4\n    DIM_FEEDFORWARD: 64\n"
+        "  FC_CLIP:\n    GEOMETRIC_ENSEMBLE_ALPHA: 0.3\n"
+    )
+    (tmp_path / "eval.yaml").write_text("_BASE_: base.yaml\nMODEL:\n  FC_CLIP:\n    GEOMETRIC_ENSEMBLE_BETA: 0.7\n")
+    values = read_original_config(tmp_path / "eval.yaml")
+    assert values == {
+        "decoder_attention_heads": 2, "pixel_decoder_attention_heads": 2, "decoder_ffn_dim": 64,
+        "ensemble_alpha": 0.3, "ensemble_beta": 0.7, "decoder_layers": 3,
+    }
+    config = tiny_config()  # 4 heads x 3 levels x 2 points = 24 attention weights
+    state_dict = original_state_dict(config)
+    overrides = {key: value for key, value in tiny_overrides(config).items() if "heads" not in key}
+    # 2 heads from the YAML: the 24 weights then split into 4 points, and the decoder takes 2 heads too.
+    inferred, _, provenance = infer_config(state_dict, clip_config=TINY_CLIP_CONFIG, original_config=values, **overrides)
+    assert (inferred.pixel_decoder_attention_heads, inferred.pixel_decoder_num_points) == (2, 4)
+    assert inferred.decoder_attention_heads == 2 and inferred.ensemble_beta == 0.7
+    assert provenance["ensemble_beta"] == "original config" and provenance["hidden_dim"] == "tensor shapes"
+    # Without it, the original's fixed 4 points decide: 24 / (3 x 4) = 2 heads for both decoders.
+    inferred, _, provenance = infer_config(state_dict, clip_config=TINY_CLIP_CONFIG, **overrides)
+    assert (inferred.pixel_decoder_attention_heads, inferred.pixel_decoder_num_points) == (2, 4)
+    assert "fixed 4 sampling points" in provenance["pixel_decoder_num_points"]
+    # A YAML that contradicts the shapes (5 decoder layers here, the checkpoint has 3) is refused.
+    with pytest.raises(CheckpointConversionError, match="does not describe this checkpoint") as error:
+        infer_config(state_dict, clip_config=TINY_CLIP_CONFIG, original_config={**values, "decoder_layers": 5}, **overrides)
+    assert any("decoder_layers" in problem for problem in error.value.problems)
+    (tmp_path / "broken.yaml").write_text("_BASE_: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        read_original_config(tmp_path / "broken.yaml")

@@ -28,8 +28,8 @@ def test_call_returns_image_tensors_and_class_names(processor):
     images = [random_image(seed=1), random_image(40, 50, seed=2)]
     inputs = processor(images=images, text=VOCABULARY, return_tensors="pt")
     expected = processor.image_processor(images, return_tensors="pt")
-    assert set(inputs.keys()) == {"pixel_values", "pixel_mask", "image_sizes", "class_names"}
-    for key in ("pixel_values", "pixel_mask", "image_sizes"):
+    assert set(inputs.keys()) == {"pixel_values", "pixel_mask", "image_sizes", "dominant_category_pixel_values", "class_names"}
+    for key in ("pixel_values", "pixel_mask", "image_sizes", "dominant_category_pixel_values"):
         assert torch.equal(inputs[key], expected[key])
     assert inputs["class_names"] == VOCABULARY and isinstance(inputs["class_names"], list)
     # Moving the batch (as the Trainer does) leaves the vocabulary alone.

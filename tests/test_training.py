@@ -312,7 +312,7 @@ def test_precomputed_dominant_categories_feed_training(tmp_path):
     model_args, data_args, args = tiny_run(tmp_path)
     rows = load_segmentation_dataset(None, layout="synthetic", synthetic_num_images=6, synthetic_image_size=48)
     model = load_model(model_args, SYNTHETIC_CLASS_NAMES)
-    processor = ITAImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    processor = ITAImageProcessor.for_model_config(model.config, size={"shortest_edge": 64, "longest_edge": 96})
     with_column = precompute_dominant_categories(model, rows, SYNTHETIC_CLASS_NAMES, processor, batch_size=4)
     k = model.config.num_dominant_categories
     candidates = model.encode_vocabulary(list(SYNTHETIC_CLASS_NAMES)).candidate_names

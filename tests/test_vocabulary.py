@@ -103,14 +103,18 @@ def test_overlap_mask_and_name_embeddings(backbone):
     torch.testing.assert_close(vocabulary.name_embeddings, expected, atol=1e-5, rtol=0)
 
 
-def test_category_bank_replaces_name_embeddings_and_names_missing_ones(backbone):
+def test_category_bank_gives_text_query_embeddings_and_never_the_ranking(backbone):
     encoder = make_encoder(tiny_config())
-    bank = {name: torch.full((1, 32), float(i)) for i, name in enumerate(["cat", "car", "other"])}
-    encoder.set_category_bank(bank)
-    vocabulary = encoder.encode(backbone, ["cat", "car"], with_name_embeddings=True)
-    assert vocabulary.name_embeddings[:, 0].tolist() == [0.0, 1.0, 2.0]
-    with pytest.raises(KeyError, match="wall"):
-        encoder.encode(backbone, ["cat", "wall"], with_name_embeddings=True)
-    encoder.set_category_bank(None)
-    text_tower = encoder.encode(backbone, ["cat", "car"], with_name_embeddings=True)
+    text_tower = encoder.encode(backbone, ["cat", "wall"], with_name_embeddings=True)
     assert torch.allclose(text_tower.name_embeddings.norm(dim=-1), torch.ones(3))
+    assert text_tower.text_query_embeddings is text_tower.name_embeddings and text_tower.missing_from_bank == ()
+    bank = {name: torch.full((1, 32), float(i)).half() for i, name in enumerate(["cat", "car", "other"])}
+    encoder.set_category_bank(bank)
+    vocabulary = encoder.encode(backbone, ["cat", "wall"], with_name_embeddings=True)
+    torch.testing.assert_close(vocabulary.name_embeddings, text_tower.name_embeddings)  # ranking: text tower
+    assert vocabulary.text_query_embeddings[[0, 2], 0].tolist() == [0.0, 2.0]  # bank rows, as float32
+    assert vocabulary.text_query_embeddings.dtype == torch.float32
+    torch.testing.assert_close(vocabulary.text_query_embeddings[1], text_tower.name_embeddings[1])  # "wall"
+    assert vocabulary.missing_from_bank == ("wall",)
+    encoder.set_category_bank(None)
+    assert encoder.encode(backbone, ["cat", "wall"], with_name_embeddings=True).missing_from_bank == ()

@@ -114,7 +114,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                 "No image processor was found for this model; using ITAImageProcessor's defaults (shortest side "
                 "800, longest at most 1333). Pass image_processor=... to choose another."
             )
-            self.image_processor = ITAImageProcessor()
+            self.image_processor = ITAImageProcessor.for_model_config(self.model.config)
         self.check_model_type({"ita": "ITAForOpenVocabSegmentation"})
 
     def __call__(self, image, candidate_labels=None, **kwargs):

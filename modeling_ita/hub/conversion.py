@@ -43,6 +43,7 @@ __all__ = [
     "load_category_bank",
     "load_original_state_dict",
     "original_to_hf_key",
+    "read_original_config",
     "save_category_bank",
 ]
 
@@ -207,15 +208,80 @@ def _clip_differences(state_dict, clip_config):
     return problems
 
 
-def infer_config(state_dict, clip_config=None, **overrides):
-    """The `ITAConfig` of an original checkpoint, and its variant ('ita' or 'fcclip').
+# Mask2Former builds its deformable encoder with 4 sampling points whatever the config says (no config key sets
+# them), and gives the pixel decoder and the decoder the same number of heads (`MODEL.MASK_FORMER.NHEADS`).
+ORIGINAL_DEFORMABLE_POINTS = 4
 
-    Sizes come from tensor shapes: queries, text queries, layers, widths, the deformable attention's sampling
-    points. The CLIP is taken to be open_clip `convnext_large_d_320` when its shapes say so; any other CLIP
-    needs `clip_config` (an open_clip model config dict). Attention heads, GroupNorm groups, the training
-    vocabulary and the other hyper-parameters that leave no trace in shapes keep the original values (the
-    `ITAConfig` defaults) unless given in `overrides`; the vocabulary's length is checked against the loss's
-    class weights.
+# detectron2 config keys -> ITAConfig fields, for `read_original_config`.
+_ORIGINAL_CONFIG_KEYS = {
+    ("MODEL", "MASK_FORMER", "NHEADS"): ("decoder_attention_heads", "pixel_decoder_attention_heads"),
+    ("MODEL", "MASK_FORMER", "DIM_FEEDFORWARD"): ("decoder_ffn_dim",),
+    ("MODEL", "MASK_FORMER", "NUM_OBJECT_QUERIES"): ("num_queries",),
+    ("MODEL", "MASK_FORMER", "DROPOUT"): ("decoder_dropout", "pixel_decoder_dropout"),
+    ("MODEL", "MASK_FORMER", "CLASS_WEIGHT"): ("class_weight",),
+    ("MODEL", "MASK_FORMER", "MASK_WEIGHT"): ("mask_weight",),
+    ("MODEL", "MASK_FORMER", "DICE_WEIGHT"): ("dice_weight",),
+    ("MODEL", "MASK_FORMER", "NO_OBJECT_WEIGHT"): ("no_object_weight",),
+    ("MODEL", "MASK_FORMER", "TRAIN_NUM_POINTS"): ("train_num_points",),
+    ("MODEL", "MASK_FORMER", "OVERSAMPLE_RATIO"): ("oversample_ratio",),
+    ("MODEL", "MASK_FORMER", "IMPORTANCE_SAMPLE_RATIO"): ("importance_sample_ratio",),
+    ("MODEL", "MASK_FORMER", "DEEP_SUPERVISION"): ("deep_supervision",),
+    ("MODEL", "SEM_SEG_HEAD", "TRANSFORMER_ENC_LAYERS"): ("pixel_decoder_encoder_layers",),
+    ("MODEL", "FC_CLIP", "GEOMETRIC_ENSEMBLE_ALPHA"): ("ensemble_alpha",),
+    ("MODEL", "FC_CLIP", "GEOMETRIC_ENSEMBLE_BETA"): ("ensemble_beta",),
+    ("MODEL", "FC_CLIP", "ENSEMBLE_ON_VALID_MASK"): ("ensemble_on_valid_mask",),
+}
+
+
+def read_original_config(path) -> dict:
+    """`ITAConfig` values from an original detectron2 YAML config (FC-CLIP's or ITA's `configs/...yaml`), following
+    its `_BASE_` files. Only keys the file (or a base) sets are returned; `DEC_LAYERS` counts the initial
+    prediction, so `decoder_layers` is one less."""
+    import yaml
+
+    def load(file, seen):
+        file = Path(file).resolve()
+        if file in seen:
+            raise ValueError(f"{file}: _BASE_ files form a cycle")
+        if not file.is_file():
+            raise FileNotFoundError(f"original config {file} not found (named as _BASE_ or given directly)")
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        base = data.pop("_BASE_", None)
+        merged = load(file.parent / base, seen | {file}) if base else {}
+        return _deep_merge(merged, data)
+
+    data = load(path, frozenset())
+    values = {}
+    for keys, fields in _ORIGINAL_CONFIG_KEYS.items():
+        node = data
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            values.update(dict.fromkeys(fields, node))
+    dec_layers = data.get("MODEL", {}).get("MASK_FORMER", {}).get("DEC_LAYERS")
+    if dec_layers is not None:
+        values["decoder_layers"] = dec_layers - 1
+    return values
+
+
+def _deep_merge(base, update):
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def infer_config(state_dict, clip_config=None, original_config=None, **overrides):
+    """The `ITAConfig` of an original checkpoint, its variant ('ita' or 'fcclip') and where each value came from.
+
+    Sizes come from tensor shapes: queries, text queries, layers, widths. The CLIP is open_clip
+    `convnext_large_d_320` when its shapes say so; any other CLIP needs `clip_config`. The deformable attention's
+    `attention_weights` rows are heads x levels x points, which shapes alone cannot split: the original fixes the
+    points at 4 and uses one head count for both decoders, and that is what is read unless `overrides` or
+    `original_config` (values from `read_original_config`) say otherwise. The ranking view of ITA takes the CLIP's
+    own image size. Values that leave no trace in the checkpoint (templates, ensemble weights, loss weights) come
+    from `overrides`, then `original_config`, then the `ITAConfig` defaults (the original's). Returns
+    `(config, variant, provenance)` with `provenance` = {field: where its value came from}.
     """
     variant = detect_variant(state_dict)
     if clip_config is None:
@@ -230,8 +296,7 @@ def infer_config(state_dict, clip_config=None, **overrides):
 
     predictor, pixel_decoder = "sem_seg_head.predictor.", "sem_seg_head.pixel_decoder."
     query_feat = state_dict[predictor + "query_feat.weight"]
-    values = dict(
-        clip_config=clip_config,
+    shapes = dict(
         num_queries=query_feat.shape[0],
         num_dominant_categories=_rows(predictor + "query_embed.weight", state_dict) - query_feat.shape[0],
         decoder_self_attention=variant == "fcclip",
@@ -244,26 +309,41 @@ def infer_config(state_dict, clip_config=None, **overrides):
     )
     ffn = predictor + "transformer_ffn_layers.0.linear1.weight"
     if ffn in state_dict:
-        values["decoder_ffn_dim"] = _rows(ffn, state_dict)
+        shapes["decoder_ffn_dim"] = _rows(ffn, state_dict)
     encoder_layer = pixel_decoder + "transformer.encoder.layers.0."
     if encoder_layer + "linear1.weight" in state_dict:
-        values["pixel_decoder_ffn_dim"] = _rows(encoder_layer + "linear1.weight", state_dict)
+        shapes["pixel_decoder_ffn_dim"] = _rows(encoder_layer + "linear1.weight", state_dict)
+
+    original_config = dict(original_config or {})
+    conflicts = [
+        f"{field}: the original config says {original_config[field]}, the checkpoint's shapes {value}"
+        for field, value in shapes.items()
+        if field in original_config and original_config[field] != value
+    ]
+    if conflicts:
+        raise CheckpointConversionError("The original config does not describe this checkpoint", conflicts)
+
+    values = {"clip_config": clip_config, **shapes}
+    provenance = dict.fromkeys(shapes, "tensor shapes")
+    provenance["clip_config"] = "--clip-config" if clip_config is not CONVNEXT_LARGE_D_320_CLIP_CONFIG else "tensor shapes"
+    for field, value in original_config.items():
+        if field not in shapes:
+            values[field], provenance[field] = value, "original config"
+    for field, value in overrides.items():
+        values[field], provenance[field] = value, "override"
+
     weights = encoder_layer + "self_attn.attention_weights.weight"
     if weights in state_dict:
-        # attention_weights: one output per head, level and point.
-        heads = overrides.get("pixel_decoder_attention_heads", ITAConfig().pixel_decoder_attention_heads)
-        samples = _rows(weights, state_dict)
-        if samples % (heads * values["num_feature_levels"]):
-            raise CheckpointConversionError(
-                "Cannot infer the deformable attention's sampling points",
-                [
-                    f"{weights} has {samples} rows, not a multiple of heads ({heads}) x levels "
-                    f"({values['num_feature_levels']}); give pixel_decoder_attention_heads in --config-overrides"
-                ],
-            )
-        values["pixel_decoder_num_points"] = samples // (heads * values["num_feature_levels"])
-    values.update(overrides)
+        _split_deformable_samples(_rows(weights, state_dict), values, provenance)
+    if "decoder_attention_heads" not in values:
+        values["decoder_attention_heads"] = values["pixel_decoder_attention_heads"]
+        provenance["decoder_attention_heads"] = "the pixel decoder's heads (the original uses one head count for both)"
+    if "dominant_category_image_size" not in values:
+        values["dominant_category_image_size"] = clip_config["vision_cfg"]["image_size"]
+        provenance["dominant_category_image_size"] = "the CLIP's image size (the original's CLIP transform)"
     config = ITAConfig(**values)
+    for field in ("prompt_templates", "train_vocabulary", "ensemble_alpha", "ensemble_beta", "group_norm_groups"):
+        provenance.setdefault(field, "ITAConfig default (the original's)")
 
     if "criterion.empty_weight" in state_dict:
         trained_classes = state_dict["criterion.empty_weight"].shape[0] - 1
@@ -276,7 +356,31 @@ def infer_config(state_dict, clip_config=None, **overrides):
                     "'{\"train_vocabulary\": [...]}' (it decides the geometric ensemble's seen classes)"
                 ],
             )
-    return config, variant
+    return config, variant, provenance
+
+
+def _split_deformable_samples(samples, values, provenance):
+    """Heads and points of the deformable attention from its `attention_weights` rows (heads x levels x points)."""
+    levels = values["num_feature_levels"]
+    heads, points = values.get("pixel_decoder_attention_heads"), values.get("pixel_decoder_num_points")
+    if heads is None and points is None:
+        points = ORIGINAL_DEFORMABLE_POINTS
+        provenance["pixel_decoder_num_points"] = "the original's fixed 4 sampling points"
+    if heads is None:
+        heads = samples // (levels * points)
+        provenance["pixel_decoder_attention_heads"] = f"tensor shapes ({samples} attention weights / {levels} levels / {points} points)"
+    elif points is None:
+        points = samples // (levels * heads)
+        provenance["pixel_decoder_num_points"] = f"tensor shapes ({samples} attention weights / {levels} levels / {heads} heads)"
+    if heads * levels * points != samples:
+        raise CheckpointConversionError(
+            "Cannot split the deformable attention's sampling weights into heads x levels x points",
+            [
+                f"{samples} attention weights is not {heads} heads x {levels} levels x {points} points; give "
+                "pixel_decoder_attention_heads or pixel_decoder_num_points in --config-overrides"
+            ],
+        )
+    values["pixel_decoder_attention_heads"], values["pixel_decoder_num_points"] = heads, points
 
 
 # --------------------------------------------------------------------------------------------------- mapping
@@ -380,6 +484,7 @@ class ConversionResult:
     dropped_keys: list = field(default_factory=list)
     category_bank_size: int | None = None
     verified: bool = False
+    provenance: dict = field(default_factory=dict)
 
 
 def _sha256(path):
@@ -409,6 +514,7 @@ def convert_checkpoint(
     category_bank=None,
     verify=True,
     repo_id=None,
+    original_config=None,
 ):
     """Convert an original FC-CLIP or ITA checkpoint into a model folder; returns a `ConversionResult`.
 
@@ -420,7 +526,10 @@ def convert_checkpoint(
     """
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     state_dict = load_original_state_dict(checkpoint)
-    config, variant = infer_config(state_dict, clip_config=clip_config, **(config_overrides or {}))
+    original_values = read_original_config(original_config) if original_config is not None else None
+    config, variant, provenance = infer_config(
+        state_dict, clip_config=clip_config, original_config=original_values, **(config_overrides or {})
+    )
     converted = convert_state_dict(state_dict, expected_state_dict_shapes(config))
 
     bank = None
@@ -436,7 +545,7 @@ def convert_checkpoint(
     hub_folder.prepare_config_for_folder(config)
     config.save_pretrained(output_dir)
     save_file(_distinct_storage(converted), str(output_dir / "model.safetensors"), metadata={"format": "pt"})
-    hub_folder.save_processor(output_dir)
+    hub_folder.save_processor(output_dir, config)
     export_remote_code(output_dir)
     if bank is not None:
         save_category_bank(bank, output_dir / CATEGORY_BANK_FILE, source=Path(category_bank).name)
@@ -451,6 +560,7 @@ def convert_checkpoint(
         num_parameters=sum(value.numel() for value in converted.values()),
         dropped_keys=sorted(key for key in state_dict if key in DROPPED_ORIGINAL_KEYS),
         category_bank_size=None if bank is None else len(bank),
+        provenance=provenance,
     )
     if verify:
         verify_folder(output_dir, converted)

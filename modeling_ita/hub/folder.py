@@ -55,9 +55,9 @@ def prepare_config_for_folder(config):
     return config
 
 
-def save_processor(folder):
-    """Write the default `ITAProcessor`'s configuration, with `auto_map` entries for trust_remote_code."""
-    processor = ITAProcessor(image_processor=ITAImageProcessor())
+def save_processor(folder, config):
+    """Write the `ITAProcessor` of a model of `config`, with `auto_map` entries for trust_remote_code."""
+    processor = ITAProcessor(image_processor=ITAImageProcessor.for_model_config(config))
     processor.save_pretrained(folder)
     path = Path(folder) / "processor_config.json"
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -143,9 +143,10 @@ def _category_bank_section(result, where):
         "## Category bank",
         "",
         bank_intro + " By default the model computes the text-query embeddings with the CLIP text tower, so any "
-        "vocabulary works. The bank is not switched on when loading: with it, every name must be in the bank "
-        "(a missing name raises a `KeyError`, as in the original), which turns the model closed-vocabulary. Switch "
-        "it on for parity with the original:",
+        "vocabulary works. The bank is not switched on when loading. With it, the model does what the original "
+        "does: CLIP still ranks the names with its text tower, and the bank gives the embeddings of the chosen "
+        "names; a chosen name the bank lacks takes its text-tower embedding, with a warning naming it (the "
+        "original raises a `KeyError`). Switch it on for parity with the original:",
         "",
         "```python",
         bank_imports,
@@ -212,9 +213,13 @@ def render_model_card(result, repo_id=None):
         "- Not converted, on purpose: "
         + (", ".join(f"`{key}`" for key in result.dropped_keys) or "nothing")
         + " (the loss's class weights, rebuilt from the config).",
-        "- Sizes in `config.json` were read from the tensor shapes. Hyper-parameters that leave no trace in shapes "
-        "(attention heads, the training vocabulary and its synonyms, prompt templates, ensemble weights) are the "
-        "original defaults unless the conversion was told otherwise.",
+        "- Sizes in `config.json` were read from the tensor shapes. Values the shapes do not determine, and where "
+        "they came from:",
+        *[
+            f"  - `{name}`: {source}"
+            for name, source in sorted(result.provenance.items())
+            if source != "tensor shapes"
+        ],
         "",
         "## How to load",
         "",

@@ -483,9 +483,9 @@ def load_model(model_args, class_names=None):
     return model
 
 
-def load_processor(model_args, data_args=None):
-    """The processor saved with the model (or `processor_name_or_path`), else a default `ITAProcessor`; the data
-    arguments' `eval_shortest_edge`/`eval_longest_edge` override its resize."""
+def load_processor(model_args, data_args=None, config=None):
+    """The processor saved with the model (or `processor_name_or_path`), else the default `ITAProcessor` for the
+    model `config`; the data arguments' `eval_shortest_edge`/`eval_longest_edge` override its resize."""
     source = model_args.processor_name_or_path or model_args.model_name_or_path
     processor = None
     if source:
@@ -494,7 +494,8 @@ def load_processor(model_args, data_args=None):
         except (OSError, ValueError) as error:
             logger.warning("No processor in %s (%s); using a default ITAProcessor", source, error)
     if processor is None:
-        processor = ITAProcessor(image_processor=ITAImageProcessor())
+        image_processor = ITAImageProcessor() if config is None else ITAImageProcessor.for_model_config(config)
+        processor = ITAProcessor(image_processor=image_processor)
     if data_args is not None and (data_args.eval_shortest_edge or data_args.eval_longest_edge):
         size = dict(processor.image_processor.size)
         size = {key: value for key, value in size.items() if value is not None}
@@ -548,9 +549,9 @@ def precompute_dominant_categories(
 ):
     """Rank each image's dominant categories once, as ITA's training reads them from a precomputed file.
 
-    Every image goes through `image_processor` (default: `ITAImageProcessor()`, the test-time 800/1333 resize)
-    and the model's dominant-category unearthing (`model.dominant_categories.rank`: CLIP's zero-shot ranking of
-    the vocabulary's synonyms plus the extra names on a 320 px centre crop). Returns `dataset` with `column`
+    Every image goes through `image_processor` (default: the model's, with the test-time 800/1333 resize) and
+    the model's dominant-category unearthing (`model.dominant_categories.rank`: CLIP's zero-shot ranking of the
+    vocabulary's synonyms plus the extra names on the processor's CLIP view of the image). Returns `dataset` with `column`
     added: per image, the k names, best first (names rather than indices keep the column valid if the
     vocabulary is reordered). Train with it through `ITASegmentationDataset(dominant_categories_column=...)`,
     or `scripts/train.py --dominant_categories column`.
@@ -559,7 +560,8 @@ def precompute_dominant_categories(
         raise ValueError("This model has no dominant-category text queries (FC-CLIP); nothing to precompute")
     if image_column not in dataset.column_names:
         raise KeyError(f"The dataset has no column {image_column!r}; its columns are {dataset.column_names}")
-    image_processor = ITAImageProcessor() if image_processor is None else image_processor
+    if image_processor is None:
+        image_processor = ITAImageProcessor.for_model_config(model.config)
     was_training = model.training
     model.eval()
     vocabulary = model.encode_vocabulary(list(class_names))
@@ -571,8 +573,13 @@ def precompute_dominant_categories(
             batch = images[start : start + batch_size][image_column]
             inputs = image_processor(batch, return_tensors="pt")
             pixel_values = inputs["pixel_values"].to(device=model.device, dtype=model.dtype)
+            views = inputs.get("dominant_category_pixel_values")
             ids = model.dominant_categories.rank(
-                model.backbone, pixel_values, inputs["image_sizes"].to(model.device), vocabulary.name_embeddings
+                model.backbone,
+                pixel_values,
+                inputs["image_sizes"].to(model.device),
+                vocabulary.name_embeddings,
+                views=None if views is None else views.to(device=model.device, dtype=model.dtype),
             )
             rows.extend([[names[index] for index in row] for row in ids.tolist()])
     model.train(was_training)
@@ -597,7 +604,7 @@ def build_trainer(model_args, data_args, training_args, callbacks=None):
         eval_names = resolve_class_names(eval_rows, class_names=explicit_names)
 
     model = load_model(model_args, class_names)
-    processor = load_processor(model_args, data_args)
+    processor = load_processor(model_args, data_args, model.config)
 
     column = None
     candidate_names = None
@@ -661,7 +668,7 @@ def main(argv=None):
         rows = _load_training_rows(data_args, explicit_names)
         class_names = resolve_class_names(rows, class_names=explicit_names)
         model = load_model(model_args, class_names).to(training_args.device)
-        processor = load_processor(model_args)
+        processor = load_processor(model_args, config=model.config)
         rows = precompute_dominant_categories(
             model, rows, class_names, processor.image_processor, data_args.image_column,
             data_args.dominant_categories_column, training_args.per_device_eval_batch_size,
