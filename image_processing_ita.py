@@ -31,7 +31,17 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 
-__all__ = ["ITAImageProcessor", "ITAImageProcessorKwargs", "ITA_PIXEL_MEAN", "ITA_PIXEL_STD", "clip_view"]
+__all__ = [
+    "ITAImageProcessor",
+    "ITAImageProcessorKwargs",
+    "ITA_PIXEL_MEAN",
+    "ITA_PIXEL_STD",
+    "clip_view",
+    "open_image",
+    "padded_size",
+    "resize_nearest",
+    "semantic_targets",
+]
 
 # FC-CLIP's MODEL.PIXEL_MEAN / PIXEL_STD: OpenAI CLIP's normalisation constants times 255, applied to 0..255 RGB.
 ITA_PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
@@ -45,6 +55,77 @@ CLIP_VIEW_STD = (0.26862954, 0.26130258, 0.27577711)
 MASK_STRIDE = 4
 
 _SIXTEEN_BIT_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def open_image(image, where="image"):
+    """A path or PIL image -> a fully decoded PIL image, turned upright by its EXIF orientation (as detectron2's
+    `read_image`). Raises `ValueError` naming what is wrong: empty, truncated or not an image, zero size."""
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            return load_image(path)  # a URL
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{where} {path}: empty file (0 bytes)")
+        try:
+            with Image.open(path) as opened:
+                opened.load()  # decode now: a truncated file fails here, not halfway through the model
+                image = ImageOps.exif_transpose(opened)
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            raise ValueError(f"{where} {path}: cannot read image: {error}") from error
+    elif isinstance(image, Image.Image):
+        image = ImageOps.exif_transpose(image)
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"{where} has zero size ({image.width}x{image.height} pixels)")
+    return image
+
+
+def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
+    """(height, width) rounded up to multiples of `divisor`: the frame an image is padded to."""
+    return math.ceil(height / divisor) * divisor, math.ceil(width / divisor) * divisor
+
+
+def resize_nearest(label_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of an integer map `[..., H, W]` sampling pixel centres (PIL's NEAREST, torch's
+    `nearest-exact`), exact for any ids."""
+    height, width = label_map.shape[-2:]
+    new_height, new_width = size
+    if (height, width) == (new_height, new_width):
+        return label_map
+    rows = ((torch.arange(new_height, dtype=torch.float64) + 0.5) * (height / new_height)).long().clamp_(max=height - 1)
+    cols = ((torch.arange(new_width, dtype=torch.float64) + 0.5) * (width / new_width)).long().clamp_(max=width - 1)
+    return label_map[..., rows[:, None], cols[None, :]]
+
+
+def semantic_targets(
+    label_map: torch.Tensor,
+    padded: tuple[int, int],
+    num_labels: int | None,
+    ignore_index: int = 255,
+    reduce_labels: bool = False,
+    where: str = "label map",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One mask per class present in a label map `[h, w]`: `(masks [N, *padded] bool, classes [N] long)`.
+
+    Masks are zero beyond `h, w`. With `reduce_labels`, 0 ("other"/background) becomes `ignore_index` and the
+    other ids move down by one. Ids outside `[0, num_labels)` other than `ignore_index` raise a `ValueError`.
+    """
+    if reduce_labels:
+        ignored = (label_map == 0) | (label_map == ignore_index)
+        label_map = torch.where(ignored, torch.full_like(label_map, ignore_index), label_map - 1)
+    classes = torch.unique(label_map)
+    classes = classes[classes != ignore_index]
+    if num_labels is not None:
+        unknown = classes[(classes < 0) | (classes >= num_labels)]
+        if unknown.numel():
+            raise ValueError(
+                f"{where} has class ids {unknown.tolist()} outside the vocabulary of {num_labels} classes "
+                f"(ids 0..{num_labels - 1}, ignore index {ignore_index}"
+                + (", after reduce_labels)" if reduce_labels else ")")
+            )
+    height, width = label_map.shape
+    masks = torch.zeros((len(classes), *padded), dtype=torch.bool)
+    masks[:, :height, :width] = label_map[None] == classes[:, None, None]
+    return masks, classes
 
 
 def clip_view(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -220,20 +301,11 @@ class ITAImageProcessor(TorchvisionBackend):
             return list(inputs)
         return [inputs]
 
-    @staticmethod
-    def _open(image):
-        if isinstance(image, (str, os.PathLike)):
-            path = os.fspath(image)
-            # load_image converts to RGB, which would clip 16-bit files: open local files ourselves.
-            return Image.open(path) if os.path.isfile(path) else load_image(path)
-        return image
 
     @staticmethod
     def _pil_to_array(image, index):
-        """An upright PIL image -> NumPy array, `uint16` for 16-bit modes, `uint8` RGB for 8-bit ones."""
-        image = ImageOps.exif_transpose(image)
-        if image.width == 0 or image.height == 0:
-            raise ValueError(f"Image {index} has zero size ({image.height}x{image.width} pixels)")
+        """An upright PIL image (`open_image`) -> NumPy array, `uint16` for 16-bit modes, `uint8` RGB for 8-bit
+        ones."""
         if image.mode in _SIXTEEN_BIT_PIL_MODES:
             return np.asarray(image).astype(np.uint16)
         if image.mode == "I":
@@ -251,7 +323,9 @@ class ITAImageProcessor(TorchvisionBackend):
 
     def process_image(self, image, input_data_format=None, device=None, index=0, **kwargs) -> torch.Tensor:
         """One input image -> `[3, H, W]`: `uint8` for 8-bit input, float32 on the 0..255 scale otherwise."""
-        image = self._open(image)
+        if isinstance(image, (str, os.PathLike, Image.Image)):
+            # Opened here, not by transformers' load_image, which would convert 16-bit files to 8-bit RGB.
+            image = open_image(image, where=f"Image {index}")
         if isinstance(image, Image.Image):
             tensor = torch.from_numpy(np.array(self._pil_to_array(image, index)))
             input_data_format, prefer_last = ChannelDimension.LAST, True
@@ -327,9 +401,9 @@ class ITAImageProcessor(TorchvisionBackend):
 
     def _segmentation_map_to_tensor(self, segmentation_map, index):
         """One label map -> (`[H, W]` long tensor, default ignore index for its bit depth)."""
-        segmentation_map = self._open(segmentation_map)
+        if isinstance(segmentation_map, (str, os.PathLike, Image.Image)):
+            segmentation_map = open_image(segmentation_map, where=f"Segmentation map {index}")
         if isinstance(segmentation_map, Image.Image):
-            segmentation_map = ImageOps.exif_transpose(segmentation_map)
             if segmentation_map.mode not in ("L", "P", "I", "1") + _SIXTEEN_BIT_PIL_MODES:
                 raise ValueError(
                     f"Segmentation map {index} is a PIL image of mode {segmentation_map.mode!r}; label maps must "
@@ -468,8 +542,7 @@ class ITAImageProcessor(TorchvisionBackend):
         max_height = max(h for h, _ in image_sizes)
         max_width = max(w for _, w in image_sizes)
         if do_pad:
-            padded_height = math.ceil(max_height / size_divisor) * size_divisor
-            padded_width = math.ceil(max_width / size_divisor) * size_divisor
+            padded_height, padded_width = padded_size(max_height, max_width, size_divisor)
             if pad_size is not None:
                 if pad_size.height < padded_height or pad_size.width < padded_width:
                     raise ValueError(
@@ -524,34 +597,12 @@ class ITAImageProcessor(TorchvisionBackend):
         return encoded
 
     @staticmethod
-    def _resize_nearest(label_map, new_size):
-        """Nearest-neighbour resize sampling at pixel centres (PIL's NEAREST, torch's `nearest-exact`), exact
-        for any integer labels."""
-        (height, width), (new_height, new_width) = label_map.shape, new_size
-        if (height, width) == (new_height, new_width):
-            return label_map
-        rows = ((torch.arange(new_height, dtype=torch.float64) + 0.5) * (height / new_height)).floor().long()
-        cols = ((torch.arange(new_width, dtype=torch.float64) + 0.5) * (width / new_width)).floor().long()
-        return label_map[rows.clamp_(max=height - 1)][:, cols.clamp_(max=width - 1)]
-
-    def _segmentation_targets(self, label_map, size, padded_size, ignore_index, do_reduce_labels, num_labels, index):
-        label_map = self._resize_nearest(label_map, size)
-        if do_reduce_labels:
-            ignored = (label_map == ignore_index) | (label_map == 0)
-            label_map = torch.where(ignored, torch.full_like(label_map, ignore_index), label_map - 1)
-        present = torch.unique(label_map)
-        classes = present[present != ignore_index]
-        if num_labels is not None:
-            unknown = classes[classes >= num_labels]
-            if unknown.numel():
-                raise ValueError(
-                    f"Segmentation map {index} has class ids {unknown.tolist()} outside the {num_labels} classes "
-                    f"(ids 0..{num_labels - 1}; ignore index {ignore_index})"
-                )
-        padded = torch.full(padded_size, ignore_index, dtype=torch.long)
-        padded[: size[0], : size[1]] = label_map
-        masks = (padded.unsqueeze(0) == classes.view(-1, 1, 1)).to(torch.float32)  # [N, H_pad, W_pad]
-        return masks, classes
+    def _segmentation_targets(label_map, size, padded, ignore_index, do_reduce_labels, num_labels, index):
+        masks, classes = semantic_targets(
+            resize_nearest(label_map, size), padded, num_labels, ignore_index, do_reduce_labels,
+            where=f"Segmentation map {index}",
+        )
+        return masks.to(torch.float32), classes
 
     # ------------------------------------------------------------------------------------------------
     # Post-processing

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from image_processing_ita import ITA_PIXEL_MEAN, ITA_PIXEL_STD, ITAImageProcessor
+from image_processing_ita import ITA_PIXEL_MEAN, ITA_PIXEL_STD, ITAImageProcessor, resize_nearest
 from modeling_ita.training.data import (
     IGNORE_LABEL,
     ITASegmentationCollator,
@@ -16,7 +16,6 @@ from modeling_ita.training.data import (
     LargeScaleJitter,
     label_map_from_targets,
     load_segmentation_dataset,
-    resize_nearest,
     resolve_class_names,
 )
 from modeling_ita.training.synthetic import (

@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 from transformers import pipeline
 
 from .pipeline import ZERO_SHOT_IMAGE_SEGMENTATION_TASK
 from .visualization import overlay
+from image_processing_ita import open_image
+
 from ..vocabulary import parse_vocabulary
 
 __all__ = ["IMAGE_EXTENSIONS", "build_parser", "find_images", "main", "read_image", "write_label_map"]
@@ -132,18 +134,7 @@ def read_vocabulary(args):
 def read_image(path):
     """Open and fully decode an image file (upright, as the model sees it); raises `ValueError` naming what is
     wrong (empty, truncated, not an image, zero size)."""
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise ValueError("empty file (0 bytes)")
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now: a truncated file fails here, not halfway through the model
-            image = ImageOps.exif_transpose(image)
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        raise ValueError(f"cannot read image: {error}") from error
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"zero-size image ({image.width}x{image.height} pixels)")
-    return image
+    return open_image(Path(path), where="image")
 
 
 def write_label_map(label_map, num_classes, path):

@@ -12,13 +12,12 @@ Importing `modeling_ita` registers the task with transformers' `PIPELINE_REGISTR
 ```
 """
 
-import math
 import os
 from collections.abc import Sized
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import AutoModel
 from transformers.image_utils import load_image
@@ -27,7 +26,7 @@ from transformers.pipelines.base import Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
-from image_processing_ita import ITAImageProcessor
+from image_processing_ita import ITAImageProcessor, open_image, padded_size
 
 from ..vocabulary import parse_vocabulary
 
@@ -203,16 +202,11 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             image = os.fspath(image)
         if isinstance(image, str):
             if os.path.isfile(image):
-                try:
-                    # PIL directly, not transformers' load_image: it would convert 16-bit files to 8-bit RGB.
-                    with Image.open(image) as opened:
-                        opened.load()
-                        return ImageOps.exif_transpose(opened)
-                except Exception as error:
-                    raise ValueError(f"Cannot read the image file {image}: {error}") from error
+                # Not transformers' load_image: it would convert 16-bit files to 8-bit RGB.
+                return open_image(image, where="Image file")
             return load_image(image, timeout=timeout)
         if isinstance(image, Image.Image):
-            return ImageOps.exif_transpose(image)
+            return open_image(image)
         if isinstance(image, (np.ndarray, torch.Tensor)):
             return image
         raise TypeError(
@@ -278,10 +272,8 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         # One forward pass per (frame size, vocabulary): an image never sees padding beyond its own frame.
         groups = {}
         for index, ((height, width), vocabulary) in enumerate(zip(image_sizes.tolist(), vocabularies)):
-            frame = (
-                min(padded_height, math.ceil(height / divisor) * divisor),
-                min(padded_width, math.ceil(width / divisor) * divisor),
-            )
+            frame_height, frame_width = padded_size(height, width, divisor)
+            frame = (min(padded_height, frame_height), min(padded_width, frame_width))
             groups.setdefault((frame, tuple(vocabulary)), []).append(index)
 
         num_columns = max(len(vocabulary) for vocabulary in vocabularies) + 1

@@ -5,7 +5,9 @@ class, synonyms separated by commas). The legend names each class by its first s
 """
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
+
+from image_processing_ita import open_image
 
 __all__ = ["color_palette", "colorize_label_map", "draw_legend", "legend_entries", "overlay", "to_rgb"]
 
@@ -42,7 +44,7 @@ def color_palette(num_classes):
 def to_rgb(image):
     """A PIL image as 8-bit RGB, upright (EXIF orientation applied); 16-bit grey scaled to 0..255, not
     clipped."""
-    image = ImageOps.exif_transpose(image)
+    image = open_image(image)
     if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
         array = np.asarray(image).astype(np.float64) * (255.0 / 65535.0)
         return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8)).convert("RGB")

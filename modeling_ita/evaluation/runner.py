@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..modeling import ITAForOpenVocabSegmentation
+from image_processing_ita import open_image, padded_size
 from processing_ita import ITAProcessor
 from .benchmarks import BENCHMARKS, benchmark_metadata, get_benchmark, load_benchmark, load_hub_benchmark
 from .metric import SegmentationConfusionMatrix
@@ -155,8 +156,7 @@ def _padded_input_size(image_size, image_processor):
         height, width = image_processor.resized_size(height, width, image_processor.size)
     if not image_processor.do_pad:
         return height, width
-    divisor = image_processor.size_divisor
-    return math.ceil(height / divisor) * divisor, math.ceil(width / divisor) * divisor
+    return padded_size(height, width, image_processor.size_divisor)
 
 
 def plan_batches(image_sizes, batch_size, image_processor):
@@ -189,7 +189,7 @@ class _BatchPreparer:
         self.image_processor = image_processor
 
     def __call__(self, rows):
-        images = [ImageOps.exif_transpose(row["image"]) for row in rows]
+        images = [open_image(row["image"]) for row in rows]
         encoded = self.image_processor(images, return_tensors="pt")
         return {
             "pixel_values": encoded["pixel_values"],

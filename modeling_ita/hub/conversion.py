@@ -316,9 +316,9 @@ def infer_config(state_dict, clip_config=None, original_config=None, **overrides
 
     original_config = dict(original_config or {})
     conflicts = [
-        f"{field}: the original config says {original_config[field]}, the checkpoint's shapes {value}"
-        for field, value in shapes.items()
-        if field in original_config and original_config[field] != value
+        f"{name}: the original config says {original_config[name]}, the checkpoint's shapes {value}"
+        for name, value in shapes.items()
+        if name in original_config and original_config[name] != value
     ]
     if conflicts:
         raise CheckpointConversionError("The original config does not describe this checkpoint", conflicts)
@@ -326,11 +326,11 @@ def infer_config(state_dict, clip_config=None, original_config=None, **overrides
     values = {"clip_config": clip_config, **shapes}
     provenance = dict.fromkeys(shapes, "tensor shapes")
     provenance["clip_config"] = "--clip-config" if clip_config is not CONVNEXT_LARGE_D_320_CLIP_CONFIG else "tensor shapes"
-    for field, value in original_config.items():
-        if field not in shapes:
-            values[field], provenance[field] = value, "original config"
-    for field, value in overrides.items():
-        values[field], provenance[field] = value, "override"
+    for name, value in original_config.items():
+        if name not in shapes:
+            values[name], provenance[name] = value, "original config"
+    for name, value in overrides.items():
+        values[name], provenance[name] = value, "override"
 
     weights = encoder_layer + "self_attn.attention_weights.weight"
     if weights in state_dict:
@@ -342,8 +342,8 @@ def infer_config(state_dict, clip_config=None, original_config=None, **overrides
         values["dominant_category_image_size"] = clip_config["vision_cfg"]["image_size"]
         provenance["dominant_category_image_size"] = "the CLIP's image size (the original's CLIP transform)"
     config = ITAConfig(**values)
-    for field in ("prompt_templates", "train_vocabulary", "ensemble_alpha", "ensemble_beta", "group_norm_groups"):
-        provenance.setdefault(field, "ITAConfig default (the original's)")
+    for name in ("prompt_templates", "train_vocabulary", "ensemble_alpha", "ensemble_beta", "group_norm_groups"):
+        provenance.setdefault(name, "ITAConfig default (the original's)")
 
     if "criterion.empty_weight" in state_dict:
         trained_classes = state_dict["criterion.empty_weight"].shape[0] - 1

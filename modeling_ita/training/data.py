@@ -30,6 +30,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as tvF
 
 from configuration_ita import COCO_PANOPTIC_VOCABULARY
+from image_processing_ita import resize_nearest, semantic_targets
 
 from ..vocabulary import parse_vocabulary
 
@@ -45,8 +46,6 @@ __all__ = [
     "resolve_class_names",
     "decode_label_map",
     "decode_panoptic_segment_ids",
-    "resize_nearest",
-    "semantic_targets",
     "panoptic_targets",
     "label_map_from_targets",
 ]
@@ -109,17 +108,6 @@ def decode_panoptic_segment_ids(value, where="panoptic map"):
     return torch.from_numpy(array)
 
 
-def resize_nearest(label_map, size):
-    """Nearest-neighbour resize of an integer map sampling pixel centres (PIL's NEAREST), exact for any ids."""
-    height, width = label_map.shape[-2:]
-    new_height, new_width = size
-    if (height, width) == (new_height, new_width):
-        return label_map
-    rows = ((torch.arange(new_height, dtype=torch.float64) + 0.5) * (height / new_height)).long().clamp_(max=height - 1)
-    cols = ((torch.arange(new_width, dtype=torch.float64) + 0.5) * (width / new_width)).long().clamp_(max=width - 1)
-    return label_map[..., rows[:, None], cols[None, :]]
-
-
 @dataclass
 class LargeScaleJitter:
     """Large-scale jitter as in Mask2Former/FC-CLIP's COCO panoptic training, in their order:
@@ -175,30 +163,6 @@ class LargeScaleJitter:
 # ------------------------------------------------------------------------------------------------------------
 # Targets
 # ------------------------------------------------------------------------------------------------------------
-
-
-def semantic_targets(label_map, padded_size, num_labels, ignore_index=255, reduce_labels=False, where="label map"):
-    """One mask per class present in a label map `[h, w]`: `(masks [N, *padded_size] bool, classes [N] long)`.
-
-    Masks are zero beyond `h, w`. With `reduce_labels`, 0 ("other"/background) becomes `ignore_index` and other
-    ids move down by one. Ids outside `[0, num_labels)` other than `ignore_index` raise a `ValueError`.
-    """
-    if reduce_labels:
-        ignored = (label_map == 0) | (label_map == ignore_index)
-        label_map = torch.where(ignored, torch.full_like(label_map, ignore_index), label_map - 1)
-    classes = torch.unique(label_map)
-    classes = classes[classes != ignore_index]
-    unknown = classes[(classes < 0) | (classes >= num_labels)]
-    if unknown.numel():
-        raise ValueError(
-            f"{where} has class ids {unknown.tolist()} outside the vocabulary of {num_labels} classes "
-            f"(ids 0..{num_labels - 1}, ignore index {ignore_index}"
-            + (", after reduce_labels)" if reduce_labels else ")")
-        )
-    height, width = label_map.shape
-    masks = torch.zeros((len(classes), *padded_size), dtype=torch.bool)
-    masks[:, :height, :width] = label_map[None] == classes[:, None, None]
-    return masks, classes
 
 
 def panoptic_targets(segment_ids, segments_info, padded_size, num_labels, where="panoptic map"):
