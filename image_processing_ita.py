@@ -634,8 +634,9 @@ class ITAImageProcessor(TorchvisionBackend):
 
         Args:
             outputs ([`ITAOpenVocabSegmentationOutput`] or mapping):
-                With `class_queries_logits` `[B, Q, K + 1]` (at inference, the log-probabilities of the
-                geometric ensemble), `masks_queries_logits` `[B, Q, h, w]` on the stride-4 grid of the padded
+                With `ensemble_log_probs` `[B, Q, K + 1]` (inference: the geometric ensemble's log-probabilities;
+                without them, e.g. after a training-mode forward, the softmax of `class_queries_logits`),
+                `masks_queries_logits` `[B, Q, h, w]` on the stride-4 grid of the padded
                 input, and `image_sizes` `[B, 2]` (each image's resized size before padding).
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
                 Output (height, width) per image, usually the original image sizes. Defaults to `image_sizes`.
@@ -651,7 +652,7 @@ class ITAImageProcessor(TorchvisionBackend):
             `list[torch.LongTensor]` of `[H, W]` label maps, or with `return_scores` a list of dicts with
             `segmentation` (`[H, W]` long) and `scores` (`[H, W]` float32).
         """
-        class_logits = _output_field(outputs, "class_queries_logits")
+        class_logits = _class_scores_field(outputs)
         mask_logits = _output_field(outputs, "masks_queries_logits")
         image_sizes = _output_field(outputs, "image_sizes")
         if class_logits is None or mask_logits is None:
@@ -805,6 +806,13 @@ def _lerp_rows(maps, taps, start, stop, offset):
     matrix.index_put_((rows, upper - offset), upper_weight, accumulate=True)
     matrix = matrix.to(device=maps.device, dtype=maps.dtype)
     return (matrix @ maps.reshape(maps.shape[0], -1)).view(stop - start, *maps.shape[1:])
+
+
+def _class_scores_field(outputs):
+    """What the class probabilities come from: the geometric ensemble's log-probabilities (inference), else the
+    decoder's class logits (a training-mode forward); softmax turns either into probabilities."""
+    scores = _output_field(outputs, "ensemble_log_probs")
+    return _output_field(outputs, "class_queries_logits") if scores is None else scores
 
 
 def _output_field(outputs, name):

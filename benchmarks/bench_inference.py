@@ -220,7 +220,7 @@ def main(argv=None):
         print("against float32, a contiguous input and no auxiliary logits (max abs diff, share of the reference's range):")
         for name, ours, theirs in (
             ("trunk features", features, reference_features),
-            ("class log-probabilities", outputs.class_queries_logits, reference.class_queries_logits),
+            ("class log-probabilities", outputs.ensemble_log_probs, reference.ensemble_log_probs),
             ("mask logits", outputs.masks_queries_logits, reference.masks_queries_logits),
         ):
             difference = (ours.float() - theirs).abs().max().item()

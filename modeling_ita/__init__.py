@@ -9,12 +9,8 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcesso
 from configuration_ita import ITAConfig
 from image_processing_ita import ITAImageProcessor
 
-from .modeling import (
-    ITAForOpenVocabSegmentation,
-    ITAOpenVocabSegmentationOutput,
-    ITAPreTrainedModel,
-    geometric_ensemble,
-)
+from .classifiers import geometric_ensemble
+from .modeling import ITAForOpenVocabSegmentation, ITAOpenVocabSegmentationOutput, ITAPreTrainedModel
 from processing_ita import ITAProcessor
 
 from .apps.pipeline import ZeroShotImageSegmentationPipeline  # registers the "zero-shot-image-segmentation" task

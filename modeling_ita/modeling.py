@@ -15,7 +15,7 @@ from configuration_ita import ITAConfig
 from .aggregation_decoder import ITAAggregationDecoder
 from .clip_backbone import ITACLIPBackbone, rebuild_causal_mask
 from .dominant_categories import ITADominantCategoryUnearthing
-from .layers import classification_logits, mask_pool
+from .classifiers import geometric_ensemble, out_of_vocabulary_logits
 from .loss import ITALoss
 from .pixel_decoder import ITAPixelDecoder
 from .vocabulary import ITAVocabulary, ITAVocabularyEncoder
@@ -24,7 +24,6 @@ __all__ = [
     "ITAOpenVocabSegmentationOutput",
     "ITAPreTrainedModel",
     "ITAForOpenVocabSegmentation",
-    "geometric_ensemble",
 ]
 
 
@@ -34,12 +33,11 @@ class ITAOpenVocabSegmentationOutput(ModelOutput):
 
     Args:
         loss: weighted sum of all loss terms, when labels are given.
-        class_queries_logits: `[B, Q, K + 1]` class logits, void last. In training mode the in-vocabulary logits;
-            in eval mode the log-probabilities of the geometric ensemble of the in- and out-of-vocabulary
-            classifiers (what `post_process_semantic_segmentation` expects).
+        class_queries_logits: `[B, Q, K + 1]` class logits of the decoder's (in-vocabulary) classifier, void last.
         masks_queries_logits: `[B, Q, H/4, W/4]` mask logits on the padded input's stride-4 grid.
-        in_vocabulary_logits: `[B, Q, K + 1]` logits of the decoder's classifier.
         out_vocabulary_logits: `[B, Q, K + 1]` logits of frozen CLIP on mask-pooled features (eval mode only).
+        ensemble_log_probs: `[B, Q, K + 1]` log-probabilities of the geometric ensemble of the two classifiers
+            (eval mode only): the class scores post-processing uses.
         dominant_category_ids: `[B, k]` indices into `candidate_names` of the text queries' names (ITA only).
         dominant_categories: the k chosen names per image (ITA only).
         auxiliary_logits: the intermediate predictions, dicts with `class_queries_logits` and
@@ -51,36 +49,13 @@ class ITAOpenVocabSegmentationOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     class_queries_logits: torch.FloatTensor | None = None
     masks_queries_logits: torch.FloatTensor | None = None
-    in_vocabulary_logits: torch.FloatTensor | None = None
     out_vocabulary_logits: torch.FloatTensor | None = None
+    ensemble_log_probs: torch.FloatTensor | None = None
     dominant_category_ids: torch.LongTensor | None = None
     dominant_categories: list | None = None
     auxiliary_logits: list | None = None
     loss_dict: dict | None = None
     image_sizes: torch.LongTensor | None = None
-
-
-def geometric_ensemble(in_vocabulary_logits, out_vocabulary_logits, overlap_mask, alpha, beta, valid=None):
-    """FC-CLIP's geometric ensemble -> log-probabilities [B, Q, K + 1] (void last).
-
-    Classes seen in training mix p_in^(1 - alpha) * p_out^alpha, unseen ones p_in^(1 - beta) * p_out^beta,
-    computed in log space (the original multiplies probabilities, which can underflow to log(0) * 0 = NaN);
-    the void probability of the in-vocabulary classifier scales the rest. `valid` [B, Q] switches the CLIP
-    term off for queries whose mask covers no CLIP-feature pixel.
-    """
-    log_p_in = in_vocabulary_logits[..., :-1].float().log_softmax(dim=-1)
-    log_p_out = out_vocabulary_logits[..., :-1].float().log_softmax(dim=-1)
-    alpha = torch.full_like(log_p_in[..., :1], alpha)
-    beta = torch.full_like(log_p_in[..., :1], beta)
-    if valid is not None:
-        alpha = alpha * valid[..., None].to(alpha.dtype)
-        beta = beta * valid[..., None].to(beta.dtype)
-    seen = (1 - alpha) * log_p_in + alpha * log_p_out
-    unseen = (1 - beta) * log_p_in + beta * log_p_out
-    ensemble = torch.where(overlap_mask.bool(), seen, unseen)
-    void = in_vocabulary_logits.float().softmax(dim=-1)[..., -1:]
-    probs = torch.cat([ensemble.softmax(dim=-1) * (1.0 - void), void], dim=-1)
-    return torch.log(probs + 1e-8)
 
 
 class ITAPreTrainedModel(PreTrainedModel):
@@ -197,18 +172,6 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         name_embeddings = vocabulary.text_query_embeddings[dominant_category_ids]  # [B, k, D]
         return self.dominant_categories(name_embeddings), dominant_category_ids
 
-    def out_of_vocabulary_logits(self, clip_dense_features, mask_logits, classifier, vocabulary):
-        """Frozen CLIP classifies each query's mask-pooled dense features -> ([B, Q, K + 1], valid [B, Q])."""
-        masks = F.interpolate(mask_logits, size=clip_dense_features.shape[-2:], mode="bilinear", align_corners=False)
-        pooled = mask_pool(clip_dense_features, masks)  # [B, Q, C]
-        embeddings = self.backbone.pooled_embeddings(pooled)  # [B, Q, D]
-        scale = torch.clamp(self.backbone.logit_scale.exp(), max=self.config.logit_scale_max)
-        logits = classification_logits(
-            embeddings, classifier, scale, vocabulary.synonym_to_class, vocabulary.num_classes
-        )
-        valid = (masks > 0).flatten(2).any(dim=-1)
-        return logits, valid
-
     # ------------------------------------------------------------------------------------------------ forward
     def forward(
         self,
@@ -278,7 +241,7 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             multi_scale_features, mask_features, text_queries, classifier, vocabulary.synonym_to_class,
             vocabulary.num_classes, output_intermediate_predictions=output_intermediate,
         )
-        in_vocabulary_logits, masks_queries_logits = predictions[-1]
+        class_queries_logits, masks_queries_logits = predictions[-1]
         auxiliary = [
             {"class_queries_logits": logits, "masks_queries_logits": masks} for logits, masks in predictions[:-1]
         ]
@@ -287,20 +250,20 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         if mask_labels is not None:
             self._check_labels(mask_labels, class_labels, vocabulary.num_classes, pixel_values.shape[-2:])
             loss_dict = self.criterion(
-                in_vocabulary_logits, masks_queries_logits, mask_labels, class_labels,
+                class_queries_logits, masks_queries_logits, mask_labels, class_labels,
                 auxiliary if self.config.deep_supervision else None,
             )
             loss = self.criterion.weighted_total(loss_dict)
 
         # Inference: out-of-vocabulary classifier (frozen CLIP) and the geometric ensemble
-        out_vocabulary_logits = None
-        class_queries_logits = in_vocabulary_logits
+        out_vocabulary_logits = ensemble_log_probs = None
         if not self.training:
-            out_vocabulary_logits, valid = self.out_of_vocabulary_logits(
-                features["clip_vis_dense"], masks_queries_logits, classifier, vocabulary
+            out_vocabulary_logits, valid = out_of_vocabulary_logits(
+                self.backbone, features["clip_vis_dense"], masks_queries_logits, classifier, vocabulary,
+                self.config.logit_scale_max,
             )
-            class_queries_logits = geometric_ensemble(
-                in_vocabulary_logits, out_vocabulary_logits, vocabulary.overlap_mask,
+            ensemble_log_probs = geometric_ensemble(
+                class_queries_logits, out_vocabulary_logits, vocabulary.overlap_mask,
                 self.config.ensemble_alpha, self.config.ensemble_beta,
                 valid if self.config.ensemble_on_valid_mask else None,
             )
@@ -314,8 +277,8 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             loss=loss,
             class_queries_logits=class_queries_logits,
             masks_queries_logits=masks_queries_logits,
-            in_vocabulary_logits=in_vocabulary_logits,
             out_vocabulary_logits=out_vocabulary_logits,
+            ensemble_log_probs=ensemble_log_probs,
             dominant_category_ids=dominant_category_ids,
             dominant_categories=dominant_categories,
             auxiliary_logits=auxiliary if output_auxiliary_logits else None,

@@ -104,9 +104,7 @@ def expected_confusion(model, processor, pairs, class_names, ignore_index, befor
             if reduce_labels:
                 label = np.where((label == 0) | (label == ignore_index), ignore_index, label - 1)
             inputs = processor(images=Image.open(image_path), return_tensors="pt")
-            outputs = model(
-                pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"], class_names=class_names
-            )
+            outputs = model(**inputs, class_names=class_names)
             prediction = processor.post_process_semantic_segmentation(
                 outputs, target_sizes=[label.shape], sem_seg_postprocess_before_inference=before_inference
             )[0]
@@ -187,7 +185,8 @@ def test_script_scores_equal_the_metric_on_direct_predictions(
     benchmark = get_benchmark(name)
     model, processor = model_and_processor
     if extra_args:
-        processor = ITAProcessor(image_processor=ITAImageProcessor(size={"shortest_edge": 48, "longest_edge": 80}))
+        size = {"shortest_edge": 48, "longest_edge": 80}
+        processor = ITAProcessor(image_processor=ITAImageProcessor.for_model_config(model.config, size=size))
     reduce_labels = benchmark.layouts[layout_index].reduce_labels
     confusion = expected_confusion(
         model, processor, pairs, benchmark.class_names, benchmark.ignore_index,

@@ -35,13 +35,18 @@ def test_output_shapes(variant, config, fcclip_config):
         out = model(pixel_values, class_names=VOCABULARY, output_auxiliary_logits=True)
     queries = config.total_queries
     assert out.class_queries_logits.shape == (2, queries, len(VOCABULARY) + 1)
-    assert out.in_vocabulary_logits.shape == (2, queries, len(VOCABULARY) + 1)
+    assert out.ensemble_log_probs.shape == (2, queries, len(VOCABULARY) + 1)
     assert out.out_vocabulary_logits.shape == (2, queries, len(VOCABULARY) + 1)
     assert out.masks_queries_logits.shape == (2, queries, 16, 24)
     assert len(out.auxiliary_logits) == config.decoder_layers
     assert out.image_sizes.tolist() == [[64, 96], [64, 96]]
-    # Eval-mode class logits are log-probabilities of the geometric ensemble.
-    torch.testing.assert_close(out.class_queries_logits.exp().sum(-1), torch.ones(2, queries), atol=1e-5, rtol=0)
+    # The ensemble gives log-probabilities; class_queries_logits stay the decoder's logits, in eval mode as in training.
+    torch.testing.assert_close(out.ensemble_log_probs.exp().sum(-1), torch.ones(2, queries), atol=1e-5, rtol=0)
+    model.train()
+    trained = model(pixel_values, class_names=VOCABULARY)
+    torch.testing.assert_close(trained.class_queries_logits, out.class_queries_logits, atol=1e-4, rtol=1e-4)
+    assert trained.ensemble_log_probs is None and trained.out_vocabulary_logits is None
+    model.eval()
     if variant == "ita":
         assert out.dominant_category_ids.shape == (2, config.num_dominant_categories)
         candidates = ["cat", "kitty", "sofa", "couch", "wall", "sky", "tiger", "other"]
@@ -61,7 +66,7 @@ def test_final_prediction_does_not_depend_on_asking_for_auxiliary_logits(variant
         plain = model(pixel_values, class_names=VOCABULARY)
         with_auxiliary = model(pixel_values, class_names=VOCABULARY, output_auxiliary_logits=True)
     assert plain.auxiliary_logits is None
-    for name in ("class_queries_logits", "masks_queries_logits", "in_vocabulary_logits", "out_vocabulary_logits"):
+    for name in ("class_queries_logits", "masks_queries_logits", "ensemble_log_probs", "out_vocabulary_logits"):
         torch.testing.assert_close(getattr(plain, name), getattr(with_auxiliary, name), atol=1e-5, rtol=1e-5)
 
 
@@ -116,6 +121,7 @@ def test_batch_equals_singles(config):
         batched = model(images, class_names=VOCABULARY)
         singles = [model(images[i : i + 1], class_names=VOCABULARY) for i in range(2)]
     for i, single in enumerate(singles):
+        torch.testing.assert_close(batched.ensemble_log_probs[i], single.ensemble_log_probs[0], atol=1e-4, rtol=0)
         torch.testing.assert_close(batched.class_queries_logits[i], single.class_queries_logits[0], atol=1e-4, rtol=0)
         torch.testing.assert_close(batched.masks_queries_logits[i], single.masks_queries_logits[0], atol=1e-4, rtol=0)
         assert torch.equal(batched.dominant_category_ids[i], single.dominant_category_ids[0])
@@ -179,7 +185,7 @@ def test_save_and_auto_model_reload_give_identical_outputs(config, tmp_path):
             model.backbone.clip_model.encode_text(tokens), reloaded.backbone.clip_model.encode_text(tokens)
         )
         torch.testing.assert_close(model.backbone.encode_image(pixel_values), reloaded.backbone.encode_image(pixel_values))
-    for field in ("class_queries_logits", "masks_queries_logits", "in_vocabulary_logits", "out_vocabulary_logits"):
+    for field in ("class_queries_logits", "masks_queries_logits", "ensemble_log_probs", "out_vocabulary_logits"):
         torch.testing.assert_close(getattr(a, field), getattr(b, field), atol=0, rtol=0)
     assert torch.equal(a.dominant_category_ids, b.dominant_category_ids)
 

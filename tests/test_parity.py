@@ -116,7 +116,7 @@ def test_every_stage_matches_the_original(converted, variant):
     for level, maps in enumerate(multi_scale):
         assert_stage(f"pixel_decoder.multi_scale.{level}", maps, expected[f"pixel_decoder.multi_scale.{level}"])
 
-    assert_stage("decoder.pred_logits", outputs.in_vocabulary_logits, expected["decoder.pred_logits"])
+    assert_stage("decoder.pred_logits", outputs.class_queries_logits, expected["decoder.pred_logits"])
     assert_stage("decoder.pred_masks", outputs.masks_queries_logits, expected["decoder.pred_masks"])
     assert len(outputs.auxiliary_logits) == 3
     for level, auxiliary in enumerate(outputs.auxiliary_logits):
@@ -124,8 +124,8 @@ def test_every_stage_matches_the_original(converted, variant):
         assert_stage(f"decoder.aux.{level}", auxiliary["masks_queries_logits"], expected[f"decoder.aux.{level}.pred_masks"])
 
     assert_stage("ovc.out_vocab_logits", outputs.out_vocabulary_logits, expected["ovc.out_vocab_logits"])
-    assert_stage("ensemble.log_probs", outputs.class_queries_logits, expected["ensemble.log_probs"])
-    assert_stage("ensemble.probs", outputs.class_queries_logits.softmax(-1), expected["ensemble.probs"])
+    assert_stage("ensemble.log_probs", outputs.ensemble_log_probs, expected["ensemble.log_probs"])
+    assert_stage("ensemble.probs", outputs.ensemble_log_probs.softmax(-1), expected["ensemble.probs"])
 
     labels = processor.post_process_semantic_segmentation(outputs, target_sizes=[OUTPUT_SIZE])[0]
     scores = expected["semantic.scores"]
@@ -170,7 +170,7 @@ def test_ita_ranking_does_not_depend_on_the_bank(converted):
     assert torch.equal(with_bank.dominant_category_ids, without_bank.dominant_category_ids)
     assert with_bank.dominant_category_ids[0].tolist() == expected["dcu.topk_indices"].tolist()
     # The bank changes the text queries' embeddings, and so the predictions.
-    assert not torch.allclose(with_bank.in_vocabulary_logits, without_bank.in_vocabulary_logits)
+    assert not torch.allclose(with_bank.class_queries_logits, without_bank.class_queries_logits)
 
 
 def test_a_chosen_name_missing_from_the_bank_falls_back_with_a_warning(converted):

@@ -89,7 +89,7 @@ def test_postprocess_builds_segments_from_the_label_map(segmenter):
     mask_logits[0, 0, :, :4] = 20.0
     mask_logits[0, 1, :, 4:] = 20.0
     outputs = {
-        "class_queries_logits": class_logits,
+        "ensemble_log_probs": class_logits,
         "masks_queries_logits": mask_logits,
         "image_sizes": torch.tensor([[32, 32]]),
         "target_size": torch.tensor([[16, 40]]),

@@ -222,7 +222,11 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         if height == 0 or width == 0:
             raise ValueError(f"The image has zero size ({height}x{width} pixels)")
         encoded = self.image_processor(image, return_tensors="pt")
+        views = {}
+        if "dominant_category_pixel_values" in encoded:  # ITA's CLIP view of the image, [1, 3, S, S]
+            views["dominant_category_pixel_values"] = encoded["dominant_category_pixel_values"].to(self.dtype)
         return {
+            **views,
             "pixel_values": encoded["pixel_values"].to(self.dtype),  # [1, 3, H_frame, W_frame]
             "image_sizes": encoded["image_sizes"],  # [1, 2] resized size inside the frame
             "target_size": torch.tensor([[height, width]], dtype=torch.long),
@@ -240,7 +244,11 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             pixel_values[index, :, : item["pixel_values"].shape[-2], : item["pixel_values"].shape[-1]] = item[
                 "pixel_values"
             ][0]
+        views = {}
+        if "dominant_category_pixel_values" in items[0]:
+            views["dominant_category_pixel_values"] = torch.cat([item["dominant_category_pixel_values"] for item in items])
         return {
+            **views,
             "pixel_values": pixel_values,
             "image_sizes": torch.cat([item["image_sizes"] for item in items]),
             "target_size": torch.cat([item["target_size"] for item in items]),
@@ -279,12 +287,14 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         num_columns = max(len(vocabulary) for vocabulary in vocabularies) + 1
         class_logits = mask_logits = None
         for ((frame_height, frame_width), vocabulary), indices in groups.items():
+            views = model_inputs.get("dominant_category_pixel_values")
             outputs = self.model(
                 pixel_values=pixel_values[indices, :, :frame_height, :frame_width],
                 image_sizes=image_sizes[indices],
                 class_names=list(vocabulary),
+                dominant_category_pixel_values=None if views is None else views[indices],
             )
-            logits, masks = outputs.class_queries_logits, outputs.masks_queries_logits  # [g, Q, K+1], [g, Q, h, w]
+            logits, masks = outputs.ensemble_log_probs, outputs.masks_queries_logits  # [g, Q, K+1], [g, Q, h, w]
             if class_logits is None:
                 num_queries, stride = logits.shape[1], frame_height // masks.shape[-2]
                 class_logits = logits.new_zeros((batch, num_queries, num_columns))
@@ -295,7 +305,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             # Post-processing reads each image's own frame only: the zeros around it are never used.
             mask_logits[indices, :, : masks.shape[-2], : masks.shape[-1]] = masks
         return {
-            "class_queries_logits": class_logits,
+            "ensemble_log_probs": class_logits,
             "masks_queries_logits": mask_logits,
             "image_sizes": image_sizes,
             "target_size": model_inputs["target_size"],
@@ -309,10 +319,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             # split per image by the pipeline.
             vocabulary = vocabulary[0]
         num_classes = len(vocabulary)
-        class_logits = model_outputs["class_queries_logits"]
+        class_logits = model_outputs["ensemble_log_probs"]
         class_logits = torch.cat([class_logits[..., :num_classes], class_logits[..., -1:]], dim=-1)
         outputs = {
-            "class_queries_logits": class_logits,
+            "ensemble_log_probs": class_logits,
             "masks_queries_logits": model_outputs["masks_queries_logits"],
             "image_sizes": model_outputs["image_sizes"],
         }

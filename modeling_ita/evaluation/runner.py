@@ -191,7 +191,11 @@ class _BatchPreparer:
     def __call__(self, rows):
         images = [open_image(row["image"]) for row in rows]
         encoded = self.image_processor(images, return_tensors="pt")
+        views = {}
+        if "dominant_category_pixel_values" in encoded:
+            views["dominant_category_pixel_values"] = encoded["dominant_category_pixel_values"]
         return {
+            **views,
             "pixel_values": encoded["pixel_values"],
             "image_sizes": encoded["image_sizes"],
             "labels": [np.asarray(row["label"]) for row in rows],
@@ -295,10 +299,12 @@ def evaluate_dataset(
     with torch.inference_mode(), bar:
         for batch in loader:
             _check_labels(batch)
+            views = batch.get("dominant_category_pixel_values")
             outputs = model(
                 pixel_values=batch["pixel_values"].to(device, dtype, non_blocking=True),
                 image_sizes=batch["image_sizes"].to(device),
                 vocabulary=vocabulary,
+                dominant_category_pixel_values=None if views is None else views.to(device, dtype, non_blocking=True),
             )
             label_maps = processor.post_process_semantic_segmentation(
                 outputs,

@@ -26,6 +26,7 @@ REMOTE_CODE_FILES = {
     "dominant_categories.py": "modeling_ita/dominant_categories.py",
     "pixel_decoder.py": "modeling_ita/pixel_decoder.py",
     "aggregation_decoder.py": "modeling_ita/aggregation_decoder.py",
+    "classifiers.py": "modeling_ita/classifiers.py",
     "layers.py": "modeling_ita/layers.py",
     "loss.py": "modeling_ita/loss.py",
 }
