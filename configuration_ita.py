@@ -289,6 +289,12 @@ class ITAConfig(PreTrainedConfig):
     """
 
     model_type = "ita"
+    # transformers' generic names, as Mask2Former maps them (plus the decoder's heads).
+    attribute_map = {
+        "hidden_size": "hidden_dim",
+        "num_hidden_layers": "decoder_layers",
+        "num_attention_heads": "decoder_attention_heads",
+    }
 
     def __init__(
         self,

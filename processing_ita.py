@@ -1,11 +1,23 @@
 """`ITAProcessor`: the image processor plus the open vocabulary, in one callable."""
 
+import difflib
+
 from transformers.image_processing_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 
-from image_processing_ita import ITAImageProcessor
+from image_processing_ita import ITAImageProcessor, ITAImageProcessorKwargs
 
-__all__ = ["ITAProcessor"]
+__all__ = ["ITAProcessor", "ITAProcessorKwargs"]
+
+# What a call may carry besides the modality dictionaries: transformers' processor-level switches.
+_MODALITIES = ("images_kwargs", "text_kwargs", "audio_kwargs", "videos_kwargs", "common_kwargs")
+
+
+class ITAProcessorKwargs(ProcessingKwargs, total=False):
+    """Keyword arguments of [`ITAProcessor`]: the image processor's (`images_kwargs`, or flat as before); the
+    vocabulary is not tokenized here (the model encodes it), so `text_kwargs` may only hold `return_tensors`."""
+
+    images_kwargs: ITAImageProcessorKwargs
 
 
 class ITAProcessor(ProcessorMixin):
@@ -31,7 +43,11 @@ class ITAProcessor(ProcessorMixin):
             image_processor = ITAImageProcessor()
         super().__init__(image_processor, **kwargs)
 
-    def __call__(self, images=None, text=None, segmentation_maps=None, **kwargs) -> BatchFeature:
+    valid_processor_kwargs = ITAProcessorKwargs
+
+    def __call__(
+        self, images=None, text=None, segmentation_maps=None, **kwargs: Unpack[ITAProcessorKwargs]
+    ) -> BatchFeature:
         r"""
         Args:
             images (`ImageInput`, *optional*):
@@ -44,7 +60,9 @@ class ITAProcessor(ProcessorMixin):
                 Label maps, one per image; with `text`, ids must index the vocabulary (`num_labels` defaults
                 to its length).
             kwargs:
-                Passed to the image processor (`return_tensors`, `size`, `do_reduce_labels`, ...).
+                The image processor's options (`return_tensors`, `size`, `do_reduce_labels`, ...), flat or in
+                `images_kwargs`, merged the transformers way: the image processor's saved settings, then
+                `common_kwargs`, then the call's values. An unknown name raises a `TypeError`.
 
         Returns:
             [`BatchFeature`] with the image processor's outputs (`pixel_values`, `pixel_mask`, `image_sizes`,
@@ -52,6 +70,7 @@ class ITAProcessor(ProcessorMixin):
         """
         if images is None and text is None:
             raise ValueError("Give images, a vocabulary (text) or both")
+        kwargs = self._merged_image_kwargs(kwargs)
         class_names = None
         if text is not None:
             # Imported here: `modeling_ita` imports this module when it registers the Auto classes.
@@ -71,6 +90,21 @@ class ITAProcessor(ProcessorMixin):
             # Set after the tensor conversion: the vocabulary stays a list of strings.
             encoded["class_names"] = class_names
         return encoded
+
+    def _merged_image_kwargs(self, kwargs):
+        """The image processor's keyword arguments of one call, after refusing any name nobody reads."""
+        image_keys = set(self.image_processor.valid_kwargs.__annotations__) | set(ITAImageProcessorKwargs.__annotations__)
+        unknown = [key for key in kwargs if key not in image_keys and key not in _MODALITIES]
+        text_kwargs = {key: value for key, value in kwargs.get("text_kwargs", {}).items() if key != "return_tensors"}
+        if unknown or text_kwargs:
+            names = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, sorted(image_keys), n=1)
+                names.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            names += [f"text_kwargs[{key!r}] (the vocabulary is not tokenized by the processor)" for key in text_kwargs]
+            raise TypeError(f"ITAProcessor got keyword arguments it cannot use: {', '.join(names)}")
+        merged = self._merge_kwargs(ITAProcessorKwargs, **kwargs)
+        return merged["images_kwargs"]
 
     def post_process_semantic_segmentation(self, *args, **kwargs):
         """See [`ITAImageProcessor.post_process_semantic_segmentation`]."""

@@ -3,13 +3,21 @@ out-of-vocabulary classifier, full image embeddings for dominant-category uneart
 """
 
 import functools
+import math
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as hf_init
 
-__all__ = ["ITACLIPBackbone", "build_causal_mask", "load_open_clip_weights", "rebuild_causal_mask"]
+__all__ = [
+    "ITACLIPBackbone",
+    "build_causal_mask",
+    "init_clip_weights",
+    "load_open_clip_weights",
+    "rebuild_causal_mask",
+]
 
 
 def build_causal_mask(length, device=None, dtype=torch.float32):
@@ -44,9 +52,9 @@ class ITACLIPBackbone(nn.Module):
         trunk = self.clip_model.visual.trunk
         # Channels of res2..res5 (stride 4, 8, 16, 32).
         self.feature_channels = [info["num_chs"] for info in trunk.feature_info]
-        # Skipped by the model-level weight initialisation: CLIP keeps open_clip's own init (or loaded weights).
+        # Initialised as a whole by `init_clip_weights` (the model's `_init_weights`), not module by module.
         for module in self.clip_model.modules():
-            module._ita_skip_init = True
+            module._ita_clip_part = True
 
     def train(self, mode=True):
         super().train(mode)
@@ -118,6 +126,81 @@ class ITACLIPBackbone(nn.Module):
         x = clip.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_positions] @ clip.text_projection  # [N, D]
         return F.normalize(x, dim=-1) if normalize else x
+
+
+# timm's ConvNeXt layer-scale start value (`ls_init_value`), the one open_clip's timm trunks are built with.
+CONVNEXT_LAYER_SCALE_INIT = 1e-6
+NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+
+
+@torch.no_grad()
+def init_clip_weights(clip_model: open_clip.model.CLIP) -> None:
+    """Initialise every CLIP tensor by the rules it was built with: timm's for the ConvNeXt trunk (truncated normal
+    0.02, zero biases, unit norms, layer scale 1e-6), PyTorch's defaults for open_clip's projection head and the
+    text tower's other linear layers, open_clip's for the text tower (its per-block standard deviations) and
+    the logit scale (log(1/0.07)), and the causal mask.
+
+    transformers' guarded init functions leave loaded tensors alone, so after `from_pretrained` only the tensors
+    a checkpoint lacks are drawn here: random but finite, never uninitialised memory.
+    """
+    norms = {id(p) for m in clip_model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    for module in clip_model.modules():
+        if isinstance(module, nn.Linear) and not _inside(module, clip_model.visual.trunk):
+            _torch_default_linear_init(module)  # open_clip leaves these at PyTorch's defaults
+    for name, parameter in clip_model.visual.trunk.named_parameters():
+        if id(parameter) in norms:
+            (hf_init.ones_ if name.endswith("weight") else hf_init.zeros_)(parameter)
+        elif name.endswith("gamma"):
+            hf_init.constant_(parameter, CONVNEXT_LAYER_SCALE_INIT)
+        elif parameter.ndim > 1:
+            hf_init.trunc_normal_(parameter, std=0.02)
+        else:
+            hf_init.zeros_(parameter)
+
+    width = clip_model.transformer.width
+    attn_std = width**-0.5
+    proj_std = width**-0.5 * (2 * clip_model.transformer.layers) ** -0.5
+    fc_std = (2 * width) ** -0.5
+    hf_init.normal_(clip_model.token_embedding.weight, std=0.02)
+    hf_init.normal_(clip_model.positional_embedding, std=0.01)
+    for block in clip_model.transformer.resblocks:
+        for weight, std in (
+            (block.attn.in_proj_weight, attn_std),
+            (block.attn.out_proj.weight, proj_std),
+            (block.mlp.c_fc.weight, fc_std),
+            (block.mlp.c_proj.weight, proj_std),
+        ):
+            hf_init.normal_(weight, std=std)
+        for bias in (block.attn.in_proj_bias, block.attn.out_proj.bias):  # MultiheadAttention zeroes them
+            if bias is not None:
+                hf_init.zeros_(bias)
+        for norm in (block.ln_1, block.ln_2):
+            hf_init.ones_(norm.weight)
+            hf_init.zeros_(norm.bias)
+    hf_init.ones_(clip_model.ln_final.weight)
+    hf_init.zeros_(clip_model.ln_final.bias)
+    if isinstance(clip_model.text_projection, nn.Linear):
+        hf_init.normal_(clip_model.text_projection.weight, std=attn_std)
+        if clip_model.text_projection.bias is not None:
+            hf_init.zeros_(clip_model.text_projection.bias)
+    elif clip_model.text_projection is not None:
+        hf_init.normal_(clip_model.text_projection, std=attn_std)
+    hf_init.constant_(clip_model.logit_scale, math.log(1 / 0.07))
+    if getattr(clip_model, "logit_bias", None) is not None:
+        hf_init.zeros_(clip_model.logit_bias)
+    rebuild_causal_mask(clip_model)
+
+
+def _inside(module, container):
+    return any(module is inner for inner in container.modules())
+
+
+def _torch_default_linear_init(linear):
+    """`nn.Linear.reset_parameters`, through transformers' guarded init functions."""
+    hf_init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
+    if linear.bias is not None:
+        bound = 1 / math.sqrt(linear.in_features) if linear.in_features > 0 else 0
+        hf_init.uniform_(linear.bias, -bound, bound)
 
 
 def rebuild_causal_mask(clip_model):

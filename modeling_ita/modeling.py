@@ -1,5 +1,7 @@
 """`ITAForOpenVocabSegmentation`: ITA and FC-CLIP in one transformers model."""
 
+import difflib
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -13,7 +15,7 @@ from transformers.utils import ModelOutput
 from configuration_ita import ITAConfig
 
 from .aggregation_decoder import ITAAggregationDecoder
-from .clip_backbone import ITACLIPBackbone, rebuild_causal_mask
+from .clip_backbone import ITACLIPBackbone, init_clip_weights
 from .dominant_categories import ITADominantCategoryUnearthing
 from .classifiers import geometric_ensemble, out_of_vocabulary_logits
 from .loss import ITALoss
@@ -65,15 +67,20 @@ class ITAPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["ITACLIPBackbone"]
+    # The loss normalises by the number of target masks across processes (Mask2Former's rule); the Trainer's
+    # `num_items_in_batch` has no use here and is not passed.
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module):
         # The original initialisation: each ITA module knows its own scheme (`_reset_parameters`), plain torch
-        # modules keep torch's defaults. transformers' init guard turns these into no-ops for loaded weights.
+        # modules keep torch's defaults, the frozen CLIP open_clip's and timm's. transformers' init guard turns
+        # these into no-ops for loaded weights, so only what a checkpoint lacks is drawn.
         if isinstance(module, open_clip.model.CLIP):
-            rebuild_causal_mask(module)  # the only CLIP tensor that is not in a checkpoint
-        if getattr(module, "_ita_skip_init", False):
-            return  # frozen CLIP: open_clip's own init or loaded weights
+            init_clip_weights(module)
+            return
+        if getattr(module, "_ita_clip_part", False):
+            return  # initialised with the whole CLIP above
         if hasattr(module, "_reset_parameters"):
             module._reset_parameters()
         elif isinstance(module, (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.GroupNorm, nn.Embedding)):
@@ -208,6 +215,8 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
                 or when the deep-supervision loss needs them; otherwise the decoder computes only what its last
                 prediction needs (the same prediction up to float rounding, several times faster).
         """
+        if kwargs:
+            raise TypeError(_unexpected_arguments_message(kwargs, self.forward))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if vocabulary is None:
             vocabulary = self.encode_vocabulary(class_names)
@@ -303,3 +312,13 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
                 raise ValueError(
                     f"image {i}: class_labels {labels.tolist()} fall outside the vocabulary of {num_classes} classes"
                 )
+
+
+def _unexpected_arguments_message(kwargs, function):
+    """`TypeError` text naming each unknown keyword argument and the closest real one."""
+    known = [name for name in inspect.signature(function).parameters if name != "kwargs"]
+    parts = []
+    for name in kwargs:
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"{type(function.__self__).__name__}.forward() got unexpected keyword arguments: {', '.join(parts)}"

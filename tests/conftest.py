@@ -62,7 +62,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-def save_tiny_model(folder, size=None, spread_weights=False):
+def save_tiny_model(folder, size=None, spread_weights=False, seed=0):
     """Save a tiny ITA and its processor into `folder`, loadable with AutoModel/AutoProcessor.
 
     `spread_weights` redraws the weight matrices with std 1: at their init scale the random tiny model gives
@@ -70,7 +70,7 @@ def save_tiny_model(folder, size=None, spread_weights=False):
     from image_processing_ita import ITAImageProcessor
     from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = ITAForOpenVocabSegmentation(tiny_config())
     if spread_weights:
         with torch.no_grad():

@@ -70,3 +70,11 @@ def test_vision_tower_must_be_convnext():
     clip["vision_cfg"] = dict(clip["vision_cfg"], timm_model_name="vit_base_patch16_224")
     with pytest.raises(ValueError, match="ConvNeXt"):
         tiny_config(clip_config=clip)
+
+
+def test_generic_transformers_names_read_and_write_the_ita_fields():
+    config = ITAConfig(hidden_dim=64, pixel_decoder_dim=64, mask_dim=64, decoder_layers=5, decoder_attention_heads=4)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (64, 5, 4)
+    config.num_hidden_layers = 7
+    assert config.decoder_layers == 7
+    assert ITAConfig(num_attention_heads=2).decoder_attention_heads == 2

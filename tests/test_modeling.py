@@ -84,7 +84,7 @@ def test_return_dict_false_gives_the_same_tensors(config):
 
 
 def test_full_size_parameter_counts_match_the_original():
-    # SPEC 7: trainable ITA 18,514,369 / FC-CLIP 20,721,601; frozen CLIP 351,772,609.
+    # The original's counts: trainable ITA 18,514,369 / FC-CLIP 20,721,601; frozen CLIP 351,772,609.
     for config, trainable in ((ITAConfig(), 18_514_369), (ITAConfig.fcclip(), 20_721_601)):
         with torch.device("meta"):
             model = ITAForOpenVocabSegmentation(config)
@@ -245,3 +245,39 @@ def test_geometric_ensemble_matches_the_probability_formula():
     # Extreme logits: the probability form underflows to log(0) * 0 = NaN, the log-space form does not.
     extreme = torch.tensor([[[200.0, -200.0, 0.0, 0.0]]])
     assert torch.isfinite(geometric_ensemble(extreme, extreme, overlap, 0.4, 0.8)).all()
+
+
+def test_unknown_forward_arguments_are_refused_with_the_closest_name(config):
+    model = make_model(config)
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with pytest.raises(TypeError, match=r"'class_name' \(did you mean 'class_names'\?\)"):
+        model(pixel_values, class_name=["cat", "dog"])
+    with pytest.raises(TypeError, match="'frobnicate'"):
+        model(pixel_values, frobnicate=True)
+    assert model.accepts_loss_kwargs is False  # the Trainer passes no num_items_in_batch
+
+
+def test_weights_missing_from_a_checkpoint_are_initialised_not_garbage(config, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = make_model(config)
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    dropped = [key for key in state if key.startswith("backbone.clip_model.")][::2]  # half the CLIP tensors
+    dropped += ["decoder.query_feat.weight"]
+    save_file({k: v for k, v in state.items() if k not in dropped}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    # Fill the allocator with NaN so that uninitialised memory would show.
+    garbage = [torch.full((1 << 20,), float("nan")) for _ in range(8)]
+    del garbage
+    reloaded, info = ITAForOpenVocabSegmentation.from_pretrained(tmp_path, output_loading_info=True)
+    assert sorted(info["missing_keys"]) == sorted(dropped)
+    loaded = reloaded.state_dict()
+    for key, value in loaded.items():
+        assert torch.isfinite(value.float()).all(), key
+        if key in state and key not in dropped:
+            assert torch.equal(value, state[key]), key  # loaded tensors are left alone
+    for key in dropped:
+        if state[key].numel() > 1 and not key.endswith("bias") and "norm" not in key and "ln_" not in key:
+            assert not torch.equal(loaded[key], torch.zeros_like(loaded[key])), key  # drawn, not zeroed
+    tokens = reloaded.backbone.tokenize(["a photo of a cat."])
+    assert torch.isfinite(reloaded.backbone.clip_model.encode_text(tokens)).all()

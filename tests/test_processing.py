@@ -120,3 +120,30 @@ def test_save_and_load_round_trip(tmp_path):
         reloaded(images=image, text=VOCABULARY, return_tensors="pt")["pixel_values"],
         processor(images=image, text=VOCABULARY, return_tensors="pt")["pixel_values"],
     )
+
+
+def test_kwargs_merge_the_transformers_way(tmp_path):
+    saved = ITAProcessor(image_processor=ITAImageProcessor(size=SMALL_SIZE, dominant_category_image_size=16))
+    saved.save_pretrained(tmp_path)
+    processor = ITAProcessor.from_pretrained(tmp_path)
+    image = random_image(40, 60)
+    # Saved settings are the defaults ...
+    assert processor(images=image, return_tensors="pt")["pixel_values"].shape[-2:] == (64, 96)
+    # ... under the call's values, flat or per modality, with `text_kwargs` and `common_kwargs` accepted.
+    bigger = {"shortest_edge": 96, "longest_edge": 160}
+    nested = processor(images=image, text=VOCABULARY, images_kwargs={"size": bigger}, text_kwargs={},
+                       common_kwargs={"return_tensors": "pt"})
+    flat = processor(images=image, text=VOCABULARY, size=bigger, return_tensors="pt")
+    assert nested["pixel_values"].shape[-2:] == (96, 160)
+    assert torch.equal(nested["pixel_values"], flat["pixel_values"])
+    assert nested["class_names"] == VOCABULARY and isinstance(nested["class_names"], list)  # never a tensor
+    with pytest.raises(ValueError, match="passed two times"):
+        processor(images=image, size=bigger, images_kwargs={"size": bigger})
+
+
+def test_kwargs_nobody_reads_are_refused_by_name(processor):
+    image = random_image(40, 60)
+    with pytest.raises(TypeError, match=r"'sizes' \(did you mean 'size'\?\)"):
+        processor(images=image, sizes={"shortest_edge": 32})
+    with pytest.raises(TypeError, match="padding"):
+        processor(images=image, text=VOCABULARY, text_kwargs={"padding": "max_length"})

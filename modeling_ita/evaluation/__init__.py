@@ -1,4 +1,4 @@
-"""Evaluation: the benchmarks of SPEC section 8, their class lists, and the mIoU metric.
+"""Evaluation: the open-vocabulary benchmarks (A-150, A-847, PC-59, PC-459, PAS-20, PAS-21), their class lists, and the mIoU metric.
 
 - `metric.py`: `SegmentationConfusionMatrix`, the streaming confusion-matrix accumulator (detectron2's
   `SemSegEvaluator` protocol) that the evaluation script uses, and `segmentation_scores`.

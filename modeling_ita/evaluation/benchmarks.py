@@ -1,6 +1,6 @@
 """The six open-vocabulary semantic segmentation benchmarks, their class lists and their data on disk.
 
-Each benchmark records what the FC-CLIP protocol fixes about it (SPEC section 8): the class names with
+Each benchmark records what the FC-CLIP protocol fixes about it: the class names with
 FC-CLIP's hand-made synonyms (`vocabularies/NAME.txt`), the ignore index, and the folders in which
 detectron2/FC-CLIP's preparation scripts leave the validation split under `$DETECTRON2_DATASETS`:
 
@@ -144,7 +144,7 @@ class BenchmarkLayout:
 
 @dataclass(frozen=True)
 class SegmentationBenchmark:
-    """One benchmark of SPEC section 8.
+    """One open-vocabulary benchmark.
 
     Attributes:
         name: registry key (`"ade150"`).

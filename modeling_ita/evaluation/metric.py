@@ -1,6 +1,6 @@
 """Semantic segmentation scores from one confusion matrix over a whole split.
 
-The protocol is detectron2's `SemSegEvaluator`, the one behind FC-CLIP's published numbers (SPEC section 8):
+The protocol is detectron2's `SemSegEvaluator`, the one behind FC-CLIP's published numbers:
 pixels whose reference is the ignore index are dropped, every other pixel adds one count to a
 `[num_labels, num_labels]` int64 matrix (rows: reference class, columns: predicted class), and the scores
 are read off the matrix once the split is done:

@@ -1,6 +1,6 @@
 """Run a model over benchmark splits and write its scores: the logic behind `scripts/evaluate.py`.
 
-The protocol is the one behind FC-CLIP's published numbers (SPEC sections 6 and 8):
+The protocol is the one behind FC-CLIP's published numbers:
 
 - one scale, no flip, no sliding window, at the processor's resolution (published: shortest side 800,
   longest at most 1333, padded to a multiple of 32);
@@ -55,8 +55,8 @@ __all__ = [
     "evaluate_benchmarks",
 ]
 
-# mIoU (percent) of FC-CLIP ConvNeXt-L with its released COCO weights on the full validation splits (SPEC
-# section 9, from the FC-CLIP paper). A reference for readers of results.md, never a score of the evaluated model.
+# mIoU (percent) of FC-CLIP ConvNeXt-L with its released COCO weights on the full validation splits, from the
+# FC-CLIP paper. A reference for readers of results.md, never a score of the evaluated model.
 PUBLISHED_FC_CLIP_MIOU = {"ade847": 14.8, "pc459": 18.2, "ade150": 34.1, "pc59": 58.4, "pas20": 95.4, "pas21": 81.8}
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -478,7 +478,7 @@ def write_results_table(output_dir):
     lines += [
         "",
         "The last column is not a result of this evaluation: it is the mIoU published for FC-CLIP ConvNeXt-L with "
-        "its released COCO weights on the full validation split (FC-CLIP paper; SPEC section 9), for reference "
+        "its released COCO weights on the full validation split (FC-CLIP paper), for reference "
         "only. ITA's own paper numbers are not available to us. Scores on a subset of a split (\"N of M\" images) "
         "are not comparable with it.",
         "",

@@ -1,6 +1,6 @@
 """Training ITA and FC-CLIP with the `transformers` Trainer: arguments, optimiser, schedule, metrics.
 
-The recipe is FC-CLIP's (Mask2Former's `train_net.py` and COCO panoptic base config; SPEC section 7):
+The recipe is FC-CLIP's (Mask2Former's `train_net.py` and COCO panoptic base config):
 
 - AdamW, lr 1e-4, weight decay 0.05, except no weight decay on the parameters of normalisation layers and of
   embedding layers (`build_optimizer`'s `WEIGHT_DECAY_NORM` and `WEIGHT_DECAY_EMBED` are 0): here the
