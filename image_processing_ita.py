@@ -16,7 +16,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as tvF
 from transformers.image_processing_backends import TorchvisionBackend
@@ -50,9 +49,6 @@ ITA_PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
 # open_clip's eval transform normalises its 0..1 views with OpenAI CLIP's constants (the ones above / 255).
 CLIP_VIEW_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_VIEW_STD = (0.26862954, 0.26130258, 0.27577711)
-
-# The mask logits live on the stride-4 grid of the padded input (the pixel decoder's `mask_features`).
-MASK_STRIDE = 4
 
 _SIXTEEN_BIT_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -229,11 +225,14 @@ class ITAImageProcessor(TorchvisionBackend):
     num_labels = None
     dominant_category_image_size = 320
 
-    # Post-processing works in bands of output rows whose intermediates (the Q masks on the band's rows, the K
-    # class scores) hold at most about this many float32 values: a few such blocks (16 MiB each) plus the
-    # output maps, whatever the batch, image or vocabulary size. Blocks of this size stay in the CPU's caches;
-    # much larger ones make it slower (measured in benchmarks/README.md).
+    # Post-processing works in bands of rows whose intermediates (the masks on the band's rows, the class scores)
+    # hold at most about this many float32 values, whatever the batch, image or vocabulary size: blocks that stay
+    # in the CPU's caches (the block size is measured in benchmarks/README.md).
     post_process_chunk_elements = 2**22
+    # Stride of the mask logits' grid over the padded input: the pixel decoder's mask features are at stride 4.
+    # The model's outputs do not carry the padded input size (a batch may be padded beyond its images' frames,
+    # e.g. to a fixed crop size), so the stride cannot be read from them reliably.
+    mask_stride = 4
 
     def __init__(self, **kwargs: Unpack[ITAImageProcessorKwargs]):
         super().__init__(**kwargs)
@@ -611,26 +610,24 @@ class ITAImageProcessor(TorchvisionBackend):
     def post_process_semantic_segmentation(
         self,
         outputs,
-        target_sizes=None,
-        return_scores=False,
-        sem_seg_postprocess_before_inference=False,
-    ):
+        target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
+        return_scores: bool = False,
+        sem_seg_postprocess_before_inference: bool = False,
+    ) -> list[torch.Tensor] | list[dict]:
         """Semantic label maps from the model's outputs, as FC-CLIP's `semantic_inference` computes them.
 
         Per image: mask logits are upsampled bilinearly (align_corners=False) from the stride-4 grid to the
         padded input, passed through a sigmoid and combined with the class probabilities (softmax over the
         K + 1 columns, void dropped): `score[c] = sum_q p[q, c] * mask[q]`; the padding is cropped
-        (`image_sizes`), the scores are resized bilinearly to the target size and the label is the argmax.
+        (`image_sizes`), the scores are resized bilinearly to the target size and the label is the arg-max (the
+        first of tied classes).
 
-        Each image is computed in its own padded frame (its size rounded up to `size_divisor`) — the frame it
-        has when run alone, as the original evaluates (one image per forward) — and never reads the mask
-        logits beyond it. Upsampling the whole batch frame instead would let the padding's logits leak into
-        the last image rows/columns through bilinear interpolation whenever the image ends within 2 pixels
-        of its own frame (e.g. 800 rows, a multiple of 32). So, for the same logits on its own frame, an image
-        gets exactly the same map alone or batched with larger images. Memory does not grow with the batch:
-        images are processed one at a time, in bands of output rows of at most about
-        `post_process_chunk_elements` values per intermediate; the bilinear resizes are computed with
-        PyTorch's weights, so the scores equal the formula's up to float rounding (a few 1e-6).
+        Each image is computed in its own padded frame (its size rounded up to `size_divisor`), the frame it has
+        when run alone, as the original evaluates, and never reads the mask logits beyond it: upsampling the whole
+        batch frame would let the padding's logits leak into the last rows/columns of a smaller image. Images are
+        processed one at a time, in bands of rows of about `post_process_chunk_elements` values per intermediate,
+        so memory does not grow with the batch, the vocabulary or the target size beyond the returned maps.
+        Labels and scores equal the formula's up to float rounding.
 
         Args:
             outputs ([`ITAOpenVocabSegmentationOutput`] or mapping):
@@ -652,6 +649,8 @@ class ITAImageProcessor(TorchvisionBackend):
             `list[torch.LongTensor]` of `[H, W]` label maps, or with `return_scores` a list of dicts with
             `segmentation` (`[H, W]` long) and `scores` (`[H, W]` float32).
         """
+        from modeling_ita.kernels import semantic_map  # not at the top: modeling_ita imports this module
+
         class_logits = _class_scores_field(outputs)
         mask_logits = _output_field(outputs, "masks_queries_logits")
         image_sizes = _output_field(outputs, "image_sizes")
@@ -679,133 +678,41 @@ class ITAImageProcessor(TorchvisionBackend):
             target_sizes = [tuple(int(v) for v in size) for size in target_sizes]
             if len(target_sizes) != batch:
                 raise ValueError(f"Got {len(target_sizes)} target_sizes for a batch of {batch}")
-        if self.size_divisor % MASK_STRIDE:
+        if self.size_divisor % self.mask_stride:
             raise ValueError(
-                f"size_divisor={self.size_divisor} must be a multiple of the mask stride {MASK_STRIDE} to locate each "
-                "image's own frame on the mask grid"
+                f"size_divisor={self.size_divisor} must be a multiple of the mask stride {self.mask_stride} to locate "
+                "each image's own frame on the mask grid"
             )
 
         results = []
         for index in range(batch):
-            labels, scores = self._semantic_map(
-                class_logits[index],
-                mask_logits[index],
-                image_sizes[index],
-                target_sizes[index],
-                sem_seg_postprocess_before_inference,
-                index,
+            arguments = self._semantic_inputs(
+                class_logits[index], mask_logits[index], image_sizes[index], target_sizes[index], index
+            )
+            labels, scores = semantic_map(
+                *arguments, masks_first=sem_seg_postprocess_before_inference, winning_scores=return_scores,
+                chunk_elements=self.post_process_chunk_elements,
             )
             results.append({"segmentation": labels, "scores": scores} if return_scores else labels)
         return results
 
-    def _semantic_map(self, class_logits, mask_logits, image_size, target_size, masks_first, index):
-        """Label map and winning score `[H_t, W_t]` of one image; `class_logits` `[Q, K+1]`, `mask_logits`
-        `[Q, h, w]`."""
+    def _semantic_inputs(self, class_logits, mask_logits, image_size, target_size, index):
+        """One image's arguments of the semantic kernels: class probabilities `[Q, K]`, the mask grid of its own
+        padded frame `[Q, h, w]`, its size, the frame's size and the target size."""
         height, width = image_size
-        target_height, target_width = target_size
-        if min(height, width, target_height, target_width) < 1:
+        if min(height, width, *target_size) < 1:
             raise ValueError(f"Image {index}: image size {image_size} and target size {target_size} must be positive")
-        frame_height = math.ceil(height / self.size_divisor) * self.size_divisor
-        frame_width = math.ceil(width / self.size_divisor) * self.size_divisor
-        grid_height, grid_width = frame_height // MASK_STRIDE, frame_width // MASK_STRIDE
+        frame_height, frame_width = padded_size(height, width, self.size_divisor)
+        grid_height, grid_width = frame_height // self.mask_stride, frame_width // self.mask_stride
         if grid_height > mask_logits.shape[-2] or grid_width > mask_logits.shape[-1]:
             raise ValueError(
                 f"Image {index} of size {image_size} needs a {grid_height}x{grid_width} mask grid (stride "
-                f"{MASK_STRIDE} of its {frame_height}x{frame_width} padded frame) but masks_queries_logits is "
+                f"{self.mask_stride} of its {frame_height}x{frame_width} padded frame) but masks_queries_logits is "
                 f"{mask_logits.shape[-2]}x{mask_logits.shape[-1]}"
             )
         class_probs = class_logits.float().softmax(dim=-1)[:, :-1]  # [Q, K]
-        mask_logits = mask_logits.float()
-        num_queries, num_classes = class_probs.shape
-        device = mask_logits.device
-        resize = (target_height, target_width) != (height, width)
-
-        # Bilinear resizing (align_corners=False) is separable: each output row mixes two input rows with
-        # PyTorch's weights. The label map is computed in bands of target rows; a band needs a few rows of
-        # the padded frame, which need a few rows of the mask grid. So the Q upsampled masks never exist at
-        # full size, each frame row is computed once (twice at a band edge), and no mask is recomputed per
-        # class chunk. The band's tensors are laid out rows first, [rows, Q, columns]: resizing the rows is
-        # then one matrix product and resizing the columns one F.interpolate (rows kept as they are).
-        # Taps stay on the CPU (band bounds are read from them without a device sync); each band's small
-        # interpolation matrix goes to the masks' device.
-        up_rows = _bilinear_taps(grid_height, frame_height)  # grid rows -> frame rows
-        down_rows = _bilinear_taps(height, target_height) if resize else None  # frame rows -> target rows
-        grid = mask_logits[:, :grid_height, :grid_width].transpose(0, 1)  # [grid rows, Q, grid columns], a view
-
-        def frame_rows(first, last):  # frame rows first..last: [n, Q, frame_width] (padding columns included)
-            grid_first, grid_last = int(up_rows[0][first]), int(up_rows[1][last])
-            rows = grid[grid_first : grid_last + 1]  # [n, Q, grid columns]
-            rows = _resize_columns(rows, frame_width)
-            return _lerp_rows(rows, up_rows, first, last + 1, grid_first)
-
-        # Rows per band: the largest intermediate, [frame rows of the band, Q, frame width] or the class
-        # scores [band rows, target width, K], stays within `post_process_chunk_elements` (at least one row).
-        per_row = max(num_queries * frame_width * height / target_height, (num_classes + num_queries) * target_width)
-        band = max(1, min(target_height, int(self.post_process_chunk_elements // per_row) - 2))
-        labels = torch.empty((target_height, target_width), dtype=torch.long, device=device)
-        best = torch.empty((target_height, target_width), dtype=torch.float32, device=device)
-        for top in range(0, target_height, band):
-            bottom = min(top + band, target_height)
-            if resize:
-                first, last = int(down_rows[0][top]), int(down_rows[1][bottom - 1])
-                masks = frame_rows(first, last)  # [n, Q, frame width]
-                if not masks_first:
-                    masks.sigmoid_()
-                masks = _lerp_rows(masks, down_rows, top, bottom, first)[:, :, :width]  # [rows, Q, width]
-                if width != target_width:
-                    masks = _resize_columns(masks, target_width)
-                if masks_first:
-                    masks.sigmoid_()
-            else:
-                masks = frame_rows(top, bottom - 1)[:, :, :width].sigmoid_()
-            # Summing the Q masks per class before or after the resize (both linear) gives the original's
-            # scores up to float rounding; after it, at the target's resolution, is cheaper.
-            scores = torch.matmul(masks.transpose(1, 2), class_probs)  # [rows, target width, K]
-            # max returns the first of tied classes, as argmax does.
-            best[top:bottom], labels[top:bottom] = scores.max(dim=-1)
-        return labels, best
-
-
-def _bilinear_taps(input_size, output_size):
-    """The two input rows and weights of each output row of a bilinear resize (align_corners=False, no
-    antialiasing) as PyTorch's CPU kernel computes them: `(lower [out], upper [out], lower weight [out],
-    upper weight [out])`, CPU tensors.
-
-    The kernel's source coordinate `scale * (i + 0.5) - 0.5` (float32 scale) is rounded once, as a fused
-    multiply-add does; evaluating it exactly in float64 and rounding to float32 reproduces that (rounding
-    twice in float32 moves the weights by up to 2e-5 at a thousand rows).
-    """
-    scale = float(torch.tensor(input_size / output_size, dtype=torch.float32))
-    source = ((torch.arange(output_size, dtype=torch.float64) + 0.5) * scale - 0.5).float().clamp(min=0)
-    lower = source.long().clamp(max=input_size - 1)
-    upper = (lower + 1).clamp(max=input_size - 1)
-    upper_weight = (source - lower).clamp(0, 1)
-    lower_weight = 1 - upper_weight
-    return lower, upper, lower_weight, upper_weight
-
-
-def _resize_columns(maps, width):
-    """`[n, Q, W]` -> `[n, Q, width]`, the last axis resized like the columns of a bilinear resize
-    (align_corners=False): a 1-D linear resize, half the work of a 2-D one that keeps the rows."""
-    rows, queries, _ = maps.shape
-    resized = F.interpolate(maps.reshape(1, rows * queries, -1), size=width, mode="linear", align_corners=False)
-    return resized.view(rows, queries, width)
-
-
-def _lerp_rows(maps, taps, start, stop, offset):
-    """Rows `start:stop` of the bilinear row resize described by `taps`, from `maps` [n, ...] (contiguous)
-    holding the input rows `offset:offset + n`: `[stop - start, ...]`.
-
-    Written as one product with the band's `[stop - start, n]` interpolation matrix (two weights per row,
-    zeros elsewhere): a single pass over the output, where gathering the two rows and mixing them takes five.
-    """
-    lower, upper, lower_weight, upper_weight = (tap[start:stop] for tap in taps)
-    rows = torch.arange(stop - start)
-    matrix = torch.zeros((stop - start, maps.shape[0]))
-    matrix.index_put_((rows, lower - offset), lower_weight, accumulate=True)
-    matrix.index_put_((rows, upper - offset), upper_weight, accumulate=True)
-    matrix = matrix.to(device=maps.device, dtype=maps.dtype)
-    return (matrix @ maps.reshape(maps.shape[0], -1)).view(stop - start, *maps.shape[1:])
+        grid = mask_logits[:, :grid_height, :grid_width]
+        return class_probs, grid, image_size, (frame_height, frame_width), target_size
 
 
 def _class_scores_field(outputs):

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from measure import alternate, machine_description, set_threads
 
 from configuration_ita import ITAConfig
-from modeling_ita import pixel_decoder as pixel_decoder_module
-from modeling_ita.pixel_decoder import ITAPixelDecoder, multi_scale_deformable_attention
+from modeling_ita import kernels
+from modeling_ita.kernels import multi_scale_deformable_attention
+from modeling_ita.pixel_decoder import ITAPixelDecoder
 
 CONVNEXT_L_CHANNELS = (192, 384, 768, 1536)
 STRIDES = (4, 8, 16, 32)
@@ -108,7 +109,7 @@ def main(argv=None):
     print(f"\nwhole pixel decoder ({config.pixel_decoder_encoder_layers} encoder layers + FPN), input {height}x{width} "
           f"(median s):")
     print(f"  encoder layers on all tokens at once {whole['all tokens at once']:.2f}  in chunks of "
-          f"{pixel_decoder_module.ENCODER_TOKEN_CHUNK} tokens (current) {whole['token chunks']:.2f}")
+          f"{kernels.ENCODER_TOKEN_CHUNK} tokens (current) {whole['token chunks']:.2f}")
     print(f"  RATIO {whole['all tokens at once'] / whole['token chunks']:.2f}  max abs diff of outputs {diff:.2e}")
 
 

@@ -9,12 +9,18 @@ Tensors are batch-first (`[B, Q, C]`); the original keeps them sequence-first, w
 numbers. Module names follow the original predictor so that its weights convert by renaming alone.
 """
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .layers import ITAMLP, ITASinePositionEmbedding, classification_logits, mask_pool
+from configuration_ita import ITAConfig
+
+from .kernels import mask_pool, resize_to_levels
+from .layers import ITAMLP, ITASinePositionEmbedding, classification_logits
+from .vocabulary import ITAVocabulary
 
 __all__ = [
     "ITAMaskedCrossAttention",
@@ -42,7 +48,7 @@ class _ITAPostNormAttention(nn.Module):
     """Multi-head attention with a residual connection and post-norm: the shared part of both attention
     sub-layers (`attention`, `norm`, dropout; Xavier-initialised matrices)."""
 
-    def __init__(self, config):
+    def __init__(self, config: ITAConfig):
         super().__init__()
         self.attention = nn.MultiheadAttention(
             config.hidden_dim, config.decoder_attention_heads, dropout=config.decoder_dropout, batch_first=True
@@ -59,13 +65,14 @@ class ITAMaskedCrossAttention(_ITAPostNormAttention):
     """Queries attend to one flattened feature level, blocked where the previous mask says so; post-norm.
 
     The projections are those of `self.attention` (an `nn.MultiheadAttention`, whose parameter names the
-    original's state dict uses); the attention itself runs through `F.scaled_dot_product_attention` with a
-    mask shared by the heads. `nn.MultiheadAttention` would need the mask repeated per head and turns it
-    into a float tensor of that size on every call (`[B * heads, Q, h * w]`, 22 M elements per layer at
-    stride 8 of an 800x1088 input); the arithmetic is the same.
+    original's state dict uses); the attention itself runs through `F.scaled_dot_product_attention` with one
+    mask shared by the heads, where `nn.MultiheadAttention` would repeat it per head as a float tensor on every
+    call. The arithmetic is the same.
     """
 
-    def forward(self, queries, memory, attention_mask, memory_with_pos, query_pos):
+    def forward(
+        self, queries: Tensor, memory: Tensor, attention_mask: Tensor | None, memory_with_pos: Tensor, query_pos: Tensor
+    ) -> Tensor:
         """`queries`/`query_pos` [B, Q, C]; `memory` [B, HW, C], the values' input, and `memory_with_pos`, the
         memory plus its position embedding (the keys' input, computed once for the layers of a level);
         `attention_mask` bool [B, 1, Q, HW] with True = blocked, or None."""
@@ -97,7 +104,7 @@ class ITAMaskedCrossAttention(_ITAPostNormAttention):
 class ITAQuerySelfAttention(_ITAPostNormAttention):
     """Self-attention among the queries (FC-CLIP only; ITA removes it); post-norm."""
 
-    def forward(self, queries, query_pos):
+    def forward(self, queries: Tensor, query_pos: Tensor) -> Tensor:
         queries_with_pos = queries + query_pos
         attended, _ = self.attention(query=queries_with_pos, key=queries_with_pos, value=queries, need_weights=False)
         return self.norm(queries + self.dropout(attended))
@@ -106,7 +113,7 @@ class ITAQuerySelfAttention(_ITAPostNormAttention):
 class ITADecoderFeedForward(nn.Module):
     """Linear -> ReLU -> linear, residual, post-norm."""
 
-    def __init__(self, config):
+    def __init__(self, config: ITAConfig):
         super().__init__()
         self.linear1 = nn.Linear(config.hidden_dim, config.decoder_ffn_dim)
         self.linear2 = nn.Linear(config.decoder_ffn_dim, config.hidden_dim)
@@ -117,7 +124,7 @@ class ITADecoderFeedForward(nn.Module):
     def _reset_parameters(self):
         _xavier_uniform_matrices(self)
 
-    def forward(self, queries):
+    def forward(self, queries: Tensor) -> Tensor:
         hidden = self.linear2(self.dropout(F.relu(self.linear1(queries))))
         return self.norm(queries + self.dropout(hidden))
 
@@ -128,13 +135,15 @@ class ITAAggregationDecoderLayer(GradientCheckpointingLayer):
     Call it with positional tensors: under gradient checkpointing they are what gets replayed.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: ITAConfig):
         super().__init__()
         self.cross_attention = ITAMaskedCrossAttention(config)
         self.self_attention = ITAQuerySelfAttention(config) if config.decoder_self_attention else None
         self.ffn = ITADecoderFeedForward(config)
 
-    def forward(self, queries, memory, attention_mask, memory_with_pos, query_pos):
+    def forward(
+        self, queries: Tensor, memory: Tensor, attention_mask: Tensor | None, memory_with_pos: Tensor, query_pos: Tensor
+    ) -> Tensor:
         queries = self.cross_attention(queries, memory, attention_mask, memory_with_pos, query_pos)
         if self.self_attention is not None:
             queries = self.self_attention(queries, query_pos)
@@ -142,7 +151,7 @@ class ITAAggregationDecoderLayer(GradientCheckpointingLayer):
 
 
 @torch.no_grad()
-def masked_attention_mask(mask_logits, size=None):
+def masked_attention_mask(mask_logits: Tensor, size: Sequence[int] | None = None) -> Tensor:
     """Cross-attention mask for the next layer from the current mask predictions.
 
     Args:
@@ -162,29 +171,6 @@ def masked_attention_mask(mask_logits, size=None):
     return blocked.unsqueeze(1)
 
 
-def _resize_to_levels(features, sizes):
-    """`features` [B, C, H, W] resized bilinearly (align_corners=False) to each of `sizes`.
-
-    PyTorch's CPU kernel converts a channels-first input to channels-last on every call that shrinks it more
-    than twofold (a copy of the whole input); converting once for all such sizes gives the same maps (tested)
-    for one copy instead of one per level.
-    """
-    height, width = features.shape[-2:]
-    channels_last = None
-    resized = []
-    for size in sizes:
-        if tuple(size) == (height, width):
-            resized.append(features)
-            continue
-        source = features
-        if 2 * size[0] < height or 2 * size[1] < width:
-            if channels_last is None:
-                channels_last = features.contiguous(memory_format=torch.channels_last)
-            source = channels_last
-        resized.append(F.interpolate(source, size=tuple(size), mode="bilinear", align_corners=False))
-    return resized
-
-
 class ITAAggregationDecoder(nn.Module):
     """Multi-scale masked-attention decoder with FC-CLIP's mask-pooled text classification head.
 
@@ -193,7 +179,7 @@ class ITAAggregationDecoder(nn.Module):
     `logit_scale`.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: ITAConfig):
         super().__init__()
         self.config = config
         self.num_heads = config.decoder_attention_heads
@@ -219,31 +205,33 @@ class ITAAggregationDecoder(nn.Module):
     def _reset_parameters(self):
         nn.init.constant_(self.logit_scale, self.config.logit_scale_init)
 
-    def _mask_logits(self, normed_queries, mask_features):
-        """Mask logits [B, Q, h, w] of the normalised queries [B, Q, C] on `mask_features` [B, mask_dim, h, w]."""
+    def _mask_logits(self, normed_queries: Tensor, mask_features: Tensor) -> Tensor:
+        """Mask logits `[B, Q, h, w]` of the normalised queries `[B, Q, C]` on `mask_features` `[B, mask_dim, h, w]`."""
         return torch.einsum("bqc,bchw->bqhw", self.mask_embed(normed_queries), mask_features)
 
-    def predict(self, queries, mask_features, classifier, synonym_to_class, num_classes):
-        """Class and mask logits of the current queries [B, Q, C] -> ([B, Q, K + 1], [B, Q, H/4, W/4])."""
+    def predict(
+        self, queries: Tensor, mask_features: Tensor, classifier: Tensor, vocabulary: ITAVocabulary
+    ) -> tuple[Tensor, Tensor]:
+        """Class and mask logits of the current queries `[B, Q, C]` -> (`[B, Q, K + 1]`, `[B, Q, H/4, W/4]`)."""
         queries = self.decoder_norm(queries)
         mask_logits = self._mask_logits(queries, mask_features)  # [B, Q, H/4, W/4]
         pooled = self.mask_pooling_proj(mask_pool(mask_features, mask_logits))  # [B, Q, C]
         logit_scale = self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
         class_logits = classification_logits(
-            self.class_embed(pooled + queries), classifier, logit_scale, synonym_to_class, num_classes
+            self.class_embed(pooled + queries), classifier, logit_scale, vocabulary.synonym_to_class,
+            vocabulary.num_classes,
         )  # [B, Q, K + 1]
         return class_logits, mask_logits
 
     def forward(
         self,
-        multi_scale_features,
-        mask_features,
-        text_queries,
-        classifier,
-        synonym_to_class,
-        num_classes,
-        output_intermediate_predictions=True,
-    ):
+        multi_scale_features: Sequence[Tensor],
+        mask_features: Tensor,
+        text_queries: Tensor | None,
+        classifier: Tensor,
+        vocabulary: ITAVocabulary,
+        output_intermediate_predictions: bool = True,
+    ) -> list[tuple[Tensor, Tensor]]:
         """
         Args:
             multi_scale_features: `num_feature_levels` maps `[B, hidden_dim, h_l, w_l]`, strides 32, 16, 8.
@@ -251,14 +239,10 @@ class ITAAggregationDecoder(nn.Module):
             text_queries: `[B, num_dominant_categories, hidden_dim]` dominant-category text queries, or
                 None when `num_dominant_categories` is 0.
             classifier: `[S + 1, clip_embed_dim]` L2-normalised synonym embeddings, void last.
-            synonym_to_class: `[S]` long, the class of each synonym.
-            num_classes: K.
+            vocabulary: the encoded vocabulary (`synonym_to_class`, `num_classes`) behind `classifier`.
             output_intermediate_predictions: return the prediction of the initial queries and of every layer
-                (deep supervision, auxiliary logits). False returns only the last one and computes, between
-                layers, only what the next layer's attention mask needs: the mask logits at that layer's
-                feature level. Bilinear resizing is linear, so resizing the mask features before the product
-                with the mask embeddings instead of the stride-4 logits after it gives the same logits up to
-                float rounding, for 4 to 64 times fewer products, and the class head is skipped.
+                (deep supervision, auxiliary logits). False returns only the last one, and between layers
+                computes only what the next layer's attention mask needs (see the loop).
 
         Returns:
             A list of tuples `(class_logits [B, Q, K + 1], mask_logits [B, Q, H/4, W/4])`: `decoder_layers + 1`
@@ -294,20 +278,22 @@ class ITAAggregationDecoder(nn.Module):
         query_pos = self.query_embed.weight.unsqueeze(0).expand(batch_size, -1, -1)  # [B, Q, C]
 
         if not output_intermediate_predictions:
+            # Only the attention masks are needed between layers. Resizing is linear, so the mask logits at a
+            # level are the mask embeddings times the mask features resized to it (up to float rounding):
+            # no stride-4 logits and no class head for the intermediate queries.
             with torch.no_grad():
-                level_mask_features = _resize_to_levels(mask_features, level_sizes)
-            for i, layer in enumerate(self.layers):
-                level = i % self.num_feature_levels
+                level_mask_features = resize_to_levels(mask_features, level_sizes)
+
+        predictions = []
+        for i, layer in enumerate(self.layers):
+            level = i % self.num_feature_levels
+            if output_intermediate_predictions:
+                predictions.append(self.predict(queries, mask_features, classifier, vocabulary))
+                attention_mask = masked_attention_mask(predictions[-1][1], level_sizes[level])
+            else:
                 attention_mask = masked_attention_mask(
                     self._mask_logits(self.decoder_norm(queries), level_mask_features[level])
                 )
-                queries = layer(queries, memories[level], attention_mask, memories_with_pos[level], query_pos)
-            return [self.predict(queries, mask_features, classifier, synonym_to_class, num_classes)]
-
-        predictions = [self.predict(queries, mask_features, classifier, synonym_to_class, num_classes)]
-        for i, layer in enumerate(self.layers):
-            level = i % self.num_feature_levels
-            attention_mask = masked_attention_mask(predictions[-1][1], level_sizes[level])
             queries = layer(queries, memories[level], attention_mask, memories_with_pos[level], query_pos)
-            predictions.append(self.predict(queries, mask_features, classifier, synonym_to_class, num_classes))
+        predictions.append(self.predict(queries, mask_features, classifier, vocabulary))
         return predictions

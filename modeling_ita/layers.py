@@ -1,10 +1,13 @@
-"""Small parts shared by the pixel decoder, the aggregation decoder and the classifiers."""
+"""Small parts shared by the pixel decoder, the aggregation decoder and the classifiers (`mask_pool` is a kernel,
+re-exported here)."""
 
 import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+
+from .kernels import mask_pool
 
 __all__ = ["ITASinePositionEmbedding", "ITAMLP", "mask_pool", "classification_logits"]
 
@@ -15,13 +18,13 @@ class ITASinePositionEmbedding(nn.Module):
     Returns `[B, 2 * num_pos_feats, H, W]` in float32: y features first, then x, as in Mask2Former.
     """
 
-    def __init__(self, num_pos_feats, temperature=10000, scale=2 * math.pi):
+    def __init__(self, num_pos_feats: int, temperature: float = 10000, scale: float = 2 * math.pi):
         super().__init__()
         self.num_pos_feats = num_pos_feats
         self.temperature = temperature
         self.scale = scale
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         batch, _, height, width = x.shape
         eps = 1e-6
         # cumsum of ones = 1..H; dividing by the last value normalises to (0, 1].
@@ -44,13 +47,13 @@ class ITASinePositionEmbedding(nn.Module):
 class ITAMLP(nn.Module):
     """Linear layers with ReLU between them (Mask2Former's `MLP`); keys `layers.{i}.weight`."""
 
-    def __init__(self, input_dim, hidden_dim, output_dim, num_layers):
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
         super().__init__()
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
@@ -58,29 +61,9 @@ class ITAMLP(nn.Module):
         return x
 
 
-def mask_pool(features, mask_logits, query_chunk=32):
-    """Average `features` [B, C, H, W] inside each binarised mask (`mask_logits > 0`) -> [B, Q, C].
-
-    Masks are resized bilinearly to the feature size first; they are detached, so no gradient flows
-    through the mask into the pooling weights (as in FC-CLIP's `MaskPooling`). Queries are pooled
-    `query_chunk` at a time, so the float copy of the binarised masks stays a few MiB (a fresh
-    `[B, Q, H/4, W/4]` float tensor, 43 MiB at 800x1088, costs more to allocate than to fill).
-    """
-    with torch.no_grad():
-        if mask_logits.shape[-2:] != features.shape[-2:]:
-            mask_logits = F.interpolate(mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
-        binary = mask_logits > 0
-    pooled = []
-    for start in range(0, binary.shape[1], query_chunk):
-        mask = binary[:, start : start + query_chunk].to(features.dtype)
-        area = mask.sum(dim=(-2, -1)) + 1e-8  # [B, q]
-        # Dividing the pooled sums by the areas equals pooling with area-normalised masks, without a second
-        # full-resolution mask tensor.
-        pooled.append(torch.einsum("bchw,bqhw->bqc", features, mask) / area[..., None])
-    return torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]
-
-
-def classification_logits(embeddings, classifier, logit_scale, synonym_to_class, num_classes):
+def classification_logits(
+    embeddings: Tensor, classifier: Tensor, logit_scale: Tensor, synonym_to_class: Tensor, num_classes: int
+) -> Tensor:
     """Cosine-similarity logits against a text classifier, max over each class's synonyms.
 
     Args:

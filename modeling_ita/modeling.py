@@ -247,8 +247,8 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             mask_labels is not None and self.config.deep_supervision
         )
         predictions = self.decoder(
-            multi_scale_features, mask_features, text_queries, classifier, vocabulary.synonym_to_class,
-            vocabulary.num_classes, output_intermediate_predictions=output_intermediate,
+            multi_scale_features, mask_features, text_queries, classifier, vocabulary,
+            output_intermediate_predictions=output_intermediate,
         )
         class_queries_logits, masks_queries_logits = predictions[-1]
         auxiliary = [

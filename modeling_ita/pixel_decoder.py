@@ -6,28 +6,24 @@ without padding masks); a lateral 1x1 conv and a 3x3 conv then carry the result 
 a 1x1 conv gives the mask features.
 
 Sub-module names follow the original state dict (`sem_seg_head.pixel_decoder.*`), so converting a
-checkpoint is a prefix rename. Deformable attention is written with `F.grid_sample`: it is exact,
-differentiable and needs no compiled operator, on CPU or GPU.
+checkpoint is a prefix rename. Deformable attention is written with `F.grid_sample` (`kernels.py`): it is
+exact, differentiable and needs no compiled operator, on CPU or GPU.
 """
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from transformers import initialization as hf_init
 
+from configuration_ita import ITAConfig
+
+from .kernels import conv2d, deformable_attention, deformable_value_maps, token_chunked, tokens_to_maps
 from .layers import ITASinePositionEmbedding
 
-# Tokens per chunk of the deformable encoder layers (see `ITAPixelDecoderEncoderLayer.forward`): 1024 to 2048
-# were fastest on CPU for an 800x1088 input (17,850 tokens); the result depends on it only through float
-# rounding (matrix products over fewer rows).
-ENCODER_TOKEN_CHUNK = 2048
-
 __all__ = [
-    "multi_scale_deformable_attention",
-    "deformable_value_maps",
-    "sample_value_maps",
     "ITAMultiScaleDeformableAttention",
     "ITAPixelDecoderEncoderLayer",
     "ITAPixelDecoderEncoder",
@@ -35,67 +31,6 @@ __all__ = [
     "ITAConv2dNormActivation",
     "ITAPixelDecoder",
 ]
-
-
-def deformable_value_maps(value, spatial_shapes):
-    """The levels of `value` [B, S, heads, head_dim] (flattened row-major and concatenated) as maps
-    `[B * heads, head_dim, h, w]`, the layout `sample_value_maps` reads: built once, sampled by every chunk of
-    queries. The maps are channels-last in memory (a head's channels contiguous at each pixel): bilinear
-    sampling reads the four corners' channels from a few cache lines (on CPU, `grid_sample` 25-35% faster than
-    on channels-first maps in isolation, about 7% faster inside the pixel decoder), with the same results."""
-    batch, _, heads, head_dim = value.shape
-    shapes = [(int(height), int(width)) for height, width in spatial_shapes]
-    return [
-        level.view(batch, height, width, heads, head_dim)
-        .permute(0, 3, 1, 2, 4)
-        .reshape(batch * heads, height, width, head_dim)
-        .permute(0, 3, 1, 2)
-        for level, (height, width) in zip(value.split([height * width for height, width in shapes], dim=1), shapes)
-    ]
-
-
-def sample_value_maps(value_maps, sampling_locations, attention_weights):
-    """Weighted sum of bilinear samples of the maps from `deformable_value_maps`; arguments and result as in
-    `multi_scale_deformable_attention`."""
-    batch, num_queries, heads, num_levels, num_points, _ = sampling_locations.shape
-    head_dim = value_maps[0].shape[1]
-    dtype = value_maps[0].dtype
-    # grid_sample addresses a map with [-1, 1] corners; with align_corners=False, -1 and 1 are the outer
-    # pixel edges, the same convention as the [0, 1] locations. The queries go last: grid_sample then reads a
-    # contiguous grid and writes each point's samples as one contiguous [Lq] row per channel, so the weighted
-    # sum over points is a few contiguous multiply-adds. (On CPU, a query-major grid made grid_sample alone
-    # about twice as slow, and broadcasting the weights over [.., Lq, points] samples slower still.) Inputs
-    # already laid out query-last (the module builds them so) are not copied.
-    grids = (2 * sampling_locations - 1).to(dtype).permute(0, 2, 3, 4, 1, 5).contiguous()
-    grids = grids.view(batch * heads, num_levels, num_points, num_queries, 2)
-    weights = attention_weights.to(dtype).permute(0, 2, 3, 4, 1).contiguous()
-    weights = weights.view(batch * heads, 1, num_levels, num_points, num_queries)
-    output = value_maps[0].new_zeros(batch * heads, head_dim, num_queries)
-    for level, level_value in enumerate(value_maps):
-        samples = F.grid_sample(
-            level_value, grids[:, level], mode="bilinear", padding_mode="zeros", align_corners=False
-        )  # [B*heads, head_dim, points, Lq]
-        # Accumulating point by point keeps only one level's samples in memory and builds no product tensor.
-        for point in range(num_points):
-            output.addcmul_(samples[:, :, point], weights[:, :, level, point])
-    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
-
-
-def multi_scale_deformable_attention(value, spatial_shapes, sampling_locations, attention_weights):
-    """Weighted sum of bilinear samples taken from several feature levels.
-
-    Args:
-        value: `[B, S, heads, head_dim]`, the levels flattened row-major and concatenated.
-        spatial_shapes: `(height, width)` of each level, in the order of `value`; a list of int pairs or
-            a `[levels, 2]` tensor.
-        sampling_locations: `[B, Lq, heads, levels, points, 2]`, (x, y) in [0, 1] relative to each level
-            (0 and 1 are the outer edges of the border pixels); points outside read zeros.
-        attention_weights: `[B, Lq, heads, levels, points]`.
-
-    Returns:
-        `[B, Lq, heads * head_dim]`, the heads concatenated.
-    """
-    return sample_value_maps(deformable_value_maps(value, spatial_shapes), sampling_locations, attention_weights)
 
 
 class ITAMultiScaleDeformableAttention(nn.Module):
@@ -106,7 +41,7 @@ class ITAMultiScaleDeformableAttention(nn.Module):
     levels and points of a head.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: ITAConfig):
         super().__init__()
         self.embed_dim = config.pixel_decoder_dim
         self.num_heads = config.pixel_decoder_attention_heads
@@ -146,35 +81,26 @@ class ITAMultiScaleDeformableAttention(nn.Module):
             nn.init.xavier_uniform_(projection.weight)
             nn.init.constant_(projection.bias, 0.0)
 
-    def value_maps(self, value, spatial_shapes):
-        """Projected values [B, S, d] -> per-level maps for `attend` (see `deformable_value_maps`)."""
+    def value_maps(self, value: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> list[Tensor]:
+        """Projected values `[B, S, d]` -> per-level maps, the input of `attend`."""
         batch = value.shape[0]
         value = self.value_proj(value).view(batch, -1, self.num_heads, self.embed_dim // self.num_heads)
         return deformable_value_maps(value, spatial_shapes)
 
-    def attend(self, query, value_maps, reference_points, spatial_shapes):
-        """Attention of `query` [B, Lq, d] (any subset of the queries, with their `reference_points`
-        [B or 1, Lq, 2]) over the maps from `value_maps` -> [B, Lq, d]."""
+    def attend(
+        self, query: Tensor, value_maps: list[Tensor], reference_points: Tensor, spatial_shapes: Sequence[tuple[int, int]]
+    ) -> Tensor:
+        """Attention of `query` `[B, Lq, d]` (any subset of the queries, with their `reference_points`
+        `[B or 1, Lq, 2]`) over the maps from `value_maps` -> `[B, Lq, d]`."""
         batch, num_queries, _ = query.shape
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
-        # Offsets and weights are laid out query-last, as `sample_value_maps` reads them, before any
-        # arithmetic: the softmax then runs over a non-innermost axis of 12 with the queries contiguous
-        # (several times faster on CPU than a softmax over innermost rows of 12), and no copy follows.
-        # The values are the same, computed in the same order.
-        weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
-        weights = weights.permute(0, 2, 3, 1).contiguous().softmax(dim=2)  # [B, heads, levels * points, Lq]
-        weights = weights.view(batch, heads, levels, points, num_queries).permute(0, 4, 1, 2, 3)
-        offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
-        offsets = offsets.permute(0, 2, 3, 4, 1, 5).contiguous()  # [B, heads, levels, points, Lq, 2]
-        # Offsets are in pixels of each level: divide x by the width, y by the height.
-        level_sizes = torch.tensor(
-            [[width, height] for height, width in spatial_shapes], dtype=offsets.dtype, device=offsets.device
-        )  # [levels, 2]
-        locations = offsets.div_(level_sizes[:, None, None, :]).add_(reference_points[:, None, None, None])
-        locations = locations.permute(0, 4, 1, 2, 3, 5)  # [B, Lq, heads, levels, points, 2], a view
-        return self.output_proj(sample_value_maps(value_maps, locations, weights))
+        offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)  # in pixels
+        logits = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
+        return self.output_proj(deformable_attention(value_maps, reference_points, offsets, logits, spatial_shapes))
 
-    def forward(self, query, value, reference_points, spatial_shapes):
+    def forward(
+        self, query: Tensor, value: Tensor, reference_points: Tensor, spatial_shapes: Sequence[tuple[int, int]]
+    ) -> Tensor:
         """
         Args:
             query: `[B, Lq, d]`, the features plus their position embeddings.
@@ -191,7 +117,7 @@ class ITAMultiScaleDeformableAttention(nn.Module):
 class ITAPixelDecoderEncoderLayer(nn.Module):
     """Deformable self-attention over all levels then a ReLU feed-forward, each followed by LayerNorm."""
 
-    def __init__(self, config):
+    def __init__(self, config: ITAConfig):
         super().__init__()
         dim = config.pixel_decoder_dim
         self.self_attn = ITAMultiScaleDeformableAttention(config)
@@ -214,36 +140,36 @@ class ITAPixelDecoderEncoderLayer(nn.Module):
             nn.init.ones_(norm.weight)
             nn.init.zeros_(norm.bias)
 
-    def forward(self, hidden_states, position_embeddings, reference_points, spatial_shapes):
+    def forward(
+        self,
+        hidden_states: Tensor,
+        position_embeddings: Tensor,
+        reference_points: Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
+    ) -> Tensor:
         value_maps = self.self_attn.value_maps(hidden_states, spatial_shapes)
-        # After the value projection every token is computed on its own (its offsets, weights, samples,
-        # norms and feed-forward depend on nothing else), so the tokens go through in chunks: the chunk's
-        # intermediates (12 sample maps, the [tokens, ffn_dim] activations) stay a few MiB, inside the CPU's
-        # caches and the allocator's reused memory, instead of tens of MiB per tensor at full size.
-        output = torch.empty_like(hidden_states)
-        for start in range(0, hidden_states.shape[1], ENCODER_TOKEN_CHUNK):
-            tokens = slice(start, start + ENCODER_TOKEN_CHUNK)
-            states = hidden_states[:, tokens]
-            attended = self.self_attn.attend(
-                states + position_embeddings[:, tokens], value_maps, reference_points[:, tokens], spatial_shapes
-            )
+
+        def layer(states, positions, references):
+            attended = self.self_attn.attend(states + positions, value_maps, references, spatial_shapes)
             states = self.norm1(states + self.dropout(attended))
             ffn = self.linear2(self.dropout(F.relu(self.linear1(states), inplace=True)))
-            output[:, tokens] = self.norm2(states + self.dropout(ffn))
-        return output
+            return self.norm2(states + self.dropout(ffn))
+
+        # Once the values are projected, every token is computed on its own: the kernel runs them in chunks.
+        return token_chunked(layer, hidden_states, position_embeddings, reference_points)
 
 
 class ITAPixelDecoderEncoder(nn.Module):
     """A stack of deformable encoder layers; every query's reference point is its own pixel centre."""
 
-    def __init__(self, config):
+    def __init__(self, config: ITAConfig):
         super().__init__()
         self.layers = nn.ModuleList(
             ITAPixelDecoderEncoderLayer(config) for _ in range(config.pixel_decoder_encoder_layers)
         )
 
     @staticmethod
-    def reference_points(spatial_shapes, device):
+    def reference_points(spatial_shapes: Sequence[tuple[int, int]], device: torch.device) -> Tensor:
         """Pixel centres of every level, normalised to (0, 1) by that level's size: `[1, S, 2]` as (x, y).
 
         The original scales them by each level's valid ratio; without padding masks every ratio is 1.
@@ -256,7 +182,9 @@ class ITAPixelDecoderEncoder(nn.Module):
             points.append(torch.stack([grid_x.flatten(), grid_y.flatten()], dim=-1))  # [h*w, 2]
         return torch.cat(points, dim=0)[None]
 
-    def forward(self, hidden_states, position_embeddings, spatial_shapes):
+    def forward(
+        self, hidden_states: Tensor, position_embeddings: Tensor, spatial_shapes: Sequence[tuple[int, int]]
+    ) -> Tensor:
         reference_points = self.reference_points(spatial_shapes, hidden_states.device).to(hidden_states.dtype)
         for layer in self.layers:
             hidden_states = layer(hidden_states, position_embeddings, reference_points, spatial_shapes)
@@ -267,7 +195,7 @@ class ITAPixelDecoderTransformer(nn.Module):
     """Encoder-only deformable transformer: flattens the levels, adds a learned embedding per level to
     the sine position embedding, encodes, and returns the levels as maps again."""
 
-    def __init__(self, config):
+    def __init__(self, config: ITAConfig):
         super().__init__()
         self.level_embed = nn.Parameter(torch.empty(config.num_feature_levels, config.pixel_decoder_dim))
         self.encoder = ITAPixelDecoderEncoder(config)
@@ -276,7 +204,7 @@ class ITAPixelDecoderTransformer(nn.Module):
     def _reset_parameters(self):
         nn.init.normal_(self.level_embed)
 
-    def forward(self, sources, position_embeddings):
+    def forward(self, sources: list[Tensor], position_embeddings: list[Tensor]) -> list[Tensor]:
         """
         Args:
             sources: list of `[B, d, h_l, w_l]`, coarsest level first.
@@ -295,13 +223,7 @@ class ITAPixelDecoderTransformer(nn.Module):
             dim=1,
         )  # [B, S, d]
         hidden_states = self.encoder(hidden_states, position_embeddings, spatial_shapes)
-        levels = hidden_states.split([height * width for height, width in spatial_shapes], dim=1)
-        # Without `contiguous` the maps would be channels-last views of the tokens, on which CPU bilinear
-        # upsampling (the FPN step to stride 4) runs about 10 times slower.
-        return [
-            level.transpose(1, 2).reshape(level.shape[0], -1, height, width).contiguous()
-            for level, (height, width) in zip(levels, spatial_shapes)
-        ]
+        return tokens_to_maps(hidden_states, spatial_shapes)
 
 
 class ITAConv2dNormActivation(nn.Conv2d):
@@ -309,7 +231,15 @@ class ITAConv2dNormActivation(nn.Conv2d):
     keys it keeps: `weight`, `bias`, `norm.*`). Initialised with Caffe2's "xavier" fill, i.e.
     kaiming-uniform with a=1 and zero bias, as Mask2Former does for these convolutions."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, bias=True, norm=None, activation=None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        norm: nn.Module | None = None,
+        activation: nn.Module | None = None,
+    ):
         super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
         self.norm = norm
         self.activation = activation
@@ -323,20 +253,8 @@ class ITAConv2dNormActivation(nn.Conv2d):
             nn.init.ones_(self.norm.weight)
             nn.init.zeros_(self.norm.bias)
 
-    def forward(self, x):
-        if self.kernel_size == (1, 1) and x.dim() == 4:
-            # A 1x1 convolution is a matrix product over the channels; on CPU, one product per image gives the
-            # same sums about 20% faster than the convolution kernel at stride 4 of an 800x1088 input. (`mm`
-            # then an in-place bias: `addmm` would first copy the broadcast bias into a fresh output.)
-            batch, channels, height, width = x.shape
-            weight = self.weight.view(self.out_channels, channels)
-            products = [weight @ image.reshape(channels, -1) for image in x]
-            x = products[0][None] if batch == 1 else torch.stack(products)  # stacking one would copy it
-            x = x.view(batch, self.out_channels, height, width)
-            if self.bias is not None:
-                x = x.add_(self.bias[:, None, None])
-        else:
-            x = super().forward(x)
+    def forward(self, x: Tensor) -> Tensor:
+        x = conv2d(x, self.weight, self.bias, self.padding)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
@@ -355,7 +273,7 @@ class ITAPixelDecoder(nn.Module):
             step (`adapter_{i}`, `layer_{i}`, numbered from the finest), down to the mask features.
     """
 
-    def __init__(self, config, feature_channels):
+    def __init__(self, config: ITAConfig, feature_channels: Sequence[int]):
         super().__init__()
         dim = config.pixel_decoder_dim
         num_levels = config.num_feature_levels
@@ -390,7 +308,7 @@ class ITAPixelDecoder(nn.Module):
             nn.init.ones_(norm.weight)
             nn.init.zeros_(norm.bias)
 
-    def forward(self, features):
+    def forward(self, features: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """
         Args:
             features: list of backbone maps, finest first (`[res2, res3, res4, res5]`).
@@ -416,7 +334,7 @@ class ITAPixelDecoder(nn.Module):
             for index in range(self.num_fpn_levels, 0, -1):
                 lateral = getattr(self, f"adapter_{index}")(features[index - 1])  # [B, d, 2h, 2w]
                 upsampled = F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
-                # In place: at stride 4 every fresh [B, d, H/4, W/4] tensor costs a page-faulted allocation.
+                # In place: at stride 4 a fresh [B, d, H/4, W/4] tensor costs more to allocate than the sum.
                 maps.append(getattr(self, f"layer_{index}")(upsampled.add_(lateral)))
 
             mask_features = self.mask_features(maps[-1])  # [B, mask_dim, H/4, W/4]

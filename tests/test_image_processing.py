@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-import image_processing_ita
 from image_processing_ita import ITA_PIXEL_MEAN, ITA_PIXEL_STD, ITAImageProcessor
 
 SMALL_SIZE = {"shortest_edge": 64, "longest_edge": 100}
@@ -300,12 +299,14 @@ def test_save_and_load(tmp_path, small):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def reference_semantic_map(class_logits, mask_logits, image_size, target_size, divisor=32, masks_first=False):
+def reference_semantic_map(
+    class_logits, mask_logits, image_size, target_size, divisor=32, masks_first=False, stride=4
+):
     """The original computation for one image run alone: upsample its own padded frame x4, sigmoid, class
     sum, crop, resize, argmax. `mask_logits` [Q, h, w] may be larger than the frame (a batch's)."""
     height, width = image_size
     frame = (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
-    logits = mask_logits[None, :, : frame[0] // 4, : frame[1] // 4]
+    logits = mask_logits[None, :, : frame[0] // stride, : frame[1] // stride]
     masks = F.interpolate(logits, size=frame, mode="bilinear", align_corners=False)[0, :, :height, :width]
     probs = class_logits.softmax(-1)[:, :-1]
     if masks_first:
@@ -396,24 +397,6 @@ def test_post_process_matches_the_original_formula(masks_first):
             assert torch.allclose(result["scores"], scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("sizes", [(200, 800), (800, 600), (37, 53), (333, 1000), (5, 5), (1, 7), (7, 1)])
-def test_row_resize_matches_torch_bilinear(sizes):
-    """The banded post-processing resizes rows with PyTorch's own weights (a source coordinate rounded once):
-    the same rows as F.interpolate up to float rounding, for any band."""
-    input_size, output_size = sizes
-    maps = torch.randn(3, input_size, 11, generator=torch.Generator().manual_seed(0)) * 4
-    expected = F.interpolate(maps[None], size=(output_size, 11), mode="bilinear", align_corners=False)[0]
-    taps = image_processing_ita._bilinear_taps(input_size, output_size)
-    rows_first = maps.transpose(0, 1).contiguous()  # [rows, 3, 11]
-    resized = image_processing_ita._lerp_rows(rows_first, taps, 0, output_size, 0)
-    torch.testing.assert_close(resized.transpose(0, 1), expected, atol=1e-6, rtol=0)
-    # A band of output rows from only the input rows it needs.
-    start, stop = output_size // 3, max(output_size // 3 + 1, 2 * output_size // 3)
-    first, last = int(taps[0][start]), int(taps[1][stop - 1])
-    band = image_processing_ita._lerp_rows(rows_first[first : last + 1], taps, start, stop, first)
-    torch.testing.assert_close(band.transpose(0, 1), expected[:, start:stop], atol=1e-6, rtol=0)
-
-
 def test_small_image_batched_with_a_large_one_gives_the_same_map():
     """transformers issue 39382: a padded batch must not change an image's map. The small image (64x96, a
     multiple of 32, so its last rows and columns interpolate against the next grid cell) gets the same
@@ -482,3 +465,19 @@ def test_post_process_default_size_and_errors():
         processor.post_process_semantic_segmentation(outputs, target_sizes=[(1, 1), (2, 2)])
     with pytest.raises(ValueError, match="mask grid"):
         processor.post_process_semantic_segmentation({**outputs, "image_sizes": torch.tensor([[100, 96]])})
+
+
+def test_mask_stride_is_the_processor_attribute():
+    """A model whose mask grid has stride 8: the processor told so reads it; with the default stride 4 the grid
+    is too small for the image's frame and the error says so."""
+    outputs = constructed_outputs()
+    coarse = dict(outputs, masks_queries_logits=outputs["masks_queries_logits"][:, :, ::2, ::2])  # 8x12 grid
+    processor = ITAImageProcessor()
+    with pytest.raises(ValueError, match="mask grid"):
+        processor.post_process_semantic_segmentation(coarse)
+    processor.mask_stride = 8
+    label_map = processor.post_process_semantic_segmentation(coarse)[0]
+    expected, _ = reference_semantic_map(
+        coarse["class_queries_logits"][0], coarse["masks_queries_logits"][0], (64, 96), (64, 96), stride=8
+    )
+    assert torch.equal(label_map, expected) and (label_map == 2).any()

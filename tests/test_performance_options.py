@@ -9,7 +9,7 @@ from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation
 from modeling_ita.clip_backbone import ITACLIPBackbone
 from modeling_ita.dominant_categories import dense_image_embeddings
-from modeling_ita.pixel_decoder import multi_scale_deformable_attention
+from modeling_ita.kernels import multi_scale_deformable_attention
 from modeling_ita.vocabulary import ITAVocabularyEncoder
 
 from conftest import tiny_config

@@ -28,6 +28,7 @@ REMOTE_CODE_FILES = {
     "aggregation_decoder.py": "modeling_ita/aggregation_decoder.py",
     "classifiers.py": "modeling_ita/classifiers.py",
     "layers.py": "modeling_ita/layers.py",
+    "kernels.py": "modeling_ita/kernels.py",
     "loss.py": "modeling_ita/loss.py",
 }
 

@@ -1,0 +1,459 @@
+"""Speed kernels of the model and its post-processing, each beside the plain formula it computes.
+
+The modules of the paper's figure (`pixel_decoder.py`, `aggregation_decoder.py`, `layers.py`) and the image
+processor call these by plain names and read as the paper computes. Every kernel gives its reference's numbers
+up to float rounding: a `*_reference` function here, or the torch function its docstring names
+(`tests/test_kernels.py` checks each pair). What each one saves is measured in `benchmarks/README.md`.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "ENCODER_TOKEN_CHUNK",
+    "MASK_POOL_QUERY_CHUNK",
+    "deformable_value_maps",
+    "sample_value_maps",
+    "multi_scale_deformable_attention",
+    "multi_scale_deformable_attention_reference",
+    "deformable_attention",
+    "deformable_attention_reference",
+    "token_chunked",
+    "conv2d",
+    "tokens_to_maps",
+    "resize_to_levels",
+    "mask_pool",
+    "mask_pool_reference",
+    "bilinear_taps",
+    "bilinear_resize_rows",
+    "semantic_map",
+    "semantic_map_reference",
+]
+
+# Tokens per chunk of a deformable encoder layer (`token_chunked`); the result depends on it only through
+# float rounding. Chosen by measurement (benchmarks/README.md).
+ENCODER_TOKEN_CHUNK = 2048
+
+# Queries binarised at a time by `mask_pool`: bounds the float copy of the masks.
+MASK_POOL_QUERY_CHUNK = 32
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Multi-scale deformable attention (pixel decoder)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def deformable_value_maps(value: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> list[Tensor]:
+    """The levels of `value` `[B, S, heads, head_dim]` (flattened row-major, concatenated) as maps
+    `[B * heads, head_dim, h, w]`, the input of `sample_value_maps`: built once, sampled by every chunk of queries.
+
+    The maps are channels-last in memory (a head's channels contiguous at each pixel), so a bilinear sample reads
+    each corner's channels from one or two cache lines.
+    """
+    batch, _, heads, head_dim = value.shape
+    shapes = [(int(height), int(width)) for height, width in spatial_shapes]
+    return [
+        level.view(batch, height, width, heads, head_dim)
+        .permute(0, 3, 1, 2, 4)
+        .reshape(batch * heads, height, width, head_dim)
+        .permute(0, 3, 1, 2)
+        for level, (height, width) in zip(value.split([height * width for height, width in shapes], dim=1), shapes)
+    ]
+
+
+def sample_value_maps(value_maps: list[Tensor], sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+    """Weighted sum of bilinear samples of the maps from `deformable_value_maps`; arguments and result as in
+    `multi_scale_deformable_attention`.
+
+    The queries go last: `grid_sample` then reads a contiguous grid and writes one contiguous row of queries per
+    channel and point, and the sum over points is a few in-place multiply-adds. Inputs already laid out
+    queries-last (as `deformable_attention` builds them) are not copied.
+    """
+    batch, num_queries, heads, num_levels, num_points, _ = sampling_locations.shape
+    head_dim = value_maps[0].shape[1]
+    dtype = value_maps[0].dtype
+    # grid_sample addresses a map with [-1, 1] corners; with align_corners=False, -1 and 1 are the outer pixel
+    # edges, the convention of the [0, 1] locations.
+    grids = (2 * sampling_locations - 1).to(dtype).permute(0, 2, 3, 4, 1, 5).contiguous()
+    grids = grids.view(batch * heads, num_levels, num_points, num_queries, 2)
+    weights = attention_weights.to(dtype).permute(0, 2, 3, 4, 1).contiguous()
+    weights = weights.view(batch * heads, 1, num_levels, num_points, num_queries)
+    output = value_maps[0].new_zeros(batch * heads, head_dim, num_queries)
+    for level, level_value in enumerate(value_maps):
+        samples = F.grid_sample(
+            level_value, grids[:, level], mode="bilinear", padding_mode="zeros", align_corners=False
+        )  # [B*heads, head_dim, points, Lq]
+        for point in range(num_points):
+            output.addcmul_(samples[:, :, point], weights[:, :, level, point])
+    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
+
+
+def multi_scale_deformable_attention(
+    value: Tensor, spatial_shapes: Sequence[tuple[int, int]] | Tensor, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """Weighted sum of bilinear samples taken from several feature levels.
+
+    Args:
+        value: `[B, S, heads, head_dim]`, the levels flattened row-major and concatenated.
+        spatial_shapes: `(height, width)` of each level, in the order of `value`; int pairs or a `[levels, 2]`
+            tensor.
+        sampling_locations: `[B, Lq, heads, levels, points, 2]`, (x, y) in [0, 1] relative to each level (0 and 1
+            are the outer edges of the border pixels); points outside read zeros.
+        attention_weights: `[B, Lq, heads, levels, points]`.
+
+    Returns:
+        `[B, Lq, heads * head_dim]`, the heads concatenated.
+    """
+    return sample_value_maps(deformable_value_maps(value, spatial_shapes), sampling_locations, attention_weights)
+
+
+def multi_scale_deformable_attention_reference(
+    value: Tensor, spatial_shapes: Sequence[tuple[int, int]] | Tensor, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """The plain formula of `multi_scale_deformable_attention`: per level, `grid_sample` at a query-major grid,
+    times the weights, summed over levels and points."""
+    batch, _, heads, head_dim = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    shapes = [(int(height), int(width)) for height, width in spatial_shapes]
+    levels = value.split([height * width for height, width in shapes], dim=1)
+    output = value.new_zeros(batch * heads, head_dim, num_queries)
+    for level, (height, width) in enumerate(shapes):
+        maps = levels[level].permute(0, 2, 3, 1).reshape(batch * heads, head_dim, height, width)
+        grid = (2 * sampling_locations[:, :, :, level] - 1).transpose(1, 2).reshape(batch * heads, num_queries, num_points, 2)
+        samples = F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        weights = attention_weights[:, :, :, level].transpose(1, 2).reshape(batch * heads, 1, num_queries, num_points)
+        output = output + (samples * weights).sum(dim=-1)  # [B*heads, head_dim, Lq]
+    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
+
+
+def _level_normaliser(spatial_shapes: Sequence[tuple[int, int]], like: Tensor) -> Tensor:
+    """`[levels, 2]` (width, height) of each level: divides offsets in pixels into [0, 1] units."""
+    return torch.tensor([[width, height] for height, width in spatial_shapes], dtype=like.dtype, device=like.device)
+
+
+def deformable_attention(
+    value_maps: list[Tensor],
+    reference_points: Tensor,
+    sampling_offsets: Tensor,
+    attention_logits: Tensor,
+    spatial_shapes: Sequence[tuple[int, int]],
+) -> Tensor:
+    """Deformable attention of a set of queries over the maps from `deformable_value_maps`.
+
+    The weights are a softmax over each head's levels and points; a point samples at its query's reference point
+    plus its offset, in pixels of its level.
+
+    Args:
+        value_maps: from `deformable_value_maps`.
+        reference_points: `[B or 1, Lq, 2]`, (x, y) in [0, 1], shared by all levels.
+        sampling_offsets: `[B, Lq, heads, levels, points, 2]`, (x, y) in pixels of each level.
+        attention_logits: `[B, Lq, heads, levels * points]`.
+        spatial_shapes: `(height, width)` of each level.
+
+    Returns:
+        `[B, Lq, heads * head_dim]`.
+    """
+    batch, num_queries, heads, levels, points, _ = sampling_offsets.shape
+    # Laid out queries-last, as `sample_value_maps` reads them, before any arithmetic: the softmax then runs over
+    # a non-innermost axis with the queries contiguous, and no copy follows. Same values, same order of operations.
+    weights = attention_logits.permute(0, 2, 3, 1).contiguous().softmax(dim=2)  # [B, heads, levels * points, Lq]
+    weights = weights.view(batch, heads, levels, points, num_queries).permute(0, 4, 1, 2, 3)
+    offsets = sampling_offsets.permute(0, 2, 3, 4, 1, 5).contiguous()  # [B, heads, levels, points, Lq, 2]
+    normaliser = _level_normaliser(spatial_shapes, offsets)
+    locations = offsets.div_(normaliser[:, None, None, :]).add_(reference_points[:, None, None, None])
+    return sample_value_maps(value_maps, locations.permute(0, 4, 1, 2, 3, 5), weights)
+
+
+def deformable_attention_reference(
+    value: Tensor,
+    reference_points: Tensor,
+    sampling_offsets: Tensor,
+    attention_logits: Tensor,
+    spatial_shapes: Sequence[tuple[int, int]],
+) -> Tensor:
+    """The plain formula of `deformable_attention`, from the values `[B, S, heads, head_dim]`."""
+    batch, num_queries, heads, levels, points, _ = sampling_offsets.shape
+    weights = attention_logits.softmax(dim=-1).view(batch, num_queries, heads, levels, points)
+    normaliser = _level_normaliser(spatial_shapes, sampling_offsets)
+    locations = reference_points[:, :, None, None, None, :] + sampling_offsets / normaliser[:, None, :]
+    return multi_scale_deformable_attention_reference(value, spatial_shapes, locations, weights)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Token-wise layers, convolutions, layouts and resizes
+# ----------------------------------------------------------------------------------------------------------
+
+
+def token_chunked(function: Callable[..., Tensor], *per_token: Tensor, chunk_size: int | None = None) -> Tensor:
+    """`function(*per_token)` computed on chunks of `chunk_size` tokens (dim 1, default `ENCODER_TOKEN_CHUNK`).
+
+    For a function that computes every token on its own (a deformable encoder layer once its values are
+    projected): the same result as one call on all tokens, but each chunk's intermediates stay small enough to
+    live in the CPU's caches and the allocator's reused memory. Inputs may broadcast over the batch (dim 0).
+    """
+    chunk_size = chunk_size or ENCODER_TOKEN_CHUNK
+    num_tokens = per_token[0].shape[1]
+    output = None
+    for start in range(0, num_tokens, chunk_size):
+        tokens = slice(start, start + chunk_size)
+        result = function(*(tensor[:, tokens] for tensor in per_token))
+        if output is None:
+            if chunk_size >= num_tokens:
+                return result
+            output = result.new_empty((result.shape[0], num_tokens, *result.shape[2:]))
+        output[:, tokens] = result
+    return output
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int | tuple[int, int] = 0) -> Tensor:
+    """`F.conv2d` (stride 1); a 1x1 kernel runs as one matrix product per image, faster on CPU at stride 4."""
+    if weight.shape[-2:] != (1, 1) or x.dim() != 4:
+        return F.conv2d(x, weight, bias, padding=padding)
+    batch, channels, height, width = x.shape
+    matrix = weight.view(weight.shape[0], channels)
+    products = [matrix @ image.reshape(channels, -1) for image in x]
+    x = products[0][None] if batch == 1 else torch.stack(products)  # stacking one would copy it
+    x = x.view(batch, weight.shape[0], height, width)
+    # In place: `addmm` would first copy the broadcast bias into a fresh output.
+    return x if bias is None else x.add_(bias[:, None, None])
+
+
+def tokens_to_maps(tokens: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> list[Tensor]:
+    """Tokens `[B, S, d]` of levels flattened row-major and concatenated -> maps `[B, d, h, w]`.
+
+    The maps are copied channels-first: as views of the tokens they would be channels-last, on which PyTorch's
+    CPU bilinear upsampling (the FPN's next step) is much slower.
+    """
+    levels = tokens.split([height * width for height, width in spatial_shapes], dim=1)
+    return [
+        level.transpose(1, 2).reshape(level.shape[0], -1, height, width).contiguous()
+        for level, (height, width) in zip(levels, spatial_shapes)
+    ]
+
+
+def resize_to_levels(features: Tensor, sizes: Sequence[tuple[int, int]]) -> list[Tensor]:
+    """`features` `[B, C, H, W]` resized bilinearly (align_corners=False) to each of `sizes`: `F.interpolate`.
+
+    PyTorch's CPU kernel converts a channels-first input to channels-last on every call that shrinks it more than
+    twofold; converting once for all such sizes gives the same maps for one copy instead of one per size.
+    """
+    height, width = features.shape[-2:]
+    channels_last = None
+    resized = []
+    for size in sizes:
+        if tuple(size) == (height, width):
+            resized.append(features)
+            continue
+        source = features
+        if 2 * size[0] < height or 2 * size[1] < width:
+            if channels_last is None:
+                channels_last = features.contiguous(memory_format=torch.channels_last)
+            source = channels_last
+        resized.append(F.interpolate(source, size=tuple(size), mode="bilinear", align_corners=False))
+    return resized
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Mask pooling (class head, out-of-vocabulary classifier)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def mask_pool(features: Tensor, mask_logits: Tensor, query_chunk: int | None = None) -> Tensor:
+    """Average of `features` `[B, C, H, W]` inside each binarised mask (`mask_logits > 0`) -> `[B, Q, C]`.
+
+    Masks are resized bilinearly to the feature size first and detached, so no gradient flows through the mask
+    (as in FC-CLIP's `MaskPooling`). Queries are binarised `query_chunk` at a time (default
+    `MASK_POOL_QUERY_CHUNK`), so the float copy of the masks stays small.
+    """
+    query_chunk = query_chunk or MASK_POOL_QUERY_CHUNK
+    with torch.no_grad():
+        if mask_logits.shape[-2:] != features.shape[-2:]:
+            mask_logits = F.interpolate(mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
+        binary = mask_logits > 0
+    pooled = []
+    for start in range(0, binary.shape[1], query_chunk):
+        mask = binary[:, start : start + query_chunk].to(features.dtype)
+        area = mask.sum(dim=(-2, -1)) + 1e-8  # [B, q]
+        # The pooled sums divided by the areas: no second, area-normalised copy of the masks.
+        pooled.append(torch.einsum("bchw,bqhw->bqc", features, mask) / area[..., None])
+    return torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]
+
+
+def mask_pool_reference(features: Tensor, mask_logits: Tensor) -> Tensor:
+    """The plain formula of `mask_pool`: area-normalised binary masks times the features."""
+    with torch.no_grad():
+        mask_logits = F.interpolate(mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
+        masks = (mask_logits > 0).to(features.dtype)
+        masks = masks / (masks.sum(dim=(-2, -1), keepdim=True) + 1e-8)
+    return torch.einsum("bchw,bqhw->bqc", features, masks)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bilinear resampling for post-processing
+# ----------------------------------------------------------------------------------------------------------
+
+
+def bilinear_taps(input_size: int, output_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The two input rows and weights of each output row of a bilinear resize (align_corners=False, no
+    antialiasing), as PyTorch's CPU kernel computes them: `(lower, upper, lower weight, upper weight)`, each
+    `[output_size]` on the CPU.
+
+    The kernel's source coordinate `scale * (i + 0.5) - 0.5` (float32 scale) is rounded once, as a fused
+    multiply-add does: evaluated exactly in float64, then rounded to float32.
+    """
+    if input_size == output_size:  # PyTorch copies: each row from itself
+        rows = torch.arange(output_size)
+        return rows, rows, torch.ones(output_size), torch.zeros(output_size)
+    scale = float(torch.tensor(input_size / output_size, dtype=torch.float32))
+    source = ((torch.arange(output_size, dtype=torch.float64) + 0.5) * scale - 0.5).float().clamp(min=0)
+    lower = source.long().clamp(max=input_size - 1)
+    upper = (lower + 1).clamp(max=input_size - 1)
+    upper_weight = (source - lower).clamp(0, 1)
+    lower_weight = 1 - upper_weight
+    return lower, upper, lower_weight, upper_weight
+
+
+def bilinear_resize_rows(maps: Tensor, taps: tuple[Tensor, ...], start: int, stop: int, offset: int) -> Tensor:
+    """Rows `start:stop` of the bilinear row resize described by `taps`, from `maps` `[n, ...]` (contiguous)
+    holding the input rows `offset:offset + n`: `[stop - start, ...]`.
+
+    One product with the band's `[stop - start, n]` interpolation matrix (two weights per row): a single pass
+    over the output, where gathering two rows and mixing them takes several.
+    """
+    lower, upper, lower_weight, upper_weight = (tap[start:stop] for tap in taps)
+    rows = torch.arange(stop - start)
+    matrix = torch.zeros((stop - start, maps.shape[0]))
+    matrix.index_put_((rows, lower - offset), lower_weight, accumulate=True)
+    matrix.index_put_((rows, upper - offset), upper_weight, accumulate=True)
+    matrix = matrix.to(device=maps.device, dtype=maps.dtype)
+    return (matrix @ maps.reshape(maps.shape[0], -1)).view(stop - start, *maps.shape[1:])
+
+
+def _resize_columns(maps: Tensor, width: int) -> Tensor:
+    """`[n, Q, W]` -> `[n, Q, width]`, the last axis resized as the columns of a bilinear resize: a 1-D linear
+    resize, half the work of a 2-D one that keeps the rows."""
+    rows, queries, _ = maps.shape
+    resized = F.interpolate(maps.reshape(1, rows * queries, -1), size=width, mode="linear", align_corners=False)
+    return resized.view(rows, queries, width)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Semantic post-processing: class scores from mask logits, resized to the target size
+# ----------------------------------------------------------------------------------------------------------
+
+
+def semantic_scores_reference(
+    class_probs: Tensor,
+    mask_logits: Tensor,
+    image_size: tuple[int, int],
+    frame_size: tuple[int, int],
+    target_size: tuple[int, int],
+    masks_first: bool = False,
+) -> Tensor:
+    """FC-CLIP's semantic inference for one image, the plain formula: `[K, H_t, W_t]` class scores.
+
+    `mask_logits` `[Q, h, w]` cover the image's padded frame `frame_size` (upsampled to it bilinearly), whose top
+    left `image_size` is the image; `class_probs` `[Q, K]`. Default: sigmoid, class sum, crop, resize to
+    `target_size`. `masks_first`: crop and resize the mask logits to the target before the sigmoid and the sum.
+    """
+    height, width = image_size
+    masks = F.interpolate(mask_logits[None].float(), size=tuple(frame_size), mode="bilinear", align_corners=False)
+    masks = masks[0, :, :height, :width]
+    if masks_first:
+        masks = F.interpolate(masks[None], size=tuple(target_size), mode="bilinear", align_corners=False)[0]
+        return torch.einsum("qk,qhw->khw", class_probs, masks.sigmoid())
+    scores = torch.einsum("qk,qhw->khw", class_probs, masks.sigmoid())
+    if tuple(target_size) == (height, width):
+        return scores
+    return F.interpolate(scores[None], size=tuple(target_size), mode="bilinear", align_corners=False)[0]
+
+
+def semantic_map_reference(
+    class_probs: Tensor,
+    mask_logits: Tensor,
+    image_size: tuple[int, int],
+    frame_size: tuple[int, int],
+    target_size: tuple[int, int],
+    masks_first: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Label map and winning score `[H_t, W_t]` of `semantic_scores_reference` (arg-max: the first of tied
+    classes)."""
+    best, labels = semantic_scores_reference(
+        class_probs, mask_logits, image_size, frame_size, target_size, masks_first
+    ).max(dim=0)
+    return labels, best
+
+
+class _FrameRows:
+    """Rows of the masks upsampled bilinearly from the mask grid `[Q, h, w]` to the padded frame, computed band by
+    band: a band of frame rows needs a few grid rows, resized along the columns by one 1-D resize and along the
+    rows by one matrix product. Bands are laid out rows first, `[rows, Q, frame width]`."""
+
+    def __init__(self, mask_logits: Tensor, frame_size: tuple[int, int]):
+        self.frame_height, self.frame_width = frame_size
+        self.taps = bilinear_taps(mask_logits.shape[-2], self.frame_height)
+        self.grid = mask_logits.transpose(0, 1)  # [grid rows, Q, grid columns], a view
+
+    def __call__(self, first: int, last: int) -> Tensor:
+        """Frame rows `first..last` (inclusive): `[n, Q, frame width]`."""
+        grid_first, grid_last = int(self.taps[0][first]), int(self.taps[1][last])
+        rows = _resize_columns(self.grid[grid_first : grid_last + 1], self.frame_width)
+        return bilinear_resize_rows(rows, self.taps, first, last + 1, grid_first)
+
+
+def _target_bands(class_probs, mask_logits, image_size, frame_size, target_size, masks_first, chunk_elements):
+    """Yields `(top, bottom, scores [rows, W_t, K])` for bands of target rows: the masks are resized to the target
+    before the class sum (both linear, so the same scores as summing first, up to float rounding), and no
+    intermediate exceeds about `chunk_elements` values (at least one row)."""
+    (height, width), (target_height, target_width) = image_size, target_size
+    num_queries, num_classes = class_probs.shape
+    frame_rows = _FrameRows(mask_logits, frame_size)
+    resize = (target_height, target_width) != (height, width)
+    down_rows = bilinear_taps(height, target_height) if resize else None
+    per_row = max(num_queries * frame_rows.frame_width * height / target_height, (num_classes + num_queries) * target_width)
+    band = max(1, min(target_height, int(chunk_elements // per_row) - 2))
+    for top in range(0, target_height, band):
+        bottom = min(top + band, target_height)
+        if resize:
+            first, last = int(down_rows[0][top]), int(down_rows[1][bottom - 1])
+            masks = frame_rows(first, last)  # [n, Q, frame width]
+            if not masks_first:
+                masks.sigmoid_()
+            masks = bilinear_resize_rows(masks, down_rows, top, bottom, first)[:, :, :width]  # [rows, Q, width]
+            if width != target_width:
+                masks = _resize_columns(masks, target_width)
+            if masks_first:
+                masks.sigmoid_()
+        else:
+            masks = frame_rows(top, bottom - 1)[:, :, :width].sigmoid_()
+        yield top, bottom, torch.matmul(masks.transpose(1, 2), class_probs)  # [rows, W_t, K]
+
+
+def semantic_map(
+    class_probs: Tensor,
+    mask_logits: Tensor,
+    image_size: tuple[int, int],
+    frame_size: tuple[int, int],
+    target_size: tuple[int, int],
+    masks_first: bool = False,
+    winning_scores: bool = True,
+    chunk_elements: int = 2**22,
+) -> tuple[Tensor, Tensor | None]:
+    """`semantic_map_reference` with bounded memory: label map `[H_t, W_t]` and, with `winning_scores`, the
+    winning score (else None). Works in bands of target rows whose intermediates hold about `chunk_elements`
+    values; the masks are resized to each band and summed per class there."""
+    target_height, target_width = target_size
+    device = mask_logits.device
+    class_probs, mask_logits = class_probs.float(), mask_logits.float()
+    labels = torch.empty((target_height, target_width), dtype=torch.long, device=device)
+    best = torch.empty((target_height, target_width), device=device) if winning_scores else None
+    for top, bottom, scores in _target_bands(
+        class_probs, mask_logits, image_size, frame_size, target_size, masks_first, chunk_elements
+    ):
+        values, labels[top:bottom] = scores.max(dim=-1)  # the first of tied classes, as argmax
+        if best is not None:
+            best[top:bottom] = values
+    return labels, best

@@ -1,0 +1,277 @@
+"""Each speed kernel of `modeling_ita/kernels.py` against its plain reference."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import conftest
+from modeling_ita import kernels
+from modeling_ita.kernels import (
+    bilinear_resize_rows,
+    bilinear_taps,
+    conv2d,
+    deformable_attention,
+    deformable_attention_reference,
+    deformable_value_maps,
+    mask_pool,
+    mask_pool_reference,
+    multi_scale_deformable_attention,
+    multi_scale_deformable_attention_reference,
+    resize_to_levels,
+    semantic_map,
+    semantic_map_reference,
+    token_chunked,
+    tokens_to_maps,
+)
+from modeling_ita.pixel_decoder import ITAConv2dNormActivation, ITAPixelDecoder
+from test_pixel_decoder import TINY_CHANNELS, backbone_features, perturb_parameters
+
+# ----------------------------------------------------------------------------------------------------------
+# Deformable attention
+# ----------------------------------------------------------------------------------------------------------
+
+
+def bilinear_sample_reference(level_map, x, y):
+    """Sample `level_map` [C, H, W] at (x, y) in [0, 1] (edges of the border pixels), zeros outside."""
+    channels, height, width = level_map.shape
+    px, py = x * width - 0.5, y * height - 0.5  # pixel centres sit at integer coordinates
+    x0, y0 = math.floor(px), math.floor(py)
+    result = torch.zeros(channels, dtype=level_map.dtype)
+    for xi, yi in ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)):
+        weight = (1 - abs(px - xi)) * (1 - abs(py - yi))
+        if 0 <= xi < width and 0 <= yi < height:
+            result += weight * level_map[:, yi, xi]
+    return result
+
+
+def deformable_inputs(batch=2, queries=5, heads=2, head_dim=3, points=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(3, 5), (4, 2), (1, 6)]
+    value = torch.randn(batch, sum(h * w for h, w in shapes), heads, head_dim, generator=generator)
+    # Reach past the borders to exercise zero padding.
+    locations = torch.rand(batch, queries, heads, len(shapes), points, 2, generator=generator) * 1.6 - 0.3
+    weights = torch.rand(batch, queries, heads, len(shapes), points, generator=generator)
+    return shapes, value, locations, weights
+
+
+def test_core_matches_per_point_bilinear_reference():
+    shapes, value, locations, weights = deformable_inputs()
+    batch, queries, heads, _, points, _ = locations.shape
+    head_dim = value.shape[-1]
+
+    output = multi_scale_deformable_attention(value, shapes, locations, weights)
+
+    assert output.shape == (batch, queries, heads * head_dim)
+    assert (locations < 0).any() and (locations > 1).any()
+    starts = [0, 15, 23]
+    expected = torch.zeros_like(output)
+    for b in range(batch):
+        for q in range(queries):
+            for m in range(heads):
+                acc = torch.zeros(head_dim)
+                for level, (h, w) in enumerate(shapes):
+                    level_map = value[b, starts[level] : starts[level] + h * w, m].t().reshape(head_dim, h, w)
+                    for p in range(points):
+                        x, y = locations[b, q, m, level, p].tolist()
+                        acc += weights[b, q, m, level, p] * bilinear_sample_reference(level_map, x, y)
+                expected[b, q, m * head_dim : (m + 1) * head_dim] = acc
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+    # The spatial shapes may also come as a tensor, as in the original interface.
+    torch.testing.assert_close(
+        multi_scale_deformable_attention(value, torch.tensor(shapes), locations, weights), output
+    )
+    # The plain formula kept beside the kernel gives the same numbers.
+    torch.testing.assert_close(multi_scale_deformable_attention_reference(value, shapes, locations, weights), output)
+
+
+def test_deformable_attention_matches_the_plain_formula_with_gradients():
+    """Softmax, locations from offsets in pixels and sampling, laid out queries-last: the plain formula's values and
+    gradients, with reference points shared by the batch (as the encoder passes them)."""
+    shapes, value, _, _ = deformable_inputs()
+    generator = torch.Generator().manual_seed(1)
+    batch, queries, heads, levels, points = 2, 7, 2, len(shapes), 3
+    reference_points = torch.rand(1, queries, 2, generator=generator)
+    offsets = (torch.randn(batch, queries, heads, levels, points, 2, generator=generator) * 2).requires_grad_()
+    logits = torch.randn(batch, queries, heads, levels * points, generator=generator).requires_grad_()
+    value.requires_grad_()
+
+    ours = deformable_attention(deformable_value_maps(value, shapes), reference_points, offsets, logits, shapes)
+    reference = deformable_attention_reference(value, reference_points, offsets, logits, shapes)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    probe = torch.randn(ours.shape, generator=generator)
+    gradients = torch.autograd.grad((ours * probe).sum(), (value, offsets, logits))
+    reference_gradients = torch.autograd.grad((reference * probe).sum(), (value, offsets, logits))
+    for gradient, expected in zip(gradients, reference_gradients):
+        assert gradient.abs().sum() > 0
+        torch.testing.assert_close(gradient, expected, atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Token chunks, convolutions, layouts, resizes
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 100])
+def test_token_chunked_equals_one_call_on_all_tokens(chunk_size):
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 10, 4, generator=generator, requires_grad=True)
+    shared = torch.randn(1, 10, 4, generator=generator)  # broadcast over the batch, as reference points are
+
+    def layer(x, y):
+        return torch.layer_norm(x * y.sigmoid(), (4,)).relu()
+
+    chunked = token_chunked(layer, tokens, shared, chunk_size=chunk_size)
+    whole = layer(tokens, shared)
+    torch.testing.assert_close(chunked, whole)
+    (gradient,) = torch.autograd.grad(chunked.square().sum(), tokens)
+    (expected,) = torch.autograd.grad(whole.square().sum(), tokens)
+    torch.testing.assert_close(gradient, expected)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_token_chunks_give_the_same_result_and_gradients(monkeypatch, chunk):
+    """The pixel decoder's encoder layers run their tokens in chunks (64x96 input: 6 + 24 + 96 = 126 tokens);
+    any chunk size gives the result and the gradients of one chunk holding every token."""
+    decoder = ITAPixelDecoder(conftest.tiny_config(), TINY_CHANNELS)
+    perturb_parameters(decoder)
+    features = backbone_features(2, 64, 96)
+
+    def run():
+        decoder.zero_grad()
+        mask, levels = decoder(features)
+        (mask.square().mean() + sum(level.sin().mean() for level in levels)).backward()
+        grads = {name: p.grad.clone() for name, p in decoder.named_parameters() if p.grad is not None}
+        return [mask.detach(), *[level.detach() for level in levels]], grads
+
+    monkeypatch.setattr(kernels, "ENCODER_TOKEN_CHUNK", 10_000)
+    whole, whole_grads = run()
+    monkeypatch.setattr(kernels, "ENCODER_TOKEN_CHUNK", chunk)
+    chunked, chunked_grads = run()
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert whole_grads.keys() == chunked_grads.keys() and "transformer.encoder.layers.0.linear1.weight" in whole_grads
+    for name in whole_grads:
+        torch.testing.assert_close(whole_grads[name], chunked_grads[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_by_one_convolution_as_matrix_product_matches_conv2d(bias):
+    torch.manual_seed(0)
+    conv = ITAConv2dNormActivation(6, 5, kernel_size=1, bias=bias)
+    with torch.no_grad():
+        if bias:
+            conv.bias.normal_()
+        x = torch.randn(2, 6, 7, 9)
+        torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, conv.weight, conv.bias), atol=1e-6, rtol=1e-6)
+        # One image, and a 3x3 kernel (F.conv2d itself).
+        torch.testing.assert_close(conv2d(x[:1], conv.weight, conv.bias), F.conv2d(x[:1], conv.weight, conv.bias))
+        weight = torch.randn(5, 6, 3, 3)
+        torch.testing.assert_close(conv2d(x, weight, None, 1), F.conv2d(x, weight, None, padding=1))
+
+
+def test_tokens_to_maps_are_channels_first_copies():
+    shapes = [(2, 3), (4, 5)]
+    tokens = torch.randn(2, 26, 7)
+    maps = tokens_to_maps(tokens, shapes)
+    assert [tuple(m.shape) for m in maps] == [(2, 7, 2, 3), (2, 7, 4, 5)]
+    assert all(m.is_contiguous() for m in maps)
+    torch.testing.assert_close(maps[1][1, :, 2, 3], tokens[1, 6 + 2 * 5 + 3], rtol=0, atol=0)
+
+
+def test_level_resizes_equal_plain_bilinear_resizes():
+    features = torch.randn(2, 5, 64, 96, generator=torch.Generator().manual_seed(0))
+    sizes = [(8, 12), (16, 24), (32, 48), (64, 96), (7, 11)]
+    for size, resized in zip(sizes, resize_to_levels(features, sizes), strict=True):
+        expected = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+        assert torch.equal(resized, expected)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Mask pooling
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query_chunk", [1, 2, 32])
+def test_mask_pool_averages_features_inside_each_binarised_mask(query_chunk):
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 3, 4, 6, generator=generator)
+    mask_logits = torch.randn(2, 5, 8, 12, generator=generator)  # twice the feature size: resized first
+    mask_logits[1, 4] = -1.0  # an empty mask pools to zeros
+    pooled = mask_pool(features, mask_logits, query_chunk=query_chunk)
+    resized = F.interpolate(mask_logits, size=(4, 6), mode="bilinear", align_corners=False)
+    assert pooled.shape == (2, 5, 3)
+    for b in range(2):
+        for q in range(5):
+            inside = resized[b, q] > 0
+            expected = features[b][:, inside].mean(dim=-1) if inside.any() else torch.zeros(3)
+            torch.testing.assert_close(pooled[b, q], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled, mask_pool_reference(features, mask_logits), atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bilinear resampling for post-processing
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sizes", [(200, 800), (800, 600), (37, 53), (333, 1000), (5, 5), (1, 7), (7, 1)])
+def test_row_resize_matches_torch_bilinear(sizes):
+    """Rows resized with PyTorch's own weights (a source coordinate rounded once): the same rows as F.interpolate
+    up to float rounding, for any band."""
+    input_size, output_size = sizes
+    maps = torch.randn(3, input_size, 11, generator=torch.Generator().manual_seed(0)) * 4
+    expected = F.interpolate(maps[None], size=(output_size, 11), mode="bilinear", align_corners=False)[0]
+    taps = bilinear_taps(input_size, output_size)
+    rows_first = maps.transpose(0, 1).contiguous()  # [rows, 3, 11]
+    resized = bilinear_resize_rows(rows_first, taps, 0, output_size, 0)
+    torch.testing.assert_close(resized.transpose(0, 1), expected, atol=1e-6, rtol=0)
+    # A band of output rows from only the input rows it needs.
+    start, stop = output_size // 3, max(output_size // 3 + 1, 2 * output_size // 3)
+    first, last = int(taps[0][start]), int(taps[1][stop - 1])
+    band = bilinear_resize_rows(rows_first[first : last + 1], taps, start, stop, first)
+    torch.testing.assert_close(band.transpose(0, 1), expected[:, start:stop], atol=1e-6, rtol=0)
+
+
+def semantic_inputs(num_queries=6, num_classes=5, grid=(16, 24), seed=0, structured=False):
+    generator = torch.Generator().manual_seed(seed)
+    class_probs = torch.randn(num_queries, num_classes + 1, generator=generator).softmax(-1)[:, :-1]
+    if structured:  # large regions of nearly saturated masks, as a trained model gives
+        coarse = torch.randn(num_queries, grid[0] // 4, grid[1] // 4, generator=generator) * 8
+        mask_logits = F.interpolate(coarse[None], size=grid, mode="bilinear", align_corners=False)[0]
+    else:
+        mask_logits = torch.randn(num_queries, *grid, generator=generator) * 3
+    return class_probs, mask_logits
+
+
+@pytest.mark.parametrize("structured", [False, True])
+@pytest.mark.parametrize("masks_first", [False, True])
+@pytest.mark.parametrize("target_size", [(50, 70), (37, 53), (150, 215), (301, 197), (50, 400)])
+def test_semantic_map_matches_the_plain_formula(masks_first, target_size, structured):
+    """The banded kernel: labels equal to the plain formula's, scores up to float rounding; the 64x96 frame holds a
+    50x70 image."""
+    class_probs, mask_logits = semantic_inputs(structured=structured)
+    arguments = (class_probs, mask_logits, (50, 70), (64, 96), target_size)
+    expected_labels, expected_scores = semantic_map_reference(*arguments, masks_first=masks_first)
+    for chunk_elements in (2**22, 3000):
+        labels, scores = semantic_map(*arguments, masks_first=masks_first, chunk_elements=chunk_elements)
+        assert torch.equal(labels, expected_labels)
+        torch.testing.assert_close(scores, expected_scores, atol=1e-5, rtol=1e-5)
+        only_labels, none = semantic_map(
+            *arguments, masks_first=masks_first, winning_scores=False, chunk_elements=chunk_elements
+        )
+        assert none is None and torch.equal(only_labels, labels)
+
+
+def test_semantic_map_with_one_class_or_tied_classes():
+    class_probs, mask_logits = semantic_inputs(num_classes=1)
+    arguments = (class_probs, mask_logits, (64, 96), (64, 96), (150, 230))
+    labels, _ = semantic_map(*arguments)
+    assert (labels == 0).all()
+    class_probs, mask_logits = semantic_inputs(num_classes=4, structured=True)
+    class_probs[:, 3] = class_probs[:, 0]  # classes 0 and 3 tie wherever they win: 0 is the label
+    arguments = (class_probs, mask_logits, (64, 96), (64, 96), (150, 230))
+    labels, _ = semantic_map(*arguments)
+    expected, _ = semantic_map_reference(*arguments)
+    assert (expected == 0).any() and not (labels == 3).any()
+    assert torch.equal(labels, expected)
