@@ -9,7 +9,9 @@ Tensors are batch-first (`[B, Q, C]`); the original keeps them sequence-first, w
 numbers. Module names follow the original predictor so that its weights convert by renaming alone.
 """
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from .layers import ITAMLP, ITASinePositionEmbedding, classification_logits
 from .vocabulary import ITAVocabulary
 
 __all__ = [
+    "ITADecoderOutput",
     "ITAMaskedCrossAttention",
     "ITAQuerySelfAttention",
     "ITADecoderFeedForward",
@@ -71,11 +74,18 @@ class ITAMaskedCrossAttention(_ITAPostNormAttention):
     """
 
     def forward(
-        self, queries: Tensor, memory: Tensor, attention_mask: Tensor | None, memory_with_pos: Tensor, query_pos: Tensor
-    ) -> Tensor:
+        self,
+        queries: Tensor,
+        memory: Tensor,
+        attention_mask: Tensor | None,
+        memory_with_pos: Tensor,
+        query_pos: Tensor,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         """`queries`/`query_pos` [B, Q, C]; `memory` [B, HW, C], the values' input, and `memory_with_pos`, the
         memory plus its position embedding (the keys' input, computed once for the layers of a level);
-        `attention_mask` bool [B, 1, Q, HW] with True = blocked, or None."""
+        `attention_mask` bool [B, 1, Q, HW] with True = blocked, or None. Returns the new queries and, with
+        `output_attentions`, the attention weights [B, heads, Q, HW] (then computed explicitly, not by SDPA)."""
         attention = self.attention
         batch, num_queries, channels = queries.shape
         heads = attention.num_heads
@@ -90,15 +100,22 @@ class ITAMaskedCrossAttention(_ITAPostNormAttention):
         value = split_heads(F.linear(memory, value_weight, value_bias))
         if attention_mask is not None:  # additive float mask: a boolean one SDPA converts twice per call on CPU
             attention_mask = query.new_zeros(attention_mask.shape).masked_fill_(attention_mask, float("-inf"))
-        attended = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            dropout_p=attention.dropout if self.training else 0.0,
-        )  # [B, heads, Q, C / heads]
+        weights = None
+        if output_attentions:
+            scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])  # [B, heads, Q, HW]
+            weights = (scores if attention_mask is None else scores + attention_mask).softmax(dim=-1)
+            dropped = F.dropout(weights, attention.dropout, self.training)
+            attended = dropped @ value
+        else:
+            attended = F.scaled_dot_product_attention(
+                query,
+                key,
+                value,
+                attn_mask=attention_mask,
+                dropout_p=attention.dropout if self.training else 0.0,
+            )  # [B, heads, Q, C / heads]
         attended = attention.out_proj(attended.transpose(1, 2).reshape(batch, num_queries, channels))
-        return self.norm(queries + self.dropout(attended))
+        return self.norm(queries + self.dropout(attended)), weights
 
 
 class ITAQuerySelfAttention(_ITAPostNormAttention):
@@ -142,12 +159,21 @@ class ITAAggregationDecoderLayer(GradientCheckpointingLayer):
         self.ffn = ITADecoderFeedForward(config)
 
     def forward(
-        self, queries: Tensor, memory: Tensor, attention_mask: Tensor | None, memory_with_pos: Tensor, query_pos: Tensor
-    ) -> Tensor:
-        queries = self.cross_attention(queries, memory, attention_mask, memory_with_pos, query_pos)
+        self,
+        queries: Tensor,
+        memory: Tensor,
+        attention_mask: Tensor | None,
+        memory_with_pos: Tensor,
+        query_pos: Tensor,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """New queries, and the cross-attention weights with `output_attentions`."""
+        queries, weights = self.cross_attention(
+            queries, memory, attention_mask, memory_with_pos, query_pos, output_attentions
+        )
         if self.self_attention is not None:
             queries = self.self_attention(queries, query_pos)
-        return self.ffn(queries)
+        return self.ffn(queries), weights
 
 
 @torch.no_grad()
@@ -169,6 +195,22 @@ def masked_attention_mask(mask_logits: Tensor, size: Sequence[int] | None = None
     blocked = mask_logits.sigmoid().flatten(2) < 0.5  # [B, Q, h*w]; no gradient (torch.no_grad)
     blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
     return blocked.unsqueeze(1)
+
+
+@dataclass
+class ITADecoderOutput:
+    """What the decoder returns.
+
+    Attributes:
+        predictions: `(class_logits [B, Q, K + 1], mask_logits [B, Q, H/4, W/4])` pairs: one per layer input and
+            the last (`decoder_layers + 1`), or only the last one.
+        hidden_states: the queries `[B, Q, C]` entering each layer, then the last layer's output (asked for).
+        attentions: each layer's cross-attention weights `[B, heads, Q, h_l * w_l]` (asked for).
+    """
+
+    predictions: list = field(default_factory=list)
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
 
 
 class ITAAggregationDecoder(nn.Module):
@@ -231,7 +273,9 @@ class ITAAggregationDecoder(nn.Module):
         classifier: Tensor,
         vocabulary: ITAVocabulary,
         output_intermediate_predictions: bool = True,
-    ) -> list[tuple[Tensor, Tensor]]:
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ITADecoderOutput:
         """
         Args:
             multi_scale_features: `num_feature_levels` maps `[B, hidden_dim, h_l, w_l]`, strides 32, 16, 8.
@@ -243,11 +287,11 @@ class ITAAggregationDecoder(nn.Module):
             output_intermediate_predictions: return the prediction of the initial queries and of every layer
                 (deep supervision, auxiliary logits). False returns only the last one, and between layers
                 computes only what the next layer's attention mask needs (see the loop).
+            output_hidden_states: also return the queries entering each layer and the last layer's output.
+            output_attentions: also return each layer's cross-attention weights (computed only then).
 
         Returns:
-            A list of tuples `(class_logits [B, Q, K + 1], mask_logits [B, Q, H/4, W/4])`: `decoder_layers + 1`
-            of them (the initial queries, then one after every layer), or only the last one; Q = text queries
-            + learnable queries.
+            [`ITADecoderOutput`]; Q = text queries + learnable queries.
         """
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(
@@ -284,7 +328,7 @@ class ITAAggregationDecoder(nn.Module):
             with torch.no_grad():
                 level_mask_features = resize_to_levels(mask_features, level_sizes)
 
-        predictions = []
+        predictions, hidden_states, attentions = [], [], []
         for i, layer in enumerate(self.layers):
             level = i % self.num_feature_levels
             if output_intermediate_predictions:
@@ -294,6 +338,15 @@ class ITAAggregationDecoder(nn.Module):
                 attention_mask = masked_attention_mask(
                     self._mask_logits(self.decoder_norm(queries), level_mask_features[level])
                 )
-            queries = layer(queries, memories[level], attention_mask, memories_with_pos[level], query_pos)
+            hidden_states.append(queries)
+            queries, weights = layer(
+                queries, memories[level], attention_mask, memories_with_pos[level], query_pos, output_attentions
+            )
+            attentions.append(weights)
+        hidden_states.append(queries)
         predictions.append(self.predict(queries, mask_features, classifier, vocabulary))
-        return predictions
+        return ITADecoderOutput(
+            predictions=predictions,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )

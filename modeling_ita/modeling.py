@@ -46,6 +46,14 @@ class ITAOpenVocabSegmentationOutput(ModelOutput):
             `masks_queries_logits`, first to last.
         loss_dict: the unweighted loss terms.
         image_sizes: `[B, 2]` size of each image inside the padded batch.
+        encoder_last_hidden_state: `[B, C_5, H/32, W/32]` the CLIP trunk's last stage (with `output_hidden_states`).
+        pixel_decoder_last_hidden_state: `[B, mask_dim, H/4, W/4]` the pixel decoder's mask features (same).
+        transformer_decoder_last_hidden_state: `[B, Q, hidden_dim]` the decoder's final queries (same).
+        encoder_hidden_states: the CLIP trunk's stages `res2`..`res5` (strides 4 to 32), with `output_hidden_states`.
+        pixel_decoder_hidden_states: the pixel decoder's encoded maps (strides 32, 16, 8), then the mask features.
+        transformer_decoder_hidden_states: the queries entering each decoder layer, then the last layer's output.
+        attentions: each decoder layer's masked cross-attention weights `[B, heads, Q, h_l * w_l]`, with
+            `output_attentions`. None of these is computed unless asked for.
     """
 
     loss: torch.FloatTensor | None = None
@@ -58,6 +66,13 @@ class ITAOpenVocabSegmentationOutput(ModelOutput):
     auxiliary_logits: list | None = None
     loss_dict: dict | None = None
     image_sizes: torch.LongTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    pixel_decoder_last_hidden_state: torch.FloatTensor | None = None
+    transformer_decoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple | None = None
+    pixel_decoder_hidden_states: tuple | None = None
+    transformer_decoder_hidden_states: tuple | None = None
+    attentions: tuple | None = None
 
 
 class ITAPreTrainedModel(PreTrainedModel):
@@ -192,6 +207,8 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         dominant_category_ids=None,
         dominant_category_pixel_values=None,
         output_auxiliary_logits=None,
+        output_hidden_states=None,
+        output_attentions=None,
         return_dict=None,
         **kwargs,
     ):
@@ -214,10 +231,17 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             output_auxiliary_logits: return the intermediate predictions. They are computed only when asked for
                 or when the deep-supervision loss needs them; otherwise the decoder computes only what its last
                 prediction needs (the same prediction up to float rounding, several times faster).
+            output_hidden_states: return each stage's hidden states (CLIP trunk, pixel decoder, decoder queries),
+                with Mask2Former's field names. Defaults to `config.output_hidden_states`.
+            output_attentions: return the decoder's cross-attention weights. Defaults to `config.output_attentions`.
         """
         if kwargs:
             raise TypeError(_unexpected_arguments_message(kwargs, self.forward))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         if vocabulary is None:
             vocabulary = self.encode_vocabulary(class_names)
         elif not isinstance(vocabulary, ITAVocabulary):
@@ -246,13 +270,16 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         output_intermediate = bool(output_auxiliary_logits) or (
             mask_labels is not None and self.config.deep_supervision
         )
-        predictions = self.decoder(
+        decoded = self.decoder(
             multi_scale_features, mask_features, text_queries, classifier, vocabulary,
             output_intermediate_predictions=output_intermediate,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
-        class_queries_logits, masks_queries_logits = predictions[-1]
+        class_queries_logits, masks_queries_logits = decoded.predictions[-1]
         auxiliary = [
-            {"class_queries_logits": logits, "masks_queries_logits": masks} for logits, masks in predictions[:-1]
+            {"class_queries_logits": logits, "masks_queries_logits": masks}
+            for logits, masks in decoded.predictions[:-1]
         ]
 
         loss = loss_dict = None
@@ -293,7 +320,15 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             auxiliary_logits=auxiliary if output_auxiliary_logits else None,
             loss_dict=loss_dict,
             image_sizes=image_sizes,
+            attentions=decoded.attentions,
         )
+        if output_hidden_states:
+            output.encoder_hidden_states = tuple(features[f"res{i}"] for i in range(2, 6))
+            output.encoder_last_hidden_state = features["res5"]
+            output.pixel_decoder_hidden_states = (*multi_scale_features, mask_features)
+            output.pixel_decoder_last_hidden_state = mask_features
+            output.transformer_decoder_hidden_states = decoded.hidden_states
+            output.transformer_decoder_last_hidden_state = decoded.hidden_states[-1]
         return output if return_dict else output.to_tuple()
 
     @staticmethod

@@ -53,7 +53,7 @@ def make_inputs(config, batch_size=2, height=64, width=96, seed=0):
 
 
 def run(decoder, features, mask_features, text_queries, classifier):
-    return decoder(features, mask_features, text_queries, classifier, VOCABULARY)
+    return decoder(features, mask_features, text_queries, classifier, VOCABULARY).predictions
 
 
 def build(config, seed=0):
@@ -295,7 +295,7 @@ def test_last_prediction_alone_matches_the_full_run(variant, monkeypatch):
         last = decoder(
             features, mask_features, text_queries, classifier, VOCABULARY,
             output_intermediate_predictions=False,
-        )
+        ).predictions
     assert len(last) == 1 and len(heads) == 1
     torch.testing.assert_close(last[0][0], full[-1][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(last[0][1], full[-1][1], atol=1e-5, rtol=1e-5)
@@ -474,3 +474,32 @@ def test_state_dict_maps_one_to_one_onto_the_original(fcclip):
     renamed = {rename(key): shape for key, shape in original.items()}
     assert len(renamed) == len(original)  # no two original keys collapse onto one
     assert renamed == ours
+
+
+@pytest.mark.parametrize("variant", ["ita", "fcclip"])
+def test_attention_weights_and_hidden_states_when_asked(variant):
+    config = tiny_config() if variant == "ita" else tiny_fcclip_config()
+    decoder = build(config)
+    features, mask_features, text_queries, classifier = make_inputs(config)
+    with torch.no_grad():
+        plain = decoder(features, mask_features, text_queries, classifier, VOCABULARY)
+        asked = decoder(
+            features, mask_features, text_queries, classifier, VOCABULARY,
+            output_hidden_states=True, output_attentions=True,
+        )
+    assert plain.hidden_states is None and plain.attentions is None
+    total_queries = config.num_dominant_categories + config.num_queries
+    assert len(asked.hidden_states) == config.decoder_layers + 1
+    assert all(h.shape == (2, total_queries, config.hidden_dim) for h in asked.hidden_states)
+    assert len(asked.attentions) == config.decoder_layers
+    for i, weights in enumerate(asked.attentions):
+        level = features[i % config.num_feature_levels]
+        assert weights.shape == (2, config.decoder_attention_heads, total_queries, level.shape[-2] * level.shape[-1])
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))  # a softmax per query
+        # The masked-attention rule: blocked positions get no weight.
+        mask = masked_attention_mask(asked.predictions[i][1], level.shape[-2:])[:, 0]  # [B, Q, hw]
+        assert (weights.masked_select(mask[:, None].expand_as(weights)) == 0).all()
+    # Explicit attention weights give the same predictions as the fused kernel.
+    for (a_logits, a_masks), (p_logits, p_masks) in zip(asked.predictions, plain.predictions):
+        torch.testing.assert_close(a_logits, p_logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a_masks, p_masks, atol=1e-4, rtol=1e-4)

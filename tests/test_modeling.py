@@ -281,3 +281,31 @@ def test_weights_missing_from_a_checkpoint_are_initialised_not_garbage(config, t
             assert not torch.equal(loaded[key], torch.zeros_like(loaded[key])), key  # drawn, not zeroed
     tokens = reloaded.backbone.tokenize(["a photo of a cat."])
     assert torch.isfinite(reloaded.backbone.clip_model.encode_text(tokens)).all()
+
+
+@pytest.mark.parametrize("from_config", [False, True])
+def test_hidden_states_and_attentions_with_mask2former_names(config, from_config):
+    model = make_model(config)
+    pixel_values = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        plain = model(pixel_values, class_names=VOCABULARY)
+        if from_config:
+            model.config.output_hidden_states = model.config.output_attentions = True
+            out = model(pixel_values, class_names=VOCABULARY)
+        else:
+            out = model(pixel_values, class_names=VOCABULARY, output_hidden_states=True, output_attentions=True)
+    fields = ("encoder_hidden_states", "pixel_decoder_hidden_states", "transformer_decoder_hidden_states", "attentions",
+              "encoder_last_hidden_state", "pixel_decoder_last_hidden_state", "transformer_decoder_last_hidden_state")
+    assert all(getattr(plain, name) is None for name in fields)  # nothing computed unless asked for
+    assert [h.shape[1] for h in out.encoder_hidden_states] == model.backbone.feature_channels
+    assert [h.shape[-1] for h in out.encoder_hidden_states] == [24, 12, 6, 3]  # strides 4 to 32 of 96 columns
+    assert torch.equal(out.encoder_last_hidden_state, out.encoder_hidden_states[-1])
+    assert [h.shape[-1] for h in out.pixel_decoder_hidden_states] == [3, 6, 12, 24]  # strides 32, 16, 8, then 4
+    assert torch.equal(out.pixel_decoder_last_hidden_state, out.pixel_decoder_hidden_states[-1])
+    assert len(out.transformer_decoder_hidden_states) == config.decoder_layers + 1
+    assert out.transformer_decoder_last_hidden_state.shape == (1, config.total_queries, config.hidden_dim)
+    assert len(out.attentions) == config.decoder_layers
+    torch.testing.assert_close(out.masks_queries_logits, plain.masks_queries_logits, atol=1e-4, rtol=1e-4)
+    assert len(model(pixel_values, class_names=VOCABULARY, output_attentions=True, return_dict=False)) > len(
+        model(pixel_values, class_names=VOCABULARY, output_attentions=False, output_hidden_states=False, return_dict=False)
+    )
