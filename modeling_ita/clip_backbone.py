@@ -2,6 +2,8 @@
 out-of-vocabulary classifier, full image embeddings for dominant-category unearthing, and text embeddings.
 """
 
+from __future__ import annotations
+
 import functools
 import math
 
@@ -10,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as hf_init
+
+from configuration_ita import ITAConfig
 
 __all__ = [
     "ITACLIPBackbone",
@@ -20,7 +24,7 @@ __all__ = [
 ]
 
 
-def build_causal_mask(length, device=None, dtype=torch.float32):
+def build_causal_mask(length: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Additive causal mask [L, L]: -inf above the diagonal, as open_clip's text transformer expects."""
     return torch.full((length, length), float("-inf"), device=device, dtype=dtype).triu_(1)
 
@@ -38,7 +42,7 @@ class ITACLIPBackbone(nn.Module):
     model) are those of the original FC-CLIP/ITA checkpoints and of open_clip's own checkpoints.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: ITAConfig):
         super().__init__()
         clip_config = config.clip_config
         self.clip_model = open_clip.model.CLIP(
@@ -56,7 +60,7 @@ class ITACLIPBackbone(nn.Module):
         for module in self.clip_model.modules():
             module._ita_clip_part = True
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> ITACLIPBackbone:
         super().train(mode)
         self.clip_model.eval()  # frozen: drop-path and dropout stay off
         # `from_pretrained` swaps in new parameters that require gradients; it ends with `model.eval()`, and
@@ -65,16 +69,16 @@ class ITACLIPBackbone(nn.Module):
         return self
 
     @property
-    def embed_dim(self):
+    def embed_dim(self) -> int:
         return self.clip_model.text_projection.shape[-1]
 
     @property
-    def logit_scale(self):
+    def logit_scale(self) -> nn.Parameter:
         return self.clip_model.logit_scale
 
     # ----------------------------------------------------------------------------------------------- image side
     @torch.no_grad()
-    def extract_features(self, pixel_values):
+    def extract_features(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """Dense features of the ConvNeXt trunk: `res2`..`res5` (stride 4..32) and `clip_vis_dense`."""
         trunk = self.clip_model.visual.trunk
         features = {}
@@ -86,7 +90,7 @@ class ITACLIPBackbone(nn.Module):
         return features
 
     @torch.no_grad()
-    def pooled_embeddings(self, pooled_features):
+    def pooled_embeddings(self, pooled_features: torch.Tensor) -> torch.Tensor:
         """CLIP's own head on mask-pooled dense features: [B, Q, C] -> [B, Q, D] (not normalised)."""
         batch, num_queries, channels = pooled_features.shape
         x = pooled_features.reshape(batch * num_queries, channels, 1, 1)
@@ -95,18 +99,18 @@ class ITACLIPBackbone(nn.Module):
         return x.view(batch, num_queries, -1)
 
     @torch.no_grad()
-    def encode_image(self, images, normalize=True):
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Full CLIP image embedding of CLIP-normalised images [B, 3, S, S] -> [B, D]."""
         embeddings = self.clip_model.visual(images)
         return F.normalize(embeddings, dim=-1) if normalize else embeddings
 
     # ------------------------------------------------------------------------------------------------ text side
-    def tokenize(self, texts):
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
         """open_clip BPE tokens [N, context_length] (start token, text, end token, zero padding)."""
         return _tokenizer(self.context_length)(list(texts))
 
     @torch.no_grad()
-    def encode_text(self, tokens, normalize=False, truncate_context=True):
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False, truncate_context: bool = True) -> torch.Tensor:
         """Text embeddings [N, D] of `tokens` [N, L].
 
         The text transformer is causal, so the end-of-text output depends only on the tokens before it: with
@@ -203,7 +207,7 @@ def _torch_default_linear_init(linear):
         hf_init.uniform_(linear.bias, -bound, bound)
 
 
-def rebuild_causal_mask(clip_model):
+def rebuild_causal_mask(clip_model: open_clip.model.CLIP) -> None:
     """Refill open_clip's causal text mask, a non-persistent buffer.
 
     transformers 5 builds models on the meta device and refills non-persistent buffers with uninitialised
@@ -216,7 +220,7 @@ def rebuild_causal_mask(clip_model):
             mask.copy_(build_causal_mask(mask.shape[-1], device=mask.device, dtype=mask.dtype))
 
 
-def load_open_clip_weights(backbone, checkpoint_path):
+def load_open_clip_weights(backbone: ITACLIPBackbone, checkpoint_path) -> ITACLIPBackbone:
     """Fill `backbone.clip_model` from an open_clip checkpoint file, strictly.
 
     Use it to train from scratch with the original CLIP, e.g. the `open_clip_pytorch_model.bin` of

@@ -6,12 +6,16 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+
+from configuration_ita import ITAConfig
+
+from .clip_backbone import ITACLIPBackbone
 
 __all__ = ["ITADominantCategoryUnearthing", "clip_center_crop", "dense_image_embeddings"]
 
 
-def clip_center_crop(pixel_values, image_sizes, size):
+def clip_center_crop(pixel_values: Tensor, image_sizes: Tensor, size: int) -> Tensor:
     """open_clip's eval view of each image made from the model input: its unpadded region, shortest side
     resized to `size` (bicubic, antialiased), centre crop `size` x `size`. Input and output are CLIP-normalised:
     [B, 3, size, size].
@@ -33,7 +37,9 @@ def clip_center_crop(pixel_values, image_sizes, size):
     return torch.stack(views).to(pixel_values.dtype)
 
 
-def dense_image_embeddings(backbone, dense_features, image_sizes, padded_size):
+def dense_image_embeddings(
+    backbone: ITACLIPBackbone, dense_features: Tensor, image_sizes: Tensor, padded_size: tuple[int, int]
+) -> Tensor:
     """Image embeddings [B, D] (not normalised) from the main forward's dense CLIP features [B, C, h, w]: the
     mean over the cells that cover each image (its unpadded region, rounded up to whole cells), then CLIP's own
     pooling head, the way CLIP's image encoder pools its last stage."""
@@ -55,7 +61,7 @@ class ITADominantCategoryUnearthing(nn.Module):
     hence its N(0, 1) initialisation): trainable, while CLIP stays frozen.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: ITAConfig):
         super().__init__()
         self.num_categories = config.num_dominant_categories
         self.image_size = config.dominant_category_image_size
@@ -67,7 +73,15 @@ class ITADominantCategoryUnearthing(nn.Module):
         nn.init.normal_(self.projection)
 
     @torch.no_grad()
-    def rank(self, backbone, pixel_values, image_sizes, candidate_embeddings, dense_features=None, views=None):
+    def rank(
+        self,
+        backbone: ITACLIPBackbone,
+        pixel_values: Tensor,
+        image_sizes: Tensor,
+        candidate_embeddings: Tensor,
+        dense_features: Tensor | None = None,
+        views: Tensor | None = None,
+    ) -> Tensor:
         """Indices [B, k] of the top-k candidates per image, best first.
 
         `candidate_embeddings` [N, D] are the L2-normalised bare-name embeddings of the vocabulary's synonyms
@@ -87,8 +101,14 @@ class ITADominantCategoryUnearthing(nn.Module):
 
     @torch.no_grad()
     def ranking_probabilities(
-        self, backbone, pixel_values, image_sizes, candidate_embeddings, dense_features=None, views=None
-    ):
+        self,
+        backbone: ITACLIPBackbone,
+        pixel_values: Tensor,
+        image_sizes: Tensor,
+        candidate_embeddings: Tensor,
+        dense_features: Tensor | None = None,
+        views: Tensor | None = None,
+    ) -> Tensor:
         """[B, N] CLIP's zero-shot probabilities of the N candidates per image (what `rank` sorts)."""
         if self.features == "dense_features":
             if dense_features is None:
@@ -108,6 +128,6 @@ class ITADominantCategoryUnearthing(nn.Module):
         scale = backbone.logit_scale.exp()
         return (scale * image_embeddings.float() @ candidate_embeddings.float().t()).softmax(dim=-1)  # [B, N]
 
-    def forward(self, name_embeddings):
+    def forward(self, name_embeddings: Tensor) -> Tensor:
         """Text queries [B, k, hidden] from the chosen names' embeddings [B, k, D]."""
         return name_embeddings.to(self.projection.dtype) @ self.projection

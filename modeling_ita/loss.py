@@ -12,7 +12,9 @@ import re
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
-from torch import nn
+from torch import Tensor, nn
+
+from configuration_ita import ITAConfig
 
 __all__ = [
     "point_sample",
@@ -33,7 +35,7 @@ DICE_SMOOTHING = 1.0
 _LOSS_KEY = re.compile(r"^loss_(ce|mask|dice)(_\d+)?$")
 
 
-def point_sample(inputs, coords):
+def point_sample(inputs: Tensor, coords: Tensor) -> Tensor:
     """Bilinearly read `inputs` at normalised points.
 
     Args:
@@ -48,13 +50,15 @@ def point_sample(inputs, coords):
     return F.grid_sample(inputs, grid, mode="bilinear", align_corners=False).squeeze(3)
 
 
-def mask_uncertainty(logits):
+def mask_uncertainty(logits: Tensor) -> Tensor:
     """Uncertainty of a mask logit: `-|logit|`, highest where the prediction is closest to 0.5."""
     return -logits.abs()
 
 
 @torch.no_grad()
-def sample_points_by_uncertainty(mask_logits, num_points, oversample_ratio, importance_sample_ratio):
+def sample_points_by_uncertainty(
+    mask_logits: Tensor, num_points: int, oversample_ratio: float, importance_sample_ratio: float
+) -> Tensor:
     """Choose points where each mask is most uncertain, plus uniformly random ones.
 
     `int(num_points * oversample_ratio)` candidates are drawn uniformly per mask; the
@@ -86,7 +90,7 @@ def sample_points_by_uncertainty(mask_logits, num_points, oversample_ratio, impo
     return chosen
 
 
-def pairwise_sigmoid_cross_entropy(point_logits, point_labels):
+def pairwise_sigmoid_cross_entropy(point_logits: Tensor, point_labels: Tensor) -> Tensor:
     """Mean sigmoid binary cross-entropy of every prediction against every target.
 
     Args:
@@ -103,7 +107,7 @@ def pairwise_sigmoid_cross_entropy(point_logits, point_labels):
     return total / point_logits.shape[1]
 
 
-def pairwise_dice(point_logits, point_labels):
+def pairwise_dice(point_logits: Tensor, point_labels: Tensor) -> Tensor:
     """Dice loss of every prediction against every target.
 
     Args:
@@ -119,7 +123,7 @@ def pairwise_dice(point_logits, point_labels):
     return 1 - (overlap + DICE_SMOOTHING) / (size + DICE_SMOOTHING)
 
 
-def sigmoid_cross_entropy_loss(point_logits, point_labels, num_masks):
+def sigmoid_cross_entropy_loss(point_logits: Tensor, point_labels: Tensor, num_masks: float) -> Tensor:
     """Sigmoid binary cross-entropy of matched pairs, averaged over points, summed over masks.
 
     Args:
@@ -134,7 +138,7 @@ def sigmoid_cross_entropy_loss(point_logits, point_labels, num_masks):
     return per_mask.sum() / num_masks
 
 
-def dice_loss(point_logits, point_labels, num_masks):
+def dice_loss(point_logits: Tensor, point_labels: Tensor, num_masks: float) -> Tensor:
     """Dice loss of matched pairs, summed over masks.
 
     Args:
@@ -164,7 +168,7 @@ class ITAHungarianMatcher(nn.Module):
         config ([`ITAConfig`]): uses `class_weight`, `mask_weight`, `dice_weight`, `train_num_points`.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: ITAConfig):
         super().__init__()
         self.class_weight = config.class_weight
         self.mask_weight = config.mask_weight
@@ -172,7 +176,7 @@ class ITAHungarianMatcher(nn.Module):
         self.num_points = config.train_num_points
 
     @torch.no_grad()
-    def cost_matrix(self, class_logits, mask_logits, class_labels, mask_labels):
+    def cost_matrix(self, class_logits: Tensor, mask_logits: Tensor, class_labels: Tensor, mask_labels: Tensor) -> Tensor:
         """Matching cost of one image.
 
         Args:
@@ -202,7 +206,9 @@ class ITAHungarianMatcher(nn.Module):
         return self.class_weight * cost_class + self.mask_weight * cost_mask + self.dice_weight * cost_dice
 
     @torch.no_grad()
-    def forward(self, class_queries_logits, masks_queries_logits, mask_labels, class_labels):
+    def forward(
+        self, class_queries_logits: Tensor, masks_queries_logits: Tensor, mask_labels: list[Tensor], class_labels: list[Tensor]
+    ) -> list[tuple[Tensor, Tensor]]:
         """Match every image of a batch.
 
         Args:
@@ -243,7 +249,7 @@ class ITALoss(nn.Module):
             `deep_supervision`).
     """
 
-    def __init__(self, config):
+    def __init__(self, config: ITAConfig):
         super().__init__()
         self.matcher = ITAHungarianMatcher(config)
         self.no_object_weight = config.no_object_weight
@@ -253,7 +259,7 @@ class ITALoss(nn.Module):
         self.deep_supervision = config.deep_supervision
         self.term_weights = {"ce": config.class_weight, "mask": config.mask_weight, "dice": config.dice_weight}
 
-    def loss_labels(self, class_queries_logits, class_labels, indices):
+    def loss_labels(self, class_queries_logits: Tensor, class_labels: list[Tensor], indices: list) -> Tensor:
         """Weighted cross-entropy of all queries; matched queries target their class, the rest void.
 
         Args:
@@ -276,7 +282,7 @@ class ITALoss(nn.Module):
             targets[image, query_idx.to(device)] = labels.to(device)[target_idx.to(device)]
         return F.cross_entropy(class_queries_logits.transpose(1, 2), targets, weight=class_weights)
 
-    def loss_masks(self, masks_queries_logits, mask_labels, indices, num_masks):
+    def loss_masks(self, masks_queries_logits: Tensor, mask_labels: list[Tensor], indices: list, num_masks: float) -> dict:
         """Sigmoid BCE and dice of matched masks on points chosen by uncertainty.
 
         Args:
@@ -316,7 +322,7 @@ class ITALoss(nn.Module):
             dice_loss(point_logits, point_labels, num_masks),
         )
 
-    def num_target_masks(self, class_labels, device):
+    def num_target_masks(self, class_labels: list[Tensor], device: torch.device) -> float:
         """Target masks in the batch, averaged over processes, at least 1: the mask terms' normaliser."""
         num_masks = torch.tensor(float(sum(len(labels) for labels in class_labels)), device=device)
         world_size = 1
@@ -336,12 +342,12 @@ class ITALoss(nn.Module):
 
     def forward(
         self,
-        class_queries_logits,
-        masks_queries_logits,
-        mask_labels,
-        class_labels,
-        auxiliary_predictions=None,
-    ):
+        class_queries_logits: Tensor,
+        masks_queries_logits: Tensor,
+        mask_labels: list[Tensor],
+        class_labels: list[Tensor],
+        auxiliary_predictions: list[dict] | None = None,
+    ) -> dict[str, Tensor]:
         """Compute the unweighted loss terms.
 
         Args:
@@ -377,7 +383,7 @@ class ITALoss(nn.Module):
                     losses.update({f"{key}_{i}": value for key, value in aux.items()})
         return losses
 
-    def weighted_total(self, losses):
+    def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
         """Sum of the terms of [`~ITALoss.forward`], each times `class_weight`, `mask_weight` or `dice_weight`.
 
         Args:

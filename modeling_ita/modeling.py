@@ -125,7 +125,7 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         self.post_init()
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def encode_vocabulary(self, class_names=None):
+    def encode_vocabulary(self, class_names: list[str] | None = None) -> ITAVocabulary:
         """Encode (or fetch from the cache) a vocabulary; defaults to the config's training vocabulary."""
         class_names = self.config.train_vocabulary if class_names is None else class_names
         return self.vocabulary_encoder.encode(
@@ -143,20 +143,20 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         batch, _, height, width = pixel_values.shape
         return torch.tensor([[height, width]] * batch, dtype=torch.long, device=pixel_values.device)
 
-    def text_classifier(self, vocabulary):
+    def text_classifier(self, vocabulary: ITAVocabulary) -> torch.Tensor:
         """[S + 1, D]: the vocabulary's synonym embeddings, then the learnable void embedding."""
         void = F.normalize(self.void_embedding.weight, dim=-1)
         return torch.cat([vocabulary.text_classifier.to(void.dtype), void], dim=0)
 
     def unearth_dominant_categories(
         self,
-        pixel_values,
-        image_sizes,
-        vocabulary,
-        dominant_category_ids=None,
-        clip_dense_features=None,
-        dominant_category_pixel_values=None,
-    ):
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor,
+        vocabulary: ITAVocabulary,
+        dominant_category_ids: torch.Tensor | None = None,
+        clip_dense_features: torch.Tensor | None = None,
+        dominant_category_pixel_values: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Text queries [B, k, hidden] and the chosen candidate indices [B, k] (or None, None for FC-CLIP).
 
         CLIP ranks the candidates by their text-tower embeddings; the chosen ones' text queries are made from
@@ -197,21 +197,21 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
     # ------------------------------------------------------------------------------------------------ forward
     def forward(
         self,
-        pixel_values,
-        pixel_mask=None,
-        image_sizes=None,
-        class_names=None,
-        vocabulary=None,
-        mask_labels=None,
-        class_labels=None,
-        dominant_category_ids=None,
-        dominant_category_pixel_values=None,
-        output_auxiliary_logits=None,
-        output_hidden_states=None,
-        output_attentions=None,
-        return_dict=None,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        class_names: list[str] | None = None,
+        vocabulary: ITAVocabulary | None = None,
+        mask_labels: list[torch.Tensor] | None = None,
+        class_labels: list[torch.Tensor] | None = None,
+        dominant_category_ids: torch.Tensor | None = None,
+        dominant_category_pixel_values: torch.Tensor | None = None,
+        output_auxiliary_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ):
+    ) -> ITAOpenVocabSegmentationOutput | tuple:
         r"""
         Args:
             pixel_values: `[B, 3, H, W]` CLIP-normalised images, padded (see `ITAImageProcessor`).
