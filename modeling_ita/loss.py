@@ -282,7 +282,7 @@ class ITALoss(nn.Module):
             targets[image, query_idx.to(device)] = labels.to(device)[target_idx.to(device)]
         return F.cross_entropy(class_queries_logits.transpose(1, 2), targets, weight=class_weights)
 
-    def loss_masks(self, masks_queries_logits: Tensor, mask_labels: list[Tensor], indices: list, num_masks: float) -> dict:
+    def loss_masks(self, masks_queries_logits: Tensor, mask_labels: list[Tensor], indices: list, num_masks: float) -> tuple[Tensor, Tensor]:
         """Sigmoid BCE and dice of matched masks on points chosen by uncertainty.
 
         Args:
