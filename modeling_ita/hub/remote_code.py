@@ -28,6 +28,7 @@ REMOTE_CODE_FILES = {
     "aggregation_decoder.py": "modeling_ita/aggregation_decoder.py",
     "layers.py": "modeling_ita/layers.py",
     "loss.py": "modeling_ita/loss.py",
+    "postprocessing.py": "modeling_ita/postprocessing.py",
 }
 
 # Auto class -> "<file in the folder without .py>.<class>", the `auto_map` entries of a folder.
