@@ -188,3 +188,18 @@ def test_torchmetrics_differs_on_crowd_and_predicted_void():
     theirs.update(torch.from_numpy(to_pairs(prediction, THING))[None], torch.from_numpy(to_pairs(reference, THING))[None])
     assert ours.compute()["all"]["pq"] == pytest.approx(1 / 1.5)  # one TP, one FN
     assert float(theirs.compute()) == pytest.approx(1.0)  # the FN on predicted void is not counted
+
+
+def test_reference_areas_from_the_annotations():
+    """ADE20K panoptic's stuff segments keep their full `area` in the JSON although things cover part of them in
+    the PNG; panopticapi's union uses the JSON area."""
+    reference = row((1, 50), (2, 30))  # stuff 1 has 80 px in the JSON, 50 left in the PNG
+    prediction = row((5, 50), (6, 30))
+    true_segments = [{"id": 1, "category_id": STUFF, "area": 80}, {"id": 2, "category_id": THING, "area": 30}]
+    predicted_segments = [{"id": 5, "category_id": STUFF}, {"id": 6, "category_id": THING}]
+    metric = PanopticQuality(CATEGORIES)
+    metric.add(prediction, predicted_segments, reference, true_segments)
+    assert metric.compute()["per_category"][STUFF]["sq"] == pytest.approx(50 / 80)
+    without_area = PanopticQuality(CATEGORIES)
+    without_area.add(prediction, predicted_segments, reference, [{k: v for k, v in s.items() if k != "area"} for s in true_segments])
+    assert without_area.compute()["per_category"][STUFF]["sq"] == pytest.approx(1.0)

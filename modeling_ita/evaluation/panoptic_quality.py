@@ -22,8 +22,9 @@ neither, and FC-CLIP's panoptic output leaves pixels unassigned, so its scores w
 merges all segments of a stuff category into one. `tests/test_panoptic_quality.py` compares the two where
 their rules agree and shows where they differ.
 
-Memory: four numbers per category, whatever the number of images. The ground-truth areas come from the maps
-(panopticapi reads them from the annotation file's `area`; the two agree for consistent data).
+Memory: four numbers per category, whatever the number of images. A reference segment's area is its `area`
+in `segments_info` when given, as panopticapi reads it (ADE20K panoptic's stuff areas count pixels that things
+cover in the PNG), else its pixel count.
 """
 
 import numpy as np
@@ -73,12 +74,13 @@ class PanopticQuality:
             if category not in self._index:
                 raise ValueError(f"{what}: segment {segment_id} has unknown category_id {category}")
             crowd = bool(segment.get("iscrowd", 0)) if crowd_allowed else False
-            table[segment_id] = (category, crowd)
+            table[segment_id] = (category, crowd, segment.get("area"))
         return table
 
     def add(self, prediction, prediction_segments, reference, reference_segments, where="image"):
         """Add one image: `prediction` / `reference` are `[H, W]` integer segment-id maps (0 = no segment /
-        void), `*_segments` their `segments_info` lists (`id`, `category_id`, and `iscrowd` for the reference).
+        void), `*_segments` their `segments_info` lists (`id`, `category_id`; for the reference also `iscrowd`
+        and optionally `area`).
 
         A predicted id present in the map but not in its list, or listed but absent from the map, raises a
         `ValueError` (as panopticapi's checks do).
@@ -104,6 +106,9 @@ class PanopticQuality:
             raise ValueError(f"{where}: predicted segment ids {missing} are in segments_info but not in the map")
         ids, areas = np.unique(reference, return_counts=True)
         true_area = dict(zip(ids.tolist(), areas.tolist()))
+        # panopticapi takes the true areas from the annotations: they can exceed the pixels left in the PNG
+        # (ADE20K panoptic writes stuff first and things over it).
+        true_area.update({true_id: int(area) for true_id, (_, _, area) in true.items() if area is not None})
 
         pairs, counts = np.unique(
             reference.astype(np.uint64) * _OFFSET + prediction.astype(np.uint64), return_counts=True
@@ -114,7 +119,7 @@ class PanopticQuality:
         for (true_id, predicted_id), intersection in overlap.items():
             if true_id not in true or predicted_id not in predicted:
                 continue
-            category, crowd = true[true_id]
+            category, crowd, _ = true[true_id]
             if crowd or predicted[predicted_id][0] != category:
                 continue
             union = predicted_area[predicted_id] + true_area[true_id] - intersection - overlap.get((0, predicted_id), 0)
@@ -127,14 +132,14 @@ class PanopticQuality:
                 matched_predicted.add(predicted_id)
 
         crowd_of_category = {}
-        for true_id, (category, crowd) in true.items():
+        for true_id, (category, crowd, _) in true.items():
             if true_id in matched_true:
                 continue
             if crowd:
                 crowd_of_category[category] = true_id
                 continue
             self.fn[self._index[category]] += 1
-        for predicted_id, (category, _) in predicted.items():
+        for predicted_id, (category, _, _) in predicted.items():
             if predicted_id in matched_predicted:
                 continue
             ignored = overlap.get((0, predicted_id), 0)
