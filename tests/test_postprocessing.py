@@ -357,3 +357,14 @@ def test_bad_outputs_are_named():
         processor.post_process_panoptic_segmentation(outputs)
     with pytest.raises(ValueError, match="image_sizes"):
         processor.post_process_instance_segmentation({**outputs, "image_sizes": None})
+
+
+def test_ensemble_log_probs_field_is_preferred():
+    """`ensemble_log_probs`, where outputs have it, is what the rules read (not the decoder's logits)."""
+    outputs = random_outputs(1, 6, 3, (8, 8), [(32, 32)], seed=2)
+    expected = ITAImageProcessor().post_process_panoptic_segmentation(outputs, threshold=0.5)[0]
+    renamed = {**outputs, "ensemble_log_probs": outputs["class_queries_logits"],
+               "class_queries_logits": torch.zeros_like(outputs["class_queries_logits"])}
+    result = ITAImageProcessor().post_process_panoptic_segmentation(renamed, threshold=0.5)[0]
+    assert expected["segments_info"] and result["segments_info"] == expected["segments_info"]
+    assert torch.equal(result["segmentation"], expected["segmentation"])
