@@ -228,8 +228,10 @@ def test_queue_runs_one_at_a_time_and_turns_away_the_excess(service, tmp_path):
                 outcomes.append("done")
             except Exception as error:  # noqa: BLE001 - gradio_client's error types vary by version
                 outcomes.append(str(error))
-        assert outcomes.count("done") >= 2  # one running + one waiting
-        assert any("queue is full" in outcome.lower() for outcome in outcomes)
+        # Four requests at once against one running and one waiting place: some are served, the excess is told
+        # the queue is full (how many are served depends on how soon the first starts).
+        assert outcomes.count("done") >= 1
+        assert any("queue is full" in outcome.lower() for outcome in outcomes), outcomes
         assert most[0] == 1  # never two segmentations at once
     finally:
         demo.close()
