@@ -6,12 +6,16 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-all demo clean
+.PHONY: install test test-all demo web clean
 
-$(VENV)/.installed: constraints.txt setup.cfg pyproject.toml
+$(VENV)/.installed: constraints.txt setup.cfg pyproject.toml requirements-demo.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	# The web page (app.py) and its tests: gradio 6.31 declares pillow<13, yet runs with the pinned pillow 13.0.0;
+	# installed without that declaration, its other requirements from requirements-demo.txt.
+	$(PY) -m pip install -q -c constraints.txt -r requirements-demo.txt
+	$(PY) -m pip install -q -c constraints.txt --no-deps gradio gradio_client
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,6 +28,9 @@ test-all: install
 
 demo: install
 	$(PY) scripts/demo.py --output demo_output
+
+web: install
+	$(PY) app.py
 
 clean:
 	rm -rf $(VENV) demo_output

@@ -714,6 +714,235 @@ class ITAImageProcessor(TorchvisionBackend):
         grid = mask_logits[:, :grid_height, :grid_width]
         return class_probs, grid, image_size, (frame_height, frame_width), target_size
 
+    # ------------------------------------------------------------------------------------------------
+    # Panoptic and instance post-processing (FC-CLIP's `panoptic_inference` / `instance_inference`)
+    # ------------------------------------------------------------------------------------------------
+
+    def post_process_panoptic_segmentation(
+        self,
+        outputs,
+        threshold: float = 0.8,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.8,
+        label_ids_to_fuse: set[int] | None = None,
+        target_sizes=None,
+    ):
+        """Panoptic segmentation from the model's outputs, as FC-CLIP's `panoptic_inference` computes it.
+
+        Per image, with the ensemble's class probabilities (softmax of `class_queries_logits`, void last) and the
+        mask probabilities at the target size (upsampled to the image's own padded frame, cropped and resized
+        bilinearly, as FC-CLIP's `sem_seg_postprocess`):
+
+        1. a query is kept when its most probable class is not void and that probability exceeds `threshold`;
+        2. each pixel goes to the kept query with the highest class probability x mask probability (the first
+           one on ties), and stays unassigned (0) unless that query's mask probability there is at least
+           `mask_threshold`;
+        3. a query whose won pixels number less than `overlap_mask_area_threshold` of the pixels of its own mask
+           (`>= mask_threshold`) is dropped, as is one left with no pixel;
+        4. queries of a class in `label_ids_to_fuse` (stuff) merge into one segment per class; every other query
+           is a segment of its own (a thing instance).
+
+        Batched images give the same results as alone: each is read on its own padded frame only.
+
+        Args:
+            outputs ([`ITAOpenVocabSegmentationOutput`] or mapping):
+                With `class_queries_logits` `[B, Q, K + 1]` (at inference, the geometric ensemble's
+                log-probabilities), `masks_queries_logits` `[B, Q, h, w]` on the stride-4 grid of the padded input
+                and `image_sizes` `[B, 2]`.
+            threshold (`float`, *optional*, defaults to 0.8):
+                FC-CLIP's `OBJECT_MASK_THRESHOLD`. (transformers' Mask2Former defaults to 0.5.)
+            mask_threshold (`float`, *optional*, defaults to 0.5):
+                Mask probability from which a mask covers a pixel.
+            overlap_mask_area_threshold (`float`, *optional*, defaults to 0.8):
+                FC-CLIP's `OVERLAP_THRESHOLD`; a query with exactly this fraction is kept.
+            label_ids_to_fuse (`set[int]`, *optional*):
+                The stuff classes (vocabulary indices). By default none: every class is a thing.
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
+                Output (height, width) per image, usually the original sizes. Defaults to `image_sizes`.
+
+        Returns:
+            `list[dict]`, one per image:
+            - **segmentation** (`torch.IntTensor` `[H, W]`) -- the segment id of each pixel, 0 where no segment
+              (also when nothing is found; transformers' Mask2Former returns -1 there).
+            - **segments_info** (`list[dict]`) -- one entry per segment, in id order: **id** (`int`, from 1),
+              **label_id** (`int`, index into the vocabulary), **was_fused** (`bool`, the class is in
+              `label_ids_to_fuse`, so all its queries form this one segment) and **score** (`float`, the class
+              probability of its query; for a fused segment the highest among its queries).
+        """
+        from modeling_ita.postprocessing import panoptic_segments
+
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        if not 0.0 <= overlap_mask_area_threshold <= 1.0:
+            raise ValueError(f"overlap_mask_area_threshold must lie in [0, 1], got {overlap_mask_area_threshold}")
+        if not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
+        images = self._query_outputs(outputs, target_sizes)
+        stuff_ids = self._class_id_set(label_ids_to_fuse, images[0][0].shape[-1] - 1, "label_ids_to_fuse")
+        results = []
+        for log_probs, mask_chunks_for, target_size in images:
+            segmentation, segments_info = panoptic_segments(
+                log_probs, mask_chunks_for, target_size, threshold, mask_threshold, overlap_mask_area_threshold,
+                stuff_ids,
+            )
+            results.append({"segmentation": segmentation, "segments_info": segments_info})
+        return results
+
+    def post_process_instance_segmentation(
+        self,
+        outputs,
+        threshold: float = 0.0,
+        mask_threshold: float = 0.5,
+        target_sizes=None,
+        return_coco_annotation: bool = False,
+        return_binary_maps: bool = False,
+        top_k: int = 100,
+        label_ids_to_fuse: set[int] | None = None,
+    ):
+        """Instance segmentation from the model's outputs, as FC-CLIP's `instance_inference` computes it.
+
+        Per image: the `top_k` highest class probabilities over all (query, class) pairs (softmax of
+        `class_queries_logits`, void dropped) are the candidate instances; each takes its query's mask at the
+        target size (mask probability above `mask_threshold`, the mask logits resized as in
+        `post_process_panoptic_segmentation`) and scores class probability x the mean mask probability inside
+        that mask. With `label_ids_to_fuse` (stuff classes), candidates of those classes are dropped after the
+        top-k, as FC-CLIP does when it also runs panoptic inference. Instances overlap: one query may give
+        several (one per class), and different queries' masks may cross.
+
+        Args:
+            outputs ([`ITAOpenVocabSegmentationOutput`] or mapping):
+                As for `post_process_panoptic_segmentation`.
+            threshold (`float`, *optional*, defaults to 0.0):
+                Instances scoring below it are dropped. FC-CLIP keeps all `top_k` (for mask AP); transformers'
+                Mask2Former defaults to 0.5, a better choice for looking at the result.
+            mask_threshold (`float`, *optional*, defaults to 0.5):
+                Mask probability above which a mask covers a pixel (0.5: FC-CLIP's `logits > 0`).
+            target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
+                Output (height, width) per image. Defaults to `image_sizes`.
+            return_coco_annotation (`bool`, *optional*, defaults to `False`):
+                Return each instance's mask as COCO's uncompressed run-length encoding instead of a map.
+            return_binary_maps (`bool`, *optional*, defaults to `False`):
+                Return the instances' masks as one `[N, H, W]` boolean tensor instead of a map.
+            top_k (`int`, *optional*, defaults to 100):
+                FC-CLIP's `TEST.DETECTIONS_PER_IMAGE` (all pairs when there are fewer).
+            label_ids_to_fuse (`set[int]`, *optional*):
+                Stuff classes, which give no instances. By default none.
+
+        Returns:
+            `list[dict]`, one per image:
+            - **segmentation** -- by default a `torch.LongTensor` `[H, W]` with, at each pixel, the id of the
+              highest-scoring instance covering it, -1 where none (overlaps are lost: use one of the options
+              below to keep them); with `return_binary_maps` a `torch.BoolTensor` `[N, H, W]` (`N` may be 0);
+              with `return_coco_annotation` a list of `N` dicts `{"size": [H, W], "counts": [...]}`.
+            - **segments_info** (`list[dict]`) -- one entry per instance, highest score first: **id** (`int`, its
+              index: its value in the map, its row in the binary maps), **label_id** (`int`), **was_fused**
+              (`False`) and **score** (`float`).
+        """
+        from modeling_ita.postprocessing import binary_mask_to_coco_rle, instance_segments
+
+        if return_coco_annotation and return_binary_maps:
+            raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        if not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        images = self._query_outputs(outputs, target_sizes)
+        stuff_ids = self._class_id_set(label_ids_to_fuse, images[0][0].shape[-1] - 1, "label_ids_to_fuse")
+        results = []
+        for log_probs, mask_chunks_for, target_size in images:
+            masks, segments_info = instance_segments(
+                log_probs, mask_chunks_for, target_size, top_k, threshold, mask_threshold, stuff_ids
+            )
+            if return_binary_maps:
+                segmentation = masks
+            elif return_coco_annotation:
+                segmentation = [binary_mask_to_coco_rle(mask) for mask in masks]
+            else:
+                segmentation = torch.full(target_size, -1, dtype=torch.long, device=masks.device)
+                for index in reversed(range(len(masks))):  # the highest score is painted last, on top
+                    segmentation[masks[index]] = index
+            results.append({"segmentation": segmentation, "segments_info": segments_info})
+        return results
+
+    def _query_outputs(self, outputs, target_sizes):
+        """Checked per-image inputs of the panoptic and instance rules: a list of `(log_probs [Q, K+1],
+        mask_chunks_for, target_size)`, where `mask_chunks_for(queries)` yields the queries' mask logits at the
+        target size a few at a time (`modeling_ita.postprocessing.query_mask_logits`)."""
+        from modeling_ita.postprocessing import ensemble_log_probs, query_mask_logits
+
+        log_probs = ensemble_log_probs(outputs)
+        mask_logits = _output_field(outputs, "masks_queries_logits")
+        image_sizes = _output_field(outputs, "image_sizes")
+        if log_probs is None or mask_logits is None:
+            raise ValueError("outputs must have `class_queries_logits` and `masks_queries_logits`")
+        if image_sizes is None:
+            raise ValueError(
+                "outputs must have `image_sizes` (each image's size inside the padded batch) to crop the padding"
+            )
+        if log_probs.ndim != 3 or log_probs.shape[-1] < 2:
+            raise ValueError(
+                f"class_queries_logits has shape {tuple(log_probs.shape)}; expected [B, Q, K + 1] with K >= 1 classes "
+                "and void last"
+            )
+        batch, num_queries = log_probs.shape[:2]
+        if mask_logits.ndim != 4 or tuple(mask_logits.shape[:2]) != (batch, num_queries):
+            raise ValueError(
+                f"masks_queries_logits has shape {tuple(mask_logits.shape)}; expected [{batch}, {num_queries}, h, w]"
+            )
+        image_sizes = [tuple(int(v) for v in size) for size in torch.as_tensor(image_sizes).view(-1, 2).tolist()]
+        if len(image_sizes) != batch:
+            raise ValueError(f"Got {len(image_sizes)} image_sizes for a batch of {batch}")
+        if target_sizes is None:
+            target_sizes = image_sizes
+        else:
+            if isinstance(target_sizes, torch.Tensor):
+                target_sizes = target_sizes.tolist()
+            target_sizes = [tuple(int(v) for v in size) for size in target_sizes]
+            if len(target_sizes) != batch:
+                raise ValueError(f"Got {len(target_sizes)} target_sizes for a batch of {batch}")
+        if self.size_divisor % MASK_STRIDE:
+            raise ValueError(
+                f"size_divisor={self.size_divisor} must be a multiple of the mask stride {MASK_STRIDE} to locate each "
+                "image's own frame on the mask grid"
+            )
+        images = []
+        for index in range(batch):
+            image_size, target_size = image_sizes[index], target_sizes[index]
+            if min(*image_size, *target_size) < 1:
+                raise ValueError(
+                    f"Image {index}: image size {image_size} and target size {target_size} must be positive"
+                )
+            frame = padded_size(*image_size, self.size_divisor)
+            grid = (frame[0] // MASK_STRIDE, frame[1] // MASK_STRIDE)
+            if grid[0] > mask_logits.shape[-2] or grid[1] > mask_logits.shape[-1]:
+                raise ValueError(
+                    f"Image {index} of size {image_size} needs a {grid[0]}x{grid[1]} mask grid (stride {MASK_STRIDE} "
+                    f"of its {frame[0]}x{frame[1]} padded frame) but masks_queries_logits is "
+                    f"{mask_logits.shape[-2]}x{mask_logits.shape[-1]}"
+                )
+
+            def mask_chunks_for(queries, masks=mask_logits[index], image_size=image_size, target_size=target_size):
+                return query_mask_logits(
+                    masks, queries, image_size, target_size, self.size_divisor, MASK_STRIDE,
+                    self.post_process_chunk_elements,
+                )
+
+            images.append((log_probs[index], mask_chunks_for, target_size))
+        return images
+
+    @staticmethod
+    def _class_id_set(class_ids, num_classes, name):
+        """`class_ids` (an iterable of vocabulary indices, or None) as a set of ints, checked."""
+        if class_ids is None:
+            return set()
+        ids = {int(class_id) for class_id in class_ids}
+        outside = sorted(class_id for class_id in ids if not 0 <= class_id < num_classes)
+        if outside:
+            raise ValueError(f"{name} has class ids {outside} outside the vocabulary of {num_classes} classes")
+        return ids
+
 
 def _class_scores_field(outputs):
     """What the class probabilities come from: the geometric ensemble's log-probabilities (inference), else the

@@ -110,6 +110,14 @@ class ITAProcessor(ProcessorMixin):
         """See [`ITAImageProcessor.post_process_semantic_segmentation`]."""
         return self.image_processor.post_process_semantic_segmentation(*args, **kwargs)
 
+    def post_process_panoptic_segmentation(self, *args, **kwargs):
+        """See [`ITAImageProcessor.post_process_panoptic_segmentation`]."""
+        return self.image_processor.post_process_panoptic_segmentation(*args, **kwargs)
+
+    def post_process_instance_segmentation(self, *args, **kwargs):
+        """See [`ITAImageProcessor.post_process_instance_segmentation`]."""
+        return self.image_processor.post_process_instance_segmentation(*args, **kwargs)
+
     @property
     def model_input_names(self):
         return list(self.image_processor.model_input_names) + ["class_names"]

@@ -221,3 +221,95 @@ def test_overlay_blends_colours_and_draws_a_legend():
         overlay(image, label_map + 1, names)
     with pytest.raises(ValueError, match="label map"):
         overlay(image, label_map[:-1], names)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --task panoptic | instance
+# ----------------------------------------------------------------------------------------------------------
+
+
+def decode_rle(encoded):
+    height, width = encoded["size"]
+    values, value = [], 0
+    for count in encoded["counts"]:
+        values += [value] * count
+        value = 1 - value
+    return np.array(values, dtype=bool).reshape(width, height).T
+
+
+def test_panoptic_task_writes_coco_panoptic_png_and_json(model_dir, tmp_path):
+    image = save_image(tmp_path / "room.png", 60, 84)
+    output = tmp_path / "out"
+    args = [image, "--labels", *LABELS, "--output", output, "--task", "panoptic", "--stuff", "wall", "--threshold", "0"]
+    assert run(model_dir, *args) == 0
+    assert sorted(p.name for p in output.iterdir()) == ["room.json", "room_overlay.png", "room_panoptic.png"]
+    summary = json.loads((output / "room.json").read_text())
+    assert summary["task"] == "panoptic" and summary["file_name"] == "room_panoptic.png"
+    assert [c["isthing"] for c in summary["categories"]] == [1, 1, 0]
+    with Image.open(output / "room_panoptic.png") as png:
+        assert png.mode == "RGB" and png.size == (84, 60)
+        rgb = np.asarray(png).astype(np.int64)
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 256**2 * rgb[..., 2]
+    segments = summary["segments_info"]
+    assert segments, "the tiny model gives segments at threshold 0"
+    assert set(np.unique(ids).tolist()) - {0} == {segment["id"] for segment in segments}
+    for segment in segments:
+        mask = ids == segment["id"]
+        assert segment["area"] == int(mask.sum())
+        x, y, w, h = segment["bbox"]
+        assert mask[y : y + h, x : x + w].sum() == mask.sum() and mask[y].any() and mask[:, x].any()
+        assert LABELS[segment["category_id"]] == segment["label"]
+        assert segment["was_fused"] == (segment["label"] == "wall")
+    with Image.open(output / "room_overlay.png") as overlay_image:
+        assert overlay_image.mode == "RGB" and overlay_image.size == (84, 60)
+
+
+def test_instance_task_writes_masks(model_dir, tmp_path):
+    image = save_image(tmp_path / "room.png", 60, 84)
+    output = tmp_path / "out"
+    assert run(model_dir, image, "--labels", *LABELS, "--output", output, "--task", "instance", "--threshold", "0") == 0
+    assert sorted(p.name for p in output.iterdir()) == ["room.json", "room_instances.png", "room_overlay.png"]
+    summary = json.loads((output / "room.json").read_text())
+    instances = summary["instances"]
+    assert len(instances) > 1
+    scores = [instance["score"] for instance in instances]
+    assert scores == sorted(scores, reverse=True)
+    with Image.open(output / "room_instances.png") as png:
+        assert png.mode.startswith("I;16") and png.size == (84, 60)
+        top = np.asarray(png).astype(np.int64)
+    covered = np.zeros((60, 84), dtype=bool)
+    for instance in instances:  # the PNG shows the highest-scoring instance covering each pixel
+        mask = decode_rle(instance["segmentation"])
+        assert instance["area"] == int(mask.sum())
+        np.testing.assert_array_equal(top[mask & ~covered], instance["id"] + 1)
+        covered |= mask
+    assert (top[~covered] == 0).all()
+
+
+def test_task_usage_errors(model_dir, tmp_path, capsys):
+    image = save_image(tmp_path / "room.png", 20, 20)
+    base = [image, "--labels", *LABELS, "--output", tmp_path / "out"]
+    assert main([*map(str, base), "--model", "no/such/model", "--task", "panoptic", "--stuff", "sky"]) == 2
+    assert "--stuff 'sky' is not a class of the vocabulary" in capsys.readouterr().err
+    assert main([*map(str, base), "--model", "no/such/model", "--threshold", "0.5"]) == 2
+    assert "--threshold apply to --task panoptic or instance" in capsys.readouterr().err
+    assert main([*map(str, base), "--model", "no/such/model", "--task", "instance", "--threshold", "2"]) == 2
+    assert "--threshold must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_segment_overlay_colours_segments_and_outlines_them():
+    from modeling_ita.apps.visualization import segment_overlay
+
+    image = Image.new("RGB", (10, 8), (0, 0, 0))
+    first = np.zeros((8, 10), dtype=bool)
+    first[2:7, 2:7] = True
+    second = np.zeros((8, 10), dtype=bool)
+    second[0:2, 7:10] = True
+    result = np.asarray(segment_overlay(image, [first, second], ["a", "b"], alpha=0.5, legend=False)).astype(int)
+    palette = color_palette(2).astype(float)
+    np.testing.assert_array_equal(result[4, 4], np.round(0.5 * palette[0]))  # inside: blended
+    np.testing.assert_array_equal(result[2, 4], np.round(0.55 * palette[0]))  # border: the darker outline
+    np.testing.assert_array_equal(result[0, 9], np.round(0.55 * palette[1]))  # image border counts as outside
+    np.testing.assert_array_equal(result[7, 0], [0, 0, 0])  # no segment: the image
+    with pytest.raises(ValueError, match="mask 0 is 3x3 but the image is 8x10"):
+        segment_overlay(image, [np.ones((3, 3), dtype=bool)], ["a"])

@@ -173,3 +173,86 @@ def test_bad_images(segmenter, tmp_path):
         segmenter(str(truncated), candidate_labels=VOCABULARY)
     with pytest.raises(ValueError, match="2 images but 1 lists"):
         segmenter([make_image(32, 32), make_image(32, 32)], candidate_labels=[VOCABULARY])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# subtask="panoptic" / "instance"
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spread_segmenter(tmp_path_factory):
+    """A tiny model whose random weights give several classes (see `save_tiny_model`), with the void class
+    pushed down (a random model's queries mostly predict void, which panoptic inference drops)."""
+    from conftest import save_tiny_model
+
+    folder = save_tiny_model(tmp_path_factory.mktemp("spread"), spread_weights=True)
+    segmenter = pipeline("zero-shot-image-segmentation", model=str(folder), device="cpu")
+
+    def lower_void(module, args, outputs):
+        outputs.class_queries_logits[..., -1] = -30.0
+
+    segmenter.model.register_forward_hook(lower_void)
+    return segmenter
+
+
+def test_panoptic_subtask_equals_the_processor_on_the_model_outputs(spread_segmenter):
+    image = make_image(50, 70, seed=4)
+    kwargs = dict(threshold=0.0, overlap_mask_area_threshold=0.0)
+    result = spread_segmenter(image, candidate_labels=VOCABULARY, subtask="panoptic", stuff_labels=["wall"], **kwargs)
+    processor = spread_segmenter.image_processor
+    inputs = processor(image, return_tensors="pt")
+    with torch.no_grad():
+        outputs = spread_segmenter.model(**inputs, class_names=VOCABULARY)
+    expected = processor.post_process_panoptic_segmentation(
+        outputs, label_ids_to_fuse={2}, target_sizes=[(50, 70)], **kwargs
+    )[0]
+    np.testing.assert_array_equal(result["segment_map"], expected["segmentation"].numpy())
+    assert [(s["id"], s["class_id"], s["was_fused"]) for s in result["segments"]] == [
+        (s["id"], s["label_id"], s["was_fused"]) for s in expected["segments_info"]
+    ]
+    assert len(result["segments"]) >= 2
+    for segment in result["segments"]:
+        assert segment["label"] == VOCABULARY[segment["class_id"]]
+        assert segment["was_fused"] == (segment["label"] == "wall")
+        np.testing.assert_array_equal(np.asarray(segment["mask"]) == 255, result["segment_map"] == segment["id"])
+        assert segment["pixel_share"] == pytest.approx((result["segment_map"] == segment["id"]).mean())
+
+
+def test_instance_subtask(spread_segmenter):
+    image = make_image(50, 70, seed=4)
+    everything = spread_segmenter(image, candidate_labels=VOCABULARY, subtask="instance", threshold=0.0)
+    default = spread_segmenter(image, candidate_labels=VOCABULARY, subtask="instance")
+    scores = [segment["score"] for segment in everything["segments"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) > 1
+    assert [s["score"] for s in default["segments"]] == [score for score in scores if score >= 0.5]
+    no_walls = spread_segmenter(image, candidate_labels=VOCABULARY, subtask="instance", threshold=0.0,
+                                stuff_labels=["wall"])
+    assert "wall" not in {segment["label"] for segment in no_walls["segments"]}
+    assert all(segment["mask"].size == (70, 50) for segment in everything["segments"])
+
+
+def test_panoptic_batch_equals_single(spread_segmenter):
+    images = [make_image(50, 70, seed=1), make_image(90, 60, seed=2), make_image(50, 70, seed=3)]
+    kwargs = dict(candidate_labels=VOCABULARY, subtask="panoptic", threshold=0.0, overlap_mask_area_threshold=0.0)
+    batched = spread_segmenter(images, batch_size=3, **kwargs)
+    for image, result in zip(images, batched):
+        alone = spread_segmenter(image, **kwargs)
+        np.testing.assert_array_equal(result["segment_map"], alone["segment_map"])
+        # The model's batched matrix products round differently in the last bits: scores within 1e-5.
+        assert [s["score"] for s in result["segments"]] == pytest.approx([s["score"] for s in alone["segments"]], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"subtask": "depth"}, "subtask must be one of"),
+        ({"subtask": "panoptic", "stuff_labels": ["sky"]}, "stuff label 'sky' is not one of the candidate labels"),
+        ({"subtask": "panoptic", "stuff_labels": "wall"}, "single string"),
+        ({"threshold": 0.5}, "apply to subtask='panoptic' or 'instance'"),
+        ({"subtask": "instance", "overlap_mask_area_threshold": 0.5}, "applies to subtask='panoptic' only"),
+    ],
+)
+def test_bad_subtask_arguments(segmenter, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        segmenter(make_image(40, 40), candidate_labels=VOCABULARY, **kwargs)

@@ -7,6 +7,13 @@ For every image it writes, in the output folder:
   256 classes, 16-bit above;
 - `<stem>.json`: the image, its size, the model, the vocabulary, and each present class's pixel share and score.
 
+With `--task panoptic`: `<stem>_overlay.png` (one colour per segment, outlined), `<stem>_panoptic.png` (COCO
+panoptic's PNG: segment id = R + 256 G + 256^2 B, 0 where no segment) and `<stem>.json` (its `segments_info`:
+id, category_id = class index, area, bbox, score, plus the categories with `isthing`). With `--task instance`:
+`<stem>_overlay.png`, `<stem>_instances.png` (16-bit: 1 + the id of the highest-scoring instance covering each
+pixel, 0 where none) and `<stem>.json` (each instance's class, score, area, bbox and mask as COCO run-length
+encoding, overlaps kept).
+
 Exit status: 0 when every image was segmented; 1 when some image could not be read or segmented (the others
 are still written; `--fail-fast` stops at the first) or the model could not be loaded; 2 for a usage error
 (bad arguments, an empty or unreadable vocabulary, no input images, clashing output names), reported before
@@ -25,12 +32,16 @@ from tqdm.auto import tqdm
 from transformers import pipeline
 
 from .pipeline import ZERO_SHOT_IMAGE_SEGMENTATION_TASK
-from .visualization import overlay
+from .pipeline import SUBTASKS
+from .visualization import overlay, segment_overlay
 from image_processing_ita import open_image
 
+from ..postprocessing import binary_mask_to_coco_rle
 from ..vocabulary import parse_vocabulary
 
-__all__ = ["IMAGE_EXTENSIONS", "build_parser", "find_images", "main", "read_image", "write_label_map"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "build_parser", "find_images", "main", "read_image", "write_label_map", "write_panoptic_png"
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PROG = "ita-segment"
@@ -83,6 +94,7 @@ def build_parser(prog=PROG):
         "--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay (default: 0.5)"
     )
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first image that fails")
+    _add_task_arguments(parser)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return parser
 
@@ -159,6 +171,8 @@ def _torch_device(name):
 
 
 def _write_outputs(image, image_path, result, vocabulary, args):
+    if args.task != "semantic":
+        return _write_segment_outputs(image, image_path, result, vocabulary, args)
     stem = image_path.stem
     label_map = result["label_map"]
     overlay(image, label_map, vocabulary, alpha=args.alpha).save(args.output / f"{stem}_overlay.png")
@@ -189,6 +203,7 @@ def _check_inputs(args, report):
         raise UsageError(f"--alpha must lie in [0, 1], got {args.alpha}")
     device = _torch_device(args.device)
     vocabulary = read_vocabulary(args)
+    _check_task_arguments(args, vocabulary)
     images, problems = find_images(args.inputs)
     for path, message in problems:
         report(f"{path}: {message}")
@@ -226,7 +241,10 @@ def _segment_all(segmenter, images, vocabulary, args, fail):
             if not batch:
                 continue
             try:
-                results = segmenter([image for _, image in batch], candidate_labels=vocabulary, batch_size=len(batch))
+                results = segmenter(
+                    [image for _, image in batch], candidate_labels=vocabulary, batch_size=len(batch),
+                    **_task_arguments(args, vocabulary),
+                )
             except Exception as error:  # the model failed on this batch (out of memory, ...): go on with the next
                 for path, _ in batch:
                     fail(path, f"segmentation failed: {error}")
@@ -244,6 +262,130 @@ def _segment_all(segmenter, images, vocabulary, args, fail):
             if failures and args.fail_fast:
                 break
     return done, failures
+
+
+# ------------------------------------------------------------------------------------------------------------
+# --task panoptic | instance
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _add_task_arguments(parser):
+    group = parser.add_argument_group("panoptic and instance segmentation")
+    group.add_argument(
+        "--task",
+        choices=SUBTASKS,
+        default="semantic",
+        help="semantic: a class per pixel (default); panoptic: a segment per thing instance and per stuff class; "
+        "instance: scored, possibly overlapping instances",
+    )
+    group.add_argument(
+        "--stuff",
+        nargs="+",
+        metavar="CLASS",
+        help="the classes that are stuff (merged into one segment per class; no instances), written as in the "
+        "vocabulary; by default every class is a thing",
+    )
+    group.add_argument(
+        "--threshold",
+        type=float,
+        help="panoptic: class probability a query must exceed (default 0.8); instance: score an instance must "
+        "reach (default 0.5)",
+    )
+
+
+def _check_task_arguments(args, vocabulary):
+    if args.task == "semantic":
+        given = [name for name in ("stuff", "threshold") if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"--{' and --'.join(given)} apply to --task panoptic or instance")
+        return
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold must lie in [0, 1], got {args.threshold}")
+    spelled = {",".join(name.strip() for name in label.split(",")): label for label in vocabulary}
+    for label in args.stuff or ():
+        if ",".join(name.strip() for name in label.split(",")) not in spelled:
+            raise UsageError(f"--stuff {label!r} is not a class of the vocabulary {vocabulary}")
+
+
+def _task_arguments(args, vocabulary):
+    """The pipeline's keyword arguments for `--task` (none for semantic segmentation)."""
+    if args.task == "semantic":
+        return {}
+    arguments = {"subtask": args.task}
+    if args.stuff:
+        spelled = {",".join(name.strip() for name in label.split(",")): label for label in vocabulary}
+        arguments["stuff_labels"] = [spelled[",".join(name.strip() for name in label.split(","))] for label in args.stuff]
+    if args.threshold is not None:
+        arguments["threshold"] = args.threshold
+    return arguments
+
+
+def _bbox(mask):
+    """COCO's `[x, y, width, height]` of a boolean mask."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return [0, 0, 0, 0]
+    return [int(columns[0]), int(rows[0]), int(columns[-1] - columns[0] + 1), int(rows[-1] - rows[0] + 1)]
+
+
+def write_panoptic_png(segment_map, path):
+    """Save a `[H, W]` segment-id map as COCO panoptic's RGB PNG (id = R + 256 G + 256^2 B)."""
+    segment_map = np.asarray(segment_map, dtype=np.uint32)
+    rgb = np.stack([segment_map % 256, segment_map // 256 % 256, segment_map // 65536 % 256], axis=-1)
+    Image.fromarray(rgb.astype(np.uint8), mode="RGB").save(path)
+
+
+def _write_segment_outputs(image, image_path, result, vocabulary, args):
+    """`--task panoptic` / `instance` outputs of one image."""
+    stem = image_path.stem
+    stuff = set(_task_arguments(args, vocabulary).get("stuff_labels", ()))
+    segments = result["segments"]
+    masks = [np.asarray(segment["mask"]) == 255 for segment in segments]
+    names = [f"{segment['label'].split(',')[0].strip()} {segment['score']:.2f}" for segment in segments]
+    height, width = image.height, image.width
+    if args.task == "instance":  # lowest score first, so that the best instance is drawn on top
+        segment_overlay(image, masks[::-1], names[::-1], alpha=args.alpha).save(args.output / f"{stem}_overlay.png")
+    else:
+        segment_overlay(image, masks, names, alpha=args.alpha).save(args.output / f"{stem}_overlay.png")
+    categories = [
+        {"id": index, "name": label.split(",")[0].strip(), "synonyms": label, "isthing": int(label not in stuff)}
+        for index, label in enumerate(vocabulary)
+    ]
+    entries = []
+    for segment, mask in zip(segments, masks):
+        entry = {
+            "id": int(segment["id"]),
+            "category_id": int(segment["class_id"]),
+            "label": segment["label"],
+            "score": float(segment["score"]),
+            "iscrowd": 0,
+            "area": int(mask.sum()),
+            "bbox": _bbox(mask),
+        }
+        if args.task == "instance":
+            entry["segmentation"] = binary_mask_to_coco_rle(torch.from_numpy(mask))
+        else:
+            entry["was_fused"] = bool(segment["was_fused"])
+        entries.append(entry)
+    summary = {
+        "image": str(image_path),
+        "image_size": {"height": height, "width": width},
+        "model": args.model,
+        "task": args.task,
+        "vocabulary": list(vocabulary),
+        "categories": categories,
+        "overlay": f"{stem}_overlay.png",
+    }
+    if args.task == "panoptic":
+        write_panoptic_png(result["segment_map"], args.output / f"{stem}_panoptic.png")
+        summary.update(file_name=f"{stem}_panoptic.png", segments_info=entries)
+    else:
+        top = np.zeros((height, width), dtype=np.uint16)
+        for segment, mask in reversed(list(zip(segments, masks))):
+            top[mask] = segment["id"] + 1
+        Image.fromarray(top).save(args.output / f"{stem}_instances.png")  # mode I;16
+        summary.update(file_name=f"{stem}_instances.png", instances=entries)
+    (args.output / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
 def main(argv=None, prog=PROG):

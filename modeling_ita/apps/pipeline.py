@@ -32,9 +32,15 @@ from ..vocabulary import parse_vocabulary
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["ZeroShotImageSegmentationPipeline", "ZERO_SHOT_IMAGE_SEGMENTATION_TASK"]
+__all__ = ["ZeroShotImageSegmentationPipeline", "ZERO_SHOT_IMAGE_SEGMENTATION_TASK", "SUBTASKS"]
 
 ZERO_SHOT_IMAGE_SEGMENTATION_TASK = "zero-shot-image-segmentation"
+
+SUBTASKS = ("semantic", "panoptic", "instance")
+
+# The pipeline's default instance score threshold: transformers' Mask2Former default, which keeps a picture of the
+# result readable. The processor's own default, 0, keeps FC-CLIP's 100 top-scoring candidates (for mask AP).
+INSTANCE_THRESHOLD = 0.5
 
 
 def _check_candidate_labels(candidate_labels):
@@ -134,9 +140,31 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                 Images per forward pass (see the class docstring: results do not depend on it).
             timeout (`float`, *optional*):
                 Seconds to wait for an image URL; no limit by default.
+            subtask (`str`, *optional*, defaults to `"semantic"`):
+                `"semantic"` (a class per pixel), `"panoptic"` (segments: one per thing instance, one per stuff
+                class) or `"instance"` (possibly overlapping instances with scores), as transformers'
+                `image-segmentation` pipeline names them. Panoptic and instance results follow FC-CLIP's rules
+                (see [`ITAImageProcessor.post_process_panoptic_segmentation`] and
+                [`ITAImageProcessor.post_process_instance_segmentation`]).
+            stuff_labels (`list[str]`, *optional*):
+                Panoptic and instance: the candidate labels that are stuff (`"wall"`, `"sky"`): their queries merge
+                into one segment per class, and they give no instances. By default every class is a thing.
+            threshold (`float`, *optional*):
+                Panoptic: the class probability a query must exceed (default 0.8). Instance: the score an instance
+                must reach (default 0.5 here; 0 keeps all of FC-CLIP's 100 top-scoring candidates).
+            mask_threshold (`float`, *optional*):
+                Panoptic and instance: the mask probability from which a mask covers a pixel (default 0.5).
+            overlap_mask_area_threshold (`float`, *optional*):
+                Panoptic: the share of its mask a query must keep (default 0.8).
 
         Returns:
-            A dict per image:
+            With `subtask="panoptic"` or `"instance"`, a dict per image with **segments**, one per segment
+            (panoptic, in id order) or instance (highest score first): **id**, **label**, **class_id**, **score**,
+            **was_fused** (a stuff segment merging its class's queries), **pixel_share** and **mask** (as below;
+            instance masks may overlap); panoptic results also have **segment_map** (`np.ndarray` `[H, W]`
+            int32, each pixel's segment id, 0 where none).
+
+            With `subtask="semantic"` (the default), a dict per image:
 
             - **segments** (`list[dict]`) -- one entry per class present, largest first:
                 - **label** (`str`) -- the class string as given in `candidate_labels`.
@@ -188,13 +216,38 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             )
         return [_check_candidate_labels(labels) for labels in candidate_labels]
 
-    def _sanitize_parameters(self, candidate_labels=None, timeout=None):
+    def _sanitize_parameters(
+        self,
+        candidate_labels=None,
+        timeout=None,
+        subtask=None,
+        threshold=None,
+        mask_threshold=None,
+        overlap_mask_area_threshold=None,
+        stuff_labels=None,
+    ):
         preprocess_params = {}
         if candidate_labels is not None:
             preprocess_params["candidate_labels"] = candidate_labels
         if timeout is not None:
             preprocess_params["timeout"] = timeout
-        return preprocess_params, {}, {}
+        postprocess_params = {}
+        if subtask is not None:
+            if subtask not in SUBTASKS:
+                raise ValueError(f"subtask must be one of {', '.join(map(repr, SUBTASKS))}, got {subtask!r}")
+            postprocess_params["subtask"] = subtask
+        for name, value in (
+            ("threshold", threshold),
+            ("mask_threshold", mask_threshold),
+            ("overlap_mask_area_threshold", overlap_mask_area_threshold),
+        ):
+            if value is not None:
+                postprocess_params[name] = value
+        if stuff_labels is not None:
+            if isinstance(stuff_labels, str):
+                raise ValueError(f"stuff_labels must be a list of candidate labels, got the single string {stuff_labels!r}")
+            postprocess_params["stuff_labels"] = list(stuff_labels)
+        return preprocess_params, {}, postprocess_params
 
     # ------------------------------------------------------------------------------------------------ stages
     def _load(self, image, timeout=None):
@@ -312,7 +365,12 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             "candidate_labels": model_inputs["candidate_labels"],
         }
 
-    def postprocess(self, model_outputs):
+    def postprocess(self, model_outputs, subtask="semantic", stuff_labels=None, **thresholds):
+        if subtask != "semantic":
+            return self._postprocess_segments(model_outputs, subtask, stuff_labels, thresholds)
+        if stuff_labels is not None or thresholds:
+            given = sorted(["stuff_labels"] * (stuff_labels is not None) + list(thresholds))
+            raise ValueError(f"{', '.join(given)} apply to subtask='panoptic' or 'instance', not to semantic segmentation")
         vocabulary = model_outputs["candidate_labels"]
         if vocabulary and not isinstance(vocabulary[0], str):
             # Without batching the outputs keep the batch's list of vocabularies; batched outputs are already
@@ -348,6 +406,58 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                 }
             )
         return {"segments": segments, "label_map": label_map}
+
+    # ------------------------------------------------------------------------------- panoptic and instance
+    def _postprocess_segments(self, model_outputs, subtask, stuff_labels, thresholds):
+        """Panoptic or instance results of one image (see `__call__`)."""
+        vocabulary = model_outputs["candidate_labels"]
+        if vocabulary and not isinstance(vocabulary[0], str):
+            vocabulary = vocabulary[0]
+        num_classes = len(vocabulary)
+        stuff_ids = set()
+        for label in stuff_labels or ():
+            if label not in vocabulary:
+                raise ValueError(f"stuff label {label!r} is not one of the candidate labels {list(vocabulary)}")
+            stuff_ids.add(vocabulary.index(label))
+        class_logits = model_outputs["class_queries_logits"]
+        outputs = {
+            "class_queries_logits": torch.cat([class_logits[..., :num_classes], class_logits[..., -1:]], dim=-1),
+            "masks_queries_logits": model_outputs["masks_queries_logits"],
+            "image_sizes": model_outputs["image_sizes"],
+        }
+        target_sizes = [tuple(model_outputs["target_size"][0].tolist())]
+        if subtask == "panoptic":
+            result = self.image_processor.post_process_panoptic_segmentation(
+                outputs, label_ids_to_fuse=stuff_ids, target_sizes=target_sizes, **thresholds
+            )[0]
+            segment_map = result["segmentation"].cpu().numpy()
+            masks = [segment_map == info["id"] for info in result["segments_info"]]
+        else:
+            if "overlap_mask_area_threshold" in thresholds:
+                raise ValueError("overlap_mask_area_threshold applies to subtask='panoptic' only")
+            thresholds.setdefault("threshold", INSTANCE_THRESHOLD)
+            result = self.image_processor.post_process_instance_segmentation(
+                outputs, label_ids_to_fuse=stuff_ids, target_sizes=target_sizes, return_binary_maps=True,
+                **thresholds,
+            )[0]
+            masks = list(result["segmentation"].cpu().numpy())
+        segments = []
+        for info, mask in zip(result["segments_info"], masks):
+            segments.append(
+                {
+                    "id": info["id"],
+                    "label": vocabulary[info["label_id"]],
+                    "class_id": info["label_id"],
+                    "score": info["score"],
+                    "was_fused": info["was_fused"],
+                    "pixel_share": float(mask.mean()),
+                    "mask": Image.fromarray(mask.astype(np.uint8) * 255),
+                }
+            )
+        output = {"segments": segments}
+        if subtask == "panoptic":
+            output["segment_map"] = segment_map
+        return output
 
 
 def _register():

@@ -1,4 +1,5 @@
-"""Pictures of semantic label maps: a colour palette, colourised maps, overlays with a legend.
+"""Pictures of semantic label maps: a colour palette, colourised maps, overlays with a legend; and of panoptic
+segments and instances: one colour per segment, with outlines (`segment_overlay`).
 
 A label map is an integer array `[H, W]` whose values index a vocabulary (`class_names`, one string per
 class, synonyms separated by commas). The legend names each class by its first synonym.
@@ -9,7 +10,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from image_processing_ita import open_image
 
-__all__ = ["color_palette", "colorize_label_map", "draw_legend", "legend_entries", "overlay", "to_rgb"]
+__all__ = [
+    "color_palette",
+    "colorize_label_map",
+    "draw_legend",
+    "legend_entries",
+    "overlay",
+    "segment_overlay",
+    "to_rgb",
+]
 
 # Successive hues step by the golden ratio's conjugate, so that any run of consecutive class ids gets
 # hues spread around the circle; saturation and value cycle on periods prime to each other to separate
@@ -167,4 +176,49 @@ def overlay(image, label_map, class_names, alpha=0.5, legend=True):
             for class_id, name, share in legend_entries(label_map, class_names)
         ]
         draw_legend(result, entries)
+    return result
+
+
+def _outline(mask):
+    """The pixels of a boolean mask `[H, W]` that touch a pixel outside it (4-neighbourhood; the image border
+    counts as outside)."""
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~interior
+
+
+def segment_overlay(image, masks, names, alpha=0.5, legend=True):
+    """The image with one colour per segment (panoptic segments or instances) and each segment outlined.
+
+    Args:
+        image (`PIL.Image.Image`): the image, of the masks' size.
+        masks (list of `[H, W]` boolean arrays): one per segment; later masks are drawn over earlier ones (give
+            instances lowest score first to see the best on top).
+        names (`list[str]`): a legend text per segment (e.g. `"person 0.93"`).
+        alpha (`float`): weight of the segment colours, 0 to 1; outlines are drawn opaque.
+        legend (`bool`): draw a legend of the segments, in the order given.
+
+    Returns:
+        An RGB `PIL.Image.Image` of the image's size. Segment `i` gets colour `i` of `color_palette`.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if len(names) != len(masks):
+        raise ValueError(f"got {len(masks)} masks but {len(names)} names")
+    image = to_rgb(image)
+    pixels = np.asarray(image, dtype=np.float32).copy()
+    palette = color_palette(len(masks)).astype(np.float32)
+    masks = [np.asarray(mask, dtype=bool) for mask in masks]
+    for index, mask in enumerate(masks):
+        if mask.shape != (image.height, image.width):
+            raise ValueError(
+                f"mask {index} is {mask.shape[0]}x{mask.shape[1]} but the image is {image.height}x{image.width}"
+            )
+        pixels[mask] = (1.0 - alpha) * pixels[mask] + alpha * palette[index]
+    for index, mask in enumerate(masks):
+        # A darker shade of the segment's colour keeps neighbouring segments of similar colours apart.
+        pixels[_outline(mask)] = palette[index] * 0.55
+    result = Image.fromarray(np.round(pixels).astype(np.uint8))
+    if legend:
+        draw_legend(result, [(palette[index].astype(np.uint8), name) for index, name in enumerate(names)])
     return result

@@ -4,6 +4,7 @@
   `SemSegEvaluator` protocol) that the evaluation script uses, and `segmentation_scores`.
 - `ita_mean_iou/`: the same metric as an `evaluate` module, loadable offline by path:
   `evaluate.load(METRIC_PATH)`.
+- `panoptic_quality.py`: `PanopticQuality`, PQ / SQ / RQ with panopticapi's rules (void and crowd regions).
 - `benchmarks.py`: the registry of A-150, A-847, PC-59, PC-459, PAS-20 and PAS-21, `load_benchmark` for
   their prepared folders and `load_hub_benchmark` for Hub/parquet/imagefolder copies.
 """
@@ -21,6 +22,7 @@ from .benchmarks import (
     load_hub_benchmark,
     read_vocabulary_file,
 )
+from .panoptic_quality import PanopticQuality
 from .metric import LabelPairHistogram, SegmentationConfusionMatrix, reduce_reference_labels, segmentation_scores
 
 # The folder of the `evaluate` module; `evaluate.load(METRIC_PATH)` works offline.
@@ -29,6 +31,7 @@ METRIC_PATH = str(Path(__file__).parent / "ita_mean_iou")
 __all__ = [
     "METRIC_PATH",
     "SegmentationConfusionMatrix",
+    "PanopticQuality",
     "LabelPairHistogram",
     "segmentation_scores",
     "reduce_reference_labels",

@@ -30,6 +30,7 @@ REMOTE_CODE_FILES = {
     "layers.py": "modeling_ita/layers.py",
     "kernels.py": "modeling_ita/kernels.py",
     "loss.py": "modeling_ita/loss.py",
+    "postprocessing.py": "modeling_ita/postprocessing.py",
 }
 
 # Auto class -> "<file in the folder without .py>.<class>", the `auto_map` entries of a folder.
