@@ -902,9 +902,9 @@ class ITAImageProcessor(TorchvisionBackend):
             target_sizes = [tuple(int(v) for v in size) for size in target_sizes]
             if len(target_sizes) != batch:
                 raise ValueError(f"Got {len(target_sizes)} target_sizes for a batch of {batch}")
-        if self.size_divisor % MASK_STRIDE:
+        if self.size_divisor % self.mask_stride:
             raise ValueError(
-                f"size_divisor={self.size_divisor} must be a multiple of the mask stride {MASK_STRIDE} to locate each "
+                f"size_divisor={self.size_divisor} must be a multiple of the mask stride {self.mask_stride} to locate each "
                 "image's own frame on the mask grid"
             )
         images = []
@@ -915,17 +915,17 @@ class ITAImageProcessor(TorchvisionBackend):
                     f"Image {index}: image size {image_size} and target size {target_size} must be positive"
                 )
             frame = padded_size(*image_size, self.size_divisor)
-            grid = (frame[0] // MASK_STRIDE, frame[1] // MASK_STRIDE)
+            grid = (frame[0] // self.mask_stride, frame[1] // self.mask_stride)
             if grid[0] > mask_logits.shape[-2] or grid[1] > mask_logits.shape[-1]:
                 raise ValueError(
-                    f"Image {index} of size {image_size} needs a {grid[0]}x{grid[1]} mask grid (stride {MASK_STRIDE} "
+                    f"Image {index} of size {image_size} needs a {grid[0]}x{grid[1]} mask grid (stride {self.mask_stride} "
                     f"of its {frame[0]}x{frame[1]} padded frame) but masks_queries_logits is "
                     f"{mask_logits.shape[-2]}x{mask_logits.shape[-1]}"
                 )
 
             def mask_chunks_for(queries, masks=mask_logits[index], image_size=image_size, target_size=target_size):
                 return query_mask_logits(
-                    masks, queries, image_size, target_size, self.size_divisor, MASK_STRIDE,
+                    masks, queries, image_size, target_size, self.size_divisor, self.mask_stride,
                     self.post_process_chunk_elements,
                 )
 

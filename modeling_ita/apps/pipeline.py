@@ -419,9 +419,9 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             if label not in vocabulary:
                 raise ValueError(f"stuff label {label!r} is not one of the candidate labels {list(vocabulary)}")
             stuff_ids.add(vocabulary.index(label))
-        class_logits = model_outputs["class_queries_logits"]
+        class_logits = model_outputs["ensemble_log_probs"]
         outputs = {
-            "class_queries_logits": torch.cat([class_logits[..., :num_classes], class_logits[..., -1:]], dim=-1),
+            "ensemble_log_probs": torch.cat([class_logits[..., :num_classes], class_logits[..., -1:]], dim=-1),
             "masks_queries_logits": model_outputs["masks_queries_logits"],
             "image_sizes": model_outputs["image_sizes"],
         }
