@@ -135,6 +135,7 @@ def test_usage_errors_come_before_loading_the_model(tmp_path, capsys):
     cases = [
         (["--labels", ""], "empty string"),
         (["--labels", "cat", "cat"], "Duplicate"),
+        (["--labels", "sofa,couch", "couch,sofa"], "'sofa,couch' (position 0) and 'couch,sofa' (position 1)"),
         (["--labels-file", tmp_path / "blank.txt"], "holds no class"),
         (["--labels-file", tmp_path / "missing.txt"], "missing.txt does not exist"),
     ]

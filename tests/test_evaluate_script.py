@@ -260,9 +260,9 @@ def test_vocabulary_is_encoded_once_per_benchmark(tmp_path, model_and_processor)
         calls.append(tuple(class_names))
         return encode_vocabulary(class_names)
 
-    def counting_encode_texts(backbone, prompts):
+    def counting_encode_texts(backbone, prompts, *args):
         texts.extend(prompts)
-        return encode_texts(backbone, prompts)
+        return encode_texts(backbone, prompts, *args)
 
     model.encode_vocabulary = counting_encode_vocabulary
     model.vocabulary_encoder._encode_texts = counting_encode_texts

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import datasets
 
+from ..vocabulary import shared_synonyms
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -57,14 +59,15 @@ _ID_LINE = re.compile(r"^\s*(-?\d+)\s*:(.*)$")
 _METADATA_PREFIX = "ita-benchmark:"
 
 
-def read_vocabulary_file(path):
+def read_vocabulary_file(path, allow_shared_synonyms=False):
     """Read a class list: one class per line, either `id:name,synonym,...` (FC-CLIP's format) or
     `name,synonym,...` without ids (one style per file).
 
     Returns one string per class, its synonyms joined by commas with surrounding spaces removed, in id order
     for files with ids and in line order otherwise. Blank lines and lines starting with `#` are skipped, as
     are FC-CLIP's `0:invalid_class_id` placeholders. Raises `ValueError` naming the file and line for a
-    malformed line, an empty class name or synonym, a duplicate id, a gap in the ids, or a duplicate class.
+    malformed line, an empty class name or synonym, a duplicate id, a gap in the ids, a duplicate class, or
+    (unless `allow_shared_synonyms`, which the shipped A-847 and PC-459 lists need) a synonym of two classes.
     """
     path = Path(path)
     if not path.is_file():
@@ -117,6 +120,13 @@ def read_vocabulary_file(path):
         if name in seen:
             raise ValueError(f"{path}, line {number}: class {name!r} is already on line {seen[name]}")
         seen[name] = number
+    if not allow_shared_synonyms:
+        for synonym, first, other in shared_synonyms([name.split(",") for _, _, name in entries]):
+            (_, first_line, first_name), (_, line, name) = entries[first], entries[other]
+            raise ValueError(
+                f"{path}, line {line}: synonym {synonym!r} of class {name!r} also names class {first_name!r} "
+                f"(line {first_line}); give each synonym to one class"
+            )
     return [name for _, _, name in entries]
 
 
@@ -172,7 +182,9 @@ class SegmentationBenchmark:
     @cached_property
     def class_names(self):
         """The classes with FC-CLIP's synonyms, one comma-separated string each."""
-        names = read_vocabulary_file(VOCABULARY_DIR / self.vocabulary_file)
+        # FC-CLIP's A-847 and PC-459 lists give a few synonyms to two classes (A-847: "horse", "bag", ...); the
+        # published protocol uses them as they are.
+        names = read_vocabulary_file(VOCABULARY_DIR / self.vocabulary_file, allow_shared_synonyms=True)
         if len(names) != self.num_labels:
             raise ValueError(f"{self.vocabulary_file} lists {len(names)} classes, {self.name} has {self.num_labels}")
         return names
