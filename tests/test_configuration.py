@@ -70,3 +70,25 @@ def test_vision_tower_must_be_convnext():
     clip["vision_cfg"] = dict(clip["vision_cfg"], timm_model_name="vit_base_patch16_224")
     with pytest.raises(ValueError, match="ConvNeXt"):
         tiny_config(clip_config=clip)
+
+
+def test_unknown_config_keys_are_named_in_a_warning(tmp_path):
+    from transformers.testing_utils import CaptureLogger
+
+    import configuration_ita
+
+    config = tiny_config()
+    config.register_for_auto_class()  # auto_map, as converted folders have it
+    config.save_pretrained(tmp_path)
+    with CaptureLogger(configuration_ita.logger) as quiet:
+        AutoConfig.from_pretrained(tmp_path)
+    assert quiet.out == ""  # what transformers writes (version, architectures, auto_map, dtype) is not reported
+
+    text = (tmp_path / "config.json").read_text()
+    (tmp_path / "config.json").write_text(text.replace('"decoder_layers"', '"decoder_layerz"', 1)
+                                          .replace("{", '{\n  "colour": "red",', 1))
+    with CaptureLogger(configuration_ita.logger) as captured:
+        loaded = AutoConfig.from_pretrained(tmp_path)
+    assert "'colour'" in captured.out
+    assert "'decoder_layerz' (did you mean 'decoder_layers'?)" in captured.out
+    assert loaded.decoder_layers == ITAConfig().decoder_layers  # the misspelt value was not used
