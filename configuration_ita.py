@@ -207,6 +207,7 @@ _TRANSFORMERS_CONFIG_KEYS = frozenset(field.name for field in dataclasses.fields
     "attn_implementation",
     "experts_implementation",
     "output_attentions",
+    "use_cache",  # the Trainer sets it on every model it trains
 }
 
 

@@ -79,6 +79,7 @@ def test_unknown_config_keys_are_named_in_a_warning(tmp_path):
 
     config = tiny_config()
     config.register_for_auto_class()  # auto_map, as converted folders have it
+    config.use_cache = False  # as the Trainer leaves it
     config.save_pretrained(tmp_path)
     with CaptureLogger(configuration_ita.logger) as quiet:
         AutoConfig.from_pretrained(tmp_path)
