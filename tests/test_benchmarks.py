@@ -303,3 +303,9 @@ def test_load_hub_benchmark_from_parquet_and_imagefolder(tmp_path):
     assert benchmark_metadata(dataset)["ignore_index"] == 255
     first = dataset["file_name"].index("photo_0.jpg")
     np.testing.assert_array_equal(np.array(dataset[first]["label"]), labels[0])
+
+
+def test_the_command_line_knows_the_registered_benchmarks():
+    import ita_cli  # checks --benchmark before importing this package: its own list must match the registry
+
+    assert ita_cli.BENCHMARK_NAMES == {name: benchmark.display_name for name, benchmark in BENCHMARKS.items()}
