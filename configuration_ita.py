@@ -6,9 +6,15 @@ masked-attention decoder keeps its self-attention sub-layers.
 """
 
 import copy
+import dataclasses
+import difflib
+import inspect
 import math
 
 from transformers import PreTrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["ITAConfig", "CONVNEXT_LARGE_D_320_CLIP_CONFIG", "VILD_PROMPT_TEMPLATES", "COCO_PANOPTIC_VOCABULARY"]
 
@@ -187,6 +193,22 @@ COCO_PANOPTIC_VOCABULARY = (
     'wall,walls',
     'rug',
 )
+
+
+# Keys that transformers itself writes into config.json or passes to a config's constructor. Any other key
+# ITAConfig does not take is most likely misspelt, and transformers would keep it silently as an attribute that
+# nothing reads, so ITAConfig names it in a warning.
+_TRANSFORMERS_CONFIG_KEYS = frozenset(field.name for field in dataclasses.fields(PreTrainedConfig)) | {
+    "model_type",
+    "auto_map",
+    "torch_dtype",
+    "num_labels",
+    "name_or_path",
+    "attn_implementation",
+    "experts_implementation",
+    "output_attentions",
+    "use_cache",  # the Trainer sets it on every model it trains
+}
 
 
 class ITAConfig(PreTrainedConfig):
@@ -376,8 +398,25 @@ class ITAConfig(PreTrainedConfig):
         self.deep_supervision = deep_supervision
         self.text_batch_size = text_batch_size
         self.init_std = init_std
+        self._warn_about_unknown_keys(kwargs)
         super().__init__(**kwargs)
         self.validate_ita()
+
+    @classmethod
+    def _warn_about_unknown_keys(cls, kwargs):
+        known = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        unknown = sorted(key for key in kwargs if key not in known and key not in _TRANSFORMERS_CONFIG_KEYS
+                         and not key.startswith("_"))
+        if not unknown:
+            return
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        logger.warning(
+            f"ITAConfig does not know the key(s) {', '.join(hints)}: the model ignores them. Check the spelling "
+            "against ITAConfig's documented arguments."
+        )
 
     @classmethod
     def fcclip(cls, **kwargs):

@@ -115,7 +115,7 @@ def main(argv=None):
     print(f"model built in {time.perf_counter() - start:.1f} s; RSS {rss_mib() - rss_start:.0f} MiB above start "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
 
-    class_names = read_vocabulary_file(VOCABULARY_DIR / f"{args.vocabulary}.txt")
+    class_names = read_vocabulary_file(VOCABULARY_DIR / f"{args.vocabulary}.txt", allow_shared_synonyms=True)
     start = time.perf_counter()
     cache = Path(args.vocabulary_cache) if args.vocabulary_cache else None
     if cache is not None and cache.is_file():

@@ -2,7 +2,7 @@
 
 import sys
 
-from .apps.cli import main
+from ita_cli import segment
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m modeling_ita"))
+    sys.exit(segment(prog="python -m modeling_ita"))

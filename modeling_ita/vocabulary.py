@@ -1,25 +1,84 @@
-"""The vocabulary side: class names with synonyms, prompt-template text classifiers, and their cache.
+"""The vocabulary side: class names with synonyms, prompt-template text classifiers, and their caches.
 
 A vocabulary is a list of classes; each class is one string of comma-separated synonyms
 (`"sofa,couch"`). Every synonym is encoded with every prompt template; the embeddings are normalised,
 averaged over templates and normalised again, giving one row per synonym. Classification takes the max
 over a class's synonyms (`layers.classification_logits`).
+
+Encoded vocabularies are kept in memory (the last few) and, for large ones, on disk: the text tower's outputs
+for A-847 (1,342 synonyms x 14 templates) take a quarter of an hour on a CPU, and they depend only on the text
+tower's weights, the templates and the names. The disk cache lives under the Hugging Face home
+(`$HF_HOME/ita/vocabularies`); `ITA_VOCABULARY_CACHE=DIR` moves it, `ITA_VOCABULARY_CACHE=off` turns it off.
 """
 
+import hashlib
+import json
+import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import constants as hf_constants
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers.utils.logging import tqdm
 
-__all__ = ["parse_vocabulary", "ITAVocabulary", "ITAVocabularyEncoder"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "VOCABULARY_CACHE_ENV",
+    "parse_vocabulary",
+    "shared_synonyms",
+    "default_vocabulary_cache_dir",
+    "ITAVocabulary",
+    "ITAVocabularyEncoder",
+]
+
+VOCABULARY_CACHE_ENV = "ITA_VOCABULARY_CACHE"
+_CACHE_OFF = ("0", "off", "false", "no", "none")
+# Bumped when what a cache file holds, or how it is computed, changes.
+_CACHE_FORMAT = 1
 
 
-def parse_vocabulary(class_names):
+def default_vocabulary_cache_dir():
+    """Where encoded vocabularies are kept on disk: `$ITA_VOCABULARY_CACHE`, else `$HF_HOME/ita/vocabularies`;
+    None when `ITA_VOCABULARY_CACHE` is `off` (or `0`, `false`, `no`, `none`)."""
+    value = os.environ.get(VOCABULARY_CACHE_ENV)
+    if value is not None and value.strip().lower() in _CACHE_OFF:
+        return None
+    if value:
+        return Path(value).expanduser()
+    return Path(hf_constants.HF_HOME) / "ita" / "vocabularies"
+
+
+def _synonym_key(synonym):
+    # CLIP's tokenizer lower-cases and collapses white space: "Sofa" and "sofa " are one text to it.
+    return " ".join(synonym.lower().split())
+
+
+def shared_synonyms(parsed):
+    """Synonyms that name more than one class of a parsed vocabulary (`parse_vocabulary`'s output), compared as
+    CLIP reads them (case and repeated spaces ignored): a list of `(synonym, first_class, other_class)`."""
+    owner, shared = {}, []
+    for index, synonyms in enumerate(parsed):
+        for synonym in synonyms:
+            first = owner.setdefault(_synonym_key(synonym), index)
+            if first != index:
+                shared.append((synonym, first, index))
+    return shared
+
+
+def parse_vocabulary(class_names, allow_shared_synonyms=False):
     """Validate a vocabulary and split each class into its synonyms.
 
     Returns a list (one entry per class) of lists of synonyms. Raises `ValueError` for an empty vocabulary,
-    a class or synonym that is empty, a non-string entry, or duplicate class names.
+    a class or synonym that is empty, a non-string entry, duplicate class names, or (unless
+    `allow_shared_synonyms`) a synonym given to two classes (`"sofa,couch"` and `"couch,sofa"`): the classes
+    would tie on it. The model itself accepts shared synonyms, because FC-CLIP's own A-847 and PC-459 class
+    lists have some and the published protocol uses them as they are.
     """
     if isinstance(class_names, str):
         raise ValueError(
@@ -43,6 +102,12 @@ def parse_vocabulary(class_names):
             raise ValueError(f"Duplicate class name {name!r} at positions {seen[key]} and {index} of the vocabulary")
         seen[key] = index
         parsed.append(synonyms)
+    if not allow_shared_synonyms:
+        for synonym, first, other in shared_synonyms(parsed):
+            raise ValueError(
+                f"Synonym {synonym!r} names two classes: {class_names[first]!r} (position {first}) and "
+                f"{class_names[other]!r} (position {other}) of the vocabulary; give each synonym to one class"
+            )
     return parsed
 
 
@@ -82,23 +147,45 @@ class ITAVocabulary:
 
 
 class ITAVocabularyEncoder:
-    """Encodes vocabularies with the frozen CLIP text tower and keeps the last few in memory.
+    """Encodes vocabularies with the frozen CLIP text tower; keeps the last few in memory and large ones on disk.
 
-    The cache is keyed by the vocabulary, the templates, the device and the dtype, so a second call with the
-    same vocabulary runs no text-encoder forward. Prompts are encoded `batch_size` at a time (bounded memory
-    for large vocabularies such as A-847 x 14 templates) with the context cut to the longest prompt.
+    The memory cache is keyed by the vocabulary, the templates, the device and the dtype, so a second call with
+    the same vocabulary runs no text-encoder forward. Prompts are encoded `batch_size` at a time (bounded memory
+    for large vocabularies such as A-847 x 14 templates) with the context cut to the longest prompt, with a
+    progress bar when there is more than one batch.
+
+    Vocabularies of at least `disk_cache_min_prompts` prompts are also stored on disk (`disk_cache_dir`, by
+    default `default_vocabulary_cache_dir()`; None turns it off), keyed by a hash of the text tower's weights,
+    the templates, the names, the extra candidates, the device type, the dtype and the batch size, so a new
+    process finds them without running the text tower. Only the text tower's outputs are stored: the category
+    bank's rows are looked up again at each encoding. Hashing the text tower reads its weights once per model
+    (about a second for ConvNeXt-L's), which small vocabularies would not repay.
     """
 
-    def __init__(self, templates, train_vocabulary, extra_candidates=(), batch_size=256, cache_size=8):
+    def __init__(
+        self,
+        templates,
+        train_vocabulary,
+        extra_candidates=(),
+        batch_size=256,
+        cache_size=8,
+        disk_cache_dir="default",
+        disk_cache_min_prompts=1024,
+    ):
         self.templates = tuple(templates)
         self.extra_candidates = tuple(extra_candidates)
         self.batch_size = batch_size
         self.cache_size = cache_size
-        self.train_synonyms = {s for synonyms in parse_vocabulary(train_vocabulary) for s in synonyms}
+        self.disk_cache_dir = disk_cache_dir
+        self.disk_cache_min_prompts = disk_cache_min_prompts
+        parsed = parse_vocabulary(train_vocabulary, allow_shared_synonyms=True)
+        self.train_synonyms = {s for synonyms in parsed for s in synonyms}
         self.category_bank = None
         self._cache = OrderedDict()
+        self._fingerprint = (None, None)  # (identity of the text tower's tensors, their hash)
 
     def clear_cache(self):
+        """Forget the vocabularies kept in memory (the disk cache stays)."""
         self._cache.clear()
 
     def set_category_bank(self, bank):
@@ -119,7 +206,7 @@ class ITAVocabularyEncoder:
         ]
         return torch.stack(rows), tuple(name for name in names if name not in self.category_bank)
 
-    def _encode_texts(self, backbone, texts):
+    def _encode_texts(self, backbone, texts, description="Encoding texts"):
         # Batches of prompts of similar length: `encode_text` cuts each batch's context after its longest
         # prompt, so grouping by length cuts the padding the text tower runs on. Each embedding depends only
         # on its own tokens (causal attention), so the order changes nothing but float rounding.
@@ -128,17 +215,103 @@ class ITAVocabularyEncoder:
         tokens = backbone.tokenize(texts)  # [N, context_length]
         order = torch.sort(tokens.argmax(dim=-1), stable=True).indices  # by end-of-text position
         embeddings = None
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            batch = backbone.encode_text(tokens[rows], normalize=False).float()
-            if embeddings is None:
-                embeddings = batch.new_empty(len(texts), batch.shape[-1])
-            embeddings[rows.to(batch.device)] = batch
+        with tqdm(total=len(texts), desc=description, unit="prompt", disable=len(texts) <= self.batch_size) as bar:
+            for start in range(0, len(texts), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = backbone.encode_text(tokens[rows], normalize=False).float()
+                if embeddings is None:
+                    embeddings = batch.new_empty(len(texts), batch.shape[-1])
+                embeddings[rows.to(batch.device)] = batch
+                bar.update(len(rows))
         return embeddings  # [N, D]
+
+    # ------------------------------------------------------------------------------------------------ disk cache
+    def _cache_folder(self):
+        folder = default_vocabulary_cache_dir() if self.disk_cache_dir == "default" else self.disk_cache_dir
+        return None if folder is None else Path(folder)
+
+    def text_tower_fingerprint(self, backbone):
+        """SHA-256 of the text tower's weights (names, shapes, dtypes and bytes), computed once per set of
+        tensors: loading other weights (new tensors, or in-place copies, which bump their version) recomputes it."""
+        tensors = [
+            (name, tensor)
+            for name, tensor in backbone.clip_model.state_dict(keep_vars=True).items()
+            if not name.startswith("visual.") and name not in ("logit_scale", "logit_bias", "attn_mask")
+        ]
+        identity = tuple((name, tensor.data_ptr(), tensor._version) for name, tensor in tensors)
+        if self._fingerprint[0] != identity:
+            digest = hashlib.sha256()
+            for name, tensor in tensors:
+                tensor = tensor.detach()
+                digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+                digest.update(tensor.cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            self._fingerprint = (identity, digest.hexdigest())
+        return self._fingerprint[1]
+
+    def _disk_cache_path(self, backbone, class_names, with_name_embeddings, device, dtype):
+        folder = self._cache_folder()
+        if folder is None:
+            return None
+        description = {
+            "format": _CACHE_FORMAT,
+            "text_tower": self.text_tower_fingerprint(backbone),
+            "templates": list(self.templates),
+            "class_names": list(class_names),
+            "extra_candidates": list(self.extra_candidates) if with_name_embeddings else None,
+            "device": device.type,
+            "dtype": str(dtype),
+            "batch_size": self.batch_size,
+        }
+        key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+        return folder / f"{key}.safetensors"
+
+    @staticmethod
+    def _read_cache_file(path, num_synonyms, num_candidates):
+        try:
+            tensors = load_file(str(path))
+        except (OSError, SafetensorError) as error:
+            logger.warning("Ignoring the unreadable vocabulary cache file %s (%s); encoding again", path, error)
+            return None
+        classifier, names = tensors.get("text_classifier"), tensors.get("name_embeddings")
+        if classifier is None or classifier.shape[0] != num_synonyms or (
+            num_candidates is not None and (names is None or names.shape[0] != num_candidates)
+        ):
+            logger.warning("Ignoring the vocabulary cache file %s: it does not hold this vocabulary", path)
+            return None
+        return classifier, names
+
+    @staticmethod
+    def _write_cache_file(path, tensors, class_names):
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            metadata = {"format": "pt", "num_classes": str(len(class_names)), "first_class": class_names[0]}
+            save_file({key: value.contiguous().cpu() for key, value in tensors.items()}, str(temporary), metadata)
+            os.replace(temporary, path)  # atomic: processes encoding the same vocabulary at once never see half a file
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            logger.warning("Cannot write the vocabulary cache %s (%s); set %s=off to stop trying", path, error,
+                           VOCABULARY_CACHE_ENV)
+
+    # ---------------------------------------------------------------------------------------------------- encode
+    def _encode_uncached(self, backbone, synonyms, with_name_embeddings):
+        """The text tower's outputs: `[S, D]` template-averaged classifier and `[S + E, D]` name embeddings."""
+        prompts = [template.format(synonym) for synonym in synonyms for template in self.templates]
+        description = f"Encoding {len(synonyms)} synonyms x {len(self.templates)} prompt templates"
+        prompt_embeddings = F.normalize(self._encode_texts(backbone, prompts, description), dim=-1)
+        text_classifier = prompt_embeddings.view(len(synonyms), len(self.templates), -1).mean(dim=1)
+        text_classifier = F.normalize(text_classifier, dim=-1)  # [S, D]
+        name_embeddings = None
+        if with_name_embeddings:
+            candidates = list(synonyms) + list(self.extra_candidates)
+            name_embeddings = F.normalize(
+                self._encode_texts(backbone, candidates, "Encoding dominant-category candidates"), dim=-1
+            )
+        return text_classifier, name_embeddings
 
     def encode(self, backbone, class_names, with_name_embeddings=False):
         """Encode `class_names` (a list of comma-separated synonym strings) into an `ITAVocabulary`."""
-        parsed = parse_vocabulary(class_names)
+        parsed = parse_vocabulary(class_names, allow_shared_synonyms=True)
         weight = backbone.clip_model.text_projection
         key = (tuple(class_names), self.templates, self.extra_candidates, with_name_embeddings, weight.device, weight.dtype)
         if key in self._cache:
@@ -149,19 +322,30 @@ class ITAVocabularyEncoder:
         synonym_to_class = torch.tensor(
             [index for index, class_synonyms in enumerate(parsed) for _ in class_synonyms], dtype=torch.long
         )
-        prompts = [template.format(synonym) for synonym in synonyms for template in self.templates]
-        prompt_embeddings = F.normalize(self._encode_texts(backbone, prompts), dim=-1)
-        text_classifier = prompt_embeddings.view(len(synonyms), len(self.templates), -1).mean(dim=1)
-        text_classifier = F.normalize(text_classifier, dim=-1)  # [S, D]
+        num_candidates = len(synonyms) + len(self.extra_candidates) if with_name_embeddings else None
+        cached = path = None
+        if len(synonyms) * len(self.templates) >= self.disk_cache_min_prompts:
+            path = self._disk_cache_path(backbone, class_names, with_name_embeddings, weight.device, weight.dtype)
+            if path is not None and path.is_file():
+                cached = self._read_cache_file(path, len(synonyms), num_candidates)
+        if cached is not None:
+            logger.info("Read the encoded vocabulary (%d classes) from %s", len(class_names), path)
+            text_classifier, name_embeddings = cached
+        else:
+            text_classifier, name_embeddings = self._encode_uncached(backbone, synonyms, with_name_embeddings)
+            if path is not None:
+                tensors = {"text_classifier": text_classifier}
+                if name_embeddings is not None:
+                    tensors["name_embeddings"] = name_embeddings
+                self._write_cache_file(path, tensors, list(class_names))
         overlap_mask = torch.tensor(
             [float(any(s in self.train_synonyms for s in class_synonyms)) for class_synonyms in parsed]
         )
 
-        name_embeddings = text_query_embeddings = candidate_names = None
+        text_query_embeddings = candidate_names = None
         missing_from_bank = ()
         if with_name_embeddings:
             candidate_names = tuple(synonyms) + self.extra_candidates
-            name_embeddings = F.normalize(self._encode_texts(backbone, list(candidate_names)), dim=-1)
             text_query_embeddings, missing_from_bank = self._text_query_embeddings(candidate_names, name_embeddings)
 
         vocabulary = ITAVocabulary(

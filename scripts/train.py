@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Train ITA or FC-CLIP with the transformers Trainer (FC-CLIP's recipe by default).
+"""Train ITA or FC-CLIP with the transformers Trainer (FC-CLIP's recipe by default); the same command as `ita-train`.
 
 Every argument of `transformers.TrainingArguments` is accepted, plus the model and data arguments of
-`modeling_ita.training` (`--help` lists them). Examples:
+`modeling_ita.training` (`--help` lists them). Every label map is checked before the model is built: any problem
+stops the run with the full list (`--skip_bad_samples` leaves the bad samples out instead). Examples:
 
     # ITA on COCO panoptic from the original CLIP (batch 16 = 8 GPUs x 2)
     accelerate launch --multi_gpu --num_processes 8 scripts/train.py \
@@ -18,13 +19,17 @@ Every argument of `transformers.TrainingArguments` is accepted, plus the model a
     python scripts/train.py ... --dataset_name_or_path data/coco_dc --segments_column segments_info \
         --dominant_categories column
 
-    # A semantic dataset from the Hub or disk, with a vocabulary file
-    python scripts/train.py --clip_checkpoint clip.bin --dataset_name_or_path user/my-seg-dataset \
-        --label_column annotation --vocabulary_file classes.txt --crop_size 512 --max_steps 20000 \
-        --output_dir runs/mine
+    # Label-map folders (data/mine/images/train + data/mine/annotations/train), with a vocabulary file
+    python scripts/train.py --model_name_or_path MODEL --dataset_name_or_path data/mine \
+        --vocabulary_file classes.txt --crop_size 512 --max_steps 20000 --output_dir runs/mine
+
+    # Resume the last checkpoint in --output_dir after a stop
+    python scripts/train.py ... --output_dir runs/mine --resume_from_checkpoint last
 """
 
-from modeling_ita.training import main
+import sys
+
+from ita_cli import train
 
 if __name__ == "__main__":
-    main()
+    sys.exit(train(prog="python scripts/train.py"))

@@ -62,6 +62,19 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _vocabulary_cache(tmp_path_factory):
+    """Encoded vocabularies go to a folder of this test session, never to the user's Hugging Face home (the
+    variable reaches the commands the tests run in subprocesses too)."""
+    previous = os.environ.get("ITA_VOCABULARY_CACHE")
+    os.environ["ITA_VOCABULARY_CACHE"] = str(tmp_path_factory.mktemp("vocabulary-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("ITA_VOCABULARY_CACHE", None)
+    else:
+        os.environ["ITA_VOCABULARY_CACHE"] = previous
+
+
 def save_tiny_model(folder, size=None, spread_weights=False, seed=0):
     """Save a tiny ITA and its processor into `folder`, loadable with AutoModel/AutoProcessor.
 

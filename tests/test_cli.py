@@ -3,16 +3,19 @@
 import json
 import subprocess
 import sys
-from importlib.metadata import entry_points
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_ita.apps.cli import main, write_label_map
+from modeling_ita.apps.cli import SUMMARY_FIELDS, main, write_label_map
 from modeling_ita.apps.visualization import color_palette, colorize_label_map, legend_entries, overlay
 
+from conftest import save_tiny_model
+
 LABELS = ["cat", "sofa,couch", "wall"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +51,19 @@ def check_outputs(output, image_path, vocabulary, model_dir):
     counts = np.bincount(label_map.ravel(), minlength=len(vocabulary))
     assert len(counts) == len(vocabulary)  # no id outside the vocabulary
     expected = {vocabulary[i]: counts[i] / label_map.size for i in np.flatnonzero(counts)}
-    assert summary["pixel_shares"].keys() == expected.keys()
+    shares = {segment["label"]: segment["pixel_share"] for segment in summary["segments"]}
+    assert shares.keys() == expected.keys()
     for name, share in expected.items():
-        assert summary["pixel_shares"][name] == pytest.approx(share)
-    assert sum(summary["pixel_shares"].values()) == pytest.approx(1.0)
-    assert [segment["label"] for segment in summary["segments"]] == list(summary["pixel_shares"])
+        assert shares[name] == pytest.approx(share)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert [share for share in shares.values()] == sorted(shares.values(), reverse=True)  # largest first
     for segment in summary["segments"]:
         assert vocabulary[segment["class_id"]] == segment["label"]
+        assert set(segment) == {"label", "class_id", "pixel_share", "score"}
+    assert set(summary) == set(SUMMARY_FIELDS)
 
-    with Image.open(output / f"{stem}_overlay.png") as overlay_image:
-        assert overlay_image.mode == "RGB" and overlay_image.size == (width, height)
+    with Image.open(output / f"{stem}_overlay.png") as overlay_image:  # the legend stands to the right
+        assert overlay_image.mode == "RGB" and overlay_image.width > width and overlay_image.height >= height
     return label_map
 
 
@@ -130,11 +136,14 @@ def test_fail_fast_stops_at_the_first_bad_image(model_dir, tmp_path, capsys):
 
 def test_usage_errors_come_before_loading_the_model(tmp_path, capsys):
     image = save_image(tmp_path / "room.png", 32, 32)
-    missing_model = tmp_path / "no-model"  # loading it would fail with exit 1, not 2
+    missing_model = tmp_path / "no-weights"  # loading it would fail with exit 1, not 2
+    missing_model.mkdir()
+    (missing_model / "config.json").write_text("{}")
     (tmp_path / "blank.txt").write_text("# only a comment\n\n")
     cases = [
         (["--labels", ""], "empty string"),
         (["--labels", "cat", "cat"], "Duplicate"),
+        (["--labels", "sofa,couch", "couch,sofa"], "'sofa,couch' (position 0) and 'couch,sofa' (position 1)"),
         (["--labels-file", tmp_path / "blank.txt"], "holds no class"),
         (["--labels-file", tmp_path / "missing.txt"], "missing.txt does not exist"),
     ]
@@ -157,22 +166,133 @@ def test_usage_errors_come_before_loading_the_model(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
-def test_unloadable_model_exits_1(tmp_path, capsys):
+def test_model_problems_are_named(tmp_path, capsys):
     image = save_image(tmp_path / "room.png", 32, 32)
-    assert run(tmp_path / "no-model", image, "--labels", "cat", "--output", tmp_path / "out") == 1
-    assert "cannot load model" in capsys.readouterr().err
+    # A folder that does not exist: said so, before loading anything (not transformers' "Repo id must be ...").
+    assert run(tmp_path / "no-model", image, "--labels", "cat", "--output", tmp_path / "out") == 2
+    assert f"model folder {tmp_path / 'no-model'} does not exist" in capsys.readouterr().err
+    (tmp_path / "empty-model").mkdir()
+    assert run(tmp_path / "empty-model", image, "--labels", "cat", "--output", tmp_path / "out") == 2
+    assert "has no config.json" in capsys.readouterr().err
+
+    # A checkpoint that lacks weights (decoder_layers raised in config.json) is refused, naming them.
+    broken = save_tiny_model(tmp_path / "broken")
+    config = json.loads((broken / "config.json").read_text())
+    config["decoder_layers"] += 1
+    (broken / "config.json").write_text(json.dumps(config))
+    assert run(broken, image, "--labels", "cat", "--output", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "cannot load model" in err and "weight(s) missing from the checkpoint" in err
+    assert f"decoder.layers.{config['decoder_layers'] - 1}.ffn.linear1.weight" in err
+    assert not list((tmp_path / "out").iterdir())
 
 
-def test_python_m_help_and_console_script():
+def test_a_device_the_machine_lacks_is_a_usage_error(model_dir, tmp_path, capsys):
+    import torch
+
+    image = save_image(tmp_path / "room.png", 32, 32)
+    assert run(model_dir, image, "--labels", "cat", "--output", tmp_path / "out", "--device", "cuda:7") == 2
+    err = capsys.readouterr().err
+    if torch.cuda.is_available():
+        assert "CUDA device(s), numbered from 0" in err
+    else:
+        assert "CUDA is not available on this machine" in err and "cannot load model" not in err
+    assert run(model_dir, image, "--labels", "cat", "--output", tmp_path / "out", "--device", "gpu") == 2
+    assert "'gpu' is not a torch device" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_outputs_are_never_overwritten_silently(model_dir, tmp_path, capsys):
+    image = save_image(tmp_path / "room.png", 40, 40)
+    output = tmp_path / "out"
+    assert run(model_dir, image, "--labels", *LABELS, "--output", output) == 0
+    written = {path: path.stat().st_mtime_ns for path in output.iterdir()}
+    assert run(model_dir, image, "--labels", *LABELS, "--output", output) == 2
+    assert f"output folder {output} is not empty (room.json, room_labels.png, room_overlay.png)" in capsys.readouterr().err
+    assert {path: path.stat().st_mtime_ns for path in output.iterdir()} == written
+    (output / "notes.txt").write_text("mine")
+    assert run(model_dir, image, "--labels", *LABELS, "--output", output, "--overwrite") == 0
+    assert (output / "notes.txt").read_text() == "mine"
+    check_outputs(output, image, LABELS, model_dir)
+
+
+def test_its_own_outputs_are_never_inputs(model_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    save_image(folder / "a.png", 40, 40)
+    save_image(folder / "b_labels.png", 40, 40)  # a photo whose name only looks like an output
+    assert run(model_dir, folder, "--labels", *LABELS, "--output", folder) == 2  # not empty: it holds the photos
+    capsys.readouterr()
+    assert run(model_dir, folder, "--labels", *LABELS, "--output", folder, "--overwrite") == 0
+    assert "leaving out" not in capsys.readouterr().err
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == ["a.json", "a.png", "a_labels.png", "a_overlay.png", "b_labels.json", "b_labels.png",
+                     "b_labels_labels.png", "b_labels_overlay.png"]
+    assert run(model_dir, folder, "--labels", *LABELS, "--output", folder, "--overwrite") == 0
+    assert "leaving out 4 file(s) that ita-segment wrote earlier" in capsys.readouterr().err
+    assert sorted(path.name for path in folder.iterdir()) == names  # nothing segmented its own overlays
+
+
+def test_an_output_that_would_replace_an_input_is_refused(model_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    save_image(folder / "a.png", 40, 40)
+    save_image(folder / "a_overlay.png", 40, 40)  # a photo, not an output: no a.json names it
+    assert run(model_dir, folder, "--labels", *LABELS, "--output", folder, "--overwrite") == 2
+    assert "would replace an input image" in capsys.readouterr().err
+
+
+def _imports_after(call):
+    code = (
+        "import sys, ita_cli\n"
+        f"try:\n    status = {call}\nexcept SystemExit as exit:\n    status = exit.code\n"
+        "print(status, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return completed.stdout.split()[-3:], completed.stdout + completed.stderr
+
+
+@pytest.mark.parametrize(
+    "call, status",
+    [
+        ("ita_cli.segment(['--help'])", "0"),
+        ("ita_cli.segment(['photo.jpg', '--labels', 'cat'])", "2"),  # no --model, no --output
+        ("ita_cli.evaluate(['--help'])", "0"),
+        ("ita_cli.evaluate(['--model', 'm', '--benchmark', 'coco', '--data-dir', 'd', '--output', 'o'])", "2"),
+        ("ita_cli.evaluate(['--model', 'm', '--benchmark', 'ade150', '--output', 'o'])", "2"),  # no data
+        ("ita_cli.convert(['--help'])", "0"),
+        ("ita_cli.convert(['--checkpoint', 'missing.pth', '--output', 'o'])", "2"),
+    ],
+)
+def test_help_and_usage_errors_come_before_torch_is_imported(call, status):
+    (code, torch_imported, transformers_imported), output = _imports_after(call)
+    assert code == status, output
+    assert (torch_imported, transformers_imported) == ("False", "False"), output
+
+
+def test_console_scripts_and_python_m():
+    import configparser
+
+    import ita_cli
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    lines = [line.split("=") for line in setup["options.entry_points"]["console_scripts"].strip().splitlines()]
+    scripts = {name.strip(): target.strip() for name, target in lines}
+    assert scripts == {"ita-segment": "ita_cli:segment", "ita-evaluate": "ita_cli:evaluate",
+                       "ita-convert": "ita_cli:convert", "ita-train": "ita_cli:train",
+                       "ita-web": "modeling_ita.apps.web:main"}
+    for target in [target for target in scripts.values() if target.startswith("ita_cli:")]:
+        assert callable(getattr(ita_cli, target.split(":")[1]))
+    assert "ita_cli" in setup["options"]["py_modules"].split()
+
     completed = subprocess.run(
         [sys.executable, "-m", "modeling_ita", "--help"], capture_output=True, text=True, timeout=300
     )
     assert completed.returncode == 0, completed.stderr
     assert "usage: python -m modeling_ita" in completed.stdout
-    for option in ("--model", "--labels", "--labels-file", "--output", "--batch-size", "--device", "--dtype"):
+    for option in ("--model", "--labels", "--labels-file", "--output", "--overwrite", "--batch-size", "--device"):
         assert option in completed.stdout
-    scripts = {entry.name: entry.value for entry in entry_points(group="console_scripts")}
-    assert scripts.get("ita-segment") == "modeling_ita.apps.cli:main"
 
 
 def test_label_png_is_16_bit_above_256_classes(tmp_path):
@@ -197,7 +317,7 @@ def test_palette_is_deterministic_prefix_stable_and_distinct():
     assert color_palette(0).shape == (0, 3)
 
 
-def test_overlay_blends_colours_and_draws_a_legend():
+def test_overlay_blends_colours_and_puts_the_legend_beside_the_image():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
     label_map = np.zeros((120, 160), dtype=np.int64)
@@ -210,12 +330,16 @@ def test_overlay_blends_colours_and_draws_a_legend():
     np.testing.assert_array_equal(np.asarray(plain), palette[label_map])
     np.testing.assert_array_equal(np.asarray(colorize_label_map(label_map, 3)), palette[label_map])
     np.testing.assert_array_equal(np.asarray(overlay(image, label_map, names, alpha=0.0, legend=False)), image)
-
-    with_legend = np.asarray(overlay(image, label_map, names, alpha=1.0))
-    differs = (with_legend != np.asarray(plain)).any(axis=-1)
-    assert differs[:30, :60].any()  # the legend, top left
-    assert not differs[60:, :].any() and not differs[:, 120:].any()  # nothing else changed
     assert legend_entries(label_map, names) == [(0, "cat", 100 / 160), (2, "wall", 60 / 160)]
+
+    # The legend stands to the right: the picture keeps every pixel, and the canvas keeps the image's height.
+    blended = overlay(image, label_map, names, alpha=0.5, legend=False)
+    with_legend = overlay(image, label_map, names, alpha=0.5)
+    assert with_legend.height == 120 and with_legend.width > 160
+    np.testing.assert_array_equal(np.asarray(with_legend)[:, :160], np.asarray(blended))
+    # Region boundaries are drawn in the pure class colours, so each region can be matched with the legend.
+    assert (np.asarray(blended)[:, 99] == palette[0]).all() and (np.asarray(blended)[:, 100] == palette[2]).all()
+    assert not (np.asarray(blended)[:, 50] == palette[0]).all()
 
     with pytest.raises(ValueError, match="3 classes"):
         overlay(image, label_map + 1, names)
@@ -261,7 +385,8 @@ def test_panoptic_task_writes_coco_panoptic_png_and_json(model_dir, tmp_path):
         assert LABELS[segment["category_id"]] == segment["label"]
         assert segment["was_fused"] == (segment["label"] == "wall")
     with Image.open(output / "room_overlay.png") as overlay_image:
-        assert overlay_image.mode == "RGB" and overlay_image.size == (84, 60)
+        # The picture, then the legend beside it.
+        assert overlay_image.mode == "RGB" and overlay_image.height == 60 and overlay_image.width > 84
 
 
 def test_instance_task_writes_masks(model_dir, tmp_path):
@@ -289,11 +414,11 @@ def test_instance_task_writes_masks(model_dir, tmp_path):
 def test_task_usage_errors(model_dir, tmp_path, capsys):
     image = save_image(tmp_path / "room.png", 20, 20)
     base = [image, "--labels", *LABELS, "--output", tmp_path / "out"]
-    assert main([*map(str, base), "--model", "no/such/model", "--task", "panoptic", "--stuff", "sky"]) == 2
+    assert main([*map(str, base), "--model", str(model_dir), "--task", "panoptic", "--stuff", "sky"]) == 2
     assert "--stuff 'sky' is not a class of the vocabulary" in capsys.readouterr().err
-    assert main([*map(str, base), "--model", "no/such/model", "--threshold", "0.5"]) == 2
+    assert main([*map(str, base), "--model", str(model_dir), "--threshold", "0.5"]) == 2
     assert "--threshold apply to --task panoptic or instance" in capsys.readouterr().err
-    assert main([*map(str, base), "--model", "no/such/model", "--task", "instance", "--threshold", "2"]) == 2
+    assert main([*map(str, base), "--model", str(model_dir), "--task", "instance", "--threshold", "2"]) == 2
     assert "--threshold must lie in [0, 1]" in capsys.readouterr().err
 
 
@@ -313,3 +438,24 @@ def test_segment_overlay_colours_segments_and_outlines_them():
     np.testing.assert_array_equal(result[7, 0], [0, 0, 0])  # no segment: the image
     with pytest.raises(ValueError, match="mask 0 is 3x3 but the image is 8x10"):
         segment_overlay(image, [np.ones((3, 3), dtype=bool)], ["a"])
+def test_legend_is_readable_on_a_thumbnail_and_on_a_large_photo():
+    from PIL import ImageDraw
+
+    from modeling_ita.apps.visualization import _legend_font, legend_font_size, legend_panel
+
+    names = [f"class with a long name {index}" for index in range(12)]
+    texts = [f"{name} {1 / 12:.1%}" for name in names]
+    entries = list(zip(color_palette(12), texts))
+    ink_heights = {}
+    for height in (128, 2000):
+        font_size = legend_font_size(height)
+        panel = legend_panel(entries, height, font_size)
+        widest = ImageDraw.Draw(panel).textlength(texts[0], font=_legend_font(font_size))
+        assert panel.height == height  # twelve rows fit in columns beside the image
+        assert panel.width > widest  # no percentage cut off
+        ink = np.asarray(panel.convert("L")) < 128
+        assert np.flatnonzero(ink.any(axis=0)).max() < panel.width - 1  # a margin after the last character
+        rows = np.flatnonzero(ink[:, : panel.width // 2].any(axis=1))
+        ink_heights[height] = rows.max() - rows.min()
+    assert legend_font_size(128) == 12 and legend_font_size(4000) == 160  # scaled to the image, within bounds
+    assert ink_heights[2000] > 5 * ink_heights[128]  # the text grows with the image

@@ -78,3 +78,24 @@ def test_generic_transformers_names_read_and_write_the_ita_fields():
     config.num_hidden_layers = 7
     assert config.decoder_layers == 7
     assert ITAConfig(num_attention_heads=2).decoder_attention_heads == 2
+def test_unknown_config_keys_are_named_in_a_warning(tmp_path):
+    from transformers.testing_utils import CaptureLogger
+
+    import configuration_ita
+
+    config = tiny_config()
+    config.register_for_auto_class()  # auto_map, as converted folders have it
+    config.use_cache = False  # as the Trainer leaves it
+    config.save_pretrained(tmp_path)
+    with CaptureLogger(configuration_ita.logger) as quiet:
+        AutoConfig.from_pretrained(tmp_path)
+    assert quiet.out == ""  # what transformers writes (version, architectures, auto_map, dtype) is not reported
+
+    text = (tmp_path / "config.json").read_text()
+    (tmp_path / "config.json").write_text(text.replace('"decoder_layers"', '"decoder_layerz"', 1)
+                                          .replace("{", '{\n  "colour": "red",', 1))
+    with CaptureLogger(configuration_ita.logger) as captured:
+        loaded = AutoConfig.from_pretrained(tmp_path)
+    assert "'colour'" in captured.out
+    assert "'decoder_layerz' (did you mean 'decoder_layers'?)" in captured.out
+    assert loaded.decoder_layers == ITAConfig().decoder_layers  # the misspelt value was not used

@@ -533,3 +533,61 @@ def test_original_yaml_config_fills_what_shapes_cannot_tell(tmp_path):
     (tmp_path / "broken.yaml").write_text("_BASE_: missing.yaml\n")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         read_original_config(tmp_path / "broken.yaml")
+
+
+# ------------------------------------------------------------------------------------ a stranger's mistakes
+def test_an_existing_folder_is_never_overwritten_silently(tmp_path, capsys):
+    config = tiny_config()
+    torch.save({"model": original_state_dict(config)}, tmp_path / "ita.pth")
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "README.md").write_text("my notes")
+    (output / "config.json").write_text("{}")
+    argv = ["--checkpoint", str(tmp_path / "ita.pth"), "--output", str(output), "--clip-config",
+            json.dumps(TINY_CLIP_CONFIG), "--config-overrides", json.dumps(tiny_overrides(config)), "--no-verify"]
+    assert load_script().main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"output folder {output} is not empty (README.md, config.json)" in err and "--overwrite" in err
+    assert (output / "README.md").read_text() == "my notes" and (output / "config.json").read_text() == "{}"
+    assert sorted(path.name for path in output.iterdir()) == ["README.md", "config.json"]
+
+    assert load_script().main(argv + ["--overwrite"]) == 0
+    err = capsys.readouterr().err
+    # What takes time is announced as it starts.
+    for step in ("Reading", "Inferring the configuration", "Writing ita"):
+        assert step in err
+    assert "Verifying" not in err  # --no-verify
+    assert json.loads((output / "config.json").read_text())["model_type"] == "ita"
+    assert (output / "model.safetensors").is_file()
+
+
+def test_unreadable_checkpoints_name_the_real_problem(tmp_path, capsys):
+    import argparse
+
+    # An object a weights-only load refuses to build, as detectron2 checkpoints can hold.
+    torch.save({"model": {"weight": torch.ones(2)}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "objects.pth")
+    torch.save({"model": {"weight": torch.ones(5000)}}, tmp_path / "whole.pth")
+    whole = (tmp_path / "whole.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))
+    cases = {
+        "missing.pth": (FileNotFoundError, "does not exist"),
+        "random.pth": (ValueError, "is not a PyTorch checkpoint"),
+        "truncated.pth": (ValueError, "truncated or damaged"),
+        "objects.pth": (ValueError, "holds Python objects besides tensors (e.g. "),
+    }
+    for name, (error_type, message) in cases.items():
+        with pytest.raises(error_type) as error:
+            load_original_state_dict(tmp_path / name)
+        assert message in str(error.value) and str(tmp_path / name) in str(error.value)
+        assert "weights_only=False" not in str(error.value) and "resave" not in str(error.value)
+    assert "argparse.Namespace" in str(pytest.raises(ValueError, load_original_state_dict, tmp_path / "objects.pth").value)
+
+    # The command line says the same, before importing torch for a missing file.
+    assert load_script().main(["--checkpoint", str(tmp_path / "random.pth"), "--output", str(tmp_path / "o")]) == 1
+    assert "is not a PyTorch checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().main(["--checkpoint", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "missing.pth: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -354,3 +354,26 @@ def test_dominant_category_column_becomes_candidate_indices():
         dataset[2]
     batch = ITASegmentationCollator()([dataset[0], dataset[1]])
     assert batch["dominant_category_ids"].tolist() == [[2, 1], [0, 0]]
+
+
+def test_label_map_folders_are_found_without_naming_the_layout(tmp_path, scenes):
+    # Read as an imagefolder, the label maps would become training images (twice the rows, no label column).
+    write_label_map_folders(scenes, tmp_path, split="training")
+    dataset = load_segmentation_dataset(str(tmp_path), split="training")
+    assert dataset.column_names == ["image", "label", "file_name"] and len(dataset) == len(scenes)
+    _assert_rows_match(dataset, "image", "label", sorted(scenes, key=lambda row: row["file_name"]))
+
+
+def test_files_without_their_pair_are_all_named(tmp_path, scenes):
+    images, labels = write_label_map_folders(scenes, tmp_path, split="training")
+    names = sorted(path.name for path in labels.iterdir())
+    (labels / names[0]).unlink()  # an image without a label map
+    (images / names[1]).unlink()  # a label map without an image
+    with pytest.raises(FileNotFoundError) as error:
+        load_segmentation_dataset(str(tmp_path), split="training")
+    message = str(error.value)
+    assert f"{images / names[0]}: its label map {labels / names[0]} is missing" in message
+    assert f"{labels / names[1]}: its image {images / names[1][:-4]}.* (" in message
+    unpaired = []
+    dataset = load_segmentation_dataset(str(tmp_path), split="training", unpaired=unpaired)
+    assert len(dataset) == len(scenes) - 2 and sorted(path.name for path, _ in unpaired) == names[:2]

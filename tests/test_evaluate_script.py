@@ -6,7 +6,6 @@ post-processing run on one image at a time and feed a `SegmentationConfusionMatr
 """
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -41,14 +40,8 @@ RAW_VOC = 1  # index of the raw VOCdevkit layout of pas20/pas21
 SCORES = {"mIoU": "mean_iou", "fwIoU": "frequency_weighted_iou", "mACC": "mean_accuracy", "pACC": "overall_accuracy"}
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-evaluate_script = _load_script()
+import ita_cli
+from modeling_ita.evaluation import cli as evaluate_cli
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +58,7 @@ def model_and_processor(model_dir):
 def script_reuses_the_model(monkeypatch, model_and_processor):
     """Let `main` take the already loaded model (and its cache of encoded vocabularies) instead of reading the
     folder again; the tests that exercise loading leave this fixture out."""
-    monkeypatch.setattr(evaluate_script, "load_model_and_processor", lambda *args, **kwargs: model_and_processor)
+    monkeypatch.setattr(evaluate_cli, "load_model_and_processor", lambda *args, **kwargs: model_and_processor)
 
 
 def write_split(root, name, layout_index=0, image_sizes=IMAGE_SIZES, seed=0):
@@ -180,7 +173,7 @@ def test_script_scores_equal_the_metric_on_direct_predictions(
     pairs = write_split(data_dir, name, layout_index)
     argv = ["--model", str(model_dir), "--benchmark", name, "--data-dir", str(data_dir), "--output", str(output),
             "--batch-size", "2", "--num-workers", "0", "--no-progress", *extra_args]
-    assert evaluate_script.main(argv) == 0
+    assert evaluate_cli.main(argv) == 0
 
     benchmark = get_benchmark(name)
     model, processor = model_and_processor
@@ -206,7 +199,7 @@ def test_script_scores_equal_the_metric_on_direct_predictions(
     assert protocol["batch_size"] == 2 and protocol["device"] == "cpu" and protocol["dtype"] == "float32"
     assert report["model"] == str(model_dir)
     assert report["full_split_images"] == benchmark.num_images
-    assert report["command"].startswith("python scripts/evaluate.py --model ")
+    assert report["command"].startswith("ita-evaluate --model ")
     assert f"--benchmark {name}" in report["command"]
     table = (output / "results.md").read_text()
     assert f"| {benchmark.display_name} | `{model_dir}` | 3 of {benchmark.num_images} |" in table
@@ -230,7 +223,7 @@ def test_several_benchmarks_in_one_call_with_max_samples(
     pairs = {name: write_split(data_dir, name, seed=index) for index, name in enumerate(("ade150", "pc59", "pas21"))}
     argv = ["--model", str(model_dir), "--benchmark", "ade150", "pc59", "pas21", "--data-dir", str(data_dir),
             "--output", str(output), "--max-samples", "2", "--num-workers", "0", "--no-progress"]
-    assert evaluate_script.main(argv) == 0
+    assert evaluate_cli.main(argv) == 0
 
     model, processor = model_and_processor
     table = (output / "results.md").read_text()
@@ -259,9 +252,9 @@ def test_vocabulary_is_encoded_once_per_benchmark(tmp_path, model_and_processor)
         calls.append(tuple(class_names))
         return encode_vocabulary(class_names)
 
-    def counting_encode_texts(backbone, prompts):
+    def counting_encode_texts(backbone, prompts, *args):
         texts.extend(prompts)
-        return encode_texts(backbone, prompts)
+        return encode_texts(backbone, prompts, *args)
 
     model.encode_vocabulary = counting_encode_vocabulary
     model.vocabulary_encoder._encode_texts = counting_encode_texts
@@ -308,7 +301,7 @@ def test_vocabulary_file_override(tmp_path, model_dir, model_and_processor, scri
     vocabulary_file.write_text("".join(f"{index}:{name}\n" for index, name in enumerate(class_names)))
     argv = ["--model", str(model_dir), "--benchmark", "pas21", "--data-dir", str(data_dir), "--output", str(output),
             "--vocabulary-file", str(vocabulary_file), "--num-workers", "0", "--no-progress"]
-    assert evaluate_script.main(argv) == 0
+    assert evaluate_cli.main(argv) == 0
 
     model, processor = model_and_processor
     confusion = expected_confusion(model, processor, pairs, class_names, 255, False)
@@ -319,9 +312,9 @@ def test_vocabulary_file_override(tmp_path, model_dir, model_and_processor, scri
     argv = ["--model", str(model_dir), "--benchmark", "pas21", "pc59", "--data-dir", str(data_dir), "--output",
             str(output), "--vocabulary-file", str(vocabulary_file)]
     with pytest.raises(SystemExit) as exit_info:
-        evaluate_script.parse_args(argv)
+        ita_cli.parse_evaluate_args(argv)
     assert exit_info.value.code == 2
-    args = evaluate_script.parse_args(argv[:-1] + [f"pas21={vocabulary_file}"])
+    args = ita_cli.parse_evaluate_args(argv[:-1] + [f"pas21={vocabulary_file}"])
     assert args.vocabulary_files == {"pas21": vocabulary_file}
 
 
@@ -340,7 +333,7 @@ def test_mismatched_image_and_label_sizes_name_the_file(
 
     argv = ["--model", str(model_dir), "--benchmark", "ade150", "--data-dir", str(tmp_path), "--output",
             str(tmp_path / "out"), "--num-workers", "0", "--no-progress"]
-    assert evaluate_script.main(argv) == 1
+    assert evaluate_cli.main(argv) == 1
     assert str(image_path) in capsys.readouterr().err
     assert not (tmp_path / "out" / "ade150" / "results.json").exists()
 
@@ -360,7 +353,7 @@ def test_hub_dataset_with_label_reduction(tmp_path, model_dir, model_and_process
             "validation", "--image-column", "img", "--label-column", "seg", "--reduce-labels", "--cache-dir",
             str(tmp_path / "cache"), "--output", str(output), "--batch-size", "2", "--num-workers", "0",
             "--no-progress"]
-    assert evaluate_script.main(argv) == 0
+    assert evaluate_cli.main(argv) == 0
 
     model, processor = model_and_processor
     benchmark = get_benchmark("pas20")
@@ -370,7 +363,7 @@ def test_hub_dataset_with_label_reduction(tmp_path, model_dir, model_and_process
     assert report["protocol"]["data"] == {"hub_dataset": str(tmp_path / "hub"), "split": "validation"}
 
     with pytest.raises(SystemExit):  # one benchmark per Hub dataset
-        evaluate_script.parse_args(argv[:4] + ["pas21"] + argv[4:])
+        ita_cli.parse_evaluate_args(argv[:4] + ["pas21"] + argv[4:])
 
 
 def test_results_table_lists_every_benchmark_in_the_folder(tmp_path):
@@ -405,3 +398,157 @@ def test_script_runs_as_a_command(tmp_path, model_dir):
     report = json.loads((tmp_path / "out" / "pas21" / "results.json").read_text())
     assert report["num_images"] == 3 and report["benchmark"] == "pas21"
     assert (tmp_path / "out" / "results.md").is_file()
+
+
+# ------------------------------------------------------------------------------------- data checked before the run
+def test_every_bad_label_map_is_named_before_the_model_is_loaded(tmp_path, model_dir, monkeypatch, capsys):
+    pairs = write_split(tmp_path / "data", "ade150", image_sizes=[(40, 30)] * 6)
+    (_, out_of_range), (_, wrong_size), (_, truncated), (image_only, no_label) = pairs[0], pairs[1], pairs[2], pairs[3]
+    label = np.array(Image.open(out_of_range))
+    label[5, 5] = 200  # not a class of A-150 (0..149) and not the ignore label 255
+    Image.fromarray(label).save(out_of_range)
+    Image.fromarray(np.zeros((20, 40), dtype=np.uint8)).save(wrong_size)
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    no_label.unlink()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(evaluate_cli, "load_model_and_processor", no_model)
+    argv = ["--model", str(model_dir), "--benchmark", "ade150", "--data-dir", str(tmp_path / "data"), "--output",
+            str(tmp_path / "out"), "--num-workers", "0", "--no-progress"]
+    assert evaluate_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "4 problem(s) in 3 of the 5 samples and 1 unpaired file(s) of A-150" in err
+    assert f"{out_of_range}: class ids [200] are outside the vocabulary of 150 classes" in err
+    assert f"{wrong_size}: the label map is 20x40 (height x width) but its image" in err
+    assert f"{truncated}: the label map cannot be read" in err
+    assert f"{image_only}: its label map {no_label} is missing" in err
+    assert not (tmp_path / "out").exists()
+
+    # Asked to, it leaves them out, says how many, and records them with the results.
+    monkeypatch.setattr(evaluate_cli, "load_model_and_processor", load_model_and_processor)
+    assert evaluate_cli.main(argv + ["--skip-bad-samples"]) == 0
+    err = capsys.readouterr().err
+    assert "Leaving out 3 of the 5 samples of A-150 (--skip-bad-samples)" in err
+    report = json.loads((tmp_path / "out" / "ade150" / "results.json").read_text())
+    assert report["num_images"] == 2
+    assert sorted(entry["file"] for entry in report["skipped_samples"]) == sorted(
+        str(path) for path in (out_of_range, wrong_size, truncated, image_only)
+    )
+    assert "(4 bad left out)" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_results_computed_before_a_failure_are_kept(tmp_path, model_dir, model_and_processor,
+                                                    script_reuses_the_model, capsys):
+    write_split(tmp_path / "data", "pas21", seed=1)
+    write_split(tmp_path / "data", "pc59", seed=2)
+    model, _ = model_and_processor
+    forward, calls = model.forward, []
+
+    def failing_forward(*args, **kwargs):  # the fifth forward pass: the second image of PC-59
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return forward(*args, **kwargs)
+
+    model.forward = failing_forward
+    try:
+        argv = ["--model", str(model_dir), "--benchmark", "pas21", "pc59", "--data-dir", str(tmp_path / "data"),
+                "--output", str(tmp_path / "out"), "--num-workers", "0", "--no-progress"]
+        assert evaluate_cli.main(argv) == 1
+    finally:
+        del model.forward
+    assert "CUDA out of memory (simulated)" in capsys.readouterr().err
+    complete = json.loads((tmp_path / "out" / "pas21" / "results.json").read_text())
+    assert complete["complete"] is True and complete["num_images"] == 3
+    partial = json.loads((tmp_path / "out" / "pc59" / "results.json").read_text())
+    assert partial["complete"] is False and partial["num_images"] == 1
+    assert "RuntimeError: CUDA out of memory (simulated)" in partial["interrupted"]
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| PAS-21 |" in table and "| PC-59 | " in table and "1 of 5104 (interrupted)" in table
+
+
+def test_results_already_in_the_output_folder_are_not_replaced(tmp_path, model_dir, script_reuses_the_model, capsys):
+    write_split(tmp_path / "data", "pas21")
+    argv = ["--model", str(model_dir), "--benchmark", "pas21", "--data-dir", str(tmp_path / "data"), "--output",
+            str(tmp_path / "out"), "--num-workers", "0", "--no-progress"]
+    assert evaluate_cli.main(argv) == 0
+    first = (tmp_path / "out" / "pas21" / "results.json").stat().st_mtime_ns
+    assert evaluate_cli.main(argv) == 2
+    assert "already hold(s) results" in capsys.readouterr().err
+    assert (tmp_path / "out" / "pas21" / "results.json").stat().st_mtime_ns == first
+    assert evaluate_cli.main(argv + ["--overwrite"]) == 0
+
+
+# ------------------------------------------------------------------------------------------------- your own data
+def write_own_dataset(root, split="validation", num_images=5):
+    from modeling_ita.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_label_map_folders
+
+    rows = make_synthetic_dataset(num_images, 48, seed=3)
+    images, labels = write_label_map_folders(rows, root, split=split)
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in SYNTHETIC_CLASS_NAMES))
+    pairs = [(images / f"{Path(name).stem}.png", labels / f"{Path(name).stem}.png") for name in rows["file_name"]]
+    return pairs, list(SYNTHETIC_CLASS_NAMES)
+
+
+@pytest.mark.parametrize("as_parquet", [False, True], ids=["label_folders", "parquet"])
+def test_own_dataset_with_its_class_list(tmp_path, model_dir, model_and_processor, script_reuses_the_model, as_parquet):
+    import datasets
+
+    pairs, class_names = write_own_dataset(tmp_path / "mine")
+    source = tmp_path / "mine"
+    if as_parquet:
+        table = datasets.Dataset.from_dict(
+            {"photo": [str(image) for image, _ in pairs], "mask": [str(label) for _, label in pairs]},
+            features=datasets.Features({"photo": datasets.Image(), "mask": datasets.Image()}),
+        )
+        source = tmp_path / "mine_parquet"
+        source.mkdir()
+        table.to_parquet(str(source / "validation.parquet"))
+    argv = ["--model", str(model_dir), "--dataset", str(source), "--vocabulary-file", str(tmp_path / "mine" / "classes.txt"),
+            "--output", str(tmp_path / "out"), "--batch-size", "2", "--num-workers", "0", "--no-progress"]
+    if as_parquet:
+        argv += ["--image-column", "photo", "--label-column", "mask", "--name", "mine"]
+    assert evaluate_cli.main(argv) == 0
+
+    model, processor = model_and_processor
+    confusion = expected_confusion(model, processor, pairs, class_names, 255, False)
+    report = assert_results_match(tmp_path / "out" / "mine", confusion, class_names, len(pairs))
+    assert report["display_name"] == "mine" and report["published_fc_clip_miou"] is None
+    assert report["protocol"]["vocabulary"] == str(tmp_path / "mine" / "classes.txt")
+    assert "| mine |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_own_dataset_needs_its_class_list(tmp_path, model_dir, capsys):
+    write_own_dataset(tmp_path / "mine")
+    argv = ["--model", str(model_dir), "--dataset", str(tmp_path / "mine"), "--output", str(tmp_path / "out")]
+    assert evaluate_cli.main(argv) == 1
+    assert "Cannot tell the class names" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --data-dir is the benchmarks' root
+        ita_cli.parse_evaluate_args(argv + ["--data-dir", str(tmp_path)])
+
+
+def test_two_processes_give_the_numbers_of_one(tmp_path, model_dir, model_and_processor):
+    """`accelerate launch` with two CPU processes: each predicts half the images; the merged results equal those
+    of one process, computed here (both with one thread, so that floats are computed alike)."""
+    pairs, class_names = write_own_dataset(tmp_path / "mine", num_images=6)
+    environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "scripts/evaluate.py",
+               "--model", str(model_dir), "--dataset", str(tmp_path / "mine"), "--vocabulary-file",
+               str(tmp_path / "mine" / "classes.txt"), "--num-workers", "0", "--device", "cpu", "--batch-size", "2",
+               "--output", str(tmp_path / "two")]
+    completed = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert completed.stdout.count("mine: mIoU") == 1  # only the first process reports
+
+    model, processor = model_and_processor
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        confusion = expected_confusion(model, processor, pairs, class_names, 255, False)
+    finally:
+        torch.set_num_threads(threads)
+    report = assert_results_match(tmp_path / "two" / "mine", confusion, class_names, len(pairs))
+    assert report["protocol"]["num_processes"] == 2

@@ -256,3 +256,30 @@ def test_panoptic_batch_equals_single(spread_segmenter):
 def test_bad_subtask_arguments(segmenter, kwargs, message):
     with pytest.raises(ValueError, match=message):
         segmenter(make_image(40, 40), candidate_labels=VOCABULARY, **kwargs)
+def test_a_checkpoint_that_does_not_fill_the_model_is_refused(model_dir, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from modeling_ita.apps.loading import ModelLoadingError, load_segmentation_model
+
+    # More decoder layers in config.json than the weights hold: transformers would initialise the rest randomly.
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["decoder_layers"] += 1
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadingError, match="weight\\(s\\) missing from the checkpoint") as error:
+        pipeline("zero-shot-image-segmentation", model=str(broken), device="cpu")
+    assert f"decoder.layers.{config['decoder_layers'] - 1}.ffn.linear1.weight" in str(error.value)
+
+    # Weights the model does not have: named too.
+    extra = tmp_path / "extra"
+    shutil.copytree(model_dir, extra)
+    weights = load_file(extra / "model.safetensors")
+    weights["decoder.leftover.weight"] = torch.zeros(2)
+    save_file(weights, extra / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadingError, match="1 weight\\(s\\) in the checkpoint that the model does not have: "
+                                                "decoder.leftover.weight"):
+        load_segmentation_model(extra)
+    assert not load_segmentation_model(model_dir).training  # a sound folder loads, in eval mode

@@ -1,5 +1,6 @@
 """The README's usage examples run as written, against a tiny model folder and a generated image."""
 
+import json
 import os
 import re
 import shlex
@@ -69,22 +70,151 @@ def test_python_examples_run(index, model_dir, image_path):
     assert int(label_map.max()) < 4
 
 
-def test_command_line_example_runs(model_dir, image_path, tmp_path):
-    line = next(l for block in code_blocks("bash") for l in block.splitlines() if l.startswith("ita-segment photo.jpg"))
-    args = line.split()[1:]
-    args = [str(image_path) if a == "photo.jpg" else a for a in args if a != "photos/"]
-    args = [str(model_dir) if a == "MODEL" else a for a in args]
-    args = [str(tmp_path / "out") if a == "out/" else a for a in args]
-    args = [a.strip('"') for a in args]
-    result = subprocess.run([sys.executable, "-m", "modeling_ita", *args], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+def commands(prefix):
+    """The README's shell commands that start with `prefix`, continuation lines joined, split like a shell."""
+    found = []
+    for block in code_blocks("bash"):
+        joined = block.replace("\\\n", " ")
+        found += [shlex.split(line.split(" #")[0]) for line in joined.splitlines() if line.strip().startswith(prefix)]
+    return found
+
+
+def substitute(argv, replacements):
+    return [replacements.get(argument, argument) for argument in argv]
+
+
+def test_command_line_examples_run(model_dir, image_path, tmp_path, capsys):
+    import torch
+
+    import ita_cli
+
+    first, second = [command for command in commands("ita-segment") if "--task" not in command]
+    (tmp_path / "photos").mkdir()
+    Image.open(image_path).save(tmp_path / "photos" / "kitchen.png")
+    (tmp_path / "classes.txt").write_text("cat\nsofa,couch\nwall\n")
+    replacements = {"photo.jpg": str(image_path), "photos/": str(tmp_path / "photos"), "MODEL": str(model_dir),
+                    "classes.txt": str(tmp_path / "classes.txt")}
+    assert ita_cli.segment(substitute(first[1:], {**replacements, "out/": str(tmp_path / "out")})) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["living_room.json", "living_room_labels.png", "living_room_overlay.png"]
+    assert written == sorted(f"{stem}{suffix}" for stem in ("living_room", "kitchen")
+                             for suffix in (".json", "_labels.png", "_overlay.png"))
+
+    # The GPU example runs where there is a GPU, and says why not where there is none.
+    status = ita_cli.segment(substitute(second[1:], {**replacements, "out/": str(tmp_path / "gpu")}))
+    if torch.cuda.is_available():
+        assert status == 0
+    else:
+        assert status == 2 and "CUDA is not available on this machine" in capsys.readouterr().err
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Panoptic and instance segmentation, the web page
-# ----------------------------------------------------------------------------------------------------------
+def test_json_fields_are_documented():
+    from modeling_ita.apps.cli import SEGMENT_FIELDS, SUMMARY_FIELDS
+
+    table = README.read_text().split("The JSON file:")[1].split("\n\n")[1]
+    documented = {cell.strip("` ") for row in table.splitlines()[2:] for cell in row.split("|")[1].split(",")}
+    expected = set(SUMMARY_FIELDS) | {f"segments[].{field}" for field in SEGMENT_FIELDS}
+    assert documented == expected
+    assert "can exceed 1" in table
+
+
+def label_folders(root, split, num_images=4):
+    from modeling_ita.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_label_map_folders
+
+    write_label_map_folders(make_synthetic_dataset(num_images, 48, seed=7), root, split=split)
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in SYNTHETIC_CLASS_NAMES))
+
+
+def test_training_examples_run(model_dir, tmp_path):
+    """The fine-tuning and resume examples run as written (placeholders filled, a tiny run appended: later
+    options win); the 8-GPU COCO example parses (it needs the full-size model and COCO)."""
+    import ita_cli
+    from modeling_ita.training.trainer import parse_arguments
+
+    coco, finetune, resume = (command[command.index("scripts/train.py") + 1 :] for command in commands("accelerate launch")[:1] + commands("python scripts/train.py"))
+    model_args, data_args, training_args = parse_arguments(coco + ["--use_cpu"])  # --bf16 needs a GPU or this
+    assert data_args.dataset_layout == "coco_panoptic" and training_args.max_steps == 368750
+
+    label_folders(tmp_path / "data", "train")
+    replacements = {"MODEL": str(model_dir), "my/dataset": str(tmp_path / "data"),
+                    "classes.txt": str(tmp_path / "data" / "classes.txt"), "runs/finetune": str(tmp_path / "run")}
+    tiny = ["--max_steps", "2", "--save_steps", "1", "--crop_size", "64", "--per_device_train_batch_size", "2",
+            "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"]
+    assert ita_cli.train(substitute(finetune, replacements) + tiny) == 0
+    assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "checkpoint-2").is_dir()
+    assert resume[-2:] == ["--resume_from_checkpoint", "last"]
+    assert ita_cli.train(substitute(resume, replacements) + tiny + ["--max_steps", "3"]) == 0
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3  # continued from checkpoint-2, not from scratch
+
+
+def test_evaluation_examples_run(model_dir, tmp_path, capsys):
+    import datasets
+
+    import ita_cli
+    from test_evaluate_script import write_split
+
+    examples = [command[command.index("scripts/evaluate.py") + 1 :] for command in commands("python scripts/evaluate.py")]
+    launched = commands("accelerate launch")[-1]
+    examples.append(launched[launched.index("scripts/evaluate.py") + 1 :])  # run here in one process
+    assert len(examples) == 5
+    root = tmp_path / "detectron2"
+    for name in ("ade150", "ade847", "pc59", "pc459", "pas20", "pas21"):
+        write_split(root, name, image_sizes=[(40, 30)] * 2)
+    raw = write_split(tmp_path / "raw", "ade150", layout_index=1, image_sizes=[(40, 30)] * 2)  # 0 = other
+    (tmp_path / "hub").mkdir()
+    datasets.Dataset.from_dict(
+        {"image": [str(image) for image, _ in raw], "annotation": [str(label) for _, label in raw]},
+        features=datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()}),
+    ).to_parquet(str(tmp_path / "hub" / "validation.parquet"))
+    label_folders(tmp_path / "mine", "validation")
+    replacements = {"fcclip-convnext-large": str(model_dir), "runs/finetune": str(model_dir),
+                    "$DETECTRON2_DATASETS": str(root), "USER/ADE20K-val": str(tmp_path / "hub"),
+                    "my/dataset": str(tmp_path / "mine"), "classes.txt": str(tmp_path / "mine" / "classes.txt")}
+    for argv in examples:
+        output = argv[argv.index("--output") + 1]
+        replacements[output] = str(tmp_path / output)
+        assert ita_cli.evaluate(substitute(argv, replacements) + ["--num-workers", "0", "--no-progress"]) == 0, capsys.readouterr().err
+    table = (tmp_path / "eval" / "fcclip" / "results.md").read_text()
+    for display_name in ("A-150", "A-847", "PC-59", "PC-459", "PAS-20", "PAS-21"):
+        assert f"| {display_name} |" in table
+    assert (tmp_path / "eval" / "finetune" / "mine" / "results.json").is_file()
+    assert json.loads((tmp_path / "eval" / "hub" / "ade150" / "results.json").read_text())["protocol"]["reduce_labels"]
+
+
+def test_conversion_examples_run(tmp_path, capsys, monkeypatch):
+    """Both converter examples, on the toy checkpoints of tests/data/parity (which need their toy CLIP config and
+    templates added); the upload fails cleanly offline, after writing."""
+    import ita_cli
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    parity = Path(__file__).resolve().parent / "data" / "parity"
+    meta = json.loads((parity / "meta.json").read_text())
+    toy = ["--clip-config", str(parity / "clip_config.json"), "--config-overrides",
+           json.dumps({"prompt_templates": meta["prompt_templates"]})]
+    first, second = (command[command.index("scripts/convert_checkpoint.py") + 1 :]
+                     for command in commands("python scripts/convert_checkpoint.py"))
+    replacements = {"fcclip_cocopan.pth": str(parity / "fcclip_original.pth"), "ita.pth": str(parity / "ita_original.pth"),
+                    "Category/category_tensor.pt": str(parity / "category_bank.pt"),
+                    "fcclip-convnext-large": str(tmp_path / "fcclip"), "ita-convnext-large": str(tmp_path / "ita")}
+    assert ita_cli.convert(substitute(first, replacements) + toy) == 0
+    assert ita_cli.convert(substitute(second, replacements) + toy) == 2  # written, then no network for the upload
+    assert "hf upload my-user/ita-convnext-large" in capsys.readouterr().err
+    for folder in ("fcclip", "ita"):
+        assert (tmp_path / folder / "model.safetensors").is_file()
+    assert (tmp_path / "ita" / "category_bank.safetensors").is_file()
+
+
+def test_every_benchmark_layout_is_documented():
+    from modeling_ita.evaluation import BENCHMARKS
+
+    table = README.read_text().split("Each benchmark's validation split")[1].split("\n\n")[1]
+    for benchmark in BENCHMARKS.values():
+        assert f"`{benchmark.name}` ({benchmark.display_name})" in table
+        for layout in benchmark.layouts:  # A-847's second root, ade/, is named once in its row
+            for folder in (layout.image_dir, layout.label_dir):
+                assert f"`{folder.removeprefix('ade/')}" in table, folder
+            if layout.split_file:
+                assert layout.split_file.split("/")[-1] in table
 
 
 @pytest.fixture(scope="module")

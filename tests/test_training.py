@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 from transformers.trainer_utils import EvalPrediction
@@ -368,3 +369,79 @@ def test_demo_trains_saves_and_segments(tmp_path):
     assert type(processor).__name__ == "ITAProcessor" and processor.image_processor.size.shortest_edge == 64
     assert len(list((output / "segmentations").glob("*_overlay.png"))) == 2
     assert len(list((output / "ground_truth").glob("*_truth.png"))) == 2
+
+
+# ------------------------------------------------------------------------------------------------ data checked first
+
+
+def bad_label_folders(root, num_images=6):
+    """Label-map folders of generated scenes in which one label map has a small region of class 9 (there are 5
+    classes), small enough for most random crops to miss it."""
+    from modeling_ita.training.synthetic import make_synthetic_dataset, write_label_map_folders
+
+    _, labels = write_label_map_folders(make_synthetic_dataset(num_images, 48, seed=5), root, split="train")
+    bad = sorted(labels.iterdir())[2]
+    label = np.array(Image.open(bad))
+    label[:2, :2] = 9
+    Image.fromarray(label).save(bad)
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in SYNTHETIC_CLASS_NAMES))
+    return bad
+
+
+def test_a_bad_label_map_stops_training_before_the_model_is_built(tmp_path, monkeypatch):
+    from modeling_ita.evaluation.data_check import DataCheckError
+    from modeling_ita.training import trainer as trainer_module
+
+    bad = bad_label_folders(tmp_path / "data")
+    model_args, data_args, args = tiny_run(tmp_path)
+    data_args.dataset_layout, data_args.eval_split = "auto", None
+    data_args.dataset_name_or_path = str(tmp_path / "data")
+    data_args.vocabulary_file = str(tmp_path / "data" / "classes.txt")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the data was checked")
+
+    monkeypatch.setattr(trainer_module, "load_model", no_model)
+    with pytest.raises(DataCheckError) as error:
+        build_trainer(model_args, data_args, args)
+    assert f"{bad}: class ids [9] are outside the vocabulary of 5 classes" in str(error.value)
+    assert "--skip_bad_samples" in str(error.value)
+
+    monkeypatch.undo()
+    data_args.skip_bad_samples = True
+    trainer = build_trainer(model_args, data_args, args)
+    assert len(trainer.train_dataset) == 5
+    assert bad.name not in trainer.train_dataset.dataset["file_name"]
+
+
+def test_train_command_reports_bad_data_without_a_traceback(tmp_path, capsys):
+    import ita_cli
+
+    bad = bad_label_folders(tmp_path / "data")
+    tiny_config().to_json_file(tmp_path / "config.json")
+    status = ita_cli.train([
+        "--config_path", str(tmp_path / "config.json"), "--dataset_name_or_path", str(tmp_path / "data"),
+        "--vocabulary_file", str(tmp_path / "data" / "classes.txt"), "--output_dir", str(tmp_path / "run"),
+        "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--max_steps", "1",
+    ])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "ita-train: error: 1 problem(s) in 1 of the 6 samples of the training data" in err and str(bad) in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_an_earlier_run_is_not_overwritten_silently(tmp_path, capsys):
+    import ita_cli
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"an earlier run's weights")
+    tiny_config().to_json_file(tmp_path / "config.json")
+    argv = ["--config_path", str(tmp_path / "config.json"), "--dataset_layout", "synthetic",
+            "--synthetic_num_train_images", "4", "--crop_size", "64", "--per_device_train_batch_size", "2",
+            "--output_dir", str(tmp_path / "run"), "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
+            "--max_steps", "1", "--save_strategy", "no"]
+    assert ita_cli.train(argv) == 1
+    assert f"output_dir {tmp_path / 'run'} is not empty (model.safetensors)" in capsys.readouterr().err
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == b"an earlier run's weights"
+    assert ita_cli.train(argv + ["--overwrite_output_dir"]) == 0
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() != b"an earlier run's weights"

@@ -118,3 +118,113 @@ def test_category_bank_gives_text_query_embeddings_and_never_the_ranking(backbon
     assert vocabulary.missing_from_bank == ("wall",)
     encoder.set_category_bank(None)
     assert encoder.encode(backbone, ["cat", "wall"], with_name_embeddings=True).missing_from_bank == ()
+
+
+# ------------------------------------------------------------------------------------------------ shared synonyms
+@pytest.mark.parametrize(
+    "vocabulary, shared, first, other",
+    [
+        (["sofa,couch", "couch,sofa"], "couch", "'sofa,couch' (position 0)", "'couch,sofa' (position 1)"),
+        (["cat", "wall", "Wall , brick wall"], "Wall", "'wall' (position 1)", "'Wall , brick wall' (position 2)"),
+    ],
+)
+def test_a_synonym_of_two_classes_is_rejected_naming_both(vocabulary, shared, first, other):
+    with pytest.raises(ValueError) as error:
+        parse_vocabulary(vocabulary)
+    message = str(error.value)
+    assert f"Synonym {shared!r} names two classes" in message and first in message and other in message
+    assert len(parse_vocabulary(vocabulary, allow_shared_synonyms=True)) == len(vocabulary)
+
+
+def test_the_model_side_accepts_shared_synonyms(backbone):
+    # FC-CLIP's A-847 and PC-459 lists share synonyms between classes; the encoder takes them as they are.
+    vocabulary = make_encoder(tiny_config()).encode(backbone, ["sofa,couch", "couch,settee"])
+    assert vocabulary.synonyms == ("sofa", "couch", "couch", "settee")
+    assert vocabulary.synonym_to_class.tolist() == [0, 0, 1, 1]
+
+
+# ------------------------------------------------------------------------------------------------ long encodings
+def test_encodings_of_more_than_one_batch_show_a_progress_bar(backbone, capsys):
+    encoder = make_encoder(tiny_config(), batch_size=7, disk_cache_dir=None)
+    encoder.encode(backbone, ["cat", "dog"])  # 4 prompts: one batch, no bar
+    assert "Encoding" not in capsys.readouterr().err
+    encoder.encode(backbone, [f"thing number {i}" for i in range(20)])
+    err = capsys.readouterr().err
+    assert "Encoding 20 synonyms x 2 prompt templates" in err and "40/40" in err
+
+
+def count_text_forwards(monkeypatch, backbone):
+    calls = []
+    original = backbone.encode_text
+    monkeypatch.setattr(backbone, "encode_text", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+def test_disk_cache_serves_a_new_encoder_without_the_text_tower(backbone, monkeypatch, tmp_path):
+    classes = [f"thing number {i}" for i in range(12)]
+
+    def encoder(**kwargs):  # a fresh encoder stands for a new process: its memory cache is empty
+        return make_encoder(tiny_config(), disk_cache_dir=tmp_path / "cache", disk_cache_min_prompts=0, **kwargs)
+
+    first = encoder().encode(backbone, classes, with_name_embeddings=True)
+    files = list((tmp_path / "cache").glob("*.safetensors"))
+    assert len(files) == 1
+    calls = count_text_forwards(monkeypatch, backbone)
+    second = encoder().encode(backbone, classes, with_name_embeddings=True)
+    assert calls == []
+    assert torch.equal(second.text_classifier, first.text_classifier)
+    assert torch.equal(second.name_embeddings, first.name_embeddings)
+    assert second.candidate_names == first.candidate_names and second.text_query_embeddings is not None
+
+    # Anything the embeddings depend on makes a new entry: the names, the templates, the text tower's weights.
+    encoder().encode(backbone, classes[:-1], with_name_embeddings=True)
+    assert len(calls) > 0
+    calls.clear()
+    ITAVocabularyEncoder(["a {}"], tiny_config().train_vocabulary, ["other"], disk_cache_dir=tmp_path / "cache",
+                         disk_cache_min_prompts=0).encode(backbone, classes)
+    assert len(calls) > 0
+    calls.clear()
+    with torch.no_grad():
+        backbone.clip_model.ln_final.weight.add_(0.5)  # in place: same tensor, new version
+    try:
+        changed = encoder().encode(backbone, classes, with_name_embeddings=True)
+        assert len(calls) > 0
+        assert not torch.allclose(changed.text_classifier, first.text_classifier)
+    finally:
+        with torch.no_grad():
+            backbone.clip_model.ln_final.weight.sub_(0.5)
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 4
+
+
+def test_disk_cache_is_off_for_small_vocabularies_or_when_asked(backbone, monkeypatch, tmp_path):
+    make_encoder(tiny_config(), disk_cache_dir=tmp_path / "small", disk_cache_min_prompts=100).encode(
+        backbone, ["cat", "dog"]
+    )
+    assert not (tmp_path / "small").exists()  # 4 prompts: not worth hashing the text tower
+    make_encoder(tiny_config(), disk_cache_dir=None, disk_cache_min_prompts=0).encode(backbone, ["cat", "dog"])
+
+    from modeling_ita.vocabulary import default_vocabulary_cache_dir
+
+    monkeypatch.setenv("ITA_VOCABULARY_CACHE", "off")
+    assert default_vocabulary_cache_dir() is None
+    make_encoder(tiny_config(), disk_cache_min_prompts=0).encode(backbone, ["cat", "dog"])
+    monkeypatch.delenv("ITA_VOCABULARY_CACHE")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HOME", str(tmp_path / "hf-home"))
+    assert default_vocabulary_cache_dir() == tmp_path / "hf-home" / "ita" / "vocabularies"
+    monkeypatch.setenv("ITA_VOCABULARY_CACHE", str(tmp_path / "mine"))
+    make_encoder(tiny_config(), disk_cache_min_prompts=0).encode(backbone, ["cat", "dog"])
+    assert len(list((tmp_path / "mine").glob("*.safetensors"))) == 1
+    assert not (tmp_path / "hf-home").exists()
+
+
+def test_a_corrupt_cache_file_is_replaced(backbone, monkeypatch, tmp_path, caplog):
+    def encoder():
+        return make_encoder(tiny_config(), disk_cache_dir=tmp_path, disk_cache_min_prompts=0)
+
+    expected = encoder().encode(backbone, ["cat", "dog"])
+    (path,) = tmp_path.glob("*.safetensors")
+    path.write_bytes(b"not a safetensors file")
+    again = encoder().encode(backbone, ["cat", "dog"])
+    assert "Ignoring the unreadable vocabulary cache file" in caplog.text
+    torch.testing.assert_close(again.text_classifier, expected.text_classifier, atol=0, rtol=0)
+    assert encoder()._read_cache_file(path, 2, None) is not None  # rewritten

@@ -92,7 +92,7 @@ def test_files_that_are_not_images_are_named(tmp_path):
 def test_service_tasks(service, tmp_path, task):
     image = save_image(tmp_path / "photo.jpg")
     picture, rows, header, label_path = service.segment(image, CLASSES, task)
-    assert picture.size == (56, 40) and picture.mode == "RGB"
+    assert picture.height == 40 and picture.width >= 56 and picture.mode == "RGB"  # a legend beside, if any
     with Image.open(label_path) as label_map:
         assert label_map.size == (56, 40)
         expected_mode = {"semantic": "L", "panoptic": "RGB", "instance": "I;16"}[task]

@@ -2,10 +2,15 @@
 
 For every image it writes, in the output folder:
 
-- `<stem>_overlay.png`: the image blended with the class colours, and a legend of the classes present;
+- `<stem>_overlay.png`: the image blended with the class colours, and beside it a legend of the classes present;
 - `<stem>_labels.png`: the label map, each pixel's class id (position in the vocabulary); 8-bit grey for up to
   256 classes, 16-bit above;
-- `<stem>.json`: the image, its size, the model, the vocabulary, and each present class's pixel share and score.
+- `<stem>.json`: the image, its size, the model, the vocabulary, and each present class's pixel share and score
+  (`SUMMARY_FIELDS` says what each field is).
+
+The output folder must be new or empty unless `--overwrite` is given (then same-name outputs are replaced and
+other files left alone), and files this command wrote are never read back as inputs, even when the output folder
+is an input folder.
 
 With `--task panoptic`: `<stem>_overlay.png` (one colour per segment, outlined), `<stem>_panoptic.png` (COCO
 panoptic's PNG: segment id = R + 256 G + 256^2 B, 0 where no segment) and `<stem>.json` (its `segments_info`:
@@ -16,11 +21,11 @@ encoding, overlaps kept).
 
 Exit status: 0 when every image was segmented; 1 when some image could not be read or segmented (the others
 are still written; `--fail-fast` stops at the first) or the model could not be loaded; 2 for a usage error
-(bad arguments, an empty or unreadable vocabulary, no input images, clashing output names), reported before
-the model is loaded.
+(bad arguments, an empty or unreadable vocabulary, no input images, clashing output names, a non-empty output
+folder, a model folder that does not exist, a device this machine lacks), reported before the model is loaded.
+The arguments are parsed by `ita_cli.segment_parser` before torch is imported.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -30,88 +35,94 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import pipeline
+from transformers.utils import logging as transformers_logging
 
-from .pipeline import ZERO_SHOT_IMAGE_SEGMENTATION_TASK
-from .pipeline import SUBTASKS
-from .visualization import overlay, segment_overlay
+from ita_cli import IMAGE_EXTENSIONS
+from ita_cli import segment_parser as build_parser
 from image_processing_ita import open_image
 
 from ..postprocessing import binary_mask_to_coco_rle
 from ..vocabulary import parse_vocabulary
+from .loading import ModelLoadingError, check_device, check_model_location
+from .pipeline import ZERO_SHOT_IMAGE_SEGMENTATION_TASK
+from .visualization import overlay, segment_overlay
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "build_parser", "find_images", "main", "read_image", "write_label_map", "write_panoptic_png"
+    "IMAGE_EXTENSIONS",
+    "SUMMARY_FIELDS",
+    "build_parser",
+    "find_images",
+    "main",
+    "read_image",
+    "run",
+    "write_panoptic_png",
+    "write_label_map",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PROG = "ita-segment"
-DTYPES = ("float32", "bfloat16", "float16")
+OUTPUT_SUFFIXES = ("_overlay.png", "_labels.png", ".json")
+
+# What each field of `<stem>.json` holds (the README's table is checked against this).
+SUMMARY_FIELDS = {
+    "image": "the input image's path, as given",
+    "image_size": "its upright size, {height, width}, the size of the label map",
+    "model": "the --model argument",
+    "vocabulary": "the classes, in class-id order",
+    "segments": "one entry per class present, largest first: label, class_id, pixel_share, score",
+    "label_map": "the file name of the label map",
+    "overlay": "the file name of the overlay",
+}
+SEGMENT_FIELDS = {
+    "label": "the class as given in the vocabulary",
+    "class_id": "its position in the vocabulary, its value in the label map",
+    "pixel_share": "the fraction of the image's pixels given this class (the shares sum to 1)",
+    "score": (
+        "the mean over the segment's pixels of the class's semantic score, sum over queries of class probability "
+        "x mask probability: it ranks confidence, is not a probability, and can exceed 1 where masks overlap"
+    ),
+}
 
 
 class UsageError(Exception):
     """A problem with the command line or its inputs, found before any image is segmented (exit 2)."""
 
 
-def build_parser(prog=PROG):
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=(
-            "Open-vocabulary semantic segmentation with ITA / FC-CLIP: label every pixel of each image with one of "
-            "the classes you name. Writes <stem>_overlay.png, <stem>_labels.png and <stem>.json per image."
-        ),
-        epilog=(
-            "Example: ita-segment photos/ cat.jpg --model path/to/checkpoint --labels cat 'sofa,couch' wall "
-            "--output out/. Exit status: 0 all images done, 1 some image or the model failed, 2 usage error."
-        ),
-    )
-    parser.add_argument(
-        "inputs",
-        nargs="+",
-        metavar="IMAGE_OR_DIR",
-        help=f"image files, or folders whose image files ({', '.join(IMAGE_EXTENSIONS)}) are segmented in name order",
-    )
-    parser.add_argument("--model", required=True, help="a checkpoint folder or a Hugging Face Hub model id")
-    vocabulary = parser.add_mutually_exclusive_group(required=True)
-    vocabulary.add_argument(
-        "--labels",
-        nargs="+",
-        metavar="CLASS",
-        help="the classes, one argument each; synonyms of a class separated by commas ('sofa,couch')",
-    )
-    vocabulary.add_argument(
-        "--labels-file",
-        type=Path,
-        metavar="FILE",
-        help="a class list, one class per line: 'name,synonym,...' or FC-CLIP's 'id:name,synonym,...'",
-    )
-    parser.add_argument("--output", "-o", type=Path, required=True, metavar="DIR", help="output folder (created)")
-    parser.add_argument(
-        "--device", default=None, help="torch device: cpu, cuda, cuda:1, mps, ... (default: cuda if available)"
-    )
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model precision (default: float32)")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass (default: 1)")
-    parser.add_argument(
-        "--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay (default: 0.5)"
-    )
-    parser.add_argument("--fail-fast", action="store_true", help="stop at the first image that fails")
-    _add_task_arguments(parser)
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    return parser
+def _own_outputs(folder):
+    """The files in `folder` that an earlier `ita-segment` run wrote: each `<stem>.json` summary that names its
+    overlay and label map, and those two files."""
+    outputs = set()
+    for summary_path in folder.glob("*.json"):
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        stem = summary_path.stem
+        if isinstance(summary, dict) and summary.get("overlay") == f"{stem}_overlay.png" and summary.get(
+            "label_map"
+        ) == f"{stem}_labels.png":
+            outputs.update(folder / name for name in (summary_path.name, f"{stem}_overlay.png", f"{stem}_labels.png"))
+    return outputs
 
 
-def find_images(inputs):
+def find_images(inputs, skipped=None):
     """Expand files and folders into image files. Returns `(images, problems)`: folders contribute their
-    image files (by extension, not recursive, sorted by name); a path that does not exist is a problem
-    `(path, message)`. Files named explicitly are kept whatever their extension."""
+    image files (by extension, not recursive, sorted by name), except the overlays and label maps an earlier run
+    of this command wrote there (added to the list `skipped` when given); a path that does not exist is a
+    problem `(path, message)`. Files named explicitly are kept whatever their extension."""
     images, problems = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                child
-                for child in path.iterdir()
-                if child.is_file() and child.suffix.lower() in IMAGE_EXTENSIONS and not child.name.startswith(".")
-            )
+            own_outputs = _own_outputs(path)
+            found = []
+            for child in sorted(path.iterdir()):
+                if not child.is_file() or child.suffix.lower() not in IMAGE_EXTENSIONS or child.name.startswith("."):
+                    continue
+                if child in own_outputs:
+                    if skipped is not None:
+                        skipped.append(child)
+                    continue
+                found.append(child)
             if not found:
                 problems.append((path, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder"))
             images.extend(found)
@@ -161,15 +172,6 @@ def write_label_map(label_map, num_classes, path):
     image.save(path)
 
 
-def _torch_device(name):
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise UsageError(f"--device {name!r} is not a torch device: {error}") from None
-
-
 def _write_outputs(image, image_path, result, vocabulary, args):
     if args.task != "semantic":
         return _write_segment_outputs(image, image_path, result, vocabulary, args)
@@ -182,11 +184,7 @@ def _write_outputs(image, image_path, result, vocabulary, args):
         "image_size": {"height": int(label_map.shape[0]), "width": int(label_map.shape[1])},
         "model": args.model,
         "vocabulary": list(vocabulary),
-        "pixel_shares": {segment["label"]: segment["pixel_share"] for segment in result["segments"]},
-        "segments": [
-            {key: segment[key] for key in ("label", "class_id", "pixel_share", "score")}
-            for segment in result["segments"]
-        ],
+        "segments": [{key: segment[key] for key in SEGMENT_FIELDS} for segment in result["segments"]],
         "label_map": f"{stem}_labels.png",
         "overlay": f"{stem}_overlay.png",
     }
@@ -201,10 +199,23 @@ def _check_inputs(args, report):
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must lie in [0, 1], got {args.alpha}")
-    device = _torch_device(args.device)
+    try:
+        device = check_device(args.device)
+    except ValueError as error:
+        raise UsageError(f"--device: {error}") from None
+    try:
+        check_model_location(args.model)
+    except ModelLoadingError as error:
+        raise UsageError(f"--model: {error}") from None
     vocabulary = read_vocabulary(args)
     _check_task_arguments(args, vocabulary)
-    images, problems = find_images(args.inputs)
+    skipped = []
+    images, problems = find_images(args.inputs, skipped)
+    if skipped:
+        print(
+            f"{args.prog}: leaving out {len(skipped)} file(s) that ita-segment wrote earlier (overlays, label maps)",
+            file=sys.stderr,
+        )
     for path, message in problems:
         report(f"{path}: {message}")
     if not images:
@@ -216,11 +227,33 @@ def _check_inputs(args, report):
     if clashes:
         names = "; ".join(" and ".join(str(path) for path in paths) for paths in clashes)
         raise UsageError(f"these inputs would write the same output files (same file stem): {names}")
+    _check_output_folder(args, images)
     try:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UsageError(f"cannot create output folder {args.output}: {error}") from None
     return device, vocabulary, images, problems
+
+
+def _check_output_folder(args, images):
+    """Refuse a folder that is not empty unless `--overwrite`, and, even then, outputs that would replace an
+    input image."""
+    output = args.output
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file, not a folder")
+    content = sorted(output.iterdir()) if output.is_dir() else []
+    if content and not args.overwrite:
+        shown = ", ".join(path.name for path in content[:5]) + (f" and {len(content) - 5} more" if len(content) > 5 else "")
+        raise UsageError(
+            f"output folder {output} is not empty ({shown}); choose a new or empty folder, or give --overwrite to "
+            "replace same-name outputs in it"
+        )
+    inputs = {path.resolve() for path in images}
+    for path in images:
+        for suffix in OUTPUT_SUFFIXES:
+            target = (output / f"{path.stem}{suffix}").resolve()
+            if target in inputs:
+                raise UsageError(f"the output {target} of {path} would replace an input image; choose another --output")
 
 
 def _segment_all(segmenter, images, vocabulary, args, fail):
@@ -269,28 +302,6 @@ def _segment_all(segmenter, images, vocabulary, args, fail):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _add_task_arguments(parser):
-    group = parser.add_argument_group("panoptic and instance segmentation")
-    group.add_argument(
-        "--task",
-        choices=SUBTASKS,
-        default="semantic",
-        help="semantic: a class per pixel (default); panoptic: a segment per thing instance and per stuff class; "
-        "instance: scored, possibly overlapping instances",
-    )
-    group.add_argument(
-        "--stuff",
-        nargs="+",
-        metavar="CLASS",
-        help="the classes that are stuff (merged into one segment per class; no instances), written as in the "
-        "vocabulary; by default every class is a thing",
-    )
-    group.add_argument(
-        "--threshold",
-        type=float,
-        help="panoptic: class probability a query must exceed (default 0.8); instance: score an instance must "
-        "reach (default 0.5)",
-    )
 
 
 def _check_task_arguments(args, vocabulary):
@@ -391,7 +402,12 @@ def _write_segment_outputs(image, image_path, result, vocabulary, args):
 def main(argv=None, prog=PROG):
     """Run `ita-segment` with the arguments `argv` (default: `sys.argv[1:]`); returns the exit status (0 done,
     1 some image or the model failed, 2 usage error)."""
-    args = build_parser(prog).parse_args(argv)
+    return run(build_parser(prog).parse_args(argv), prog)
+
+
+def run(args, prog=PROG):
+    """`ita-segment` with parsed arguments (`ita_cli.segment_parser`); returns the exit status."""
+    args.prog = prog
 
     def report(message):
         print(f"{prog}: error: {message}", file=sys.stderr)
@@ -406,13 +422,27 @@ def main(argv=None, prog=PROG):
         return 2
     if problems and args.fail_fast:
         return 1
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    if args.quiet:
+        transformers_logging.disable_progress_bar()  # the vocabulary encoding's bar too
+    try:
+        return _load_and_segment(args, device, vocabulary, images, problems, report, fail)
+    finally:
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()
 
+
+def _load_and_segment(args, device, vocabulary, images, problems, report, fail):
+    prog = args.prog
     try:
         segmenter = pipeline(
             ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=args.model, device=device, dtype=getattr(torch, args.dtype)
         )
-    except Exception as error:  # a missing folder, an unknown Hub id, no network, a broken checkpoint, ...
+    except ModelLoadingError as error:  # weights missing from the checkpoint, unreadable files, ...
         report(f"cannot load model {args.model}: {error}")
+        return 1
+    except Exception as error:  # an unknown Hub id, no network, ...
+        report(f"cannot load model {args.model}: {type(error).__name__}: {error}")
         return 1
 
     done, failures = _segment_all(segmenter, images, vocabulary, args, fail)

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from transformers import AutoModel
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import Pipeline
@@ -29,6 +28,7 @@ from transformers.utils import logging
 from image_processing_ita import ITAImageProcessor, open_image, padded_size
 
 from ..vocabulary import parse_vocabulary
+from .loading import load_segmentation_model
 
 logger = logging.get_logger(__name__)
 
@@ -83,7 +83,8 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
     Open-vocabulary semantic segmentation with [`ITAForOpenVocabSegmentation`] (ITA or FC-CLIP): every pixel
     of the image gets one of the `candidate_labels`, classes named at call time.
 
-    Loading: `pipeline("zero-shot-image-segmentation", model=...)` loads the model with `AutoModel` and the
+    Loading: `pipeline("zero-shot-image-segmentation", model=...)` loads the model with `load_segmentation_model`
+    (as `AutoModel` does, but a checkpoint with missing or unexpected weights is refused, naming them) and the
     image processor with `AutoImageProcessor` from the same folder or Hub repository (`processor_config.json`,
     as `ITAProcessor.save_pretrained` writes it, or `preprocessor_config.json`). Pass `image_processor=` (or
     `processor=`) to use another; a checkpoint without one falls back, with a warning, to the default
@@ -460,6 +461,16 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         return output
 
 
+class ITAStrictModelLoader:
+    """What `pipeline("zero-shot-image-segmentation", model="name")` loads the name with: `load_segmentation_model`,
+    which refuses a checkpoint with missing, unexpected or mismatched weights (`AutoModel` would fill them with
+    random values and segment anyway)."""
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs):
+        return load_segmentation_model(name_or_path, **kwargs)
+
+
 def _register():
     registered = PIPELINE_REGISTRY.supported_tasks.get(ZERO_SHOT_IMAGE_SEGMENTATION_TASK)
     if registered is not None and registered["impl"] is ZeroShotImageSegmentationPipeline:
@@ -467,7 +478,7 @@ def _register():
     PIPELINE_REGISTRY.register_pipeline(
         ZERO_SHOT_IMAGE_SEGMENTATION_TASK,
         pipeline_class=ZeroShotImageSegmentationPipeline,
-        pt_model=AutoModel,
+        pt_model=ITAStrictModelLoader,
         type="multimodal",
     )
 

@@ -1,8 +1,10 @@
-"""Pictures of semantic label maps: a colour palette, colourised maps, overlays with a legend; and of panoptic
-segments and instances: one colour per segment, with outlines (`segment_overlay`).
+"""Pictures of semantic label maps: a colour palette, colourised maps, overlays with a legend beside them; and
+of panoptic segments and instances: one colour per segment, with outlines (`segment_overlay`).
 
 A label map is an integer array `[H, W]` whose values index a vocabulary (`class_names`, one string per
-class, synonyms separated by commas). The legend names each class by its first synonym.
+class, synonyms separated by commas). The legend names each class by its first synonym; it stands to the right
+of the picture, in text scaled to it, so that it hides nothing and stays readable on a thumbnail and on a
+24-megapixel photo alike.
 """
 
 import numpy as np
@@ -13,11 +15,13 @@ from image_processing_ita import open_image
 __all__ = [
     "color_palette",
     "colorize_label_map",
-    "draw_legend",
     "legend_entries",
+    "legend_font_size",
+    "legend_panel",
     "overlay",
     "segment_overlay",
     "to_rgb",
+    "with_legend",
 ]
 
 # Successive hues step by the golden ratio's conjugate, so that any run of consecutive class ids gets
@@ -96,66 +100,84 @@ def legend_entries(label_map, class_names):
     return [(class_id, class_names[class_id].split(",")[0].strip(), counts[class_id] / total) for class_id in present]
 
 
-def _legend_font(image_size):
-    size = int(np.clip(round(min(image_size) / 28), 10, 28))
+def _legend_font(font_size):
     try:
-        return ImageFont.load_default(size=size), size
+        return ImageFont.load_default(size=font_size)
     except (ImportError, OSError, TypeError):  # Pillow built without FreeType: the fixed bitmap font
-        return ImageFont.load_default(), 11
+        return ImageFont.load_default()
 
 
-def draw_legend(image, entries):
-    """Draw a legend box in the top-left corner of an RGB PIL image (in place) and return it.
-
-    `entries` is a list of `(rgb, text)`. Rows that do not fit the image's height are summed up in a last
-    "+N more" row; a legend that cannot fit a single row is left out.
-    """
-    if not entries:
-        return image
-    font, font_size = _legend_font(image.size)
-    margin = max(2, font_size // 3)
-    row_height = font_size + margin
-    swatch = font_size
-    available = (image.height - 2 * margin) // row_height
-    if available < 1:
-        return image
-    rows = [(tuple(int(c) for c in rgb), text) for rgb, text in entries]
-    if len(rows) > available:
-        hidden = len(rows) - (available - 1)
-        rows = rows[: available - 1] + [(None, f"+{hidden} more")]
-
-    measure = ImageDraw.Draw(image)
-    text_width = max(measure.textlength(text, font=font) for _, text in rows)
-    box_width = min(image.width, int(3 * margin + swatch + text_width + margin))
-    box_height = 2 * margin + len(rows) * row_height - margin
-
-    # A translucent dark box keeps the text readable on any image.
-    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
-    draw.rectangle([0, 0, box_width - 1, box_height - 1], fill=(0, 0, 0, 160))
-    for row, (rgb, text) in enumerate(rows):
-        top = margin + row * row_height
-        if rgb is not None:
-            box = [margin, top, margin + swatch - 1, top + swatch - 1]
-            draw.rectangle(box, fill=rgb + (255,), outline=(255, 255, 255, 255))
-        draw.text((2 * margin + swatch, top), text, font=font, fill=(255, 255, 255, 255))
-    composed = Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
-    image.paste(composed)
-    return image
+def legend_font_size(image_height):
+    """Legend text height for an image `image_height` pixels high: a 25th of it, at least 12 px (readable
+    beside a thumbnail) and at most 160 px."""
+    return int(np.clip(round(image_height / 25), 12, 160))
 
 
-def overlay(image, label_map, class_names, alpha=0.5, legend=True):
-    """The image blended with the colours of its label map, with a legend of the classes present.
+def legend_panel(entries, height, font_size, max_columns=4, background=(255, 255, 255)):
+    """A legend, to stand beside an image `height` pixels high: an RGB image of that height (taller only when
+    `max_columns` columns cannot hold the entries) listing `entries`, `(rgb, text)` pairs, one per row: a swatch
+    of the colour and the text, in as many columns as the height needs. Nothing is cut off."""
+    font = _legend_font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (font_size, 0)
+    line = ascent + descent
+    margin = max(4, line // 2)
+    row_height = line + max(2, line // 3)
+    swatch = line
+    rows_per_column = max(1, (height - 2 * margin) // row_height)
+    columns = -(-len(entries) // rows_per_column)
+    if columns > max_columns:
+        columns = max_columns
+        rows_per_column = -(-len(entries) // columns)
+    text_width = int(max(measure.textlength(text, font=font) for _, text in entries))
+    column_width = swatch + margin // 2 + text_width + margin
+    width = margin + columns * column_width
+    panel_height = max(height, 2 * margin + rows_per_column * row_height)
+    panel = Image.new("RGB", (width, panel_height), background)
+    draw = ImageDraw.Draw(panel)
+    outline = max(1, swatch // 12)
+    for index, (rgb, text) in enumerate(entries):
+        column, row = divmod(index, rows_per_column)
+        left, top = margin + column * column_width, margin + row * row_height
+        draw.rectangle([left, top, left + swatch - 1, top + swatch - 1], fill=tuple(int(c) for c in rgb),
+                       outline=(0, 0, 0), width=outline)
+        draw.text((left + swatch + margin // 2, top), text, font=font, fill=(0, 0, 0))
+    return panel
+
+
+def _outlines(label_map, thickness):
+    """Pixels within `thickness` of a boundary between two classes, on both sides of it."""
+    edges = np.zeros(label_map.shape, dtype=bool)
+    horizontal = label_map[:, 1:] != label_map[:, :-1]
+    vertical = label_map[1:, :] != label_map[:-1, :]
+    edges[:, 1:] |= horizontal
+    edges[:, :-1] |= horizontal
+    edges[1:, :] |= vertical
+    edges[:-1, :] |= vertical
+    if thickness > 1 and edges.any():
+        from scipy.ndimage import binary_dilation
+
+        edges = binary_dilation(edges, iterations=thickness - 1)
+    return edges
+
+
+def overlay(image, label_map, class_names, alpha=0.5, legend=True, outlines=True):
+    """The image blended with the colours of its label map, and beside it a legend of the classes present.
 
     Args:
         image (`PIL.Image.Image`): the image, of the label map's size (`(W, H)`); converted to RGB.
         label_map (`np.ndarray` or `torch.Tensor`): `[H, W]` ids into `class_names`.
         class_names (`list[str]`): the vocabulary; colour `i` of `color_palette(len(class_names))` is class i's.
         alpha (`float`): weight of the class colours, 0 (image only) to 1 (colours only).
-        legend (`bool`): draw the legend: each class present, its colour and its share of the pixels.
+        legend (`bool`): add the legend, to the right of the image so that it hides nothing: each class present,
+            largest first, its colour and its share of the pixels, in text scaled to the image (`legend_font_size`).
+        outlines (`bool`): draw the boundaries between classes in the pure class colours (a few pixels wide on
+            large images), so that each region's colour can be matched with the legend even where the blend
+            mixes it with the picture.
 
     Returns:
-        An RGB `PIL.Image.Image` of the image's size.
+        An RGB `PIL.Image.Image`: the image's size without legend; with it, the image on the left and the legend
+        on the right (the canvas is taller than the image only when the legend needs it, on a white ground).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
@@ -167,16 +189,29 @@ def overlay(image, label_map, class_names, alpha=0.5, legend=True):
             f"{label_map.shape[0]}x{label_map.shape[1]}"
         )
     palette = color_palette(len(class_names))
-    pixels = np.asarray(image, dtype=np.float32)
-    blended = (1.0 - alpha) * pixels + alpha * palette[label_map].astype(np.float32)
+    colours = palette[label_map].astype(np.float32)
+    blended = (1.0 - alpha) * np.asarray(image, dtype=np.float32) + alpha * colours
+    if outlines and alpha > 0:
+        edges = _outlines(label_map, thickness=max(1, round(min(label_map.shape) / 300)))
+        blended[edges] = colours[edges]
     result = Image.fromarray(np.round(blended).astype(np.uint8))
-    if legend:
-        entries = [
-            (palette[class_id], f"{name} {share:.1%}")
-            for class_id, name, share in legend_entries(label_map, class_names)
-        ]
-        draw_legend(result, entries)
-    return result
+    if not legend:
+        return result
+    entries = [
+        (palette[class_id], f"{name} {share:.1%}") for class_id, name, share in legend_entries(label_map, class_names)
+    ]
+    return with_legend(result, entries)
+
+
+def with_legend(picture, entries):
+    """`picture` with a legend panel of `(colour, text)` entries beside it, in text scaled to the picture."""
+    if not entries:
+        return picture
+    panel = legend_panel(entries, picture.height, legend_font_size(picture.height))
+    canvas = Image.new("RGB", (picture.width + panel.width, max(picture.height, panel.height)), (255, 255, 255))
+    canvas.paste(picture, (0, 0))
+    canvas.paste(panel, (picture.width, 0))
+    return canvas
 
 
 def _outline(mask):
@@ -199,7 +234,8 @@ def segment_overlay(image, masks, names, alpha=0.5, legend=True):
         legend (`bool`): draw a legend of the segments, in the order given.
 
     Returns:
-        An RGB `PIL.Image.Image` of the image's size. Segment `i` gets colour `i` of `color_palette`.
+        An RGB `PIL.Image.Image`: the image, with the legend beside it. Segment `i` gets colour `i` of
+        `color_palette`.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
@@ -220,5 +256,5 @@ def segment_overlay(image, masks, names, alpha=0.5, legend=True):
         pixels[_outline(mask)] = palette[index] * 0.55
     result = Image.fromarray(np.round(pixels).astype(np.uint8))
     if legend:
-        draw_legend(result, [(palette[index].astype(np.uint8), name) for index, name in enumerate(names)])
+        result = with_legend(result, [(palette[index].astype(np.uint8), name) for index, name in enumerate(names)])
     return result

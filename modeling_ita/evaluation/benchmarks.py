@@ -35,6 +35,8 @@ from pathlib import Path
 
 import datasets
 
+from ..vocabulary import shared_synonyms
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "read_vocabulary_file",
     "load_benchmark",
     "load_hub_benchmark",
+    "load_segmentation_split",
     "benchmark_metadata",
 ]
 
@@ -57,14 +60,15 @@ _ID_LINE = re.compile(r"^\s*(-?\d+)\s*:(.*)$")
 _METADATA_PREFIX = "ita-benchmark:"
 
 
-def read_vocabulary_file(path):
+def read_vocabulary_file(path, allow_shared_synonyms=False):
     """Read a class list: one class per line, either `id:name,synonym,...` (FC-CLIP's format) or
     `name,synonym,...` without ids (one style per file).
 
     Returns one string per class, its synonyms joined by commas with surrounding spaces removed, in id order
     for files with ids and in line order otherwise. Blank lines and lines starting with `#` are skipped, as
     are FC-CLIP's `0:invalid_class_id` placeholders. Raises `ValueError` naming the file and line for a
-    malformed line, an empty class name or synonym, a duplicate id, a gap in the ids, or a duplicate class.
+    malformed line, an empty class name or synonym, a duplicate id, a gap in the ids, a duplicate class, or
+    (unless `allow_shared_synonyms`, which the shipped A-847 and PC-459 lists need) a synonym of two classes.
     """
     path = Path(path)
     if not path.is_file():
@@ -117,6 +121,13 @@ def read_vocabulary_file(path):
         if name in seen:
             raise ValueError(f"{path}, line {number}: class {name!r} is already on line {seen[name]}")
         seen[name] = number
+    if not allow_shared_synonyms:
+        for synonym, first, other in shared_synonyms([name.split(",") for _, _, name in entries]):
+            (_, first_line, first_name), (_, line, name) = entries[first], entries[other]
+            raise ValueError(
+                f"{path}, line {line}: synonym {synonym!r} of class {name!r} also names class {first_name!r} "
+                f"(line {first_line}); give each synonym to one class"
+            )
     return [name for _, _, name in entries]
 
 
@@ -172,7 +183,9 @@ class SegmentationBenchmark:
     @cached_property
     def class_names(self):
         """The classes with FC-CLIP's synonyms, one comma-separated string each."""
-        names = read_vocabulary_file(VOCABULARY_DIR / self.vocabulary_file)
+        # FC-CLIP's A-847 and PC-459 lists give a few synonyms to two classes (A-847: "horse", "bag", ...); the
+        # published protocol uses them as they are.
+        names = read_vocabulary_file(VOCABULARY_DIR / self.vocabulary_file, allow_shared_synonyms=True)
         if len(names) != self.num_labels:
             raise ValueError(f"{self.vocabulary_file} lists {len(names)} classes, {self.name} has {self.num_labels}")
         return names
@@ -320,8 +333,12 @@ def _find_layout(benchmark, data_dir):
     )
 
 
-def _list_pairs(layout, root):
+def _list_pairs(layout, root, unpaired=None):
+    """The (image, label) pairs of a layout, in file-name order. Images without a label file and label files
+    without an image (or, with a split file, listed stems missing either) are appended to `unpaired` as
+    `(path, message)`; without that list they raise a `FileNotFoundError` naming them all."""
     image_dir, label_dir = root / layout.image_dir, root / layout.label_dir
+    problems = []
     if layout.split_file is not None:
         split_file = root / layout.split_file
         if not split_file.is_file():
@@ -329,15 +346,30 @@ def _list_pairs(layout, root):
         stems = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
     else:
         stems = sorted(path.name[: -len(layout.label_suffix)] for path in label_dir.glob(f"*{layout.label_suffix}"))
+        labelled = set(stems)
+        for image in sorted(image_dir.glob(f"*{layout.image_suffix}")):
+            if image.name[: -len(layout.image_suffix)] not in labelled:
+                problems.append((image, f"its label map {label_dir / (image.stem + layout.label_suffix)} is missing"))
     if not stems:
         raise FileNotFoundError(f"No {layout.label_suffix} label files in {label_dir}")
     pairs = []
     for stem in stems:
         image, label = image_dir / f"{stem}{layout.image_suffix}", label_dir / f"{stem}{layout.label_suffix}"
-        for path in (image, label):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing (the split lists {stem!r})")
-        pairs.append((image, label))
+        if image.is_file() and label.is_file():
+            pairs.append((image, label))
+        elif image.is_file() or label.is_file():
+            present, absent = (image, label) if image.is_file() else (label, image)
+            what = "label map" if absent == label else "image"
+            problems.append((present, f"its {what} {absent} is missing"))
+        else:
+            problems.append((image, f"the split file {layout.split_file} lists {stem!r}, but neither this image nor "
+                                    f"its label map {label} exists"))
+    if problems and unpaired is None:
+        raise FileNotFoundError(
+            f"{len(problems)} files have no pair:\n" + "\n".join(f"  {path}: {message}" for path, message in problems)
+        )
+    if unpaired is not None:
+        unpaired.extend(problems)
     return pairs
 
 
@@ -376,7 +408,7 @@ def _class_names(benchmark, vocabulary_file, class_names, num_labels):
     return class_names
 
 
-def load_benchmark(name, data_dir, vocabulary_file=None, max_samples=None):
+def load_benchmark(name, data_dir, vocabulary_file=None, max_samples=None, unpaired=None):
     """Load a benchmark's validation split from its prepared folders.
 
     Args:
@@ -385,6 +417,9 @@ def load_benchmark(name, data_dir, vocabulary_file=None, max_samples=None):
             benchmark's own folder.
         vocabulary_file: a class list to use instead of the shipped one; it must have as many classes.
         max_samples: keep only the first N images (in file-name order).
+        unpaired: a list receiving `(path, message)` for each image without a label map or label map without an
+            image (`data_check.check_segmentation_data` reports them with the rest); without it they raise a
+            `FileNotFoundError`.
 
     Returns:
         A `datasets.Dataset` with columns `image` (Image), `label` (Image; 16-bit TIFF labels decode as mode
@@ -395,7 +430,7 @@ def load_benchmark(name, data_dir, vocabulary_file=None, max_samples=None):
     benchmark = get_benchmark(name)
     class_names = _class_names(benchmark, vocabulary_file, None, benchmark.num_labels)
     layout, root = _find_layout(benchmark, data_dir)
-    pairs = _list_pairs(layout, root)
+    pairs = _list_pairs(layout, root, unpaired)
     if max_samples is not None:
         pairs = pairs[:max_samples]
     elif len(pairs) != benchmark.num_images:
@@ -462,21 +497,8 @@ def load_hub_benchmark(
         ignore_index = registered.ignore_index
 
     dataset = datasets.load_dataset(path_or_id, split=split, **load_kwargs)
-    for column in (image_column, label_column):
-        if column not in dataset.column_names:
-            raise KeyError(f"{path_or_id} ({split}) has no column {column!r}; its columns: {dataset.column_names}")
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
-    renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
-    clashing = [new for new in renames.values() if new in dataset.column_names]
-    dataset = dataset.remove_columns(clashing).rename_columns(renames)
-    for column in ("image", "label"):
-        if not isinstance(dataset.features[column], datasets.Image):
-            dataset = dataset.cast_column(column, datasets.Image())
-    if "file_name" not in dataset.column_names:
-        dataset = dataset.add_column("file_name", _file_names(dataset))
-    dataset = dataset.select_columns(["image", "label", "file_name"])
-    name = registered.name if registered else os.path.basename(str(path_or_id).rstrip("/")) or str(path_or_id)
+    dataset = _evaluation_columns(dataset, image_column, label_column, max_samples, f"{path_or_id} ({split})")
+    name = registered.name if registered else _dataset_name(path_or_id)
     metadata = {
         "name": name,
         "display_name": registered.display_name if registered else name,
@@ -485,6 +507,79 @@ def load_hub_benchmark(
         "ignore_index": int(ignore_index),
         "reduce_labels": bool(reduce_labels),
         "source": str(path_or_id),
+    }
+    return _with_metadata(dataset, metadata)
+
+
+def _dataset_name(source):
+    """A folder name for a dataset's results: the last part of its path or Hub id."""
+    name = os.path.basename(str(source).rstrip("/\\")) or str(source)
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
+def _evaluation_columns(dataset, image_column, label_column, max_samples, where):
+    """`image` and `label` (both `datasets.Image`) and `file_name` columns, the first `max_samples` rows."""
+    for column in (image_column, label_column):
+        if column not in dataset.column_names:
+            raise KeyError(f"{where} has no column {column!r}; its columns: {dataset.column_names}")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
+    clashing = [new for new in renames.values() if new in dataset.column_names and new not in renames]
+    dataset = dataset.remove_columns(clashing).rename_columns(renames)
+    for column in ("image", "label"):
+        if not isinstance(dataset.features[column], datasets.Image):
+            dataset = dataset.cast_column(column, datasets.Image())
+    if "file_name" not in dataset.column_names:
+        dataset = dataset.add_column("file_name", _file_names(dataset))
+    return dataset.select_columns(["image", "label", "file_name"])
+
+
+def load_segmentation_split(
+    source,
+    split="validation",
+    layout="auto",
+    image_column="image",
+    label_column="label",
+    *,
+    vocabulary_file=None,
+    class_names=None,
+    ignore_index=255,
+    reduce_labels=False,
+    max_samples=None,
+    name=None,
+    image_subdir="images",
+    label_subdir="annotations",
+    unpaired=None,
+    **load_kwargs,
+):
+    """Any semantic segmentation dataset that `scripts/train.py` reads, for evaluation with its own classes.
+
+    `source` is a Hub id, a folder of parquet/arrow files, an imagefolder, a `save_to_disk` folder, or label-map
+    folders (`source/<image_subdir>/<split>` + `source/<label_subdir>/<split>`, found by `layout="auto"` or named
+    by `layout="label_folders"`); `training.data.load_segmentation_dataset` reads it. The classes come from
+    `vocabulary_file` (`id:name,synonym,...` or `name,synonym,...` lines), `class_names`, or the dataset's
+    `ClassLabel` feature. The result has the columns and metadata of `load_benchmark`, named `name` (default:
+    the last part of `source`). `unpaired` receives label-map folders' files without their pair.
+    """
+    from ..training.data import load_segmentation_dataset, resolve_class_names  # training imports this module
+
+    rows = load_segmentation_dataset(
+        source, split, layout=layout, image_subdir=image_subdir, label_subdir=label_subdir, unpaired=unpaired,
+        **load_kwargs,
+    )
+    names = resolve_class_names(rows, class_names=class_names, vocabulary_file=vocabulary_file)
+    dataset = _evaluation_columns(rows, image_column, label_column, max_samples, f"{source} ({split})")
+    name = name or _dataset_name(source)
+    metadata = {
+        "name": name,
+        "display_name": name,
+        "class_names": names,
+        "num_labels": len(names),
+        "ignore_index": int(ignore_index),
+        "reduce_labels": bool(reduce_labels),
+        "source": str(source),
+        "split": split,
     }
     return _with_metadata(dataset, metadata)
 

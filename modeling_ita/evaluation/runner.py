@@ -33,10 +33,18 @@ from PIL import ExifTags, Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..modeling import ITAForOpenVocabSegmentation
+from ..apps.loading import check_device, load_segmentation_model
 from image_processing_ita import open_image, padded_size
 from processing_ita import ITAProcessor
-from .benchmarks import BENCHMARKS, benchmark_metadata, get_benchmark, load_benchmark, load_hub_benchmark
+from .benchmarks import (
+    BENCHMARKS,
+    _with_metadata,
+    benchmark_metadata,
+    get_benchmark,
+    load_benchmark,
+    load_hub_benchmark,
+)
+from .data_check import DataCheckError, DataCheckReport, check_segmentation_data
 from .metric import SegmentationConfusionMatrix
 
 logger = logging.getLogger(__name__)
@@ -45,6 +53,9 @@ __all__ = [
     "PUBLISHED_FC_CLIP_MIOU",
     "BenchmarkDataError",
     "BenchmarkEvaluation",
+    "check_evaluation_data",
+    "check_output_folders",
+    "evaluate_datasets",
     "load_model_and_processor",
     "load_evaluation_dataset",
     "plan_batches",
@@ -53,6 +64,7 @@ __all__ = [
     "write_benchmark_results",
     "write_results_table",
     "evaluate_benchmarks",
+    "load_benchmark_datasets",
 ]
 
 # mIoU (percent) of FC-CLIP ConvNeXt-L with its released COCO weights on the full validation splits, from the
@@ -84,13 +96,14 @@ def load_model_and_processor(model_name_or_path, device="auto", dtype="float32",
         dtype: `"float32"`, `"float16"` or `"bfloat16"`: the dtype of the weights and the input.
         shortest_edge, longest_edge: override the processor's test resolution (defaults: its own, which for a
             converted FC-CLIP/ITA checkpoint is the published 800 / 1333).
+
+    Raises:
+        ModelLoadingError: no such model, or a checkpoint with missing or unexpected weights (named).
+        ValueError: an unknown or unavailable device or dtype.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ITAForOpenVocabSegmentation.from_pretrained(model_name_or_path, dtype=_DTYPES[dtype])
-    model.to(device).eval()
+    model = load_segmentation_model(model_name_or_path, device=check_device(device), dtype=_DTYPES[dtype])
     processor = ITAProcessor.from_pretrained(model_name_or_path)
     if shortest_edge is not None or longest_edge is not None:
         size = processor.image_processor.size
@@ -113,11 +126,13 @@ def load_evaluation_dataset(
     label_column="label",
     reduce_labels=False,
     cache_dir=None,
+    unpaired=None,
 ):
     """A benchmark's validation split: from its prepared folders under `data_dir` (`load_benchmark`), or
     from `hub_dataset`, a Hub id or a local folder of parquet/arrow files (`load_hub_benchmark`), with the
     registered benchmark's classes and ignore index. `reduce_labels` only applies to `hub_dataset`: local
-    layouts know whether their labels still need it."""
+    layouts know whether their labels still need it. `unpaired` receives the images without a label map (and
+    the reverse) of a folder layout."""
     if hub_dataset is not None:
         return load_hub_benchmark(
             hub_dataset,
@@ -132,7 +147,49 @@ def load_evaluation_dataset(
         )
     if data_dir is None:
         raise ValueError("Give data_dir (the prepared datasets root) or hub_dataset")
-    return load_benchmark(benchmark, data_dir, vocabulary_file=vocabulary_file, max_samples=max_samples)
+    return load_benchmark(
+        benchmark, data_dir, vocabulary_file=vocabulary_file, max_samples=max_samples, unpaired=unpaired
+    )
+
+
+def check_evaluation_data(datasets_by_name, unpaired_by_name=None, skip_bad_samples=False, num_workers=0,
+                          progress=True, log=logger.warning):
+    """The pre-flight pass (`data_check.check_segmentation_data`) over every dataset to evaluate, before any
+    model work: `{name: dataset}` with the bad samples left out when `skip_bad_samples`, else a
+    `DataCheckError` listing every problem of every dataset. The datasets' `skipped_samples` metadata then
+    lists what was left out, for the results."""
+    unpaired_by_name = unpaired_by_name or {}
+    reports, checked = {}, {}
+    for name, dataset in datasets_by_name.items():
+        metadata = benchmark_metadata(dataset)
+        reports[name] = check_segmentation_data(
+            dataset,
+            metadata["num_labels"],
+            ignore_index=metadata["ignore_index"],
+            reduce_labels=metadata["reduce_labels"],
+            unpaired=unpaired_by_name.get(name, ()),
+            num_workers=num_workers,
+            description=f"Checking {metadata['display_name']} label maps",
+            progress=progress,
+        )
+    failed = {name: report for name, report in reports.items() if report.problems}
+    if failed and not skip_bad_samples:
+        combined = DataCheckReport(
+            num_rows=sum(report.num_rows for report in failed.values()),
+            problems=[problem for report in failed.values() for problem in report.problems],
+        )
+        raise DataCheckError(combined, " and ".join(benchmark_metadata(datasets_by_name[name])["display_name"]
+                                                    for name in failed))
+    for name, dataset in datasets_by_name.items():
+        report = reports[name]
+        metadata = benchmark_metadata(dataset)
+        kept = report.raise_or_keep_good(dataset, True, metadata["display_name"], log=log)
+        if report.problems:
+            metadata["skipped_samples"] = [{"file": problem.file, "problem": problem.message}
+                                           for problem in report.problems]
+            kept = _with_metadata(kept, metadata)
+        checked[name] = kept
+    return checked
 
 
 def _upright_image_sizes(dataset):
@@ -227,11 +284,13 @@ class BenchmarkEvaluation:
 
     Attributes:
         metadata: the dataset's benchmark metadata (`benchmark_metadata`).
-        confusion: the filled `SegmentationConfusionMatrix`.
+        confusion: the filled `SegmentationConfusionMatrix` (summed over processes in a distributed run).
         num_images: images scored.
         seconds: wall time of the loop (vocabulary encoding included).
         sem_seg_postprocess_before_inference: the post-processing order used.
         batch_size: the largest batch.
+        num_processes: processes that shared the images.
+        interrupted: None for a complete run, else why it stopped (the scores then cover `num_images` only).
     """
 
     metadata: dict
@@ -240,10 +299,19 @@ class BenchmarkEvaluation:
     seconds: float
     sem_seg_postprocess_before_inference: bool
     batch_size: int
+    num_processes: int = 1
+    interrupted: str | None = None
     scores: dict = field(init=False)
 
     def __post_init__(self):
         self.scores = self.confusion.compute()
+
+
+def _distributed():
+    """(rank, world size) of a `torch.distributed` run (`accelerate launch`, `torchrun`), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def evaluate_dataset(
@@ -257,11 +325,14 @@ def evaluate_dataset(
 ):
     """Predict every image of a benchmark dataset and accumulate the confusion matrix.
 
+    In a `torch.distributed` run each process predicts every `world_size`-th batch, and the confusion matrices
+    are summed at the end: the scores equal those of a single process.
+
     Args:
         model: an `ITAForOpenVocabSegmentation` in eval mode.
         processor: its `ITAProcessor` (the image processor sets the resolution).
-        dataset: from `load_benchmark`/`load_hub_benchmark` (columns `image`, `label`, `file_name`, and the
-            benchmark metadata: classes, ignore index, label reduction).
+        dataset: from `load_benchmark`/`load_hub_benchmark`/`load_segmentation_split` (columns `image`, `label`,
+            `file_name`, and the benchmark metadata: classes, ignore index, label reduction).
         batch_size: at most this many images per forward pass, all of one padded input size.
         num_workers: DataLoader processes that decode and preprocess the images.
         sem_seg_postprocess_before_inference: the post-processing order; by default the registered
@@ -269,16 +340,23 @@ def evaluate_dataset(
         progress: show a progress bar.
 
     Raises:
-        BenchmarkDataError: an image and its label differ in size (the message names both files).
+        BenchmarkDataError: an image and its label differ in size (the message names both files). Any error (or
+            Ctrl-C) in the loop of a single process carries what was scored before it as its
+            `partial_evaluation` attribute (a `BenchmarkEvaluation` marked interrupted).
     """
     metadata = benchmark_metadata(dataset)
     if sem_seg_postprocess_before_inference is None:
         registered = BENCHMARKS.get(metadata["name"])
         sem_seg_postprocess_before_inference = bool(registered and registered.sem_seg_postprocess_before_inference)
     start = time.perf_counter()
+    rank, world_size = _distributed()
     parameter = next(model.parameters())
     device, dtype = parameter.device, parameter.dtype
+    if world_size > 1 and rank > 0:
+        torch.distributed.barrier()  # the first process encodes the vocabulary (and fills the disk cache) first
     vocabulary = model.encode_vocabulary(metadata["class_names"])
+    if world_size > 1 and rank == 0:
+        torch.distributed.barrier()
     confusion = SegmentationConfusionMatrix(
         metadata["num_labels"], ignore_index=metadata["ignore_index"], reduce_labels=metadata["reduce_labels"]
     )
@@ -287,6 +365,7 @@ def evaluate_dataset(
         batches = plan_batches(_upright_image_sizes(dataset), batch_size, processor.image_processor)
     else:
         batches = [[index] for index in range(len(dataset))]
+    batches = batches[rank::world_size]
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
@@ -294,36 +373,63 @@ def evaluate_dataset(
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
-    bar = tqdm(total=len(dataset), desc=metadata["display_name"], unit="img", disable=not progress)
-    num_images = 0
-    with torch.inference_mode(), bar:
-        for batch in loader:
-            _check_labels(batch)
-            views = batch.get("dominant_category_pixel_values")
-            outputs = model(
-                pixel_values=batch["pixel_values"].to(device, dtype, non_blocking=True),
-                image_sizes=batch["image_sizes"].to(device),
-                vocabulary=vocabulary,
-                dominant_category_pixel_values=None if views is None else views.to(device, dtype, non_blocking=True),
-            )
-            label_maps = processor.post_process_semantic_segmentation(
-                outputs,
-                target_sizes=[label.shape for label in batch["labels"]],
-                sem_seg_postprocess_before_inference=sem_seg_postprocess_before_inference,
-            )
-            del outputs  # only the label maps outlive the batch
-            for label_map, label in zip(label_maps, batch["labels"]):
-                confusion.update(label_map.cpu().numpy(), label)
-            num_images += len(label_maps)
-            bar.update(len(label_maps))
-    return BenchmarkEvaluation(
-        metadata=metadata,
-        confusion=confusion,
-        num_images=num_images,
-        seconds=time.perf_counter() - start,
-        sem_seg_postprocess_before_inference=sem_seg_postprocess_before_inference,
-        batch_size=batch_size,
+    bar = tqdm(
+        total=sum(len(batch) for batch in batches),
+        desc=metadata["display_name"] + (f" (process 1 of {world_size})" if world_size > 1 else ""),
+        unit="img",
+        disable=not progress or rank > 0,
     )
+    num_images = 0
+
+    def outcome(interrupted=None):
+        return BenchmarkEvaluation(
+            metadata=metadata,
+            confusion=confusion,
+            num_images=num_images,
+            seconds=time.perf_counter() - start,
+            sem_seg_postprocess_before_inference=sem_seg_postprocess_before_inference,
+            batch_size=batch_size,
+            num_processes=world_size,
+            interrupted=interrupted,
+        )
+
+    with torch.inference_mode(), bar:
+        try:
+            for batch in loader:
+                _check_labels(batch)
+                views = batch.get("dominant_category_pixel_values")
+                outputs = model(
+                    pixel_values=batch["pixel_values"].to(device, dtype, non_blocking=True),
+                    image_sizes=batch["image_sizes"].to(device),
+                    vocabulary=vocabulary,
+                    dominant_category_pixel_values=None if views is None else views.to(device, dtype, non_blocking=True),
+                )
+                label_maps = processor.post_process_semantic_segmentation(
+                    outputs,
+                    target_sizes=[label.shape for label in batch["labels"]],
+                    sem_seg_postprocess_before_inference=sem_seg_postprocess_before_inference,
+                )
+                del outputs  # only the label maps outlive the batch
+                for label_map, label in zip(label_maps, batch["labels"]):
+                    confusion.update(label_map.cpu().numpy(), label)
+                num_images += len(label_maps)
+                bar.update(len(label_maps))
+        except (Exception, KeyboardInterrupt) as error:
+            if world_size > 1:  # the other processes wait in the sum below: nothing partial to merge
+                raise
+            reason = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+            error.partial_evaluation = outcome(reason)
+            raise
+    if world_size > 1:
+        counts = torch.from_numpy(confusion.matrix).to(torch.int64)
+        counts = torch.cat([counts.flatten(), torch.tensor([num_images], dtype=torch.int64)])
+        if torch.distributed.get_backend() == "nccl":
+            counts = counts.to(device)
+        torch.distributed.all_reduce(counts)
+        counts = counts.cpu()
+        confusion.matrix[...] = counts[:-1].view_as(torch.from_numpy(confusion.matrix)).numpy()
+        num_images = int(counts[-1])
+    return outcome()
 
 
 def _percent(value):
@@ -378,7 +484,10 @@ def benchmark_report(
         "benchmark": metadata["name"],
         "display_name": metadata["display_name"],
         "model": str(model_name),
+        "complete": evaluation.interrupted is None,
+        "interrupted": evaluation.interrupted,
         "num_images": evaluation.num_images,
+        "skipped_samples": metadata.get("skipped_samples", []),
         "full_split_images": registered.num_images if registered else None,
         "scores": {short: _percent(scores[key]) for short, key in _SCORE_NAMES},
         "units": "percent",
@@ -413,6 +522,7 @@ def benchmark_report(
             ),
             "batch_size": evaluation.batch_size,
             "batching": "images grouped by padded input size (each sees the input it has alone)",
+            "num_processes": evaluation.num_processes,
             "device": None if device is None else str(device),
             "dtype": None if dtype is None else str(dtype).replace("torch.", ""),
             "max_samples": max_samples,
@@ -469,6 +579,10 @@ def write_results_table(output_dir):
         images = str(report["num_images"])
         if report.get("full_split_images") and report["num_images"] != report["full_split_images"]:
             images += f" of {report['full_split_images']}"
+        if report.get("skipped_samples"):
+            images += f" ({len(report['skipped_samples'])} bad left out)"
+        if report.get("interrupted"):
+            images += " (interrupted)"
         published = report.get("published_fc_clip_miou")
         lines.append(
             f"| {report['display_name']} | `{report['model']}` | {images} | "
@@ -480,12 +594,93 @@ def write_results_table(output_dir):
         "The last column is not a result of this evaluation: it is the mIoU published for FC-CLIP ConvNeXt-L with "
         "its released COCO weights on the full validation split (FC-CLIP paper), for reference "
         "only. ITA's own paper numbers are not available to us. Scores on a subset of a split (\"N of M\" images) "
-        "are not comparable with it.",
+        "are not comparable with it; nor are those of a run that was interrupted (its results.json says why).",
         "",
     ]
     path = output_dir / "results.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def check_output_folders(output_dir, names, overwrite=False):
+    """Raise `FileExistsError` when `output_dir/<name>` already holds results for one of `names`, unless
+    `overwrite`: results are never replaced silently (other results in `output_dir` are kept, and
+    `results.md` lists them all)."""
+    taken = [Path(output_dir) / name for name in names if (Path(output_dir) / name).is_dir() and any((Path(output_dir) / name).iterdir())]
+    if taken and not overwrite:
+        raise FileExistsError(
+            f"{', '.join(str(path) for path in taken)} already hold(s) results; choose another output folder, or "
+            "give --overwrite to replace them"
+        )
+
+
+def evaluate_datasets(
+    model,
+    processor,
+    datasets_by_name,
+    output_dir,
+    *,
+    model_name=None,
+    vocabulary_files=None,
+    max_samples=None,
+    batch_size=1,
+    num_workers=0,
+    data_sources=None,
+    command=None,
+    progress=True,
+):
+    """Evaluate `model` on each (checked) dataset in turn; each one's results, and `results.md`, are written as
+    soon as it is done, so that a later failure loses nothing computed before. A dataset whose loop fails is
+    written too, marked interrupted, with the images scored until then; the error is then raised again.
+
+    In a distributed run every process evaluates its share and only the first writes.
+
+    Args:
+        datasets_by_name: `{name: dataset}` from `load_evaluation_dataset`/`load_segmentation_split`, checked by
+            `check_evaluation_data`.
+        vocabulary_files: `{name: path}` of the class lists in use, for the results.
+        data_sources: `{name: dict}` describing where each dataset came from, for the results.
+
+    Returns:
+        The results.json contents, one dict per dataset.
+    """
+    vocabulary_files = vocabulary_files or {}
+    data_sources = data_sources or {}
+    rank, _ = _distributed()
+    parameter = next(model.parameters())
+    model_name = model_name if model_name is not None else getattr(model, "name_or_path", type(model).__name__)
+    reports = []
+
+    def write(evaluation, name):
+        report = benchmark_report(
+            evaluation,
+            processor,
+            model_name,
+            vocabulary_file=vocabulary_files.get(name),
+            command=command,
+            device=parameter.device,
+            dtype=parameter.dtype,
+            max_samples=max_samples,
+            data_source=data_sources.get(name),
+        )
+        if rank == 0:
+            write_benchmark_results(output_dir, report, evaluation.confusion.matrix)
+            write_results_table(output_dir)
+        return report
+
+    for name, dataset in datasets_by_name.items():
+        try:
+            evaluation = evaluate_dataset(
+                model, processor, dataset, batch_size=batch_size, num_workers=num_workers, progress=progress
+            )
+        except (Exception, KeyboardInterrupt) as error:
+            if getattr(error, "partial_evaluation", None) is not None:
+                write(error.partial_evaluation, name)
+            raise
+        report = write(evaluation, name)
+        logger.info("%s: mIoU %s on %d images", report["display_name"], report["scores"]["mIoU"], report["num_images"])
+        reports.append(report)
+    return reports
 
 
 def evaluate_benchmarks(
@@ -508,9 +703,11 @@ def evaluate_benchmarks(
     cache_dir=None,
     command=None,
     progress=True,
+    skip_bad_samples=False,
+    overwrite=False,
 ):
     """Evaluate `model` on each benchmark in turn and write the results (see `write_benchmark_results` and
-    `write_results_table`).
+    `write_results_table`): `load_benchmark_datasets`, the pre-flight check, then `evaluate_datasets`.
 
     Args:
         benchmarks: registered benchmark names (`"ade150"`, `"pc59"`, ...).
@@ -519,11 +716,60 @@ def evaluate_benchmarks(
         model_name: how results name the model (its path or Hub id).
         vocabulary_files: `{benchmark: path}` class lists replacing FC-CLIP's (same number of classes).
         hub_dataset: read the (single) benchmark from this Hub id or parquet folder instead of `data_dir`.
+        skip_bad_samples: leave out the images whose label map fails the check instead of stopping.
+        overwrite: replace results already in `output_dir` for these benchmarks.
         The other arguments go to `load_evaluation_dataset` and `evaluate_dataset`.
 
     Returns:
         The results.json contents, one dict per benchmark.
     """
+    datasets_by_name, unpaired, vocabulary_files, data_sources = load_benchmark_datasets(
+        benchmarks,
+        data_dir=data_dir,
+        vocabulary_files=vocabulary_files,
+        max_samples=max_samples,
+        hub_dataset=hub_dataset,
+        split=split,
+        image_column=image_column,
+        label_column=label_column,
+        reduce_labels=reduce_labels,
+        cache_dir=cache_dir,
+    )
+    check_output_folders(output_dir, datasets_by_name, overwrite)
+    datasets_by_name = check_evaluation_data(
+        datasets_by_name, unpaired, skip_bad_samples=skip_bad_samples, num_workers=num_workers, progress=progress
+    )
+    return evaluate_datasets(
+        model,
+        processor,
+        datasets_by_name,
+        output_dir,
+        model_name=model_name,
+        vocabulary_files=vocabulary_files,
+        max_samples=max_samples,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        data_sources=data_sources,
+        command=command,
+        progress=progress,
+    )
+
+
+def load_benchmark_datasets(
+    benchmarks,
+    *,
+    data_dir=None,
+    vocabulary_files=None,
+    max_samples=None,
+    hub_dataset=None,
+    split="validation",
+    image_column="image",
+    label_column="label",
+    reduce_labels=False,
+    cache_dir=None,
+):
+    """Every benchmark's split, before any of them is evaluated: `({name: dataset}, {name: unpaired files},
+    {name: vocabulary file}, {name: data source})`."""
     benchmarks = [get_benchmark(name).name for name in benchmarks]
     if not benchmarks:
         raise ValueError("Give at least one benchmark")
@@ -535,11 +781,10 @@ def evaluate_benchmarks(
     unknown = sorted(set(vocabulary_files) - set(benchmarks))
     if unknown:
         raise ValueError(f"Vocabulary files given for benchmarks that are not evaluated: {unknown}")
-    parameter = next(model.parameters())
-
-    # Check every split exists before spending time on the first one.
-    datasets_by_name = {
-        name: load_evaluation_dataset(
+    datasets_by_name, unpaired = {}, {}
+    for name in benchmarks:
+        unpaired[name] = []
+        datasets_by_name[name] = load_evaluation_dataset(
             name,
             data_dir,
             vocabulary_file=vocabulary_files.get(name),
@@ -550,28 +795,11 @@ def evaluate_benchmarks(
             label_column=label_column,
             reduce_labels=reduce_labels,
             cache_dir=cache_dir,
+            unpaired=unpaired[name],
         )
-        for name in benchmarks
-    }
-    reports = []
-    for name, dataset in datasets_by_name.items():
-        evaluation = evaluate_dataset(
-            model, processor, dataset, batch_size=batch_size, num_workers=num_workers, progress=progress
-        )
-        data_source = {"hub_dataset": str(hub_dataset), "split": split} if hub_dataset is not None else None
-        report = benchmark_report(
-            evaluation,
-            processor,
-            model_name if model_name is not None else getattr(model, "name_or_path", type(model).__name__),
-            vocabulary_file=vocabulary_files.get(name),
-            command=command,
-            device=parameter.device,
-            dtype=parameter.dtype,
-            max_samples=max_samples,
-            data_source=data_source,
-        )
-        write_benchmark_results(output_dir, report, evaluation.confusion.matrix)
-        logger.info("%s: mIoU %s on %d images", report["display_name"], report["scores"]["mIoU"], report["num_images"])
-        reports.append(report)
-    write_results_table(output_dir)
-    return reports
+    data_sources = (
+        {name: {"hub_dataset": str(hub_dataset), "split": split} for name in benchmarks}
+        if hub_dataset is not None
+        else {}
+    )
+    return datasets_by_name, unpaired, vocabulary_files, data_sources

@@ -13,7 +13,10 @@ as converted from other frameworks) are out of scope.
 
 import hashlib
 import json
+import logging
+import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,8 @@ from ..modeling import ITAForOpenVocabSegmentation
 from . import folder as hub_folder
 from .folder import CATEGORY_BANK_FILE
 from .remote_code import export_remote_code
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CATEGORY_BANK_FILE",
@@ -125,21 +130,60 @@ class CheckpointConversionError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------------ reading
+def _torch_file_problem(path):
+    """Why `path` cannot be a file written by `torch.save`, or None when it may be one: torch.save writes a zip
+    archive (a pickle before torch 1.6, which starts with the pickle protocol byte 0x80)."""
+    if not path.exists():
+        return f"checkpoint {path} does not exist"
+    if path.is_dir():
+        return f"checkpoint {path} is a folder; give the .pth file"
+    size = path.stat().st_size
+    if size == 0:
+        return f"checkpoint {path} is an empty file"
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if zipfile.is_zipfile(path) or head[:1] == b"\x80":
+        return None
+    if head == b"PK\x03\x04":
+        return f"{path} starts like torch.save's zip archive but has no end: it is truncated or damaged ({size:,} bytes)"
+    return (
+        f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive (or, before torch 1.6, a pickle), and "
+        f"this file of {size:,} bytes is neither (it starts with {head!r}); was it downloaded completely?"
+    )
+
+
 def load_original_state_dict(path):
-    """Read an original checkpoint: `{"model": state_dict, ...}` (detectron2) or a bare state dict."""
+    """Read an original checkpoint: `{"model": state_dict, ...}` (detectron2) or a bare state dict.
+
+    Raises `FileNotFoundError` for a missing file and `ValueError` saying what is wrong with any other: a
+    detectron2 .pkl, a file that is no PyTorch checkpoint, a damaged archive, or Python objects other than tensors
+    (which `weights_only=True` refuses to build, for safety).
+    """
     path = Path(path)
     if path.suffix == ".pkl":
         raise ValueError(
             f"{path}: detectron2 .pkl checkpoints (numpy arrays) are not supported. Load the model in detectron2 "
             "and save `{'model': model.state_dict()}` with torch.save, then convert that .pth file."
         )
+    problem = _torch_file_problem(path)
+    if problem is not None:
+        raise (FileNotFoundError if not path.exists() else ValueError)(problem)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # the unpickler's errors come in many classes
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found is None:  # torch's message then advises weights_only=False, which would not help
+            raise ValueError(f"{path}: its pickled index cannot be read; the file is damaged") from None
         raise ValueError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({type(error).__name__}: {error}). Only "
-            "PyTorch checkpoints holding tensors are supported; resave the state dict alone with torch.save."
-        ) from error
+            f"{path} holds Python objects besides tensors (e.g. {found.group(1)}); they are not read, for safety (a "
+            "pickle can run any code). Where the checkpoint was made, save its weights alone: "
+            "torch.save({'model': model.state_dict()}, 'weights.pth'), and convert that file."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:  # a truncated or damaged archive
+        raise ValueError(
+            f"{path} looks like a PyTorch checkpoint but cannot be read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'}); the file is probably truncated or damaged"
+        ) from None
     state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     if not isinstance(state_dict, dict) or not state_dict:
         raise ValueError(f"{path}: expected a state dict or a dict with one under 'model', got {type(state_dict)}")
@@ -443,6 +487,9 @@ def load_category_bank(path):
         if len(names) != embeddings.shape[0]:
             raise ValueError(f"{path}: {len(names)} names for {embeddings.shape[0]} embeddings")
         return dict(zip(names, embeddings))
+    problem = _torch_file_problem(path)
+    if problem is not None:
+        raise (FileNotFoundError if not path.exists() else ValueError)(problem.replace("checkpoint", "category bank", 1))
     bank = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(bank, dict) or not bank:
         raise ValueError(f"{path}: expected a dict name -> embedding, got {type(bank).__name__}")
@@ -515,6 +562,8 @@ def convert_checkpoint(
     verify=True,
     repo_id=None,
     original_config=None,
+    overwrite=False,
+    progress=None,
 ):
     """Convert an original FC-CLIP or ITA checkpoint into a model folder; returns a `ConversionResult`.
 
@@ -523,10 +572,27 @@ def convert_checkpoint(
     and, with `category_bank` (ITA's `Category/category_tensor.pt`), `category_bank.safetensors`. With `verify`
     the folder is reloaded and every tensor compared with the checkpoint's. `repo_id` only names the repository
     in the model card's examples.
+
+    `output_dir` must be new or empty unless `overwrite` (then the files above are replaced, others left alone):
+    raises `FileExistsError` before reading anything. `progress`, a callable taking a message, hears of each step
+    (reading a large checkpoint and verifying take tens of seconds).
     """
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    progress = progress or logger.info
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"output {output_dir} is a file, not a folder")
+    content = sorted(path.name for path in output_dir.iterdir()) if output_dir.is_dir() else []
+    if content and not overwrite:
+        shown = ", ".join(content[:6]) + (f" and {len(content) - 6} more" if len(content) > 6 else "")
+        raise FileExistsError(
+            f"output folder {output_dir} is not empty ({shown}); choose a new or empty folder, or overwrite "
+            "(--overwrite) to replace its model files"
+        )
+    size = checkpoint.stat().st_size if checkpoint.is_file() else 0
+    progress(f"Reading {checkpoint} ({size / 2**20:,.0f} MiB) with torch.load(weights_only=True)")
     state_dict = load_original_state_dict(checkpoint)
     original_values = read_original_config(original_config) if original_config is not None else None
+    progress(f"Inferring the configuration from the shapes of {len(state_dict)} tensors and mapping their names")
     config, variant, provenance = infer_config(
         state_dict, clip_config=clip_config, original_config=original_values, **(config_overrides or {})
     )
@@ -541,6 +607,7 @@ def convert_checkpoint(
         if dim != config.clip_embed_dim:
             raise ValueError(f"{category_bank}: embeddings of size {dim}, the CLIP's are {config.clip_embed_dim}")
 
+    progress(f"Writing {variant} ({len(converted)} tensors) to {output_dir}")
     output_dir.mkdir(parents=True, exist_ok=True)
     hub_folder.prepare_config_for_folder(config)
     config.save_pretrained(output_dir)
@@ -563,6 +630,7 @@ def convert_checkpoint(
         provenance=provenance,
     )
     if verify:
+        progress(f"Verifying: reloading {output_dir} and comparing every tensor with the checkpoint's")
         verify_folder(output_dir, converted)
         result.verified = True
     hub_folder.write_model_card(output_dir, result, repo_id=repo_id)

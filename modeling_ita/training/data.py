@@ -42,6 +42,7 @@ __all__ = [
     "load_segmentation_dataset",
     "load_coco_panoptic",
     "load_label_map_folders",
+    "is_label_map_folders",
     "coco_panoptic_paths",
     "resolve_class_names",
     "decode_label_map",
@@ -283,9 +284,13 @@ def load_coco_panoptic(panoptic_json, panoptic_dir, image_dir, class_names=COCO_
     return datasets.Dataset.from_dict(rows, features=features)
 
 
-def load_label_map_folders(image_dir, label_dir, label_suffix=".png"):
+def load_label_map_folders(image_dir, label_dir, label_suffix=".png", unpaired=None):
     """Pairs of images and label maps with the same file stem: every `*<label_suffix>` in `label_dir` and the
-    image of that stem in `image_dir` (any common image suffix). Columns `image`, `label`, `file_name`."""
+    image of that stem in `image_dir` (any common image suffix). Columns `image`, `label`, `file_name`.
+
+    Label maps without an image and images without a label map are appended to `unpaired` as `(path, message)`
+    (`evaluation.data_check` reports them with the other problems of the data); without that list they raise a
+    `FileNotFoundError` naming them all."""
     image_dir, label_dir = Path(image_dir), Path(label_dir)
     for folder in (image_dir, label_dir):
         if not folder.is_dir():
@@ -293,29 +298,48 @@ def load_label_map_folders(image_dir, label_dir, label_suffix=".png"):
     labels = sorted(label_dir.glob(f"*{label_suffix}"))
     if not labels:
         raise FileNotFoundError(f"No {label_suffix} label maps in {label_dir}")
-    images, missing = [], []
+    stems = {label.name[: -len(label_suffix)] for label in labels}
+    problems, pairs = [], []
     for label in labels:
         stem = label.name[: -len(label_suffix)]
         candidates = (image_dir / f"{stem}{suffix}" for suffix in _IMAGE_SUFFIXES)
         found = next((path for path in candidates if path.is_file()), None)
         if found is None:
-            missing.append(stem)
-        images.append(found)
-    if missing:
+            problems.append((label, f"its image {image_dir / stem}.* ({', '.join(_IMAGE_SUFFIXES)}) is missing"))
+        else:
+            pairs.append((found, label))
+    for image in sorted(image_dir.iterdir()):
+        if image.suffix.lower() in _IMAGE_SUFFIXES and image.stem not in stems and not image.name.startswith("."):
+            problems.append((image, f"its label map {label_dir / (image.stem + label_suffix)} is missing"))
+    if problems and unpaired is None:
         raise FileNotFoundError(
-            f"{len(missing)} label maps in {label_dir} have no image of the same name in {image_dir}, "
-            f"e.g. {missing[:5]}"
+            f"{len(problems)} files in {image_dir} and {label_dir} have no pair:\n"
+            + "\n".join(f"  {path}: {message}" for path, message in problems)
         )
+    if unpaired is not None:
+        unpaired.extend(problems)
+    if not pairs:
+        raise FileNotFoundError(f"No label map in {label_dir} has its image in {image_dir}")
     return datasets.Dataset.from_dict(
         {
-            "image": [os.fspath(path) for path in images],
-            "label": [os.fspath(path) for path in labels],
-            "file_name": [path.name for path in images],
+            "image": [os.fspath(image) for image, _ in pairs],
+            "label": [os.fspath(label) for _, label in pairs],
+            "file_name": [image.name for image, _ in pairs],
         },
         features=datasets.Features(
             {"image": datasets.Image(), "label": datasets.Image(), "file_name": datasets.Value("string")}
         ),
     )
+
+
+def is_label_map_folders(source, split, image_subdir="images", label_subdir="annotations"):
+    """Whether `source` is a local folder in the label-map layout: `<image_subdir>/<split>` and
+    `<label_subdir>/<split>` subfolders (ADE20K's layout), which `datasets`' imagefolder would misread (it would
+    take the label maps for more training images)."""
+    if source is None:
+        return False
+    root = Path(os.fspath(source))
+    return (root / image_subdir / split).is_dir() and (root / label_subdir / split).is_dir()
 
 
 def _is_saved_dataset(path):
@@ -332,25 +356,31 @@ def load_segmentation_dataset(
     image_subdir="images",
     synthetic_num_images=64,
     synthetic_image_size=64,
+    unpaired=None,
     **load_kwargs,
 ):
     """Load one split of a segmentation dataset as a `datasets.Dataset`.
 
     Layouts:
-        - `"auto"`: `source` is a Hub dataset id or a local path for `datasets.load_dataset` (a folder of
-          parquet/arrow files, an imagefolder with `metadata.jsonl`, a single `.parquet`/`.arrow`/`.jsonl` file,
-          or a builder name such as `"parquet"` with `data_files=` in `load_kwargs`), or a folder written by
-          `save_to_disk` (read with `load_from_disk`).
+        - `"auto"`: label-map folders when `source` has them (`is_label_map_folders`), else `source` is a Hub
+          dataset id or a local path for `datasets.load_dataset` (a folder of parquet/arrow files, an
+          imagefolder with `metadata.jsonl`, a single `.parquet`/`.arrow`/`.jsonl` file, or a builder name such
+          as `"parquet"` with `data_files=` in `load_kwargs`), or a folder written by `save_to_disk` (read with
+          `load_from_disk`).
         - `"coco_panoptic"`: `source` is COCO's root (`annotations/panoptic_<split>.json`, `panoptic_<split>/`,
           `<split>/`); see `load_coco_panoptic`.
         - `"label_folders"`: `source/<image_subdir>/<split>` images and `source/<label_subdir>/<split>` label
           maps (ADE20K's layout); see `load_label_map_folders`.
         - `"synthetic"`: generated shapes (`synthetic.make_synthetic_dataset`); `source` is ignored, the
           validation split uses other scenes than the training split.
-    `max_samples` keeps the first N rows.
+    `max_samples` keeps the first N rows. `unpaired` (label-map folders) is `load_label_map_folders`'s.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"Unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
+    if layout == "auto" and not load_kwargs and is_label_map_folders(source, split, image_subdir, label_subdir):
+        logger.info("%s holds %s/%s and %s/%s: reading it as label-map folders", source, image_subdir, split,
+                    label_subdir, split)
+        layout = "label_folders"
     if layout == "synthetic":
         from .synthetic import make_synthetic_dataset
 
@@ -363,7 +393,9 @@ def load_segmentation_dataset(
         dataset = load_coco_panoptic(panoptic_json, panoptic_dir, image_dir, **load_kwargs)
     elif layout == "label_folders":
         root = Path(source)
-        dataset = load_label_map_folders(root / image_subdir / split, root / label_subdir / split, **load_kwargs)
+        dataset = load_label_map_folders(
+            root / image_subdir / split, root / label_subdir / split, unpaired=unpaired, **load_kwargs
+        )
     else:
         path = Path(os.fspath(source))
         if _is_saved_dataset(path):

@@ -25,6 +25,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -36,6 +37,7 @@ from configuration_ita import COCO_PANOPTIC_VOCABULARY, ITAConfig
 from image_processing_ita import ITAImageProcessor
 from processing_ita import ITAProcessor
 
+from ..apps.loading import check_model_location, load_segmentation_model
 from ..clip_backbone import ITACLIPBackbone, load_open_clip_weights
 from .data import (
     DEFAULT_CROP_SIZE,
@@ -50,6 +52,7 @@ from .data import (
     resolve_class_names,
 )
 from ..dominant_categories import ITADominantCategoryUnearthing
+from ..evaluation.data_check import check_segmentation_data
 from ..evaluation.metric import SegmentationConfusionMatrix
 from ..modeling import ITAForOpenVocabSegmentation
 
@@ -126,7 +129,8 @@ class ITADataArguments:
     dataset_layout: str = field(
         default="auto",
         metadata={
-            "help": "How the data is stored.",
+            "help": "How the data is stored. auto: label-map folders when DATASET/images/<split> and "
+            "DATASET/annotations/<split> exist, else what datasets.load_dataset reads.",
             "choices": ["auto", "coco_panoptic", "label_folders", "synthetic"],
         },
     )
@@ -182,8 +186,19 @@ class ITADataArguments:
     synthetic_num_train_images: int = field(default=64, metadata={"help": "Synthetic layout: training scenes."})
     synthetic_num_eval_images: int = field(default=16, metadata={"help": "Synthetic layout: evaluation scenes."})
     synthetic_image_size: int = field(default=64, metadata={"help": "Synthetic layout: side of the scenes."})
-    image_subdir: str = field(default="images", metadata={"help": "label_folders layout: image folder."})
-    label_subdir: str = field(default="annotations", metadata={"help": "label_folders layout: label-map folder."})
+    image_subdir: str = field(
+        default="images", metadata={"help": "Label-map folders: images in DATASET/<image_subdir>/<split>."}
+    )
+    label_subdir: str = field(
+        default="annotations", metadata={"help": "Label-map folders: label maps in DATASET/<label_subdir>/<split>."}
+    )
+    skip_bad_samples: bool = field(
+        default=False,
+        metadata={
+            "help": "Every label map is checked before training; by default any problem stops the run with the "
+            "list. With this, the bad samples are left out and counted instead."
+        },
+    )
 
 
 @dataclass
@@ -224,6 +239,13 @@ class ITATrainingArguments(TrainingArguments):
     lr_warmup_factor: float = field(
         default=1.0,
         metadata={"help": "Warm-up starts at this fraction of the rate (Mask2Former's WARMUP_FACTOR 1.0: no ramp)."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train anew into an output_dir that is not empty (by default such a run stops: resume it with "
+            "--resume_from_checkpoint last, or choose another output_dir)."
+        },
     )
 
 
@@ -463,10 +485,12 @@ def load_model(model_args, class_names=None):
     if model_args.model_name_or_path:
         if model_args.config_path or model_args.clip_checkpoint or model_args.variant:
             raise ValueError("Give model_name_or_path alone, or a new model's config_path/variant/clip_checkpoint")
+        check_model_location(model_args.model_name_or_path)
         config = ITAConfig.from_pretrained(model_args.model_name_or_path)
         if class_names:
             config.train_vocabulary = list(class_names)
-        return ITAForOpenVocabSegmentation.from_pretrained(model_args.model_name_or_path, config=config)
+        # Strict: a checkpoint that lacks weights would fine-tune from random ones without a word.
+        return load_segmentation_model(model_args.model_name_or_path, config=config)
     if model_args.config_path:
         if model_args.variant:
             raise ValueError("Give config_path or variant, not both (the config decides the variant)")
@@ -509,25 +533,45 @@ def load_processor(model_args, data_args=None, config=None):
     return processor
 
 
-def _load_rows(data_args, split, max_samples, num_synthetic, class_names):
+def _load_rows(data_args, split, max_samples, num_synthetic, class_names, unpaired=None):
     kwargs = {}
     if data_args.dataset_layout == "coco_panoptic":
         kwargs["class_names"] = class_names or COCO_PANOPTIC_VOCABULARY
-    elif data_args.dataset_layout == "label_folders":
-        kwargs.update(image_subdir=data_args.image_subdir, label_subdir=data_args.label_subdir)
     elif data_args.dataset_layout == "synthetic":
         kwargs.update(synthetic_num_images=num_synthetic, synthetic_image_size=data_args.synthetic_image_size)
-    elif data_args.dataset_config_name:
-        kwargs["name"] = data_args.dataset_config_name
+    else:  # "auto" reads label-map folders too, when the folder has them
+        kwargs.update(image_subdir=data_args.image_subdir, label_subdir=data_args.label_subdir, unpaired=unpaired)
+        if data_args.dataset_layout == "auto" and data_args.dataset_config_name:
+            kwargs["name"] = data_args.dataset_config_name
     return load_segmentation_dataset(
         data_args.dataset_name_or_path, split, layout=data_args.dataset_layout, max_samples=max_samples, **kwargs
     )
 
 
-def _load_training_rows(data_args, class_names):
+def _load_training_rows(data_args, class_names, unpaired=None):
     return _load_rows(
-        data_args, data_args.train_split, data_args.max_train_samples, data_args.synthetic_num_train_images, class_names
+        data_args, data_args.train_split, data_args.max_train_samples, data_args.synthetic_num_train_images,
+        class_names, unpaired,
     )
+
+
+def _checked_rows(rows, class_names, data_args, training_args, unpaired, what):
+    """`rows` after the pre-flight pass over every label map (`evaluation.data_check`): every problem found
+    stops the run before the model is built, or, with `skip_bad_samples`, the bad samples are left out."""
+    report = check_segmentation_data(
+        rows,
+        len(class_names),
+        ignore_index=data_args.ignore_index,
+        reduce_labels=data_args.reduce_labels,
+        image_column=data_args.image_column,
+        label_column=data_args.label_column,
+        segments_column=_segments_column(data_args),
+        unpaired=unpaired,
+        num_workers=training_args.dataloader_num_workers,
+        description=f"Checking {what}",
+        progress=not training_args.disable_tqdm,
+    )
+    return report.raise_or_keep_good(rows, data_args.skip_bad_samples, what, log=logger.warning)
 
 
 def _explicit_class_names(data_args):
@@ -593,15 +637,19 @@ def build_trainer(model_args, data_args, training_args, callbacks=None):
     `scripts/train.py` runs)."""
     set_seed(training_args.seed)
     explicit_names = _explicit_class_names(data_args)
-    train_rows = _load_training_rows(data_args, explicit_names)
+    unpaired = []
+    train_rows = _load_training_rows(data_args, explicit_names, unpaired)
     class_names = resolve_class_names(train_rows, class_names=explicit_names)
+    train_rows = _checked_rows(train_rows, class_names, data_args, training_args, unpaired, "the training data")
     eval_rows = eval_names = None
     if data_args.eval_split:
+        unpaired = []
         eval_rows = _load_rows(
             data_args, data_args.eval_split, data_args.max_eval_samples, data_args.synthetic_num_eval_images,
-            explicit_names,
+            explicit_names, unpaired,
         )
         eval_names = resolve_class_names(eval_rows, class_names=explicit_names)
+        eval_rows = _checked_rows(eval_rows, eval_names, data_args, training_args, unpaired, "the evaluation data")
 
     model = load_model(model_args, class_names)
     processor = load_processor(model_args, data_args, model.config)
@@ -656,6 +704,21 @@ def parse_arguments(argv=None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def check_output_dir(training_args):
+    """Raise `FileExistsError` when `output_dir` holds an earlier run's files and this run neither resumes it nor
+    was told to overwrite it (`overwrite_output_dir`): its checkpoints and model would be replaced silently."""
+    output = Path(training_args.output_dir)
+    if training_args.resume_from_checkpoint or getattr(training_args, "overwrite_output_dir", False):
+        return
+    content = sorted(path.name for path in output.iterdir()) if output.is_dir() else []
+    if content:
+        shown = ", ".join(content[:5]) + (f" and {len(content) - 5} more" if len(content) > 5 else "")
+        raise FileExistsError(
+            f"output_dir {output} is not empty ({shown}); resume that run with --resume_from_checkpoint last, "
+            "choose another --output_dir, or give --overwrite_output_dir to train anew into it"
+        )
+
+
 def main(argv=None):
     """Train (or, with `--precompute_dominant_categories_to`, rank dominant categories); returns the trainer."""
     model_args, data_args, training_args = parse_arguments(argv)
@@ -678,6 +741,7 @@ def main(argv=None):
                     data_args.precompute_dominant_categories_to)
         return None
 
+    check_output_dir(training_args)
     trainer = build_trainer(model_args, data_args, training_args)
     resume = training_args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last"):

@@ -1,0 +1,153 @@
+"""Loading a model for use: the one loader of the command line, the pipeline, the evaluation and fine-tuning.
+
+transformers' `from_pretrained` fills the weights a checkpoint lacks with random values and only logs a report,
+so a broken folder (say `decoder_layers` raised in its config.json) segments, wrongly, with exit status 0. Here a
+checkpoint with missing, unexpected or mismatched weights stops the load with an error naming them. The usual
+mistakes get messages that say what they are before anything heavy runs: a model folder that does not exist, a
+Hub id that is not in the cache when offline, a device the machine does not have.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from ..modeling import ITAForOpenVocabSegmentation
+
+__all__ = ["ModelLoadingError", "check_device", "check_model_location", "load_segmentation_model"]
+
+# How many names of missing or unexpected weights an error lists before counting the rest.
+_SHOWN_KEYS = 12
+
+
+class ModelLoadingError(Exception):
+    """The model cannot be loaded as it is; the message says why.
+
+    Not an `OSError` or `ValueError` on purpose: transformers' pipeline factory catches those while it tries
+    model classes one after another, and would bury the message in a traceback dump.
+    """
+
+
+def check_device(name=None):
+    """The `torch.device` called `name` (None or `"auto"`: CUDA when available, else the CPU), after checking
+    that this machine has it; raises `ValueError` saying what is missing."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"{name!r} is not a torch device (cpu, cuda, cuda:1, mps, ...): {error}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {name!r}: CUDA is not available on this machine (no GPU, or a CPU-only build of torch "
+                f"{torch.__version__}); use the CPU (cpu) instead"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+            )
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {name!r}: Apple's MPS backend is not available on this machine")
+    return device
+
+
+def _looks_like_a_path(name):
+    """A string that cannot be a Hub id `user/model`: absolute, relative from `.`/`~`, or with several parts."""
+    return (
+        os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or name.endswith("/")
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
+def check_model_location(name_or_path):
+    """Check, without loading anything, that `name_or_path` names a model: an existing folder with a
+    `config.json`, or a Hub id (which, offline, must be in the local cache). Raises `ModelLoadingError`."""
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            content = sorted(child.name for child in path.iterdir())[:8]
+            raise ModelLoadingError(
+                f"model folder {name} has no config.json, so it is not a saved model (it holds {content or 'nothing'}); "
+                "give the folder that save_pretrained, scripts/train.py or scripts/convert_checkpoint.py wrote"
+            )
+        return
+    if path.exists():
+        raise ModelLoadingError(f"{name} is a file, not a model folder; give the folder holding config.json, or a Hub id")
+    if _looks_like_a_path(name):
+        raise ModelLoadingError(f"model folder {name} does not exist")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelLoadingError(f"{name!r} is neither an existing model folder nor a valid Hub model id") from None
+    if hf_constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise ModelLoadingError(
+            f"{name!r} is not a folder here, and as a Hub model id it is not in the local cache "
+            f"({hf_constants.HF_HUB_CACHE}); the Hub cannot be asked because HF_HUB_OFFLINE is set"
+        )
+
+
+def _listed(keys):
+    keys = sorted(str(key) for key in keys)
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return shown + (f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else "")
+
+
+def load_segmentation_model(name_or_path, device=None, dtype=None, **kwargs):
+    """Load `ITAForOpenVocabSegmentation` from a folder or Hub id, refusing any checkpoint that does not fill the
+    model exactly.
+
+    Args:
+        device: where to put the model (`check_device`'s names); None leaves it where `from_pretrained` puts it.
+        dtype: a `torch.dtype` or its name (`"bfloat16"`); None keeps the checkpoint's.
+        kwargs: passed to `from_pretrained` (`config=`, `revision=`, ...).
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        ModelLoadingError: no such folder or Hub model, a file that is not a model, or weights missing from the
+            checkpoint, left over in it, or of another shape (each named).
+        ValueError: an unknown or unavailable device.
+    """
+    if device is not None and not isinstance(device, torch.device):
+        device = check_device(device)
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    check_model_location(name_or_path)
+    # Mismatched shapes are loaded as "ignored" so that the report below names them with the others
+    # (transformers would raise pointing at a table it logged); the model is refused all the same.
+    kwargs.setdefault("ignore_mismatched_sizes", True)
+    try:
+        model, info = ITAForOpenVocabSegmentation.from_pretrained(
+            name_or_path, dtype=dtype, output_loading_info=True, **kwargs
+        )
+    except OSError as error:  # unreadable or truncated weight files, no weights at all, Hub errors
+        raise ModelLoadingError(f"cannot load the model {os.fspath(name_or_path)}: {error}") from error
+    problems = []
+    if info.get("missing_keys"):
+        problems.append(f"{len(info['missing_keys'])} weight(s) missing from the checkpoint: {_listed(info['missing_keys'])}")
+    if info.get("unexpected_keys"):
+        problems.append(
+            f"{len(info['unexpected_keys'])} weight(s) in the checkpoint that the model does not have: "
+            f"{_listed(info['unexpected_keys'])}"
+        )
+    if info.get("mismatched_keys"):
+        shapes = [f"{key} (checkpoint {tuple(saved)}, model {tuple(expected)})" for key, saved, expected in info["mismatched_keys"]]
+        problems.append(f"{len(shapes)} weight(s) of another shape: {_listed(shapes)}")
+    problems += [str(message) for message in info.get("error_msgs") or []]
+    if problems:
+        raise ModelLoadingError(
+            f"the checkpoint in {os.fspath(name_or_path)} does not match its config.json, so part of the model would "
+            "be random: " + "; ".join(problems) + ". Was config.json edited after the weights were saved?"
+        )
+    if device is not None:
+        model.to(device)
+    return model.eval()

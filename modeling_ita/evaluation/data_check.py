@@ -1,0 +1,293 @@
+"""A pre-flight pass over a segmentation dataset: every label map checked before any model work.
+
+A bad label map found halfway through an evaluation loses the work done so far; in training, label ids are
+read only inside the random crop, so a small bad region trains silently and a large one stops the run after
+hours. `check_segmentation_data` reads every pair once (image headers only, label maps decoded), with a
+progress bar, and reports every problem with the file it is in:
+
+- a label or image file that is missing or cannot be read (empty, truncated, not an image);
+- a label map that is not one channel of class ids (an RGB image, say);
+- a label map whose size differs from its image's (upright, as the model sees it);
+- class ids outside the vocabulary that are not the ignore label (after `reduce_labels` when it applies);
+- for panoptic annotations, segments of a category outside the vocabulary.
+
+Files without their pair in folder layouts (an image without a label map, or the reverse) are found by the
+loaders (`unpaired=` lists) and reported here with the rest. `DataCheckReport.raise_or_keep_good` then stops
+with the whole list, or, when asked, keeps the good rows and says how many it left out.
+
+Under `torch.distributed` (an `accelerate launch` or `torchrun` run) each process checks its share of the rows
+and all processes get the whole report.
+"""
+
+import io
+import os
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import torch
+from PIL import ExifTags, Image, UnidentifiedImageError
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+__all__ = ["DataCheckError", "DataCheckReport", "DataProblem", "check_segmentation_data"]
+
+# EXIF orientations that turn the image by 90 degrees (its upright width and height swap).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+_COLOUR_MODES = ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA")
+_SHOWN_IDS = 10
+
+
+@dataclass(frozen=True)
+class DataProblem:
+    """One problem: the file it is in (or the row, for data without files), what is wrong, and the dataset row
+    (None for a file that has no row, such as an image without a label map)."""
+
+    file: str
+    message: str
+    row: int | None = None
+
+    def __str__(self):
+        return f"{self.file}: {self.message}"
+
+
+class DataCheckError(ValueError):
+    """The data has problems; `report` holds them all and the message lists them."""
+
+    def __init__(self, report, what="the dataset"):
+        self.report = report
+        super().__init__(
+            f"{len(report.problems)} problem(s) in {report.num_files(what)} of {what}; nothing was computed. "
+            "Fix the files, or leave them out with --skip-bad-samples (--skip_bad_samples for training):\n"
+            + "\n".join(f"  {problem}" for problem in report.problems)
+        )
+
+
+@dataclass
+class DataCheckReport:
+    """What `check_segmentation_data` found: `problems` in row order, then the files without a row."""
+
+    num_rows: int
+    problems: list = field(default_factory=list)
+
+    @property
+    def bad_rows(self):
+        """The rows with at least one problem, sorted."""
+        return sorted({problem.row for problem in self.problems if problem.row is not None})
+
+    def num_files(self, what="the dataset"):
+        unpaired = sum(problem.row is None for problem in self.problems)
+        return f"{len(self.bad_rows)} of the {self.num_rows} samples" + (
+            f" and {unpaired} unpaired file(s)" if unpaired else ""
+        )
+
+    def raise_or_keep_good(self, dataset, skip_bad_samples=False, what="the dataset", log=print):
+        """No problem: `dataset` as it is. Problems: raise `DataCheckError` listing them, or with
+        `skip_bad_samples`, log them and how many samples are left out, and return the good rows."""
+        if not self.problems:
+            return dataset
+        if not skip_bad_samples:
+            raise DataCheckError(self, what)
+        bad = set(self.bad_rows)
+        log(
+            f"Leaving out {len(bad)} of the {self.num_rows} samples of {what} (--skip-bad-samples); the problems:\n"
+            + "\n".join(f"  {problem}" for problem in self.problems)
+        )
+        return dataset.select([index for index in range(len(dataset)) if index not in bad])
+
+
+def _source_and_name(value, row, file_name):
+    """(what to open, what to call it) for an undecoded `datasets.Image` value, a path or an array."""
+    if isinstance(value, dict) and ("path" in value or "bytes" in value):
+        path, data = value.get("path"), value.get("bytes")
+        name = path or f"row {row}" + (f" ({file_name})" if file_name else "")
+        return (io.BytesIO(data) if data is not None else path), name
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value), os.fspath(value)
+    return value, f"row {row}" + (f" ({file_name})" if file_name else "")
+
+
+def _upright_size(source):
+    with Image.open(source) as image:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        width, height = image.size
+    return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
+
+
+def _label_array(source, panoptic):
+    """The label map's class ids; for a panoptic PNG (segment ids as RGB, described by the segments column) only
+    an array of its size: reading COCO's 118k headers takes minutes, decoding them all far longer."""
+    if isinstance(source, (str, io.BytesIO)):
+        with Image.open(source) as image:
+            if panoptic:
+                return np.empty((image.height, image.width), dtype=np.uint8)
+            if image.mode in _COLOUR_MODES:
+                raise ValueError(
+                    f"the label map is a {image.mode} image; a semantic label map holds one channel of class ids "
+                    "(8-bit grey or palette, or 16-bit grey)"
+                )
+            array = np.asarray(image)
+    else:
+        array = np.asarray(source)
+        if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+            array = array.squeeze(0) if array.shape[0] == 1 else array.squeeze(-1)
+    if panoptic and array.ndim == 3 and array.shape[-1] == 3:
+        array = array[..., 0]  # only the size matters
+    if array.ndim != 2:
+        raise ValueError(f"the label map has shape {array.shape}; expected (height, width) class ids")
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+        raise ValueError(f"the label map holds {array.dtype} values; label maps hold integer class ids")
+    return array
+
+
+def _present_ids(array):
+    """The distinct values of an integer map (a bincount for 8- and 16-bit maps: much faster than np.unique)."""
+    if array.dtype in (np.uint8, np.uint16, np.bool_):
+        return np.flatnonzero(np.bincount(array.ravel().astype(np.int64)))
+    return np.unique(array)
+
+
+class _RowChecker(torch.utils.data.Dataset):
+    """The problems of each row, as a map-style dataset so that DataLoader workers can share the work."""
+
+    def __init__(self, rows, indices, num_labels, ignore_index, reduce_labels, image_column, label_column,
+                 segments_column):
+        self.rows = rows
+        self.indices = list(indices)
+        self.num_labels = num_labels
+        self.ignore_index = ignore_index
+        self.reduce_labels = reduce_labels
+        self.image_column = image_column
+        self.label_column = label_column
+        self.segments_column = segments_column
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, position):
+        index = self.indices[position]
+        row = self.rows[index]
+        file_name = row.get("file_name")
+        problems = []
+
+        image_source, image_name = _source_and_name(row[self.image_column], index, file_name)
+        label_source, label_name = _source_and_name(row[self.label_column], index, file_name)
+        image_size = None
+        try:
+            image_size = _upright_size(image_source) if isinstance(image_source, (str, io.BytesIO)) else None
+            if image_size is None:
+                image_size = tuple(np.asarray(image_source).shape[:2])
+        except FileNotFoundError:
+            problems.append(DataProblem(image_name, "the image file is missing", index))
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            problems.append(DataProblem(image_name, f"the image cannot be read ({error})", index))
+        try:
+            label = _label_array(label_source, panoptic=self.segments_column is not None)
+        except FileNotFoundError:
+            problems.append(DataProblem(label_name, "the label map file is missing", index))
+            return problems
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            problems.append(DataProblem(label_name, f"the label map cannot be read: {error}", index))
+            return problems
+
+        if image_size is not None and tuple(label.shape) != tuple(image_size):
+            problems.append(
+                DataProblem(
+                    label_name,
+                    f"the label map is {label.shape[0]}x{label.shape[1]} (height x width) but its image "
+                    f"{image_name} is {image_size[0]}x{image_size[1]}",
+                    index,
+                )
+            )
+        if self.segments_column is not None:
+            categories = [segment["category_id"] for segment in row[self.segments_column] or []]
+            bad = sorted({int(c) for c in categories if not 0 <= int(c) < self.num_labels})
+            if bad:
+                problems.append(
+                    DataProblem(label_name, f"segments of categories {bad} outside the {self.num_labels} classes", index)
+                )
+            return problems
+
+        ids = _present_ids(label).astype(np.int64)
+        if self.reduce_labels:
+            ids = np.array(sorted({self.ignore_index if value in (0, self.ignore_index) else value - 1 for value in ids}))
+        bad = ids[(ids != self.ignore_index) & ((ids < 0) | (ids >= self.num_labels))]
+        if bad.size:
+            shown = bad[:_SHOWN_IDS].tolist() + (["..."] if bad.size > _SHOWN_IDS else [])
+            problems.append(
+                DataProblem(
+                    label_name,
+                    f"class ids {shown} are outside the vocabulary of {self.num_labels} classes (0..{self.num_labels - 1}) "
+                    f"and are not the ignore label {self.ignore_index}"
+                    + (" (ids after reduce_labels: 0 is ignored, the others move down by one)" if self.reduce_labels else ""),
+                    index,
+                )
+            )
+        return problems
+
+
+def _as_list(items):
+    return items
+
+
+def _undecoded(dataset, columns):
+    """`dataset` with its image columns read as `{path, bytes}` (no pixel decoding)."""
+    for column in columns:
+        if column and isinstance(dataset.features.get(column), datasets.Image):
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    return dataset
+
+
+def _distributed():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def check_segmentation_data(
+    dataset,
+    num_labels,
+    ignore_index=255,
+    reduce_labels=False,
+    image_column="image",
+    label_column="label",
+    segments_column=None,
+    unpaired=(),
+    num_workers=0,
+    description="Checking label maps",
+    progress=True,
+):
+    """Check every row of a segmentation dataset (see the module docstring); returns a `DataCheckReport`.
+
+    Args:
+        dataset: a `datasets.Dataset` whose `image_column` holds images and `label_column` label maps (files,
+            bytes or arrays), or panoptic PNGs with `segments_column`.
+        num_labels / ignore_index / reduce_labels: the label space: ids in `[0, num_labels)` or `ignore_index`.
+        unpaired: `(file, message)` pairs for files the loader found without their pair; reported as they are.
+        num_workers: DataLoader processes sharing the work.
+    """
+    for column in (image_column, label_column, segments_column):
+        if column and column not in dataset.column_names:
+            raise KeyError(f"The dataset has no column {column!r}; its columns are {dataset.column_names}")
+    rank, world_size = _distributed()
+    rows = _undecoded(dataset, (image_column, label_column))
+    checker = _RowChecker(rows, range(rank, len(dataset), world_size), num_labels, ignore_index, reduce_labels,
+                          image_column, label_column, segments_column)
+    # A generator of its own: a DataLoader draws its workers' seed from the global one, and a check made before
+    # the model is built must not change how a seeded run initialises it.
+    loader = DataLoader(
+        checker, batch_size=8, num_workers=num_workers, collate_fn=_as_list, generator=torch.Generator()
+    )
+    problems = []
+    with tqdm(total=len(checker), desc=description, unit="sample", disable=not progress or rank != 0) as bar:
+        for items in loader:
+            for item in items:
+                problems.extend(item)
+            bar.update(len(items))
+    if world_size > 1:
+        gathered = [None] * world_size
+        torch.distributed.all_gather_object(gathered, problems)
+        problems = [problem for part in gathered for problem in part]
+    problems.sort(key=lambda problem: problem.row)
+    problems += [DataProblem(os.fspath(path), message) for path, message in unpaired]
+    return DataCheckReport(num_rows=len(dataset), problems=problems)
