@@ -365,8 +365,16 @@ def test_post_process_constructed_case():
     assert torch.allclose(scores[5, 5], torch.tensor(0.91 * torch.sigmoid(torch.tensor(10.0)).item()), atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "target_sizes",
+    [
+        [(37, 53), (80, 150)],  # down, and up by non-integer factors
+        [(173, 301), (256, 512)],  # photo-like: larger than the images, labels decided along the boundaries
+        [(50, 70), (64, 128)],  # the images' own sizes
+    ],
+)
 @pytest.mark.parametrize("masks_first", [False, True])
-def test_post_process_matches_the_original_formula(masks_first):
+def test_post_process_matches_the_original_formula(masks_first, target_sizes):
     generator = torch.Generator().manual_seed(0)
     # Two images padded to the larger frame (64x128 -> grid 16x32); the first one ends at 50x70.
     outputs = {
@@ -374,7 +382,6 @@ def test_post_process_matches_the_original_formula(masks_first):
         "masks_queries_logits": torch.randn(2, 6, 16, 32, generator=generator) * 3,
         "image_sizes": torch.tensor([[50, 70], [64, 128]]),
     }
-    target_sizes = [(37, 53), (80, 150)]
     processor = ITAImageProcessor()
     results = processor.post_process_semantic_segmentation(
         outputs, target_sizes=target_sizes, return_scores=True, sem_seg_postprocess_before_inference=masks_first
