@@ -12,6 +12,7 @@ Segmentation maps become Mask2Former-style targets: per image, one binary mask p
 
 import math
 import os
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as tvF
 from transformers.image_processing_backends import TorchvisionBackend
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import (
     ChannelDimension,
@@ -611,9 +613,12 @@ class ITAImageProcessor(TorchvisionBackend):
         self,
         outputs,
         target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
-        return_scores: bool = False,
+        return_segmentation_scores: bool = False,
+        *,
+        return_winning_scores: bool = False,
         sem_seg_postprocess_before_inference: bool = False,
-    ) -> list[torch.Tensor] | list[dict]:
+        return_scores: bool | None = None,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput] | list[dict]:
         """Semantic label maps from the model's outputs, as FC-CLIP's `semantic_inference` computes them.
 
         Per image: mask logits are upsampled bilinearly (align_corners=False) from the stride-4 grid to the
@@ -626,8 +631,11 @@ class ITAImageProcessor(TorchvisionBackend):
         when run alone, as the original evaluates, and never reads the mask logits beyond it: upsampling the whole
         batch frame would let the padding's logits leak into the last rows/columns of a smaller image. Images are
         processed one at a time, in bands of rows of about `post_process_chunk_elements` values per intermediate,
-        so memory does not grow with the batch, the vocabulary or the target size beyond the returned maps.
-        Labels and scores equal the formula's up to float rounding.
+        so memory does not grow with the batch, the vocabulary or the target size beyond the returned maps. In the
+        default order the label map costs in proportion to the label boundaries, not to target pixels x classes
+        (a photo's own size costs little more than the model's): where the four source pixels of a target pixel
+        agree on their class, so does their bilinear mix (`modeling_ita.kernels.semantic_map`). Labels and scores
+        equal the formula's up to float rounding.
 
         Args:
             outputs ([`ITAOpenVocabSegmentationOutput`] or mapping):
@@ -637,20 +645,41 @@ class ITAImageProcessor(TorchvisionBackend):
                 input, and `image_sizes` `[B, 2]` (each image's resized size before padding).
             target_sizes (`list[tuple[int, int]]` or `torch.Tensor`, *optional*):
                 Output (height, width) per image, usually the original image sizes. Defaults to `image_sizes`.
-            return_scores (`bool`, *optional*, defaults to `False`):
-                Also return, per pixel, the score of the chosen class.
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
+                Return [`SemanticSegmentationPostProcessorOutput`]s whose `segmentation_scores` hold every class's
+                score `[K, H, W]` at the target size, as transformers' segmentation processors do. That is
+                K x H x W float32 values per image, e.g. 7.2 GB for 150 classes at a 3000x4000 photo's size; the
+                label map alone needs none of it.
+            return_winning_scores (`bool`, *optional*, defaults to `False`):
+                Return [`SemanticSegmentationPostProcessorOutput`]s with `winning_scores` `[H, W]`, the score of the
+                chosen class at each pixel (and `segmentation_scores` None unless asked for): bounded memory.
             sem_seg_postprocess_before_inference (`bool`, *optional*, defaults to `False`):
                 Crop and resize the mask logits to the target size before the sigmoid and the class sum,
                 instead of resizing the class scores. FC-CLIP's configs do this when panoptic or instance
                 inference is on too (its COCO and A-150 evaluations); its other semantic benchmarks use the
-                default order.
+                default order. Its cost grows with target pixels x classes: the sigmoid comes after the resize.
+            return_scores (`bool`, *optional*):
+                Deprecated, removed in the next release: use `return_winning_scores`. Returns dicts with
+                `segmentation` and `scores` (the winning score).
 
         Returns:
-            `list[torch.LongTensor]` of `[H, W]` label maps, or with `return_scores` a list of dicts with
-            `segmentation` (`[H, W]` long) and `scores` (`[H, W]` float32).
+            `list[torch.LongTensor]` of `[H, W]` label maps; with `return_segmentation_scores` or
+            `return_winning_scores`, a list of [`SemanticSegmentationPostProcessorOutput`] with `segmentation`
+            (`[H, W]` long), `segmentation_scores` (`[K, H, W]` float32 or None) and, when asked for,
+            `winning_scores` (`[H, W]` float32).
         """
-        from modeling_ita.kernels import semantic_map  # not at the top: modeling_ita imports this module
+        from modeling_ita.kernels import semantic_map, semantic_scores  # not at the top: modeling_ita imports this module
 
+        if return_scores is not None:
+            warnings.warn(
+                "`return_scores` is deprecated and will be removed in the next release: use "
+                "`return_winning_scores=True` (the winning score) or `return_segmentation_scores=True` (every "
+                "class's score), which return SemanticSegmentationPostProcessorOutput",
+                FutureWarning,
+                stacklevel=2,
+            )
+            if return_scores and (return_segmentation_scores or return_winning_scores):
+                raise ValueError("`return_scores` cannot be combined with the options that replace it")
         class_logits = _class_scores_field(outputs)
         mask_logits = _output_field(outputs, "masks_queries_logits")
         image_sizes = _output_field(outputs, "image_sizes")
@@ -689,11 +718,26 @@ class ITAImageProcessor(TorchvisionBackend):
             arguments = self._semantic_inputs(
                 class_logits[index], mask_logits[index], image_sizes[index], target_sizes[index], index
             )
-            labels, scores = semantic_map(
-                *arguments, masks_first=sem_seg_postprocess_before_inference, winning_scores=return_scores,
-                chunk_elements=self.post_process_chunk_elements,
-            )
-            results.append({"segmentation": labels, "scores": scores} if return_scores else labels)
+            masks_first = sem_seg_postprocess_before_inference
+            chunk = self.post_process_chunk_elements
+            scores = None
+            if return_segmentation_scores:
+                scores = semantic_scores(*arguments, masks_first=masks_first, chunk_elements=chunk)  # [K, H, W]
+                winning, labels = scores.max(dim=0)  # the first of tied classes, as argmax
+            else:
+                labels, winning = semantic_map(
+                    *arguments, masks_first=masks_first, winning_scores=bool(return_scores or return_winning_scores),
+                    chunk_elements=chunk,
+                )
+            if return_scores:
+                results.append({"segmentation": labels, "scores": winning})
+            elif return_segmentation_scores or return_winning_scores:
+                data = {"segmentation": labels, "segmentation_scores": scores}
+                if return_winning_scores:
+                    data["winning_scores"] = winning
+                results.append(SemanticSegmentationPostProcessorOutput(data=data))
+            else:
+                results.append(labels)
         return results
 
     def _semantic_inputs(self, class_logits, mask_logits, image_size, target_size, index):

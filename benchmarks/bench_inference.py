@@ -1,15 +1,16 @@
 """End-to-end inference cost of the full-size model against its floor, the frozen CLIP trunk alone.
 
-One image (600x800 by default, resized by the processor to 800x1067 and padded to 800x1088), the A-150
-vocabulary (150 classes with FC-CLIP's synonyms), batch 1, random weights (the cost does not depend on
-them), vocabulary encoded once before timing. End-to-end = `ITAProcessor` preprocessing + model forward +
-`post_process_semantic_segmentation` to the original size. Trunk = `backbone.extract_features` (ConvNeXt
-stem + 4 stages) on the same padded input. The two are timed alternately, `--repeats` times each after a
+One photo (600x800 by default, `--photo-size`; the processor resizes it to a short side of 800, e.g. 800x1067
+padded to 800x1088), the A-150 vocabulary (150 classes with FC-CLIP's synonyms; `--vocabulary ade847` for 847),
+batch 1, random weights (the cost does not depend on them), vocabulary encoded once before timing. End-to-end =
+`ITAProcessor` preprocessing + model forward + `post_process_semantic_segmentation` to the photo's own size.
+Trunk = `backbone.extract_features` (ConvNeXt stem + 4 stages) on the same padded input. The two are timed alternately, `--repeats` times each after a
 warm-up, and the script prints medians and their ratio; per-stage times come from timers wrapped around the
 model's own methods during the end-to-end runs (no mirrored forward). Peak memory is the rise of the
 process's resident set (Linux high-water mark, see `measure.PeakRSS`) during one inference.
 
     python benchmarks/bench_inference.py --threads 2 --repeats 3
+    python benchmarks/bench_inference.py --photo-size 3000 4000 --vocabulary ade847
     python benchmarks/bench_inference.py --dominant-category-features dense_features
     python benchmarks/bench_inference.py --dtype bfloat16 --channels-last
 """
@@ -48,7 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--auxiliary-logits", action="store_true",
                         help="call the model with output_auxiliary_logits=True: the decoder then computes every "
                         "intermediate prediction at full resolution (what it always did before it skipped them)")
-    parser.add_argument("--image-size", type=int, nargs=2, default=(600, 800), metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--photo-size", "--image-size", dest="photo_size", type=int, nargs=2, default=(600, 800),
+                        metavar=("HEIGHT", "WIDTH"), help="the input photo's size, also the label map's size")
     parser.add_argument("--vocabulary", default="ade150", help="a class list in modeling_ita/evaluation/vocabularies")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vocabulary-cache", default=None,
@@ -132,7 +134,7 @@ def main(argv=None):
           f"{how} {time.perf_counter() - start:.1f} s (not part of the timings below)")
 
     rng = np.random.default_rng(args.seed)
-    height, width = args.image_size
+    height, width = args.photo_size
     image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")

@@ -111,10 +111,10 @@ def main(argv=None):
             def current():
                 processor.post_process_chunk_elements = budget
                 result = processor.post_process_semantic_segmentation(
-                    outputs, target_sizes=[target_size], return_scores=True,
+                    outputs, target_sizes=[target_size], return_winning_scores=True,
                     sem_seg_postprocess_before_inference=masks_first,
                 )[0]
-                return result["segmentation"], result["scores"]
+                return result.segmentation, result.winning_scores
             return current
 
         functions = {"previous": previous}

@@ -29,8 +29,11 @@ __all__ = [
     "mask_pool_reference",
     "bilinear_taps",
     "bilinear_resize_rows",
+    "bilinear_combine",
+    "resized_argmax",
     "semantic_map",
     "semantic_map_reference",
+    "semantic_scores",
 ]
 
 # Tokens per chunk of a deformable encoder layer (`token_chunked`); the result depends on it only through
@@ -340,6 +343,200 @@ def _resize_columns(maps: Tensor, width: int) -> Tensor:
     return resized.view(rows, queries, width)
 
 
+def _fused_lerp(first: Tensor, first_weight: Tensor, second: Tensor, second_weight: Tensor) -> Tensor:
+    """`first * first_weight + second * second_weight` in float32, the first product fused into the sum (one
+    rounding), as PyTorch's CPU bilinear kernel computes it; evaluated in float64 (exact product) and rounded."""
+    second = (second * second_weight).double()
+    return second.addcmul_(first.double(), first_weight.double()).to(first.dtype)
+
+
+def bilinear_combine(
+    top_left: Tensor, top_right: Tensor, bottom_left: Tensor, bottom_right: Tensor,
+    left_weight: Tensor, right_weight: Tensor, top_weight: Tensor, bottom_weight: Tensor,
+) -> Tensor:
+    """A bilinear value from its four source values and weights, with the operations and roundings of PyTorch's
+    CPU kernel (`F.interpolate(..., mode="bilinear")` on a channels-first float32 map): bit-identical to it there
+    (tested); elsewhere equal up to float rounding."""
+    top = _fused_lerp(top_left, left_weight, top_right, right_weight)
+    bottom = _fused_lerp(bottom_left, left_weight, bottom_right, right_weight)
+    return _fused_lerp(top, top_weight, bottom, bottom_weight)
+
+
+# A source pixel whose two best scores differ by at most this fraction of the larger magnitude is "undecided":
+# bilinear mixing rounds each score by a few units of 2^-24 relative, which could turn such a margin into a tie
+# or its reverse. A generous bound: it only sends a few more pixels to the full computation.
+_DECIDED_MARGIN = 2.0**-16
+
+
+def _top_two(scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Best class, its score, and whether it wins by more than rounding, over the last axis of `scores`."""
+    if scores.shape[-1] == 1:
+        best = scores[..., 0]
+        return torch.zeros_like(best, dtype=torch.long), best, torch.ones_like(best, dtype=torch.bool)
+    values, indices = scores.topk(2, dim=-1)
+    first, second = values[..., 0], values[..., 1]
+    decided = (first - second) > _DECIDED_MARGIN * torch.maximum(first.abs(), second.abs())
+    return indices[..., 0], first, decided
+
+
+def _uniform_cells(labels: Tensor, decided: Tensor) -> Tensor:
+    """`[n, w]`: the class shared by the 2x2 source pixels whose top left is (r, c), or -1 where they are not all
+    decided for one class. The next row and column are clamped at the borders, as bilinear taps are (so a
+    band's last row is right only for the image's last row)."""
+    cells = torch.where(decided, labels, -1)
+    pairs = torch.where(cells == torch.cat([cells[:, 1:], cells[:, -1:]], dim=1), cells, -1)
+    return torch.where(pairs == torch.cat([pairs[1:], pairs[-1:]], dim=0), pairs, -1)
+
+
+class _DenseScores:
+    """Exact scores of a band of source pixels read from a score tensor `[n, w, K]` (`_ResizedArgmax`'s source)."""
+
+    def __init__(self, scores: Tensor):
+        self.scores = scores
+
+    def __call__(self, rows: Tensor, columns: Tensor) -> Tensor:
+        return self.scores[rows, columns]  # [m, K]
+
+    def prepare(self, rows: Tensor, columns: Tensor) -> None:
+        pass
+
+    def last_row(self) -> "_DenseScores":
+        return _DenseScores(self.scores[-1:])
+
+
+class _StackedScores:
+    """The scores of two one-row sources stacked: row 0 from `first`, row 1 from `second`."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def prepare(self, rows: Tensor, columns: Tensor) -> None:
+        in_first = rows == 0
+        self.first.prepare(rows[in_first], columns[in_first])
+        self.second.prepare(rows[~in_first] - 1, columns[~in_first])
+
+    def __call__(self, rows: Tensor, columns: Tensor) -> Tensor:
+        in_first = rows == 0
+        if in_first.all():
+            return self.first(rows, columns)
+        if not in_first.any():
+            return self.second(rows - 1, columns)
+        result = None
+        for part, source, offset in ((in_first, self.first, 0), (~in_first, self.second, 1)):
+            values = source(rows[part] - offset, columns[part])
+            if result is None:
+                result = values.new_empty((rows.numel(), values.shape[-1]))
+            result[part] = values
+        return result
+
+
+class _ResizedArgmax:
+    """Arg-max over classes of a bilinearly resized score map, fed with consecutive bands of source rows.
+
+    A bilinear value is a convex combination of four source scores: where the four source pixels of an output
+    pixel share their best class, each by more than rounding (`_top_two`), that class wins there too, and its
+    score is the resize of the sources' best scores. Only the other output pixels, along the label boundaries,
+    mix every class's scores (`bilinear_combine`, PyTorch's arithmetic). `add_rows` takes, for the next source
+    rows, each pixel's best class `[n, w]`, whether it is decided, its best score (or None) and the exact scores
+    of any of its pixels (`scores_at(rows, columns) -> [m, K]`, asked only along the boundaries); it fills the
+    target rows those rows complete in `labels` (and `scores`, the winning score, when asked for).
+    """
+
+    def __init__(
+        self,
+        source_size: tuple[int, int],
+        target_size: tuple[int, int],
+        num_classes: int,
+        device: torch.device,
+        winning_scores: bool,
+        chunk_elements: int,
+    ):
+        (self.height, self.width), (target_height, target_width) = source_size, target_size
+        self.row_taps = bilinear_taps(self.height, target_height)
+        column_taps = [tap.to(device) for tap in bilinear_taps(self.width, target_width)]
+        self.left, self.right = column_taps[:2]
+        self.left_weight, self.right_weight = column_taps[2][None], column_taps[3][None]  # [1, W]
+        self.labels = torch.empty((target_height, target_width), dtype=torch.long, device=device)
+        self.scores = torch.empty((target_height, target_width), device=device) if winning_scores else None
+        self.pixels_per_chunk = max(1, chunk_elements // max(num_classes, 1))
+        self.filled = 0  # target rows done
+        self.next_row = 0  # first source row of the next band
+        self.last = None  # the previous band's last row: (labels, decided, best, scores_at)
+
+    def add_rows(self, labels: Tensor, decided: Tensor, best: Tensor | None, scores_at) -> None:
+        band = (labels, decided, best, scores_at)
+        first, last = self.next_row, self.next_row + labels.shape[0] - 1
+        if self.last is not None:  # target rows between the previous band's last row and this band's first
+            kept_labels, kept_decided, kept_best, kept_scores = self.last
+            window = (
+                torch.cat([kept_labels, labels[:1]]),
+                torch.cat([kept_decided, decided[:1]]),
+                None if best is None else torch.cat([kept_best, best[:1]]),
+                _StackedScores(kept_scores, scores_at),
+            )
+            self._fill(first - 1, window)
+        self._fill(first, band, last_band=last == self.height - 1)
+        self.last = (labels[-1:], decided[-1:], None if best is None else best[-1:], scores_at.last_row())
+        self.next_row = last + 1
+
+    def _fill(self, first_row: int, band: tuple, last_band: bool = False) -> None:
+        """Target rows whose two source rows lie in `band` (source rows from `first_row`)."""
+        labels, decided, best, scores_at = band
+        upper = self.row_taps[1]
+        stop = len(upper) if last_band else int(torch.searchsorted(upper, first_row + labels.shape[0] - 1, right=True))
+        start, self.filled = self.filled, max(self.filled, stop)
+        if stop <= start:
+            return
+        device = labels.device
+        lower, upper, top_weight, bottom_weight = (tap[start:stop] for tap in self.row_taps)
+        top, bottom = (lower - first_row).to(device), (upper - first_row).to(device)
+        top_weight, bottom_weight = top_weight.to(device)[:, None], bottom_weight.to(device)[:, None]  # [rows, 1]
+        left, right = self.left, self.right
+        out_labels = self.labels[start:stop]
+        cells = _uniform_cells(labels, decided)[top]  # [rows, w]: the cell's shared class, -1 elsewhere
+        torch.index_select(cells, 1, left, out=out_labels)
+        out_scores = None
+        if self.scores is not None:
+            out_scores = self.scores[start:stop]
+            out_scores.copy_(bilinear_combine(
+                best[top][:, left], best[top][:, right], best[bottom][:, left], best[bottom][:, right],
+                self.left_weight, self.right_weight, top_weight, bottom_weight,
+            ))
+        boundary_rows = (cells < 0).any(dim=1).nonzero(as_tuple=True)[0]
+        rows, columns = (out_labels[boundary_rows] < 0).nonzero(as_tuple=True)
+        rows = boundary_rows[rows]
+        if rows.numel():  # every source pixel the boundary needs, computed at once
+            corner_rows = torch.cat([top[rows], top[rows], bottom[rows], bottom[rows]])
+            scores_at.prepare(corner_rows, torch.cat([left[columns], right[columns], left[columns], right[columns]]))
+        for begin in range(0, rows.numel(), self.pixels_per_chunk):
+            r, c = rows[begin : begin + self.pixels_per_chunk], columns[begin : begin + self.pixels_per_chunk]
+            mixed = bilinear_combine(
+                scores_at(top[r], left[c]), scores_at(top[r], right[c]),
+                scores_at(bottom[r], left[c]), scores_at(bottom[r], right[c]),
+                self.left_weight[0, c, None], self.right_weight[0, c, None], top_weight[r], bottom_weight[r],
+            )  # [pixels, K]
+            value, out_labels[r, c] = mixed.max(dim=-1)  # the first of tied classes, as argmax
+            if out_scores is not None:
+                out_scores[r, c] = value
+
+
+def resized_argmax(
+    scores: Tensor, size: tuple[int, int], winning_scores: bool = False, chunk_elements: int = 2**22
+) -> tuple[Tensor, Tensor | None]:
+    """Arg-max over classes of `scores` `[K, h, w]` resized bilinearly to `size`, and the winning score with
+    `winning_scores`: `F.interpolate(scores[None], size, mode="bilinear").max(1)`, at a cost that follows the label
+    boundaries (see `_ResizedArgmax`) and without the `[K, H, W]` resized map."""
+    num_classes, height, width = scores.shape
+    resizer = _ResizedArgmax((height, width), size, num_classes, scores.device, winning_scores, chunk_elements)
+    rows = max(1, chunk_elements // max(num_classes * width, 1))
+    source = scores.permute(1, 2, 0)  # [h, w, K]
+    for top in range(0, height, rows):
+        band = source[top : top + rows].contiguous()
+        labels, best, decided = _top_two(band)
+        resizer.add_rows(labels, decided, best if winning_scores else None, _DenseScores(band))
+    return resizer.labels, resizer.scores
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Semantic post-processing: class scores from mask logits, resized to the target size
 # ----------------------------------------------------------------------------------------------------------
@@ -432,6 +629,159 @@ def _target_bands(class_probs, mask_logits, image_size, frame_size, target_size,
         yield top, bottom, torch.matmul(masks.transpose(1, 2), class_probs)  # [rows, W_t, K]
 
 
+# A grid cell is decided for a class when its lower bound beats every other class's upper bound by this fraction of
+# the class's upper bound: far above the rounding of the bounds and of the pixels' own scores (`_DECIDED_MARGIN`).
+_GRID_DECIDED_MARGIN = 2.0**-14
+
+
+def _box_bounds(mask_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Per grid cell (r, c) of `mask_logits` `[Q, n + 1, w]` (the last row only closes the cells of row n - 1), the
+    smallest and largest logit of each query over the grid pixels (r, c), (r + 1, c), (r, c + 1), (r + 1, c + 1),
+    the next column clamped at the border: `[Q, n, w]` each. Every frame pixel whose upsampling taps start at
+    (r, c) mixes these four values, so its logit lies between the two."""
+    low, high = torch.minimum(mask_logits[:, :-1], mask_logits[:, 1:]), torch.maximum(mask_logits[:, :-1], mask_logits[:, 1:])
+    low = torch.minimum(low, torch.cat([low[:, :, 1:], low[:, :, -1:]], dim=2))
+    high = torch.maximum(high, torch.cat([high[:, :, 1:], high[:, :, -1:]], dim=2))
+    return low, high
+
+
+def _grid_decisions(class_probs: Tensor, mask_logits: Tensor, chunk_elements: int) -> Tensor:
+    """`[h, w]` class that wins at every frame pixel upsampled from grid cell (r, c) of `mask_logits` `[Q, h, w]`,
+    or -1 where that is not certain.
+
+    Class scores are `sum_q p[q, k] * sigmoid(m_q)` with `p >= 0` and each `m_q` between the cell's bounds, so the
+    smallest margin of a candidate class `c` over class `k` inside the cell is
+    `sum_q max(p[q, c] - p[q, k], 0) * sigmoid(low_q) - max(p[q, k] - p[q, c], 0) * sigmoid(high_q)`: two matrix
+    products per cell, at the grid's resolution (16 times fewer pixels than the frame's).
+    """
+    (num_queries, num_classes), (height, width) = class_probs.shape, mask_logits.shape[-2:]
+    decisions = torch.full((height, width), -1, dtype=torch.long, device=mask_logits.device)
+    rows = max(1, chunk_elements // (max(num_queries, num_classes) * width))
+    for top in range(0, height, rows):
+        window = mask_logits[:, top : top + rows + 1]
+        if top + rows >= height:  # the last row's cells end on itself
+            window = torch.cat([window, mask_logits[:, -1:]], dim=1)
+        low, high = _box_bounds(window)
+        low, high = (bound.flatten(1).t().sigmoid() for bound in (low, high))  # [cells, Q]
+        chunk = decisions[top : top + rows].view(-1)
+        candidates = (low @ class_probs).argmax(dim=-1)  # the best lower bound
+        for candidate in candidates.unique().tolist():
+            cells = (candidates == candidate).nonzero(as_tuple=True)[0]
+            cell_low, cell_high = low.index_select(0, cells), high.index_select(0, cells)
+            lead = class_probs[:, candidate : candidate + 1] - class_probs  # [Q, K]
+            margins = cell_low @ lead.clamp(min=0) - cell_high @ (-lead).clamp(min=0)  # [n, K]
+            margins[:, candidate] = float("inf")
+            certain = margins.amin(dim=-1) > _GRID_DECIDED_MARGIN * (cell_high @ class_probs[:, candidate])
+            chunk[cells[certain]] = candidate
+    return decisions
+
+
+class _PixelScores:
+    """Exact class scores of pixels of a band of image rows, each pixel computed once and kept while the band is in
+    use: its mask logits upsampled from the grid (`_upsampled_logits`), sigmoid, class sum."""
+
+    def __init__(self, logits_at, class_probs: Tensor, first_row: int, rows: int, width: int, chunk_elements: int):
+        self.logits_at, self.class_probs, self.first_row = logits_at, class_probs, first_row
+        self.chunk_elements = chunk_elements
+        self.slots = torch.full((rows, width), -1, dtype=torch.long, device=class_probs.device)  # row in `table`
+        self.parts = []  # the scores computed so far, `[m, K]` each
+        self.table = None  # their concatenation, built when read
+
+    def compute(self, rows: Tensor, columns: Tensor) -> Tensor:
+        """Computes, keeps and returns `[m, K]` the scores of these pixels (distinct, not computed yet)."""
+        per_chunk = max(1, self.chunk_elements // max(*self.class_probs.shape))
+        scores = torch.cat([
+            self.logits_at(rows[start : start + per_chunk] + self.first_row, columns[start : start + per_chunk]).sigmoid()
+            @ self.class_probs
+            for start in range(0, rows.numel(), per_chunk)
+        ])
+        done = sum(part.shape[0] for part in self.parts)
+        self.slots[rows, columns] = torch.arange(done, done + rows.numel(), device=rows.device)
+        self.parts.append(scores)
+        self.table = None
+        return scores
+
+    def prepare(self, rows: Tensor, columns: Tensor) -> None:
+        """Computes the scores of these pixels that are not known yet."""
+        missing = (self.slots[rows, columns] < 0).nonzero(as_tuple=True)[0]
+        if missing.numel():
+            width = self.slots.shape[1]
+            pixels = torch.unique(rows[missing] * width + columns[missing])
+            self.compute(pixels // width, pixels % width)
+
+    def __call__(self, rows: Tensor, columns: Tensor) -> Tensor:
+        self.prepare(rows, columns)
+        if self.table is None:
+            self.table = torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
+            self.parts = [self.table]
+        return self.table.index_select(0, self.slots[rows, columns])
+
+    def last_row(self) -> "_PixelScores":
+        rows, width = self.slots.shape
+        kept = _PixelScores(self.logits_at, self.class_probs, self.first_row + rows - 1, 1, width, self.chunk_elements)
+        (columns,) = (self.slots[-1] >= 0).nonzero(as_tuple=True)
+        if columns.numel():
+            kept.parts = [self(torch.full_like(columns, rows - 1), columns)]
+            kept.slots[0, columns] = torch.arange(columns.numel(), device=columns.device)
+        return kept
+
+
+def _upsampled_logits(mask_logits: Tensor, frame_size: tuple[int, int]):
+    """`logits_at(rows, columns) -> [m, Q]`: the mask logits `[Q, h, w]` upsampled bilinearly to the padded frame
+    (align_corners=False), at the given frame pixels only, with PyTorch's taps and weights."""
+    height, width = mask_logits.shape[-2:]
+    table = mask_logits.flatten(1).t().contiguous()  # [h * w, Q]: a grid pixel's queries side by side
+    device = mask_logits.device
+    top, bottom, top_weight, bottom_weight = (tap.to(device) for tap in bilinear_taps(height, frame_size[0]))
+    left, right, left_weight, right_weight = (tap.to(device) for tap in bilinear_taps(width, frame_size[1]))
+
+    def logits_at(rows: Tensor, columns: Tensor) -> Tensor:
+        upper, lower = top[rows] * width, bottom[rows] * width
+        first, second = left[columns], right[columns]
+        w0, w1 = left_weight[columns, None], right_weight[columns, None]
+        upper_row = table.index_select(0, upper + first).mul_(w0).add_(table.index_select(0, upper + second).mul_(w1))
+        lower_row = table.index_select(0, lower + first).mul_(w0).add_(table.index_select(0, lower + second).mul_(w1))
+        return upper_row.mul_(top_weight[rows, None]).add_(lower_row.mul_(bottom_weight[rows, None]))
+
+    return logits_at
+
+
+def _image_score_bands(class_probs, mask_logits, decisions, image_size, frame_size, winning_scores, chunk_elements):
+    """Yields, for bands of image rows, what `_ResizedArgmax.add_rows` takes: each pixel's best class, whether it
+    wins by more than rounding, its score (with `winning_scores`) and a `_PixelScores` for exact scores.
+
+    Grid cells whose bounds decide their class (`decisions`, from `_grid_decisions`) give their pixels' classes
+    without any class score; only the other pixels' scores are computed, and those along label boundaries when
+    the resize asks for them.
+    """
+    (height, width), (num_queries, num_classes) = image_size, class_probs.shape
+    logits_at = _upsampled_logits(mask_logits, frame_size)
+    device = mask_logits.device
+    cell_rows = bilinear_taps(mask_logits.shape[-2], frame_size[0])[0][:height].to(device)  # each row's grid row
+    cell_columns = bilinear_taps(mask_logits.shape[-1], frame_size[1])[0][:width].to(device)
+    band = max(1, chunk_elements // (num_classes * width))
+    for top in range(0, height, band):
+        bottom = min(top + band, height)
+        scores = _PixelScores(logits_at, class_probs, top, bottom - top, width, chunk_elements)
+        labels = decisions[cell_rows[top:bottom]][:, cell_columns]  # [rows, w], -1 where undecided
+        from_grid = labels >= 0
+        decided = from_grid.clone()
+        best = torch.empty(labels.shape, device=device) if winning_scores else None
+        r, c = (~from_grid).nonzero(as_tuple=True)
+        if r.numel():
+            labels[r, c], values, decided[r, c] = _top_two(scores.compute(r, c))
+            if best is not None:
+                best[r, c] = values
+        if best is not None:  # the scores of the classes the grid decided: one class per pixel
+            r, c = from_grid.nonzero(as_tuple=True)
+            per_chunk = max(1, chunk_elements // num_queries)
+            for start in range(0, r.numel(), per_chunk):
+                rr, cc = r[start : start + per_chunk], c[start : start + per_chunk]
+                probabilities = class_probs.t()[labels[rr, cc]]  # [m, Q]
+                best[rr, cc] = (logits_at(rr + top, cc).sigmoid() * probabilities).sum(dim=-1)
+        yield labels, decided, best, scores
+
+
 def semantic_map(
     class_probs: Tensor,
     mask_logits: Tensor,
@@ -443,11 +793,30 @@ def semantic_map(
     chunk_elements: int = 2**22,
 ) -> tuple[Tensor, Tensor | None]:
     """`semantic_map_reference` with bounded memory: label map `[H_t, W_t]` and, with `winning_scores`, the
-    winning score (else None). Works in bands of target rows whose intermediates hold about `chunk_elements`
-    values; the masks are resized to each band and summed per class there."""
-    target_height, target_width = target_size
+    winning score (else None). Works in bands of rows whose intermediates hold about `chunk_elements` values.
+
+    When the class scores are resized last (the default order), the arg-max is decided where the classes are: the
+    grid cells whose bounds settle their class (`_grid_decisions`) need no class scores, the image pixels of the
+    others are scored exactly, and the resize to the target mixes every class only along the label boundaries
+    (`_ResizedArgmax`). The cost follows the boundaries, not target pixels x classes. Where that would score more
+    image pixels than the target has (undecided masks, a small target), and when the masks are resized first, the
+    masks are resized to each band of target rows and summed per class there.
+    """
+    (height, width), (target_height, target_width) = image_size, target_size
     device = mask_logits.device
     class_probs, mask_logits = class_probs.float(), mask_logits.float()
+    if not masks_first:
+        decisions = _grid_decisions(class_probs, mask_logits, chunk_elements)
+        grid_rows, grid_columns = (int(bilinear_taps(size, frame)[0][image - 1]) + 1 for size, frame, image in zip(
+            mask_logits.shape[-2:], frame_size, image_size))
+        undecided = (decisions[:grid_rows, :grid_columns] < 0).float().mean().item()
+        if undecided * height * width <= target_height * target_width:
+            resizer = _ResizedArgmax(image_size, target_size, class_probs.shape[1], device, winning_scores, chunk_elements)
+            for band in _image_score_bands(
+                class_probs, mask_logits, decisions, image_size, frame_size, winning_scores, chunk_elements
+            ):
+                resizer.add_rows(*band)
+            return resizer.labels, resizer.scores
     labels = torch.empty((target_height, target_width), dtype=torch.long, device=device)
     best = torch.empty((target_height, target_width), device=device) if winning_scores else None
     for top, bottom, scores in _target_bands(
@@ -457,3 +826,23 @@ def semantic_map(
         if best is not None:
             best[top:bottom] = values
     return labels, best
+
+
+def semantic_scores(
+    class_probs: Tensor,
+    mask_logits: Tensor,
+    image_size: tuple[int, int],
+    frame_size: tuple[int, int],
+    target_size: tuple[int, int],
+    masks_first: bool = False,
+    chunk_elements: int = 2**22,
+) -> Tensor:
+    """`semantic_scores_reference` `[K, H_t, W_t]` with no intermediate larger than about `chunk_elements` values
+    beyond the output itself."""
+    class_probs, mask_logits = class_probs.float(), mask_logits.float()
+    output = mask_logits.new_empty((class_probs.shape[1], *target_size))
+    for top, bottom, scores in _target_bands(
+        class_probs, mask_logits, image_size, frame_size, target_size, masks_first, chunk_elements
+    ):
+        output[:, top:bottom] = scores.permute(2, 0, 1)
+    return output

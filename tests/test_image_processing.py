@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from image_processing_ita import ITA_PIXEL_MEAN, ITA_PIXEL_STD, ITAImageProcessor
@@ -357,16 +358,24 @@ def test_post_process_constructed_case():
     assert torch.equal(label_map, expected)
 
     # Resized to the original image size, with scores.
-    result = processor.post_process_semantic_segmentation(outputs, target_sizes=[(32, 48)], return_scores=True)[0]
-    label_map, scores = result["segmentation"], result["scores"]
+    result = processor.post_process_semantic_segmentation(outputs, target_sizes=[(32, 48)], return_winning_scores=True)[0]
+    label_map, scores = result.segmentation, result.winning_scores
     assert tuple(label_map.shape) == (32, 48) == tuple(scores.shape)
     assert (label_map[:, :22] == 2).all() and (label_map[:14, 26:] == 0).all() and (label_map[18:, 26:] == 1).all()
     # Deep inside a region: sigmoid(10) * 0.90 from its query plus sigmoid(10) * 0.01 from the void query.
     assert torch.allclose(scores[5, 5], torch.tensor(0.91 * torch.sigmoid(torch.tensor(10.0)).item()), atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "target_sizes",
+    [
+        [(37, 53), (80, 150)],  # down, and up by non-integer factors
+        [(173, 301), (256, 512)],  # photo-like: larger than the images, labels decided along the boundaries
+        [(50, 70), (64, 128)],  # the images' own sizes
+    ],
+)
 @pytest.mark.parametrize("masks_first", [False, True])
-def test_post_process_matches_the_original_formula(masks_first):
+def test_post_process_matches_the_original_formula(masks_first, target_sizes):
     generator = torch.Generator().manual_seed(0)
     # Two images padded to the larger frame (64x128 -> grid 16x32); the first one ends at 50x70.
     outputs = {
@@ -374,15 +383,14 @@ def test_post_process_matches_the_original_formula(masks_first):
         "masks_queries_logits": torch.randn(2, 6, 16, 32, generator=generator) * 3,
         "image_sizes": torch.tensor([[50, 70], [64, 128]]),
     }
-    target_sizes = [(37, 53), (80, 150)]
     processor = ITAImageProcessor()
     results = processor.post_process_semantic_segmentation(
-        outputs, target_sizes=target_sizes, return_scores=True, sem_seg_postprocess_before_inference=masks_first
+        outputs, target_sizes=target_sizes, return_winning_scores=True, sem_seg_postprocess_before_inference=masks_first
     )
     # A tiny block size: bands of one output row, each reading its own few frame and grid rows; same answer.
     processor.post_process_chunk_elements = 3000
     chunked = processor.post_process_semantic_segmentation(
-        outputs, target_sizes=target_sizes, return_scores=True, sem_seg_postprocess_before_inference=masks_first
+        outputs, target_sizes=target_sizes, return_winning_scores=True, sem_seg_postprocess_before_inference=masks_first
     )
     for index in range(2):
         labels, scores = reference_semantic_map(
@@ -393,8 +401,8 @@ def test_post_process_matches_the_original_formula(masks_first):
             masks_first=masks_first,
         )
         for result in (results[index], chunked[index]):
-            assert torch.equal(result["segmentation"], labels)
-            assert torch.allclose(result["scores"], scores, atol=1e-5)
+            assert torch.equal(result.segmentation, labels)
+            assert torch.allclose(result.winning_scores, scores, atol=1e-5)
 
 
 def test_small_image_batched_with_a_large_one_gives_the_same_map():
@@ -430,19 +438,19 @@ def test_small_image_batched_with_a_large_one_gives_the_same_map():
     processor = ITAImageProcessor()
     for target_sizes in (None, [(48, 72)]):
         batch_targets = None if target_sizes is None else target_sizes + [(100, 140)]
-        batch_results = processor.post_process_semantic_segmentation(batched, batch_targets, return_scores=True)
-        single = processor.post_process_semantic_segmentation(alone, target_sizes, return_scores=True)[0]
+        batch_results = processor.post_process_semantic_segmentation(batched, batch_targets, return_winning_scores=True)
+        single = processor.post_process_semantic_segmentation(alone, target_sizes, return_winning_scores=True)[0]
         large_single = processor.post_process_semantic_segmentation(
-            large_alone, None if target_sizes is None else [(100, 140)], return_scores=True
+            large_alone, None if target_sizes is None else [(100, 140)], return_winning_scores=True
         )[0]
-        assert torch.equal(batch_results[0]["segmentation"], single["segmentation"])
-        assert torch.equal(batch_results[0]["scores"], single["scores"])
-        assert torch.equal(batch_results[1]["segmentation"], large_single["segmentation"])
+        assert torch.equal(batch_results[0].segmentation, single.segmentation)
+        assert torch.equal(batch_results[0].winning_scores, single.winning_scores)
+        assert torch.equal(batch_results[1].segmentation, large_single.segmentation)
 
     # The test has teeth: upsampling the whole batch frame lets the junk into the small image's last rows.
     naive = F.interpolate(batch_masks[:1], size=(160, 224), mode="bilinear", align_corners=False)[0, :, :64, :96]
     naive_scores = torch.einsum("qc,qhw->chw", small_class[0].softmax(-1)[:, :-1], naive.sigmoid())
-    assert not torch.equal(naive_scores.max(0).indices, single["segmentation"])
+    assert not torch.equal(naive_scores.max(0).indices, single.segmentation)
 
 
 def test_tied_classes_resolve_to_the_first_as_argmax_does():
@@ -465,6 +473,44 @@ def test_post_process_default_size_and_errors():
         processor.post_process_semantic_segmentation(outputs, target_sizes=[(1, 1), (2, 2)])
     with pytest.raises(ValueError, match="mask grid"):
         processor.post_process_semantic_segmentation({**outputs, "image_sizes": torch.tensor([[100, 96]])})
+
+
+def test_segmentation_scores_follow_transformers():
+    """`return_segmentation_scores` returns transformers' `SemanticSegmentationPostProcessorOutput` with every
+    class's score at the target size; without it, plain label maps, as transformers' processors do."""
+    outputs = constructed_outputs()
+    processor = ITAImageProcessor()
+    label_maps = processor.post_process_semantic_segmentation(outputs, target_sizes=[(40, 70)])
+    assert isinstance(label_maps, list) and isinstance(label_maps[0], torch.Tensor)
+    result = processor.post_process_semantic_segmentation(outputs, [(40, 70)], True)[0]
+    assert isinstance(result, SemanticSegmentationPostProcessorOutput)
+    labels, scores = reference_semantic_map(
+        outputs["class_queries_logits"][0], outputs["masks_queries_logits"][0], (64, 96), (40, 70)
+    )
+    assert result.segmentation_scores.shape == (4 - 1, 40, 70)
+    assert torch.equal(result.segmentation, label_maps[0]) and torch.equal(result.segmentation, labels)
+    torch.testing.assert_close(result.segmentation_scores.max(0).values, scores, atol=1e-5, rtol=1e-5)
+    assert "winning_scores" not in result
+    both = processor.post_process_semantic_segmentation(
+        outputs, [(40, 70)], return_segmentation_scores=True, return_winning_scores=True
+    )[0]
+    assert torch.equal(both.winning_scores, result.segmentation_scores.max(0).values)
+    winning = processor.post_process_semantic_segmentation(outputs, [(40, 70)], return_winning_scores=True)[0]
+    assert winning.segmentation_scores is None
+    torch.testing.assert_close(winning.winning_scores, scores, atol=1e-5, rtol=1e-5)
+
+
+def test_return_scores_is_deprecated_but_keeps_its_format():
+    outputs = constructed_outputs()
+    processor = ITAImageProcessor()
+    with pytest.warns(FutureWarning, match="return_winning_scores"):
+        result = processor.post_process_semantic_segmentation(outputs, target_sizes=[(32, 48)], return_scores=True)[0]
+    assert isinstance(result, dict) and set(result) == {"segmentation", "scores"}
+    current = processor.post_process_semantic_segmentation(outputs, [(32, 48)], return_winning_scores=True)[0]
+    assert torch.equal(result["segmentation"], current.segmentation)
+    assert torch.equal(result["scores"], current.winning_scores)
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="cannot be combined"):
+        processor.post_process_semantic_segmentation(outputs, return_scores=True, return_winning_scores=True)
 
 
 def test_mask_stride_is_the_processor_attribute():

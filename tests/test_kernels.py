@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import conftest
 from modeling_ita import kernels
 from modeling_ita.kernels import (
+    bilinear_combine,
     bilinear_resize_rows,
     bilinear_taps,
     conv2d,
@@ -20,8 +21,11 @@ from modeling_ita.kernels import (
     multi_scale_deformable_attention,
     multi_scale_deformable_attention_reference,
     resize_to_levels,
+    resized_argmax,
     semantic_map,
     semantic_map_reference,
+    semantic_scores,
+    semantic_scores_reference,
     token_chunked,
     tokens_to_maps,
 )
@@ -233,6 +237,124 @@ def test_row_resize_matches_torch_bilinear(sizes):
     torch.testing.assert_close(band.transpose(0, 1), expected[:, start:stop], atol=1e-6, rtol=0)
 
 
+def combine_everywhere(maps, size):
+    """`bilinear_combine` applied to every pixel and channel of `maps` [C, h, w]."""
+    top, bottom, top_weight, bottom_weight = bilinear_taps(maps.shape[-2], size[0])
+    left, right, left_weight, right_weight = bilinear_taps(maps.shape[-1], size[1])
+    rows = [maps[:, top], maps[:, bottom]]
+    return bilinear_combine(
+        rows[0][:, :, left], rows[0][:, :, right], rows[1][:, :, left], rows[1][:, :, right],
+        left_weight, right_weight, top_weight[:, None], bottom_weight[:, None],
+    )
+
+
+@pytest.mark.parametrize("sizes", [((19, 23), (137, 153)), ((80, 107), (300, 400)), ((50, 70), (101, 67)), ((40, 30), (40, 97))])
+def test_bilinear_combine_is_pytorch_cpu_arithmetic(sizes):
+    """Bit for bit the values of PyTorch's CPU kernel, its generic path: outputs with height + width > 128 and more
+    than 3 channels (with one thread, 3 channels take the channels-last kernel)."""
+    (height, width), size = sizes
+    maps = torch.rand(5, height, width, generator=torch.Generator().manual_seed(0)) * 3 - 1
+    expected = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
+    assert torch.equal(combine_everywhere(maps, size), expected)
+
+
+def score_maps(kind, classes, height, width, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        return torch.randn(classes, height, width, generator=generator)
+    if kind == "structured":  # regions of one class, smooth inside, with boundaries of every orientation
+        coarse = torch.randn(classes, max(height // 6, 1), max(width // 6, 1), generator=generator) * 3
+        noise = 0.01 * torch.randn(classes, height, width, generator=generator)
+        return F.interpolate(coarse[None], size=(height, width), mode="nearest")[0] + noise
+    if kind == "ties":  # a few exactly representable levels: ties everywhere, before and after resizing
+        return torch.randint(0, 3, (classes, height, width), generator=generator).float() / 4
+    if kind == "duplicated":  # classes 0 and 2 identical and mostly ahead: exact ties wherever they win
+        scores = torch.rand(classes, height, width, generator=generator)
+        scores[0] += 0.5
+        scores[2] = scores[0]
+        return scores
+    if kind == "rounding":  # two classes a few units of rounding apart, the second one first by an ulp or less
+        base = torch.rand(height, width, generator=generator) + 0.5
+        step = torch.randint(-2, 3, (height, width), generator=generator).float()
+        scores = torch.zeros(classes, height, width)
+        scores[0] = base
+        scores[1] = base + step * torch.finfo(torch.float32).eps * base
+        return scores
+    raise ValueError(kind)
+
+
+SIZE_CASES = [
+    ((19, 23), (137, 153)),  # upscaling by non-integer factors
+    ((20, 30), (80, 120)),  # integer factors
+    ((50, 70), (37, 53)),  # downscaling
+    ((40, 30), (97, 61)),  # up in one direction, stronger in the other
+    ((20, 20), (20, 57)),  # one axis unchanged
+    ((1, 5), (4, 9)),  # a single source row
+    ((17, 29), (150, 201)),
+]
+
+
+@pytest.mark.parametrize("kind", ["random", "structured", "ties", "duplicated", "rounding"])
+@pytest.mark.parametrize("sizes", SIZE_CASES)
+def test_resized_argmax_matches_the_full_resize(kind, sizes):
+    """Labels identical to the arg-max of every class resized (first of tied classes); winning scores equal to
+    the resized maximum. Bit for bit where PyTorch runs its generic CPU kernel (outputs with height + width > 128),
+    whose arithmetic the kernel reproduces; for smaller outputs PyTorch rounds differently, so there classes
+    within rounding of each other ("rounding" maps) may come out either way."""
+    (height, width), size = sizes
+    scores = score_maps(kind, 2 if kind == "rounding" else 5, height, width)
+    resized = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
+    expected_scores, expected_labels = resized.max(0)
+    generic_kernel = sum(size) > 128
+    comparable = torch.ones(size, dtype=torch.bool)
+    if kind == "rounding" and not generic_kernel:
+        best_two = resized.topk(2, dim=0).values
+        comparable = best_two[0] - best_two[1] > 1e-6 * best_two[0].abs()
+        assert not comparable.all()
+    for chunk_elements in (2**22, 40):  # one band, or bands of one source row and a few pixels per chunk
+        labels, winning = resized_argmax(scores, size, winning_scores=True, chunk_elements=chunk_elements)
+        assert torch.equal(labels[comparable], expected_labels[comparable])
+        if generic_kernel:
+            assert torch.equal(winning, expected_scores)
+        else:
+            torch.testing.assert_close(winning, expected_scores, atol=1e-6, rtol=1e-6)
+    if kind in ("ties", "duplicated"):  # the case is real: resized classes tie for the maximum somewhere
+        best_two = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0].topk(2, dim=0).values
+        assert (best_two[0] == best_two[1]).any()
+
+
+def test_resized_argmax_mixes_classes_only_along_label_boundaries(monkeypatch):
+    """A map split into two classes, left and right: only output pixels whose source pixels straddle the split
+    take every class's scores; elsewhere the label is the sources' shared class."""
+    scores = torch.zeros(3, 40, 50)
+    scores[0, :, :20] = 1.0
+    scores[1, :, 20:] = 1.0
+    mixed_pixels = []
+    original = kernels.bilinear_combine
+
+    def counting(*args):
+        result = original(*args)
+        if result.dim() == 2 and result.shape[-1] == 3:  # [pixels, classes]: the full computation
+            mixed_pixels.append(result.shape[0])
+        return result
+
+    monkeypatch.setattr(kernels, "bilinear_combine", counting)
+    labels, _ = resized_argmax(scores, (160, 200))
+    left, right = kernels.bilinear_taps(50, 200)[:2]
+    straddling = int(((left < 20) & (right >= 20)).sum())  # output columns reading both sides
+    assert sum(mixed_pixels) == 160 * straddling and 0 < straddling <= 8
+    expected = F.interpolate(scores[None], size=(160, 200), mode="bilinear", align_corners=False)[0].argmax(0)
+    assert torch.equal(labels, expected)
+
+
+def test_undecided_sources_are_those_within_rounding():
+    scores = torch.tensor([[1.0, 1.0 - 2**-20, 0.0], [1.0, 0.5, 0.2], [0.0, 0.0, 0.0], [-1.0, -1.0 - 2**-10, -3.0]])
+    labels, best, decided = kernels._top_two(scores)
+    assert labels.tolist() == [0, 0, 0, 0]
+    assert decided.tolist() == [False, True, False, True]
+    torch.testing.assert_close(best, torch.tensor([1.0, 1.0, 0.0, -1.0]))
+
+
 def semantic_inputs(num_queries=6, num_classes=5, grid=(16, 24), seed=0, structured=False):
     generator = torch.Generator().manual_seed(seed)
     class_probs = torch.randn(num_queries, num_classes + 1, generator=generator).softmax(-1)[:, :-1]
@@ -248,8 +370,8 @@ def semantic_inputs(num_queries=6, num_classes=5, grid=(16, 24), seed=0, structu
 @pytest.mark.parametrize("masks_first", [False, True])
 @pytest.mark.parametrize("target_size", [(50, 70), (37, 53), (150, 215), (301, 197), (50, 400)])
 def test_semantic_map_matches_the_plain_formula(masks_first, target_size, structured):
-    """The banded kernel: labels equal to the plain formula's, scores up to float rounding; the 64x96 frame holds a
-    50x70 image."""
+    """The banded kernel and, when the target is larger than the image, the boundary-driven one: labels equal
+    to the plain formula's, scores up to float rounding; the 64x96 frame holds a 50x70 image."""
     class_probs, mask_logits = semantic_inputs(structured=structured)
     arguments = (class_probs, mask_logits, (50, 70), (64, 96), target_size)
     expected_labels, expected_scores = semantic_map_reference(*arguments, masks_first=masks_first)
@@ -261,6 +383,9 @@ def test_semantic_map_matches_the_plain_formula(masks_first, target_size, struct
             *arguments, masks_first=masks_first, winning_scores=False, chunk_elements=chunk_elements
         )
         assert none is None and torch.equal(only_labels, labels)
+    full = semantic_scores(*arguments, masks_first=masks_first, chunk_elements=3000)
+    assert full.shape == (class_probs.shape[1], *target_size)
+    torch.testing.assert_close(full, semantic_scores_reference(*arguments, masks_first=masks_first), atol=1e-5, rtol=1e-5)
 
 
 def test_semantic_map_with_one_class_or_tied_classes():
@@ -275,3 +400,55 @@ def test_semantic_map_with_one_class_or_tied_classes():
     expected, _ = semantic_map_reference(*arguments)
     assert (expected == 0).any() and not (labels == 3).any()
     assert torch.equal(labels, expected)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_grid_decisions_hold_at_every_frame_pixel(structured):
+    """A class decided for a grid cell wins at every frame pixel upsampled from that cell (the plain formula at the
+    frame's size); saturated masks leave most cells decided, noisy ones fewer."""
+    class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(16, 24), structured=structured, seed=3)
+    decisions = kernels._grid_decisions(class_probs, mask_logits, chunk_elements=500)  # chunks of a few grid rows
+    assert torch.equal(decisions, kernels._grid_decisions(class_probs, mask_logits, chunk_elements=2**22))
+    labels, _ = semantic_map_reference(class_probs, mask_logits, (64, 96), (64, 96), (64, 96))
+    rows = bilinear_taps(16, 64)[0]
+    columns = bilinear_taps(24, 96)[0]
+    cell_labels = decisions[rows][:, columns]  # each frame pixel's cell decision
+    decided = cell_labels >= 0
+    assert torch.equal(labels[decided], cell_labels[decided])
+    assert decided.any() and not decided.all()
+    if structured:
+        assert decided.float().mean() > 0.5
+
+
+def test_upsampled_logits_at_pixels_equal_the_full_upsampling():
+    _, mask_logits = semantic_inputs()
+    logits_at = kernels._upsampled_logits(mask_logits, (64, 96))
+    rows, columns = torch.meshgrid(torch.arange(64), torch.arange(96), indexing="ij")
+    values = logits_at(rows.flatten(), columns.flatten()).t().reshape(-1, 64, 96)
+    expected = F.interpolate(mask_logits[None], size=(64, 96), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(values, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_semantic_map_scores_only_the_pixels_the_grid_leaves_open(monkeypatch):
+    """With saturated masks most image pixels get their class from the grid's bounds: the class scores of only a
+    minority are computed, the banded full computation is not used, and the labels are the plain formula's, for a
+    photo-like target and a smaller one."""
+    class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(32, 48), structured=True, seed=5)
+    scored = []
+    compute = kernels._PixelScores.compute
+
+    def counting(self, rows, columns):
+        scored.append(rows.numel())
+        return compute(self, rows, columns)
+
+    def unused(*args, **kwargs):
+        raise AssertionError("the banded full computation ran")
+
+    monkeypatch.setattr(kernels._PixelScores, "compute", counting)
+    monkeypatch.setattr(kernels, "_target_bands", unused)
+    for target_size in ((400, 700), (90, 150)):
+        scored.clear()
+        arguments = (class_probs, mask_logits, (120, 190), (128, 192), target_size)
+        labels, _ = semantic_map(*arguments, chunk_elements=20_000)
+        assert torch.equal(labels, semantic_map_reference(*arguments)[0])
+        assert 0 < sum(scored) < 0.5 * 120 * 190

@@ -123,7 +123,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             self.image_processor = ITAImageProcessor.for_model_config(self.model.config)
         self.check_model_type({"ita": "ITAForOpenVocabSegmentation"})
 
-    def __call__(self, image, candidate_labels=None, **kwargs):
+    def __call__(self, image, candidate_labels: list[str] | list[list[str]] | None = None, **kwargs) -> dict | list:
         """
         Segment one image or several.
 
@@ -267,7 +267,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             f"Cannot segment a {type(image).__name__}: give a path, a URL, a PIL image, a NumPy array or a tensor"
         )
 
-    def preprocess(self, inputs, candidate_labels=None, timeout=None):
+    def preprocess(self, inputs, candidate_labels: list[str] | None = None, timeout: float | None = None) -> dict:
         if not isinstance(inputs, dict):
             inputs = {"image": inputs}
         vocabulary = _check_candidate_labels(inputs.get("candidate_labels", candidate_labels))
@@ -309,7 +309,15 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             "candidate_labels": [item["candidate_labels"] for item in items],
         }
 
-    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+    def get_iterator(
+        self,
+        inputs,
+        num_workers: int,
+        batch_size: int,
+        preprocess_params: dict,
+        forward_params: dict,
+        postprocess_params: dict,
+    ) -> PipelineIterator:
         # As Pipeline.get_iterator, with our collate function: the default one concatenates `pixel_values`,
         # which fails for images of different sizes.
         if isinstance(inputs, Sized):
@@ -387,10 +395,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         }
         target_size = [tuple(model_outputs["target_size"][0].tolist())]
         result = self.image_processor.post_process_semantic_segmentation(
-            outputs, target_sizes=target_size, return_scores=True
+            outputs, target_sizes=target_size, return_winning_scores=True
         )[0]
-        label_map = result["segmentation"].cpu().numpy()
-        scores = result["scores"].cpu().numpy()
+        label_map = result.segmentation.cpu().numpy()
+        scores = result.winning_scores.cpu().numpy()
 
         counts = np.bincount(label_map.ravel(), minlength=num_classes)
         present = sorted(np.flatnonzero(counts).tolist(), key=lambda class_id: (-counts[class_id], class_id))
