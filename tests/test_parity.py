@@ -128,6 +128,11 @@ def test_every_stage_matches_the_original(converted, variant):
     assert_stage("ensemble.probs", outputs.ensemble_log_probs.softmax(-1), expected["ensemble.probs"])
 
     labels = processor.post_process_semantic_segmentation(outputs, target_sizes=[OUTPUT_SIZE])[0]
+    with_scores = processor.post_process_semantic_segmentation(
+        outputs, target_sizes=[OUTPUT_SIZE], return_segmentation_scores=True
+    )[0]
+    assert_stage("semantic.scores", with_scores.segmentation_scores, expected["semantic.scores"])
+    assert torch.equal(with_scores.segmentation, labels)
     scores = expected["semantic.scores"]
     top2 = scores.topk(2, dim=0).values
     decided = (top2[0] - top2[1]) / top2[0] >= 1e-4  # the fixture's rule: equal wherever the original's gap is
