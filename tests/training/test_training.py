@@ -40,7 +40,7 @@ from modeling_ita.training.trainer import (
 
 from conftest import tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

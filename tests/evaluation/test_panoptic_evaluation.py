@@ -91,7 +91,7 @@ def test_script_names_a_class_list_mismatch_before_loading_the_model(coco_root, 
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_panoptic.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "evaluate_panoptic.py"
     spec = importlib.util.spec_from_file_location("evaluate_panoptic", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -32,7 +32,7 @@ from modeling_ita.evaluation.runner import (
 
 from conftest import save_tiny_model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEST_SIZE = {"shortest_edge": 64, "longest_edge": 96}
 # (width, height): the first two share a padded input size (one batch of two), the third does not.
 IMAGE_SIZES = [(40, 30), (40, 30), (30, 45)]

@@ -42,8 +42,8 @@ from processing_ita import ITAProcessor
 
 from conftest import TINY_CLIP_CONFIG, tiny_config
 
-ROOT = Path(__file__).resolve().parent.parent
-KEY_LIST = Path(__file__).resolve().parent / "data" / "original_state_dict_keys.txt"
+ROOT = Path(__file__).resolve().parents[2]
+KEY_LIST = Path(__file__).resolve().parents[1] / "data" / "original_state_dict_keys.txt"
 VOCABULARY = ["cat,kitty", "sofa,couch", "wall", "sky"]
 BANK_NAMES = ["cat", "kitty", "sofa", "couch", "wall", "sky", "other", "tiger"]
 

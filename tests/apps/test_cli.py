@@ -15,7 +15,7 @@ from modeling_ita.apps.visualization import color_palette, colorize_label_map, l
 from conftest import save_tiny_model
 
 LABELS = ["cat", "sofa,couch", "wall"]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
