@@ -29,7 +29,7 @@ def section(title):
 
 
 # Sections whose examples have tests of their own below.
-OWN_TESTS = ("Panoptic and instance segmentation", "Web page")
+OWN_TESTS = ("Outputs and post-processing", "Panoptic and instance segmentation", "Web page")
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_evaluation_examples_run(model_dir, tmp_path, capsys):
     import datasets
 
     import ita_cli
-    from test_evaluate_script import write_split
+    from evaluation.test_evaluate_script import write_split  # tests/evaluation, a namespace package here
 
     examples = [command[command.index("scripts/evaluate.py") + 1 :] for command in commands("python scripts/evaluate.py")]
     launched = commands("accelerate launch")[-1]
@@ -288,3 +288,20 @@ def test_web_page_example_runs(model_dir, image_path, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_outputs_and_post_processing_example_runs(model_dir, image_path):
+    usage = [block for block in code_blocks("python", section("Python"))][0]
+    example = code_blocks("python", section("Outputs and post-processing"))[0]
+    namespace = {"MODEL": str(model_dir), "IMAGE": str(image_path)}
+    exec(usage, namespace)
+    exec(example, namespace)
+    result, outputs = namespace["result"], namespace["outputs"]
+    assert tuple(result.segmentation.shape) == (60, 80)
+    assert tuple(result.segmentation_scores.shape) == (4, 60, 80)
+    assert torch.equal(result.segmentation, result.segmentation_scores.argmax(0))
+    assert len(outputs.transformer_decoder_hidden_states) == namespace["model"].config.decoder_layers + 1
+    documented = set(re.findall(r"^\| `(\w+)`", section("Outputs and post-processing"), flags=re.M))
+    from modeling_ita import ITAOpenVocabSegmentationOutput
+
+    assert documented <= set(ITAOpenVocabSegmentationOutput.__dataclass_fields__)
