@@ -17,6 +17,7 @@ process's resident set (Linux high-water mark, see `measure.PeakRSS`) during one
 
 import argparse
 import functools
+import sys
 import statistics
 import time
 from pathlib import Path
@@ -94,7 +95,7 @@ def instrument(model, processor, timer):
     wrap(model.pixel_decoder, "forward", "pixel decoder")
     wrap(model, "unearth_dominant_categories", "DCU")
     wrap(model.decoder, "forward", "decoder")
-    wrap(model, "out_of_vocabulary_logits", "out-of-vocab classifier")
+    wrap(sys.modules[type(model).__module__], "out_of_vocabulary_logits", "out-of-vocab classifier")
     wrap(processor, "post_process_semantic_segmentation", "post-processing")
 
 
