@@ -26,7 +26,6 @@ from transformers.image_utils import (
     ChannelDimension,
     ImageInput,
     PILImageResampling,
-    SizeDict,
     load_image,
     pil_torch_interpolation_mapping,
 )
@@ -609,6 +608,48 @@ class ITAImageProcessor(TorchvisionBackend):
     # Post-processing
     # ------------------------------------------------------------------------------------------------
 
+    def _checked_outputs(self, outputs, target_sizes):
+        """The class scores, mask logits, image sizes and target sizes of a post-processing call, checked: errors name
+        the field that is missing or misshapen."""
+        class_scores = _class_scores_field(outputs)
+        mask_logits = _output_field(outputs, "masks_queries_logits")
+        image_sizes = _output_field(outputs, "image_sizes")
+        if class_scores is None or mask_logits is None:
+            raise ValueError(
+                "outputs must have `ensemble_log_probs` (or `class_queries_logits`) and `masks_queries_logits`"
+            )
+        if image_sizes is None:
+            raise ValueError(
+                "outputs must have `image_sizes` (each image's size inside the padded batch) to crop the padding"
+            )
+        if class_scores.ndim != 3 or class_scores.shape[-1] < 2:
+            raise ValueError(
+                f"the class scores have shape {tuple(class_scores.shape)}; expected [B, Q, K + 1] with K >= 1 classes "
+                "and void last"
+            )
+        batch, num_queries = class_scores.shape[:2]
+        if mask_logits.ndim != 4 or tuple(mask_logits.shape[:2]) != (batch, num_queries):
+            raise ValueError(
+                f"masks_queries_logits has shape {tuple(mask_logits.shape)}; expected [{batch}, {num_queries}, h, w]"
+            )
+        image_sizes = [tuple(int(v) for v in size) for size in torch.as_tensor(image_sizes).view(-1, 2).tolist()]
+        if len(image_sizes) != batch:
+            raise ValueError(f"Got {len(image_sizes)} image_sizes for a batch of {batch}")
+        if target_sizes is None:
+            target_sizes = image_sizes
+        else:
+            if isinstance(target_sizes, torch.Tensor):
+                target_sizes = target_sizes.tolist()
+            target_sizes = [tuple(int(v) for v in size) for size in target_sizes]
+            if len(target_sizes) != batch:
+                raise ValueError(f"Got {len(target_sizes)} target_sizes for a batch of {batch}")
+        if self.size_divisor % self.mask_stride:
+            raise ValueError(
+                f"size_divisor={self.size_divisor} must be a multiple of the mask stride {self.mask_stride} to locate "
+                "each image's own frame on the mask grid"
+            )
+        return class_scores, mask_logits, image_sizes, target_sizes
+
     def post_process_semantic_segmentation(
         self,
         outputs,
@@ -680,38 +721,8 @@ class ITAImageProcessor(TorchvisionBackend):
             )
             if return_scores and (return_segmentation_scores or return_winning_scores):
                 raise ValueError("`return_scores` cannot be combined with the options that replace it")
-        class_logits = _class_scores_field(outputs)
-        mask_logits = _output_field(outputs, "masks_queries_logits")
-        image_sizes = _output_field(outputs, "image_sizes")
-        if class_logits is None or mask_logits is None:
-            raise ValueError("outputs must have `class_queries_logits` and `masks_queries_logits`")
-        if image_sizes is None:
-            raise ValueError(
-                "outputs must have `image_sizes` (each image's size inside the padded batch) to crop the padding"
-            )
-        batch, num_queries = class_logits.shape[:2]
-        if class_logits.shape[-1] < 2:
-            raise ValueError(f"class_queries_logits has {class_logits.shape[-1]} columns; need K >= 1 classes + void")
-        if mask_logits.ndim != 4 or tuple(mask_logits.shape[:2]) != (batch, num_queries):
-            raise ValueError(
-                f"masks_queries_logits has shape {tuple(mask_logits.shape)}; expected [{batch}, {num_queries}, h, w]"
-            )
-        image_sizes = [tuple(int(v) for v in size) for size in torch.as_tensor(image_sizes).view(-1, 2).tolist()]
-        if len(image_sizes) != batch:
-            raise ValueError(f"Got {len(image_sizes)} image_sizes for a batch of {batch}")
-        if target_sizes is None:
-            target_sizes = image_sizes
-        else:
-            if isinstance(target_sizes, torch.Tensor):
-                target_sizes = target_sizes.tolist()
-            target_sizes = [tuple(int(v) for v in size) for size in target_sizes]
-            if len(target_sizes) != batch:
-                raise ValueError(f"Got {len(target_sizes)} target_sizes for a batch of {batch}")
-        if self.size_divisor % self.mask_stride:
-            raise ValueError(
-                f"size_divisor={self.size_divisor} must be a multiple of the mask stride {self.mask_stride} to locate "
-                "each image's own frame on the mask grid"
-            )
+        class_logits, mask_logits, image_sizes, target_sizes = self._checked_outputs(outputs, target_sizes)
+        batch = len(image_sizes)
 
         results = []
         for index in range(batch):
@@ -914,43 +925,10 @@ class ITAImageProcessor(TorchvisionBackend):
         """Checked per-image inputs of the panoptic and instance rules: a list of `(log_probs [Q, K+1],
         mask_chunks_for, target_size)`, where `mask_chunks_for(queries)` yields the queries' mask logits at the
         target size a few at a time (`modeling_ita.postprocessing.query_mask_logits`)."""
-        from modeling_ita.postprocessing import ensemble_log_probs, query_mask_logits
+        from modeling_ita.postprocessing import query_mask_logits
 
-        log_probs = ensemble_log_probs(outputs)
-        mask_logits = _output_field(outputs, "masks_queries_logits")
-        image_sizes = _output_field(outputs, "image_sizes")
-        if log_probs is None or mask_logits is None:
-            raise ValueError("outputs must have `class_queries_logits` and `masks_queries_logits`")
-        if image_sizes is None:
-            raise ValueError(
-                "outputs must have `image_sizes` (each image's size inside the padded batch) to crop the padding"
-            )
-        if log_probs.ndim != 3 or log_probs.shape[-1] < 2:
-            raise ValueError(
-                f"class_queries_logits has shape {tuple(log_probs.shape)}; expected [B, Q, K + 1] with K >= 1 classes "
-                "and void last"
-            )
-        batch, num_queries = log_probs.shape[:2]
-        if mask_logits.ndim != 4 or tuple(mask_logits.shape[:2]) != (batch, num_queries):
-            raise ValueError(
-                f"masks_queries_logits has shape {tuple(mask_logits.shape)}; expected [{batch}, {num_queries}, h, w]"
-            )
-        image_sizes = [tuple(int(v) for v in size) for size in torch.as_tensor(image_sizes).view(-1, 2).tolist()]
-        if len(image_sizes) != batch:
-            raise ValueError(f"Got {len(image_sizes)} image_sizes for a batch of {batch}")
-        if target_sizes is None:
-            target_sizes = image_sizes
-        else:
-            if isinstance(target_sizes, torch.Tensor):
-                target_sizes = target_sizes.tolist()
-            target_sizes = [tuple(int(v) for v in size) for size in target_sizes]
-            if len(target_sizes) != batch:
-                raise ValueError(f"Got {len(target_sizes)} target_sizes for a batch of {batch}")
-        if self.size_divisor % self.mask_stride:
-            raise ValueError(
-                f"size_divisor={self.size_divisor} must be a multiple of the mask stride {self.mask_stride} to locate each "
-                "image's own frame on the mask grid"
-            )
+        log_probs, mask_logits, image_sizes, target_sizes = self._checked_outputs(outputs, target_sizes)
+        batch = len(image_sizes)
         images = []
         for index in range(batch):
             image_size, target_size = image_sizes[index], target_sizes[index]
