@@ -17,32 +17,16 @@ Class probabilities are the softmax of the ensemble's log-probabilities (`ensemb
 """
 
 import math
-from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "ensemble_log_probs",
     "query_mask_logits",
     "panoptic_segments",
     "instance_segments",
     "binary_mask_to_coco_rle",
 ]
-
-
-def _output_field(outputs, name):
-    if isinstance(outputs, Mapping):
-        return outputs.get(name)
-    return getattr(outputs, name, None)
-
-
-def ensemble_log_probs(outputs):
-    """The log-probabilities of the geometric ensemble, `[B, Q, K + 1]` with void last, or `None`. The one place
-    that names the output field: `ensemble_log_probs` where the outputs have it, else `class_queries_logits`
-    (which held them at inference before they got a field of their own)."""
-    log_probs = _output_field(outputs, "ensemble_log_probs")
-    return log_probs if log_probs is not None else _output_field(outputs, "class_queries_logits")
 
 
 def query_mask_logits(mask_logits, queries, image_size, target_size, size_divisor, mask_stride, max_elements):
