@@ -45,6 +45,16 @@ def dense_image_embeddings(
     pooling head, the way CLIP's image encoder pools its last stage."""
     padded_height, padded_width = padded_size
     grid_height, grid_width = dense_features.shape[-2:]
+    if torch.compiler.is_exporting():  # the same cells without a loop over images: masked sums over the counts
+        sizes = image_sizes.to(dense_features.device)
+        rows = (sizes[:, 0] * grid_height + padded_height - 1) // padded_height  # ceil, in integers
+        columns = (sizes[:, 1] * grid_width + padded_width - 1) // padded_width
+        inside = (torch.arange(grid_height, device=sizes.device)[None, :, None] < rows[:, None, None]) & (
+            torch.arange(grid_width, device=sizes.device)[None, None, :] < columns[:, None, None]
+        )
+        inside = inside[:, None].float()  # [B, 1, h, w]
+        pooled = (dense_features.float() * inside).sum(dim=(-2, -1)) / inside.sum(dim=(-2, -1))
+        return backbone.pooled_embeddings(pooled[:, None].to(dense_features.dtype))[:, 0]
     pooled = []
     for features, (height, width) in zip(dense_features, image_sizes.tolist()):
         rows = math.ceil(height * grid_height / padded_height)
@@ -95,6 +105,11 @@ class ITADominantCategoryUnearthing(nn.Module):
         probs = self.ranking_probabilities(
             backbone, pixel_values, image_sizes, candidate_embeddings, dense_features, views
         )
+        if torch.compiler.is_exporting():
+            # ONNX has no stable sort; its TopK puts the lower index first among ties, the stable sort's order.
+            # Tiling the ranking k times cycles it without a remainder by the symbolic candidate count.
+            order = torch.topk(probs, probs.shape[-1], dim=-1).indices
+            return order.repeat(1, self.num_categories)[:, : self.num_categories]
         order = torch.sort(probs, dim=-1, descending=True, stable=True).indices
         slots = torch.arange(self.num_categories, device=order.device) % order.shape[-1]
         return order[:, slots]
@@ -117,8 +132,13 @@ class ITADominantCategoryUnearthing(nn.Module):
             image_embeddings = F.normalize(image_embeddings, dim=-1)  # [B, D]
         else:
             if views is None:
+                if torch.compiler.is_exporting():
+                    raise ValueError(
+                        "Exporting needs dominant_category_pixel_values: the views are crops to each image's own "
+                        "size, which a graph cannot hold (the processor makes them)"
+                    )
                 views = clip_center_crop(pixel_values, image_sizes, self.image_size)
-            elif tuple(views.shape[-2:]) != (self.image_size, self.image_size) or views.shape[0] != len(pixel_values):
+            elif tuple(views.shape[-2:]) != (self.image_size, self.image_size) or views.shape[0] != pixel_values.shape[0]:
                 raise ValueError(
                     f"dominant_category_pixel_values has shape {tuple(views.shape)}; this model ranks on "
                     f"{self.image_size}x{self.image_size} views, one per image of the batch of {len(pixel_values)} "

@@ -57,13 +57,22 @@ def deformable_value_maps(value: Tensor, spatial_shapes: Sequence[tuple[int, int
     each corner's channels from one or two cache lines.
     """
     batch, _, heads, head_dim = value.shape
-    shapes = [(int(height), int(width)) for height, width in spatial_shapes]
+    shapes = _int_pairs(spatial_shapes)
     return [
         level.view(batch, height, width, heads, head_dim)
         .permute(0, 3, 1, 2, 4)
         .reshape(batch * heads, height, width, head_dim)
         .permute(0, 3, 1, 2)
         for level, (height, width) in zip(value.split([height * width for height, width in shapes], dim=1), shapes)
+    ]
+
+
+def _int_pairs(spatial_shapes: Sequence[tuple[int, int]] | Tensor) -> list[tuple[int, int]]:
+    """`(height, width)` pairs as Python ints; sizes that are already ints (or symbolic sizes while
+    `torch.export` traces, which `int()` would freeze to the example's) are kept as they are."""
+    return [
+        (height, width) if isinstance(height, (int, torch.SymInt)) else (int(height), int(width))
+        for height, width in spatial_shapes
     ]
 
 
@@ -198,6 +207,8 @@ def token_chunked(function: Callable[..., Tensor], *per_token: Tensor, chunk_siz
     live in the CPU's caches and the allocator's reused memory. Inputs may broadcast over the batch (dim 0).
     """
     chunk_size = chunk_size or ENCODER_TOKEN_CHUNK
+    if torch.compiler.is_exporting():  # one call: a loop over a symbolic token count would freeze it
+        return function(*per_token)
     num_tokens = per_token[0].shape[1]
     output = None
     for start in range(0, num_tokens, chunk_size):
@@ -213,7 +224,8 @@ def token_chunked(function: Callable[..., Tensor], *per_token: Tensor, chunk_siz
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int | tuple[int, int] = 0) -> Tensor:
     """`F.conv2d` (stride 1); a 1x1 kernel runs as one matrix product per image, faster on CPU at stride 4."""
-    if weight.shape[-2:] != (1, 1) or x.dim() != 4:
+    # Exported graphs take the plain convolution: the loop over images would freeze the batch size.
+    if weight.shape[-2:] != (1, 1) or x.dim() != 4 or torch.compiler.is_exporting():
         return F.conv2d(x, weight, bias, padding=padding)
     batch, channels, height, width = x.shape
     matrix = weight.view(weight.shape[0], channels)

@@ -174,14 +174,15 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
                 clip_dense_features,
                 views=dominant_category_pixel_values,
             )
-        dominant_category_ids = dominant_category_ids.to(vocabulary.name_embeddings.device)
-        num_candidates = vocabulary.name_embeddings.shape[0]
-        if dominant_category_ids.min() < 0 or dominant_category_ids.max() >= num_candidates:
-            raise ValueError(
-                f"dominant_category_ids must index the {num_candidates} candidate names of the vocabulary "
-                f"(its synonyms plus {list(self.config.dominant_category_extra_names)}), got values in "
-                f"[{int(dominant_category_ids.min())}, {int(dominant_category_ids.max())}]"
-            )
+        else:  # the caller's ids (the ranking's are in range by construction)
+            dominant_category_ids = dominant_category_ids.to(vocabulary.name_embeddings.device)
+            num_candidates = vocabulary.name_embeddings.shape[0]
+            if dominant_category_ids.min() < 0 or dominant_category_ids.max() >= num_candidates:
+                raise ValueError(
+                    f"dominant_category_ids must index the {num_candidates} candidate names of the vocabulary "
+                    f"(its synonyms plus {list(self.config.dominant_category_extra_names)}), got values in "
+                    f"[{int(dominant_category_ids.min())}, {int(dominant_category_ids.max())}]"
+                )
         if vocabulary.missing_from_bank:
             chosen = {vocabulary.candidate_names[i] for i in dominant_category_ids.unique().tolist()}
             missing = sorted(chosen & set(vocabulary.missing_from_bank))
@@ -305,7 +306,8 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             )
 
         dominant_categories = None
-        if dominant_category_ids is not None:
+        # Names are Python strings: an exported graph returns the ids only.
+        if dominant_category_ids is not None and not torch.compiler.is_exporting():
             names = vocabulary.candidate_names
             dominant_categories = [[names[i] for i in row] for row in dominant_category_ids.tolist()]
 
