@@ -184,15 +184,18 @@ def test_disk_cache_serves_a_new_encoder_without_the_text_tower(backbone, monkey
                          disk_cache_min_prompts=0).encode(backbone, classes)
     assert len(calls) > 0
     calls.clear()
+    weight = backbone.clip_model.ln_final.weight
+    # Not a uniform shift: LayerNorm weights of ones scaled alike would only scale the normalised embeddings.
+    shift = torch.linspace(0.0, 1.0, weight.numel()).view_as(weight)
     with torch.no_grad():
-        backbone.clip_model.ln_final.weight.add_(0.5)  # in place: same tensor, new version
+        weight.add_(shift)  # in place: same tensor, new version
     try:
         changed = encoder().encode(backbone, classes, with_name_embeddings=True)
         assert len(calls) > 0
         assert not torch.allclose(changed.text_classifier, first.text_classifier)
     finally:
         with torch.no_grad():
-            backbone.clip_model.ln_final.weight.sub_(0.5)
+            weight.sub_(shift)
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 4
 
 
