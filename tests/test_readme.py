@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -39,7 +38,7 @@ def test_readme_has_exactly_two_setup_commands():
 
 @pytest.mark.parametrize("index", range(3))
 def test_python_examples_run(index, model_dir, image_path):
-    blocks = code_blocks("python")
+    blocks = [block for block in code_blocks("python") if "ITAOnnxModel" not in block]
     assert len(blocks) == 3  # Python usage, pipeline, FC-CLIP or ITA
     namespace = {"MODEL": str(model_dir), "IMAGE": str(image_path)}
     source = blocks[index]
@@ -66,3 +65,14 @@ def test_command_line_example_runs(model_dir, image_path, tmp_path):
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["living_room.json", "living_room_labels.png", "living_room_overlay.png"]
+
+
+def test_onnx_examples_run(ita_onnx_export, image_path, tmp_path):
+    """The ONNX section: the `ita-export` line made the exported folder (the `ita_onnx_export` fixture runs it);
+    the Python example runs on that folder."""
+    _, exported = ita_onnx_export
+    (block,) = [block for block in code_blocks("python") if "ITAOnnxModel" in block]
+    namespace = {"IMAGE": str(image_path)}
+    exec(block.replace('"ita-onnx"', repr(str(exported))), namespace)
+    assert type(namespace["model"]).__name__ == "ITAOnnxModel"
+    assert tuple(namespace["label_map"].shape) == (60, 80) and int(namespace["label_map"].max()) < 4
