@@ -36,6 +36,10 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="torch device; auto: CUDA when available, else CPU")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument(
+        "--backend", default="auto", choices=("auto", "pytorch", "onnxruntime"),
+        help="onnxruntime: a folder written by ita-export (CPU, float32); auto: onnxruntime for such a folder",
+    )
+    parser.add_argument(
         "--vocabulary-file",
         nargs="+",
         metavar="[BENCHMARK=]FILE",
@@ -96,7 +100,8 @@ def main(argv=None):
     command = shlex.join(["python", f"scripts/{Path(__file__).name}", *argv])
     try:
         model, processor = load_model_and_processor(
-            args.model, args.device, args.dtype, shortest_edge=args.shortest_edge, longest_edge=args.longest_edge
+            args.model, args.device, args.dtype, shortest_edge=args.shortest_edge, longest_edge=args.longest_edge,
+            backend=args.backend,
         )
         reports = evaluate_benchmarks(
             model,

@@ -16,8 +16,11 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from PIL import Image
+from transformers import pipeline
 
 from modeling_ita import ITAForOpenVocabSegmentation, ITAOnnxModel, ITAProcessor
+from modeling_ita.apps.cli import main as segment_main
 from modeling_ita.onnx import export as onnx_export
 from modeling_ita.onnx.cli import main as export_main
 from modeling_ita.onnx.export import ITAExportMismatchError, check_export, top_two_margin
@@ -281,6 +284,55 @@ def test_console_script_is_declared():
     with pytest.raises(SystemExit) as exit_info:
         export_main(["--help"])
     assert exit_info.value.code == 0
+
+
+# ------------------------------------------------------------------------------------------------ the apps
+def test_pipeline_command_line_and_evaluation_take_the_onnx_folder(fcclip_onnx_export, tmp_path, capsys):
+    source, exported = fcclip_onnx_export
+    image = scenes([(60, 80)], seed=3)[0]
+    labels = ["red circle", "blue square", "green background"]
+    expected = pipeline("zero-shot-image-segmentation", model=str(source))(image, candidate_labels=labels)
+    segmenter = pipeline("zero-shot-image-segmentation", model=ITAOnnxModel.from_pretrained(exported))
+    assert segmenter.image_processor.size == expected_processor_size()  # the folder's processor
+    got = segmenter(image, candidate_labels=labels)
+    assert np.mean(got["label_map"] == expected["label_map"]) > 0.99
+
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    assert segment_main([str(tmp_path / "scene.png"), "--model", str(exported), "--labels", *labels,
+                         "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    written = np.asarray(Image.open(tmp_path / "out" / "scene_labels.png"))
+    np.testing.assert_array_equal(written, got["label_map"])
+    assert segment_main([str(tmp_path / "scene.png"), "--model", str(exported), "--labels", "cat", "--backend",
+                         "onnxruntime", "--dtype", "bfloat16", "--output", str(tmp_path / "out2")]) == 2
+    assert "computes in float32" in capsys.readouterr().err
+
+    from modeling_ita.evaluation.runner import load_model_and_processor
+
+    onnx_model, processor = load_model_and_processor(exported)
+    assert isinstance(onnx_model, ITAOnnxModel) and processor.image_processor.size == expected_processor_size()
+    with pytest.raises(ValueError, match="computes in float32"):
+        load_model_and_processor(exported, dtype="bfloat16")
+
+
+def expected_processor_size():
+    from transformers.image_utils import SizeDict
+
+    return SizeDict(**ONNX_TEST_SIZE)
+
+
+def test_evaluation_script_on_the_onnx_folder(fcclip_onnx_export, tmp_path):
+    from test_evaluate_script import evaluate_script, write_split
+
+    source, exported = fcclip_onnx_export
+    write_split(tmp_path / "data", "pas21", image_sizes=[(40, 30), (30, 45)])
+    results = {}
+    for name, model in (("pytorch", source), ("onnx", exported)):
+        status = evaluate_script.main(["--model", str(model), "--benchmark", "pas21", "--data-dir", str(tmp_path / "data"),
+                                       "--output", str(tmp_path / name), "--num-workers", "0", "--device", "cpu",
+                                       "--no-progress"])
+        assert status == 0
+        results[name] = json.loads((tmp_path / name / "pas21" / "results.json").read_text())
+    assert results["onnx"]["scores"]["mIoU"] == pytest.approx(results["pytorch"]["scores"]["mIoU"], abs=0.05)
 
 
 # ------------------------------------------------------------------------------------------------ torch.export

@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from modeling_ita.apps.cli import main
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -69,10 +71,19 @@ def test_command_line_example_runs(model_dir, image_path, tmp_path):
 
 def test_onnx_examples_run(ita_onnx_export, image_path, tmp_path):
     """The ONNX section: the `ita-export` line made the exported folder (the `ita_onnx_export` fixture runs it);
-    the Python example runs on that folder."""
+    the Python example and the `ita-segment` line run on that folder."""
     _, exported = ita_onnx_export
     (block,) = [block for block in code_blocks("python") if "ITAOnnxModel" in block]
     namespace = {"IMAGE": str(image_path)}
     exec(block.replace('"ita-onnx"', repr(str(exported))), namespace)
     assert type(namespace["model"]).__name__ == "ITAOnnxModel"
     assert tuple(namespace["label_map"].shape) == (60, 80) and int(namespace["label_map"].max()) < 4
+
+    line = next(l for block in code_blocks("bash") for l in block.splitlines() if "--model ita-onnx" in l)
+    args = [a.strip('"') for a in line.split()[1:]]
+    args = [str(image_path) if a == "photo.jpg" else str(exported) if a == "ita-onnx" else a for a in args]
+    args = [str(tmp_path / "out") if a == "out-onnx/" else a for a in args]
+    assert main([*args, "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "living_room.json", "living_room_labels.png", "living_room_overlay.png"
+    ]

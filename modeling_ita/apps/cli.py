@@ -35,6 +35,7 @@ __all__ = ["IMAGE_EXTENSIONS", "build_parser", "find_images", "main", "read_imag
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PROG = "ita-segment"
 DTYPES = ("float32", "bfloat16", "float16")
+BACKENDS = ("auto", "pytorch", "onnxruntime")
 
 
 class UsageError(Exception):
@@ -78,6 +79,13 @@ def build_parser(prog=PROG):
         "--device", default=None, help="torch device: cpu, cuda, cuda:1, mps, ... (default: cuda if available)"
     )
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model precision (default: float32)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="pytorch, or onnxruntime for a folder written by ita-export (CPU, float32); auto (default): "
+        "onnxruntime when --model is such a folder",
+    )
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass (default: 1)")
     parser.add_argument(
         "--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay (default: 0.5)"
@@ -208,6 +216,30 @@ def _check_inputs(args, report):
     return device, vocabulary, images, problems
 
 
+def _check_backend(args):
+    """Resolve `--backend auto` (onnxruntime for a folder written by ita-export) and refuse options that the
+    onnxruntime backend does not have; raises `UsageError`."""
+    from ..onnx import is_onnx_model_folder
+
+    if args.backend == "auto":
+        args.backend = "onnxruntime" if is_onnx_model_folder(args.model) else "pytorch"
+    if args.backend == "onnxruntime":
+        if args.device is not None and _torch_device(args.device).type != "cpu":
+            raise UsageError(f"--backend onnxruntime runs on the CPU; got --device {args.device}")
+        if args.dtype != "float32":
+            raise UsageError(f"--backend onnxruntime computes in float32; got --dtype {args.dtype}")
+        args.device = "cpu"
+
+
+def _load_segmenter(args, device):
+    """The pipeline: the PyTorch model of `--model`, or with `--backend onnxruntime` its exported folder."""
+    if args.backend == "onnxruntime":
+        from ..onnx import ITAOnnxModel
+
+        return pipeline(ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=ITAOnnxModel.from_pretrained(args.model), device=device)
+    return pipeline(ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=args.model, device=device, dtype=getattr(torch, args.dtype))
+
+
 def _segment_all(segmenter, images, vocabulary, args, fail):
     """Segment `images` batch by batch, writing each one's outputs; returns `(done, failures)`."""
     done = failures = 0
@@ -258,6 +290,7 @@ def main(argv=None, prog=PROG):
         tqdm.write(f"{prog}: error: {path}: {message}", file=sys.stderr)  # keeps the progress bar intact
 
     try:
+        _check_backend(args)
         device, vocabulary, images, problems = _check_inputs(args, report)
     except UsageError as error:
         report(error)
@@ -266,9 +299,7 @@ def main(argv=None, prog=PROG):
         return 1
 
     try:
-        segmenter = pipeline(
-            ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=args.model, device=device, dtype=getattr(torch, args.dtype)
-        )
+        segmenter = _load_segmenter(args, device)
     except Exception as error:  # a missing folder, an unknown Hub id, no network, a broken checkpoint, ...
         report(f"cannot load model {args.model}: {error}")
         return 1
