@@ -79,16 +79,19 @@ CHECK_IMAGE_SIZE = (240, 320)
 
 @dataclass(frozen=True)
 class Tolerances:
-    """What "the export matches PyTorch" means. An output matches when `max |onnx - torch| <= atol + rtol *
+    """What "the export matches PyTorch" means. The defaults leave room for float32 rounding through the full-size
+    model (measured on a 600x800 input: up to 1.1e-3 in the class logits, 0.07% of their largest value, and 7.2e-3 in
+    the mask logits, 0.1%; about 3e-6 on the tiny test models), and catch what a wrong graph does (NaN, -inf,
+    another resize or tie-break: differences of the order of the values). An output matches when `max |onnx - torch| <= atol + rtol *
     max |torch|` over the output; text embeddings likewise; the dominant categories when they are the same, or
     differ only between candidates whose PyTorch probabilities are within `ranking_atol` (a near-tie that rounding
     may flip: the other outputs are then compared with PyTorch run on the graph's choice); label maps where
     PyTorch's top two class scores differ by more than `label_margin`."""
 
-    atol: float = 5e-4
-    rtol: float = 1e-4
+    atol: float = 1e-3
+    rtol: float = 5e-3
     ranking_atol: float = 1e-5
-    label_margin: float = 1e-4
+    label_margin: float = 1e-3
 
 
 DEFAULT_TOLERANCES = Tolerances()

@@ -200,7 +200,8 @@ class ITAOnnxModel:
             providers: onnxruntime execution providers (default `["CPUExecutionProvider"]`).
             session_options: an `onnxruntime.SessionOptions` for both sessions.
             num_threads: threads of each operator (`intra_op_num_threads`); onnxruntime's default (one per
-                physical core) when None. Ignored with `session_options`.
+                physical core) when None. Ignored with `session_options`, as are the defaults set here (errors-only
+                logging, no spinning of idle threads).
         """
         ort = import_onnx_extra("onnxruntime", purpose="ITAOnnxModel")
         folder = _resolve_folder(model_name_or_path, revision, cache_dir, local_files_only)
@@ -209,6 +210,9 @@ class ITAOnnxModel:
         if session_options is None:
             session_options = ort.SessionOptions()
             session_options.log_severity_level = 3  # errors only: not the notes of its graph optimiser
+            # Idle threads sleep instead of spinning: PyTorch's pre- and post-processing run right after each
+            # call, and spinning threads would take their cores (benchmarks/README.md: faster end to end here).
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if num_threads is not None:
                 session_options.intra_op_num_threads = num_threads
         providers = providers or ["CPUExecutionProvider"]
