@@ -18,6 +18,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "convert",
     "convert_parser",
+    "export",
+    "export_parser",
     "evaluate",
     "evaluate_parser",
     "parse_evaluate_args",
@@ -30,6 +32,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # The pipeline's subtasks (modeling_ita.apps.pipeline.SUBTASKS; not imported here: it imports torch).
 SUBTASKS = ("semantic", "panoptic", "instance")
 DTYPES = ("float32", "bfloat16", "float16")
+BACKENDS = ("auto", "pytorch", "onnxruntime")
+# `ita-export`'s default check tolerances (`modeling_ita.onnx.export.DEFAULT_TOLERANCES`, kept equal by a test).
+EXPORT_ATOL, EXPORT_RTOL = 1e-3, 5e-3
 # The registered benchmarks (`modeling_ita.evaluation.BENCHMARKS`, which a test keeps equal to this), here so
 # that `--benchmark` is checked before anything heavy is imported.
 BENCHMARK_NAMES = {
@@ -88,6 +93,13 @@ def segment_parser(prog="ita-segment"):
         "--device", default=None, help="torch device: cpu, cuda, cuda:1, mps, ... (default: cuda if available)"
     )
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model precision (default: float32)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="pytorch, or onnxruntime for a folder written by ita-export (CPU, float32); auto (default): "
+        "onnxruntime when --model is such a folder",
+    )
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass (default: 1)")
     parser.add_argument(
         "--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay (default: 0.5)"
@@ -176,6 +188,13 @@ Every label map is checked before the model is loaded; bad files are all listed,
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes decoding the images")
     parser.add_argument("--device", default="auto", help="torch device; auto: CUDA when available, else CPU")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="pytorch, or onnxruntime for a folder written by ita-export (CPU, float32); auto (default): "
+        "onnxruntime when --model is such a folder",
+    )
     parser.add_argument(
         "--vocabulary-file",
         nargs="+",
@@ -339,6 +358,45 @@ def convert(argv=None, prog="ita-convert"):
     from modeling_ita.hub.cli import run
 
     return run(args)
+
+
+# ----------------------------------------------------------------------------------------------------- export
+def export_parser(prog="ita-export"):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Export ITA / FC-CLIP to ONNX: writes OUTPUT/model.onnx (images, their sizes and an encoded vocabulary in; "
+            "the model's outputs out), OUTPUT/text_encoder.onnx (the CLIP text tower), the config and processor files "
+            "and onnx_export.json, after checking the graphs against PyTorch on a sample. Load the folder with "
+            "modeling_ita.ITAOnnxModel.from_pretrained(OUTPUT). Needs the onnx extra (pip install -e '.[onnx]')."
+        ),
+        epilog=(
+            "Example: ita-export --model path/to/checkpoint --output ita-onnx. Exit status: 0 written and checked, "
+            "1 the model could not be loaded or exported, or the export does not match (nothing is written), "
+            "2 usage error."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="a model folder or a Hugging Face Hub model id")
+    parser.add_argument("--output", required=True, metavar="DIR", help="the ONNX model folder to write (new or empty)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR, replacing files")
+    parser.add_argument("--atol", type=float, default=EXPORT_ATOL,
+                        help=f"check: absolute tolerance per output (default {EXPORT_ATOL})")
+    parser.add_argument("--rtol", type=float, default=EXPORT_RTOL,
+                        help=f"check: tolerance relative to the output's largest PyTorch value (default {EXPORT_RTOL})")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
+    return parser
+
+
+def export(argv=None, prog="ita-export"):
+    """`ita-export` (`scripts/export_onnx.py`): returns the exit status (0 written, 1 failed or mismatched,
+    2 usage error)."""
+    parser = export_parser(prog)
+    args = parser.parse_args(argv)
+    if not (args.atol >= 0 and args.rtol >= 0):
+        parser.error(f"--atol and --rtol must be >= 0, got {args.atol} and {args.rtol}")
+    from modeling_ita.onnx.cli import run
+
+    return run(args, prog)
 
 
 # ------------------------------------------------------------------------------------------------------ train

@@ -13,9 +13,17 @@ process's resident set (Linux high-water mark, see `measure.PeakRSS`) during one
     python benchmarks/bench_inference.py --photo-size 3000 4000 --vocabulary ade847
     python benchmarks/bench_inference.py --dominant-category-features dense_features
     python benchmarks/bench_inference.py --dtype bfloat16 --channels-last
+    python benchmarks/bench_inference.py --backend onnxruntime --onnx-dir /tmp/ita-onnx
+
+With `--backend onnxruntime` the same model is exported with `ita-export`'s code to `--onnx-dir` (once: later runs
+reuse the folder), and three things are timed alternately: the PyTorch trunk alone, PyTorch end-to-end and
+onnxruntime end-to-end (`ITAOnnxModel`, the same processor and post-processing); both end-to-end runs pass the
+processor's CLIP views to the model.
 """
 
 import argparse
+import contextlib
+import os
 import functools
 import sys
 import statistics
@@ -54,6 +62,11 @@ def parse_args(argv=None):
                         metavar=("HEIGHT", "WIDTH"), help="the input photo's size, also the label map's size")
     parser.add_argument("--vocabulary", default="ade150", help="a class list in modeling_ita/evaluation/vocabularies")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
+                        help="onnxruntime: also time the exported model (see above)")
+    parser.add_argument("--onnx-dir", default=None,
+                        help="the ONNX folder of this script's model (--variant, --seed, --dominant-category-features): "
+                        "exported there first (minutes) when it holds none; default /tmp/ita-bench-onnx-VARIANT-seedSEED")
     parser.add_argument("--vocabulary-cache", default=None,
                         help="a file holding the encoded vocabulary: written after the first encoding, read by later "
                         "runs (same --seed and --variant: the same random text tower) to skip minutes of text encoding")
@@ -155,6 +168,8 @@ def main(argv=None):
 
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"].contiguous(memory_format=memory_format)
     print(f"input {height}x{width} -> padded {tuple(pixel_values.shape[-2:])}")
+    if args.backend == "onnxruntime":
+        return compare_onnxruntime(args, model, processor, vocabulary, image, pixel_values)
 
     extract_features = model.backbone.extract_features  # unwrapped: `instrument` below times the model's calls
 
@@ -228,6 +243,95 @@ def main(argv=None):
         ):
             difference = (ours.float() - theirs).abs().max().item()
             print(f"  {name:<24}{difference:9.3g}  ({difference / (theirs.max() - theirs.min()).item():.2e})")
+
+
+# ------------------------------------------------------------------------------------------------ onnxruntime
+def onnx_model_for(args, model, processor):
+    """The `ITAOnnxModel` of this script's model: read from `--onnx-dir`, exported there first when the folder
+    holds no export of this model."""
+    from modeling_ita import ITAOnnxModel
+    from modeling_ita.onnx import is_onnx_model_folder
+    from modeling_ita.onnx.export import export_onnx
+    from modeling_ita.onnx.runtime import read_manifest
+
+    source = (f"benchmarks/bench_inference.py --variant {args.variant} --seed {args.seed} "
+              f"--dominant-category-features {model.config.dominant_category_features}")
+    folder = Path(args.onnx_dir or f"/tmp/ita-bench-onnx-{args.variant}-seed{args.seed}")
+    if not (is_onnx_model_folder(folder) and read_manifest(folder)["exported_from"] == source):
+        if folder.is_dir() and any(folder.iterdir()):
+            raise SystemExit(f"--onnx-dir {folder} holds something else than an export of this model; give a new folder")
+        start = time.perf_counter()
+        print(f"exporting to {folder} (once; later runs reuse it)", flush=True)
+        export_onnx(model, folder, processor=processor, source=source, log=lambda message: print(f"  {message}", flush=True))
+        print(f"export took {time.perf_counter() - start:.0f} s")
+    return ITAOnnxModel.from_pretrained(folder, num_threads=args.threads)
+
+
+def compare_onnxruntime(args, model, processor, vocabulary, image, pixel_values):
+    """PyTorch trunk alone, PyTorch end-to-end and onnxruntime end-to-end, timed alternately; the same table."""
+    onnx_model = onnx_model_for(args, model, processor)
+    height, width = image.shape[:2]
+    timer = StageTimer()
+
+    def end_to_end(runner, stages=False):
+        def stage(name):
+            return timer(name) if stages else contextlib.nullcontext()
+
+        with stage("preprocess"):
+            inputs = processor(images=image, return_tensors="pt")
+            inputs.pop("pixel_mask")
+        with stage("onnxruntime graph"), torch.no_grad():
+            outputs = runner(**inputs, vocabulary=vocabulary)
+        with stage("post-processing"):
+            labels = processor.post_process_semantic_segmentation(outputs, target_sizes=[(height, width)])[0]
+        return outputs, labels
+
+    def trunk_alone():
+        with torch.no_grad():
+            return model.backbone.extract_features(pixel_values)
+
+    runs = {"trunk": lambda: trunk_alone(), "pytorch": lambda: end_to_end(model), "onnxruntime": lambda: end_to_end(onnx_model, True)}
+    for name, run in runs.items():  # warm-up
+        start = time.perf_counter()
+        run()
+        print(f"warm-up {name}: {time.perf_counter() - start:.2f} s")
+    timer.samples.clear()
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"\nmedians over {args.repeats} alternating runs (seconds), load average now {os.getloadavg()[0]:.1f}:")
+    for name, label in (("trunk", "PyTorch CLIP trunk alone"), ("pytorch", "PyTorch end-to-end"),
+                        ("onnxruntime", "onnxruntime end-to-end")):
+        print(f"  {label:<28}{medians[name]:8.2f}   runs {' '.join(f'{t:.2f}' for t in times[name])}")
+    print("  stages of the onnxruntime end-to-end runs:")
+    for stage in ("preprocess", "onnxruntime graph", "post-processing"):
+        value = timer.median(stage)
+        print(f"    {stage:<26}{value:8.2f}   {value / medians['onnxruntime']:6.1%}")
+    # Ratios of medians, and the median of each round's ratios (the three runs of a round are adjacent in time, so
+    # they see the same load when other jobs come and go).
+    for (top, bottom), label, target in (
+        (("onnxruntime", "trunk"), "onnxruntime end-to-end / PyTorch trunk alone", "(target <= 1.3)"),
+        (("onnxruntime", "pytorch"), "onnxruntime end-to-end / PyTorch end-to-end", "(target < 1)"),
+        (("pytorch", "trunk"), "PyTorch end-to-end / PyTorch trunk alone", ""),
+    ):
+        rounds = [a / b for a, b in zip(times[top], times[bottom])]
+        print(f"RATIO {label}: {medians[top] / medians[bottom]:.2f}; per round {' '.join(f'{r:.2f}' for r in rounds)}, "
+              f"median {statistics.median(rounds):.2f}  {target}")
+
+    (ours, our_labels), (theirs, their_labels) = end_to_end(onnx_model), end_to_end(model)
+    print("onnxruntime against PyTorch on this input (max abs diff / max abs PyTorch):")
+    for name in ("class_queries_logits", "masks_queries_logits", "out_vocabulary_logits", "ensemble_log_probs"):
+        difference = (getattr(ours, name) - getattr(theirs, name)).abs().max().item()
+        print(f"  {name:<24}{difference:9.3g} / {getattr(theirs, name).abs().max().item():.3g}")
+    print(f"  label maps: {(our_labels == their_labels).float().mean().item():.4%} of the pixels equal")
+    peak = PeakRSS()
+    end_to_end(onnx_model)
+    note = "" if peak.resettable else " (clear_refs not writable: lifetime peak, an upper bound)"
+    print(f"peak RSS rise during one onnxruntime inference: {peak.delta_mib():.0f} MiB{note}; RSS now {rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

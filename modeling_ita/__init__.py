@@ -14,6 +14,7 @@ from .modeling import ITAForOpenVocabSegmentation, ITAOpenVocabSegmentationOutpu
 from processing_ita import ITAProcessor
 
 from .apps.pipeline import ZeroShotImageSegmentationPipeline  # registers the "zero-shot-image-segmentation" task
+from .onnx import ITAOnnxModel  # onnxruntime is imported when a folder is loaded (the `onnx` extra)
 from .vocabulary import ITAVocabulary, ITAVocabularyEncoder, parse_vocabulary
 
 AutoConfig.register(ITAConfig.model_type, ITAConfig, exist_ok=True)
@@ -25,6 +26,7 @@ __all__ = [
     "ITAConfig",
     "ITAForOpenVocabSegmentation",
     "ITAImageProcessor",
+    "ITAOnnxModel",
     "ITAProcessor",
     "ITAOpenVocabSegmentationOutput",
     "ITAPreTrainedModel",

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from modeling_ita.apps.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -29,7 +30,7 @@ def section(title):
 
 
 # Sections whose examples have tests of their own below.
-OWN_TESTS = ("Outputs and post-processing", "Panoptic and instance segmentation", "Web page")
+OWN_TESTS = ("Outputs and post-processing", "Panoptic and instance segmentation", "Web page", "ONNX and onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_command_line_examples_run(model_dir, image_path, tmp_path, capsys):
 
     import ita_cli
 
-    first, second = [command for command in commands("ita-segment") if "--task" not in command]
+    first, second = [command for command in commands("ita-segment") if "--task" not in command and "ita-onnx" not in command]
     (tmp_path / "photos").mkdir()
     Image.open(image_path).save(tmp_path / "photos" / "kitchen.png")
     (tmp_path / "classes.txt").write_text("cat\nsofa,couch\nwall\n")
@@ -305,3 +306,23 @@ def test_outputs_and_post_processing_example_runs(model_dir, image_path):
     from modeling_ita import ITAOpenVocabSegmentationOutput
 
     assert documented <= set(ITAOpenVocabSegmentationOutput.__dataclass_fields__)
+
+
+def test_onnx_examples_run(ita_onnx_export, image_path, tmp_path):
+    """The ONNX section: the `ita-export` line made the exported folder (the `ita_onnx_export` fixture runs it);
+    the Python example and the `ita-segment` line run on that folder."""
+    _, exported = ita_onnx_export
+    (block,) = code_blocks("python", section("ONNX and onnxruntime"))
+    namespace = {"IMAGE": str(image_path)}
+    exec(block.replace('"ita-onnx"', repr(str(exported))), namespace)
+    assert type(namespace["model"]).__name__ == "ITAOnnxModel"
+    assert tuple(namespace["label_map"].shape) == (60, 80) and int(namespace["label_map"].max()) < 4
+
+    line = next(l for l in code_blocks("bash", section("ONNX and onnxruntime"))[0].splitlines() if "--model ita-onnx" in l)
+    args = [a.strip('"') for a in line.split()[1:]]
+    args = [str(image_path) if a == "photo.jpg" else str(exported) if a == "ita-onnx" else a for a in args]
+    args = [str(tmp_path / "out") if a == "out-onnx/" else a for a in args]
+    assert main([*args, "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "living_room.json", "living_room_labels.png", "living_room_overlay.png"
+    ]

@@ -256,6 +256,37 @@ def _check_output_folder(args, images):
                 raise UsageError(f"the output {target} of {path} would replace an input image; choose another --output")
 
 
+def _check_backend(args):
+    """Resolve `--backend auto` (onnxruntime for a folder written by ita-export) and refuse options that the
+    onnxruntime backend does not have; raises `UsageError`."""
+    from ..onnx import is_onnx_model_folder
+
+    if args.backend == "auto":
+        args.backend = "onnxruntime" if is_onnx_model_folder(args.model) else "pytorch"
+    if args.backend == "onnxruntime":
+        if args.device not in (None, "auto") and _device_type(args.device) != "cpu":
+            raise UsageError(f"--backend onnxruntime runs on the CPU; got --device {args.device}")
+        if args.dtype != "float32":
+            raise UsageError(f"--backend onnxruntime computes in float32; got --dtype {args.dtype}")
+        args.device = "cpu"
+
+
+def _load_segmenter(args, device):
+    """The pipeline: the PyTorch model of `--model`, or with `--backend onnxruntime` its exported folder."""
+    if args.backend == "onnxruntime":
+        from ..onnx import ITAOnnxModel
+
+        return pipeline(ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=ITAOnnxModel.from_pretrained(args.model), device=device)
+    return pipeline(ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=args.model, device=device, dtype=getattr(torch, args.dtype))
+
+
+def _device_type(name):
+    try:
+        return torch.device(name).type
+    except (RuntimeError, TypeError):
+        raise UsageError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+
+
 def _segment_all(segmenter, images, vocabulary, args, fail):
     """Segment `images` batch by batch, writing each one's outputs; returns `(done, failures)`."""
     done = failures = 0
@@ -416,6 +447,7 @@ def run(args, prog=PROG):
         tqdm.write(f"{prog}: error: {path}: {message}", file=sys.stderr)  # keeps the progress bar intact
 
     try:
+        _check_backend(args)
         device, vocabulary, images, problems = _check_inputs(args, report)
     except UsageError as error:
         report(error)
@@ -435,9 +467,7 @@ def run(args, prog=PROG):
 def _load_and_segment(args, device, vocabulary, images, problems, report, fail):
     prog = args.prog
     try:
-        segmenter = pipeline(
-            ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=args.model, device=device, dtype=getattr(torch, args.dtype)
-        )
+        segmenter = _load_segmenter(args, device)
     except ModelLoadingError as error:  # weights missing from the checkpoint, unreadable files, ...
         report(f"cannot load model {args.model}: {error}")
         return 1

@@ -14,6 +14,7 @@ Importing `modeling_ita` registers the task with transformers' `PIPELINE_REGISTR
 
 import os
 from collections.abc import Sized
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -78,6 +79,15 @@ def _original_size(image):
     raise ValueError(f"Cannot read an image of shape {shape}: expected (H, W), (H, W, C) or (C, H, W)")
 
 
+def _exported_folder_image_processor(model):
+    """The image processor saved in an ONNX model folder, for an `ITAOnnxModel` (`pipeline()` loads a PyTorch
+    checkpoint's processor itself, not this one's); None for other models or a folder without one."""
+    folder = getattr(model, "folder", None)
+    if folder is None or not (Path(folder) / "processor_config.json").is_file():
+        return None
+    return ITAImageProcessor.from_pretrained(folder)
+
+
 class ZeroShotImageSegmentationPipeline(Pipeline):
     r"""
     Open-vocabulary semantic segmentation with [`ITAForOpenVocabSegmentation`] (ITA or FC-CLIP): every pixel
@@ -116,12 +126,14 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         if self.image_processor is None:
+            self.image_processor = _exported_folder_image_processor(self.model)
+        if self.image_processor is None:
             logger.warning(
                 "No image processor was found for this model; using ITAImageProcessor's defaults (shortest side "
                 "800, longest at most 1333). Pass image_processor=... to choose another."
             )
             self.image_processor = ITAImageProcessor.for_model_config(self.model.config)
-        self.check_model_type({"ita": "ITAForOpenVocabSegmentation"})
+        self.check_model_type({"ita": ("ITAForOpenVocabSegmentation", "ITAOnnxModel")})
 
     def __call__(self, image, candidate_labels: list[str] | list[list[str]] | None = None, **kwargs) -> dict | list:
         """

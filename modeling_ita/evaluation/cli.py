@@ -43,6 +43,21 @@ def main(argv=None, prog="ita-evaluate"):
     return run(parse_evaluate_args(argv, prog))
 
 
+def _resolve_backend(args):
+    """`--backend auto` -> onnxruntime for a folder written by ita-export, else pytorch; the onnxruntime backend
+    runs on the CPU in float32 (`--device auto` means the CPU there). Raises `ValueError` for other choices."""
+    from ..onnx import is_onnx_model_folder
+
+    if args.backend == "auto":
+        args.backend = "onnxruntime" if is_onnx_model_folder(args.model) else "pytorch"
+    if args.backend == "onnxruntime":
+        if args.device not in ("auto", "cpu"):
+            raise ValueError(f"--backend onnxruntime runs on the CPU; got --device {args.device}")
+        if args.dtype != "float32":
+            raise ValueError(f"--backend onnxruntime computes in float32; got --dtype {args.dtype}")
+        args.device = "cpu"
+
+
 def _process_state(device_name):
     """`(process index, number of processes, device)`: one process unless started by `accelerate launch` or
     `torchrun` (which set `WORLD_SIZE`), whose processes join accelerate's process group; in a multi-GPU run each
@@ -95,6 +110,11 @@ def _run(args):
         print(f"{args.prog}: error: {message}", file=sys.stderr)
 
     try:
+        _resolve_backend(args)
+    except ValueError as problem:
+        error(problem)
+        return 2
+    try:
         rank, num_processes, device = _process_state(args.device)
     except ValueError as problem:
         error(f"--device: {problem}")
@@ -128,7 +148,8 @@ def _run(args):
 
     try:
         model, processor = load_model_and_processor(
-            args.model, device, args.dtype, shortest_edge=args.shortest_edge, longest_edge=args.longest_edge
+            args.model, device, args.dtype, shortest_edge=args.shortest_edge, longest_edge=args.longest_edge,
+            backend=args.backend,
         )
     except (ModelLoadingError, ValueError) as problem:
         error(f"cannot load model {args.model}: {problem}")

@@ -88,12 +88,16 @@ class BenchmarkDataError(ValueError):
     a single-channel map."""
 
 
-def load_model_and_processor(model_name_or_path, device="auto", dtype="float32", shortest_edge=None, longest_edge=None):
+def load_model_and_processor(
+    model_name_or_path, device="auto", dtype="float32", shortest_edge=None, longest_edge=None, backend="auto"
+):
     """Load `ITAForOpenVocabSegmentation` and `ITAProcessor` from a model folder or Hub id, in eval mode.
 
     Args:
         device: `"auto"` (CUDA when available, else CPU) or a torch device.
         dtype: `"float32"`, `"float16"` or `"bfloat16"`: the dtype of the weights and the input.
+        backend: `"pytorch"`, `"onnxruntime"` (an `ITAOnnxModel` from a folder written by `ita-export`: CPU,
+            float32) or `"auto"`: onnxruntime for such a folder.
         shortest_edge, longest_edge: override the processor's test resolution (defaults: its own, which for a
             converted FC-CLIP/ITA checkpoint is the published 800 / 1333).
 
@@ -103,7 +107,10 @@ def load_model_and_processor(model_name_or_path, device="auto", dtype="float32",
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-    model = load_segmentation_model(model_name_or_path, device=check_device(device), dtype=_DTYPES[dtype])
+    if _uses_onnxruntime(model_name_or_path, backend):
+        model = _load_onnx_model(model_name_or_path, device, dtype)
+    else:
+        model = load_segmentation_model(model_name_or_path, device=check_device(device), dtype=_DTYPES[dtype])
     processor = ITAProcessor.from_pretrained(model_name_or_path)
     if shortest_edge is not None or longest_edge is not None:
         size = processor.image_processor.size
@@ -113,6 +120,25 @@ def load_model_and_processor(model_name_or_path, device="auto", dtype="float32",
             raise ValueError("The processor resizes to a fixed size; give --shortest-edge to resize by the short side")
         processor.image_processor.size = type(size)(shortest_edge=shortest_edge, longest_edge=longest_edge)
     return model, processor
+
+
+def _uses_onnxruntime(model_name_or_path, backend):
+    from ..onnx import is_onnx_model_folder
+
+    if backend not in ("auto", "pytorch", "onnxruntime"):
+        raise ValueError(f"backend must be auto, pytorch or onnxruntime, got {backend!r}")
+    return backend == "onnxruntime" or (backend == "auto" and is_onnx_model_folder(model_name_or_path))
+
+
+def _load_onnx_model(model_name_or_path, device, dtype):
+    """An `ITAOnnxModel` (the onnxruntime backend), after refusing a device or dtype it does not run in."""
+    from ..onnx import ITAOnnxModel
+
+    if device not in ("auto", "cpu") and torch.device(device).type != "cpu":
+        raise ValueError(f"The onnxruntime backend runs on the CPU; got device {device!r}")
+    if dtype != "float32":
+        raise ValueError(f"The onnxruntime backend computes in float32; got dtype {dtype!r}")
+    return ITAOnnxModel.from_pretrained(model_name_or_path)
 
 
 def load_evaluation_dataset(
@@ -329,7 +355,7 @@ def evaluate_dataset(
     are summed at the end: the scores equal those of a single process.
 
     Args:
-        model: an `ITAForOpenVocabSegmentation` in eval mode.
+        model: an `ITAForOpenVocabSegmentation` in eval mode, or an `ITAOnnxModel`.
         processor: its `ITAProcessor` (the image processor sets the resolution).
         dataset: from `load_benchmark`/`load_hub_benchmark`/`load_segmentation_split` (columns `image`, `label`,
             `file_name`, and the benchmark metadata: classes, ignore index, label reduction).
@@ -350,8 +376,7 @@ def evaluate_dataset(
         sem_seg_postprocess_before_inference = bool(registered and registered.sem_seg_postprocess_before_inference)
     start = time.perf_counter()
     rank, world_size = _distributed()
-    parameter = next(model.parameters())
-    device, dtype = parameter.device, parameter.dtype
+    device, dtype = model.device, model.dtype  # a PyTorch model's, or an ITAOnnxModel's (CPU, float32)
     if world_size > 1 and rank > 0:
         torch.distributed.barrier()  # the first process encodes the vocabulary (and fills the disk cache) first
     vocabulary = model.encode_vocabulary(metadata["class_names"])
@@ -647,7 +672,6 @@ def evaluate_datasets(
     vocabulary_files = vocabulary_files or {}
     data_sources = data_sources or {}
     rank, _ = _distributed()
-    parameter = next(model.parameters())
     model_name = model_name if model_name is not None else getattr(model, "name_or_path", type(model).__name__)
     reports = []
 
@@ -658,8 +682,8 @@ def evaluate_datasets(
             model_name,
             vocabulary_file=vocabulary_files.get(name),
             command=command,
-            device=parameter.device,
-            dtype=parameter.dtype,
+            device=model.device,
+            dtype=model.dtype,
             max_samples=max_samples,
             data_source=data_sources.get(name),
         )

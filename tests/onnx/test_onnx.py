@@ -1,0 +1,377 @@
+"""ONNX export and onnxruntime inference (modeling_ita/onnx/) on tiny ITA and FC-CLIP models.
+
+The exported folders come from the README's `ita-export` command (conftest: `ita_onnx_export`,
+`fcclip_onnx_export`), made once per test run. Tolerances (the measured differences are around 1e-6):
+outputs within 1e-4 absolute + 1e-4 of the output's largest value, text embeddings within 1e-5, dominant
+categories equal, label maps equal wherever PyTorch's top two class scores are more than 1e-4 apart.
+"""
+
+import configparser
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from PIL import Image
+from transformers import pipeline
+
+from modeling_ita import ITAForOpenVocabSegmentation, ITAOnnxModel, ITAProcessor
+from modeling_ita.apps.cli import main as segment_main
+from modeling_ita.onnx import export as onnx_export
+from modeling_ita.onnx.cli import main as export_main
+from modeling_ita.onnx.export import ITAExportMismatchError, check_export, top_two_margin
+from modeling_ita.onnx.graph import ITASegmentationGraph, segmentation_inputs, segmentation_output_names
+from modeling_ita.training.synthetic import draw_synthetic_scene
+
+from conftest import ONNX_MODELS, ONNX_SPREAD, ONNX_TEST_SIZE, save_tiny_model, tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUT_NAMES = ("class_queries_logits", "masks_queries_logits", "out_vocabulary_logits", "ensemble_log_probs")
+ATOL = RTOL = 1e-4
+LABEL_MARGIN = 1e-4
+# Two vocabulary sizes: fewer candidates than ITA's 4 text-query slots (the ranking cycles), and a larger one.
+VOCABULARIES = (
+    ["cat", "sky"],
+    ["cat,kitty", "dog", "sofa,couch", "wall", "grass", "sky", "tree,bush", "road", "car,automobile"],
+)
+# Two image sizes (height, width of each image of a batch): a batch of two different sizes, and a tall image.
+IMAGE_BATCHES = (((60, 80), (45, 80)), ((120, 70),))
+
+
+@pytest.fixture(params=["ita", "fcclip"])
+def export(request):
+    """(variant, PyTorch model, ITAOnnxModel, processor)."""
+    source, exported = request.getfixturevalue(f"{request.param}_onnx_export")
+    model = ITAForOpenVocabSegmentation.from_pretrained(source).eval()
+    return request.param, model, ITAOnnxModel.from_pretrained(exported), ITAProcessor.from_pretrained(exported)
+
+
+def scenes(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [draw_synthetic_scene(rng, height, width)[0] for height, width in sizes]
+
+
+def assert_outputs_close(got, expected):
+    for name in OUTPUT_NAMES:
+        ours, theirs = getattr(got, name), getattr(expected, name)
+        assert ours.shape == theirs.shape, name
+        bound = ATOL + RTOL * float(theirs.abs().max())
+        assert float((ours - theirs).abs().max()) <= bound, name
+    if expected.dominant_category_ids is not None:
+        assert torch.equal(got.dominant_category_ids, expected.dominant_category_ids)
+        assert got.dominant_categories == expected.dominant_categories
+    assert torch.equal(got.image_sizes, expected.image_sizes)
+
+
+def assert_labels_equal_where_clear(processor, got, expected, target_sizes):
+    """Label maps of `post_process_semantic_segmentation` equal wherever PyTorch's top-two margin is above
+    rounding; returns the shares of such pixels and of equal labels among all pixels."""
+    got_maps = processor.post_process_semantic_segmentation(got, target_sizes=target_sizes)
+    expected_maps = processor.post_process_semantic_segmentation(expected, target_sizes=target_sizes)
+    clear_pixels = equal_pixels = total = 0
+    for index, (ours, theirs, target) in enumerate(zip(got_maps, expected_maps, target_sizes)):
+        clear = top_two_margin(processor, expected, index, target) > LABEL_MARGIN
+        assert torch.equal(ours[clear], theirs[clear])
+        clear_pixels, equal_pixels = clear_pixels + int(clear.sum()), equal_pixels + int((ours == theirs).sum())
+        total += clear.numel()
+    return clear_pixels / total, equal_pixels / total
+
+
+# ------------------------------------------------------------------------------------------------ the export
+def test_export_writes_a_checked_model_folder(export):
+    variant, model, onnx_model, _ = export
+    folder = Path(onnx_model.folder)
+    manifest = json.loads((folder / "onnx_export.json").read_text())
+    assert manifest["variant"] == variant
+    assert sorted(manifest["files"]) == sorted(path.name for path in folder.iterdir())
+    assert {"model.onnx", "model.onnx.data", "text_encoder.onnx", "text_encoder.onnx.data", "config.json",
+            "processor_config.json"} <= set(manifest["files"])
+    assert manifest["outputs"] == segmentation_output_names(model.config)
+    check = manifest["check"]
+    assert check["labels"]["different"] == 0 and check["labels"]["compared"] > 0
+    for name in OUTPUT_NAMES:
+        assert check[name]["max_abs_diff"] <= check[name]["allowed"]
+
+    # Dynamic axes carry their names; the vocabulary's sizes are axes too, so any vocabulary fits.
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
+    shapes = {item.name: item.shape for item in session.get_inputs()}
+    assert shapes["pixel_values"] == ["batch", 3, "32*height_blocks", "32*width_blocks"]
+    assert shapes["text_classifier"][0] == "synonyms" and shapes["overlap_mask"] == ["classes"]
+    if variant == "ita":
+        assert shapes["dominant_category_pixel_values"] == ["batch", 3, 32, 32]
+        assert shapes["name_embeddings"][0] == "candidates"
+    outputs = {item.name: item.shape for item in session.get_outputs()}
+    assert outputs["ensemble_log_probs"][0] == "batch" and outputs["ensemble_log_probs"][2] == "classes + 1"
+
+
+@pytest.mark.parametrize("vocabulary_index", range(len(VOCABULARIES)))
+@pytest.mark.parametrize("batch_index", range(len(IMAGE_BATCHES)))
+def test_outputs_equal_pytorch(export, batch_index, vocabulary_index):
+    variant, model, onnx_model, processor = export
+    images = scenes(IMAGE_BATCHES[batch_index], seed=batch_index)
+    class_names = VOCABULARIES[vocabulary_index]
+    inputs = processor(images=images, text=class_names, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**inputs)
+    got = onnx_model(**inputs)
+    assert_outputs_close(got, expected)
+    clear, equal = assert_labels_equal_where_clear(processor, got, expected, [image.shape[:2] for image in images])
+    # Where no mask covers a pixel every class scores 0 there (the spread test weights saturate the sigmoids), a
+    # tie both runtimes give to the first class: 19-36% of the pixels are clearly decided for FC-CLIP, 66-98% ITA.
+    assert clear > 0.1 and equal > 0.99
+    assert len(set(got.ensemble_log_probs.argmax(-1).flatten().tolist())) > 1  # several classes: a real check
+
+
+def test_vocabularies_encoded_by_the_text_tower_graph(export):
+    _, model, onnx_model, _ = export
+    # The last name fills the whole 77-token context: the graph was traced on shorter contexts.
+    names = ["cat,kitty", "sofa", " ".join(["very"] * 80) + " long name"]
+    expected, got = model.encode_vocabulary(names), onnx_model.encode_vocabulary(names)
+    assert int(model.backbone.tokenize([names[-1]]).argmax(-1)) == model.backbone.context_length - 1
+    for name in ("text_classifier", "name_embeddings", "text_query_embeddings"):
+        if getattr(expected, name) is not None:
+            torch.testing.assert_close(getattr(got, name), getattr(expected, name), atol=1e-5, rtol=0)
+    assert got.synonyms == expected.synonyms and torch.equal(got.synonym_to_class, expected.synonym_to_class)
+    assert torch.equal(got.overlap_mask, expected.overlap_mask)
+    assert onnx_model.encode_vocabulary(names) is got  # cached
+
+
+def test_category_bank_rows_make_the_text_queries(ita_onnx_export):
+    """With a category bank, the chosen names' text queries come from the bank (the `text_query_embeddings`
+    input), the ranking from the text tower (`name_embeddings`), as in PyTorch; a missing name warns."""
+    source, exported = ita_onnx_export
+    model = ITAForOpenVocabSegmentation.from_pretrained(source).eval()
+    onnx_model = ITAOnnxModel.from_pretrained(exported)
+    processor = ITAProcessor.from_pretrained(exported)
+    generator = torch.Generator().manual_seed(0)
+    bank = {name: torch.randn(model.backbone.embed_dim, generator=generator) for name in ["cat", "kitty", "dog", "sky"]}
+    for runner in (model, onnx_model):
+        runner.vocabulary_encoder.set_category_bank(bank)
+    inputs = processor(images=scenes([(60, 80)], seed=5), text=VOCABULARIES[1], return_tensors="pt")
+    with torch.no_grad(), pytest.warns(UserWarning, match="not in the category bank"):
+        expected = model(**inputs)
+    with pytest.warns(UserWarning, match="not in the category bank"):
+        got = onnx_model(**inputs)
+    vocabulary = onnx_model.encode_vocabulary(VOCABULARIES[1])
+    assert not torch.equal(vocabulary.text_query_embeddings, vocabulary.name_embeddings)
+    assert_outputs_close(got, expected)
+
+
+def test_ita_views_default_to_the_pytorch_fallback(ita_onnx_export):
+    source, exported = ita_onnx_export
+    model = ITAForOpenVocabSegmentation.from_pretrained(source).eval()
+    onnx_model = ITAOnnxModel.from_pretrained(exported)
+    processor = ITAProcessor.from_pretrained(exported)
+    inputs = processor(images=scenes([(60, 80)]), return_tensors="pt")
+    del inputs["dominant_category_pixel_values"]  # both make the views from pixel_values
+    with torch.no_grad():
+        expected = model(**inputs, class_names=VOCABULARIES[1], return_dict=False)
+    got = onnx_model(**inputs, class_names=VOCABULARIES[1], return_dict=False)
+    assert isinstance(got, tuple) and len(got) == len(expected)
+    torch.testing.assert_close(got[0], expected[0], atol=ATOL, rtol=RTOL)
+
+
+def test_runtime_refuses_what_the_graph_cannot_do(ita_onnx_export, tmp_path):
+    _, exported = ita_onnx_export
+    onnx_model = ITAOnnxModel.from_pretrained(exported)
+    pixel_values = torch.zeros(1, 3, 64, 96)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        onnx_model(pixel_values=torch.zeros(1, 3, 64, 80), class_names=["cat"])
+    with pytest.raises(ValueError, match="takes no mask_labels"):
+        onnx_model(pixel_values=pixel_values, mask_labels=[torch.zeros(1, 64, 96)], class_labels=[torch.zeros(1)])
+    with pytest.raises(ValueError, match="takes no dominant_category_ids"):
+        onnx_model(pixel_values=pixel_values, dominant_category_ids=torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="32x32 views"):
+        onnx_model(pixel_values=pixel_values, dominant_category_pixel_values=torch.zeros(1, 3, 48, 48))
+    with pytest.raises(TypeError, match="'class_name' \\(did you mean 'class_names'"):
+        onnx_model(pixel_values=pixel_values, class_name=["cat"])
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        onnx_model.to("cuda")
+    assert onnx_model.to("cpu") is onnx_model
+    with pytest.raises(ValueError, match="not an exported ONNX model folder"):
+        ITAOnnxModel.from_pretrained(tmp_path)
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(exported, incomplete)
+    (incomplete / "text_encoder.onnx").unlink()
+    with pytest.raises(ValueError, match="lacks text_encoder.onnx"):
+        ITAOnnxModel.from_pretrained(incomplete)
+
+
+def test_the_onnx_extra_stays_optional(ita_onnx_export, tmp_path, monkeypatch):
+    """No module of the package imports the extra's packages when it is imported; using them without the extra
+    raises an ImportError naming it."""
+    import ast
+
+    for path in (ROOT / "modeling_ita").rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:  # module level only
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            assert not [name for name in names if name.split(".")[0] in ("onnx", "onnxscript", "onnxruntime", "onnx_ir")], path
+
+    _, exported = ita_onnx_export
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    with pytest.raises(ImportError, match="ITAOnnxModel needs onnxruntime.*pip install 'ita-segmentation\\[onnx\\]'"):
+        ITAOnnxModel.from_pretrained(exported)
+    with pytest.raises(ImportError, match="ita-export needs onnx.*the `onnx` extra"):
+        onnx_export.export_onnx(exported, tmp_path / "out")
+    assert export_main(["--model", str(exported), "--output", str(tmp_path / "out")]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def test_export_command_refuses_bad_input(ita_onnx_export, tmp_path, capsys):
+    source, _ = ita_onnx_export
+    assert export_main(["--model", str(tmp_path / "no-such-model"), "--output", str(tmp_path / "out"), "-q"]) == 1
+    assert "no-such-model does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me")
+    assert export_main(["--model", str(source), "--output", str(tmp_path / "full"), "-q"]) == 2
+    error = capsys.readouterr().err
+    assert "full is not empty" in error and "--overwrite" in error
+    assert [path.name for path in (tmp_path / "full").iterdir()] == ["notes.txt"]
+    with pytest.raises(SystemExit) as exit_info:  # a usage error, found by the argument parser
+        export_main(["--model", str(source), "--output", str(tmp_path / "out"), "--atol", "-1"])
+    assert exit_info.value.code == 2 and "--atol and --rtol must be >= 0" in capsys.readouterr().err
+
+
+def test_export_command_refuses_an_export_that_does_not_match(ita_onnx_export, tmp_path, monkeypatch, capsys):
+    """The graphs of one model written for another of the same shape (weights of another seed): the check fails,
+    the command exits 1 and names the differences, and the output folder is not created."""
+    source, exported = ita_onnx_export
+    other = save_tiny_model(
+        tmp_path / "other-seed", size=ONNX_TEST_SIZE, spread_weights=ONNX_SPREAD["ita"], seed=1, **ONNX_MODELS["ita"]
+    )
+
+    def copy_graph(name):
+        def write(model, path, *args, **kwargs):
+            shutil.copy2(exported / name, path)
+            shutil.copy2(exported / f"{name}.data", Path(path).parent / f"{name}.data")
+
+        return write
+
+    monkeypatch.setattr(onnx_export, "export_segmentation_graph", copy_graph("model.onnx"))
+    monkeypatch.setattr(onnx_export, "export_text_encoder", copy_graph("text_encoder.onnx"))
+    assert export_main(["--model", str(other), "--output", str(tmp_path / "out"), "-q"]) == 1
+    error = capsys.readouterr().err
+    assert "do not match PyTorch" in error and "text_encoder:text_classifier" in error and "Nothing was written" in error
+    assert not (tmp_path / "out").exists()
+    assert not [path for path in tmp_path.iterdir() if ".partial-" in path.name]  # the staging folder is gone
+
+
+def test_check_export_names_differences_beyond_tolerance(ita_onnx_export):
+    source, exported = ita_onnx_export
+    model = ITAForOpenVocabSegmentation.from_pretrained(source).eval()
+    onnx_model, processor = ITAOnnxModel.from_pretrained(exported), ITAProcessor.from_pretrained(exported)
+    report = check_export(model, processor, onnx_model)
+    assert report["ensemble_log_probs"]["max_abs_diff"] < 1e-4
+    strict = onnx_export.Tolerances(atol=0.0, rtol=0.0)
+    with pytest.raises(ITAExportMismatchError, match="max \\|onnx - pytorch\\|"):
+        check_export(model, processor, onnx_model, tolerances=strict)
+
+
+def test_console_script_is_declared():
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    assert "ita-export = ita_cli:export" in setup["options.entry_points"]["console_scripts"]
+    extras = setup["options.extras_require"]
+    for package in ("onnx", "onnxscript", "onnxruntime"):
+        assert package in extras["onnx"] and package in extras["test"]
+    assert "from ita_cli import export as main" in (ROOT / "scripts" / "export_onnx.py").read_text()
+    import ita_cli
+
+    # `--help` answers without importing torch, so the defaults it shows are kept here and must be the exporter's.
+    assert (ita_cli.EXPORT_ATOL, ita_cli.EXPORT_RTOL) == (onnx_export.DEFAULT_TOLERANCES.atol, onnx_export.DEFAULT_TOLERANCES.rtol)
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["--help"])
+    assert exit_info.value.code == 0
+
+
+# ------------------------------------------------------------------------------------------------ the apps
+def test_pipeline_command_line_and_evaluation_take_the_onnx_folder(fcclip_onnx_export, tmp_path, capsys):
+    source, exported = fcclip_onnx_export
+    image = scenes([(60, 80)], seed=3)[0]
+    labels = ["red circle", "blue square", "green background"]
+    expected = pipeline("zero-shot-image-segmentation", model=str(source))(image, candidate_labels=labels)
+    segmenter = pipeline("zero-shot-image-segmentation", model=ITAOnnxModel.from_pretrained(exported))
+    assert segmenter.image_processor.size == expected_processor_size()  # the folder's processor
+    got = segmenter(image, candidate_labels=labels)
+    assert np.mean(got["label_map"] == expected["label_map"]) > 0.99
+
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    assert segment_main([str(tmp_path / "scene.png"), "--model", str(exported), "--labels", *labels,
+                         "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    written = np.asarray(Image.open(tmp_path / "out" / "scene_labels.png"))
+    np.testing.assert_array_equal(written, got["label_map"])
+    assert segment_main([str(tmp_path / "scene.png"), "--model", str(exported), "--labels", "cat", "--backend",
+                         "onnxruntime", "--dtype", "bfloat16", "--output", str(tmp_path / "out2")]) == 2
+    assert "computes in float32" in capsys.readouterr().err
+
+    from modeling_ita.evaluation.runner import load_model_and_processor
+
+    onnx_model, processor = load_model_and_processor(exported)
+    assert isinstance(onnx_model, ITAOnnxModel) and processor.image_processor.size == expected_processor_size()
+    with pytest.raises(ValueError, match="computes in float32"):
+        load_model_and_processor(exported, dtype="bfloat16")
+
+
+def expected_processor_size():
+    from transformers.image_utils import SizeDict
+
+    return SizeDict(**ONNX_TEST_SIZE)
+
+
+def test_evaluation_script_on_the_onnx_folder(fcclip_onnx_export, tmp_path):
+    from evaluation.test_evaluate_script import write_split  # tests/evaluation, a namespace package here
+    import ita_cli
+
+    source, exported = fcclip_onnx_export
+    write_split(tmp_path / "data", "pas21", image_sizes=[(40, 30), (30, 45)])
+    results = {}
+    for name, model in (("pytorch", source), ("onnx", exported)):
+        status = ita_cli.evaluate(["--model", str(model), "--benchmark", "pas21", "--data-dir", str(tmp_path / "data"),
+                                       "--output", str(tmp_path / name), "--num-workers", "0", "--device", "cpu",
+                                       "--no-progress"])
+        assert status == 0
+        results[name] = json.loads((tmp_path / name / "pas21" / "results.json").read_text())
+    assert results["onnx"]["scores"]["mIoU"] == pytest.approx(results["pytorch"]["scores"]["mIoU"], abs=0.05)
+
+
+# ------------------------------------------------------------------------------------------------ torch.export
+@pytest.mark.slow  # the dynamic export of every ONNX test covers it
+def test_fcclip_traces_with_static_shapes():
+    """`torch.export` without dynamic axes (sizes frozen to the example's) gives the eager outputs."""
+    torch.manual_seed(0)
+    model = ITAForOpenVocabSegmentation(tiny_config(**ONNX_MODELS["fcclip"])).eval()
+    vocabulary = model.encode_vocabulary(VOCABULARIES[1])
+    inputs = segmentation_inputs(model.config, torch.randn(1, 3, 64, 96), torch.tensor([[60, 90]]), vocabulary)
+    graph = ITASegmentationGraph(model).eval()
+    with torch.no_grad():
+        program = torch.export.export(graph, (), inputs, strict=False)
+        got, expected = program.module()(**inputs), graph(**inputs)
+    for ours, theirs in zip(got, expected):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_ita_dense_features_traces_with_dynamic_shapes():
+    """`dominant_category_features="dense_features"` (no view input) under dynamic axes: the traced graph at
+    another batch, image size and vocabulary gives the eager outputs."""
+    torch.manual_seed(0)
+    model = ITAForOpenVocabSegmentation(tiny_config(**ONNX_MODELS["ita"], dominant_category_features="dense_features")).eval()
+    graph = ITASegmentationGraph(model).eval()
+    example = onnx_export._example_segmentation_inputs(model, 32)
+    with torch.no_grad():
+        program = torch.export.export(
+            graph, (), example, dynamic_shapes=onnx_export._segmentation_dynamic_shapes(model.config, 32), strict=False
+        )
+        vocabulary = model.encode_vocabulary(VOCABULARIES[1])
+        inputs = segmentation_inputs(model.config, torch.randn(3, 3, 96, 64), torch.tensor([[96, 64], [80, 50], [70, 64]]), vocabulary)
+        got, expected = program.module()(**inputs), graph(**inputs)
+    for ours, theirs in zip(got, expected):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
