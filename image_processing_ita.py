@@ -321,7 +321,14 @@ class ITAImageProcessor(TorchvisionBackend):
         # Drops alpha and expands L, P, 1, CMYK, ... to RGB, like detectron2's reader.
         return np.asarray(image.convert("RGB"))
 
-    def process_image(self, image, input_data_format=None, device=None, index=0, **kwargs) -> torch.Tensor:
+    def process_image(
+        self,
+        image: ImageInput,
+        input_data_format: ChannelDimension | str | None = None,
+        device: torch.device | str | None = None,
+        index: int = 0,
+        **kwargs,
+    ) -> torch.Tensor:
         """One input image -> `[3, H, W]`: `uint8` for 8-bit input, float32 on the 0..255 scale otherwise."""
         if isinstance(image, (str, os.PathLike, Image.Image)):
             # Opened here, not by transformers' load_image, which would convert 16-bit files to 8-bit RGB.
@@ -448,7 +455,7 @@ class ITAImageProcessor(TorchvisionBackend):
     # ------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def resized_size(height, width, size):
+    def resized_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
         """Output (height, width) of detectron2's `ResizeShortestEdge` for `size` (a `SizeDict`)."""
         if size.shortest_edge:
             short_side = size.shortest_edge

@@ -657,15 +657,30 @@ def _box_bounds(mask_logits: Tensor) -> tuple[Tensor, Tensor]:
     return low, high
 
 
+def _certain_classes(low: Tensor, high: Tensor, class_probs: Tensor) -> Tensor:
+    """`[n]` the class certain to win everywhere in boxes whose queries' mask probabilities lie between `low` and
+    `high` (`[n, Q]`, sigmoids), or -1.
+
+    Class scores are `sum_q p[q, k] * m_q` with `p >= 0`, so the smallest margin of a candidate class `c` over
+    class `k` in a box is `sum_q max(p[q, c] - p[q, k], 0) * low_q - max(p[q, k] - p[q, c], 0) * high_q`.
+    """
+    decisions = torch.full((low.shape[0],), -1, dtype=torch.long, device=low.device)
+    candidates = (low @ class_probs).argmax(dim=-1)  # the best lower bound
+    for candidate in candidates.unique().tolist():
+        boxes = (candidates == candidate).nonzero(as_tuple=True)[0]
+        box_low, box_high = low.index_select(0, boxes), high.index_select(0, boxes)
+        lead = class_probs[:, candidate : candidate + 1] - class_probs  # [Q, K]
+        margins = box_low @ lead.clamp(min=0) - box_high @ (-lead).clamp(min=0)  # [n, K]
+        margins[:, candidate] = float("inf")
+        certain = margins.amin(dim=-1) > _GRID_DECIDED_MARGIN * (box_high @ class_probs[:, candidate])
+        decisions[boxes[certain]] = candidate
+    return decisions
+
+
 def _grid_decisions(class_probs: Tensor, mask_logits: Tensor, chunk_elements: int) -> Tensor:
     """`[h, w]` class that wins at every frame pixel upsampled from grid cell (r, c) of `mask_logits` `[Q, h, w]`,
-    or -1 where that is not certain.
-
-    Class scores are `sum_q p[q, k] * sigmoid(m_q)` with `p >= 0` and each `m_q` between the cell's bounds, so the
-    smallest margin of a candidate class `c` over class `k` inside the cell is
-    `sum_q max(p[q, c] - p[q, k], 0) * sigmoid(low_q) - max(p[q, k] - p[q, c], 0) * sigmoid(high_q)`: two matrix
-    products per cell, at the grid's resolution (16 times fewer pixels than the frame's).
-    """
+    or -1 where that is not certain (`_certain_classes` on the cell's logit bounds, `_box_bounds`): two matrix
+    products per cell, at the grid's resolution (16 times fewer pixels than the frame's)."""
     (num_queries, num_classes), (height, width) = class_probs.shape, mask_logits.shape[-2:]
     decisions = torch.full((height, width), -1, dtype=torch.long, device=mask_logits.device)
     rows = max(1, chunk_elements // (max(num_queries, num_classes) * width))
@@ -673,18 +688,8 @@ def _grid_decisions(class_probs: Tensor, mask_logits: Tensor, chunk_elements: in
         window = mask_logits[:, top : top + rows + 1]
         if top + rows >= height:  # the last row's cells end on itself
             window = torch.cat([window, mask_logits[:, -1:]], dim=1)
-        low, high = _box_bounds(window)
-        low, high = (bound.flatten(1).t().sigmoid() for bound in (low, high))  # [cells, Q]
-        chunk = decisions[top : top + rows].view(-1)
-        candidates = (low @ class_probs).argmax(dim=-1)  # the best lower bound
-        for candidate in candidates.unique().tolist():
-            cells = (candidates == candidate).nonzero(as_tuple=True)[0]
-            cell_low, cell_high = low.index_select(0, cells), high.index_select(0, cells)
-            lead = class_probs[:, candidate : candidate + 1] - class_probs  # [Q, K]
-            margins = cell_low @ lead.clamp(min=0) - cell_high @ (-lead).clamp(min=0)  # [n, K]
-            margins[:, candidate] = float("inf")
-            certain = margins.amin(dim=-1) > _GRID_DECIDED_MARGIN * (cell_high @ class_probs[:, candidate])
-            chunk[cells[certain]] = candidate
+        low, high = (bound.flatten(1).t().sigmoid() for bound in _box_bounds(window))  # [cells, Q]
+        decisions[top : top + rows] = _certain_classes(low, high, class_probs).view(-1, width)
     return decisions
 
 
