@@ -26,6 +26,7 @@ from transformers.image_utils import (
     ChannelDimension,
     ImageInput,
     PILImageResampling,
+    SizeDict,
     load_image,
     pil_torch_interpolation_mapping,
 )
