@@ -262,6 +262,8 @@ def _imports_after(call):
         ("ita_cli.evaluate(['--model', 'm', '--benchmark', 'ade150', '--output', 'o'])", "2"),  # no data
         ("ita_cli.convert(['--help'])", "0"),
         ("ita_cli.convert(['--checkpoint', 'missing.pth', '--output', 'o'])", "2"),
+        ("ita_cli.export(['--help'])", "0"),
+        ("ita_cli.export(['--model', 'm', '--output', 'o', '--rtol', '-1'])", "2"),
     ],
 )
 def test_help_and_usage_errors_come_before_torch_is_imported(call, status):
@@ -281,7 +283,7 @@ def test_console_scripts_and_python_m():
     scripts = {name.strip(): target.strip() for name, target in lines}
     assert scripts == {"ita-segment": "ita_cli:segment", "ita-evaluate": "ita_cli:evaluate",
                        "ita-convert": "ita_cli:convert", "ita-train": "ita_cli:train",
-                       "ita-web": "modeling_ita.apps.web:main"}
+                       "ita-web": "modeling_ita.apps.web:main", "ita-export": "ita_cli:export"}
     for target in [target for target in scripts.values() if target.startswith("ita_cli:")]:
         assert callable(getattr(ita_cli, target.split(":")[1]))
     assert "ita_cli" in setup["options"]["py_modules"].split()
