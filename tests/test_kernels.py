@@ -452,3 +452,55 @@ def test_semantic_map_scores_only_the_pixels_the_grid_leaves_open(monkeypatch):
         labels, _ = semantic_map(*arguments, chunk_elements=20_000)
         assert torch.equal(labels, semantic_map_reference(*arguments)[0])
         assert 0 < sum(scored) < 0.5 * 120 * 190
+
+
+# ------------------------------------------------------------------------------------------------ on a GPU
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GPU = torch.device("cuda")
+
+
+def clear_margin(scores):
+    """Pixels of `[K, H, W]` scores whose two best classes are further apart than float rounding."""
+    best_two = scores.topk(2, dim=0).values
+    return best_two[0] - best_two[1] > 1e-5 * best_two[0].abs().clamp_min(1.0)
+
+
+@CUDA
+@pytest.mark.parametrize("kind", ["random", "structured", "ties", "duplicated"])
+@pytest.mark.parametrize("sizes", [((19, 23), (137, 153)), ((50, 70), (37, 53)), ((17, 29), (150, 201))])
+def test_resized_argmax_on_the_gpu(kind, sizes):
+    """On a GPU the kernel stays on the device and gives the labels of PyTorch's CUDA resize wherever two classes
+    are not within rounding, and of the CPU there too; exactly tied classes give the first."""
+    (height, width), size = sizes
+    scores = score_maps(kind, 5, height, width).to(GPU)
+    resized = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
+    labels, winning = resized_argmax(scores, size, winning_scores=True, chunk_elements=40)
+    assert labels.device.type == winning.device.type == GPU.type
+    clear = clear_margin(resized)
+    assert torch.equal(labels[clear], resized.argmax(0)[clear])
+    torch.testing.assert_close(winning, resized.max(0).values, atol=1e-5, rtol=1e-5)
+    on_cpu, _ = resized_argmax(scores.cpu(), size)
+    assert torch.equal(labels.cpu()[clear.cpu()], on_cpu[clear.cpu()])
+    if kind == "duplicated":  # classes 0 and 2 are the same maps: 2 never wins
+        assert not (labels == 2).any()
+
+
+@CUDA
+@pytest.mark.parametrize("structured", [False, True])
+@pytest.mark.parametrize("masks_first", [False, True])
+def test_semantic_map_on_the_gpu(structured, masks_first):
+    """The post-processing kernel on a GPU: for a photo-sized target, a smaller one and the image's own size, the
+    labels of the plain formula computed there (clear margins), winning scores up to rounding, and the CPU's labels."""
+    class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(32, 48), structured=structured, seed=5)
+    for target_size in ((400, 700), (90, 150), (120, 190)):
+        arguments = (class_probs, mask_logits, (120, 190), (128, 192), target_size)
+        on_gpu = (class_probs.to(GPU), mask_logits.to(GPU), *arguments[2:])
+        labels, winning = semantic_map(*on_gpu, masks_first=masks_first, chunk_elements=20_000)
+        assert labels.device.type == GPU.type
+        expected = semantic_scores_reference(*on_gpu, masks_first=masks_first)
+        clear = clear_margin(expected)
+        assert clear.float().mean() > 0.99
+        assert torch.equal(labels[clear], expected.argmax(0)[clear])
+        torch.testing.assert_close(winning, expected.max(0).values, atol=1e-5, rtol=1e-5)
+        on_cpu, _ = semantic_map(*arguments, masks_first=masks_first)
+        assert torch.equal(labels.cpu()[clear.cpu()], on_cpu[clear.cpu()])
