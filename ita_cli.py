@@ -93,13 +93,7 @@ def segment_parser(prog="ita-segment"):
         "--device", default=None, help="torch device: cpu, cuda, cuda:1, mps, ... (default: cuda if available)"
     )
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model precision (default: float32)")
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="pytorch, or onnxruntime for a folder written by ita-export (CPU, float32); auto (default): "
-        "onnxruntime when --model is such a folder",
-    )
+    _add_backend_argument(parser)
     parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass (default: 1)")
     parser.add_argument(
         "--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay (default: 0.5)"
@@ -108,6 +102,16 @@ def segment_parser(prog="ita-segment"):
     _add_task_arguments(parser)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     return parser
+
+def _add_backend_argument(parser):
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="pytorch, or onnxruntime for a folder written by ita-export (CPU, float32); auto (default): "
+        "onnxruntime when --model is such a folder",
+    )
+
 
 def _add_task_arguments(parser):
     group = parser.add_argument_group("panoptic and instance segmentation")
@@ -188,13 +192,7 @@ Every label map is checked before the model is loaded; bad files are all listed,
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes decoding the images")
     parser.add_argument("--device", default="auto", help="torch device; auto: CUDA when available, else CPU")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="pytorch, or onnxruntime for a folder written by ita-export (CPU, float32); auto (default): "
-        "onnxruntime when --model is such a folder",
-    )
+    _add_backend_argument(parser)
     parser.add_argument(
         "--vocabulary-file",
         nargs="+",

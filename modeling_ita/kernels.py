@@ -516,20 +516,62 @@ class _ResizedArgmax:
             ))
         boundary_rows = (cells < 0).any(dim=1).nonzero(as_tuple=True)[0]
         rows, columns = (out_labels[boundary_rows] < 0).nonzero(as_tuple=True)
+        if not rows.numel():
+            return
         rows = boundary_rows[rows]
-        if rows.numel():  # every source pixel the boundary needs, computed at once
-            corner_rows = torch.cat([top[rows], top[rows], bottom[rows], bottom[rows]])
-            scores_at.prepare(corner_rows, torch.cat([left[columns], right[columns], left[columns], right[columns]]))
-        for begin in range(0, rows.numel(), self.pixels_per_chunk):
-            r, c = rows[begin : begin + self.pixels_per_chunk], columns[begin : begin + self.pixels_per_chunk]
+        # The boundary's output pixels by source cell (its four source pixels): each cell's scores are read once,
+        # and only the classes that can win somewhere in the cell are mixed at its pixels (`_cell_candidates`).
+        cell_ids, pixel_cell = torch.unique(top[rows] * labels.shape[1] + left[columns], return_inverse=True)
+        example = torch.empty_like(cell_ids).scatter_(0, pixel_cell, torch.arange(rows.numel(), device=device))
+        cell_rows, cell_columns = rows[example], columns[example]
+        corner_rows = torch.cat([top[cell_rows], top[cell_rows], bottom[cell_rows], bottom[cell_rows]])
+        corner_columns = torch.cat([left[cell_columns], right[cell_columns], left[cell_columns], right[cell_columns]])
+        scores_at.prepare(corner_rows, corner_columns)  # every source pixel the boundary needs, computed at once
+        order = torch.argsort(pixel_cell)  # the pixels cell by cell, so that chunks of cells hold chunks of pixels
+        rows, columns, pixel_cell = rows[order], columns[order], pixel_cell[order]
+        pixel_starts = torch.searchsorted(pixel_cell, torch.arange(cell_ids.numel() + 1, device=device))
+        cells_per_chunk = max(1, self.pixels_per_chunk // 4)
+        for begin in range(0, cell_ids.numel(), cells_per_chunk):
+            end = min(begin + cells_per_chunk, cell_ids.numel())
+            corners = torch.stack([
+                scores_at(corner_rows[k * len(cell_ids) + begin : k * len(cell_ids) + end],
+                          corner_columns[k * len(cell_ids) + begin : k * len(cell_ids) + end])
+                for k in range(4)
+            ])  # [4, cells, K]
+            candidates = _cell_candidates(corners)  # [cells, C], ascending class ids, K where none
+            first, last = int(pixel_starts[begin]), int(pixel_starts[end])
+            r, c = rows[first:last], columns[first:last]
+            local = pixel_cell[first:last] - begin
+            index = candidates.clamp_max(corners.shape[-1] - 1)
+            corner_scores = [corners[k].gather(1, index)[local] for k in range(4)]  # [pixels, C] each
+            picked = candidates[local]
+            valid = picked < corners.shape[-1]
             mixed = bilinear_combine(
-                scores_at(top[r], left[c]), scores_at(top[r], right[c]),
-                scores_at(bottom[r], left[c]), scores_at(bottom[r], right[c]),
+                *corner_scores,
                 self.left_weight[0, c, None], self.right_weight[0, c, None], top_weight[r], bottom_weight[r],
-            )  # [pixels, K]
-            value, out_labels[r, c] = mixed.max(dim=-1)  # the first of tied classes, as argmax
+            ).masked_fill_(~valid, float("-inf"))  # [pixels, C]
+            value, position = mixed.max(dim=-1)  # the first of tied candidates: the first of tied classes
+            out_labels[r, c] = picked.gather(1, position[:, None])[:, 0]
             if out_scores is not None:
                 out_scores[r, c] = value
+
+
+def _cell_candidates(corners: Tensor) -> Tensor:
+    """The classes that can win somewhere in each source cell, from its four corners' scores `[4, cells, K]`:
+    `[cells, C]` class ids in ascending order, padded with K.
+
+    A bilinear value of a class lies between its smallest and largest corner score (up to rounding), so a class
+    whose largest corner score is below some class's smallest one never wins in the cell: it is left out, with a
+    margin (`_DECIDED_MARGIN` of the cell's largest magnitude) far above the mixing's rounding. The classes kept
+    are mixed exactly as all would be, in class order, so the arg-max and its first-of-ties rule are unchanged."""
+    highest, lowest = corners.amax(dim=0), corners.amin(dim=0)  # [cells, K]
+    floor = lowest.amax(dim=-1, keepdim=True)
+    margin = _DECIDED_MARGIN * corners.abs().amax(dim=(0, 2))[:, None]
+    kept = highest >= floor - margin
+    num_classes = corners.shape[-1]
+    width = int(kept.sum(dim=-1).max())
+    class_ids = torch.arange(num_classes, device=corners.device).expand_as(kept)
+    return torch.where(kept, class_ids, num_classes).sort(dim=-1).values[:, :width]
 
 
 def resized_argmax(

@@ -2,7 +2,6 @@
 
 import difflib
 import inspect
-import warnings
 from dataclasses import dataclass
 
 import open_clip
@@ -184,14 +183,8 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
                     f"[{int(dominant_category_ids.min())}, {int(dominant_category_ids.max())}]"
                 )
         if vocabulary.missing_from_bank:
-            chosen = {vocabulary.candidate_names[i] for i in dominant_category_ids.unique().tolist()}
-            missing = sorted(chosen & set(vocabulary.missing_from_bank))
-            if missing:
-                warnings.warn(
-                    f"Dominant categories {missing} are not in the category bank: their text queries use the CLIP "
-                    "text tower's embeddings instead (the original ITA raises a KeyError here)",
-                    stacklevel=3,
-                )
+            chosen = [vocabulary.candidate_names[i] for i in dominant_category_ids.unique().tolist()]
+            vocabulary.warn_missing_from_bank(chosen, stacklevel=3)
         name_embeddings = vocabulary.text_query_embeddings[dominant_category_ids]  # [B, k, D]
         return self.dominant_categories(name_embeddings), dominant_category_ids
 

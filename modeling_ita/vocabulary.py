@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +145,17 @@ class ITAVocabulary:
     @property
     def num_classes(self):
         return len(self.class_names)
+
+    def warn_missing_from_bank(self, chosen_names, stacklevel=2):
+        """One `UserWarning` naming the chosen dominant categories that the category bank lacks: their text queries
+        use the CLIP text tower's embeddings instead. `stacklevel` as `warnings.warn`'s, from the caller."""
+        missing = sorted(set(chosen_names) & set(self.missing_from_bank))
+        if missing:
+            warnings.warn(
+                f"Dominant categories {missing} are not in the category bank: their text queries use the CLIP text "
+                "tower's embeddings instead (the original ITA raises a KeyError here)",
+                stacklevel=stacklevel + 1,
+            )
 
 
 class ITAVocabularyEncoder:

@@ -347,6 +347,34 @@ def test_resized_argmax_mixes_classes_only_along_label_boundaries(monkeypatch):
     assert torch.equal(labels, expected)
 
 
+def test_boundary_pixels_mix_only_the_classes_that_can_win(monkeypatch):
+    """Along a boundary between two of 40 classes, a class whose highest corner score is below another's lowest
+    cannot win in the cell: only the two sides' classes are mixed there, and labels and winning scores are still
+    those of every class resized."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.rand(40, 30, 50, generator=generator) * 0.1 - 1.0  # classes that never come close
+    scores[3] = 0.0
+    scores[7] = 0.0
+    scores[3, :, :20] = 1.0
+    scores[7, :, 20:] = 1.0
+    widths = []
+    original = kernels.bilinear_combine
+
+    def recording(*args):
+        result = original(*args)
+        if result.dim() == 2:  # [pixels, classes mixed]
+            widths.append(result.shape[-1])
+        return result
+
+    monkeypatch.setattr(kernels, "bilinear_combine", recording)
+    labels, _ = resized_argmax(scores, (120, 200), winning_scores=False)
+    assert widths and set(widths) == {2}
+    monkeypatch.undo()
+    resized = F.interpolate(scores[None], size=(120, 200), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(labels, resized.argmax(0))
+    assert torch.equal(resized_argmax(scores, (120, 200), winning_scores=True)[1], resized.max(0).values)
+
+
 def test_undecided_sources_are_those_within_rounding():
     scores = torch.tensor([[1.0, 1.0 - 2**-20, 0.0], [1.0, 0.5, 0.2], [0.0, 0.0, 0.0], [-1.0, -1.0 - 2**-10, -3.0]])
     labels, best, decided = kernels._top_two(scores)

@@ -8,7 +8,6 @@ evaluation take it in place of the PyTorch model. Inference only, on the CPU, in
 
 import json
 import os
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -309,7 +308,7 @@ class ITAOnnxModel:
         dominant_categories = None
         if ids is not None:
             dominant_categories = [[vocabulary.candidate_names[i] for i in row] for row in ids.tolist()]
-            _warn_missing_from_bank(vocabulary, dominant_categories)
+            vocabulary.warn_missing_from_bank({name for row in dominant_categories for name in row})
         output = ITAOpenVocabSegmentationOutput(
             **outputs, dominant_categories=dominant_categories, image_sizes=image_sizes
         )
@@ -348,17 +347,3 @@ def _numpy(value):
     value = value.detach().cpu()
     value = value.to(torch.float32) if value.is_floating_point() else value.to(torch.int64)
     return np.ascontiguousarray(value.numpy())
-
-
-def _warn_missing_from_bank(vocabulary, dominant_categories):
-    """The PyTorch model's warning for chosen names that a category bank lacks."""
-    if not vocabulary.missing_from_bank:
-        return
-    chosen = {name for row in dominant_categories for name in row}
-    missing = sorted(chosen & set(vocabulary.missing_from_bank))
-    if missing:
-        warnings.warn(
-            f"Dominant categories {missing} are not in the category bank: their text queries use the CLIP text "
-            "tower's embeddings instead (the original ITA raises a KeyError here)",
-            stacklevel=3,
-        )
