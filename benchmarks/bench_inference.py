@@ -91,6 +91,29 @@ def build_model(args):
     return model
 
 
+def load_vocabulary(model, name, cache=None, device=None):
+    """The class list `name` of `VOCABULARY_DIR` encoded by `model`: read from the file `cache` when it holds it
+    (the same seeded random text tower gives the same encoding), else encoded and written there. Says which and
+    how long it took (never part of the timings)."""
+    class_names = read_vocabulary_file(VOCABULARY_DIR / f"{name}.txt", allow_shared_synonyms=True)
+    start = time.perf_counter()
+    cache = Path(cache) if cache else None
+    if cache is not None and cache.is_file():
+        vocabulary = torch.load(cache, weights_only=False, map_location=device)
+        if vocabulary.class_names != tuple(class_names):
+            raise SystemExit(f"{cache} holds another vocabulary")
+        how = f"read from {cache} in"
+    else:
+        vocabulary = model.encode_vocabulary(class_names)
+        how = "cold encoding"
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(vocabulary, cache)
+    print(f"vocabulary {name}: {len(class_names)} classes, {len(vocabulary.synonyms)} synonyms, {how} "
+          f"{time.perf_counter() - start:.1f} s (not part of the timings below)", flush=True)
+    return vocabulary
+
+
 def instrument(model, processor, timer):
     """Time the model's parts by wrapping the methods its forward calls (instance attributes shadow them)."""
 
@@ -131,21 +154,7 @@ def main(argv=None):
     print(f"model built in {time.perf_counter() - start:.1f} s; RSS {rss_mib() - rss_start:.0f} MiB above start "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
 
-    class_names = read_vocabulary_file(VOCABULARY_DIR / f"{args.vocabulary}.txt", allow_shared_synonyms=True)
-    start = time.perf_counter()
-    cache = Path(args.vocabulary_cache) if args.vocabulary_cache else None
-    if cache is not None and cache.is_file():
-        vocabulary = torch.load(cache, weights_only=False)
-        if vocabulary.class_names != tuple(class_names):
-            raise SystemExit(f"{cache} holds another vocabulary")
-        how = f"read from {cache}"
-    else:
-        vocabulary = model.encode_vocabulary(class_names)
-        how = "cold encoding"
-        if cache is not None:
-            torch.save(vocabulary, cache)
-    print(f"vocabulary {args.vocabulary}: {len(class_names)} classes, {len(vocabulary.synonyms)} synonyms, "
-          f"{how} {time.perf_counter() - start:.1f} s (not part of the timings below)")
+    vocabulary = load_vocabulary(model, args.vocabulary, args.vocabulary_cache)
 
     rng = np.random.default_rng(args.seed)
     height, width = args.photo_size

@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_inference import load_vocabulary
 from measure import PeakRSS, machine_description, set_threads
 
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
-from modeling_ita.evaluation import VOCABULARY_DIR, read_vocabulary_file
 from modeling_ita.training.synthetic import draw_synthetic_scene
 from modeling_ita import kernels
-from modeling_ita.kernels import _grid_decisions, bilinear_taps, semantic_map_reference, semantic_scores_reference
+from modeling_ita.kernels import _grid_decisions, bilinear_taps, semantic_scores_reference
 
 
 def banded_semantic_map(class_probs, mask_logits, image_size, frame_size, target_size, masks_first=False,
@@ -144,26 +144,6 @@ class PeakMemory:
         return self.rss.delta_mib()
 
 
-def encode_vocabulary(model, name, cache_dir, seed, device):
-    class_names = read_vocabulary_file(VOCABULARY_DIR / f"{name}.txt", allow_shared_synonyms=True)
-    cache = Path(cache_dir) / f"{name}-ita-seed{seed}.pt" if cache_dir else None
-    start = time.perf_counter()
-    if cache is not None and cache.is_file():
-        vocabulary = torch.load(cache, weights_only=False, map_location=device)
-        if vocabulary.class_names != tuple(class_names):
-            raise SystemExit(f"{cache} holds another vocabulary")
-        how = f"read from {cache}"
-    else:
-        vocabulary = model.encode_vocabulary(class_names)
-        how = "encoded"
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(vocabulary, cache)
-    print(f"vocabulary {name}: {len(class_names)} classes, {len(vocabulary.synonyms)} synonyms, {how} in "
-          f"{time.perf_counter() - start:.1f} s (not timed below)", flush=True)
-    return vocabulary
-
-
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -191,7 +171,8 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     rows = []
     for vocabulary_name in args.vocabularies:
-        vocabulary = encode_vocabulary(model, vocabulary_name, args.vocabulary_cache_dir, args.seed, device)
+        cache = Path(args.vocabulary_cache_dir) / f"{vocabulary_name}-ita-seed{args.seed}.pt" if args.vocabulary_cache_dir else None
+        vocabulary = load_vocabulary(model, vocabulary_name, cache, device)
         for height, width in args.photo_sizes:
             if args.image == "scene":
                 image = draw_synthetic_scene(rng, height, width)[0]
@@ -266,7 +247,8 @@ def main(argv=None):
                   f"{row['post']:.3f} s, RATIO {row['ratio']:.2f}, peak +{peak:.0f} MiB, undecided grid "
                   f"{undecided:.1%}, runs trunk/e2e {row['runs']}" + (f"; check: {row['check']}" if "check" in row else ""),
                   flush=True)
-            del state, outputs, labels
+            state.clear()
+            del outputs, labels
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
