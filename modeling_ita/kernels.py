@@ -542,16 +542,18 @@ class _ResizedArgmax:
             first, last = int(pixel_starts[begin]), int(pixel_starts[end])
             r, c = rows[first:last], columns[first:last]
             local = pixel_cell[first:last] - begin
-            index = candidates.clamp_max(corners.shape[-1] - 1)
-            corner_scores = [corners[k].gather(1, index)[local] for k in range(4)]  # [pixels, C] each
-            picked = candidates[local]
-            valid = picked < corners.shape[-1]
-            mixed = bilinear_combine(
-                *corner_scores,
-                self.left_weight[0, c, None], self.right_weight[0, c, None], top_weight[r], bottom_weight[r],
-            ).masked_fill_(~valid, float("-inf"))  # [pixels, C]
-            value, position = mixed.max(dim=-1)  # the first of tied candidates: the first of tied classes
-            out_labels[r, c] = picked.gather(1, position[:, None])[:, 0]
+            weights = (self.left_weight[0, c, None], self.right_weight[0, c, None], top_weight[r], bottom_weight[r])
+            if 2 * candidates.shape[1] > corners.shape[-1]:  # little to leave out: every class, without gathers
+                value, label = bilinear_combine(*(corners[k][local] for k in range(4)), *weights).max(dim=-1)
+            else:
+                index = candidates.clamp_max(corners.shape[-1] - 1)
+                corner_scores = [corners[k].gather(1, index)[local] for k in range(4)]  # [pixels, C] each
+                picked = candidates[local]
+                mixed = bilinear_combine(*corner_scores, *weights)
+                mixed.masked_fill_(picked == corners.shape[-1], float("-inf"))  # [pixels, C]
+                value, position = mixed.max(dim=-1)  # the first of tied candidates: the first of tied classes
+                label = picked.gather(1, position[:, None])[:, 0]
+            out_labels[r, c] = label  # the first of tied classes, as argmax
             if out_scores is not None:
                 out_scores[r, c] = value
 
