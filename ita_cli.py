@@ -1,10 +1,11 @@
-"""The `ita-segment`, `ita-evaluate`, `ita-convert`, `ita-export` and `ita-train` commands: arguments first, heavy imports after.
+"""The `ita-segment`, `ita-evaluate`, `ita-convert`, `ita-export` and `ita-train` commands: arguments first, heavy
+imports after.
 
 Importing `modeling_ita` imports torch, transformers and open_clip (several seconds), so this module, outside the
 package, imports only the standard library: `--help` and usage errors answer at once, and the package is
 imported once the arguments are known to be well formed. Each command's work lives in the package
-(`modeling_ita.apps.cli`, `modeling_ita.evaluation.cli`, `modeling_ita.hub.cli`, `modeling_ita.onnx.cli`, `modeling_ita.training`); the
-files in `scripts/` call these functions.
+(`modeling_ita.apps.cli`, `modeling_ita.evaluation.cli`, `modeling_ita.hub.cli`, `modeling_ita.onnx.cli`,
+`modeling_ita.training`); the files in `scripts/` call these functions.
 """
 
 import argparse
