@@ -7,7 +7,9 @@ Inputs shaped like the full-size model's for one photo: 200 queries, K classes, 
 - `random-init`: near-uniform class probabilities and low-contrast masks, as the model with random weights gives
   (`bench_photo_sizes.py` runs that model): every class close to every other, labels changing everywhere;
 - `trained-like`: confident queries (peaked class probabilities) and saturated masks that vary smoothly over the
-  grid, as a trained model gives: regions with boundaries between them.
+  grid, as a trained model gives: regions with boundaries between them;
+- `noisy`: confident queries and masks that change from one grid point to the next: labels change nearly
+  everywhere (a stress case, like `bench_photo_sizes.py --spread-heads`).
 
 `--against REV` loads `modeling_ita/kernels.py` as it was at git revision REV (read with `git show`, nothing is
 checked out) and times it alternately with the working tree's; labels are compared. Stage times come from timers
@@ -42,7 +44,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", type=int, default=150)
     parser.add_argument("--photo-size", type=int, nargs=2, default=(3000, 4000), metavar=("HEIGHT", "WIDTH"))
-    parser.add_argument("--kinds", nargs="+", choices=("random-init", "trained-like"), default=["random-init", "trained-like"])
+    parser.add_argument("--kinds", nargs="+", choices=("random-init", "trained-like", "noisy"),
+                        default=["random-init", "trained-like", "noisy"])
     parser.add_argument("--against", metavar="REV", help="also time kernels.py of this git revision")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -55,6 +58,9 @@ def outputs(kind, num_classes, seed, num_queries=200, grid=(200, 272)):
     if kind == "random-init":
         class_probs = (torch.randn(num_queries, num_classes + 1, generator=generator) * 0.05).softmax(-1)[:, :-1]
         mask_logits = torch.randn(num_queries, *grid, generator=generator) * 0.3
+    elif kind == "noisy":
+        class_probs = (torch.randn(num_queries, num_classes + 1, generator=generator) * 4).softmax(-1)[:, :-1]
+        mask_logits = torch.randn(num_queries, *grid, generator=generator) * 3
     else:
         class_probs = (torch.randn(num_queries, num_classes + 1, generator=generator) * 4).softmax(-1)[:, :-1]
         coarse = torch.randn(num_queries, grid[0] // 8, grid[1] // 8, generator=generator) * 8
