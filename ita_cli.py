@@ -33,8 +33,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # The pipeline's subtasks (modeling_ita.apps.pipeline.SUBTASKS; not imported here: it imports torch).
 SUBTASKS = ("semantic", "panoptic", "instance")
 DTYPES = ("float32", "bfloat16", "float16")
+# The backends (`modeling_ita.onnx.BACKENDS`) and `ita-export`'s default check tolerances
+# (`modeling_ita.onnx.export.DEFAULT_TOLERANCES`), kept equal to the package's by a test.
 BACKENDS = ("auto", "pytorch", "onnxruntime")
-# `ita-export`'s default check tolerances (`modeling_ita.onnx.export.DEFAULT_TOLERANCES`, kept equal by a test).
 EXPORT_ATOL, EXPORT_RTOL = 1e-3, 5e-3
 # The registered benchmarks (`modeling_ita.evaluation.BENCHMARKS`, which a test keeps equal to this), here so
 # that `--benchmark` is checked before anything heavy is imported.

@@ -43,6 +43,7 @@ from image_processing_ita import open_image
 
 from ..postprocessing import binary_mask_to_coco_rle
 from ..vocabulary import parse_vocabulary
+from ..onnx import ITAOnnxModel, resolve_backend
 from .loading import ModelLoadingError, check_device, check_model_location
 from .pipeline import ZERO_SHOT_IMAGE_SEGMENTATION_TASK
 from .visualization import overlay, segment_overlay
@@ -257,34 +258,21 @@ def _check_output_folder(args, images):
 
 
 def _check_backend(args):
-    """Resolve `--backend auto` (onnxruntime for a folder written by ita-export) and refuse options that the
-    onnxruntime backend does not have; raises `UsageError`."""
-    from ..onnx import is_onnx_model_folder
-
-    if args.backend == "auto":
-        args.backend = "onnxruntime" if is_onnx_model_folder(args.model) else "pytorch"
+    """Resolve `--backend auto` (onnxruntime for a folder written by ita-export) and refuse a device or dtype the
+    onnxruntime backend lacks; raises `UsageError`."""
+    try:
+        args.backend, device = resolve_backend(args.model, args.backend, args.device, args.dtype)
+    except ValueError as error:
+        raise UsageError(f"--backend {args.backend}: {error}") from None
     if args.backend == "onnxruntime":
-        if args.device not in (None, "auto") and _device_type(args.device) != "cpu":
-            raise UsageError(f"--backend onnxruntime runs on the CPU; got --device {args.device}")
-        if args.dtype != "float32":
-            raise UsageError(f"--backend onnxruntime computes in float32; got --dtype {args.dtype}")
-        args.device = "cpu"
+        args.device = device
 
 
 def _load_segmenter(args, device):
     """The pipeline: the PyTorch model of `--model`, or with `--backend onnxruntime` its exported folder."""
     if args.backend == "onnxruntime":
-        from ..onnx import ITAOnnxModel
-
         return pipeline(ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=ITAOnnxModel.from_pretrained(args.model), device=device)
     return pipeline(ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=args.model, device=device, dtype=getattr(torch, args.dtype))
-
-
-def _device_type(name):
-    try:
-        return torch.device(name).type
-    except (RuntimeError, TypeError):
-        raise UsageError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
 
 
 def _segment_all(segmenter, images, vocabulary, args, fail):

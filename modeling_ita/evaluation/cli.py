@@ -20,6 +20,7 @@ import sys
 from transformers.utils import logging as transformers_logging
 
 from ..apps.loading import ModelLoadingError, check_device, check_model_location
+from ..onnx import resolve_backend
 from .benchmarks import benchmark_metadata, load_segmentation_split
 from .data_check import DataCheckError
 from .runner import (
@@ -44,18 +45,11 @@ def main(argv=None, prog="ita-evaluate"):
 
 
 def _resolve_backend(args):
-    """`--backend auto` -> onnxruntime for a folder written by ita-export, else pytorch; the onnxruntime backend
-    runs on the CPU in float32 (`--device auto` means the CPU there). Raises `ValueError` for other choices."""
-    from ..onnx import is_onnx_model_folder
-
-    if args.backend == "auto":
-        args.backend = "onnxruntime" if is_onnx_model_folder(args.model) else "pytorch"
+    """`--backend auto` -> onnxruntime for a folder written by ita-export, else pytorch; with onnxruntime,
+    `--device auto` means the CPU. Raises `ValueError` for a device or dtype that backend lacks."""
+    args.backend, device = resolve_backend(args.model, args.backend, args.device, args.dtype)
     if args.backend == "onnxruntime":
-        if args.device not in ("auto", "cpu"):
-            raise ValueError(f"--backend onnxruntime runs on the CPU; got --device {args.device}")
-        if args.dtype != "float32":
-            raise ValueError(f"--backend onnxruntime computes in float32; got --dtype {args.dtype}")
-        args.device = "cpu"
+        args.device = device
 
 
 def _process_state(device_name):

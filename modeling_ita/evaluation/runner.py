@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..apps.loading import check_device, load_segmentation_model
+from ..onnx import ITAOnnxModel, resolve_backend
 from image_processing_ita import open_image, padded_size
 from processing_ita import ITAProcessor
 from .benchmarks import (
@@ -107,8 +108,9 @@ def load_model_and_processor(
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-    if _uses_onnxruntime(model_name_or_path, backend):
-        model = _load_onnx_model(model_name_or_path, device, dtype)
+    backend, device = resolve_backend(model_name_or_path, backend, device, dtype)
+    if backend == "onnxruntime":
+        model = ITAOnnxModel.from_pretrained(model_name_or_path)
     else:
         model = load_segmentation_model(model_name_or_path, device=check_device(device), dtype=_DTYPES[dtype])
     processor = ITAProcessor.from_pretrained(model_name_or_path)
@@ -120,25 +122,6 @@ def load_model_and_processor(
             raise ValueError("The processor resizes to a fixed size; give --shortest-edge to resize by the short side")
         processor.image_processor.size = type(size)(shortest_edge=shortest_edge, longest_edge=longest_edge)
     return model, processor
-
-
-def _uses_onnxruntime(model_name_or_path, backend):
-    from ..onnx import is_onnx_model_folder
-
-    if backend not in ("auto", "pytorch", "onnxruntime"):
-        raise ValueError(f"backend must be auto, pytorch or onnxruntime, got {backend!r}")
-    return backend == "onnxruntime" or (backend == "auto" and is_onnx_model_folder(model_name_or_path))
-
-
-def _load_onnx_model(model_name_or_path, device, dtype):
-    """An `ITAOnnxModel` (the onnxruntime backend), after refusing a device or dtype it does not run in."""
-    from ..onnx import ITAOnnxModel
-
-    if device not in ("auto", "cpu") and torch.device(device).type != "cpu":
-        raise ValueError(f"The onnxruntime backend runs on the CPU; got device {device!r}")
-    if dtype != "float32":
-        raise ValueError(f"The onnxruntime backend computes in float32; got dtype {dtype!r}")
-    return ITAOnnxModel.from_pretrained(model_name_or_path)
 
 
 def load_evaluation_dataset(

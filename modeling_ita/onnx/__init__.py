@@ -10,6 +10,6 @@ Importing this package needs none of the `onnx` extra: each function imports wha
 `ImportError` naming the extra when it is missing.
 """
 
-from .runtime import ITAOnnxModel, is_onnx_model_folder
+from .runtime import BACKENDS, ITAOnnxModel, is_onnx_model_folder, resolve_backend
 
-__all__ = ["ITAOnnxModel", "is_onnx_model_folder"]
+__all__ = ["BACKENDS", "ITAOnnxModel", "is_onnx_model_folder", "resolve_backend"]

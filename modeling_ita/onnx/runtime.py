@@ -36,6 +36,7 @@ __all__ = [
     "ITAOnnxTextEncoder",
     "import_onnx_extra",
     "is_onnx_model_folder",
+    "resolve_backend",
     "read_manifest",
 ]
 
@@ -64,6 +65,31 @@ def is_onnx_model_folder(path):
         return (Path(path) / MANIFEST_FILE).is_file()
     except (TypeError, OSError):
         return False
+
+
+BACKENDS = ("auto", "pytorch", "onnxruntime")
+
+
+def resolve_backend(model_name_or_path, backend="auto", device=None, dtype="float32"):
+    """`(backend, device)` for a model: `"auto"` is onnxruntime for a folder written by `ita-export`, else pytorch.
+    The onnxruntime backend runs on the CPU in float32: its device is `"cpu"` (None and `"auto"` become it);
+    another device or dtype raises a `ValueError` naming it, as does an unknown backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        backend = "onnxruntime" if is_onnx_model_folder(model_name_or_path) else "pytorch"
+    if backend != "onnxruntime":
+        return backend, device
+    if device is not None and device != "auto":
+        try:
+            device_type = torch.device(device).type
+        except (RuntimeError, TypeError):
+            raise ValueError(f"{device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+        if device_type != "cpu":
+            raise ValueError(f"the onnxruntime backend runs on the CPU; got device {device}")
+    if dtype not in ("float32", torch.float32):
+        raise ValueError(f"the onnxruntime backend computes in float32; got dtype {dtype}")
+    return backend, "cpu"
 
 
 def read_manifest(folder):

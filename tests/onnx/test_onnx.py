@@ -287,6 +287,9 @@ def test_console_script_is_declared():
 
     # `--help` answers without importing torch, so the defaults it shows are kept here and must be the exporter's.
     assert (ita_cli.EXPORT_ATOL, ita_cli.EXPORT_RTOL) == (onnx_export.DEFAULT_TOLERANCES.atol, onnx_export.DEFAULT_TOLERANCES.rtol)
+    from modeling_ita.onnx import BACKENDS
+
+    assert ita_cli.BACKENDS == BACKENDS
     with pytest.raises(SystemExit) as exit_info:
         export_main(["--help"])
     assert exit_info.value.code == 0
