@@ -27,7 +27,6 @@ resident set's rise (`measure.PeakRSS`).
 import argparse
 import contextlib
 import functools
-import statistics
 import time
 from pathlib import Path
 
@@ -35,26 +34,14 @@ import numpy as np
 import torch
 
 from bench_inference import load_vocabulary
-from measure import PeakRSS, machine_description, set_threads
+from measure import PeakRSS, StageTimer, machine_description, set_threads
 
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
 from modeling_ita.training.synthetic import draw_synthetic_scene
 from modeling_ita import kernels
-from modeling_ita.kernels import _grid_decisions, bilinear_taps, semantic_scores_reference
+from modeling_ita.kernels import _grid_decisions, _undecided_share, semantic_scores_reference
 
-
-def banded_semantic_map(class_probs, mask_logits, image_size, frame_size, target_size, masks_first=False,
-                        winning_scores=True, chunk_elements=2**22):
-    """`kernels.semantic_map` through its row bands of every class alone (`--post-processing bands`)."""
-    labels = torch.empty(tuple(target_size), dtype=torch.long, device=mask_logits.device)
-    best = torch.empty(tuple(target_size), device=mask_logits.device) if winning_scores else None
-    for top, bottom, scores in kernels._target_bands(class_probs.float(), mask_logits.float(), image_size, frame_size,
-                                                     target_size, masks_first, chunk_elements):
-        values, labels[top:bottom] = scores.max(dim=-1)
-        if best is not None:
-            best[top:bottom] = values
-    return labels, best
 
 
 def photo_size(value):
@@ -96,31 +83,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-class Clock:
-    """Wall-clock timing that waits for the device's queued work (CUDA) at both ends of a block."""
-
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-        self.samples = {}
-
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    @contextlib.contextmanager
-    def __call__(self, name):
-        self.sync()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.sync()
-            self.samples.setdefault(name, []).append(time.perf_counter() - start)
-
-    def median(self, name):
-        return statistics.median(self.samples[name])
-
-
 class PeakMemory:
     """The peak memory a block adds: the CUDA allocator's on a GPU, the resident set's on the CPU (MiB)."""
 
@@ -156,7 +118,7 @@ def main(argv=None):
           f"post-processing {args.post_processing}", flush=True)
 
     if args.post_processing == "bands":
-        kernels.semantic_map = banded_semantic_map  # the processor looks it up at each call
+        kernels.semantic_map = kernels.banded_semantic_map  # the processor looks it up at each call
     start = time.perf_counter()
     model = ITAForOpenVocabSegmentation(ITAConfig()).eval()
     if args.spread_heads:
@@ -178,7 +140,7 @@ def main(argv=None):
                 image = draw_synthetic_scene(rng, height, width)[0]
             else:
                 image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-            clock = Clock(device)
+            clock = StageTimer(torch.cuda.synchronize if device.type == "cuda" else None)
             state = {}
 
             def end_to_end(image=image, height=height, width=width, timed=True):
@@ -199,7 +161,7 @@ def main(argv=None):
 
             trunk_alone()
             end_to_end(timed=False)  # warm-up
-            clock.sync()
+            clock.synchronize()
             for _ in range(args.repeats):
                 with clock("trunk"):
                     trunk_alone()
@@ -218,9 +180,7 @@ def main(argv=None):
                 class_logits[0], mask_logits[0], image_sizes[0], target_sizes[0], 0
             )
             decisions = _grid_decisions(class_probs, grid.float(), processor.image_processor.post_process_chunk_elements)
-            grid_rows, grid_columns = (int(bilinear_taps(size, frame)[0][image_side - 1]) + 1
-                                       for size, frame, image_side in zip(grid.shape[-2:], frame_size, image_size))
-            undecided = (decisions[:grid_rows, :grid_columns] < 0).float().mean().item()
+            undecided = _undecided_share(decisions, image_size, frame_size)
             row = {
                 "vocabulary": vocabulary_name, "classes": len(vocabulary.class_names), "photo": f"{height}x{width}",
                 "trunk": trunk, "end_to_end": total, "post": clock.median("post-processing"),

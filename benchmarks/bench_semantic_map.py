@@ -125,9 +125,9 @@ def main(argv=None):
                 start = time.perf_counter()
                 module.semantic_map(*arguments, winning_scores=False)
                 times[name].append(time.perf_counter() - start)
-        decisions = kernels._grid_decisions(class_probs, mask_logits, 2**22)
+        undecided = kernels._undecided_share(kernels._grid_decisions(class_probs, mask_logits, 2**22), *arguments[2:4])
         print(f"\n{kind}, {args.classes} classes, photo {target[0]}x{target[1]}: undecided grid "
-              f"{(decisions < 0).float().mean().item():.1%}; medians of {args.repeats} alternating runs")
+              f"{undecided:.1%}; medians of {args.repeats} alternating runs")
         for name in versions:
             stages = ", ".join(f"{stage} {value / args.repeats:.2f}" for stage, value in stage_samples[name].items())
             print(f"  {name:<16}{statistics.median(times[name]):7.2f} s   runs "

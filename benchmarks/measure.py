@@ -74,17 +74,22 @@ class PeakRSS:
 
 
 class StageTimer:
-    """Accumulates wall-clock seconds per named stage over repeats; `with timer("trunk"): ...`."""
+    """Accumulates wall-clock seconds per named stage over repeats; `with timer("trunk"): ...`. With
+    `synchronize` (e.g. `torch.cuda.synchronize`), it is called at both ends of each block, so that a device's
+    queued work is counted in the block that queued it."""
 
-    def __init__(self):
+    def __init__(self, synchronize=None):
         self.samples = {}
+        self.synchronize = synchronize or (lambda: None)
 
     @contextmanager
     def __call__(self, name):
+        self.synchronize()
         start = time.perf_counter()
         try:
             yield
         finally:
+            self.synchronize()
             self.samples.setdefault(name, []).append(time.perf_counter() - start)
 
     def median(self, name):

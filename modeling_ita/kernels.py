@@ -31,6 +31,7 @@ __all__ = [
     "bilinear_resize_rows",
     "bilinear_combine",
     "resized_argmax",
+    "banded_semantic_map",
     "semantic_map",
     "semantic_map_reference",
     "semantic_scores",
@@ -807,6 +808,13 @@ def _upsampled_logits(mask_logits: Tensor, frame_size: tuple[int, int]):
     return logits_at
 
 
+def _undecided_share(decisions: Tensor, image_size: tuple[int, int], frame_size: tuple[int, int]) -> float:
+    """The share of the grid cells under the image (not its padding) that `_grid_decisions` leaves undecided."""
+    grid_rows, grid_columns = (int(bilinear_taps(size, frame)[0][image - 1]) + 1 for size, frame, image in zip(
+        decisions.shape, frame_size, image_size))
+    return (decisions[:grid_rows, :grid_columns] < 0).float().mean().item()
+
+
 def _image_score_bands(class_probs, mask_logits, decisions, image_size, frame_size, winning_scores, chunk_elements):
     """Yields, for bands of image rows, what `_ResizedArgmax.add_rows` takes: each pixel's best class, whether it
     wins by more than rounding, its score (with `winning_scores`) and a `_PixelScores` for exact scores.
@@ -868,9 +876,7 @@ def semantic_map(
     class_probs, mask_logits = class_probs.float(), mask_logits.float()
     if not masks_first:
         decisions = _grid_decisions(class_probs, mask_logits, chunk_elements)
-        grid_rows, grid_columns = (int(bilinear_taps(size, frame)[0][image - 1]) + 1 for size, frame, image in zip(
-            mask_logits.shape[-2:], frame_size, image_size))
-        undecided = (decisions[:grid_rows, :grid_columns] < 0).float().mean().item()
+        undecided = _undecided_share(decisions, image_size, frame_size)
         if undecided * height * width <= target_height * target_width:
             resizer = _ResizedArgmax(image_size, target_size, class_probs.shape[1], device, winning_scores, chunk_elements)
             for band in _image_score_bands(
@@ -878,8 +884,26 @@ def semantic_map(
             ):
                 resizer.add_rows(*band)
             return resizer.labels, resizer.scores
-    labels = torch.empty((target_height, target_width), dtype=torch.long, device=device)
-    best = torch.empty((target_height, target_width), device=device) if winning_scores else None
+    return banded_semantic_map(
+        class_probs, mask_logits, image_size, frame_size, target_size, masks_first, winning_scores, chunk_elements
+    )
+
+
+def banded_semantic_map(
+    class_probs: Tensor,
+    mask_logits: Tensor,
+    image_size: tuple[int, int],
+    frame_size: tuple[int, int],
+    target_size: tuple[int, int],
+    masks_first: bool = False,
+    winning_scores: bool = True,
+    chunk_elements: int = 2**22,
+) -> tuple[Tensor, Tensor | None]:
+    """`semantic_map` computed in bands of target rows, every class's score at every target pixel (bounded memory;
+    the path it takes when the masks are resized first or the grid leaves most of a small target open)."""
+    class_probs, mask_logits = class_probs.float(), mask_logits.float()
+    labels = torch.empty(tuple(target_size), dtype=torch.long, device=mask_logits.device)
+    best = torch.empty(tuple(target_size), device=mask_logits.device) if winning_scores else None
     for top, bottom, scores in _target_bands(
         class_probs, mask_logits, image_size, frame_size, target_size, masks_first, chunk_elements
     ):
