@@ -815,25 +815,37 @@ def _undecided_share(decisions: Tensor, image_size: tuple[int, int], frame_size:
     return (decisions[:grid_rows, :grid_columns] < 0).float().mean().item()
 
 
+# A band of image rows whose grid leaves more than this share of its pixels open is scored whole, with the masks
+# upsampled by matrix products (`_FrameRows`): cheaper there than gathering each open pixel's grid neighbours.
+_DENSE_BAND_SHARE = 0.5
+
+
 def _image_score_bands(class_probs, mask_logits, decisions, image_size, frame_size, winning_scores, chunk_elements):
     """Yields, for bands of image rows, what `_ResizedArgmax.add_rows` takes: each pixel's best class, whether it
-    wins by more than rounding, its score (with `winning_scores`) and a `_PixelScores` for exact scores.
+    wins by more than rounding, its score (with `winning_scores`) and the source of exact scores.
 
     Grid cells whose bounds decide their class (`decisions`, from `_grid_decisions`) give their pixels' classes
-    without any class score; only the other pixels' scores are computed, and those along label boundaries when
-    the resize asks for them.
+    without any class score; only the other pixels' scores are computed (`_PixelScores`), and those along label
+    boundaries when the resize asks for them. A band the grid leaves mostly open is scored whole instead.
     """
     (height, width), (num_queries, num_classes) = image_size, class_probs.shape
     logits_at = _upsampled_logits(mask_logits, frame_size)
+    frame_rows = _FrameRows(mask_logits, frame_size)
     device = mask_logits.device
     cell_rows = bilinear_taps(mask_logits.shape[-2], frame_size[0])[0][:height].to(device)  # each row's grid row
     cell_columns = bilinear_taps(mask_logits.shape[-1], frame_size[1])[0][:width].to(device)
-    band = max(1, chunk_elements // (num_classes * width))
+    band = max(1, chunk_elements // (max(num_queries, num_classes) * width))
     for top in range(0, height, band):
         bottom = min(top + band, height)
-        scores = _PixelScores(logits_at, class_probs, top, bottom - top, width, chunk_elements)
         labels = decisions[cell_rows[top:bottom]][:, cell_columns]  # [rows, w], -1 where undecided
         from_grid = labels >= 0
+        if from_grid.float().mean() < 1 - _DENSE_BAND_SHARE:  # every pixel's scores: by matrix products, no gathers
+            masks = frame_rows(top, bottom - 1)[:, :, :width].sigmoid_()  # [rows, Q, w]
+            band_scores = torch.matmul(masks.transpose(1, 2), class_probs)  # [rows, w, K]
+            labels, values, decided = _top_two(band_scores)
+            yield labels, decided, values if winning_scores else None, _DenseScores(band_scores)
+            continue
+        scores = _PixelScores(logits_at, class_probs, top, bottom - top, width, chunk_elements)
         decided = from_grid.clone()
         best = torch.empty(labels.shape, device=device) if winning_scores else None
         r, c = (~from_grid).nonzero(as_tuple=True)

@@ -482,6 +482,42 @@ def test_semantic_map_scores_only_the_pixels_the_grid_leaves_open(monkeypatch):
         assert 0 < sum(scored) < 0.5 * 120 * 190
 
 
+@pytest.mark.parametrize("dense_share", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("structured", [False, True])
+def test_bands_the_grid_leaves_open_are_scored_whole_with_the_same_labels(monkeypatch, structured, dense_share):
+    """Bands of image rows whose grid is mostly open are scored whole by matrix products, the others pixel by
+    pixel: either way (forced by the share: 0 scores every band whole, 1 none), the plain formula's labels and
+    scores, for a photo-like target and a smaller one."""
+    class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(32, 48), structured=structured, seed=6)
+    monkeypatch.setattr(kernels, "_DENSE_BAND_SHARE", dense_share)
+    calls = {"whole": 0, "pixels": 0}
+    frame_rows, compute = kernels._FrameRows.__call__, kernels._PixelScores.compute
+
+    def whole(self, *args):
+        calls["whole"] += 1
+        return frame_rows(self, *args)
+
+    def pixels(self, *args):
+        calls["pixels"] += 1
+        return compute(self, *args)
+
+    monkeypatch.setattr(kernels._FrameRows, "__call__", whole)
+    monkeypatch.setattr(kernels._PixelScores, "compute", pixels)
+    for target_size in ((90, 150), (400, 700)):  # the last: larger than the image, the boundary-following path
+        calls.update(whole=0, pixels=0)
+        arguments = (class_probs, mask_logits, (120, 190), (128, 192), target_size)
+        expected_labels, expected_scores = semantic_map_reference(*arguments)
+        labels, scores = semantic_map(*arguments, chunk_elements=20_000)
+        assert torch.equal(labels, expected_labels)
+        torch.testing.assert_close(scores, expected_scores, atol=1e-5, rtol=1e-5)
+    if dense_share == 0.0:
+        assert calls["whole"] > 0 and calls["pixels"] == 0
+    elif dense_share == 1.0:
+        assert calls["whole"] == 0 and calls["pixels"] > 0
+    elif not structured:  # noisy masks leave most bands open, saturated ones few
+        assert calls["whole"] > calls["pixels"]
+
+
 # ------------------------------------------------------------------------------------------------ on a GPU
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 GPU = torch.device("cuda")
