@@ -6,6 +6,7 @@ up to float rounding: a `*_reference` function here, or the torch function its d
 (`tests/test_kernels.py` checks each pair). What each one saves is measured in `benchmarks/README.md`.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -356,9 +357,20 @@ def _resize_columns(maps: Tensor, width: int) -> Tensor:
     return resized.view(rows, queries, width)
 
 
+@functools.lru_cache(maxsize=None)
+def _fused_addcmul(device_type: str) -> bool:
+    """Whether float32 `torch.addcmul` rounds once (a fused multiply-add) on this kind of device: `(1 + 2^-12)^2 - 1`
+    is `2^-11 + 2^-24` fused and `2^-11` with the product rounded first."""
+    first = torch.full((64,), 1 + 2.0**-12, device=device_type)
+    return bool((torch.addcmul(torch.full_like(first, -1.0), first, first) == 2.0**-11 + 2.0**-24).all())
+
+
 def _fused_lerp(first: Tensor, first_weight: Tensor, second: Tensor, second_weight: Tensor) -> Tensor:
     """`first * first_weight + second * second_weight` in float32, the first product fused into the sum (one
-    rounding), as PyTorch's CPU bilinear kernel computes it; evaluated in float64 (exact product) and rounded."""
+    rounding), as PyTorch's CPU bilinear kernel computes it: `torch.addcmul` where it fuses, else evaluated in
+    float64 (exact product) and rounded."""
+    if _fused_addcmul(first.device.type):
+        return torch.addcmul(second * second_weight, first, first_weight)
     second = (second * second_weight).double()
     return second.addcmul_(first.double(), first_weight.double()).to(first.dtype)
 

@@ -248,10 +248,22 @@ def combine_everywhere(maps, size):
     )
 
 
+def test_fused_addcmul_probe_tells_whether_addcmul_rounds_once():
+    generator = torch.Generator().manual_seed(0)
+    first, weight, second = (torch.rand(100_000, generator=generator) for _ in range(3))
+    rounded_once = second.double().addcmul_(first.double(), weight.double()).float()
+    assert kernels._fused_addcmul("cpu") == torch.equal(torch.addcmul(second, first, weight), rounded_once)
+
+
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("sizes", [((19, 23), (137, 153)), ((80, 107), (300, 400)), ((50, 70), (101, 67)), ((40, 30), (40, 97))])
-def test_bilinear_combine_is_pytorch_cpu_arithmetic(sizes):
+def test_bilinear_combine_is_pytorch_cpu_arithmetic(monkeypatch, sizes, fused):
     """Bit for bit the values of PyTorch's CPU kernel, its generic path: outputs with height + width > 128 and more
-    than 3 channels (with one thread, 3 channels take the channels-last kernel)."""
+    than 3 channels (with one thread, 3 channels take the channels-last kernel). Both ways of rounding once: a
+    float32 `addcmul` where it fuses (`fused`, when this CPU's does) and float64 arithmetic rounded."""
+    if fused and not kernels._fused_addcmul("cpu"):
+        pytest.skip("torch.addcmul does not fuse on this CPU")
+    monkeypatch.setattr(kernels, "_fused_addcmul", lambda device_type: fused)
     (height, width), size = sizes
     maps = torch.rand(5, height, width, generator=torch.Generator().manual_seed(0)) * 3 - 1
     expected = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
