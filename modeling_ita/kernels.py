@@ -425,6 +425,10 @@ class _DenseScores:
     def prepare(self, rows: Tensor, columns: Tensor) -> None:
         pass
 
+    def dense_rows(self) -> Tensor:
+        """Every pixel's scores `[n, w, K]`."""
+        return self.scores
+
     def last_row(self) -> "_DenseScores":
         return _DenseScores(self.scores[-1:])
 
@@ -439,6 +443,10 @@ class _StackedScores:
         in_first = rows == 0
         self.first.prepare(rows[in_first], columns[in_first])
         self.second.prepare(rows[~in_first] - 1, columns[~in_first])
+
+    def dense_rows(self) -> Tensor | None:
+        first, second = self.first.dense_rows(), self.second.dense_rows()
+        return None if first is None or second is None else torch.cat([first, second[:1]])
 
     def __call__(self, rows: Tensor, columns: Tensor) -> Tensor:
         in_first = rows == 0
@@ -483,6 +491,7 @@ class _ResizedArgmax:
         self.left_weight, self.right_weight = column_taps[2][None], column_taps[3][None]  # [1, W]
         self.labels = torch.empty((target_height, target_width), dtype=torch.long, device=device)
         self.scores = torch.empty((target_height, target_width), device=device) if winning_scores else None
+        self.chunk_elements = chunk_elements
         self.pixels_per_chunk = max(1, chunk_elements // max(num_classes, 1))
         self.filled = 0  # target rows done
         self.next_row = 0  # first source row of the next band
@@ -539,6 +548,14 @@ class _ResizedArgmax:
         cell_rows, cell_columns = rows[example], columns[example]
         corner_rows = torch.cat([top[cell_rows], top[cell_rows], bottom[cell_rows], bottom[cell_rows]])
         corner_columns = torch.cat([left[cell_columns], right[cell_columns], left[cell_columns], right[cell_columns]])
+        dense = scores_at.dense_rows() if rows.numel() > _DENSE_TARGET_SHARE * out_labels.numel() else None
+        if dense is not None:  # boundaries over much of these rows: are most classes candidates in their cells?
+            sample = torch.linspace(0, len(cell_ids) - 1, min(len(cell_ids), 256), device=device).long()
+            sampled = dense[corner_rows.view(4, -1)[:, sample], corner_columns.view(4, -1)[:, sample]]  # [4, s, K]
+            kept = (_cell_candidates(sampled) < dense.shape[-1]).sum(dim=1).float().mean()
+            if kept > _DENSE_CANDIDATE_SHARE * dense.shape[-1]:  # then every pixel, every class, without gathers
+                self._fill_rows(dense, top, bottom, top_weight, bottom_weight, out_labels, out_scores)
+                return
         scores_at.prepare(corner_rows, corner_columns)  # every source pixel the boundary needs, computed at once
         order = torch.argsort(pixel_cell)  # the pixels cell by cell, so that chunks of cells hold chunks of pixels
         rows, columns, pixel_cell = rows[order], columns[order], pixel_cell[order]
@@ -569,6 +586,34 @@ class _ResizedArgmax:
             out_labels[r, c] = label  # the first of tied classes, as argmax
             if out_scores is not None:
                 out_scores[r, c] = value
+
+
+    def _fill_rows(self, scores, top, bottom, top_weight, bottom_weight, out_labels, out_scores) -> None:
+        """Every pixel of these target rows from the band's scores `[n, w, K]` (`top`, `bottom`: each target row's
+        source rows in the band): each source row resized along the columns once for all the target rows that read
+        it, then mixed per target row. `bilinear_combine`'s operations in its order, so the same values."""
+        width, num_classes = out_labels.shape[1], scores.shape[-1]
+        rows_per_chunk = max(1, self.chunk_elements // (width * num_classes))
+        left_weight, right_weight = self.left_weight[0, :, None], self.right_weight[0, :, None]  # [W, 1]
+        for begin in range(0, len(top), rows_per_chunk):
+            end = min(begin + rows_per_chunk, len(top))
+            first, last = int(top[begin]), int(bottom[end - 1])
+            source = scores[first : last + 1]
+            columns = _fused_lerp(source[:, self.left], left_weight, source[:, self.right], right_weight)  # [n, W, K]
+            mixed = _fused_lerp(
+                columns[top[begin:end] - first], top_weight[begin:end, :, None],
+                columns[bottom[begin:end] - first], bottom_weight[begin:end, :, None],
+            )
+            value, out_labels[begin:end] = mixed.max(dim=-1)  # the first of tied classes, as argmax
+            if out_scores is not None:
+                out_scores[begin:end] = value
+
+
+# A band of target rows where label boundaries cover more than this share of the pixels, and whose boundary cells
+# keep most classes as candidates (in a sample of them), is mixed whole, every class at every pixel
+# (`_ResizedArgmax._fill_rows`), when its source scores are at hand for every pixel.
+_DENSE_TARGET_SHARE = 0.2
+_DENSE_CANDIDATE_SHARE = 0.5
 
 
 def _cell_candidates(corners: Tensor) -> Tensor:
@@ -774,6 +819,9 @@ class _PixelScores:
         self.parts.append(scores)
         self.table = None
         return scores
+
+    def dense_rows(self) -> None:
+        return None  # only some pixels are scored
 
     def prepare(self, rows: Tensor, columns: Tensor) -> None:
         """Computes the scores of these pixels that are not known yet."""

@@ -306,13 +306,17 @@ SIZE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("whole_rows", [False, True])
 @pytest.mark.parametrize("kind", ["random", "structured", "ties", "duplicated", "rounding"])
 @pytest.mark.parametrize("sizes", SIZE_CASES)
-def test_resized_argmax_matches_the_full_resize(kind, sizes):
+def test_resized_argmax_matches_the_full_resize(monkeypatch, kind, sizes, whole_rows):
     """Labels identical to the arg-max of every class resized (first of tied classes); winning scores equal to
     the resized maximum. Bit for bit where PyTorch runs its generic CPU kernel (outputs with height + width > 128),
     whose arithmetic the kernel reproduces; for smaller outputs PyTorch rounds differently, so there classes
-    within rounding of each other ("rounding" maps) may come out either way."""
+    within rounding of each other ("rounding" maps) may come out either way. Either way of mixing: boundary
+    pixels alone, or (`whole_rows`) every pixel of target rows that have any."""
+    monkeypatch.setattr(kernels, "_DENSE_TARGET_SHARE", 0.0 if whole_rows else 1.0)
+    monkeypatch.setattr(kernels, "_DENSE_CANDIDATE_SHARE", 0.0)
     (height, width), size = sizes
     scores = score_maps(kind, 2 if kind == "rounding" else 5, height, width)
     resized = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -333,6 +337,55 @@ def test_resized_argmax_matches_the_full_resize(kind, sizes):
     if kind in ("ties", "duplicated"):  # the case is real: resized classes tie for the maximum somewhere
         best_two = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0].topk(2, dim=0).values
         assert (best_two[0] == best_two[1]).any()
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_whole_row_mixing_gives_the_boundary_mixing_values(monkeypatch, structured):
+    """Target rows mixed whole (`_ResizedArgmax._fill_rows`) hold exactly the labels and winning scores of the
+    boundary pixels mixed one by one, in the semantic map at a photo-like size; the plain formula's labels."""
+    class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(32, 48), structured=structured, seed=7)
+    arguments = (class_probs, mask_logits, (120, 190), (128, 192), (400, 700))
+    calls = []
+    fill_rows = kernels._ResizedArgmax._fill_rows
+
+    def counting(self, *args):
+        calls.append(1)
+        return fill_rows(self, *args)
+
+    monkeypatch.setattr(kernels._ResizedArgmax, "_fill_rows", counting)
+    monkeypatch.setattr(kernels, "_DENSE_BAND_SHARE", 0.0)  # every band's scores at hand for every pixel
+    monkeypatch.setattr(kernels, "_DENSE_CANDIDATE_SHARE", 0.0)  # whatever the classes kept in boundary cells
+    results = {}
+    for share in (0.0, 1.0):
+        monkeypatch.setattr(kernels, "_DENSE_TARGET_SHARE", share)
+        calls.clear()
+        results[share] = semantic_map(*arguments, chunk_elements=20_000)
+        assert bool(calls) == (share == 0.0)
+    assert torch.equal(results[0.0][0], results[1.0][0]) and torch.equal(results[0.0][1], results[1.0][1])
+    assert torch.equal(results[0.0][0], semantic_map_reference(*arguments)[0])
+
+
+def test_whole_rows_only_where_boundary_cells_keep_most_classes(monkeypatch):
+    """Boundaries everywhere: with every class close to every other the rows are mixed whole; with two classes
+    competing and the rest far below, boundary pixels are mixed one by one with the two candidates."""
+    generator = torch.Generator().manual_seed(0)
+    close = torch.rand(6, 30, 40, generator=generator)
+    two = torch.full((6, 30, 40), -5.0)
+    two[:2] = torch.rand(2, 30, 40, generator=generator)
+    calls = []
+    fill_rows = kernels._ResizedArgmax._fill_rows
+
+    def counting(self, *args):
+        calls.append(1)
+        return fill_rows(self, *args)
+
+    monkeypatch.setattr(kernels._ResizedArgmax, "_fill_rows", counting)
+    for scores, whole in ((close, True), (two, False)):
+        calls.clear()
+        labels, _ = resized_argmax(scores, (120, 160))
+        expected = F.interpolate(scores[None], size=(120, 160), mode="bilinear", align_corners=False)[0].argmax(0)
+        assert torch.equal(labels, expected)
+        assert bool(calls) == whole
 
 
 def test_resized_argmax_mixes_classes_only_along_label_boundaries(monkeypatch):
