@@ -339,20 +339,26 @@ def test_resized_argmax_matches_the_full_resize(monkeypatch, kind, sizes, whole_
         assert (best_two[0] == best_two[1]).any()
 
 
+def count_calls(monkeypatch, owner, name):
+    """Wraps `owner.name` for the test so that each call is recorded; returns the list of records."""
+    calls = []
+    original = getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
 @pytest.mark.parametrize("structured", [False, True])
 def test_whole_row_mixing_gives_the_boundary_mixing_values(monkeypatch, structured):
     """Target rows mixed whole (`_ResizedArgmax._fill_rows`) hold exactly the labels and winning scores of the
     boundary pixels mixed one by one, in the semantic map at a photo-like size; the plain formula's labels."""
     class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(32, 48), structured=structured, seed=7)
     arguments = (class_probs, mask_logits, (120, 190), (128, 192), (400, 700))
-    calls = []
-    fill_rows = kernels._ResizedArgmax._fill_rows
-
-    def counting(self, *args):
-        calls.append(1)
-        return fill_rows(self, *args)
-
-    monkeypatch.setattr(kernels._ResizedArgmax, "_fill_rows", counting)
+    calls = count_calls(monkeypatch, kernels._ResizedArgmax, "_fill_rows")
     monkeypatch.setattr(kernels, "_DENSE_BAND_SHARE", 0.0)  # every band's scores at hand for every pixel
     monkeypatch.setattr(kernels, "_DENSE_CANDIDATE_SHARE", 0.0)  # whatever the classes kept in boundary cells
     results = {}
@@ -372,14 +378,7 @@ def test_whole_rows_only_where_boundary_cells_keep_most_classes(monkeypatch):
     close = torch.rand(6, 30, 40, generator=generator)
     two = torch.full((6, 30, 40), -5.0)
     two[:2] = torch.rand(2, 30, 40, generator=generator)
-    calls = []
-    fill_rows = kernels._ResizedArgmax._fill_rows
-
-    def counting(self, *args):
-        calls.append(1)
-        return fill_rows(self, *args)
-
-    monkeypatch.setattr(kernels._ResizedArgmax, "_fill_rows", counting)
+    calls = count_calls(monkeypatch, kernels._ResizedArgmax, "_fill_rows")
     for scores, whole in ((close, True), (two, False)):
         calls.clear()
         labels, _ = resized_argmax(scores, (120, 160))
