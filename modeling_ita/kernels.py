@@ -587,7 +587,6 @@ class _ResizedArgmax:
             if out_scores is not None:
                 out_scores[r, c] = value
 
-
     def _fill_rows(self, scores, top, bottom, top_weight, bottom_weight, out_labels, out_scores) -> None:
         """Every pixel of these target rows from the band's scores `[n, w, K]` (`top`, `bottom`: each target row's
         source rows in the band): each source row resized along the columns once for all the target rows that read
