@@ -78,9 +78,23 @@ def parse_args(argv=None):
     parser.add_argument("--post-processing", choices=("default", "bands"), default="default",
                         help="bands: force the row-band computation of every class (the path the default takes "
                         "when the masks are resized first), to compare with the boundary-following one")
+    parser.add_argument("--save-inputs", metavar="DIR", default=None,
+                        help="write each row's post-processing inputs (class probabilities, mask grid, image and "
+                        "frame sizes) to DIR/VOCABULARY-HxW.pt, for bench_semantic_map.py --inputs; DIR must not "
+                        "hold such a file already")
     parser.add_argument("--check", action="store_true", help="compare the labels with the plain formula")
     parser.add_argument("--check-max-gib", type=float, default=8.0)
     return parser.parse_args(argv)
+
+
+def save_inputs(path, class_probs, grid, image_size, frame_size):
+    """One image's post-processing inputs, as `bench_semantic_map.py --inputs` reads them (never over a file)."""
+    if path.exists():
+        raise SystemExit(f"{path} exists: give --save-inputs a folder without it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"class_probs": class_probs.cpu(), "mask_logits": grid.float().cpu().contiguous(),
+                "image_size": list(image_size), "frame_size": list(frame_size)}, path)
+    print(f"post-processing inputs written to {path}", flush=True)
 
 
 class PeakMemory:
@@ -179,6 +193,9 @@ def main(argv=None):
             class_probs, grid, image_size, frame_size, _ = processor.image_processor._semantic_inputs(
                 class_logits[0], mask_logits[0], image_sizes[0], target_sizes[0], 0
             )
+            if args.save_inputs:
+                save_inputs(Path(args.save_inputs) / f"{vocabulary_name}-{height}x{width}.pt",
+                            class_probs, grid, image_size, frame_size)
             decisions = _grid_decisions(class_probs, grid.float(), processor.image_processor.post_process_chunk_elements)
             undecided = _undecided_share(decisions, image_size, frame_size)
             row = {

@@ -1,11 +1,12 @@
-"""The semantic post-processing kernel alone (`kernels.semantic_map`) at a photo's size, on outputs of two kinds,
-against the same kernel of another git revision, timed alternately in one process.
+"""The semantic post-processing kernel alone (`kernels.semantic_map`) at a photo's size, on generated or saved model
+outputs, against the same kernel of another git revision, timed alternately in one process.
 
 Inputs shaped like the full-size model's for one photo: 200 queries, K classes, the 200x272 mask grid of the
-800x1088 frame holding the 800x1067 image, label map at `--photo-size`. Two kinds of outputs:
+800x1088 frame holding the 800x1067 image, label map at `--photo-size`. Three generated kinds:
 
-- `random-init`: near-uniform class probabilities and low-contrast masks, as the model with random weights gives
-  (`bench_photo_sizes.py` runs that model): every class close to every other, labels changing everywhere;
+- `random-init`: near-uniform class probabilities and low-contrast masks, every class close to every other,
+  labels changing everywhere (the model with random weights that `bench_photo_sizes.py` runs gives far fewer
+  label changes: use its saved outputs, `--inputs`, for that model);
 - `trained-like`: confident queries (peaked class probabilities) and saturated masks that vary smoothly over the
   grid, as a trained model gives: regions with boundaries between them;
 - `noisy`: confident queries and masks that change from one grid point to the next: labels change nearly
@@ -15,7 +16,11 @@ Inputs shaped like the full-size model's for one photo: 200 queries, K classes, 
 checked out) and times it alternately with the working tree's; labels are compared. Stage times come from timers
 around the kernel's parts.
 
+`--inputs FILE...` times the kernel on a model's real outputs instead, saved by `bench_photo_sizes.py
+--save-inputs DIR` (one file per vocabulary and photo; the label map is made at `--photo-size`).
+
     python benchmarks/bench_semantic_map.py --against e2c790e~1
+    python benchmarks/bench_semantic_map.py --inputs /tmp/pp-inputs/stress/ade150-3000x4000.pt --against 0899fa7
     python benchmarks/bench_semantic_map.py --classes 847 --photo-size 4000 6000 --against e2c790e~1
 """
 
@@ -46,6 +51,9 @@ def parse_args(argv=None):
     parser.add_argument("--photo-size", type=int, nargs=2, default=(3000, 4000), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--kinds", nargs="+", choices=("random-init", "trained-like", "noisy"),
                         default=["random-init", "trained-like", "noisy"])
+    parser.add_argument("--inputs", nargs="+", metavar="FILE", default=[],
+                        help="time the kernel on saved model outputs (bench_photo_sizes.py --save-inputs) instead of "
+                        "the generated kinds")
     parser.add_argument("--against", metavar="REV", help="also time kernels.py of this git revision")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -66,6 +74,12 @@ def outputs(kind, num_classes, seed, num_queries=200, grid=(200, 272)):
         coarse = torch.randn(num_queries, grid[0] // 8, grid[1] // 8, generator=generator) * 8
         mask_logits = F.interpolate(coarse[None], size=grid, mode="bilinear", align_corners=False)[0]
     return class_probs, mask_logits
+
+
+def read_inputs(path):
+    """Post-processing inputs saved by `bench_photo_sizes.py --save-inputs`."""
+    saved = torch.load(path, weights_only=True)
+    return saved["class_probs"], saved["mask_logits"], tuple(saved["image_size"]), tuple(saved["frame_size"])
 
 
 def kernels_at(revision):
@@ -111,9 +125,11 @@ def main(argv=None):
     stage_samples = {name: {} for name in versions}
     for name, module in versions.items():
         instrument(module, stage_samples[name])
-    for kind in args.kinds:
-        class_probs, mask_logits = outputs(kind, args.classes, args.seed)
-        arguments = (class_probs, mask_logits, (800, 1067), (800, 1088), target)
+    cases = [(Path(path).name, *read_inputs(path)) for path in args.inputs] or [
+        (kind, *outputs(kind, args.classes, args.seed), (800, 1067), (800, 1088)) for kind in args.kinds
+    ]
+    for kind, class_probs, mask_logits, image_size, frame_size in cases:
+        arguments = (class_probs, mask_logits, image_size, frame_size, target)
         times = {name: [] for name in versions}
         labels = {}
         for name, module in versions.items():  # warm-up
@@ -126,7 +142,7 @@ def main(argv=None):
                 module.semantic_map(*arguments, winning_scores=False)
                 times[name].append(time.perf_counter() - start)
         undecided = kernels._undecided_share(kernels._grid_decisions(class_probs, mask_logits, 2**22), *arguments[2:4])
-        print(f"\n{kind}, {args.classes} classes, photo {target[0]}x{target[1]}: undecided grid "
+        print(f"\n{kind}, {class_probs.shape[1]} classes, photo {target[0]}x{target[1]}: undecided grid "
               f"{undecided:.1%}; medians of {args.repeats} alternating runs")
         for name in versions:
             stages = ", ".join(f"{stage} {value / args.repeats:.2f}" for stage, value in stage_samples[name].items())
