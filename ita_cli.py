@@ -105,6 +105,7 @@ def segment_parser(prog="ita-segment"):
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     return parser
 
+
 def _add_backend_argument(parser):
     parser.add_argument(
         "--backend",

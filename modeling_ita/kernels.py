@@ -529,18 +529,27 @@ class _ResizedArgmax:
         out_labels = self.labels[start:stop]
         cells = _uniform_cells(labels, decided)[top]  # [rows, w]: the cell's shared class, -1 elsewhere
         torch.index_select(cells, 1, left, out=out_labels)
-        out_scores = None
-        if self.scores is not None:
-            out_scores = self.scores[start:stop]
+        out_scores = None if self.scores is None else self.scores[start:stop]
+        boundary_rows = (cells < 0).any(dim=1).nonzero(as_tuple=True)[0]
+        rows, columns = (out_labels[boundary_rows] < 0).nonzero(as_tuple=True)
+        rows = boundary_rows[rows]
+        dense = scores_at.dense_rows() if rows.numel() > _DENSE_TARGET_SHARE * out_labels.numel() else None
+        if dense is not None:  # boundaries over much of these rows: do their cells keep most classes as candidates?
+            sample = torch.linspace(0, rows.numel() - 1, min(rows.numel(), 256), device=device).long()
+            r, c = rows[sample], columns[sample]
+            sampled = dense[torch.stack([top[r], top[r], bottom[r], bottom[r]]),
+                            torch.stack([left[c], right[c], left[c], right[c]])]  # [4, s, K]
+            kept = (_cell_candidates(sampled) < dense.shape[-1]).sum(dim=1).float().mean()
+            if kept > _DENSE_CANDIDATE_SHARE * dense.shape[-1]:  # then every pixel, every class, without gathers
+                self._fill_rows(dense, top, bottom, top_weight, bottom_weight, out_labels, out_scores)
+                return
+        if out_scores is not None:  # where the cell's class is shared: the resize of the sources' best scores
             out_scores.copy_(bilinear_combine(
                 best[top][:, left], best[top][:, right], best[bottom][:, left], best[bottom][:, right],
                 self.left_weight, self.right_weight, top_weight, bottom_weight,
             ))
-        boundary_rows = (cells < 0).any(dim=1).nonzero(as_tuple=True)[0]
-        rows, columns = (out_labels[boundary_rows] < 0).nonzero(as_tuple=True)
         if not rows.numel():
             return
-        rows = boundary_rows[rows]
         # The boundary's output pixels by source cell (its four source pixels): each cell's scores are read once,
         # and only the classes that can win somewhere in the cell are mixed at its pixels (`_cell_candidates`).
         cell_ids, pixel_cell = torch.unique(top[rows] * labels.shape[1] + left[columns], return_inverse=True)
@@ -548,14 +557,6 @@ class _ResizedArgmax:
         cell_rows, cell_columns = rows[example], columns[example]
         corner_rows = torch.cat([top[cell_rows], top[cell_rows], bottom[cell_rows], bottom[cell_rows]])
         corner_columns = torch.cat([left[cell_columns], right[cell_columns], left[cell_columns], right[cell_columns]])
-        dense = scores_at.dense_rows() if rows.numel() > _DENSE_TARGET_SHARE * out_labels.numel() else None
-        if dense is not None:  # boundaries over much of these rows: are most classes candidates in their cells?
-            sample = torch.linspace(0, len(cell_ids) - 1, min(len(cell_ids), 256), device=device).long()
-            sampled = dense[corner_rows.view(4, -1)[:, sample], corner_columns.view(4, -1)[:, sample]]  # [4, s, K]
-            kept = (_cell_candidates(sampled) < dense.shape[-1]).sum(dim=1).float().mean()
-            if kept > _DENSE_CANDIDATE_SHARE * dense.shape[-1]:  # then every pixel, every class, without gathers
-                self._fill_rows(dense, top, bottom, top_weight, bottom_weight, out_labels, out_scores)
-                return
         scores_at.prepare(corner_rows, corner_columns)  # every source pixel the boundary needs, computed at once
         order = torch.argsort(pixel_cell)  # the pixels cell by cell, so that chunks of cells hold chunks of pixels
         rows, columns, pixel_cell = rows[order], columns[order], pixel_cell[order]

@@ -339,16 +339,17 @@ def test_resized_argmax_matches_the_full_resize(monkeypatch, kind, sizes, whole_
         assert (best_two[0] == best_two[1]).any()
 
 
-def count_calls(monkeypatch, owner, name):
-    """Wraps `owner.name` for the test so that each call is recorded; returns the list of records."""
+def record_calls(monkeypatch, owner, name):
+    """Wraps `owner.name` for the test so that each call's result is recorded; returns the list of results."""
     calls = []
     original = getattr(owner, name)
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
+    def recording(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append(result)
+        return result
 
-    monkeypatch.setattr(owner, name, counting)
+    monkeypatch.setattr(owner, name, recording)
     return calls
 
 
@@ -358,7 +359,7 @@ def test_whole_row_mixing_gives_the_boundary_mixing_values(monkeypatch, structur
     boundary pixels mixed one by one, in the semantic map at a photo-like size; the plain formula's labels."""
     class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(32, 48), structured=structured, seed=7)
     arguments = (class_probs, mask_logits, (120, 190), (128, 192), (400, 700))
-    calls = count_calls(monkeypatch, kernels._ResizedArgmax, "_fill_rows")
+    calls = record_calls(monkeypatch, kernels._ResizedArgmax, "_fill_rows")
     monkeypatch.setattr(kernels, "_DENSE_BAND_SHARE", 0.0)  # every band's scores at hand for every pixel
     monkeypatch.setattr(kernels, "_DENSE_CANDIDATE_SHARE", 0.0)  # whatever the classes kept in boundary cells
     results = {}
@@ -378,7 +379,7 @@ def test_whole_rows_only_where_boundary_cells_keep_most_classes(monkeypatch):
     close = torch.rand(6, 30, 40, generator=generator)
     two = torch.full((6, 30, 40), -5.0)
     two[:2] = torch.rand(2, 30, 40, generator=generator)
-    calls = count_calls(monkeypatch, kernels._ResizedArgmax, "_fill_rows")
+    calls = record_calls(monkeypatch, kernels._ResizedArgmax, "_fill_rows")
     for scores, whole in ((close, True), (two, False)):
         calls.clear()
         labels, _ = resized_argmax(scores, (120, 160))
@@ -393,17 +394,10 @@ def test_resized_argmax_mixes_classes_only_along_label_boundaries(monkeypatch):
     scores = torch.zeros(3, 40, 50)
     scores[0, :, :20] = 1.0
     scores[1, :, 20:] = 1.0
-    mixed_pixels = []
-    original = kernels.bilinear_combine
-
-    def counting(*args):
-        result = original(*args)
-        if result.dim() == 2 and result.shape[-1] == 3:  # [pixels, classes]: the full computation
-            mixed_pixels.append(result.shape[0])
-        return result
-
-    monkeypatch.setattr(kernels, "bilinear_combine", counting)
+    mixed = record_calls(monkeypatch, kernels, "bilinear_combine")
     labels, _ = resized_argmax(scores, (160, 200))
+    # [pixels, classes]: the full computation
+    mixed_pixels = [result.shape[0] for result in mixed if result.dim() == 2 and result.shape[-1] == 3]
     left, right = kernels.bilinear_taps(50, 200)[:2]
     straddling = int(((left < 20) & (right >= 20)).sum())  # output columns reading both sides
     assert sum(mixed_pixels) == 160 * straddling and 0 < straddling <= 8
@@ -421,17 +415,9 @@ def test_boundary_pixels_mix_only_the_classes_that_can_win(monkeypatch):
     scores[7] = 0.0
     scores[3, :, :20] = 1.0
     scores[7, :, 20:] = 1.0
-    widths = []
-    original = kernels.bilinear_combine
-
-    def recording(*args):
-        result = original(*args)
-        if result.dim() == 2:  # [pixels, classes mixed]
-            widths.append(result.shape[-1])
-        return result
-
-    monkeypatch.setattr(kernels, "bilinear_combine", recording)
+    mixed = record_calls(monkeypatch, kernels, "bilinear_combine")
     labels, _ = resized_argmax(scores, (120, 200), winning_scores=False)
+    widths = [result.shape[-1] for result in mixed if result.dim() == 2]  # [pixels, classes mixed]
     assert widths and set(widths) == {2}
     monkeypatch.undo()
     resized = F.interpolate(scores[None], size=(120, 200), mode="bilinear", align_corners=False)[0]
