@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -107,6 +108,22 @@ def test_export_writes_a_checked_model_folder(export):
     outputs = {item.name: item.shape for item in session.get_outputs()}
     assert outputs["ensemble_log_probs"][0] == "batch" and outputs["ensemble_log_probs"][2] == "classes + 1"
 
+
+
+def test_onnxruntime_fuses_every_gelu(ita_onnx_export, tmp_path):
+    """The GELUs of both graphs (the ConvNeXt trunk's, the text tower's) are written in the order onnxruntime's
+    optimiser fuses into single Gelu / BiasGelu nodes: no Erf survives its optimisation."""
+    folder = Path(ita_onnx_export[1])
+    for name in ("model.onnx", "text_encoder.onnx"):
+        written = [node.op_type for node in onnx.load(folder / name, load_external_data=False).graph.node]
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(tmp_path / name)
+        onnxruntime.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
+        optimized = [node.op_type for node in onnx.load(tmp_path / name, load_external_data=False).graph.node]
+        assert written.count("Erf") > 0, name
+        assert "Erf" not in optimized, name
+        assert optimized.count("Gelu") + optimized.count("BiasGelu") == written.count("Erf"), name
 
 @pytest.mark.parametrize("vocabulary_index", range(len(VOCABULARIES)))
 @pytest.mark.parametrize("batch_index", range(len(IMAGE_BATCHES)))
