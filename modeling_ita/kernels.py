@@ -100,6 +100,11 @@ def sample_value_maps(value_maps: list[Tensor], sampling_locations: Tensor, atte
         samples = F.grid_sample(
             level_value, grids[:, level], mode="bilinear", padding_mode="zeros", align_corners=False
         )  # [B*heads, head_dim, points, Lq]
+        if torch.compiler.is_exporting():
+            # One product and one sum over the points per level: exported, each in-place multiply-add below
+            # becomes a slice, a product and a sum (onnxruntime: 1.3 s of the full-size pixel decoder's 3.8 s).
+            output = output + (samples * weights[:, :, level]).sum(dim=2)
+            continue
         for point in range(num_points):
             output.addcmul_(samples[:, :, point], weights[:, :, level, point])
     return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
