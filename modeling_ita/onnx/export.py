@@ -55,6 +55,7 @@ __all__ = [
     "check_export",
     "check_output_dir",
     "export_onnx",
+    "pooling_flips",
     "export_segmentation_graph",
     "export_text_encoder",
     "load_model_and_processor",
@@ -87,8 +88,10 @@ class Tolerances:
     another resize or tie-break: differences of the order of the values). An output matches when `max |onnx - torch| <= atol + rtol *
     max |torch|` over the output; text embeddings likewise; the dominant categories when they are the same, or
     differ only between candidates whose PyTorch probabilities are within `ranking_atol` (a near-tie that rounding
-    may flip: the other outputs are then compared with PyTorch run on the graph's choice); label maps where
-    PyTorch's top two class scores differ by more than `label_margin`."""
+    may flip: the other outputs are then compared with PyTorch run on the graph's choice); the out-of-vocabulary
+    logits and ensemble of the queries whose mask the classifier binarises differently (a cell within rounding
+    of 0, `pooling_flips`) are left out; label maps where PyTorch's top two class scores differ by more than
+    `label_margin`."""
 
     atol: float = 1e-3
     rtol: float = 5e-3
@@ -303,11 +306,31 @@ def top_two_margin(processor, outputs, index, target_size):
     return top_two[0] - top_two[1]
 
 
-def _compare(name, got, expected, tolerances, report, problems):
+def pooling_flips(model, pixel_values, got, expected):
+    """`[B, Q]` the queries whose mask the out-of-vocabulary classifier binarises differently in `got` and
+    `expected` (model outputs): it resizes the mask logits to the CLIP features' size and pools over `logit > 0`.
+
+    A mask logit within rounding of 0 can land on either side, and one such cell moves the query's pooled CLIP
+    feature, hence its out-of-vocabulary logits and ensemble, far beyond rounding (measured: 3.4e-6 from 0 at one
+    cell moved a query's out-of-vocabulary logit by 0.017). How far the flipped cells are from 0 is bounded by the
+    comparison of the mask logits themselves (bilinear resizing does not widen their difference)."""
+    stride = model.backbone.clip_model.visual.trunk.feature_info[-1]["reduction"]
+    size = (pixel_values.shape[-2] // stride, pixel_values.shape[-1] // stride)
+    got_masks, expected_masks = (
+        F.interpolate(outputs.masks_queries_logits.float(), size=size, mode="bilinear", align_corners=False) > 0
+        for outputs in (got, expected)
+    )
+    return (got_masks != expected_masks).flatten(2).any(dim=-1)
+
+
+def _compare(name, got, expected, tolerances, report, problems, keep=None):
+    """Compare one output (the `[B, Q]` entries of `keep` only, when given) and note the result."""
     got, expected = torch.as_tensor(got).double(), torch.as_tensor(expected).double()
     if got.shape != expected.shape:
         problems.append(f"{name}: shape {tuple(got.shape)} instead of PyTorch's {tuple(expected.shape)}")
         return
+    if keep is not None:
+        got, expected = got[keep], expected[keep]
     difference = float((got - expected).abs().max()) if got.numel() else 0.0
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     bound = tolerances.atol + tolerances.rtol * scale
@@ -353,8 +376,14 @@ def check_export(model, processor, onnx_model, class_names=CHECK_CLASS_NAMES, im
         expected = model(**inputs, vocabulary=expected_vocabulary, dominant_category_ids=got.dominant_category_ids)
     elif got.dominant_category_ids is not None:
         report["dominant_categories"] = {"equal": True}
-    for name in ("class_queries_logits", "masks_queries_logits", "out_vocabulary_logits", "ensemble_log_probs"):
+    for name in ("class_queries_logits", "masks_queries_logits"):
         _compare(name, getattr(got, name), getattr(expected, name), tolerances, report, problems)
+    # The out-of-vocabulary logits and the ensemble of queries whose pooled mask flips at a near-zero cell are not
+    # compared (their masks are, above); the label maps below still are.
+    flipped = pooling_flips(model, inputs["pixel_values"], got, expected)
+    report["pooling_flips"] = {"queries": int(flipped.sum()), "of": int(flipped.numel())}
+    for name in ("out_vocabulary_logits", "ensemble_log_probs"):
+        _compare(name, getattr(got, name), getattr(expected, name), tolerances, report, problems, keep=~flipped)
 
     target = tuple(np.asarray(image).shape[:2])
     got_labels = processor.post_process_semantic_segmentation(got, target_sizes=[target])[0]

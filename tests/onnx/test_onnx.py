@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -299,6 +300,21 @@ def test_check_export_names_differences_beyond_tolerance(ita_onnx_export):
     strict = onnx_export.Tolerances(atol=0.0, rtol=0.0)
     with pytest.raises(ITAExportMismatchError, match="max \\|onnx - pytorch\\|"):
         check_export(model, processor, onnx_model, tolerances=strict)
+
+
+def test_pooling_flips_names_the_queries_binarised_differently(ita_onnx_export):
+    """The check leaves out the out-of-vocabulary logits of queries whose mask lands on the other side of 0 at the
+    CLIP features' size: only those queries are named."""
+    model = ITAForOpenVocabSegmentation.from_pretrained(ita_onnx_export[0]).eval()
+    stride = model.backbone.clip_model.visual.trunk.feature_info[-1]["reduction"]
+    pixel_values = torch.zeros(1, 3, 2 * stride, 3 * stride)
+    expected = torch.tensor([1.0, -1.0, -1e-6, 2e-3])[None, :, None, None].expand(1, 4, stride // 2, 3 * stride // 4)
+    got = expected + torch.tensor([1e-6, 1e-6, 2e-6, -1e-6])[None, :, None, None]
+    got[0, 3, 0, 0] = -1e-3  # one grid pixel of a query whose resized mask stays positive everywhere
+    flips = onnx_export.pooling_flips(
+        model, pixel_values, SimpleNamespace(masks_queries_logits=got), SimpleNamespace(masks_queries_logits=expected)
+    )
+    assert flips.tolist() == [[False, False, True, False]]
 
 
 def test_console_script_is_declared():
