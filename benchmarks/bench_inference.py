@@ -13,7 +13,7 @@ process's resident set (Linux high-water mark, see `measure.PeakRSS`) during one
     python benchmarks/bench_inference.py --photo-size 3000 4000 --vocabulary ade847
     python benchmarks/bench_inference.py --dominant-category-features dense_features
     python benchmarks/bench_inference.py --dtype bfloat16 --channels-last
-    python benchmarks/bench_inference.py --backend onnxruntime --onnx-dir /tmp/ita-onnx
+    python benchmarks/bench_inference.py --backend onnxruntime --onnx-dir /tmp/ita-onnx --profile-onnxruntime
 
 With `--backend onnxruntime` the same model is exported with `ita-export`'s code to `--onnx-dir` (once: later runs
 reuse the folder), and three things are timed alternately: the PyTorch trunk alone, PyTorch end-to-end and
@@ -67,6 +67,9 @@ def parse_args(argv=None):
     parser.add_argument("--onnx-dir", default=None,
                         help="the ONNX folder of this script's model (--variant, --seed, --dominant-category-features): "
                         "exported there first (minutes) when it holds none; default /tmp/ita-bench-onnx-VARIANT-seedSEED")
+    parser.add_argument("--profile-onnxruntime", action="store_true",
+                        help="with --backend onnxruntime: after the timings, profile one warm run of the graph "
+                        "(onnxruntime's profiler) and print its time by operator type and by module")
     parser.add_argument("--vocabulary-cache", default=None,
                         help="a file holding the encoded vocabulary: written after the first encoding, read by later "
                         "runs (same --seed and --variant: the same random text tower) to skip minutes of text encoding")
@@ -348,6 +351,61 @@ def compare_onnxruntime(args, model, processor, vocabulary, image, pixel_values)
     end_to_end(onnx_model)
     note = "" if peak.resettable else " (clear_refs not writable: lifetime peak, an upper bound)"
     print(f"peak RSS rise during one onnxruntime inference: {peak.delta_mib():.0f} MiB{note}; RSS now {rss_mib():.0f} MiB")
+    if args.profile_onnxruntime:
+        profile_graph(onnx_model, lambda runner: end_to_end(runner), args.threads)
+
+
+MODULES = (("model.backbone.clip_model.visual.trunk", "CLIP trunk (both passes)"), ("model.pixel_decoder", "pixel decoder"),
+           ("model.decoder", "decoder"))
+
+
+def profile_graph(onnx_model, end_to_end, threads):
+    """One warm run of the exported graph under onnxruntime's profiler: its nodes' time by operator type, and by
+    the module each node was traced from (nodes that onnxruntime's optimiser made by fusing others carry none)."""
+    import ast
+    import collections
+    import json
+    import tempfile
+
+    import onnx
+    import onnxruntime
+
+    from modeling_ita import ITAOnnxModel
+
+    folder = Path(onnx_model.folder)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="ita-ort-profile-")) / "profile")
+    profiled = ITAOnnxModel.from_pretrained(folder, session_options=options)
+    for _ in range(2):  # the first run is the warm-up
+        end_to_end(profiled)
+    events = json.loads(Path(profiled.segmentation_session.end_profiling()).read_text())
+    last = [event for event in events if event["name"] == "model_run"][-1]
+    scopes = {}
+    for node in onnx.load(folder / "model.onnx", load_external_data=False).graph.node:
+        metadata = {entry.key: entry.value for entry in node.metadata_props}
+        scopes[node.name] = ast.literal_eval(metadata.get("pkg.torch.onnx.name_scopes", "[]"))
+    by_op, by_module = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        if not last["ts"] <= event["ts"] <= last["ts"] + last["dur"]:
+            continue
+        seconds = event["dur"] / 1e6
+        by_op[event["args"]["op_name"]] += seconds
+        names = scopes.get(event["name"][: -len("_kernel_time")])
+        module = "made by onnxruntime's fusions (no module)" if names is None else "other"
+        for prefix, label in MODULES:
+            if any(name.startswith(prefix) for name in names or ()):
+                module = label
+                break
+        by_module[module] += seconds
+    print(f"\nonnxruntime profile of one warm run of the graph: {last['dur'] / 1e6:.2f} s, nodes {sum(by_op.values()):.2f} s")
+    print("  by operator type: " + ", ".join(f"{op} {seconds:.2f}" for op, seconds in by_op.most_common(10)))
+    print("  by module: " + ", ".join(f"{module} {seconds:.2f}" for module, seconds in by_module.most_common()))
 
 
 if __name__ == "__main__":
