@@ -9,8 +9,9 @@ synonyms, classes, candidates; texts and tokens) and translated by `torch.onnx.e
 The graphs are written without onnxscript's optimizer: its no-op rule for `x + 0` also removes `x + 1e-8` (it
 compares constants with an absolute tolerance of 1e-8; onnxscript 0.7.2), which turns the mask-pooling average of an
 empty mask into 0/0 = NaN and the ensemble's log(p + 1e-8) into -inf. onnxruntime optimises the graphs itself when it
-loads them (measured speed in benchmarks/README.md). Two translations replace torch.onnx's own (`TRANSLATIONS`,
-same values): GELU in the order onnxruntime fuses, convolutions without a bias without a zero bias.
+loads them (measured speed in benchmarks/README.md). Three translations replace torch.onnx's own (`TRANSLATIONS`,
+same values up to rounding): GELU in the order onnxruntime fuses, convolutions without a bias without a zero bias,
+the model's einsums over map pixels as matrix products.
 
 Before anything is written to the output folder, the export runs on a sample (a generated 240x320 scene through the
 processor, batch 1) in PyTorch and in onnxruntime and the outputs must agree within `DEFAULT_TOLERANCES`.
@@ -227,8 +228,33 @@ def _conv2d(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
     )
 
 
-# Translations of aten operators that replace torch.onnx's own (same values, faster graphs).
-TRANSLATIONS = {torch.ops.aten.gelu.default: _gelu, torch.ops.aten.conv2d.default: _conv2d}
+def _einsum(equation, tensors, path=None):
+    """The model's two contractions over the pixels of a map as matrix products: the decoder's mask logits
+    (`bqc,bchw->bqhw`) and mask pooling (`bchw,bqhw->bqc`). torch.onnx writes an Einsum node, which onnxruntime
+    computes with copies of the `[B, C, H, W]` maps around its product. Other equations keep torch.onnx's."""
+    from onnxscript import opset18 as op
+    from onnxscript.function_libs.torch_lib.ops.core import aten_einsum
+
+    def flat(maps):  # [B, C, H, W] -> [B, C, H * W]
+        return op.Reshape(maps, op.Concat(op.Shape(maps, start=0, end=2), op.Constant(value_ints=[-1]), axis=0))
+
+    equation = equation.replace(" ", "")
+    if equation == "bqc,bchw->bqhw" and len(tensors[1].shape) == 4:
+        queries, maps = tensors
+        shape = op.Concat(op.Shape(queries, start=0, end=2), op.Shape(maps, start=2), axis=0)
+        return op.Reshape(op.MatMul(queries, flat(maps)), shape)
+    if equation == "bchw,bqhw->bqc" and len(tensors[0].shape) == 4:
+        maps, masks = tensors
+        return op.MatMul(flat(masks), op.Transpose(flat(maps), perm=[0, 2, 1]))
+    return aten_einsum(equation, tensors, path)
+
+
+# Translations of aten operators that replace torch.onnx's own (same values up to rounding, faster graphs).
+TRANSLATIONS = {
+    torch.ops.aten.gelu.default: _gelu,
+    torch.ops.aten.conv2d.default: _conv2d,
+    torch.ops.aten.einsum.default: _einsum,
+}
 
 
 def _to_onnx(module, args, kwargs, dynamic_shapes, output_names, path, optimize):

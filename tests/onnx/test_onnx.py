@@ -113,8 +113,9 @@ def test_export_writes_a_checked_model_folder(export):
 
 def test_graphs_are_written_as_onnxruntime_optimises_them(ita_onnx_export, tmp_path):
     """The GELUs of both graphs (the ConvNeXt trunk's, the text tower's) are written in the order onnxruntime's
-    optimiser fuses into single Gelu / BiasGelu nodes (no Erf survives), and a convolution without a bias has none
-    (not a zero bias computed at run time, which would keep it from onnxruntime's blocked kernels)."""
+    optimiser fuses into single Gelu / BiasGelu nodes (no Erf survives), the einsums over map pixels are matrix
+    products, and a convolution without a bias has none (not a zero bias computed at run time, which would keep it
+    from onnxruntime's blocked kernels)."""
     folder = Path(ita_onnx_export[1])
     for name in ("model.onnx", "text_encoder.onnx"):
         graph = onnx.load(folder / name, load_external_data=False).graph
@@ -127,6 +128,9 @@ def test_graphs_are_written_as_onnxruntime_optimises_them(ita_onnx_export, tmp_p
         assert written.count("Erf") > 0, name
         assert "Erf" not in optimized, name
         assert optimized.count("Gelu") + optimized.count("BiasGelu") == written.count("Erf"), name
+
+        equations = {attribute.s.decode() for node in graph.node if node.op_type == "Einsum" for attribute in node.attribute}
+        assert not equations & {"bqc,bchw->bqhw", "bchw,bqhw->bqc"}, name  # written as matrix products
 
         weights = {initializer.name for initializer in graph.initializer}
         convolutions = [node for node in graph.node if node.op_type == "Conv"]
