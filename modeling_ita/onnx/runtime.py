@@ -236,7 +236,8 @@ class ITAOnnxModel:
             session_options = ort.SessionOptions()
             session_options.log_severity_level = 3  # errors only: not the notes of its graph optimiser
             # Idle threads sleep instead of spinning: PyTorch's pre- and post-processing run right after each
-            # call, and spinning threads would take their cores (benchmarks/README.md: faster end to end here).
+            # call, and spinning threads would take their cores (benchmarks/README.md: spinning helps the trunk
+            # alone, not the end-to-end time).
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if num_threads is not None:
                 session_options.intra_op_num_threads = num_threads
