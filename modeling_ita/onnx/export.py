@@ -56,10 +56,10 @@ __all__ = [
     "check_export",
     "check_output_dir",
     "export_onnx",
-    "pooling_flips",
     "export_segmentation_graph",
     "export_text_encoder",
     "load_model_and_processor",
+    "pooling_flips",
     "top_two_margin",
 ]
 
