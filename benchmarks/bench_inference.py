@@ -382,7 +382,9 @@ def profile_graph(onnx_model, end_to_end, threads):
     profiled = ITAOnnxModel.from_pretrained(folder, session_options=options)
     for _ in range(2):  # the first run is the warm-up
         end_to_end(profiled)
-    events = json.loads(Path(profiled.segmentation_session.end_profiling()).read_text())
+    profile = Path(profiled.segmentation_session.end_profiling())
+    print(f"\nonnxruntime's profile of two runs of the graph written to {profile}")
+    events = json.loads(profile.read_text())
     last = [event for event in events if event["name"] == "model_run"][-1]
     scopes = {}
     for node in onnx.load(folder / "model.onnx", load_external_data=False).graph.node:
@@ -403,7 +405,7 @@ def profile_graph(onnx_model, end_to_end, threads):
                 module = label
                 break
         by_module[module] += seconds
-    print(f"\nonnxruntime profile of one warm run of the graph: {last['dur'] / 1e6:.2f} s, nodes {sum(by_op.values()):.2f} s")
+    print(f"onnxruntime profile of one warm run of the graph: {last['dur'] / 1e6:.2f} s, nodes {sum(by_op.values()):.2f} s")
     print("  by operator type: " + ", ".join(f"{op} {seconds:.2f}" for op, seconds in by_op.most_common(10)))
     print("  by module: " + ", ".join(f"{module} {seconds:.2f}" for module, seconds in by_module.most_common()))
 

@@ -12,6 +12,7 @@ the two onnxruntime sessions (2 intra-op threads, idle threads not spinning, as 
 """
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -38,17 +39,12 @@ class Trunk(nn.Module):
 
 
 def export(trunk, path, size, translations):
-    from modeling_ita.onnx import export as onnx_export
+    from modeling_ita.onnx.export import _to_onnx
 
-    kept = onnx_export.TRANSLATIONS
-    onnx_export.TRANSLATIONS = translations
-    try:
-        start = time.perf_counter()
-        batch = torch.export.Dim("batch", min=1, max=64)
-        onnx_export._to_onnx(trunk, (torch.zeros(2, 3, *size),), None, {"pixel_values": {0: batch}}, ["features"], path, False)
-        print(f"exported {path.name} in {time.perf_counter() - start:.0f} s", flush=True)
-    finally:
-        onnx_export.TRANSLATIONS = kept
+    start = time.perf_counter()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    _to_onnx(trunk, (torch.zeros(2, 3, *size),), None, {"pixel_values": {0: batch}}, ["features"], path, False, translations)
+    print(f"exported {path.name} in {time.perf_counter() - start:.0f} s", flush=True)
     return path
 
 
@@ -72,12 +68,20 @@ def main():
     args = parser.parse_args()
     set_threads(args.threads)
     print(machine_description(args.threads))
-    from modeling_ita.onnx.export import TRANSLATIONS
-
     torch.manual_seed(0)
     trunk = Trunk(ITAForOpenVocabSegmentation(ITAConfig()).backbone.clip_model.visual.trunk).eval()
+    folder = Path(tempfile.mkdtemp(prefix="ita-bench-onnx-trunk-"))  # removed at the end, even on an error
+    print(f"exporting the trunk twice to {folder} (about 1.6 GB)", flush=True)
+    try:
+        compare(trunk, folder, args)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def compare(trunk, folder, args):
+    from modeling_ita.onnx.export import TRANSLATIONS
+
     pixel_values = torch.randn(1, 3, *args.size, generator=torch.Generator().manual_seed(1))
-    folder = Path(tempfile.mkdtemp(prefix="ita-bench-onnx-trunk-"))
     plain = session(export(trunk, folder / "torch_onnx_translations.onnx", args.size, {}), args.threads, False)
     ours_path = export(trunk, folder / "package_translations.onnx", args.size, TRANSLATIONS)
     runs = {"PyTorch": None, "onnxruntime, torch.onnx's translations": plain,
@@ -111,9 +115,6 @@ def main():
         rounds = " ".join(f"{a / b:.2f}" for a, b in zip(values, times["PyTorch"]))
         print(f"  {name:<42}{statistics.median(values):7.2f}  RATIO {statistics.median(values) / base:.2f} "
               f"(per round {rounds})")
-    for path in folder.iterdir():
-        path.unlink()
-    folder.rmdir()
 
 
 if __name__ == "__main__":

@@ -257,8 +257,9 @@ TRANSLATIONS = {
 }
 
 
-def _to_onnx(module, args, kwargs, dynamic_shapes, output_names, path, optimize):
-    """`torch.export` `module`, translate it to ONNX and write it to `path` (weights in `path` + `.data`)."""
+def _to_onnx(module, args, kwargs, dynamic_shapes, output_names, path, optimize, translations=None):
+    """`torch.export` `module`, translate it to ONNX and write it to `path` (weights in `path` + `.data`).
+    `translations` replace torch.onnx's own for some operators (default `TRANSLATIONS`; `{}` for none)."""
     with torch.no_grad():
         exported = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
         program = torch.onnx.export(
@@ -270,17 +271,22 @@ def _to_onnx(module, args, kwargs, dynamic_shapes, output_names, path, optimize)
             output_names=list(output_names),
             optimize=optimize,
             verify=False,
-            custom_translation_table=TRANSLATIONS,
+            custom_translation_table=TRANSLATIONS if translations is None else translations,
         )
     _name_dynamic_axes(program.model, dynamic_shapes)
     program.save(os.fspath(path), external_data=True)
     return path
 
 
+def _trunk_stride(model):
+    """The CLIP trunk's total stride (32 for ConvNeXt): its last features' cells are this many pixels wide."""
+    return model.backbone.clip_model.visual.trunk.feature_info[-1]["reduction"]
+
+
 def export_segmentation_graph(model, path, size_multiple=32, optimize=False):
     """Write the segmentation graph of `model` (float32, eval mode) to `path` (see `graph.py`)."""
     import_onnx_extra("onnx", "onnxscript", purpose="Exporting to ONNX")
-    stride = model.backbone.clip_model.visual.trunk.feature_info[-1]["reduction"]
+    stride = _trunk_stride(model)
     if size_multiple % stride:
         raise ITAExportError(
             f"The processor pads images to multiples of {size_multiple}, which the CLIP trunk's stride {stride} does "
@@ -340,7 +346,7 @@ def pooling_flips(model, pixel_values, got, expected):
     feature, hence its out-of-vocabulary logits and ensemble, far beyond rounding (measured: 3.4e-6 from 0 at one
     cell moved a query's out-of-vocabulary logit by 0.017). How far the flipped cells are from 0 is bounded by the
     comparison of the mask logits themselves (bilinear resizing does not widen their difference)."""
-    stride = model.backbone.clip_model.visual.trunk.feature_info[-1]["reduction"]
+    stride = _trunk_stride(model)
     size = (pixel_values.shape[-2] // stride, pixel_values.shape[-1] // stride)
     got_masks, expected_masks = (
         F.interpolate(outputs.masks_queries_logits.float(), size=size, mode="bilinear", align_corners=False) > 0
