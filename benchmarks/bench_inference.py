@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from measure import PeakRSS, StageTimer, machine_description, rss_mib, set_threads
+from measure import PeakRSS, StageTimer, machine_description, page_faults, rss_mib, set_threads
 
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
@@ -45,7 +45,10 @@ STAGES = ("preprocess", "trunk", "pixel decoder", "DCU", "decoder", "out-of-voca
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (after one warm-up run)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="with --backend onnxruntime: warm-up rounds before the timed ones (default 2: onnxruntime's "
+                        "memory arena grows through its second run)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16 runs the forward under CPU autocast (the pixel decoder stays float32)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last CLIP trunk and input")
@@ -310,22 +313,29 @@ def compare_onnxruntime(args, model, processor, vocabulary, image, pixel_values)
             return model.backbone.extract_features(pixel_values)
 
     runs = {"trunk": lambda: trunk_alone(), "pytorch": lambda: end_to_end(model), "onnxruntime": lambda: end_to_end(onnx_model, True)}
-    for name, run in runs.items():  # warm-up
-        start = time.perf_counter()
-        run()
-        print(f"warm-up {name}: {time.perf_counter() - start:.2f} s")
+    # Two warm-up rounds: with dynamic shapes onnxruntime's memory arena is still growing during its second run
+    # (measured: ~190,000 page faults, 0.8 GiB, in each of the first two runs, none in the third). The page faults
+    # of each timed run are printed, so a run that was not yet steady shows.
+    for round_ in range(args.warmup):
+        for name, run in runs.items():
+            start, faults = time.perf_counter(), page_faults()
+            run()
+            print(f"warm-up {round_ + 1} {name}: {time.perf_counter() - start:.2f} s, {page_faults() - faults} page faults")
     timer.samples.clear()
     times = {name: [] for name in runs}
+    faults = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, run in runs.items():
-            start = time.perf_counter()
+            start, before = time.perf_counter(), page_faults()
             run()
             times[name].append(time.perf_counter() - start)
+            faults[name].append(page_faults() - before)
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"\nmedians over {args.repeats} alternating runs (seconds), load average now {os.getloadavg()[0]:.1f}:")
     for name, label in (("trunk", "PyTorch CLIP trunk alone"), ("pytorch", "PyTorch end-to-end"),
                         ("onnxruntime", "onnxruntime end-to-end")):
-        print(f"  {label:<28}{medians[name]:8.2f}   runs {' '.join(f'{t:.2f}' for t in times[name])}")
+        print(f"  {label:<28}{medians[name]:8.2f}   runs {' '.join(f'{t:.2f}' for t in times[name])}   "
+              f"page faults (thousands) {' '.join(f'{n / 1000:.0f}' for n in faults[name])}")
     print("  stages of the onnxruntime end-to-end runs:")
     for stage in ("preprocess", "onnxruntime graph", "post-processing"):
         value = timer.median(stage)

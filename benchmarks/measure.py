@@ -7,6 +7,7 @@ move by tens of percent from run to run, ratios within one run much less.
 import os
 import platform
 import re
+import resource
 import statistics
 import sys
 import time
@@ -31,6 +32,12 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 def _status_kib(field):
     match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
     return int(match.group(1)) if match else None
+
+
+def page_faults():
+    """Minor page faults of this process so far: memory it touched for the first time (or again after giving it
+    back to the system). A run that faults many pages is still growing its allocator's pools."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def rss_mib():

@@ -532,6 +532,32 @@ def test_semantic_map_scores_only_the_pixels_the_grid_leaves_open(monkeypatch):
         assert 0 < sum(scored) < 0.5 * 120 * 190
 
 
+@pytest.mark.parametrize("structured", [False, True])
+def test_a_probe_of_grid_rows_skips_deciding_a_grid_too_open_to_use(monkeypatch, structured):
+    """Every eighth grid row under the image estimates the share of cells the grid leaves open. Noisy masks and a
+    target smaller than the image: the probe already leaves more open than the grid path can afford, the grid is
+    not decided whole, and the banded path gives the plain formula's labels. Saturated masks: the probe lets the
+    grid path run."""
+    class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(64, 48), structured=structured, seed=7)
+    image_size, frame_size, target_size = (250, 190), (256, 192), (200, 160)
+    affordable = 200 * 160 / (250 * 190)  # 0.67
+    probe = kernels._probe_undecided_share(class_probs, mask_logits, image_size, frame_size)
+    whole = kernels._undecided_share(kernels._grid_decisions(class_probs, mask_logits, 2**22), image_size, frame_size)
+    assert abs(probe - whole) < 0.1
+    assert (probe > affordable) == (not structured) and (whole > affordable) == (not structured)
+    decided, grid_decisions = [], kernels._grid_decisions
+
+    def spy(*args, **kwargs):
+        decided.append(True)
+        return grid_decisions(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "_grid_decisions", spy)
+    arguments = (class_probs, mask_logits, image_size, frame_size, target_size)
+    labels, _ = semantic_map(*arguments, chunk_elements=20_000)
+    assert torch.equal(labels, semantic_map_reference(*arguments)[0])
+    assert bool(decided) == structured
+
+
 @pytest.mark.parametrize("dense_share", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("structured", [False, True])
 def test_bands_the_grid_leaves_open_are_scored_whole_with_the_same_labels(monkeypatch, structured, dense_share):
