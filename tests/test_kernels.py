@@ -112,6 +112,22 @@ def test_deformable_attention_matches_the_plain_formula_with_gradients():
         torch.testing.assert_close(gradient, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_exported_deformable_attention_gives_the_same_values(monkeypatch):
+    """What `torch.export` traces (offsets as rows, the normaliser and reference points repeated to them; the sum
+    over points in one product) computes the same values as the eager kernel."""
+    shapes, value, _, _ = deformable_inputs()
+    generator = torch.Generator().manual_seed(2)
+    batch, queries, heads, levels, points = 2, 7, 2, len(shapes), 3
+    reference_points = torch.rand(1, queries, 2, generator=generator)
+    offsets = torch.randn(batch, queries, heads, levels, points, 2, generator=generator) * 2
+    logits = torch.randn(batch, queries, heads, levels * points, generator=generator)
+    arguments = (deformable_value_maps(value, shapes), reference_points, offsets, logits, shapes)
+    eager = deformable_attention(*arguments)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    torch.testing.assert_close(deformable_attention(*arguments), eager, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(deformable_attention_reference(value, *arguments[1:]), eager, atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Token chunks, convolutions, layouts, resizes
 # ----------------------------------------------------------------------------------------------------------
