@@ -31,6 +31,7 @@ __all__ = [
     "ITADecoderFeedForward",
     "ITAAggregationDecoderLayer",
     "ITAAggregationDecoder",
+    "attention_mask_logits",
     "masked_attention_mask",
 ]
 
@@ -177,22 +178,31 @@ class ITAAggregationDecoderLayer(GradientCheckpointingLayer):
 
 
 @torch.no_grad()
-def masked_attention_mask(mask_logits: Tensor, size: Sequence[int] | None = None) -> Tensor:
+def attention_mask_logits(mask_logits: Tensor, size: Sequence[int] | None = None) -> Tensor:
+    """`[B, Q, h * w]`: the mask logits `[B, Q, H, W]` resized bilinearly to the attended level's `(h, w)` (None:
+    they already have that size), which `masked_attention_mask` thresholds."""
+    if size is not None and tuple(mask_logits.shape[-2:]) != tuple(size):
+        mask_logits = F.interpolate(mask_logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return mask_logits.flatten(2)
+
+
+def masked_attention_mask(mask_logits: Tensor, size: Sequence[int] | None = None, blocked: Tensor | None = None) -> Tensor:
     """Cross-attention mask for the next layer from the current mask predictions.
 
     Args:
         mask_logits: `[B, Q, H, W]` mask logits.
         size: `(h, w)` of the feature level the next layer attends to; the logits are resized to it
             bilinearly. None: they already have that size.
+        blocked: bool `[B, Q, h * w]`, the threshold's result to use instead of computing it (the ONNX export's
+            check runs the decoder on the exported graph's).
 
     Returns:
         Bool `[B, 1, Q, h * w]` (one mask for all heads), True where a query may not attend (its mask's
         sigmoid is below 0.5 there). A query blocked everywhere is let attend everywhere instead, so that
         its attention softmax stays defined.
     """
-    if size is not None and tuple(mask_logits.shape[-2:]) != tuple(size):
-        mask_logits = F.interpolate(mask_logits, size=tuple(size), mode="bilinear", align_corners=False)
-    blocked = mask_logits.sigmoid().flatten(2) < 0.5  # [B, Q, h*w]; no gradient (torch.no_grad)
+    if blocked is None:
+        blocked = attention_mask_logits(mask_logits, size).sigmoid() < 0.5  # no gradient (torch.no_grad)
     blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
     return blocked.unsqueeze(1)
 

@@ -24,6 +24,7 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,8 @@ __all__ = [
     "export_onnx",
     "export_segmentation_graph",
     "export_text_encoder",
+    "attention_masks_given",
+    "graph_attention_masks",
     "load_model_and_processor",
     "pooling_flips",
     "top_two_margin",
@@ -89,10 +92,13 @@ class Tolerances:
     another resize or tie-break: differences of the order of the values). An output matches when `max |onnx - torch| <= atol + rtol *
     max |torch|` over the output; text embeddings likewise; the dominant categories when they are the same, or
     differ only between candidates whose PyTorch probabilities are within `ranking_atol` (a near-tie that rounding
-    may flip: the other outputs are then compared with PyTorch run on the graph's choice); the out-of-vocabulary
-    logits and ensemble of the queries whose mask the classifier binarises differently (a cell within rounding
-    of 0, `pooling_flips`) are left out; label maps where PyTorch's top two class scores differ by more than
-    `label_margin`."""
+    may flip: the other outputs are then compared with PyTorch run on the graph's choice); when the class or mask
+    logits differ beyond the tolerance, PyTorch is run again on the graph's decoder attention masks
+    (`graph_attention_masks`), which may differ only where PyTorch's mask logit lies within the mask logits'
+    tolerance of 0 (random full-size FC-CLIP weights leave hundreds of such cells, and a flipped cell moves its
+    query far beyond rounding); the out-of-vocabulary logits and ensemble of the queries whose mask the classifier
+    binarises differently (a cell within rounding of 0, `pooling_flips`) are left out; label maps where PyTorch's
+    top two class scores differ by more than `label_margin`."""
 
     atol: float = 1e-3
     rtol: float = 5e-3
@@ -355,6 +361,81 @@ def pooling_flips(model, pixel_values, got, expected):
     return (got_masks != expected_masks).flatten(2).any(dim=-1)
 
 
+def graph_attention_masks(onnx_model, inputs, vocabulary):
+    """The threshold of the decoder's cross-attention masks as the exported graph of `onnx_model` computes it on
+    `inputs` (the processor's outputs) with `vocabulary`: bool `[B, Q, h * w]` per decoder layer, in order, True
+    where the mask's sigmoid is below 0.5 (`masked_attention_mask` before its rule for fully blocked queries).
+
+    A copy of the graph with those values among its outputs is written beside the graph (its weights file then
+    resolves), loaded and removed; they are the first inputs of the graph's `And` nodes traced from the decoder's
+    `masked_attention_mask(...)` call."""
+    import onnx
+    import onnxruntime
+
+    folder = Path(onnx_model.folder)
+    graph = onnx.load(folder / MODEL_FILE, load_external_data=False)
+    names = [
+        node.input[0] for node in graph.graph.node
+        if node.op_type == "And"
+        and "masked_attention_mask(" in {entry.key: entry.value for entry in node.metadata_props}.get("pkg.torch.onnx.stack_trace", "")
+    ]
+    if not names:
+        raise ITAExportError(f"{folder / MODEL_FILE} has no node traced from the decoder's attention masks")
+    for name in names:
+        graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.BOOL, None))
+    path = folder / f".attention-masks-{os.getpid()}.onnx"
+    try:
+        onnx.save(graph, path)
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    finally:
+        path.unlink(missing_ok=True)
+    _, feeds = onnx_model.graph_feeds(**inputs, vocabulary=vocabulary)
+    return [torch.from_numpy(mask) for mask in session.run(names, feeds)]
+
+
+@contextmanager
+def attention_masks_given(masks, near_zero):
+    """Within the block the PyTorch decoder thresholds its attention masks as `masks` say
+    (`graph_attention_masks`), in order. Yields a dict filled as the decoder runs: `cells` where they differ from
+    PyTorch's own threshold, of `of`, and `far`: those where PyTorch's logit is further than `near_zero` from 0
+    (not a rounding flip: the graph computes something else)."""
+    from .. import aggregation_decoder
+
+    own, queue = aggregation_decoder.masked_attention_mask, list(masks)
+    flipped = {"cells": 0, "of": 0, "far": 0}
+
+    def given(mask_logits, size=None):
+        if not queue:
+            raise ITAExportError("The PyTorch decoder computes more attention masks than the exported graph")
+        logits = aggregation_decoder.attention_mask_logits(mask_logits, size)
+        blocked = queue.pop(0).to(logits.device)
+        if blocked.shape != logits.shape:
+            raise ITAExportError(f"The exported graph's attention mask has shape {tuple(blocked.shape)}, PyTorch's {tuple(logits.shape)}")
+        differ = blocked != (logits.sigmoid() < 0.5)
+        flipped["cells"] += int(differ.sum())
+        flipped["of"] += differ.numel()
+        flipped["far"] += int((logits[differ].abs() > near_zero).sum())
+        return own(mask_logits, size, blocked=blocked)
+
+    aggregation_decoder.masked_attention_mask = given
+    try:
+        yield flipped
+    finally:
+        aggregation_decoder.masked_attention_mask = own
+    if queue:
+        raise ITAExportError("The exported graph computes more attention masks than the PyTorch decoder")
+
+
+def _beyond(got, expected, tolerances):
+    """Whether an output of the same shape differs beyond `tolerances` (NaN does; `_compare` reports shapes)."""
+    got, expected = torch.as_tensor(got).double(), torch.as_tensor(expected).double()
+    if got.shape != expected.shape or not got.numel():
+        return False
+    return not bool((got - expected).abs().max() <= tolerances.atol + tolerances.rtol * expected.abs().max())
+
+
 def _compare(name, got, expected, tolerances, report, problems, keep=None):
     """Compare one output (the `[B, Q]` entries of `keep` only, when given) and note the result."""
     got, expected = torch.as_tensor(got).double(), torch.as_tensor(expected).double()
@@ -393,6 +474,7 @@ def check_export(model, processor, onnx_model, class_names=CHECK_CLASS_NAMES, im
     report["sample"] = {"image": list(np.asarray(image).shape[:2]), "input": list(inputs["pixel_values"].shape)}
     got = onnx_model(**inputs, vocabulary=expected_vocabulary)  # the same vocabulary: the graph alone is compared
     expected = model(**inputs, vocabulary=expected_vocabulary)
+    choices = {}  # the graph's choices that PyTorch is run on, when they differ by rounding
     if got.dominant_category_ids is not None and not torch.equal(got.dominant_category_ids, expected.dominant_category_ids):
         probabilities = model.dominant_categories.ranking_probabilities(
             model.backbone, inputs["pixel_values"], inputs["image_sizes"], expected_vocabulary.name_embeddings,
@@ -405,9 +487,24 @@ def check_export(model, processor, onnx_model, class_names=CHECK_CLASS_NAMES, im
                 f"dominant categories: {got.dominant_categories} instead of PyTorch's {expected.dominant_categories} "
                 f"(probabilities {gap:.3g} apart)"
             )
-        expected = model(**inputs, vocabulary=expected_vocabulary, dominant_category_ids=got.dominant_category_ids)
+        choices["dominant_category_ids"] = got.dominant_category_ids
+        expected = model(**inputs, vocabulary=expected_vocabulary, **choices)
     elif got.dominant_category_ids is not None:
         report["dominant_categories"] = {"equal": True}
+    if any(_beyond(getattr(got, name), getattr(expected, name), tolerances) for name in ("class_queries_logits", "masks_queries_logits")):
+        # A decoder attention mask cell within rounding of the 0.5 threshold may land on either side; PyTorch is then
+        # run on the graph's masks, and the cells that differ are counted.
+        # A flip is one where PyTorch's logit lies within the mask logits' tolerance of 0.
+        masks = graph_attention_masks(onnx_model, inputs, expected_vocabulary)
+        near_zero = tolerances.atol + tolerances.rtol * float(expected.masks_queries_logits.abs().max())
+        with attention_masks_given(masks, near_zero) as flipped:
+            expected = model(**inputs, vocabulary=expected_vocabulary, **choices)
+        report["attention_mask_flips"] = flipped
+        if flipped["far"]:
+            problems.append(
+                f"decoder attention masks: {flipped['far']} cells blocked differently where PyTorch's mask logit is "
+                f"further than {near_zero:.3g} from 0"
+            )
     for name in ("class_queries_logits", "masks_queries_logits"):
         _compare(name, getattr(got, name), getattr(expected, name), tolerances, report, problems)
     # The out-of-vocabulary logits and the ensemble of queries whose pooled mask flips at a near-zero cell are not

@@ -321,13 +321,7 @@ class ITAOnnxModel:
             vocabulary = self.encode_vocabulary(class_names)
         elif not isinstance(vocabulary, ITAVocabulary):
             raise TypeError(f"vocabulary must be an ITAVocabulary from model.encode_vocabulary(), got {type(vocabulary)}")
-        pixel_values = torch.as_tensor(pixel_values)
-        self._check_pixel_values(pixel_values)
-        image_sizes = ITAForOpenVocabSegmentation._image_sizes(pixel_values, pixel_mask, image_sizes).cpu()
-        views = self._views(pixel_values, image_sizes, dominant_category_pixel_values)
-
-        inputs = segmentation_inputs(self.config, pixel_values.detach().cpu(), image_sizes, vocabulary, views)
-        feeds = {name: _numpy(value) for name, value in inputs.items()}
+        image_sizes, feeds = self.graph_feeds(pixel_values, pixel_mask, image_sizes, vocabulary, dominant_category_pixel_values)
         values = dict(zip(self._output_names, self.segmentation_session.run(self._output_names, feeds)))
         outputs = {name: torch.from_numpy(value) for name, value in values.items()}
 
@@ -340,6 +334,16 @@ class ITAOnnxModel:
             **outputs, dominant_categories=dominant_categories, image_sizes=image_sizes
         )
         return output if return_dict else output.to_tuple()
+
+    def graph_feeds(self, pixel_values, pixel_mask=None, image_sizes=None, vocabulary=None, dominant_category_pixel_values=None):
+        """`(image_sizes, feeds)`: the images' sizes and the segmentation graph's inputs (numpy arrays by input name)
+        for these arguments of `forward` (`vocabulary` an encoded `ITAVocabulary`)."""
+        pixel_values = torch.as_tensor(pixel_values)
+        self._check_pixel_values(pixel_values)
+        image_sizes = ITAForOpenVocabSegmentation._image_sizes(pixel_values, pixel_mask, image_sizes).cpu()
+        views = self._views(pixel_values, image_sizes, dominant_category_pixel_values)
+        inputs = segmentation_inputs(self.config, pixel_values.detach().cpu(), image_sizes, vocabulary, views)
+        return image_sizes, {name: _numpy(value) for name, value in inputs.items()}
 
     def _check_pixel_values(self, pixel_values):
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:

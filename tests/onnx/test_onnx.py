@@ -26,6 +26,7 @@ from modeling_ita.apps.cli import main as segment_main
 from modeling_ita.onnx import export as onnx_export
 from modeling_ita.onnx.cli import main as export_main
 from modeling_ita.onnx.export import ITAExportMismatchError, check_export, top_two_margin
+from modeling_ita import aggregation_decoder
 from modeling_ita.onnx.graph import ITASegmentationGraph, segmentation_inputs, segmentation_output_names
 from modeling_ita.training.synthetic import draw_synthetic_scene
 
@@ -319,6 +320,34 @@ def test_pooling_flips_names_the_queries_binarised_differently(ita_onnx_export):
         model, pixel_values, SimpleNamespace(masks_queries_logits=got), SimpleNamespace(masks_queries_logits=expected)
     )
     assert flips.tolist() == [[False, False, True, False]]
+
+
+@pytest.mark.parametrize("offset", [1e-5, 1e4])
+def test_check_runs_pytorch_on_the_graphs_attention_masks_where_they_flip(ita_onnx_export, monkeypatch, offset):
+    """PyTorch's decoder attention masks made to differ from the graph's for one query at every layer, its mask
+    logits moved to `offset` on the other side of 0: within rounding of 0 (1e-5) the check runs PyTorch on the
+    graph's masks, counts the cells and passes; beyond the mask logits' tolerance (1e4; atol + rtol x their largest
+    value is about 8 on this tiny model) it names them."""
+    source, exported = ita_onnx_export
+    model = ITAForOpenVocabSegmentation.from_pretrained(source).eval()
+    onnx_model, processor = ITAOnnxModel.from_pretrained(exported), ITAProcessor.from_pretrained(exported)
+    own = aggregation_decoder.attention_mask_logits
+
+    def flipped_for_query_0(mask_logits, size=None):
+        logits = own(mask_logits, size).clone()
+        logits[:, 0] = -logits[:, 0].sign() * offset
+        return logits
+
+    monkeypatch.setattr(aggregation_decoder, "attention_mask_logits", flipped_for_query_0)
+    if offset > 1:
+        with pytest.raises(ITAExportMismatchError, match="decoder attention masks: \\d+ cells"):
+            check_export(model, processor, onnx_model)
+        return
+    report = check_export(model, processor, onnx_model)
+    flips = report["attention_mask_flips"]
+    assert flips["far"] == 0 and 0 < flips["cells"] < flips["of"]
+    assert report["class_queries_logits"]["max_abs_diff"] < 1e-4
+    assert not [path for path in Path(exported).iterdir() if path.name.startswith(".attention-masks")]
 
 
 def test_console_script_is_declared():
