@@ -54,12 +54,12 @@ __all__ = [
     "Tolerances",
     "ITAExportError",
     "ITAExportMismatchError",
+    "attention_masks_given",
     "check_export",
     "check_output_dir",
     "export_onnx",
     "export_segmentation_graph",
     "export_text_encoder",
-    "attention_masks_given",
     "graph_attention_masks",
     "load_model_and_processor",
     "pooling_flips",
@@ -492,9 +492,9 @@ def check_export(model, processor, onnx_model, class_names=CHECK_CLASS_NAMES, im
     elif got.dominant_category_ids is not None:
         report["dominant_categories"] = {"equal": True}
     if any(_beyond(getattr(got, name), getattr(expected, name), tolerances) for name in ("class_queries_logits", "masks_queries_logits")):
-        # A decoder attention mask cell within rounding of the 0.5 threshold may land on either side; PyTorch is then
-        # run on the graph's masks, and the cells that differ are counted.
-        # A flip is one where PyTorch's logit lies within the mask logits' tolerance of 0.
+        # A decoder attention mask cell within rounding of the 0.5 threshold may land on either side: PyTorch is then
+        # run on the graph's masks, which may differ from its own only where its logit is within the mask logits'
+        # tolerance of 0; the cells that differ are counted.
         masks = graph_attention_masks(onnx_model, inputs, expected_vocabulary)
         near_zero = tolerances.atol + tolerances.rtol * float(expected.masks_queries_logits.abs().max())
         with attention_masks_given(masks, near_zero) as flipped:
