@@ -381,6 +381,7 @@ def profile_graph(onnx_model, end_to_end, threads):
     import onnxruntime
 
     from modeling_ita import ITAOnnxModel
+    from modeling_ita.onnx.export import MODEL_FILE
 
     folder = Path(onnx_model.folder)
     options = onnxruntime.SessionOptions()
@@ -397,7 +398,7 @@ def profile_graph(onnx_model, end_to_end, threads):
     events = json.loads(profile.read_text())
     last = [event for event in events if event["name"] == "model_run"][-1]
     scopes = {}
-    for node in onnx.load(folder / "model.onnx", load_external_data=False).graph.node:
+    for node in onnx.load(folder / MODEL_FILE, load_external_data=False).graph.node:
         metadata = {entry.key: entry.value for entry in node.metadata_props}
         scopes[node.name] = ast.literal_eval(metadata.get("pkg.torch.onnx.name_scopes", "[]"))
     by_op, by_module = collections.Counter(), collections.Counter()

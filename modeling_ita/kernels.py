@@ -804,9 +804,15 @@ def _grid_decisions(class_probs: Tensor, mask_logits: Tensor, chunk_elements: in
         window = mask_logits[:, top : top + rows + 1]
         if top + rows >= height:  # the last row's cells end on itself
             window = torch.cat([window, mask_logits[:, -1:]], dim=1)
-        low, high = (bound.flatten(1).t().sigmoid() for bound in _box_bounds(window[:, :-1], window[:, 1:]))  # [cells, Q]
-        decisions[top : top + rows] = _certain_classes(low, high, class_probs).view(-1, width)
+        decisions[top : top + rows] = _cell_decisions(window[:, :-1], window[:, 1:], class_probs)
     return decisions
+
+
+def _cell_decisions(upper: Tensor, lower: Tensor, class_probs: Tensor) -> Tensor:
+    """`[n, w]` the class certain to win in each grid cell whose rows are `upper` and `lower` `[Q, n, w]`
+    (`_box_bounds`), or -1."""
+    low, high = (bound.flatten(1).t().sigmoid() for bound in _box_bounds(upper, lower))  # [cells, Q]
+    return _certain_classes(low, high, class_probs).view(upper.shape[1:])
 
 
 # Before the grid's cells are decided, one grid row in `_PROBE_STRIDE` (under the image) is: when those rows leave a
@@ -827,9 +833,8 @@ def _probe_undecided_share(class_probs: Tensor, mask_logits: Tensor, image_size,
     grid_rows, grid_columns = _grid_extent(mask_logits.shape[-2:], image_size, frame_size)
     rows = torch.arange(0, grid_rows, _PROBE_STRIDE, device=mask_logits.device)
     below = (rows + 1).clamp(max=mask_logits.shape[-2] - 1)
-    bounds = _box_bounds(mask_logits.index_select(1, rows), mask_logits.index_select(1, below))
-    low, high = (bound[:, :, :grid_columns].flatten(1).t().sigmoid() for bound in bounds)  # [cells, Q]
-    return (_certain_classes(low, high, class_probs) < 0).float().mean().item()
+    decisions = _cell_decisions(mask_logits.index_select(1, rows), mask_logits.index_select(1, below), class_probs)
+    return (decisions[:, :grid_columns] < 0).float().mean().item()
 
 
 class _PixelScores:

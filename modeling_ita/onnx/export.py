@@ -105,6 +105,11 @@ class Tolerances:
     ranking_atol: float = 1e-5
     label_margin: float = 1e-3
 
+    def allowed(self, expected) -> float:
+        """The largest `|onnx - torch|` allowed for an output whose PyTorch values are `expected`."""
+        expected = torch.as_tensor(expected)
+        return self.atol + self.rtol * (float(expected.abs().max()) if expected.numel() else 0.0)
+
 
 DEFAULT_TOLERANCES = Tolerances()
 
@@ -433,7 +438,7 @@ def _beyond(got, expected, tolerances):
     got, expected = torch.as_tensor(got).double(), torch.as_tensor(expected).double()
     if got.shape != expected.shape or not got.numel():
         return False
-    return not bool((got - expected).abs().max() <= tolerances.atol + tolerances.rtol * expected.abs().max())
+    return not float((got - expected).abs().max()) <= tolerances.allowed(expected)
 
 
 def _compare(name, got, expected, tolerances, report, problems, keep=None):
@@ -446,7 +451,7 @@ def _compare(name, got, expected, tolerances, report, problems, keep=None):
         got, expected = got[keep], expected[keep]
     difference = float((got - expected).abs().max()) if got.numel() else 0.0
     scale = float(expected.abs().max()) if expected.numel() else 0.0
-    bound = tolerances.atol + tolerances.rtol * scale
+    bound = tolerances.allowed(expected)
     report[name] = {"max_abs_diff": difference, "max_abs_pytorch": scale, "allowed": bound}
     if not difference <= bound:  # NaN fails too
         problems.append(f"{name}: max |onnx - pytorch| = {difference:.3g} > {bound:.3g} allowed")
@@ -496,14 +501,14 @@ def check_export(model, processor, onnx_model, class_names=CHECK_CLASS_NAMES, im
         # run on the graph's masks, which may differ from its own only where its logit is within the mask logits'
         # tolerance of 0; the cells that differ are counted.
         masks = graph_attention_masks(onnx_model, inputs, expected_vocabulary)
-        near_zero = tolerances.atol + tolerances.rtol * float(expected.masks_queries_logits.abs().max())
-        with attention_masks_given(masks, near_zero) as flipped:
+        near_zero = tolerances.allowed(expected.masks_queries_logits)
+        with attention_masks_given(masks, near_zero) as attention_flips:
             expected = model(**inputs, vocabulary=expected_vocabulary, **choices)
-        report["attention_mask_flips"] = flipped
-        if flipped["far"]:
+        report["attention_mask_flips"] = attention_flips
+        if attention_flips["far"]:
             problems.append(
-                f"decoder attention masks: {flipped['far']} cells blocked differently where PyTorch's mask logit is "
-                f"further than {near_zero:.3g} from 0"
+                f"decoder attention masks: {attention_flips['far']} cells blocked differently where PyTorch's mask "
+                f"logit is further than {near_zero:.3g} from 0"
             )
     for name in ("class_queries_logits", "masks_queries_logits"):
         _compare(name, getattr(got, name), getattr(expected, name), tolerances, report, problems)

@@ -21,12 +21,11 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
-from modeling_ita import ITAForOpenVocabSegmentation, ITAOnnxModel, ITAProcessor
+from modeling_ita import ITAForOpenVocabSegmentation, ITAOnnxModel, ITAProcessor, aggregation_decoder
 from modeling_ita.apps.cli import main as segment_main
 from modeling_ita.onnx import export as onnx_export
 from modeling_ita.onnx.cli import main as export_main
 from modeling_ita.onnx.export import ITAExportMismatchError, check_export, top_two_margin
-from modeling_ita import aggregation_decoder
 from modeling_ita.onnx.graph import ITASegmentationGraph, segmentation_inputs, segmentation_output_names
 from modeling_ita.training.synthetic import draw_synthetic_scene
 
@@ -109,7 +108,6 @@ def test_export_writes_a_checked_model_folder(export):
         assert shapes["name_embeddings"][0] == "candidates"
     outputs = {item.name: item.shape for item in session.get_outputs()}
     assert outputs["ensemble_log_probs"][0] == "batch" and outputs["ensemble_log_probs"][2] == "classes + 1"
-
 
 
 def test_graphs_are_written_as_onnxruntime_optimises_them(ita_onnx_export, tmp_path):
