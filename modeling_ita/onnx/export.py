@@ -388,7 +388,9 @@ def graph_attention_masks(onnx_model, inputs, vocabulary):
         raise ITAExportError(f"{folder / MODEL_FILE} has no node traced from the decoder's attention masks")
     for name in names:
         graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.BOOL, None))
-    path = folder / f".attention-masks-{os.getpid()}.onnx"
+    handle, path = tempfile.mkstemp(prefix=".attention-masks-", suffix=".onnx", dir=folder)  # a new file, never a user's
+    os.close(handle)
+    path = Path(path)
     try:
         onnx.save(graph, path)
         options = onnxruntime.SessionOptions()
