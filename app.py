@@ -2,12 +2,12 @@
 
 Needs the `demo` extra (`pip install -e '.[demo]'`, Gradio). Serves the model `make demo` writes
 (`demo_output/model`) unless `--model` names another folder or Hub id, on http://127.0.0.1:7860. The page's
-logic is `modeling_ita.apps.web`.
+logic is `ita_segmentation.apps.web`.
 """
 
 import sys
 
-from modeling_ita.apps.web import main
+from ita_segmentation.apps.web import main
 
 if __name__ == "__main__":
     sys.exit(main())

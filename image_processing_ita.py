@@ -32,6 +32,15 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from postprocessing_ita import (
+    binary_mask_to_coco_rle,
+    instance_segments,
+    panoptic_segments,
+    query_mask_logits,
+    semantic_map,
+    semantic_scores,
+)
+
 __all__ = [
     "ITAImageProcessor",
     "ITAImageProcessorKwargs",
@@ -683,7 +692,7 @@ class ITAImageProcessor(TorchvisionBackend):
         so memory does not grow with the batch, the vocabulary or the target size beyond the returned maps. In the
         default order the label map costs in proportion to the label boundaries, not to target pixels x classes
         (a photo's own size costs little more than the model's): where the four source pixels of a target pixel
-        agree on their class, so does their bilinear mix (`modeling_ita.kernels.semantic_map`). Labels and scores
+        agree on their class, so does their bilinear mix (`postprocessing_ita.semantic_map`). Labels and scores
         equal the formula's up to float rounding.
 
         Args:
@@ -717,8 +726,6 @@ class ITAImageProcessor(TorchvisionBackend):
             (`[H, W]` long), `segmentation_scores` (`[K, H, W]` float32 or None) and, when asked for,
             `winning_scores` (`[H, W]` float32).
         """
-        from modeling_ita.kernels import semantic_map, semantic_scores  # not at the top: modeling_ita imports this module
-
         if return_scores is not None:
             warnings.warn(
                 "`return_scores` is deprecated and will be removed in the next release: use "
@@ -832,7 +839,6 @@ class ITAImageProcessor(TorchvisionBackend):
               `label_ids_to_fuse`, so all its queries form this one segment) and **score** (`float`, the class
               probability of its query; for a fused segment the highest among its queries).
         """
-        from modeling_ita.postprocessing import panoptic_segments
 
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
@@ -901,7 +907,6 @@ class ITAImageProcessor(TorchvisionBackend):
               index: its value in the map, its row in the binary maps), **label_id** (`int`), **was_fused**
               (`False`) and **score** (`float`).
         """
-        from modeling_ita.postprocessing import binary_mask_to_coco_rle, instance_segments
 
         if return_coco_annotation and return_binary_maps:
             raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
@@ -932,8 +937,7 @@ class ITAImageProcessor(TorchvisionBackend):
     def _query_outputs(self, outputs, target_sizes):
         """Checked per-image inputs of the panoptic and instance rules: a list of `(log_probs [Q, K+1],
         mask_chunks_for, target_size)`, where `mask_chunks_for(queries)` yields the queries' mask logits at the
-        target size a few at a time (`modeling_ita.postprocessing.query_mask_logits`)."""
-        from modeling_ita.postprocessing import query_mask_logits
+        target size a few at a time (`postprocessing_ita.query_mask_logits`)."""
 
         log_probs, mask_logits, image_sizes, target_sizes = self._checked_outputs(outputs, target_sizes)
         batch = len(image_sizes)

@@ -4,8 +4,8 @@ imports after.
 Importing `modeling_ita` imports torch, transformers and open_clip (several seconds), so this module, outside the
 package, imports only the standard library: `--help` and usage errors answer at once, and the package is
 imported once the arguments are known to be well formed. Each command's work lives in the package
-(`modeling_ita.apps.cli`, `modeling_ita.evaluation.cli`, `modeling_ita.hub.cli`, `modeling_ita.onnx.cli`,
-`modeling_ita.training`); the files in `scripts/` call these functions.
+(`ita_segmentation.apps.cli`, `ita_segmentation.evaluation.cli`, `ita_segmentation.hub.cli`, `ita_segmentation.onnx.cli`,
+`ita_segmentation.training`); the files in `scripts/` call these functions.
 """
 
 import argparse
@@ -30,14 +30,14 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-# The pipeline's subtasks (modeling_ita.apps.pipeline.SUBTASKS; not imported here: it imports torch).
+# The pipeline's subtasks (modeling_ita.pipeline.SUBTASKS; not imported here: it imports torch).
 SUBTASKS = ("semantic", "panoptic", "instance")
 DTYPES = ("float32", "bfloat16", "float16")
-# The backends (`modeling_ita.onnx.BACKENDS`) and `ita-export`'s default check tolerances
-# (`modeling_ita.onnx.export.DEFAULT_TOLERANCES`), kept equal to the package's by a test.
+# The backends (`ita_segmentation.onnx.BACKENDS`) and `ita-export`'s default check tolerances
+# (`ita_segmentation.onnx.export.DEFAULT_TOLERANCES`), kept equal to the package's by a test.
 BACKENDS = ("auto", "pytorch", "onnxruntime")
 EXPORT_ATOL, EXPORT_RTOL = 1e-3, 5e-3
-# The registered benchmarks (`modeling_ita.evaluation.BENCHMARKS`, which a test keeps equal to this), here so
+# The registered benchmarks (`ita_segmentation.evaluation.BENCHMARKS`, which a test keeps equal to this), here so
 # that `--benchmark` is checked before anything heavy is imported.
 BENCHMARK_NAMES = {
     "ade150": "A-150",
@@ -144,7 +144,7 @@ def _add_task_arguments(parser):
 def segment(argv=None, prog="ita-segment"):
     """`ita-segment`: returns the exit status (0 done, 1 some image or the model failed, 2 usage error)."""
     args = segment_parser(prog).parse_args(argv)
-    from modeling_ita.apps.cli import run
+    from ita_segmentation.apps.cli import run
 
     return run(args, prog)
 
@@ -286,7 +286,7 @@ def _vocabulary_files(parser, values, benchmarks):
 def evaluate(argv=None, prog="ita-evaluate"):
     """`ita-evaluate`: returns the exit status (0 done, 1 the data, the model or the run failed, 2 usage error)."""
     args = parse_evaluate_args(argv, prog)
-    from modeling_ita.evaluation.cli import run
+    from ita_segmentation.evaluation.cli import run
 
     return run(args)
 
@@ -311,7 +311,7 @@ def convert_parser(prog="ita-convert"):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""Convert an original FC-CLIP or ITA checkpoint (detectron2 .pth) into a Hugging Face model folder.
 
-The variant and the sizes are read from the checkpoint (see modeling_ita.hub.conversion); the values the shapes
+The variant and the sizes are read from the checkpoint (see ita_segmentation.hub.conversion); the values the shapes
 cannot tell are printed with where they came from. detectron2 .pkl files (numpy arrays) are not supported.""",
         epilog="""examples:
   %(prog)s --checkpoint fcclip_cocopan.pth --output fcclip-convnext-large
@@ -356,7 +356,7 @@ def convert(argv=None, prog="ita-convert"):
         path = getattr(args, option)
         if path is not None and not path.is_file():
             parser.error(f"--{option.replace('_', '-')} {path}: no such file")
-    from modeling_ita.hub.cli import run
+    from ita_segmentation.hub.cli import run
 
     return run(args)
 
@@ -369,7 +369,7 @@ def export_parser(prog="ita-export"):
             "Export ITA / FC-CLIP to ONNX: writes OUTPUT/model.onnx (images, their sizes and an encoded vocabulary in; "
             "the model's outputs out), OUTPUT/text_encoder.onnx (the CLIP text tower), the config and processor files "
             "and onnx_export.json, after checking the graphs against PyTorch on a sample. Load the folder with "
-            "modeling_ita.ITAOnnxModel.from_pretrained(OUTPUT). Needs the onnx extra (pip install -e '.[onnx]')."
+            "ita_segmentation.onnx.ITAOnnxModel.from_pretrained(OUTPUT). Needs the onnx extra (pip install -e '.[onnx]')."
         ),
         epilog=(
             "Example: ita-export --model path/to/checkpoint --output ita-onnx. Exit status: 0 written and checked, "
@@ -395,7 +395,7 @@ def export(argv=None, prog="ita-export"):
     args = parser.parse_args(argv)
     if not (args.atol >= 0 and args.rtol >= 0):
         parser.error(f"--atol and --rtol must be >= 0, got {args.atol} and {args.rtol}")
-    from modeling_ita.onnx.cli import run
+    from ita_segmentation.onnx.cli import run
 
     return run(args, prog)
 
@@ -404,9 +404,9 @@ def export(argv=None, prog="ita-export"):
 def train(argv=None, prog="ita-train"):
     """`ita-train` (`scripts/train.py`): returns the exit status (0 trained, 1 the data or the model was refused).
     The Trainer's arguments are `TrainingArguments`, which import torch, so `--help` takes as long as that."""
-    from modeling_ita.apps.loading import ModelLoadingError
-    from modeling_ita.evaluation.data_check import DataCheckError
-    from modeling_ita.training import main
+    from modeling_ita.loading import ModelLoadingError
+    from ita_segmentation.evaluation.data_check import DataCheckError
+    from ita_segmentation.training import main
 
     try:
         main(argv)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from modeling_ita.training.synthetic import toy_clip_config
+from ita_segmentation.training.synthetic import toy_clip_config
 
 from measure import PeakRSS, machine_description, rss_mib, set_threads
 
@@ -70,8 +70,8 @@ def worker(args):
 
     from configuration_ita import ITAConfig
     from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
-    from modeling_ita.evaluation import benchmark_metadata, load_benchmark
-    from modeling_ita.evaluation.runner import evaluate_dataset
+    from ita_segmentation.evaluation import benchmark_metadata, load_benchmark
+    from ita_segmentation.evaluation.runner import evaluate_dataset
 
     set_threads(args.threads)
     torch.manual_seed(0)

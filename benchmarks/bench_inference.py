@@ -37,7 +37,7 @@ from measure import PeakRSS, StageTimer, machine_description, page_faults, rss_m
 
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
-from modeling_ita.evaluation import VOCABULARY_DIR, read_vocabulary_file
+from ita_segmentation.evaluation import VOCABULARY_DIR, read_vocabulary_file
 
 STAGES = ("preprocess", "trunk", "pixel decoder", "DCU", "decoder", "out-of-vocab classifier", "post-processing")
 
@@ -63,7 +63,7 @@ def parse_args(argv=None):
                         "intermediate prediction at full resolution (what it always did before it skipped them)")
     parser.add_argument("--photo-size", "--image-size", dest="photo_size", type=int, nargs=2, default=(600, 800),
                         metavar=("HEIGHT", "WIDTH"), help="the input photo's size, also the label map's size")
-    parser.add_argument("--vocabulary", default="ade150", help="a class list in modeling_ita/evaluation/vocabularies")
+    parser.add_argument("--vocabulary", default="ade150", help="a class list in ita_segmentation/evaluation/vocabularies")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
                         help="onnxruntime: also time the exported model (see above)")
@@ -271,10 +271,10 @@ def main(argv=None):
 def onnx_model_for(args, model, processor):
     """The `ITAOnnxModel` of this script's model: read from `--onnx-dir`, exported there first when the folder
     holds no export of this model."""
-    from modeling_ita import ITAOnnxModel
-    from modeling_ita.onnx import is_onnx_model_folder
-    from modeling_ita.onnx.export import export_onnx
-    from modeling_ita.onnx.runtime import read_manifest
+    from ita_segmentation.onnx import ITAOnnxModel
+    from ita_segmentation.onnx import is_onnx_model_folder
+    from ita_segmentation.onnx.export import export_onnx
+    from ita_segmentation.onnx.runtime import read_manifest
 
     source = (f"benchmarks/bench_inference.py --variant {args.variant} --seed {args.seed} "
               f"--dominant-category-features {model.config.dominant_category_features}")
@@ -380,8 +380,8 @@ def profile_graph(onnx_model, end_to_end, threads):
     import onnx
     import onnxruntime
 
-    from modeling_ita import ITAOnnxModel
-    from modeling_ita.onnx.export import MODEL_FILE
+    from ita_segmentation.onnx import ITAOnnxModel
+    from ita_segmentation.onnx.export import MODEL_FILE
 
     folder = Path(onnx_model.folder)
     options = onnxruntime.SessionOptions()

@@ -2,7 +2,7 @@
 trunk runs, the floor of `bench_inference.py --backend onnxruntime`.
 
 The full-size ITA's trunk (random weights, seed 0) is exported twice with `ita-export`'s translation code
-(`modeling_ita.onnx.export`): once with torch.onnx's own translations of every operator, once with the package's
+(`ita_segmentation.onnx.export`): once with torch.onnx's own translations of every operator, once with the package's
 (`TRANSLATIONS`: GELU in the order onnxruntime fuses, bias-free convolutions without a zero bias). PyTorch and
 the two onnxruntime sessions (2 intra-op threads, idle threads not spinning, as `ITAOnnxModel` runs them; add
 `--spinning` for a third session whose idle threads spin) run on the same `[1, 3, H, W]` input, alternately.
@@ -39,7 +39,7 @@ class Trunk(nn.Module):
 
 
 def export(trunk, path, size, translations):
-    from modeling_ita.onnx.export import _to_onnx
+    from ita_segmentation.onnx.export import _to_onnx
 
     start = time.perf_counter()
     batch = torch.export.Dim("batch", min=1, max=64)
@@ -79,7 +79,7 @@ def main():
 
 
 def compare(trunk, folder, args):
-    from modeling_ita.onnx.export import TRANSLATIONS
+    from ita_segmentation.onnx.export import TRANSLATIONS
 
     pixel_values = torch.randn(1, 3, *args.size, generator=torch.Generator().manual_seed(1))
     plain = session(export(trunk, folder / "torch_onnx_translations.onnx", args.size, {}), args.threads, False)

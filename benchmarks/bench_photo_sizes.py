@@ -8,11 +8,11 @@ a warm-up: the CLIP trunk alone (the floor) and end-to-end (processor + model +
 `post_process_semantic_segmentation(target_sizes=[photo size])`), with the post-processing's own time from a
 timer around it. One row per (vocabulary, photo): medians, the ratio end-to-end / trunk, the peak memory one
 end-to-end inference adds, and the share of the mask grid whose class the post-processing had to compute
-pixel by pixel ("undecided": the label boundaries; the rest is decided per grid cell, `kernels._grid_decisions`).
+pixel by pixel ("undecided": the label boundaries; the rest is decided per grid cell, `postprocessing_ita._grid_decisions`).
 
 The photo is random noise, as in `bench_inference.py`; with random weights the label map has the boundaries the
 "undecided" column shows, which is where the post-processing's cost goes. `--check` also computes the plain
-formula (`kernels.semantic_map_reference`: every class's score map resized to the photo, then arg-max) where its
+formula (`postprocessing_ita.semantic_map_reference`: every class's score map resized to the photo, then arg-max) where its
 `classes x photo` float32 tensor fits in `--check-max-gib`, and counts the pixels whose labels differ.
 
     python benchmarks/bench_photo_sizes.py --repeats 3
@@ -38,9 +38,10 @@ from measure import PeakRSS, StageTimer, machine_description, set_threads
 
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
-from modeling_ita.training.synthetic import draw_synthetic_scene
-from modeling_ita import kernels
-from modeling_ita.kernels import _grid_decisions, _undecided_share, semantic_scores_reference
+from ita_segmentation.training.synthetic import draw_synthetic_scene
+import image_processing_ita
+import postprocessing_ita
+from postprocessing_ita import _grid_decisions, _undecided_share, semantic_scores_reference
 
 
 
@@ -59,7 +60,7 @@ def parse_args(argv=None):
     parser.add_argument("--photo-sizes", type=photo_size, nargs="+", metavar="HxW",
                         default=[(600, 800), (1080, 1920), (3000, 4000), (4000, 6000)])
     parser.add_argument("--vocabularies", nargs="+", default=["ade150", "ade847"],
-                        help="class lists in modeling_ita/evaluation/vocabularies")
+                        help="class lists in ita_segmentation/evaluation/vocabularies")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (after one warm-up run)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -68,7 +69,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image", choices=("noise", "scene"), default="noise",
                         help="noise: uniform random pixels (as bench_inference.py); scene: a generated scene of "
-                        "shapes on one or two backgrounds (modeling_ita.training.synthetic)")
+                        "shapes on one or two backgrounds (ita_segmentation.training.synthetic)")
     parser.add_argument("--spread-heads", action="store_true",
                         help="redraw the decoder's mask and class heads with std 1: at their init scale one class "
                         "wins nearly everywhere (no boundaries), with this the label map has many")
@@ -132,7 +133,7 @@ def main(argv=None):
           f"post-processing {args.post_processing}", flush=True)
 
     if args.post_processing == "bands":
-        kernels.semantic_map = kernels.banded_semantic_map  # the processor looks it up at each call
+        image_processing_ita.semantic_map = postprocessing_ita.banded_semantic_map  # the processor's name for it
     start = time.perf_counter()
     model = ITAForOpenVocabSegmentation(ITAConfig()).eval()
     if args.spread_heads:

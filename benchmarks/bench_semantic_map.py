@@ -1,4 +1,4 @@
-"""The semantic post-processing kernel alone (`kernels.semantic_map`) at a photo's size, on generated or saved model
+"""The semantic post-processing kernel alone (`postprocessing_ita.semantic_map`) at a photo's size, on generated or saved model
 outputs, against the same kernel of another git revision, timed alternately in one process.
 
 Inputs shaped like the full-size model's for one photo: 200 queries, K classes, the 200x272 mask grid of the
@@ -12,7 +12,7 @@ Inputs shaped like the full-size model's for one photo: 200 queries, K classes, 
 - `noisy`: confident queries and masks that change from one grid point to the next: labels change nearly
   everywhere (a stress case, like `bench_photo_sizes.py --spread-heads`).
 
-`--against REV` loads `modeling_ita/kernels.py` as it was at git revision REV (read with `git show`, nothing is
+`--against REV` loads `postprocessing_ita.py` (before it, `modeling_ita/kernels.py`) as it was at git revision REV (read with `git show`, nothing is
 checked out) and times it alternately with the working tree's; labels are compared. Stage times come from timers
 around the kernel's parts.
 
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from measure import machine_description, set_threads
 
-from modeling_ita import kernels
+import postprocessing_ita as kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("_grid_decisions", "_PixelScores.compute", "_cell_candidates", "bilinear_combine")
@@ -83,8 +83,12 @@ def read_inputs(path):
 
 
 def kernels_at(revision):
-    """`modeling_ita/kernels.py` of a git revision, imported as its own module."""
-    source = subprocess.run(["git", "show", f"{revision}:modeling_ita/kernels.py"], cwd=ROOT, check=True,
+    """The post-processing kernels of a git revision, imported as their own module."""
+    # The post-processing kernels lived in modeling_ita/kernels.py before they moved to postprocessing_ita.py.
+    listed = subprocess.run(["git", "ls-tree", "--name-only", revision, "postprocessing_ita.py"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout.strip()
+    file = listed or "modeling_ita/kernels.py"
+    source = subprocess.run(["git", "show", f"{revision}:{file}"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "kernels_at_revision.py"
     path.write_text(source)
@@ -141,7 +145,7 @@ def main(argv=None):
                 start = time.perf_counter()
                 module.semantic_map(*arguments, winning_scores=False)
                 times[name].append(time.perf_counter() - start)
-        undecided = kernels._undecided_share(kernels._grid_decisions(class_probs, mask_logits, 2**22), *arguments[2:4])
+        undecided = postprocessing_ita._undecided_share(postprocessing_ita._grid_decisions(class_probs, mask_logits, 2**22), *arguments[2:4])
         print(f"\n{kind}, {class_probs.shape[1]} classes, photo {target[0]}x{target[1]}: undecided grid "
               f"{undecided:.1%}; medians of {args.repeats} alternating runs")
         for name in versions:

@@ -29,8 +29,9 @@ from measure import machine_description, set_threads
 
 from configuration_ita import ITAConfig
 from modeling_ita.clip_backbone import ITACLIPBackbone
-from modeling_ita.evaluation import VOCABULARY_DIR, read_vocabulary_file
-from modeling_ita.vocabulary import ITAVocabularyEncoder, parse_vocabulary
+from ita_segmentation.evaluation import VOCABULARY_DIR, read_vocabulary_file
+from modeling_ita.vocabulary import ITAVocabularyEncoder
+from processing_ita import parse_vocabulary
 
 
 def encode_in_batches(backbone, tokens, batch_size, truncate_context):

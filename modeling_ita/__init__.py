@@ -11,11 +11,10 @@ from image_processing_ita import ITAImageProcessor
 
 from .classifiers import geometric_ensemble
 from .modeling import ITAForOpenVocabSegmentation, ITAOpenVocabSegmentationOutput, ITAPreTrainedModel
-from processing_ita import ITAProcessor
+from processing_ita import ITAProcessor, parse_vocabulary
 
-from .apps.pipeline import ZeroShotImageSegmentationPipeline  # registers the "zero-shot-image-segmentation" task
-from .onnx import ITAOnnxModel  # onnxruntime is imported when a folder is loaded (the `onnx` extra)
-from .vocabulary import ITAVocabulary, ITAVocabularyEncoder, parse_vocabulary
+from .pipeline import ZeroShotImageSegmentationPipeline  # registers the "zero-shot-image-segmentation" task
+from .vocabulary import ITAVocabulary, ITAVocabularyEncoder
 
 AutoConfig.register(ITAConfig.model_type, ITAConfig, exist_ok=True)
 AutoModel.register(ITAConfig, ITAForOpenVocabSegmentation, exist_ok=True)
@@ -26,7 +25,6 @@ __all__ = [
     "ITAConfig",
     "ITAForOpenVocabSegmentation",
     "ITAImageProcessor",
-    "ITAOnnxModel",
     "ITAProcessor",
     "ITAOpenVocabSegmentationOutput",
     "ITAPreTrainedModel",

@@ -27,12 +27,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils.logging import tqdm
 
+from processing_ita import parse_vocabulary
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "VOCABULARY_CACHE_ENV",
-    "parse_vocabulary",
-    "shared_synonyms",
     "default_vocabulary_cache_dir",
     "ITAVocabulary",
     "ITAVocabularyEncoder",
@@ -53,63 +53,6 @@ def default_vocabulary_cache_dir():
     if value:
         return Path(value).expanduser()
     return Path(hf_constants.HF_HOME) / "ita" / "vocabularies"
-
-
-def _synonym_key(synonym):
-    # CLIP's tokenizer lower-cases and collapses white space: "Sofa" and "sofa " are one text to it.
-    return " ".join(synonym.lower().split())
-
-
-def shared_synonyms(parsed):
-    """Synonyms that name more than one class of a parsed vocabulary (`parse_vocabulary`'s output), compared as
-    CLIP reads them (case and repeated spaces ignored): a list of `(synonym, first_class, other_class)`."""
-    owner, shared = {}, []
-    for index, synonyms in enumerate(parsed):
-        for synonym in synonyms:
-            first = owner.setdefault(_synonym_key(synonym), index)
-            if first != index:
-                shared.append((synonym, first, index))
-    return shared
-
-
-def parse_vocabulary(class_names, allow_shared_synonyms=False):
-    """Validate a vocabulary and split each class into its synonyms.
-
-    Returns a list (one entry per class) of lists of synonyms. Raises `ValueError` for an empty vocabulary,
-    a class or synonym that is empty, a non-string entry, duplicate class names, or (unless
-    `allow_shared_synonyms`) a synonym given to two classes (`"sofa,couch"` and `"couch,sofa"`): the classes
-    would tie on it. The model itself accepts shared synonyms, because FC-CLIP's own A-847 and PC-459 class
-    lists have some and the published protocol uses them as they are.
-    """
-    if isinstance(class_names, str):
-        raise ValueError(
-            "The vocabulary must be a list of class names, got a single string "
-            f"{class_names!r}; write synonyms of one class as one comma-separated entry, e.g. ['sofa,couch']"
-        )
-    class_names = list(class_names) if class_names is not None else []
-    if not class_names:
-        raise ValueError("The vocabulary is empty: give at least one class name")
-    parsed, seen = [], {}
-    for index, name in enumerate(class_names):
-        if not isinstance(name, str):
-            raise ValueError(f"Class {index} of the vocabulary is {type(name).__name__}, not a string: {name!r}")
-        synonyms = [synonym.strip() for synonym in name.split(",")]
-        if not name.strip():
-            raise ValueError(f"Class {index} of the vocabulary is an empty string")
-        if any(not synonym for synonym in synonyms):
-            raise ValueError(f"Class {index} of the vocabulary, {name!r}, has an empty synonym")
-        key = ",".join(synonyms)
-        if key in seen:
-            raise ValueError(f"Duplicate class name {name!r} at positions {seen[key]} and {index} of the vocabulary")
-        seen[key] = index
-        parsed.append(synonyms)
-    if not allow_shared_synonyms:
-        for synonym, first, other in shared_synonyms(parsed):
-            raise ValueError(
-                f"Synonym {synonym!r} names two classes: {class_names[first]!r} (position {first}) and "
-                f"{class_names[other]!r} (position {other}) of the vocabulary; give each synonym to one class"
-            )
-    return parsed
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ command as `ita-convert`.
         --category-bank Category/category_tensor.pt --push-to-hub my-user/ita-convnext-large
 
 The output folder must be new or empty (`--overwrite` replaces the model files of a folder that is not). The
-variant and the sizes are read from the checkpoint; see `modeling_ita.hub.conversion`. `--help` lists every option.
+variant and the sizes are read from the checkpoint; see `ita_segmentation.hub.conversion`. `--help` lists every option.
 """
 
 import sys

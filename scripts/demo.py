@@ -3,10 +3,10 @@
 
 Run again, it replaces the results of the earlier run in its output folder, and says so.
 
-1. Generates scenes of coloured shapes on textured backgrounds (`modeling_ita.training.synthetic`): a training set and
+1. Generates scenes of coloured shapes on textured backgrounds (`ita_segmentation.training.synthetic`): a training set and
    held-out scenes.
 2. Builds a tiny ITA (a random-init, frozen toy CLIP and a small decoder) and trains it with the logic of
-   `scripts/train.py` (`modeling_ita.training.build_trainer`: large-scale jitter, FC-CLIP's loss, optimiser
+   `scripts/train.py` (`ita_segmentation.training.build_trainer`: large-scale jitter, FC-CLIP's loss, optimiser
    groups and step schedule; a higher learning rate than the paper's, for a run of a minute).
 3. Reports the mIoU of the untrained and the trained model on the held-out scenes.
 4. Saves the model and its processor to `<output>/model` (loadable with `AutoModel`/`AutoProcessor` after
@@ -34,14 +34,14 @@ from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from configuration_ita import ITAConfig  # noqa: E402
 from ita_cli import segment as ita_segment  # noqa: E402
-from modeling_ita.training.synthetic import SYNTHETIC_CLASS_NAMES, toy_clip_config  # noqa: E402
-from modeling_ita.training import (  # noqa: E402
+from ita_segmentation.training.synthetic import SYNTHETIC_CLASS_NAMES, toy_clip_config  # noqa: E402
+from ita_segmentation.training import (  # noqa: E402
     ITADataArguments,
     ITAModelArguments,
     ITATrainingArguments,
     build_trainer,
 )
-from modeling_ita.apps.visualization import overlay  # noqa: E402
+from ita_segmentation.apps.visualization import overlay  # noqa: E402
 
 NOTICE = (
     "This demo model is a toy: a tiny ITA whose frozen CLIP has random weights, trained for 300 steps (a minute or "

@@ -10,7 +10,7 @@ as `ita-evaluate`.
         --benchmark ade847 --data-dir $DETECTRON2_DATASETS --output eval/a847
 
 Writes OUTPUT/<name>/results.json, per_class.csv, confusion_matrix.npy and OUTPUT/results.md. Every label map is
-checked before the model is loaded. The protocol is FC-CLIP's: see `modeling_ita.evaluation.runner`; `--help`
+checked before the model is loaded. The protocol is FC-CLIP's: see `ita_segmentation.evaluation.runner`; `--help`
 lists every option.
 """
 

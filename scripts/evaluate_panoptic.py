@@ -7,20 +7,20 @@ ADE20K panoptic, as detectron2's preparation scripts lay them out under $DETECTR
 
 Writes OUTPUT/<benchmark>/results.json (scores in percent) and OUTPUT/<benchmark>/per_class.csv; refuses an
 output folder that already holds results. Rules: FC-CLIP's panoptic inference, panopticapi's PQ (see
-`modeling_ita.evaluation.panoptic`). Each image is run alone at the processor's resolution.
+`ita_segmentation.evaluation.panoptic`). Each image is run alone at the processor's resolution.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from modeling_ita.evaluation.panoptic import (
+from ita_segmentation.evaluation.panoptic import (
     PANOPTIC_BENCHMARKS,
     evaluate_panoptic,
     find_panoptic_split,
     write_panoptic_results,
 )
-from modeling_ita.evaluation.runner import load_model_and_processor
+from ita_segmentation.evaluation.runner import load_model_and_processor
 
 
 def parse_args(argv=None):

@@ -2,7 +2,7 @@
 
     python scripts/export_onnx.py --model path/to/checkpoint --output ita-onnx
 
-See `python scripts/export_onnx.py --help` and `modeling_ita.onnx.export`.
+See `python scripts/export_onnx.py --help` and `ita_segmentation.onnx.export`.
 """
 
 import sys

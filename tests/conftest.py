@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from configuration_ita import ITAConfig
-from modeling_ita.training.synthetic import toy_clip_config
+from ita_segmentation.training.synthetic import toy_clip_config
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on two cores: one thread each avoids oversubscription, which stalls torch.
@@ -141,7 +141,7 @@ def _export_once(tmp_path_factory, name):
 
     from filelock import FileLock, Timeout
 
-    from modeling_ita.onnx.cli import main
+    from ita_segmentation.onnx.cli import main
 
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):

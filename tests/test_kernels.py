@@ -1,4 +1,4 @@
-"""Each speed kernel of `modeling_ita/kernels.py` against its plain reference."""
+"""Each speed kernel of `modeling_ita/kernels.py` and `postprocessing_ita.py` against its plain reference."""
 
 import math
 
@@ -7,11 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import conftest
+import postprocessing_ita
 from modeling_ita import kernels
 from modeling_ita.kernels import (
-    bilinear_combine,
-    bilinear_resize_rows,
-    bilinear_taps,
     conv2d,
     deformable_attention,
     deformable_attention_reference,
@@ -21,13 +19,18 @@ from modeling_ita.kernels import (
     multi_scale_deformable_attention,
     multi_scale_deformable_attention_reference,
     resize_to_levels,
+    token_chunked,
+    tokens_to_maps,
+)
+from postprocessing_ita import (
+    bilinear_combine,
+    bilinear_resize_rows,
+    bilinear_taps,
     resized_argmax,
     semantic_map,
     semantic_map_reference,
     semantic_scores,
     semantic_scores_reference,
-    token_chunked,
-    tokens_to_maps,
 )
 from modeling_ita.pixel_decoder import ITAConv2dNormActivation, ITAPixelDecoder
 from test_pixel_decoder import TINY_CHANNELS, backbone_features, perturb_parameters
@@ -268,7 +271,7 @@ def test_fused_addcmul_probe_tells_whether_addcmul_rounds_once():
     generator = torch.Generator().manual_seed(0)
     first, weight, second = (torch.rand(100_000, generator=generator) for _ in range(3))
     rounded_once = second.double().addcmul_(first.double(), weight.double()).float()
-    assert kernels._fused_addcmul("cpu") == torch.equal(torch.addcmul(second, first, weight), rounded_once)
+    assert postprocessing_ita._fused_addcmul("cpu") == torch.equal(torch.addcmul(second, first, weight), rounded_once)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -277,9 +280,9 @@ def test_bilinear_combine_is_pytorch_cpu_arithmetic(monkeypatch, sizes, fused):
     """Bit for bit the values of PyTorch's CPU kernel, its generic path: outputs with height + width > 128 and more
     than 3 channels (with one thread, 3 channels take the channels-last kernel). Both ways of rounding once: a
     float32 `addcmul` where it fuses (`fused`, when this CPU's does) and float64 arithmetic rounded."""
-    if fused and not kernels._fused_addcmul("cpu"):
+    if fused and not postprocessing_ita._fused_addcmul("cpu"):
         pytest.skip("torch.addcmul does not fuse on this CPU")
-    monkeypatch.setattr(kernels, "_fused_addcmul", lambda device_type: fused)
+    monkeypatch.setattr(postprocessing_ita, "_fused_addcmul", lambda device_type: fused)
     (height, width), size = sizes
     maps = torch.rand(5, height, width, generator=torch.Generator().manual_seed(0)) * 3 - 1
     expected = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -331,8 +334,8 @@ def test_resized_argmax_matches_the_full_resize(monkeypatch, kind, sizes, whole_
     whose arithmetic the kernel reproduces; for smaller outputs PyTorch rounds differently, so there classes
     within rounding of each other ("rounding" maps) may come out either way. Either way of mixing: boundary
     pixels alone, or (`whole_rows`) every pixel of target rows that have any."""
-    monkeypatch.setattr(kernels, "_DENSE_TARGET_SHARE", 0.0 if whole_rows else 1.0)
-    monkeypatch.setattr(kernels, "_DENSE_CANDIDATE_SHARE", 0.0)
+    monkeypatch.setattr(postprocessing_ita, "_DENSE_TARGET_SHARE", 0.0 if whole_rows else 1.0)
+    monkeypatch.setattr(postprocessing_ita, "_DENSE_CANDIDATE_SHARE", 0.0)
     (height, width), size = sizes
     scores = score_maps(kind, 2 if kind == "rounding" else 5, height, width)
     resized = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -375,12 +378,12 @@ def test_whole_row_mixing_gives_the_boundary_mixing_values(monkeypatch, structur
     boundary pixels mixed one by one, in the semantic map at a photo-like size; the plain formula's labels."""
     class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(32, 48), structured=structured, seed=7)
     arguments = (class_probs, mask_logits, (120, 190), (128, 192), (400, 700))
-    calls = record_calls(monkeypatch, kernels._ResizedArgmax, "_fill_rows")
-    monkeypatch.setattr(kernels, "_DENSE_BAND_SHARE", 0.0)  # every band's scores at hand for every pixel
-    monkeypatch.setattr(kernels, "_DENSE_CANDIDATE_SHARE", 0.0)  # whatever the classes kept in boundary cells
+    calls = record_calls(monkeypatch, postprocessing_ita._ResizedArgmax, "_fill_rows")
+    monkeypatch.setattr(postprocessing_ita, "_DENSE_BAND_SHARE", 0.0)  # every band's scores at hand for every pixel
+    monkeypatch.setattr(postprocessing_ita, "_DENSE_CANDIDATE_SHARE", 0.0)  # whatever the classes kept in boundary cells
     results = {}
     for share in (0.0, 1.0):
-        monkeypatch.setattr(kernels, "_DENSE_TARGET_SHARE", share)
+        monkeypatch.setattr(postprocessing_ita, "_DENSE_TARGET_SHARE", share)
         calls.clear()
         results[share] = semantic_map(*arguments, chunk_elements=20_000)
         assert bool(calls) == (share == 0.0)
@@ -395,7 +398,7 @@ def test_whole_rows_only_where_boundary_cells_keep_most_classes(monkeypatch):
     close = torch.rand(6, 30, 40, generator=generator)
     two = torch.full((6, 30, 40), -5.0)
     two[:2] = torch.rand(2, 30, 40, generator=generator)
-    calls = record_calls(monkeypatch, kernels._ResizedArgmax, "_fill_rows")
+    calls = record_calls(monkeypatch, postprocessing_ita._ResizedArgmax, "_fill_rows")
     for scores, whole in ((close, True), (two, False)):
         calls.clear()
         labels, _ = resized_argmax(scores, (120, 160))
@@ -410,11 +413,11 @@ def test_resized_argmax_mixes_classes_only_along_label_boundaries(monkeypatch):
     scores = torch.zeros(3, 40, 50)
     scores[0, :, :20] = 1.0
     scores[1, :, 20:] = 1.0
-    mixed = record_calls(monkeypatch, kernels, "bilinear_combine")
+    mixed = record_calls(monkeypatch, postprocessing_ita, "bilinear_combine")
     labels, _ = resized_argmax(scores, (160, 200))
     # [pixels, classes]: the full computation
     mixed_pixels = [result.shape[0] for result in mixed if result.dim() == 2 and result.shape[-1] == 3]
-    left, right = kernels.bilinear_taps(50, 200)[:2]
+    left, right = postprocessing_ita.bilinear_taps(50, 200)[:2]
     straddling = int(((left < 20) & (right >= 20)).sum())  # output columns reading both sides
     assert sum(mixed_pixels) == 160 * straddling and 0 < straddling <= 8
     expected = F.interpolate(scores[None], size=(160, 200), mode="bilinear", align_corners=False)[0].argmax(0)
@@ -431,7 +434,7 @@ def test_boundary_pixels_mix_only_the_classes_that_can_win(monkeypatch):
     scores[7] = 0.0
     scores[3, :, :20] = 1.0
     scores[7, :, 20:] = 1.0
-    mixed = record_calls(monkeypatch, kernels, "bilinear_combine")
+    mixed = record_calls(monkeypatch, postprocessing_ita, "bilinear_combine")
     labels, _ = resized_argmax(scores, (120, 200), winning_scores=False)
     widths = [result.shape[-1] for result in mixed if result.dim() == 2]  # [pixels, classes mixed]
     assert widths and set(widths) == {2}
@@ -443,7 +446,7 @@ def test_boundary_pixels_mix_only_the_classes_that_can_win(monkeypatch):
 
 def test_undecided_sources_are_those_within_rounding():
     scores = torch.tensor([[1.0, 1.0 - 2**-20, 0.0], [1.0, 0.5, 0.2], [0.0, 0.0, 0.0], [-1.0, -1.0 - 2**-10, -3.0]])
-    labels, best, decided = kernels._top_two(scores)
+    labels, best, decided = postprocessing_ita._top_two(scores)
     assert labels.tolist() == [0, 0, 0, 0]
     assert decided.tolist() == [False, True, False, True]
     torch.testing.assert_close(best, torch.tensor([1.0, 1.0, 0.0, -1.0]))
@@ -501,8 +504,8 @@ def test_grid_decisions_hold_at_every_frame_pixel(structured):
     """A class decided for a grid cell wins at every frame pixel upsampled from that cell (the plain formula at the
     frame's size); saturated masks leave most cells decided, noisy ones fewer."""
     class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(16, 24), structured=structured, seed=3)
-    decisions = kernels._grid_decisions(class_probs, mask_logits, chunk_elements=500)  # chunks of a few grid rows
-    assert torch.equal(decisions, kernels._grid_decisions(class_probs, mask_logits, chunk_elements=2**22))
+    decisions = postprocessing_ita._grid_decisions(class_probs, mask_logits, chunk_elements=500)  # chunks of a few grid rows
+    assert torch.equal(decisions, postprocessing_ita._grid_decisions(class_probs, mask_logits, chunk_elements=2**22))
     labels, _ = semantic_map_reference(class_probs, mask_logits, (64, 96), (64, 96), (64, 96))
     rows = bilinear_taps(16, 64)[0]
     columns = bilinear_taps(24, 96)[0]
@@ -516,7 +519,7 @@ def test_grid_decisions_hold_at_every_frame_pixel(structured):
 
 def test_upsampled_logits_at_pixels_equal_the_full_upsampling():
     _, mask_logits = semantic_inputs()
-    logits_at = kernels._upsampled_logits(mask_logits, (64, 96))
+    logits_at = postprocessing_ita._upsampled_logits(mask_logits, (64, 96))
     rows, columns = torch.meshgrid(torch.arange(64), torch.arange(96), indexing="ij")
     values = logits_at(rows.flatten(), columns.flatten()).t().reshape(-1, 64, 96)
     expected = F.interpolate(mask_logits[None], size=(64, 96), mode="bilinear", align_corners=False)[0]
@@ -529,7 +532,7 @@ def test_semantic_map_scores_only_the_pixels_the_grid_leaves_open(monkeypatch):
     photo-like target and a smaller one."""
     class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(32, 48), structured=True, seed=5)
     scored = []
-    compute = kernels._PixelScores.compute
+    compute = postprocessing_ita._PixelScores.compute
 
     def counting(self, rows, columns):
         scored.append(rows.numel())
@@ -538,8 +541,8 @@ def test_semantic_map_scores_only_the_pixels_the_grid_leaves_open(monkeypatch):
     def unused(*args, **kwargs):
         raise AssertionError("the banded full computation ran")
 
-    monkeypatch.setattr(kernels._PixelScores, "compute", counting)
-    monkeypatch.setattr(kernels, "_target_bands", unused)
+    monkeypatch.setattr(postprocessing_ita._PixelScores, "compute", counting)
+    monkeypatch.setattr(postprocessing_ita, "_target_bands", unused)
     for target_size in ((400, 700), (90, 150)):
         scored.clear()
         arguments = (class_probs, mask_logits, (120, 190), (128, 192), target_size)
@@ -557,17 +560,17 @@ def test_a_probe_of_grid_rows_skips_deciding_a_grid_too_open_to_use(monkeypatch,
     class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(64, 48), structured=structured, seed=7)
     image_size, frame_size, target_size = (250, 190), (256, 192), (200, 160)
     affordable = 200 * 160 / (250 * 190)  # 0.67
-    probe = kernels._probe_undecided_share(class_probs, mask_logits, image_size, frame_size)
-    whole = kernels._undecided_share(kernels._grid_decisions(class_probs, mask_logits, 2**22), image_size, frame_size)
+    probe = postprocessing_ita._probe_undecided_share(class_probs, mask_logits, image_size, frame_size)
+    whole = postprocessing_ita._undecided_share(postprocessing_ita._grid_decisions(class_probs, mask_logits, 2**22), image_size, frame_size)
     assert abs(probe - whole) < 0.1
     assert (probe > affordable) == (not structured) and (whole > affordable) == (not structured)
-    decided, grid_decisions = [], kernels._grid_decisions
+    decided, grid_decisions = [], postprocessing_ita._grid_decisions
 
     def spy(*args, **kwargs):
         decided.append(True)
         return grid_decisions(*args, **kwargs)
 
-    monkeypatch.setattr(kernels, "_grid_decisions", spy)
+    monkeypatch.setattr(postprocessing_ita, "_grid_decisions", spy)
     arguments = (class_probs, mask_logits, image_size, frame_size, target_size)
     labels, _ = semantic_map(*arguments, chunk_elements=20_000)
     assert torch.equal(labels, semantic_map_reference(*arguments)[0])
@@ -581,9 +584,9 @@ def test_bands_the_grid_leaves_open_are_scored_whole_with_the_same_labels(monkey
     pixel: either way (forced by the share: 0 scores every band whole, 1 none), the plain formula's labels and
     scores, for a photo-like target and a smaller one."""
     class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(32, 48), structured=structured, seed=6)
-    monkeypatch.setattr(kernels, "_DENSE_BAND_SHARE", dense_share)
+    monkeypatch.setattr(postprocessing_ita, "_DENSE_BAND_SHARE", dense_share)
     calls = {"whole": 0, "pixels": 0}
-    frame_rows, compute = kernels._FrameRows.__call__, kernels._PixelScores.compute
+    frame_rows, compute = postprocessing_ita._FrameRows.__call__, postprocessing_ita._PixelScores.compute
 
     def whole(self, *args):
         calls["whole"] += 1
@@ -593,8 +596,8 @@ def test_bands_the_grid_leaves_open_are_scored_whole_with_the_same_labels(monkey
         calls["pixels"] += 1
         return compute(self, *args)
 
-    monkeypatch.setattr(kernels._FrameRows, "__call__", whole)
-    monkeypatch.setattr(kernels._PixelScores, "compute", pixels)
+    monkeypatch.setattr(postprocessing_ita._FrameRows, "__call__", whole)
+    monkeypatch.setattr(postprocessing_ita._PixelScores, "compute", pixels)
     for target_size in ((90, 150), (400, 700)):  # the last: larger than the image, the boundary-following path
         calls.update(whole=0, pixels=0)
         arguments = (class_probs, mask_logits, (120, 190), (128, 192), target_size)

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor
 
 import modeling_ita  # noqa: F401  (registers the Auto classes)
-from modeling_ita.hub.folder import CATEGORY_BANK_FILE, CATEGORY_BANK_SNIPPET
-from modeling_ita.hub.conversion import load_category_bank
+from ita_segmentation.hub.folder import CATEGORY_BANK_FILE, CATEGORY_BANK_SNIPPET
+from ita_segmentation.hub.conversion import load_category_bank
 
 ROOT = Path(__file__).resolve().parent.parent
 

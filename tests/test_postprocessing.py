@@ -1,4 +1,4 @@
-"""Panoptic and instance post-processing (`modeling_ita/postprocessing.py` and the image processor's methods):
+"""Panoptic and instance post-processing (`postprocessing_ita.py` and the image processor's methods):
 against a plain re-statement of FC-CLIP's `panoptic_inference` / `instance_inference`, on crafted logits with
 known answers, and batch = single."""
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from image_processing_ita import ITAImageProcessor
-from modeling_ita.postprocessing import binary_mask_to_coco_rle, instance_segments, panoptic_segments
+from postprocessing_ita import binary_mask_to_coco_rle, instance_segments, panoptic_segments
 
 
 # ----------------------------------------------------------------------------------------------------------

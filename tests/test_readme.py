@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_ita.apps.cli import main
+from ita_segmentation.apps.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -109,7 +109,7 @@ def test_command_line_examples_run(model_dir, image_path, tmp_path, capsys):
 
 
 def test_json_fields_are_documented():
-    from modeling_ita.apps.cli import SEGMENT_FIELDS, SUMMARY_FIELDS
+    from ita_segmentation.apps.cli import SEGMENT_FIELDS, SUMMARY_FIELDS
 
     table = README.read_text().split("The JSON file:")[1].split("\n\n")[1]
     documented = {cell.strip("` ") for row in table.splitlines()[2:] for cell in row.split("|")[1].split(",")}
@@ -119,7 +119,7 @@ def test_json_fields_are_documented():
 
 
 def label_folders(root, split, num_images=4):
-    from modeling_ita.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_label_map_folders
+    from ita_segmentation.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_label_map_folders
 
     write_label_map_folders(make_synthetic_dataset(num_images, 48, seed=7), root, split=split)
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in SYNTHETIC_CLASS_NAMES))
@@ -129,7 +129,7 @@ def test_training_examples_run(model_dir, tmp_path):
     """The fine-tuning and resume examples run as written (placeholders filled, a tiny run appended: later
     options win); the 8-GPU COCO example parses (it needs the full-size model and COCO)."""
     import ita_cli
-    from modeling_ita.training.trainer import parse_arguments
+    from ita_segmentation.training.trainer import parse_arguments
 
     coco, finetune, resume = (command[command.index("scripts/train.py") + 1 :] for command in commands("accelerate launch")[:1] + commands("python scripts/train.py"))
     model_args, data_args, training_args = parse_arguments(coco + ["--use_cpu"])  # --bf16 needs a GPU or this
@@ -206,7 +206,7 @@ def test_conversion_examples_run(tmp_path, capsys, monkeypatch):
 
 
 def test_every_benchmark_layout_is_documented():
-    from modeling_ita.evaluation import BENCHMARKS
+    from ita_segmentation.evaluation import BENCHMARKS
 
     table = README.read_text().split("Each benchmark's validation split")[1].split("\n\n")[1]
     for benchmark in BENCHMARKS.values():
@@ -246,7 +246,7 @@ def test_panoptic_and_instance_command_lines_run(model_dir, image_path, tmp_path
     args = shlex.split(line)[1:]
     replace = {"photo.jpg": str(image_path), "MODEL": str(model_dir), "out/": str(tmp_path / "out")}
     args = [replace.get(arg, arg) for arg in args]
-    from modeling_ita.apps.cli import main  # in-process: `python -m modeling_ita` itself is run above
+    from ita_segmentation.apps.cli import main  # in-process: `python -m ita_segmentation` itself is run above
 
     assert main([*args, "--quiet"]) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling_ita.clip_backbone import ITACLIPBackbone
-from modeling_ita.vocabulary import ITAVocabularyEncoder, parse_vocabulary
+from modeling_ita.vocabulary import ITAVocabularyEncoder
+from processing_ita import parse_vocabulary
 
 from conftest import tiny_config
 

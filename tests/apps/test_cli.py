@@ -1,4 +1,4 @@
-"""`ita-segment` / `python -m modeling_ita` end to end on a tiny checkpoint, and the visualisation helpers."""
+"""`ita-segment` / `python -m ita_segmentation` end to end on a tiny checkpoint, and the visualisation helpers."""
 
 import json
 import subprocess
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_ita.apps.cli import SUMMARY_FIELDS, main, write_label_map
-from modeling_ita.apps.visualization import color_palette, colorize_label_map, legend_entries, overlay
+from ita_segmentation.apps.cli import SUMMARY_FIELDS, main, write_label_map
+from ita_segmentation.apps.visualization import color_palette, colorize_label_map, legend_entries, overlay
 
 from conftest import save_tiny_model
 
@@ -283,16 +283,16 @@ def test_console_scripts_and_python_m():
     scripts = {name.strip(): target.strip() for name, target in lines}
     assert scripts == {"ita-segment": "ita_cli:segment", "ita-evaluate": "ita_cli:evaluate",
                        "ita-convert": "ita_cli:convert", "ita-train": "ita_cli:train",
-                       "ita-web": "modeling_ita.apps.web:main", "ita-export": "ita_cli:export"}
+                       "ita-web": "ita_segmentation.apps.web:main", "ita-export": "ita_cli:export"}
     for target in [target for target in scripts.values() if target.startswith("ita_cli:")]:
         assert callable(getattr(ita_cli, target.split(":")[1]))
     assert "ita_cli" in setup["options"]["py_modules"].split()
 
     completed = subprocess.run(
-        [sys.executable, "-m", "modeling_ita", "--help"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "ita_segmentation", "--help"], capture_output=True, text=True, timeout=300
     )
     assert completed.returncode == 0, completed.stderr
-    assert "usage: python -m modeling_ita" in completed.stdout
+    assert "usage: python -m ita_segmentation" in completed.stdout
     for option in ("--model", "--labels", "--labels-file", "--output", "--overwrite", "--batch-size", "--device"):
         assert option in completed.stdout
 
@@ -425,7 +425,7 @@ def test_task_usage_errors(model_dir, tmp_path, capsys):
 
 
 def test_segment_overlay_colours_segments_and_outlines_them():
-    from modeling_ita.apps.visualization import segment_overlay
+    from ita_segmentation.apps.visualization import segment_overlay
 
     image = Image.new("RGB", (10, 8), (0, 0, 0))
     first = np.zeros((8, 10), dtype=bool)
@@ -443,7 +443,7 @@ def test_segment_overlay_colours_segments_and_outlines_them():
 def test_legend_is_readable_on_a_thumbnail_and_on_a_large_photo():
     from PIL import ImageDraw
 
-    from modeling_ita.apps.visualization import _legend_font, legend_font_size, legend_panel
+    from ita_segmentation.apps.visualization import _legend_font, legend_font_size, legend_panel
 
     names = [f"class with a long name {index}" for index in range(12)]
     texts = [f"{name} {1 / 12:.1%}" for name in names]

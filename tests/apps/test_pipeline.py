@@ -261,7 +261,7 @@ def test_a_checkpoint_that_does_not_fill_the_model_is_refused(model_dir, tmp_pat
 
     from safetensors.torch import load_file, save_file
 
-    from modeling_ita.apps.loading import ModelLoadingError, load_segmentation_model
+    from modeling_ita.loading import ModelLoadingError, load_segmentation_model
 
     # More decoder layers in config.json than the weights hold: transformers would initialise the rest randomly.
     broken = tmp_path / "broken"

@@ -1,4 +1,4 @@
-"""The web demo page (`modeling_ita/apps/web.py`): its limits and its work without a browser, then the page
+"""The web demo page (`ita_segmentation/apps/web.py`): its limits and its work without a browser, then the page
 itself on 127.0.0.1 through `gradio_client` (where Gradio is installed: the `demo` extra)."""
 
 import socket
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from transformers import pipeline
 
-from modeling_ita.apps.web import (
+from ita_segmentation.apps.web import (
     STUFF_MARKER,
     SegmentationService,
     WebInputError,
@@ -136,7 +136,7 @@ def free_port():
 @pytest.fixture(scope="module")
 def page(service):
     pytest.importorskip("gradio", reason="the web page needs the `demo` extra (Gradio)")
-    from modeling_ita.apps.web import launch
+    from ita_segmentation.apps.web import launch
 
     port = free_port()
     demo = launch(service, port=port, prevent_thread_lock=True, quiet=True)
@@ -177,7 +177,7 @@ def test_upload_byte_limit_is_enforced_by_the_server(service, tmp_path):
     pytest.importorskip("gradio", reason="the web page needs the `demo` extra (Gradio)")
     from gradio_client import Client, handle_file
 
-    from modeling_ita.apps.web import launch
+    from ita_segmentation.apps.web import launch
 
     small = SegmentationService(
         service.model_name, limits=WebLimits(max_upload_bytes=2000), segmenter=service.segmenter,
@@ -198,7 +198,7 @@ def test_queue_runs_one_at_a_time_and_turns_away_the_excess(service, tmp_path):
     pytest.importorskip("gradio", reason="the web page needs the `demo` extra (Gradio)")
     from gradio_client import Client, handle_file
 
-    from modeling_ita.apps.web import launch
+    from ita_segmentation.apps.web import launch
 
     running, most = [0], [0]
     lock = threading.Lock()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_ita.evaluation import (
+from ita_segmentation.evaluation import (
     BENCHMARKS,
     benchmark_metadata,
     get_benchmark,
@@ -14,7 +14,7 @@ from modeling_ita.evaluation import (
     load_hub_benchmark,
     read_vocabulary_file,
 )
-from modeling_ita.vocabulary import parse_vocabulary, shared_synonyms
+from processing_ita import parse_vocabulary, shared_synonyms
 
 EXPECTED = {  # name: (classes, ignore index, 16-bit labels)
     "ade150": (150, 255, False),

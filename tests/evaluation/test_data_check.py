@@ -1,11 +1,11 @@
-"""The pre-flight pass over label maps (modeling_ita/evaluation/data_check.py)."""
+"""The pre-flight pass over label maps (ita_segmentation/evaluation/data_check.py)."""
 
 import datasets
 import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_ita.evaluation.data_check import DataCheckError, check_segmentation_data
+from ita_segmentation.evaluation.data_check import DataCheckError, check_segmentation_data
 
 
 def in_memory(labels, image_size=(6, 8)):
@@ -71,8 +71,8 @@ def test_unreadable_and_missing_files(tmp_path):
 
 
 def test_panoptic_annotations_are_checked_by_their_headers(tmp_path):
-    from modeling_ita.training.data import load_segmentation_dataset
-    from modeling_ita.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_coco_panoptic
+    from ita_segmentation.training.data import load_segmentation_dataset
+    from ita_segmentation.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_coco_panoptic
 
     write_coco_panoptic(make_synthetic_dataset(3, 40, seed=2, with_instances=True), tmp_path, split="train2017")
     rows = load_segmentation_dataset(str(tmp_path), "train", layout="coco_panoptic",

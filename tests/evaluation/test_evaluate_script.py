@@ -1,4 +1,4 @@
-"""Benchmark evaluation (modeling_ita/evaluation/runner.py, scripts/evaluate.py) end to end on tiny generated
+"""Benchmark evaluation (ita_segmentation/evaluation/runner.py, scripts/evaluate.py) end to end on tiny generated
 copies of each benchmark layout, with a tiny model folder.
 
 Every score the script writes is checked against the metric computed here directly: the model and the
@@ -19,8 +19,8 @@ from PIL import Image
 
 from image_processing_ita import ITAImageProcessor
 from modeling_ita import ITAProcessor
-from modeling_ita.evaluation import BENCHMARKS, SegmentationConfusionMatrix, get_benchmark, load_benchmark
-from modeling_ita.evaluation.runner import (
+from ita_segmentation.evaluation import BENCHMARKS, SegmentationConfusionMatrix, get_benchmark, load_benchmark
+from ita_segmentation.evaluation.runner import (
     PUBLISHED_FC_CLIP_MIOU,
     BenchmarkDataError,
     evaluate_benchmarks,
@@ -41,7 +41,7 @@ SCORES = {"mIoU": "mean_iou", "fwIoU": "frequency_weighted_iou", "mACC": "mean_a
 
 
 import ita_cli
-from modeling_ita.evaluation import cli as evaluate_cli
+from ita_segmentation.evaluation import cli as evaluate_cli
 
 
 @pytest.fixture(scope="module")
@@ -483,7 +483,7 @@ def test_results_already_in_the_output_folder_are_not_replaced(tmp_path, model_d
 
 # ------------------------------------------------------------------------------------------------- your own data
 def write_own_dataset(root, split="validation", num_images=5):
-    from modeling_ita.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_label_map_folders
+    from ita_segmentation.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_label_map_folders
 
     rows = make_synthetic_dataset(num_images, 48, seed=3)
     images, labels = write_label_map_folders(rows, root, split=split)

@@ -11,7 +11,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from modeling_ita.evaluation import (
+from ita_segmentation.evaluation import (
     METRIC_PATH,
     LabelPairHistogram,
     SegmentationConfusionMatrix,
@@ -193,7 +193,7 @@ _EVALUATE_SCRIPT = textwrap.dedent(
     import evaluate
     import numpy as np
 
-    from modeling_ita.evaluation import METRIC_PATH
+    from ita_segmentation.evaluation import METRIC_PATH
 
     data = np.load(sys.argv[1])
     predictions, references = list(data["predictions"]), list(data["references"])

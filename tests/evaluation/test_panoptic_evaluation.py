@@ -1,4 +1,4 @@
-"""Panoptic evaluation (`modeling_ita/evaluation/panoptic.py`) on a generated split in COCO panoptic's layout."""
+"""Panoptic evaluation (`ita_segmentation/evaluation/panoptic.py`) on a generated split in COCO panoptic's layout."""
 
 import json
 
@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_ita.evaluation.panoptic import (
+from ita_segmentation.evaluation.panoptic import (
     PANOPTIC_BENCHMARKS,
     evaluate_panoptic,
     find_panoptic_split,
     write_panoptic_results,
 )
-from modeling_ita.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_coco_panoptic
+from ita_segmentation.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_coco_panoptic
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def coco_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_and_processor(tiny_model_dir):
-    from modeling_ita.evaluation.runner import load_model_and_processor
+    from ita_segmentation.evaluation.runner import load_model_and_processor
 
     return load_model_and_processor(tiny_model_dir, device="cpu")
 
@@ -43,7 +43,7 @@ def test_a_perfect_prediction_scores_100_and_results_are_written(coco_root, mode
     model, processor = model_and_processor
     records, categories = find_panoptic_split(PANOPTIC_BENCHMARKS["coco_panoptic"], coco_root)
     index_of = {category: index for index, (category, _, _) in enumerate(categories)}
-    from modeling_ita.evaluation import panoptic
+    from ita_segmentation.evaluation import panoptic
 
     truths = iter(records)
 

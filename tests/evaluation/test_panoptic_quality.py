@@ -1,11 +1,11 @@
-"""PQ / SQ / RQ with panopticapi's rules (`modeling_ita/evaluation/panoptic_quality.py`): crafted predictions
+"""PQ / SQ / RQ with panopticapi's rules (`ita_segmentation/evaluation/panoptic_quality.py`): crafted predictions
 with known scores, void and crowd regions, and agreement with torchmetrics where the two rules coincide."""
 
 import numpy as np
 import pytest
 import torch
 
-from modeling_ita.evaluation.panoptic_quality import PanopticQuality
+from ita_segmentation.evaluation.panoptic_quality import PanopticQuality
 
 THING, STUFF, UNSEEN = 1, 2, 3
 CATEGORIES = {THING: True, STUFF: False, UNSEEN: True}

@@ -1,4 +1,4 @@
-"""Checkpoint conversion (modeling_ita/conversion.py, modeling_ita/hub.py, scripts/convert_checkpoint.py).
+"""Checkpoint conversion (modeling_ita/conversion.py, ita_segmentation/hub.py, scripts/convert_checkpoint.py).
 
 Tiny checkpoints in the original detectron2 key layout are made from our model by the inverse key mapping, with
 random values, so every tensor can be traced to its new place.
@@ -22,7 +22,7 @@ from transformers.dynamic_module_utils import get_imports
 from configuration_ita import ITAConfig
 from image_processing_ita import ITAImageProcessor
 from modeling_ita import ITAForOpenVocabSegmentation
-from modeling_ita.hub.conversion import (
+from ita_segmentation.hub.conversion import (
     DROPPED_ORIGINAL_KEYS,
     CheckpointConversionError,
     convert_checkpoint,
@@ -36,8 +36,8 @@ from modeling_ita.hub.conversion import (
     original_to_hf_key,
     read_original_config,
 )
-from modeling_ita.hub.folder import CATEGORY_BANK_FILE, CATEGORY_BANK_SNIPPET, HubPushError, push_folder_to_hub
-from modeling_ita.hub.remote_code import REMOTE_CODE_FILES, export_remote_code, flat_source
+from ita_segmentation.hub.folder import CATEGORY_BANK_FILE, CATEGORY_BANK_SNIPPET, HubPushError, push_folder_to_hub
+from ita_segmentation.hub.remote_code import REMOTE_CODE_FILES, export_remote_code, flat_source
 from processing_ita import ITAProcessor
 
 from conftest import TINY_CLIP_CONFIG, tiny_config

@@ -1,4 +1,4 @@
-"""ONNX export and onnxruntime inference (modeling_ita/onnx/) on tiny ITA and FC-CLIP models.
+"""ONNX export and onnxruntime inference (ita_segmentation/onnx/) on tiny ITA and FC-CLIP models.
 
 The exported folders come from the README's `ita-export` command (conftest: `ita_onnx_export`,
 `fcclip_onnx_export`), made once per test run. Tolerances (the measured differences are around 1e-6):
@@ -21,13 +21,14 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
-from modeling_ita import ITAForOpenVocabSegmentation, ITAOnnxModel, ITAProcessor, aggregation_decoder
-from modeling_ita.apps.cli import main as segment_main
-from modeling_ita.onnx import export as onnx_export
-from modeling_ita.onnx.cli import main as export_main
-from modeling_ita.onnx.export import ITAExportMismatchError, check_export, top_two_margin
-from modeling_ita.onnx.graph import ITASegmentationGraph, segmentation_inputs, segmentation_output_names
-from modeling_ita.training.synthetic import draw_synthetic_scene
+from ita_segmentation.onnx import ITAOnnxModel
+from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor, aggregation_decoder
+from ita_segmentation.apps.cli import main as segment_main
+from ita_segmentation.onnx import export as onnx_export
+from ita_segmentation.onnx.cli import main as export_main
+from ita_segmentation.onnx.export import ITAExportMismatchError, check_export, top_two_margin
+from ita_segmentation.onnx.graph import ITASegmentationGraph, segmentation_inputs, segmentation_output_names
+from ita_segmentation.training.synthetic import draw_synthetic_scene
 
 from conftest import ONNX_MODELS, ONNX_SPREAD, ONNX_TEST_SIZE, save_tiny_model, tiny_config
 
@@ -360,7 +361,7 @@ def test_console_script_is_declared():
 
     # `--help` answers without importing torch, so the defaults it shows are kept here and must be the exporter's.
     assert (ita_cli.EXPORT_ATOL, ita_cli.EXPORT_RTOL) == (onnx_export.DEFAULT_TOLERANCES.atol, onnx_export.DEFAULT_TOLERANCES.rtol)
-    from modeling_ita.onnx import BACKENDS
+    from ita_segmentation.onnx import BACKENDS
 
     assert ita_cli.BACKENDS == BACKENDS
     with pytest.raises(SystemExit) as exit_info:
@@ -388,7 +389,7 @@ def test_pipeline_command_line_and_evaluation_take_the_onnx_folder(fcclip_onnx_e
                          "onnxruntime", "--dtype", "bfloat16", "--output", str(tmp_path / "out2")]) == 2
     assert "computes in float32" in capsys.readouterr().err
 
-    from modeling_ita.evaluation.runner import load_model_and_processor
+    from ita_segmentation.evaluation.runner import load_model_and_processor
 
     onnx_model, processor = load_model_and_processor(exported)
     assert isinstance(onnx_model, ITAOnnxModel) and processor.image_processor.size == expected_processor_size()

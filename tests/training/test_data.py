@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from image_processing_ita import ITA_PIXEL_MEAN, ITA_PIXEL_STD, ITAImageProcessor, resize_nearest
-from modeling_ita.training.data import (
+from ita_segmentation.training.data import (
     IGNORE_LABEL,
     ITASegmentationCollator,
     ITASegmentationDataset,
@@ -18,7 +18,7 @@ from modeling_ita.training.data import (
     load_segmentation_dataset,
     resolve_class_names,
 )
-from modeling_ita.training.synthetic import (
+from ita_segmentation.training.synthetic import (
     SYNTHETIC_CLASS_NAMES,
     make_synthetic_dataset,
     write_coco_panoptic,

@@ -1,5 +1,5 @@
 """Training: arguments, optimiser groups, schedule, metrics, evaluation, resume, two processes
-(modeling_ita/training.py, scripts/train.py)."""
+(ita_segmentation/training.py, scripts/train.py)."""
 
 import json
 import os
@@ -18,9 +18,9 @@ from transformers.trainer_utils import EvalPrediction
 
 from image_processing_ita import ITAImageProcessor
 from modeling_ita import ITAForOpenVocabSegmentation
-from modeling_ita.training.data import IGNORE_LABEL, load_segmentation_dataset
-from modeling_ita.training.synthetic import SYNTHETIC_CLASS_NAMES
-from modeling_ita.training.trainer import (
+from ita_segmentation.training.data import IGNORE_LABEL, load_segmentation_dataset
+from ita_segmentation.training.synthetic import SYNTHETIC_CLASS_NAMES
+from ita_segmentation.training.trainer import (
     COCO_DECAY_STEPS,
     COCO_MAX_ITER,
     ITADataArguments,
@@ -263,7 +263,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
 LAUNCHER = """
 import sys, torch
 sys.path.insert(0, {tests!r})
-from modeling_ita.training import main
+from ita_segmentation.training import main
 trainer = main(sys.argv[1:])
 state = {{k: v.detach() for k, v in trainer.model.state_dict().items()}}
 torch.save({{"state": state, "world_size": trainer.args.world_size, "step": trainer.state.global_step}},
@@ -377,7 +377,7 @@ def test_demo_trains_saves_and_segments(tmp_path):
 def bad_label_folders(root, num_images=6):
     """Label-map folders of generated scenes in which one label map has a small region of class 9 (there are 5
     classes), small enough for most random crops to miss it."""
-    from modeling_ita.training.synthetic import make_synthetic_dataset, write_label_map_folders
+    from ita_segmentation.training.synthetic import make_synthetic_dataset, write_label_map_folders
 
     _, labels = write_label_map_folders(make_synthetic_dataset(num_images, 48, seed=5), root, split="train")
     bad = sorted(labels.iterdir())[2]
@@ -389,8 +389,8 @@ def bad_label_folders(root, num_images=6):
 
 
 def test_a_bad_label_map_stops_training_before_the_model_is_built(tmp_path, monkeypatch):
-    from modeling_ita.evaluation.data_check import DataCheckError
-    from modeling_ita.training import trainer as trainer_module
+    from ita_segmentation.evaluation.data_check import DataCheckError
+    from ita_segmentation.training import trainer as trainer_module
 
     bad = bad_label_folders(tmp_path / "data")
     model_args, data_args, args = tiny_run(tmp_path)

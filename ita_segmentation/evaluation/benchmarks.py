@@ -35,7 +35,7 @@ from pathlib import Path
 
 import datasets
 
-from ..vocabulary import shared_synonyms
+from processing_ita import shared_synonyms
 
 logger = logging.getLogger(__name__)
 

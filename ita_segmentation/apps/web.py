@@ -1,6 +1,6 @@
 """The web demo page (Gradio): upload an image, name the classes, see the segmentation.
 
-`python app.py` (or `python -m modeling_ita.apps.web`) serves the model that `make demo` writes
+`python app.py` (or `python -m ita_segmentation.apps.web`) serves the model that `make demo` writes
 (`demo_output/model`), or the folder / Hub id given with `--model`, on http://127.0.0.1:7860. The page:
 
 - takes an image file, the classes (one per line, synonyms separated by commas, `[stuff]` at the end of a line
@@ -32,8 +32,8 @@ from PIL import Image
 
 from image_processing_ita import open_image
 
-from ..vocabulary import parse_vocabulary
-from .pipeline import SUBTASKS, ZERO_SHOT_IMAGE_SEGMENTATION_TASK
+from processing_ita import parse_vocabulary
+from modeling_ita.pipeline import SUBTASKS, ZERO_SHOT_IMAGE_SEGMENTATION_TASK
 from .visualization import overlay, segment_overlay
 
 __all__ = [

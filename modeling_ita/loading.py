@@ -15,7 +15,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from ..modeling import ITAForOpenVocabSegmentation
+from .modeling import ITAForOpenVocabSegmentation
 
 __all__ = ["ModelLoadingError", "check_device", "check_model_location", "load_segmentation_model"]
 

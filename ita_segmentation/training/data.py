@@ -32,7 +32,7 @@ from torchvision.transforms.v2 import functional as tvF
 from configuration_ita import COCO_PANOPTIC_VOCABULARY
 from image_processing_ita import resize_nearest, semantic_targets
 
-from ..vocabulary import parse_vocabulary
+from processing_ita import parse_vocabulary
 
 __all__ = [
     "IGNORE_LABEL",

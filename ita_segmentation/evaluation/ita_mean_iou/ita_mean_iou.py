@@ -7,7 +7,7 @@ it imports the installed `modeling_ita` package instead, whose `metric.py` holds
 import datasets
 import evaluate
 
-from modeling_ita.evaluation.metric import LabelPairHistogram, segmentation_scores
+from ita_segmentation.evaluation.metric import LabelPairHistogram, segmentation_scores
 
 _DESCRIPTION = """
 Mean intersection-over-union for semantic segmentation, computed as detectron2's SemSegEvaluator does: one
@@ -20,7 +20,7 @@ Unlike the Hub's `mean_iou`, which writes every full prediction and reference ma
 (about 1 MB per 512x512 image, and several times that in memory at `compute`), `add` and `add_batch` here
 only keep the count of each distinct (prediction, reference) value pair, so memory is bounded by
 classes x classes. The price is that the module runs in one process (`num_process=1`): in distributed
-evaluation, sum `modeling_ita.evaluation.SegmentationConfusionMatrix.matrix` over processes instead.
+evaluation, sum `ita_segmentation.evaluation.SegmentationConfusionMatrix.matrix` over processes instead.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -37,7 +37,7 @@ Returns:
     `frequency_weighted_iou` (`float`), `per_category_iou` and `per_category_accuracy` (`ndarray` of
     shape `[num_labels]`, NaN for classes without ground-truth pixels).
 Examples:
-    >>> metric = evaluate.load(modeling_ita.evaluation.METRIC_PATH)
+    >>> metric = evaluate.load(ita_segmentation.evaluation.METRIC_PATH)
     >>> metric.add_batch(predictions=[[[1, 2], [3, 0]]], references=[[[1, 2], [3, 255]]])
     >>> metric.compute(num_labels=4, ignore_index=255)["mean_iou"]
     1.0
@@ -60,7 +60,7 @@ class ItaMeanIou(evaluate.Metric):
         if self.num_process != 1:
             raise NotImplementedError(
                 "ita_mean_iou keeps its counts in memory and runs in one process; in distributed evaluation, "
-                "sum modeling_ita.evaluation.SegmentationConfusionMatrix.matrix over processes instead"
+                "sum ita_segmentation.evaluation.SegmentationConfusionMatrix.matrix over processes instead"
             )
         self._histogram = LabelPairHistogram()
 

@@ -30,7 +30,7 @@ REMOTE_CODE_FILES = {
     "layers.py": "modeling_ita/layers.py",
     "kernels.py": "modeling_ita/kernels.py",
     "loss.py": "modeling_ita/loss.py",
-    "postprocessing.py": "modeling_ita/postprocessing.py",
+    "postprocessing_ita.py": "postprocessing_ita.py",
 }
 
 # Auto class -> "<file in the folder without .py>.<class>", the `auto_map` entries of a folder.
@@ -41,7 +41,7 @@ REMOTE_CODE_ENTRY_POINTS = {
     "AutoProcessor": "processing_ita.ITAProcessor",
 }
 
-_ROOT_MODULES = ("configuration_ita", "image_processing_ita", "processing_ita")
+_ROOT_MODULES = ("configuration_ita", "image_processing_ita", "postprocessing_ita", "processing_ita")
 _IMPORT = re.compile(r"^(?P<indent>\s*)from\s+(?P<module>\.*[\w.]*)\s+import\b", re.MULTILINE)
 
 
@@ -66,7 +66,7 @@ def _flat_module(module: str, in_package: bool) -> str:
 
 def flat_source(source: str, in_package: bool) -> str:
     """`source` with each import of this project rewritten to `from .<file in the folder> import`."""
-    if re.search(r"^\s*import\s+(modeling_ita|configuration_ita|image_processing_ita|processing_ita)\b", source, re.M):
+    if re.search(r"^\s*import\s+(modeling_ita|configuration_ita|image_processing_ita|postprocessing_ita|processing_ita)\b", source, re.M):
         raise ValueError("write `from <module> import ...` for this project's modules; plain imports cannot be exported")
 
     def rewrite(match):

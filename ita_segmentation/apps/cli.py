@@ -1,4 +1,4 @@
-"""`ita-segment` (also `python -m modeling_ita`): segment images into an open vocabulary from the command line.
+"""`ita-segment` (also `python -m ita_segmentation`): segment images into an open vocabulary from the command line.
 
 For every image it writes, in the output folder:
 
@@ -41,11 +41,11 @@ from ita_cli import IMAGE_EXTENSIONS
 from ita_cli import segment_parser as build_parser
 from image_processing_ita import open_image
 
-from ..postprocessing import binary_mask_to_coco_rle
-from ..vocabulary import parse_vocabulary
+from postprocessing_ita import binary_mask_to_coco_rle
+from processing_ita import parse_vocabulary
 from ..onnx import ITAOnnxModel, resolve_backend
-from .loading import ModelLoadingError, check_device, check_model_location
-from .pipeline import ZERO_SHOT_IMAGE_SEGMENTATION_TASK
+from modeling_ita.loading import ModelLoadingError, check_device, check_model_location
+from modeling_ita.pipeline import ZERO_SHOT_IMAGE_SEGMENTATION_TASK
 from .visualization import overlay, segment_overlay
 
 __all__ = [

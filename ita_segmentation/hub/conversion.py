@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG, ITAConfig
 
-from ..modeling import ITAForOpenVocabSegmentation
+from modeling_ita.modeling import ITAForOpenVocabSegmentation
 from . import folder as hub_folder
 from .folder import CATEGORY_BANK_FILE
 from .remote_code import export_remote_code

@@ -33,7 +33,7 @@ from PIL import ExifTags, Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..apps.loading import check_device, load_segmentation_model
+from modeling_ita.loading import check_device, load_segmentation_model
 from ..onnx import ITAOnnxModel, resolve_backend
 from image_processing_ita import open_image, padded_size
 from processing_ita import ITAProcessor

@@ -19,7 +19,7 @@ import sys
 
 from transformers.utils import logging as transformers_logging
 
-from ..apps.loading import ModelLoadingError, check_device, check_model_location
+from modeling_ita.loading import ModelLoadingError, check_device, check_model_location
 from ..onnx import resolve_backend
 from .benchmarks import benchmark_metadata, load_segmentation_split
 from .data_check import DataCheckError

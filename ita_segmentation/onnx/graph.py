@@ -14,7 +14,7 @@ Two graphs are exported from one model:
 import torch
 from torch import Tensor, nn
 
-from ..vocabulary import ITAVocabulary
+from modeling_ita.vocabulary import ITAVocabulary
 
 __all__ = [
     "ITAGraphVocabulary",

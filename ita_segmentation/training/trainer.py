@@ -37,8 +37,8 @@ from configuration_ita import COCO_PANOPTIC_VOCABULARY, ITAConfig
 from image_processing_ita import ITAImageProcessor
 from processing_ita import ITAProcessor
 
-from ..apps.loading import check_model_location, load_segmentation_model
-from ..clip_backbone import ITACLIPBackbone, load_open_clip_weights
+from modeling_ita.loading import check_model_location, load_segmentation_model
+from modeling_ita.clip_backbone import ITACLIPBackbone, load_open_clip_weights
 from .data import (
     DEFAULT_CROP_SIZE,
     DEFAULT_MAX_SCALE,
@@ -51,10 +51,10 @@ from .data import (
     load_segmentation_dataset,
     resolve_class_names,
 )
-from ..dominant_categories import ITADominantCategoryUnearthing
+from modeling_ita.dominant_categories import ITADominantCategoryUnearthing
 from ..evaluation.data_check import check_segmentation_data
 from ..evaluation.metric import SegmentationConfusionMatrix
-from ..modeling import ITAForOpenVocabSegmentation
+from modeling_ita.modeling import ITAForOpenVocabSegmentation
 
 __all__ = [
     "ITAModelArguments",

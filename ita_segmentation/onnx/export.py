@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from image_processing_ita import ITAImageProcessor, padded_size
 from processing_ita import ITAProcessor
 
-from ..apps.loading import ModelLoadingError, load_segmentation_model
-from ..modeling import ITAForOpenVocabSegmentation
+from modeling_ita.loading import ModelLoadingError, load_segmentation_model
+from modeling_ita.modeling import ITAForOpenVocabSegmentation
 from .graph import (
     TEXT_ENCODER_INPUT,
     TEXT_ENCODER_OUTPUT,
@@ -408,7 +408,7 @@ def attention_masks_given(masks, near_zero):
     (`graph_attention_masks`), in order. Yields a dict filled as the decoder runs: `cells` where they differ from
     PyTorch's own threshold, of `of`, and `far`: those where PyTorch's logit is further than `near_zero` from 0
     (not a rounding flip: the graph computes something else)."""
-    from .. import aggregation_decoder
+    from modeling_ita import aggregation_decoder
 
     own, queue = aggregation_decoder.masked_attention_mask, list(masks)
     flipped = {"cells": 0, "of": 0, "far": 0}

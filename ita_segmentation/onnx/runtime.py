@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 from configuration_ita import ITAConfig
 
-from ..dominant_categories import clip_center_crop
-from ..modeling import ITAForOpenVocabSegmentation, ITAOpenVocabSegmentationOutput, _unexpected_arguments_message
-from ..vocabulary import ITAVocabulary, ITAVocabularyEncoder
+from modeling_ita.dominant_categories import clip_center_crop
+from modeling_ita.modeling import ITAForOpenVocabSegmentation, ITAOpenVocabSegmentationOutput, _unexpected_arguments_message
+from modeling_ita.vocabulary import ITAVocabulary, ITAVocabularyEncoder
 from .graph import (
     TEXT_ENCODER_INPUT,
     TEXT_ENCODER_OUTPUT,
@@ -169,7 +169,8 @@ class ITAOnnxModel:
     Example:
 
     ```python
-    >>> from modeling_ita import ITAOnnxModel, ITAProcessor
+    >>> from modeling_ita import ITAProcessor
+from ita_segmentation.onnx import ITAOnnxModel
     >>> model = ITAOnnxModel.from_pretrained("ita-onnx")
     >>> processor = ITAProcessor.from_pretrained("ita-onnx")
     >>> inputs = processor(images=image, text=["sofa,couch", "wall", "floor"], return_tensors="pt")

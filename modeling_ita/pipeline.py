@@ -28,7 +28,7 @@ from transformers.utils import logging
 
 from image_processing_ita import ITAImageProcessor, open_image, padded_size
 
-from ..vocabulary import parse_vocabulary
+from processing_ita import parse_vocabulary
 from .loading import load_segmentation_model
 
 logger = logging.get_logger(__name__)

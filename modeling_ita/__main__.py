@@ -1,8 +1,0 @@
-"""`python -m modeling_ita IMAGE_OR_DIR... --model ... --labels ... --output DIR`: the `ita-segment` command."""
-
-import sys
-
-from ita_cli import segment
-
-if __name__ == "__main__":
-    sys.exit(segment(prog="python -m modeling_ita"))
