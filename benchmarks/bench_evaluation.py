@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ita_segmentation.training.synthetic import toy_clip_config
+from ita_segmentation.synthetic import toy_clip_config
 
 from measure import PeakRSS, machine_description, rss_mib, set_threads
 

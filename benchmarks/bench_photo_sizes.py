@@ -38,7 +38,7 @@ from measure import PeakRSS, StageTimer, machine_description, set_threads
 
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
-from ita_segmentation.training.synthetic import draw_synthetic_scene
+from ita_segmentation.synthetic import draw_synthetic_scene
 import image_processing_ita
 import postprocessing_ita
 from postprocessing_ita import _grid_decisions, _undecided_share, semantic_scores_reference
@@ -69,7 +69,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image", choices=("noise", "scene"), default="noise",
                         help="noise: uniform random pixels (as bench_inference.py); scene: a generated scene of "
-                        "shapes on one or two backgrounds (ita_segmentation.training.synthetic)")
+                        "shapes on one or two backgrounds (ita_segmentation.synthetic)")
     parser.add_argument("--spread-heads", action="store_true",
                         help="redraw the decoder's mask and class heads with std 1: at their init scale one class "
                         "wins nearly everywhere (no boundaries), with this the label map has many")

@@ -3,7 +3,7 @@
 
 Run again, it replaces the results of the earlier run in its output folder, and says so.
 
-1. Generates scenes of coloured shapes on textured backgrounds (`ita_segmentation.training.synthetic`): a training set and
+1. Generates scenes of coloured shapes on textured backgrounds (`ita_segmentation.synthetic`): a training set and
    held-out scenes.
 2. Builds a tiny ITA (a random-init, frozen toy CLIP and a small decoder) and trains it with the logic of
    `scripts/train.py` (`ita_segmentation.training.build_trainer`: large-scale jitter, FC-CLIP's loss, optimiser
@@ -34,7 +34,7 @@ from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from configuration_ita import ITAConfig  # noqa: E402
 from ita_cli import segment as ita_segment  # noqa: E402
-from ita_segmentation.training.synthetic import SYNTHETIC_CLASS_NAMES, toy_clip_config  # noqa: E402
+from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES, toy_clip_config  # noqa: E402
 from ita_segmentation.training import (  # noqa: E402
     ITADataArguments,
     ITAModelArguments,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from configuration_ita import ITAConfig
-from ita_segmentation.training.synthetic import toy_clip_config
+from ita_segmentation.synthetic import toy_clip_config
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on two cores: one thread each avoids oversubscription, which stalls torch.

@@ -119,7 +119,7 @@ def test_json_fields_are_documented():
 
 
 def label_folders(root, split, num_images=4):
-    from ita_segmentation.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_label_map_folders
+    from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_label_map_folders
 
     write_label_map_folders(make_synthetic_dataset(num_images, 48, seed=7), root, split=split)
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in SYNTHETIC_CLASS_NAMES))

@@ -465,7 +465,7 @@ def check_export(model, processor, onnx_model, class_names=CHECK_CLASS_NAMES, im
     `class_names`, the segmentation graph on `image` (default: a generated 240x320 scene) through `processor`,
     and the label maps of `post_process_semantic_segmentation`. Returns the numbers as a dict; raises
     `ITAExportMismatchError` listing every difference beyond `tolerances`."""
-    from ..training.synthetic import draw_synthetic_scene
+    from ..synthetic import draw_synthetic_scene
 
     report, problems = {"tolerances": tolerances.__dict__}, []
     expected_vocabulary = model.encode_vocabulary(list(class_names))

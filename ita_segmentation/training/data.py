@@ -382,7 +382,7 @@ def load_segmentation_dataset(
                     label_subdir, split)
         layout = "label_folders"
     if layout == "synthetic":
-        from .synthetic import make_synthetic_dataset
+        from ..synthetic import make_synthetic_dataset
 
         seed = 0 if split == "train" else 1
         dataset = make_synthetic_dataset(synthetic_num_images, synthetic_image_size, seed=seed)

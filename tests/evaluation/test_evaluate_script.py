@@ -483,7 +483,7 @@ def test_results_already_in_the_output_folder_are_not_replaced(tmp_path, model_d
 
 # ------------------------------------------------------------------------------------------------- your own data
 def write_own_dataset(root, split="validation", num_images=5):
-    from ita_segmentation.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_label_map_folders
+    from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_label_map_folders
 
     rows = make_synthetic_dataset(num_images, 48, seed=3)
     images, labels = write_label_map_folders(rows, root, split=split)

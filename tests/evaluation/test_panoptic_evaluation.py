@@ -12,7 +12,7 @@ from ita_segmentation.evaluation.panoptic import (
     find_panoptic_split,
     write_panoptic_results,
 )
-from ita_segmentation.training.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_coco_panoptic
+from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_coco_panoptic
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from ita_segmentation.onnx import export as onnx_export
 from ita_segmentation.onnx.cli import main as export_main
 from ita_segmentation.onnx.export import ITAExportMismatchError, check_export, top_two_margin
 from ita_segmentation.onnx.graph import ITASegmentationGraph, segmentation_inputs, segmentation_output_names
-from ita_segmentation.training.synthetic import draw_synthetic_scene
+from ita_segmentation.synthetic import draw_synthetic_scene
 
 from conftest import ONNX_MODELS, ONNX_SPREAD, ONNX_TEST_SIZE, save_tiny_model, tiny_config
 

@@ -18,7 +18,7 @@ from ita_segmentation.training.data import (
     load_segmentation_dataset,
     resolve_class_names,
 )
-from ita_segmentation.training.synthetic import (
+from ita_segmentation.synthetic import (
     SYNTHETIC_CLASS_NAMES,
     make_synthetic_dataset,
     write_coco_panoptic,

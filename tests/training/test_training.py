@@ -19,7 +19,7 @@ from transformers.trainer_utils import EvalPrediction
 from image_processing_ita import ITAImageProcessor
 from modeling_ita import ITAForOpenVocabSegmentation
 from ita_segmentation.training.data import IGNORE_LABEL, load_segmentation_dataset
-from ita_segmentation.training.synthetic import SYNTHETIC_CLASS_NAMES
+from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES
 from ita_segmentation.training.trainer import (
     COCO_DECAY_STEPS,
     COCO_MAX_ITER,
@@ -377,7 +377,7 @@ def test_demo_trains_saves_and_segments(tmp_path):
 def bad_label_folders(root, num_images=6):
     """Label-map folders of generated scenes in which one label map has a small region of class 9 (there are 5
     classes), small enough for most random crops to miss it."""
-    from ita_segmentation.training.synthetic import make_synthetic_dataset, write_label_map_folders
+    from ita_segmentation.synthetic import make_synthetic_dataset, write_label_map_folders
 
     _, labels = write_label_map_folders(make_synthetic_dataset(num_images, 48, seed=5), root, split="train")
     bad = sorted(labels.iterdir())[2]
