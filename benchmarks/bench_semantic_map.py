@@ -145,7 +145,7 @@ def main(argv=None):
                 start = time.perf_counter()
                 module.semantic_map(*arguments, winning_scores=False)
                 times[name].append(time.perf_counter() - start)
-        undecided = postprocessing_ita._undecided_share(postprocessing_ita._grid_decisions(class_probs, mask_logits, 2**22), *arguments[2:4])
+        undecided = kernels._undecided_share(kernels._grid_decisions(class_probs, mask_logits, 2**22), *arguments[2:4])
         print(f"\n{kind}, {class_probs.shape[1]} classes, photo {target[0]}x{target[1]}: undecided grid "
               f"{undecided:.1%}; medians of {args.repeats} alternating runs")
         for name in versions:
