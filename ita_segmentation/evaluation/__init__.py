@@ -11,6 +11,7 @@
 
 from pathlib import Path
 
+from ..vocabulary_files import read_vocabulary_file
 from .benchmarks import (
     BENCHMARKS,
     VOCABULARY_DIR,
@@ -20,10 +21,9 @@ from .benchmarks import (
     get_benchmark,
     load_benchmark,
     load_hub_benchmark,
-    read_vocabulary_file,
 )
-from .panoptic_quality import PanopticQuality
 from .metric import LabelPairHistogram, SegmentationConfusionMatrix, reduce_reference_labels, segmentation_scores
+from .panoptic_quality import PanopticQuality
 
 # The folder of the `evaluate` module; `evaluate.load(METRIC_PATH)` works offline.
 METRIC_PATH = str(Path(__file__).parent / "ita_mean_iou")

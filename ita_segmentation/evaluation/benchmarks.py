@@ -35,7 +35,7 @@ from pathlib import Path
 
 import datasets
 
-from processing_ita import shared_synonyms
+from ..vocabulary_files import read_vocabulary_file
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ __all__ = [
     "BENCHMARKS",
     "VOCABULARY_DIR",
     "get_benchmark",
-    "read_vocabulary_file",
     "load_benchmark",
     "load_hub_benchmark",
     "load_segmentation_split",
@@ -54,81 +53,7 @@ __all__ = [
 
 VOCABULARY_DIR = Path(__file__).parent / "vocabularies"
 
-# FC-CLIP's class files start with a placeholder for the ignored label 0.
-_PLACEHOLDER_CLASS = "invalid_class_id"
-_ID_LINE = re.compile(r"^\s*(-?\d+)\s*:(.*)$")
 _METADATA_PREFIX = "ita-benchmark:"
-
-
-def read_vocabulary_file(path, allow_shared_synonyms=False):
-    """Read a class list: one class per line, either `id:name,synonym,...` (FC-CLIP's format) or
-    `name,synonym,...` without ids (one style per file).
-
-    Returns one string per class, its synonyms joined by commas with surrounding spaces removed, in id order
-    for files with ids and in line order otherwise. Blank lines and lines starting with `#` are skipped, as
-    are FC-CLIP's `0:invalid_class_id` placeholders. Raises `ValueError` naming the file and line for a
-    malformed line, an empty class name or synonym, a duplicate id, a gap in the ids, a duplicate class, or
-    (unless `allow_shared_synonyms`, which the shipped A-847 and PC-459 lists need) a synonym of two classes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Vocabulary file {path} does not exist")
-    entries = []  # (id or None, line number, class)
-    with_ids = None
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        where = f"{path}, line {number}"
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = _ID_LINE.match(line)
-        if match is None and ":" in line:
-            raise ValueError(f"{where}: {line!r} is malformed; expected `id:name,synonym,...` with an integer id")
-        if with_ids is None:
-            with_ids = match is not None
-        elif with_ids != (match is not None):
-            raise ValueError(
-                f"{where}: {line!r} mixes the two styles; write every line as `id:name,synonym,...` "
-                "or every line as `name,synonym,...`"
-            )
-        class_id, names = (int(match.group(1)), match.group(2)) if match else (None, line)
-        synonyms = [synonym.strip() for synonym in names.split(",")]
-        if not names.strip():
-            raise ValueError(f"{where}: the class name is empty")
-        if any(not synonym for synonym in synonyms):
-            raise ValueError(f"{where}: {names.strip()!r} has an empty synonym (two commas or a trailing comma)")
-        if synonyms == [_PLACEHOLDER_CLASS]:
-            continue
-        entries.append((class_id, number, ",".join(synonyms)))
-    if not entries:
-        raise ValueError(f"Vocabulary file {path} holds no class")
-
-    if with_ids:
-        first_line = {}
-        for class_id, number, _ in entries:
-            if class_id in first_line:
-                raise ValueError(
-                    f"{path}, line {number}: duplicate id {class_id} (already on line {first_line[class_id]})"
-                )
-            first_line[class_id] = number
-        entries.sort(key=lambda entry: entry[0])
-        for previous, (class_id, number, _) in zip(entries, entries[1:]):
-            if class_id != previous[0] + 1:
-                raise ValueError(
-                    f"{path}, line {number}: id {class_id} follows id {previous[0]}; ids must be consecutive so "
-                    "that the n-th class is label n"
-                )
-    seen = {}
-    for _, number, name in entries:
-        if name in seen:
-            raise ValueError(f"{path}, line {number}: class {name!r} is already on line {seen[name]}")
-        seen[name] = number
-    if not allow_shared_synonyms:
-        for synonym, first, other in shared_synonyms([name.split(",") for _, _, name in entries]):
-            (_, first_line, first_name), (_, line, name) = entries[first], entries[other]
-            raise ValueError(
-                f"{path}, line {line}: synonym {synonym!r} of class {name!r} also names class {first_name!r} "
-                f"(line {first_line}); give each synonym to one class"
-            )
-    return [name for _, _, name in entries]
 
 
 @dataclass(frozen=True)

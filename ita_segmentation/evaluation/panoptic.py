@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from image_processing_ita import open_image
 
-from .benchmarks import VOCABULARY_DIR, read_vocabulary_file
+from ..vocabulary_files import read_vocabulary_file
+from .benchmarks import VOCABULARY_DIR
 from .panoptic_quality import PanopticQuality
 
 logger = logging.getLogger(__name__)

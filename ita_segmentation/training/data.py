@@ -432,12 +432,12 @@ def _class_label_names(feature):
 
 def resolve_class_names(dataset, class_names=None, vocabulary_file=None):
     """The vocabulary of a dataset: `vocabulary_file` (`id:name,synonym,...` lines, read with
-    `evaluation.read_vocabulary_file`), else `class_names`, else the names of the dataset's `ClassLabel`
+    `vocabulary_files.read_vocabulary_file`), else `class_names`, else the names of the dataset's `ClassLabel`
     feature (e.g. COCO panoptic's `segments_info.category_id`). Raises a `ValueError` when none applies."""
     if vocabulary_file is not None and class_names:
         raise ValueError("Give a vocabulary file or class names, not both")
     if vocabulary_file is not None:
-        from ..evaluation.benchmarks import read_vocabulary_file
+        from ..vocabulary_files import read_vocabulary_file
 
         names = read_vocabulary_file(vocabulary_file)
     elif class_names:

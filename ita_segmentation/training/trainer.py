@@ -578,7 +578,7 @@ def _explicit_class_names(data_args):
     if data_args.vocabulary_file and data_args.class_names:
         raise ValueError("Give vocabulary_file or class_names, not both")
     if data_args.vocabulary_file:
-        from ..evaluation.benchmarks import read_vocabulary_file
+        from ..vocabulary_files import read_vocabulary_file
 
         return read_vocabulary_file(data_args.vocabulary_file)
     return list(data_args.class_names) if data_args.class_names else None

@@ -12,8 +12,8 @@ from ita_segmentation.evaluation import (
     get_benchmark,
     load_benchmark,
     load_hub_benchmark,
-    read_vocabulary_file,
 )
+from ita_segmentation.vocabulary_files import read_vocabulary_file
 from processing_ita import parse_vocabulary, shared_synonyms
 
 EXPECTED = {  # name: (classes, ignore index, 16-bit labels)
