@@ -35,6 +35,7 @@ from pathlib import Path
 
 import datasets
 
+from ..segmentation_data import load_segmentation_dataset, resolve_class_names
 from ..vocabulary_files import read_vocabulary_file
 
 logger = logging.getLogger(__name__)
@@ -482,13 +483,11 @@ def load_segmentation_split(
 
     `source` is a Hub id, a folder of parquet/arrow files, an imagefolder, a `save_to_disk` folder, or label-map
     folders (`source/<image_subdir>/<split>` + `source/<label_subdir>/<split>`, found by `layout="auto"` or named
-    by `layout="label_folders"`); `training.data.load_segmentation_dataset` reads it. The classes come from
+    by `layout="label_folders"`); `segmentation_data.load_segmentation_dataset` reads it. The classes come from
     `vocabulary_file` (`id:name,synonym,...` or `name,synonym,...` lines), `class_names`, or the dataset's
     `ClassLabel` feature. The result has the columns and metadata of `load_benchmark`, named `name` (default:
     the last part of `source`). `unpaired` receives label-map folders' files without their pair.
     """
-    from ..training.data import load_segmentation_dataset, resolve_class_names  # training imports this module
-
     rows = load_segmentation_dataset(
         source, split, layout=layout, image_subdir=image_subdir, label_subdir=label_subdir, unpaired=unpaired,
         **load_kwargs,

@@ -30,11 +30,12 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..label_maps import label_map_array
+
 __all__ = ["DataCheckError", "DataCheckReport", "DataProblem", "check_segmentation_data"]
 
 # EXIF orientations that turn the image by 90 degrees (its upright width and height swap).
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
-_COLOUR_MODES = ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA")
 _SHOWN_IDS = 10
 
 
@@ -115,29 +116,18 @@ def _upright_size(source):
 
 
 def _label_array(source, panoptic):
-    """The label map's class ids; for a panoptic PNG (segment ids as RGB, described by the segments column) only
-    an array of its size: reading COCO's 118k headers takes minutes, decoding them all far longer."""
-    if isinstance(source, (str, io.BytesIO)):
+    """The label map's class ids (`label_maps.label_map_array`); for a panoptic PNG (segment ids as RGB,
+    described by the segments column) only an array of its size: reading COCO's 118k headers takes minutes,
+    decoding them all far longer."""
+    if panoptic and isinstance(source, (str, io.BytesIO)):
         with Image.open(source) as image:
-            if panoptic:
-                return np.empty((image.height, image.width), dtype=np.uint8)
-            if image.mode in _COLOUR_MODES:
-                raise ValueError(
-                    f"the label map is a {image.mode} image; a semantic label map holds one channel of class ids "
-                    "(8-bit grey or palette, or 16-bit grey)"
-                )
-            array = np.asarray(image)
-    else:
+            return np.empty((image.height, image.width), dtype=np.uint8)
+    if panoptic:
         array = np.asarray(source)
-        if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
-            array = array.squeeze(0) if array.shape[0] == 1 else array.squeeze(-1)
-    if panoptic and array.ndim == 3 and array.shape[-1] == 3:
-        array = array[..., 0]  # only the size matters
-    if array.ndim != 2:
-        raise ValueError(f"the label map has shape {array.shape}; expected (height, width) class ids")
-    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
-        raise ValueError(f"the label map holds {array.dtype} values; label maps hold integer class ids")
-    return array
+        if array.ndim == 3 and array.shape[-1] == 3:
+            array = array[..., 0]  # only the size matters
+        return label_map_array(array, where="the label map")
+    return label_map_array(source, where="the label map")
 
 
 def _present_ids(array):

@@ -1,9 +1,8 @@
-"""Training data for ITA and FC-CLIP: dataset loading, large-scale jitter, targets and batching.
+"""Training data for ITA and FC-CLIP: large-scale jitter, targets and batching.
 
-- Loading (`load_segmentation_dataset`): a Hub dataset id or a local path read by `datasets` (parquet, arrow,
-  an imagefolder with label maps, a `save_to_disk` folder), COCO panoptic (`panoptic_<split>.json` + its PNG
-  folder), folders of label maps, or the generated shapes of `synthetic.py`. Class names come from the
-  dataset (its `ClassLabel` feature), a vocabulary file (`id:name,synonym,...`) or a list.
+The rows come from `segmentation_data.load_segmentation_dataset` (Hub ids, parquet/arrow/imagefolder, COCO
+panoptic, label-map folders, generated shapes), their classes from `segmentation_data.resolve_class_names`.
+
 - `LargeScaleJitter`: Mask2Former/FC-CLIP's training augmentation for COCO panoptic
   (`COCOPanopticNewBaselineDatasetMapper`): random horizontal flip, `ResizeScale` to 0.1-2.0 of the target
   size, `FixedSizeCrop` (random crop, then padding to the crop size).
@@ -17,41 +16,28 @@ example looks the same whichever process or dataloader worker loads it and whene
 resumed from a checkpoint sees exactly the crops of an uninterrupted one.
 """
 
-import json
-import logging
-import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.transforms.v2 import functional as tvF
 
-from configuration_ita import COCO_PANOPTIC_VOCABULARY
-from image_processing_ita import resize_nearest, semantic_targets
-
+from image_processing_ita import ITAImageProcessor, resize_nearest, semantic_targets
 from processing_ita import parse_vocabulary
+
+from ..label_maps import decode_label_map, decode_panoptic_segment_ids
 
 __all__ = [
     "IGNORE_LABEL",
     "LargeScaleJitter",
     "ITASegmentationDataset",
     "ITASegmentationCollator",
-    "load_segmentation_dataset",
-    "load_coco_panoptic",
-    "load_label_map_folders",
-    "is_label_map_folders",
-    "coco_panoptic_paths",
-    "resolve_class_names",
-    "decode_label_map",
-    "decode_panoptic_segment_ids",
     "panoptic_targets",
     "label_map_from_targets",
 ]
-
-logger = logging.getLogger(__name__)
 
 # Label of pixels that are not scored in reference maps built from targets (transformers' ignore value).
 IGNORE_LABEL = -100
@@ -62,51 +48,10 @@ DEFAULT_CROP_SIZE = 1024
 DEFAULT_MIN_SCALE = 0.1
 DEFAULT_MAX_SCALE = 2.0
 
-LAYOUTS = ("auto", "coco_panoptic", "label_folders", "synthetic")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# COCO's split names, for the common short ones.
-_COCO_SPLITS = {"train": "train2017", "validation": "val2017", "val": "val2017"}
-
 
 # ------------------------------------------------------------------------------------------------------------
-# Decoding and geometry
+# Augmentation
 # ------------------------------------------------------------------------------------------------------------
-
-
-def decode_label_map(value, where="label map"):
-    """A semantic label map (PIL image of mode L/P/I;16/I/1, or an integer array) -> `[H, W]` int64 tensor."""
-    if isinstance(value, (str, os.PathLike)):
-        value = Image.open(value)
-    if isinstance(value, Image.Image):
-        if value.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
-            raise ValueError(
-                f"{where} is a {value.mode} image; a semantic label map needs one channel of class ids (modes L, P, "
-                "I;16 or I). For panoptic annotations (segment ids as RGB) give the segments column too."
-            )
-        array = np.asarray(value)
-    else:
-        array = np.asarray(value)
-    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
-        array = array.squeeze(0) if array.shape[0] == 1 else array.squeeze(-1)
-    if array.ndim != 2:
-        raise ValueError(f"{where} has shape {array.shape}; expected (height, width) class ids")
-    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
-        raise ValueError(f"{where} has dtype {array.dtype}; label maps hold integer class ids")
-    return torch.from_numpy(array.astype(np.int64))
-
-
-def decode_panoptic_segment_ids(value, where="panoptic map"):
-    """A COCO panoptic PNG (segment id = R + 256 G + 256^2 B) or a 2-D id array -> `[H, W]` int64 tensor."""
-    if isinstance(value, (str, os.PathLike)):
-        value = Image.open(value)
-    if isinstance(value, Image.Image):
-        value = value.convert("RGB") if value.mode not in ("L", "I", "I;16", "P") else value
-    array = np.asarray(value).astype(np.int64)
-    if array.ndim == 3 and array.shape[-1] == 3:
-        array = array[..., 0] + 256 * array[..., 1] + 256 * 256 * array[..., 2]
-    if array.ndim != 2:
-        raise ValueError(f"{where} has shape {array.shape}; expected an RGB panoptic PNG or (height, width) ids")
-    return torch.from_numpy(array)
 
 
 @dataclass
@@ -130,13 +75,15 @@ class LargeScaleJitter:
     max_scale: float = DEFAULT_MAX_SCALE
     horizontal_flip: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.crop_size, int) or self.crop_size < 1:
             raise ValueError(f"crop_size must be a positive integer, got {self.crop_size!r}")
         if not 0 < self.min_scale <= self.max_scale:
             raise ValueError(f"need 0 < min_scale <= max_scale, got {self.min_scale} and {self.max_scale}")
 
-    def __call__(self, image, target, rng):
+    def __call__(
+        self, image: torch.Tensor, target: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Jitter `image` `[C, H, W]` (uint8 or float) and `target` `[H, W]` (integer ids) alike.
 
         `rng` is a `numpy.random.Generator`. Returns both, at most `crop_size` on each side.
@@ -166,7 +113,13 @@ class LargeScaleJitter:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def panoptic_targets(segment_ids, segments_info, padded_size, num_labels, where="panoptic map"):
+def panoptic_targets(
+    segment_ids: torch.Tensor,
+    segments_info: Sequence[Mapping[str, Any]],
+    padded_size: tuple[int, int],
+    num_labels: int,
+    where: str = "panoptic map",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One mask per non-crowd segment, as FC-CLIP's panoptic mapper: `(masks [N, *padded_size] bool, classes [N])`.
 
     `segment_ids` `[h, w]` holds segment ids; `segments_info` lists dicts with `id`, `category_id` (an index into
@@ -188,7 +141,12 @@ def panoptic_targets(segment_ids, segments_info, padded_size, num_labels, where=
     return masks, classes
 
 
-def label_map_from_targets(mask_labels, class_labels, size, fill=IGNORE_LABEL):
+def label_map_from_targets(
+    mask_labels: torch.Tensor | Sequence[torch.Tensor],
+    class_labels: torch.Tensor,
+    size: Sequence[int],
+    fill: int = IGNORE_LABEL,
+) -> torch.Tensor:
     """The semantic label map `[height, width]` (long) that per-image targets describe; `fill` where no mask is.
 
     Exact for targets from `semantic_targets` and `panoptic_targets` (their masks do not overlap).
@@ -198,261 +156,6 @@ def label_map_from_targets(mask_labels, class_labels, size, fill=IGNORE_LABEL):
     for mask, class_id in zip(mask_labels, class_labels):
         label_map[mask[:height, :width].bool()] = class_id
     return label_map
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Loading
-# ------------------------------------------------------------------------------------------------------------
-
-
-def coco_panoptic_paths(root, split="train2017"):
-    """COCO's layout under `root` (`$DETECTRON2_DATASETS/coco`): `(annotations/panoptic_<split>.json,
-    panoptic_<split>/, <split>/)`. `"train"` and `"validation"` stand for `train2017` and `val2017`."""
-    split = _COCO_SPLITS.get(split, split)
-    root = Path(root)
-    return root / "annotations" / f"panoptic_{split}.json", root / f"panoptic_{split}", root / split
-
-
-def load_coco_panoptic(panoptic_json, panoptic_dir, image_dir, class_names=COCO_PANOPTIC_VOCABULARY):
-    """COCO panoptic as a `datasets.Dataset`: columns `image`, `label` (the panoptic PNG), `segments_info`
-    (`id`, `category_id`, `iscrowd` per segment) and `file_name`.
-
-    Category ids are mapped to contiguous indices in the order of their ids (detectron2's
-    `stuff_dataset_id_to_contiguous_id` for COCO's 133 classes), so the n-th category is `class_names[n]`;
-    `segments_info.category_id` is a `ClassLabel` over `class_names`, which `resolve_class_names` reads back.
-    Image files come from the JSON's `images` list (else the annotation's stem + `.jpg`). Raises
-    `FileNotFoundError` listing missing files and `ValueError` for a category count that does not match
-    `class_names` or a segment of an unknown category.
-    """
-    panoptic_json, panoptic_dir, image_dir = Path(panoptic_json), Path(panoptic_dir), Path(image_dir)
-    if not panoptic_json.is_file():
-        raise FileNotFoundError(f"COCO panoptic annotations {panoptic_json} do not exist")
-    info = json.loads(panoptic_json.read_text())
-    for key in ("annotations", "categories"):
-        if key not in info:
-            raise ValueError(f"{panoptic_json} has no {key!r} list; is it a COCO panoptic annotation file?")
-    class_names = list(class_names)
-    categories = sorted(info["categories"], key=lambda category: category["id"])
-    if len(categories) != len(class_names):
-        raise ValueError(
-            f"{panoptic_json} has {len(categories)} categories but the vocabulary has {len(class_names)} classes; "
-            "give a vocabulary with one class per category, in the order of the category ids"
-        )
-    contiguous = {category["id"]: index for index, category in enumerate(categories)}
-    image_files = {image["id"]: image["file_name"] for image in info.get("images", [])}
-
-    rows = {"image": [], "label": [], "segments_info": [], "file_name": []}
-    for annotation in info["annotations"]:
-        image_name = image_files.get(annotation["image_id"], Path(annotation["file_name"]).stem + ".jpg")
-        segments = []
-        for segment in annotation["segments_info"]:
-            if segment["category_id"] not in contiguous:
-                raise ValueError(
-                    f"{panoptic_json}: image {annotation['image_id']} has segment {segment['id']} of category_id "
-                    f"{segment['category_id']}, which is not among the {len(categories)} categories"
-                )
-            segments.append(
-                {
-                    "id": int(segment["id"]),
-                    "category_id": contiguous[segment["category_id"]],
-                    "iscrowd": int(segment.get("iscrowd", 0)),
-                }
-            )
-        rows["image"].append(os.fspath(image_dir / image_name))
-        rows["label"].append(os.fspath(panoptic_dir / annotation["file_name"]))
-        rows["segments_info"].append(segments)
-        rows["file_name"].append(image_name)
-    if not rows["image"]:
-        raise ValueError(f"{panoptic_json} lists no annotated image")
-    missing = [path for path in rows["image"] + rows["label"] if not os.path.isfile(path)]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} files listed by {panoptic_json} are missing, e.g. {missing[:5]}")
-    features = datasets.Features(
-        {
-            "image": datasets.Image(),
-            "label": datasets.Image(),
-            "segments_info": datasets.List(
-                {
-                    "id": datasets.Value("int64"),
-                    "category_id": datasets.ClassLabel(names=class_names),
-                    "iscrowd": datasets.Value("int64"),
-                }
-            ),
-            "file_name": datasets.Value("string"),
-        }
-    )
-    return datasets.Dataset.from_dict(rows, features=features)
-
-
-def load_label_map_folders(image_dir, label_dir, label_suffix=".png", unpaired=None):
-    """Pairs of images and label maps with the same file stem: every `*<label_suffix>` in `label_dir` and the
-    image of that stem in `image_dir` (any common image suffix). Columns `image`, `label`, `file_name`.
-
-    Label maps without an image and images without a label map are appended to `unpaired` as `(path, message)`
-    (`evaluation.data_check` reports them with the other problems of the data); without that list they raise a
-    `FileNotFoundError` naming them all."""
-    image_dir, label_dir = Path(image_dir), Path(label_dir)
-    for folder in (image_dir, label_dir):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"Folder {folder} does not exist")
-    labels = sorted(label_dir.glob(f"*{label_suffix}"))
-    if not labels:
-        raise FileNotFoundError(f"No {label_suffix} label maps in {label_dir}")
-    stems = {label.name[: -len(label_suffix)] for label in labels}
-    problems, pairs = [], []
-    for label in labels:
-        stem = label.name[: -len(label_suffix)]
-        candidates = (image_dir / f"{stem}{suffix}" for suffix in _IMAGE_SUFFIXES)
-        found = next((path for path in candidates if path.is_file()), None)
-        if found is None:
-            problems.append((label, f"its image {image_dir / stem}.* ({', '.join(_IMAGE_SUFFIXES)}) is missing"))
-        else:
-            pairs.append((found, label))
-    for image in sorted(image_dir.iterdir()):
-        if image.suffix.lower() in _IMAGE_SUFFIXES and image.stem not in stems and not image.name.startswith("."):
-            problems.append((image, f"its label map {label_dir / (image.stem + label_suffix)} is missing"))
-    if problems and unpaired is None:
-        raise FileNotFoundError(
-            f"{len(problems)} files in {image_dir} and {label_dir} have no pair:\n"
-            + "\n".join(f"  {path}: {message}" for path, message in problems)
-        )
-    if unpaired is not None:
-        unpaired.extend(problems)
-    if not pairs:
-        raise FileNotFoundError(f"No label map in {label_dir} has its image in {image_dir}")
-    return datasets.Dataset.from_dict(
-        {
-            "image": [os.fspath(image) for image, _ in pairs],
-            "label": [os.fspath(label) for _, label in pairs],
-            "file_name": [image.name for image, _ in pairs],
-        },
-        features=datasets.Features(
-            {"image": datasets.Image(), "label": datasets.Image(), "file_name": datasets.Value("string")}
-        ),
-    )
-
-
-def is_label_map_folders(source, split, image_subdir="images", label_subdir="annotations"):
-    """Whether `source` is a local folder in the label-map layout: `<image_subdir>/<split>` and
-    `<label_subdir>/<split>` subfolders (ADE20K's layout), which `datasets`' imagefolder would misread (it would
-    take the label maps for more training images)."""
-    if source is None:
-        return False
-    root = Path(os.fspath(source))
-    return (root / image_subdir / split).is_dir() and (root / label_subdir / split).is_dir()
-
-
-def _is_saved_dataset(path):
-    markers = ("dataset_info.json", "dataset_dict.json", "state.json")  # written by save_to_disk
-    return path.is_dir() and any((path / name).is_file() for name in markers)
-
-
-def load_segmentation_dataset(
-    source,
-    split="train",
-    layout="auto",
-    max_samples=None,
-    label_subdir="annotations",
-    image_subdir="images",
-    synthetic_num_images=64,
-    synthetic_image_size=64,
-    unpaired=None,
-    **load_kwargs,
-):
-    """Load one split of a segmentation dataset as a `datasets.Dataset`.
-
-    Layouts:
-        - `"auto"`: label-map folders when `source` has them (`is_label_map_folders`), else `source` is a Hub
-          dataset id or a local path for `datasets.load_dataset` (a folder of parquet/arrow files, an
-          imagefolder with `metadata.jsonl`, a single `.parquet`/`.arrow`/`.jsonl` file, or a builder name such
-          as `"parquet"` with `data_files=` in `load_kwargs`), or a folder written by `save_to_disk` (read with
-          `load_from_disk`).
-        - `"coco_panoptic"`: `source` is COCO's root (`annotations/panoptic_<split>.json`, `panoptic_<split>/`,
-          `<split>/`); see `load_coco_panoptic`.
-        - `"label_folders"`: `source/<image_subdir>/<split>` images and `source/<label_subdir>/<split>` label
-          maps (ADE20K's layout); see `load_label_map_folders`.
-        - `"synthetic"`: generated shapes (`synthetic.make_synthetic_dataset`); `source` is ignored, the
-          validation split uses other scenes than the training split.
-    `max_samples` keeps the first N rows. `unpaired` (label-map folders) is `load_label_map_folders`'s.
-    """
-    if layout not in LAYOUTS:
-        raise ValueError(f"Unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
-    if layout == "auto" and not load_kwargs and is_label_map_folders(source, split, image_subdir, label_subdir):
-        logger.info("%s holds %s/%s and %s/%s: reading it as label-map folders", source, image_subdir, split,
-                    label_subdir, split)
-        layout = "label_folders"
-    if layout == "synthetic":
-        from ..synthetic import make_synthetic_dataset
-
-        seed = 0 if split == "train" else 1
-        dataset = make_synthetic_dataset(synthetic_num_images, synthetic_image_size, seed=seed)
-    elif source is None:
-        raise ValueError(f"Give the dataset's location (dataset_name_or_path) for the {layout!r} layout")
-    elif layout == "coco_panoptic":
-        panoptic_json, panoptic_dir, image_dir = coco_panoptic_paths(source, split)
-        dataset = load_coco_panoptic(panoptic_json, panoptic_dir, image_dir, **load_kwargs)
-    elif layout == "label_folders":
-        root = Path(source)
-        dataset = load_label_map_folders(
-            root / image_subdir / split, root / label_subdir / split, unpaired=unpaired, **load_kwargs
-        )
-    else:
-        path = Path(os.fspath(source))
-        if _is_saved_dataset(path):
-            dataset = datasets.load_from_disk(os.fspath(path))
-            if isinstance(dataset, datasets.DatasetDict):
-                if split not in dataset:
-                    raise KeyError(f"{source} has no split {split!r}; its splits: {list(dataset)}")
-                dataset = dataset[split]
-        elif path.is_file():
-            builder = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json"}.get(path.suffix)
-            if builder is None:
-                raise ValueError(
-                    f"Cannot tell the format of {source}; use a .parquet, .arrow or .jsonl file or a folder"
-                )
-            dataset = datasets.load_dataset(builder, data_files={split: os.fspath(path)}, split=split, **load_kwargs)
-        else:
-            dataset = datasets.load_dataset(os.fspath(source), split=split, **load_kwargs)
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
-    return dataset
-
-
-def _class_label_names(feature):
-    """Every `ClassLabel`'s names inside a (nested) feature."""
-    if isinstance(feature, datasets.ClassLabel):
-        return [tuple(feature.names)]
-    if isinstance(feature, dict):
-        return [names for value in feature.values() for names in _class_label_names(value)]
-    inner = getattr(feature, "feature", None)
-    if inner is not None:
-        return _class_label_names(inner)
-    return []
-
-
-def resolve_class_names(dataset, class_names=None, vocabulary_file=None):
-    """The vocabulary of a dataset: `vocabulary_file` (`id:name,synonym,...` lines, read with
-    `vocabulary_files.read_vocabulary_file`), else `class_names`, else the names of the dataset's `ClassLabel`
-    feature (e.g. COCO panoptic's `segments_info.category_id`). Raises a `ValueError` when none applies."""
-    if vocabulary_file is not None and class_names:
-        raise ValueError("Give a vocabulary file or class names, not both")
-    if vocabulary_file is not None:
-        from ..vocabulary_files import read_vocabulary_file
-
-        names = read_vocabulary_file(vocabulary_file)
-    elif class_names:
-        names = list(class_names)
-    else:
-        found = sorted(set(_class_label_names(dataset.features)))
-        if len(found) != 1:
-            problem = f"{len(found)} different ClassLabel features" if found else "no ClassLabel feature"
-            raise ValueError(
-                f"Cannot tell the class names: the dataset has {problem}; give a vocabulary file (one "
-                "`id:name,synonym,...` line per class) or the class names"
-            )
-        names = list(found[0])
-    parse_vocabulary(names)
-    return names
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -486,21 +189,21 @@ class ITASegmentationDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        dataset,
-        image_processor,
-        class_names,
-        jitter=None,
-        image_column="image",
-        label_column="label",
-        segments_column=None,
-        ignore_index=255,
-        reduce_labels=False,
-        dominant_categories_column=None,
-        candidate_names=None,
-        num_dominant_categories=None,
-        seed=0,
-        name="training",
-    ):
+        dataset: datasets.Dataset,
+        image_processor: ITAImageProcessor,
+        class_names: Sequence[str],
+        jitter: LargeScaleJitter | None = None,
+        image_column: str = "image",
+        label_column: str = "label",
+        segments_column: str | None = None,
+        ignore_index: int = 255,
+        reduce_labels: bool = False,
+        dominant_categories_column: str | None = None,
+        candidate_names: Sequence[str] | None = None,
+        num_dominant_categories: int | None = None,
+        seed: int = 0,
+        name: str = "training",
+    ) -> None:
         self.dataset = dataset
         self.image_processor = image_processor
         self.class_names = list(class_names)
@@ -529,7 +232,7 @@ class ITASegmentationDataset(torch.utils.data.Dataset):
                 f"crop_size {jitter.crop_size} must be a multiple of the image processor's size_divisor ({divisor}): "
                 "the crop is padded to crop_size and the model needs sides divisible by its largest stride"
             )
-        self._candidate_index = None
+        self._candidate_index: dict[str, int] = {}
         if dominant_categories_column is not None:
             if not candidate_names or not num_dominant_categories:
                 raise ValueError(
@@ -537,21 +240,20 @@ class ITASegmentationDataset(torch.utils.data.Dataset):
                     "(a model with dominant-category text queries)"
                 )
             self.candidate_names = list(candidate_names)
-            self._candidate_index = {}
             for index, candidate in enumerate(self.candidate_names):
                 self._candidate_index.setdefault(candidate, index)
 
     @property
-    def num_labels(self):
+    def num_labels(self) -> int:
         return len(self.class_names)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.dataset)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _dominant_category_ids(self, values, where):
+    def _dominant_category_ids(self, values: Sequence[str | int] | None, where: str) -> torch.Tensor:
         if values is None or len(values) == 0:
             raise ValueError(f"{where}: column {self.dominant_categories_column!r} is empty")
         ids = []
@@ -572,10 +274,10 @@ class ITASegmentationDataset(torch.utils.data.Dataset):
                         f"{len(self.candidate_names)} candidates"
                     )
                 ids.append(value)
-        k = self.num_dominant_categories
+        k = self.num_dominant_categories or 0  # set with the column (checked in __init__)
         return torch.tensor([ids[slot % len(ids)] for slot in range(k)], dtype=torch.long)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.dataset[int(index)]
         where = f"Row {index} of the {self.name} dataset"
         image = self.image_processor.process_image(row[self.image_column], index=index)  # [3, H, W]
@@ -629,13 +331,13 @@ class ITASegmentationCollator:
     and stacked; `mask_labels` padded alike but kept, with `class_labels`, as per-image lists (images have
     different numbers of targets); `class_names` passed once."""
 
-    def __call__(self, features):
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not features:
             raise ValueError("Cannot collate an empty batch")
         height = max(item["pixel_values"].shape[-2] for item in features)
         width = max(item["pixel_values"].shape[-1] for item in features)
 
-        def pad(tensor, value=0):
+        def pad(tensor: torch.Tensor, value: int = 0) -> torch.Tensor:
             extra_h, extra_w = height - tensor.shape[-2], width - tensor.shape[-1]
             if extra_h == 0 and extra_w == 0:
                 return tensor

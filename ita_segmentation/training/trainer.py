@@ -48,9 +48,8 @@ from .data import (
     ITASegmentationDataset,
     LargeScaleJitter,
     label_map_from_targets,
-    load_segmentation_dataset,
-    resolve_class_names,
 )
+from ..segmentation_data import load_segmentation_dataset, resolve_class_names
 from modeling_ita.dominant_categories import ITADominantCategoryUnearthing
 from ..evaluation.data_check import check_segmentation_data
 from ..evaluation.metric import SegmentationConfusionMatrix

@@ -71,7 +71,7 @@ def test_unreadable_and_missing_files(tmp_path):
 
 
 def test_panoptic_annotations_are_checked_by_their_headers(tmp_path):
-    from ita_segmentation.training.data import load_segmentation_dataset
+    from ita_segmentation.segmentation_data import load_segmentation_dataset
     from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_coco_panoptic
 
     write_coco_panoptic(make_synthetic_dataset(3, 40, seed=2, with_instances=True), tmp_path, split="train2017")

@@ -9,21 +9,20 @@ import torch
 from PIL import Image
 
 from image_processing_ita import ITA_PIXEL_MEAN, ITA_PIXEL_STD, ITAImageProcessor, resize_nearest
-from ita_segmentation.training.data import (
-    IGNORE_LABEL,
-    ITASegmentationCollator,
-    ITASegmentationDataset,
-    LargeScaleJitter,
-    label_map_from_targets,
-    load_segmentation_dataset,
-    resolve_class_names,
-)
+from ita_segmentation.segmentation_data import load_segmentation_dataset, resolve_class_names
 from ita_segmentation.synthetic import (
     SYNTHETIC_CLASS_NAMES,
     make_synthetic_dataset,
     write_coco_panoptic,
     write_imagefolder,
     write_label_map_folders,
+)
+from ita_segmentation.training.data import (
+    IGNORE_LABEL,
+    ITASegmentationCollator,
+    ITASegmentationDataset,
+    LargeScaleJitter,
+    label_map_from_targets,
 )
 
 PALETTE = np.array([(255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 0), (0, 255, 255), (255, 0, 255)], np.uint8)

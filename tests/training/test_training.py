@@ -11,15 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 from transformers.trainer_utils import EvalPrediction
 
 from image_processing_ita import ITAImageProcessor
-from modeling_ita import ITAForOpenVocabSegmentation
-from ita_segmentation.training.data import IGNORE_LABEL, load_segmentation_dataset
+from ita_segmentation.segmentation_data import load_segmentation_dataset
 from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES
+from ita_segmentation.training.data import IGNORE_LABEL
 from ita_segmentation.training.trainer import (
     COCO_DECAY_STEPS,
     COCO_MAX_ITER,
@@ -37,8 +38,7 @@ from ita_segmentation.training.trainer import (
     precompute_dominant_categories,
     scaled_decay_steps,
 )
-
-from conftest import tiny_config
+from modeling_ita import ITAForOpenVocabSegmentation
 
 ROOT = Path(__file__).resolve().parents[2]
 
