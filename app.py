@@ -1,13 +1,14 @@
-"""The web demo page: `python app.py [--model MODEL] [--host HOST] [--port PORT]`.
+"""The web demo page: `python app.py [--model MODEL] [--host HOST] [--port PORT]` (the `ita-web` command).
 
 Needs the `demo` extra (`pip install -e '.[demo]'`, Gradio). Serves the model `make demo` writes
-(`demo_output/model`) unless `--model` names another folder or Hub id, on http://127.0.0.1:7860. The page's
-logic is `ita_segmentation.apps.web`.
+(`demo_output/model`) unless `--model` names another folder or Hub id, on http://127.0.0.1:7860. The arguments
+are parsed by `ita_segmentation.apps.cli.web` before torch is imported; the page's logic is
+`ita_segmentation.apps.web`.
 """
 
 import sys
 
-from ita_segmentation.apps.web import main
+from ita_segmentation.apps.cli import web
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(web())

@@ -2,7 +2,7 @@
 
 import sys
 
-from ita_cli import segment
+from ita_segmentation.apps.cli import main
 
 if __name__ == "__main__":
-    sys.exit(segment(prog="python -m ita_segmentation"))
+    sys.exit(main(prog="python -m ita_segmentation"))

@@ -34,6 +34,7 @@ from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from configuration_ita import ITAConfig  # noqa: E402
 from ita_cli import segment as ita_segment  # noqa: E402
+from ita_segmentation.apps.visualization import overlay  # noqa: E402
 from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES, toy_clip_config  # noqa: E402
 from ita_segmentation.training import (  # noqa: E402
     ITADataArguments,
@@ -41,7 +42,6 @@ from ita_segmentation.training import (  # noqa: E402
     ITATrainingArguments,
     build_trainer,
 )
-from ita_segmentation.apps.visualization import overlay  # noqa: E402
 
 NOTICE = (
     "This demo model is a toy: a tiny ITA whose frozen CLIP has random weights, trained for 300 steps (a minute or "

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ita_segmentation.dtypes import DTYPES
 from ita_segmentation.evaluation.panoptic import (
     PANOPTIC_BENCHMARKS,
     evaluate_panoptic,
@@ -23,7 +24,7 @@ from ita_segmentation.evaluation.panoptic import (
 from ita_segmentation.evaluation.runner import load_model_and_processor
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder or Hub id (ITAForOpenVocabSegmentation)")
     parser.add_argument("--benchmark", required=True, nargs="+", choices=list(PANOPTIC_BENCHMARKS))
@@ -31,12 +32,12 @@ def parse_args(argv=None):
     parser.add_argument("--output", required=True, type=Path, help="folder for the results")
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N images of each split")
     parser.add_argument("--device", default="auto", help="torch device; auto: CUDA when available, else CPU")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for name in args.benchmark:
         if (args.output / name / "results.json").exists():

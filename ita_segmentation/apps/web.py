@@ -1,6 +1,6 @@
 """The web demo page (Gradio): upload an image, name the classes, see the segmentation.
 
-`python app.py` (or `python -m ita_segmentation.apps.web`) serves the model that `make demo` writes
+`python app.py` (or `ita-web`; arguments parsed by `cli.build_web_parser`) serves the model that `make demo` writes
 (`demo_output/model`), or the folder / Hub id given with `--model`, on http://127.0.0.1:7860. The page:
 
 - takes an image file, the classes (one per line, synonyms separated by commas, `[stuff]` at the end of a line
@@ -19,22 +19,23 @@ Everything but the page itself (`build_demo`, `launch`) works without Gradio: `W
 `check_upload` and `SegmentationService` are plain Python, tested without a browser.
 """
 
-import argparse
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from image_processing_ita import open_image
-
-from processing_ita import parse_vocabulary
 from modeling_ita.pipeline import SUBTASKS, ZERO_SHOT_IMAGE_SEGMENTATION_TASK
+from processing_ita import parse_vocabulary
+
+from .outputs import write_instance_png, write_label_map, write_panoptic_png
 from .visualization import overlay, segment_overlay
+from .web_settings import DEFAULT_MODEL, WebLimits
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -46,11 +47,10 @@ __all__ = [
     "build_demo",
     "check_upload",
     "launch",
-    "main",
     "parse_classes",
+    "serve",
 ]
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "demo_output" / "model"
 STUFF_MARKER = "[stuff]"
 
 
@@ -58,28 +58,7 @@ class WebInputError(ValueError):
     """A visitor's input the page refuses, with the message it shows."""
 
 
-@dataclass(frozen=True)
-class WebLimits:
-    """What one request may ask for.
-
-    Attributes:
-        max_upload_bytes: size of the uploaded file (also enforced by the server before the upload is stored).
-        max_pixels: width x height of the image, read from its header before decoding.
-        max_classes: classes in one request (A-847's 847 fit).
-        max_class_length: characters of one class line (a class and its synonyms).
-        queue_size: segmentation requests waiting at once; more are turned away with "queue is full".
-        concurrency: segmentations that run at once (one model, on one device).
-    """
-
-    max_upload_bytes: int = 20 * 1024**2
-    max_pixels: int = 25_000_000
-    max_classes: int = 1000
-    max_class_length: int = 300
-    queue_size: int = 16
-    concurrency: int = 1
-
-
-def parse_classes(text, limits):
+def parse_classes(text: object, limits: WebLimits) -> tuple[list[str], list[str]]:
     """The class textbox -> `(classes, stuff_classes)`: one class per non-empty line, synonyms separated by
     commas, a line ending in `[stuff]` marks a stuff class. Raises `WebInputError` for no class, too many, a line
     too long, or an invalid vocabulary (empty synonym, duplicate class)."""
@@ -110,7 +89,7 @@ def parse_classes(text, limits):
     return classes, stuff
 
 
-def check_upload(path, limits):
+def check_upload(path: str | os.PathLike[str] | None, limits: WebLimits) -> Image.Image:
     """Open an uploaded image file within `limits` -> an upright, decoded PIL image.
 
     The file size and the image's width x height (from its header: PIL reads the size without decoding) are
@@ -143,7 +122,7 @@ def check_upload(path, limits):
         raise WebInputError(str(error).replace(path, "").replace("  ", " ")) from None
 
 
-def benchmark_class_lists():
+def benchmark_class_lists() -> dict[str, str]:
     """The class lists a visitor can pick, as textbox contents: FC-CLIP's lists of the six semantic benchmarks,
     and COCO panoptic's 133 classes with its 53 stuff classes marked."""
     from configuration_ita import COCO_PANOPTIC_VOCABULARY
@@ -171,7 +150,14 @@ class SegmentationService:
         segmenter: an already built pipeline to serve instead of loading `model` (tests).
     """
 
-    def __init__(self, model=DEFAULT_MODEL, limits=WebLimits(), device=None, output_dir=None, segmenter=None):
+    def __init__(
+        self,
+        model: str | Path = DEFAULT_MODEL,
+        limits: WebLimits = WebLimits(),
+        device: str | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        segmenter: Any = None,
+    ) -> None:
         self.limits = limits
         self.model_name = str(model)
         if segmenter is None:
@@ -182,12 +168,15 @@ class SegmentationService:
                     f"No model at {model}: run `make demo` first (it writes the demo model there), or pass --model"
                 )
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            segmenter = pipeline(ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=str(model), device=device, trust_remote_code=False)
+            build: Any = pipeline  # the task is registered at run time: no overload of `pipeline` names it
+            segmenter = build(ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=str(model), device=device, trust_remote_code=False)
         self.segmenter = segmenter
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="ita-web-"))
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
-    def segment(self, image_path, class_text, task="semantic"):
+    def segment(
+        self, image_path: str | os.PathLike[str] | None, class_text: str, task: str = "semantic"
+    ) -> tuple[Image.Image, list[list[Any]], list[str], str]:
         """One request -> `(overlay PIL image, table rows, header, label-map PNG path)`; raises `WebInputError`."""
         if task not in SUBTASKS:
             raise WebInputError(f"Choose one of {', '.join(SUBTASKS)}")
@@ -207,8 +196,7 @@ class SegmentationService:
                 [segment["label"], round(100 * segment["pixel_share"], 2), round(segment["score"], 4)]
                 for segment in result["segments"]
             ]
-            label_map = result["label_map"]
-            Image.fromarray(label_map.astype(np.uint8 if len(classes) <= 256 else np.uint16)).save(label_path)
+            write_label_map(result["label_map"], len(classes), label_path)
         else:
             masks = [np.asarray(segment["mask"]) == 255 for segment in result["segments"]]
             names = [f"{s['label'].split(',')[0]} {s['score']:.2f}" for s in result["segments"]]
@@ -222,18 +210,13 @@ class SegmentationService:
                 for s in result["segments"]
             ]
             if task == "panoptic":
-                from .cli import write_panoptic_png
-
                 write_panoptic_png(result["segment_map"], label_path)
             else:
-                top = np.zeros((image.height, image.width), dtype=np.uint16)
-                for segment, mask in reversed(list(zip(result["segments"], masks))):
-                    top[mask] = segment["id"] + 1
-                Image.fromarray(top).save(label_path)
+                write_instance_png(result["segments"], masks, (image.height, image.width), label_path)
         return picture, rows, header, label_path
 
 
-def build_demo(service):
+def build_demo(service: SegmentationService) -> Any:
     """The Gradio page around a `SegmentationService` (requires the `demo` extra: `pip install .[demo]`)."""
     # Gradio otherwise checks its version and sends usage statistics over the network.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -241,14 +224,14 @@ def build_demo(service):
 
     class_lists = benchmark_class_lists()
 
-    def segment(image_file, class_text, task):
+    def segment(image_file: str | None, class_text: str, task: str) -> tuple[Image.Image, Any, str]:
         try:
             picture, rows, header, label_path = service.segment(image_file, class_text, task)
         except WebInputError as error:
             raise gr.Error(str(error)) from None
         return picture, gr.update(value=rows, headers=header), label_path
 
-    def pick_list(name):
+    def pick_list(name: str) -> str:
         return class_lists.get(name, "")
 
     limits = service.limits
@@ -290,7 +273,7 @@ def build_demo(service):
     return demo
 
 
-def launch(service, host="127.0.0.1", port=7860, **kwargs):
+def launch(service: SegmentationService, host: str = "127.0.0.1", port: int = 7860, **kwargs: Any) -> Any:
     """Build the page and serve it (returns the running `gr.Blocks`; pass `prevent_thread_lock=True` to keep
     the calling thread)."""
     demo = build_demo(service)
@@ -309,47 +292,25 @@ def launch(service, host="127.0.0.1", port=7860, **kwargs):
     return demo
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        description="Serve the ITA / FC-CLIP web demo page (Gradio). Listens on 127.0.0.1 unless --host says "
-        "otherwise; the model is fixed here, at launch."
-    )
-    parser.add_argument(
-        "--model",
-        default=str(DEFAULT_MODEL),
-        help="model folder or Hub id (default: the model `make demo` writes, demo_output/model)",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--max-upload-mb", type=float, default=WebLimits.max_upload_bytes / 1024**2)
-    parser.add_argument("--max-megapixels", type=float, default=WebLimits.max_pixels / 1e6)
-    parser.add_argument("--queue-size", type=int, default=WebLimits.queue_size, help="waiting requests at most")
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def serve(
+    model: str | Path = DEFAULT_MODEL,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str | None = None,
+    limits: WebLimits = WebLimits(),
+) -> int:
+    """Load `model` and serve the page until stopped (`ita-web`, `python app.py`); returns the exit status (1 the
+    model could not be loaded, 2 Gradio is missing)."""
     try:
         import gradio  # noqa: F401
     except ImportError:
         print("The web page needs Gradio: pip install -e '.[demo]'", file=sys.stderr)
         return 2
-    limits = WebLimits(
-        max_upload_bytes=int(args.max_upload_mb * 1024**2),
-        max_pixels=int(args.max_megapixels * 1e6),
-        queue_size=args.queue_size,
-    )
-    model = Path(args.model) if args.model == str(DEFAULT_MODEL) else args.model
     try:
-        service = SegmentationService(model, limits=limits, device=args.device)
+        service = SegmentationService(model, limits=limits, device=device)
     except Exception as error:  # a missing folder, an unknown Hub id, a broken checkpoint, ...
-        print(f"cannot load model {args.model}: {error}", file=sys.stderr)
+        print(f"cannot load model {model}: {error}", file=sys.stderr)
         return 1
-    print(f"Serving {args.model} on http://{args.host}:{args.port} (Ctrl+C stops)", flush=True)
-    launch(service, host=args.host, port=args.port)
+    print(f"Serving {model} on http://{host}:{port} (Ctrl+C stops)", flush=True)
+    launch(service, host=host, port=port)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

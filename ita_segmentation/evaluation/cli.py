@@ -1,5 +1,6 @@
 """`ita-evaluate` (`scripts/evaluate.py`): the benchmarks, or any dataset with its class list, in one or several
-processes. The arguments are parsed by `ita_cli.parse_evaluate_args` before torch is imported.
+processes. The arguments are parsed (`parse_args`)
+with the standard library only; torch, `datasets` and the model are imported once they are well formed.
 
 The order is the one a long run needs: everything that needs no model is checked first (the device, the output
 folder, the model folder, the data: every label map, see `data_check`), then the model is loaded and the
@@ -13,49 +14,185 @@ Exit status: 0 done; 1 the data, the model or the run failed (what was computed 
 error (including a device this machine lacks, results already in the output folder, no such model folder).
 """
 
+import argparse
 import logging
 import os
+import shlex
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from transformers.utils import logging as transformers_logging
+from ..backends import add_backend_argument
+from ..dtypes import DTYPES
+from .benchmark_names import BENCHMARK_DISPLAY_NAMES, benchmark_name
 
-from modeling_ita.loading import ModelLoadingError, check_device, check_model_location
-from ..onnx import resolve_backend
-from .benchmarks import benchmark_metadata, load_segmentation_split
-from .data_check import DataCheckError
-from .runner import (
-    PUBLISHED_FC_CLIP_MIOU,
-    check_evaluation_data,
-    check_output_folders,
-    evaluate_datasets,
-    load_benchmark_datasets,
-    load_model_and_processor,
-)
-
-__all__ = ["main", "run"]
+__all__ = ["EVALUATION_LAYOUTS", "PROG", "build_parser", "main", "parse_args", "run"]
 
 logger = logging.getLogger(__name__)
 
-
-def main(argv=None, prog="ita-evaluate"):
-    """`ita-evaluate` with the arguments `argv` (default: `sys.argv[1:]`); returns the exit status."""
-    from ita_cli import parse_evaluate_args
-
-    return run(parse_evaluate_args(argv, prog))
+PROG = "ita-evaluate"
+# The dataset layouts `--dataset` offers (of `training.data`'s layouts, those that hold semantic label maps).
+EVALUATION_LAYOUTS = ("auto", "label_folders")
 
 
-def _resolve_backend(args):
+def _benchmark_argument(value: str) -> str:
+    try:
+        return benchmark_name(value)
+    except KeyError as error:
+        raise argparse.ArgumentTypeError(error.args[0]) from None
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """`ita-evaluate`'s arguments."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""Evaluate an ITA/FC-CLIP model (mIoU, fwIoU, mACC, pACC): on the open-vocabulary benchmarks,
+or on any semantic segmentation dataset with its class list.
+
+Writes OUTPUT/<name>/results.json (scores in percent, per-class IoU and accuracy, protocol, command),
+OUTPUT/<name>/per_class.csv, OUTPUT/<name>/confusion_matrix.npy and OUTPUT/results.md (every result in OUTPUT).
+Every label map is checked before the model is loaded; bad files are all listed, and stop the run unless
+--skip-bad-samples is given. Data-parallel: accelerate launch --multi_gpu --num_processes N scripts/evaluate.py ...""",
+        epilog="""examples:
+  %(prog)s --model fcclip-convnext-large --benchmark ade150 pc59 --data-dir $DETECTRON2_DATASETS --output eval/fcclip
+  %(prog)s --model runs/finetune --dataset data/my_dataset --dataset-layout label_folders \\
+      --vocabulary-file classes.txt --output eval/mine""",
+    )
+    parser.add_argument("--model", required=True, help="model folder or Hub id (ITAForOpenVocabSegmentation)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--benchmark", nargs="+", type=_benchmark_argument, metavar="NAME",
+        help=f"one or more of: {', '.join(BENCHMARK_DISPLAY_NAMES)}",
+    )
+    what.add_argument(
+        "--dataset", metavar="PATH_OR_ID",
+        help="your own dataset, as scripts/train.py reads it: a Hub id, a parquet/arrow/imagefolder or "
+        "save_to_disk folder, or label-map folders (ROOT/images/SPLIT + ROOT/annotations/SPLIT)",
+    )
+    parser.add_argument("--data-dir", type=Path, help="benchmarks: the prepared datasets root ($DETECTRON2_DATASETS)")
+    parser.add_argument("--output", required=True, type=Path, help="folder for the results")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace results already in OUTPUT for the same benchmark or dataset"
+    )
+    parser.add_argument("--max-samples", type=int, help="evaluate only the first N images of each split")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (of one input size)")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes decoding the images")
+    parser.add_argument("--device", default="auto", help="torch device; auto: CUDA when available, else CPU")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    add_backend_argument(parser)
+    parser.add_argument(
+        "--vocabulary-file",
+        nargs="+",
+        metavar="[BENCHMARK=]FILE",
+        help="the class list (`id:name,synonym,...` or `name,synonym,...` lines): required with --dataset (unless "
+        "the dataset names its classes); with --benchmark it replaces FC-CLIP's (same number of classes), "
+        "BENCHMARK=FILE when several benchmarks are evaluated",
+    )
+    parser.add_argument("--shortest-edge", type=int, help="test resolution: short side (default: the processor's)")
+    parser.add_argument("--longest-edge", type=int, help="test resolution: long-side cap (default: the processor's)")
+    parser.add_argument(
+        "--skip-bad-samples", action="store_true",
+        help="leave out the images whose label map fails the check (and say how many) instead of stopping",
+    )
+    own = parser.add_argument_group("your own dataset (--dataset)")
+    own.add_argument("--dataset-layout", choices=EVALUATION_LAYOUTS, default="auto",
+                     help="auto: what datasets.load_dataset reads, or label-map folders when the folder has them")
+    own.add_argument("--ignore-index", type=int, default=255, help="label of unlabelled pixels (default: 255)")
+    own.add_argument("--name", help="results subfolder and table name (default: the dataset's folder or id)")
+    own.add_argument("--image-subdir", default="images", help="label_folders layout: image folder (default: images)")
+    own.add_argument("--label-subdir", default="annotations", help="label_folders layout: label folder")
+    hub = parser.add_argument_group("reading with datasets.load_dataset (--dataset, or --hub-dataset for a benchmark)")
+    hub.add_argument("--hub-dataset", help="a benchmark's copy on the Hub or in a local parquet folder (one benchmark)")
+    hub.add_argument("--split", default="validation", help="split to evaluate (default: validation)")
+    hub.add_argument("--image-column", default="image")
+    hub.add_argument("--label-column", default="label")
+    hub.add_argument(
+        "--reduce-labels", action="store_true", help="labels use 0 for other/background and classes from 1"
+    )
+    hub.add_argument("--cache-dir", help="datasets cache folder")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str = PROG) -> argparse.Namespace:
+    """`ita-evaluate`'s arguments, checked for everything that needs no data and no model."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.benchmark is not None:
+        if (args.data_dir is None) == (args.hub_dataset is None):
+            parser.error("with --benchmark, give either --data-dir or --hub-dataset")
+        if args.hub_dataset is not None and len(args.benchmark) != 1:
+            parser.error("--hub-dataset holds one benchmark: give one --benchmark name")
+        if len(set(args.benchmark)) != len(args.benchmark):
+            parser.error(f"a benchmark is listed twice: {' '.join(args.benchmark)}")
+    else:
+        for option in ("data_dir", "hub_dataset"):
+            if getattr(args, option) is not None:
+                parser.error(f"--{option.replace('_', '-')} goes with --benchmark; --dataset names the data itself")
+        if args.vocabulary_file is not None and len(args.vocabulary_file) != 1:
+            parser.error("--dataset takes one --vocabulary-file")
+    for option in ("max_samples", "batch_size", "shortest_edge", "longest_edge"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    if args.num_workers < 0:
+        parser.error("--num-workers must be at least 0")
+    args.vocabulary_files = _vocabulary_files(parser, args.vocabulary_file or [], args.benchmark)
+    for path in args.vocabulary_files.values():
+        if not path.is_file():
+            parser.error(f"--vocabulary-file {path} does not exist")
+    args.command = shlex.join([prog, *(sys.argv[1:] if argv is None else argv)])
+    args.prog = prog
+    return args
+
+
+def _vocabulary_files(
+    parser: argparse.ArgumentParser, values: list[str], benchmarks: list[str] | None
+) -> dict[str | None, Path]:
+    """`--vocabulary-file` values -> {benchmark name: path} (`{None: path}` for `--dataset`)."""
+    if benchmarks is None:
+        return {None: Path(values[0])} if values else {}
+    files: dict[str | None, Path] = {}
+    for value in values:
+        name, separator, path = value.rpartition("=")
+        if not separator:
+            if len(benchmarks) != 1 or len(values) != 1:
+                parser.error("with several benchmarks, give --vocabulary-file as BENCHMARK=FILE")
+            name, path = benchmarks[0], value
+        try:
+            name = _benchmark_argument(name)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"--vocabulary-file: {error}")
+        if name not in benchmarks:
+            parser.error(f"--vocabulary-file names {name!r}, which is not among --benchmark {' '.join(benchmarks)}")
+        files[name] = Path(path)
+    return files
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """`ita-evaluate` with the arguments `argv` (default: `sys.argv[1:]`); returns the exit status (0 done, 1 the
+    data, the model or the run failed, 2 usage error)."""
+    return run(parse_args(argv, prog))
+
+
+def _resolve_backend(args: argparse.Namespace) -> None:
     """`--backend auto` -> onnxruntime for a folder written by ita-export, else pytorch; with onnxruntime,
     `--device auto` means the CPU. Raises `ValueError` for a device or dtype that backend lacks."""
+    from ..onnx import resolve_backend
+
     args.backend, device = resolve_backend(args.model, args.backend, args.device, args.dtype)
     if args.backend == "onnxruntime":
         args.device = device
 
 
-def _process_state(device_name):
+def _process_state(device_name: str) -> tuple[int, int, Any]:
     """`(process index, number of processes, device)`: one process unless started by `accelerate launch` or
     `torchrun` (which set `WORLD_SIZE`), whose processes join accelerate's process group; in a multi-GPU run each
     process takes its own GPU."""
+    from modeling_ita.loading import check_device
+
     device = check_device(device_name)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, device
@@ -67,8 +204,11 @@ def _process_state(device_name):
     return state.process_index, state.num_processes, device
 
 
-def _load_datasets(args):
+def _load_datasets(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """`({name: dataset}, {name: unpaired files}, {name: vocabulary file}, {name: data source})`."""
+    from .benchmarks import benchmark_metadata, load_segmentation_split
+    from .runner import load_benchmark_datasets
+
     common = dict(max_samples=args.max_samples, split=args.split, image_column=args.image_column,
                   label_column=args.label_column)
     if args.benchmark is not None:
@@ -76,7 +216,7 @@ def _load_datasets(args):
             args.benchmark, data_dir=args.data_dir, vocabulary_files=args.vocabulary_files,
             hub_dataset=args.hub_dataset, reduce_labels=args.reduce_labels, cache_dir=args.cache_dir, **common,
         )
-    unpaired = []
+    unpaired: list[tuple[Path, str]] = []
     vocabulary_file = args.vocabulary_files.get(None)
     load_kwargs = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     dataset = load_segmentation_split(
@@ -89,8 +229,10 @@ def _load_datasets(args):
     return {name: dataset}, {name: unpaired}, {name: vocabulary_file} if vocabulary_file else {}, {name: source}
 
 
-def run(args):
-    """Evaluate with parsed arguments (`ita_cli.parse_evaluate_args`); returns the exit status."""
+def run(args: argparse.Namespace) -> int:
+    """Evaluate with parsed arguments (`parse_args`); returns the exit status."""
+    from transformers.utils import logging as transformers_logging
+
     bars_were_on = transformers_logging.is_progress_bar_enabled()
     try:
         return _run(args)
@@ -99,8 +241,21 @@ def run(args):
             transformers_logging.enable_progress_bar()
 
 
-def _run(args):
-    def error(message):
+def _run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
+    from modeling_ita.loading import ModelLoadingError, check_model_location
+
+    from .data_check import DataCheckError
+    from .runner import (
+        PUBLISHED_FC_CLIP_MIOU,
+        check_evaluation_data,
+        check_output_folders,
+        evaluate_datasets,
+        load_model_and_processor,
+    )
+
+    def error(message: object) -> None:
         print(f"{args.prog}: error: {message}", file=sys.stderr)
 
     try:

@@ -1,15 +1,41 @@
-"""Hub wing: converting original checkpoints, model folders with their remote code, model cards, pushing."""
+"""Hub wing: converting original checkpoints, model folders with their remote code, model cards, pushing.
 
-from .conversion import (
-    CheckpointConversionError,
-    ConversionResult,
-    convert_checkpoint,
-    load_category_bank,
-    load_original_state_dict,
-    save_category_bank,
-)
-from .folder import CATEGORY_BANK_FILE, CATEGORY_BANK_SNIPPET, HubPushError, push_folder_to_hub, save_processor
-from .remote_code import REMOTE_CODE_FILES, export_remote_code, flat_source
+The names below are imported on first use (they import torch and the model folder), so that `ita-convert`
+(`hub.cli`) parses its arguments before any of them is loaded.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .conversion import (
+        CheckpointConversionError,
+        ConversionResult,
+        convert_checkpoint,
+        load_category_bank,
+        load_original_state_dict,
+        save_category_bank,
+    )
+    from .folder import CATEGORY_BANK_FILE, CATEGORY_BANK_SNIPPET, HubPushError, push_folder_to_hub, save_processor
+    from .remote_code import REMOTE_CODE_FILES, export_remote_code, flat_source
+
+# Public name -> the module of this package that defines it.
+_HOMES = {
+    "CheckpointConversionError": "conversion",
+    "ConversionResult": "conversion",
+    "convert_checkpoint": "conversion",
+    "load_category_bank": "conversion",
+    "load_original_state_dict": "conversion",
+    "save_category_bank": "conversion",
+    "CATEGORY_BANK_FILE": "folder",
+    "CATEGORY_BANK_SNIPPET": "folder",
+    "HubPushError": "folder",
+    "push_folder_to_hub": "folder",
+    "save_processor": "folder",
+    "REMOTE_CODE_FILES": "remote_code",
+    "export_remote_code": "remote_code",
+    "flat_source": "remote_code",
+}
 
 __all__ = [
     "CATEGORY_BANK_FILE",
@@ -27,3 +53,13 @@ __all__ = [
     "save_category_bank",
     "save_processor",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

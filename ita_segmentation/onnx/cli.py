@@ -3,30 +3,64 @@
 Exit status: 0 when the folder is written and its graphs match PyTorch on the sample; 1 when the model cannot be
 loaded or exported, or the export does not match (the output folder is then left as it was); 2 for a usage error
 (a non-empty output folder without --overwrite, bad tolerances, the `onnx` extra missing), reported before the
-model is loaded.
+model is loaded. The arguments are parsed with the standard library only; torch and the model folder are
+imported once they are well formed.
 """
 
+import argparse
 import sys
+from collections.abc import Sequence
 
-from .export import ITAExportError, ITAExportMismatchError, Tolerances, check_output_dir, export_onnx
-from .runtime import import_onnx_extra
+from .options import DEFAULT_ATOL, DEFAULT_RTOL
 
-__all__ = ["main", "run"]
+__all__ = ["PROG", "build_parser", "main", "run"]
 
 PROG = "ita-export"
 
 
-def main(argv=None, prog=PROG):
-    """Run `ita-export` with `argv` (default `sys.argv[1:]`); returns the exit status."""
-    from ita_cli import export
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """`ita-export`'s arguments."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Export ITA / FC-CLIP to ONNX: writes OUTPUT/model.onnx (images, their sizes and an encoded vocabulary in; "
+            "the model's outputs out), OUTPUT/text_encoder.onnx (the CLIP text tower), the config and processor files "
+            "and onnx_export.json, after checking the graphs against PyTorch on a sample. Load the folder with "
+            "ita_segmentation.onnx.ITAOnnxModel.from_pretrained(OUTPUT). Needs the onnx extra (pip install -e '.[onnx]')."
+        ),
+        epilog=(
+            "Example: ita-export --model path/to/checkpoint --output ita-onnx. Exit status: 0 written and checked, "
+            "1 the model could not be loaded or exported, or the export does not match (nothing is written), "
+            "2 usage error."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="a model folder or a Hugging Face Hub model id")
+    parser.add_argument("--output", required=True, metavar="DIR", help="the ONNX model folder to write (new or empty)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR, replacing files")
+    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                        help=f"check: absolute tolerance per output (default {DEFAULT_ATOL})")
+    parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+                        help=f"check: tolerance relative to the output's largest PyTorch value (default {DEFAULT_RTOL})")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
+    return parser
 
-    return export(argv, prog)
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Run `ita-export` with `argv` (default `sys.argv[1:]`); returns the exit status (0 written, 1 failed or
+    mismatched, 2 usage error)."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if not (args.atol >= 0 and args.rtol >= 0):
+        parser.error(f"--atol and --rtol must be >= 0, got {args.atol} and {args.rtol}")
+    return run(args, prog)
 
 
-def run(args, prog=PROG):
-    """`ita-export` with parsed arguments (`ita_cli.export_parser`); returns the exit status."""
+def run(args: argparse.Namespace, prog: str = PROG) -> int:
+    """`ita-export` with parsed arguments (`build_parser`); returns the exit status."""
+    from .export import ITAExportError, ITAExportMismatchError, Tolerances, check_output_dir, export_onnx  # torch
+    from .runtime import import_onnx_extra
 
-    def report(message):
+    def report(message: object) -> None:
         print(f"{prog}: error: {message}", file=sys.stderr)
 
     try:
@@ -55,6 +89,7 @@ def run(args, prog=PROG):
         f"{check['labels']['compared']} pixels differ)"
     )
     return 0
+
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_tiny_model
 from PIL import Image
 
-from ita_segmentation.apps.cli import SUMMARY_FIELDS, main, write_label_map
+from ita_segmentation.apps.cli import main
+from ita_segmentation.apps.outputs import SUMMARY_FIELDS, write_label_map
 from ita_segmentation.apps.visualization import color_palette, colorize_label_map, legend_entries, overlay
-
-from conftest import save_tiny_model
 
 LABELS = ["cat", "sofa,couch", "wall"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,12 +243,14 @@ def test_an_output_that_would_replace_an_input_is_refused(model_dir, tmp_path, c
 
 
 def _imports_after(call):
+    """Run `call` (an expression, or statements setting `status`) in a fresh interpreter; returns its exit
+    status, whether torch and transformers were imported, and the output."""
     code = (
         "import sys, ita_cli\n"
         f"try:\n    status = {call}\nexcept SystemExit as exit:\n    status = exit.code\n"
         "print(status, 'torch' in sys.modules, 'transformers' in sys.modules)"
     )
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     return completed.stdout.split()[-3:], completed.stdout + completed.stderr
 
 
@@ -257,19 +259,39 @@ def _imports_after(call):
     [
         ("ita_cli.segment(['--help'])", "0"),
         ("ita_cli.segment(['photo.jpg', '--labels', 'cat'])", "2"),  # no --model, no --output
+        ("ita_cli.segment(['photo.jpg', '--labels', 'cat', '--model', 'm', '--output', 'o', '--dtype', 'int8'])", "2"),
         ("ita_cli.evaluate(['--help'])", "0"),
         ("ita_cli.evaluate(['--model', 'm', '--benchmark', 'coco', '--data-dir', 'd', '--output', 'o'])", "2"),
         ("ita_cli.evaluate(['--model', 'm', '--benchmark', 'ade150', '--output', 'o'])", "2"),  # no data
+        ("ita_cli.evaluate(['--model', 'm', '--benchmark', 'ade150', '--data-dir', 'd', '--output', 'o', "
+         "'--backend', 'tensorrt'])", "2"),
         ("ita_cli.convert(['--help'])", "0"),
         ("ita_cli.convert(['--checkpoint', 'missing.pth', '--output', 'o'])", "2"),
         ("ita_cli.export(['--help'])", "0"),
         ("ita_cli.export(['--model', 'm', '--output', 'o', '--rtol', '-1'])", "2"),
+        ("ita_cli.web(['--help'])", "0"),
+        ("ita_cli.web(['--port', 'eighty'])", "2"),
+        ("__import__('runpy').run_path('app.py', run_name='__main__') if not sys.argv.extend(['--help']) else 1", "0"),
+        ("__import__('runpy').run_module('ita_segmentation', run_name='__main__') "
+         "if not sys.argv.extend(['--help']) else 1", "0"),
+        ("__import__('runpy').run_module('ita_segmentation', run_name='__main__') "
+         "if not sys.argv.extend(['--batch-size', 'two']) else 1", "2"),
     ],
 )
 def test_help_and_usage_errors_come_before_torch_is_imported(call, status):
     (code, torch_imported, transformers_imported), output = _imports_after(call)
     assert code == status, output
     assert (torch_imported, transformers_imported) == ("False", "False"), output
+
+
+def test_an_unknown_task_is_a_usage_error(model_dir, tmp_path, capsys):
+    # --task is checked against the pipeline's SUBTASKS, after the parser (the model folder imports torch).
+    image = save_image(tmp_path / "a.png", 20, 20)
+    status = main([str(image), "--labels", "cat", "--model", str(model_dir), "--output", str(tmp_path / "out"),
+                   "--task", "depth"])
+    assert status == 2
+    assert "--task: invalid choice 'depth' (choose from semantic, panoptic, instance)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_console_scripts_and_python_m():
@@ -283,7 +305,7 @@ def test_console_scripts_and_python_m():
     scripts = {name.strip(): target.strip() for name, target in lines}
     assert scripts == {"ita-segment": "ita_cli:segment", "ita-evaluate": "ita_cli:evaluate",
                        "ita-convert": "ita_cli:convert", "ita-train": "ita_cli:train",
-                       "ita-web": "ita_segmentation.apps.web:main", "ita-export": "ita_cli:export"}
+                       "ita-web": "ita_cli:web", "ita-export": "ita_cli:export"}
     for target in [target for target in scripts.values() if target.startswith("ita_cli:")]:
         assert callable(getattr(ita_cli, target.split(":")[1]))
     assert "ita_cli" in setup["options"]["py_modules"].split()

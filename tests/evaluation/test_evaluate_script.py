@@ -15,11 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_model
 from PIL import Image
 
 from image_processing_ita import ITAImageProcessor
-from modeling_ita import ITAProcessor
 from ita_segmentation.evaluation import BENCHMARKS, SegmentationConfusionMatrix, get_benchmark, load_benchmark
+from ita_segmentation.evaluation import cli as evaluate_cli
+
+# `evaluate_cli.run` imports the runner when it runs: the model loader is replaced where it is defined.
+from ita_segmentation.evaluation import runner as evaluation_runner
+from ita_segmentation.evaluation.cli import parse_args as parse_evaluate_args
 from ita_segmentation.evaluation.runner import (
     PUBLISHED_FC_CLIP_MIOU,
     BenchmarkDataError,
@@ -29,8 +34,7 @@ from ita_segmentation.evaluation.runner import (
     plan_batches,
     write_results_table,
 )
-
-from conftest import save_tiny_model
+from modeling_ita import ITAProcessor
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_SIZE = {"shortest_edge": 64, "longest_edge": 96}
@@ -39,9 +43,6 @@ IMAGE_SIZES = [(40, 30), (40, 30), (30, 45)]
 RAW_VOC = 1  # index of the raw VOCdevkit layout of pas20/pas21
 SCORES = {"mIoU": "mean_iou", "fwIoU": "frequency_weighted_iou", "mACC": "mean_accuracy", "pACC": "overall_accuracy"}
 
-
-import ita_cli
-from ita_segmentation.evaluation import cli as evaluate_cli
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def model_and_processor(model_dir):
 def script_reuses_the_model(monkeypatch, model_and_processor):
     """Let `main` take the already loaded model (and its cache of encoded vocabularies) instead of reading the
     folder again; the tests that exercise loading leave this fixture out."""
-    monkeypatch.setattr(evaluate_cli, "load_model_and_processor", lambda *args, **kwargs: model_and_processor)
+    monkeypatch.setattr(evaluation_runner, "load_model_and_processor", lambda *args, **kwargs: model_and_processor)
 
 
 def write_split(root, name, layout_index=0, image_sizes=IMAGE_SIZES, seed=0):
@@ -312,9 +313,9 @@ def test_vocabulary_file_override(tmp_path, model_dir, model_and_processor, scri
     argv = ["--model", str(model_dir), "--benchmark", "pas21", "pc59", "--data-dir", str(data_dir), "--output",
             str(output), "--vocabulary-file", str(vocabulary_file)]
     with pytest.raises(SystemExit) as exit_info:
-        ita_cli.parse_evaluate_args(argv)
+        parse_evaluate_args(argv)
     assert exit_info.value.code == 2
-    args = ita_cli.parse_evaluate_args(argv[:-1] + [f"pas21={vocabulary_file}"])
+    args = parse_evaluate_args(argv[:-1] + [f"pas21={vocabulary_file}"])
     assert args.vocabulary_files == {"pas21": vocabulary_file}
 
 
@@ -363,7 +364,7 @@ def test_hub_dataset_with_label_reduction(tmp_path, model_dir, model_and_process
     assert report["protocol"]["data"] == {"hub_dataset": str(tmp_path / "hub"), "split": "validation"}
 
     with pytest.raises(SystemExit):  # one benchmark per Hub dataset
-        ita_cli.parse_evaluate_args(argv[:4] + ["pas21"] + argv[4:])
+        parse_evaluate_args(argv[:4] + ["pas21"] + argv[4:])
 
 
 def test_results_table_lists_every_benchmark_in_the_folder(tmp_path):
@@ -414,7 +415,7 @@ def test_every_bad_label_map_is_named_before_the_model_is_loaded(tmp_path, model
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the data was checked")
 
-    monkeypatch.setattr(evaluate_cli, "load_model_and_processor", no_model)
+    monkeypatch.setattr(evaluation_runner, "load_model_and_processor", no_model)
     argv = ["--model", str(model_dir), "--benchmark", "ade150", "--data-dir", str(tmp_path / "data"), "--output",
             str(tmp_path / "out"), "--num-workers", "0", "--no-progress"]
     assert evaluate_cli.main(argv) == 1
@@ -427,7 +428,7 @@ def test_every_bad_label_map_is_named_before_the_model_is_loaded(tmp_path, model
     assert not (tmp_path / "out").exists()
 
     # Asked to, it leaves them out, says how many, and records them with the results.
-    monkeypatch.setattr(evaluate_cli, "load_model_and_processor", load_model_and_processor)
+    monkeypatch.setattr(evaluation_runner, "load_model_and_processor", load_model_and_processor)
     assert evaluate_cli.main(argv + ["--skip-bad-samples"]) == 0
     err = capsys.readouterr().err
     assert "Leaving out 3 of the 5 samples of A-150 (--skip-bad-samples)" in err
@@ -526,7 +527,7 @@ def test_own_dataset_needs_its_class_list(tmp_path, model_dir, capsys):
     assert evaluate_cli.main(argv) == 1
     assert "Cannot tell the class names" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # --data-dir is the benchmarks' root
-        ita_cli.parse_evaluate_args(argv + ["--data-dir", str(tmp_path)])
+        parse_evaluate_args(argv + ["--data-dir", str(tmp_path)])
 
 
 def test_two_processes_give_the_numbers_of_one(tmp_path, model_dir, model_and_processor):

@@ -1,0 +1,64 @@
+"""The image files `ita-segment` reads: files named on the command line, and the image files of folders.
+
+Standard library only, so that the command line can name the extensions in its `--help` before torch is imported.
+"""
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["IMAGE_EXTENSIONS", "find_images"]
+
+# The suffixes by which a folder's files are taken as images (files named explicitly are read whatever theirs).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _own_outputs(folder: Path) -> set[Path]:
+    """The files in `folder` that an earlier `ita-segment` run wrote: each `<stem>.json` summary that names its
+    overlay and label map, and those two files."""
+    outputs: set[Path] = set()
+    for summary_path in folder.glob("*.json"):
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        stem = summary_path.stem
+        if (
+            isinstance(summary, dict)
+            and summary.get("overlay") == f"{stem}_overlay.png"
+            and summary.get("label_map") == f"{stem}_labels.png"
+        ):
+            outputs.update(folder / name for name in (summary_path.name, f"{stem}_overlay.png", f"{stem}_labels.png"))
+    return outputs
+
+
+def find_images(
+    inputs: Iterable[str | Path], skipped: list[Path] | None = None
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand files and folders into image files. Returns `(images, problems)`: folders contribute their
+    image files (by extension, not recursive, sorted by name), except the overlays and label maps an earlier run
+    of `ita-segment` wrote there (added to the list `skipped` when given); a path that does not exist is a
+    problem `(path, message)`. Files named explicitly are kept whatever their extension."""
+    images: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            own_outputs = _own_outputs(path)
+            found = []
+            for child in sorted(path.iterdir()):
+                if not child.is_file() or child.suffix.lower() not in IMAGE_EXTENSIONS or child.name.startswith("."):
+                    continue
+                if child in own_outputs:
+                    if skipped is not None:
+                        skipped.append(child)
+                    continue
+                found.append(child)
+            if not found:
+                problems.append((path, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder"))
+            images.extend(found)
+        elif path.is_file():
+            images.append(path)
+        else:
+            problems.append((path, "no such file or folder"))
+    return images, problems

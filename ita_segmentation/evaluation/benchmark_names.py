@@ -1,0 +1,25 @@
+"""The registered benchmarks' names and display names, light to import (standard library only), so that
+`ita-evaluate --benchmark` is checked before torch and `datasets` are imported. `benchmarks.BENCHMARKS` holds
+the rest of each benchmark (class list, ignore index, folders)."""
+
+__all__ = ["BENCHMARK_DISPLAY_NAMES", "benchmark_name"]
+
+# name -> display name, in the order of the papers' tables.
+BENCHMARK_DISPLAY_NAMES = {
+    "ade150": "A-150",
+    "ade847": "A-847",
+    "pc59": "PC-59",
+    "pc459": "PC-459",
+    "pas20": "PAS-20",
+    "pas21": "PAS-21",
+}
+
+
+def benchmark_name(value: str) -> str:
+    """The registered name of a benchmark given by name or display name, in any case, with or without `-`/`_`
+    (`"A-150"`, `"ade_150"` -> `"ade150"`); a `KeyError` listing the registered names otherwise."""
+    key = value.lower().replace("-", "").replace("_", "")
+    for name, display_name in BENCHMARK_DISPLAY_NAMES.items():
+        if key in (name, display_name.lower().replace("-", "")):
+            return name
+    raise KeyError(f"Unknown benchmark {value!r}; registered: {', '.join(BENCHMARK_DISPLAY_NAMES)}")
