@@ -109,7 +109,7 @@ def test_command_line_examples_run(model_dir, image_path, tmp_path, capsys):
 
 
 def test_json_fields_are_documented():
-    from ita_segmentation.apps.cli import SEGMENT_FIELDS, SUMMARY_FIELDS
+    from ita_segmentation.apps.outputs import SEGMENT_FIELDS, SUMMARY_FIELDS
 
     table = README.read_text().split("The JSON file:")[1].split("\n\n")[1]
     documented = {cell.strip("` ") for row in table.splitlines()[2:] for cell in row.split("|")[1].split(",")}
