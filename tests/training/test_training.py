@@ -1,5 +1,5 @@
 """Training: arguments, optimiser groups, schedule, metrics, evaluation, resume, two processes
-(ita_segmentation/training.py, scripts/train.py)."""
+(ita_segmentation/training/, scripts/train.py)."""
 
 import json
 import os
@@ -20,24 +20,19 @@ from transformers.trainer_utils import EvalPrediction
 from image_processing_ita import ITAImageProcessor
 from ita_segmentation.segmentation_data import load_segmentation_dataset
 from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES
+from ita_segmentation.training.arguments import ITADataArguments, ITAModelArguments, ITATrainingArguments
 from ita_segmentation.training.data import IGNORE_LABEL
-from ita_segmentation.training.trainer import (
+from ita_segmentation.training.loading import load_model
+from ita_segmentation.training.metrics import ITASegmentationMetrics
+from ita_segmentation.training.precompute import precompute_dominant_categories
+from ita_segmentation.training.recipe import (
     COCO_DECAY_STEPS,
     COCO_MAX_ITER,
-    ITADataArguments,
-    ITAModelArguments,
-    ITASegmentationMetrics,
-    ITATrainer,
-    ITATrainingArguments,
     StepLRSchedule,
     build_parameter_groups,
-    build_trainer,
-    load_model,
-    main,
-    parse_arguments,
-    precompute_dominant_categories,
     scaled_decay_steps,
 )
+from ita_segmentation.training.trainer import ITATrainer, build_trainer, main, parse_arguments
 from modeling_ita import ITAForOpenVocabSegmentation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,7 +146,7 @@ def test_step_schedule_scales_cocos_milestones_to_max_steps(tmp_path):
     trainer.create_optimizer_and_scheduler(num_training_steps=100)
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
     rates = []
-    for step in range(100):
+    for _ in range(100):
         rates.append([group["lr"] for group in trainer.optimizer.param_groups])
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
