@@ -11,12 +11,13 @@ numbers. Module names follow the original predictor so that its weights convert 
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils.generic import ModelOutput
 
 from configuration_ita import ITAConfig
 
@@ -26,6 +27,7 @@ from .vocabulary import ITAVocabulary
 
 __all__ = [
     "ITADecoderOutput",
+    "ITADecoderPrediction",
     "ITAMaskedCrossAttention",
     "ITAQuerySelfAttention",
     "ITADecoderFeedForward",
@@ -33,6 +35,7 @@ __all__ = [
     "ITAAggregationDecoder",
     "attention_mask_logits",
     "masked_attention_mask",
+    "open_fully_blocked_queries",
 ]
 
 
@@ -40,7 +43,7 @@ __all__ = [
 HEAD_MLP_LAYERS = 3
 
 
-def _xavier_uniform_matrices(module):
+def _xavier_uniform_matrices(module: nn.Module) -> None:
     # The original re-initialises every matrix of a sub-layer (attention projections included) with
     # Xavier-uniform after torch's default init; biases and norms keep torch's init.
     for parameter in module.parameters():
@@ -61,7 +64,7 @@ class _ITAPostNormAttention(nn.Module):
         self.dropout = nn.Dropout(config.decoder_dropout)
         self._reset_parameters()
 
-    def _reset_parameters(self):
+    def _reset_parameters(self) -> None:
         _xavier_uniform_matrices(self)
 
 
@@ -93,7 +96,7 @@ class ITAMaskedCrossAttention(_ITAPostNormAttention):
         query_weight, key_weight, value_weight = attention.in_proj_weight.chunk(3)
         query_bias, key_bias, value_bias = attention.in_proj_bias.chunk(3)
 
-        def split_heads(x):  # [B, L, C] -> [B, heads, L, C / heads]
+        def split_heads(x: Tensor) -> Tensor:  # [B, L, C] -> [B, heads, L, C / heads]
             return x.view(batch, x.shape[1], heads, channels // heads).transpose(1, 2)
 
         query = split_heads(F.linear(queries + query_pos, query_weight, query_bias))
@@ -125,7 +128,8 @@ class ITAQuerySelfAttention(_ITAPostNormAttention):
     def forward(self, queries: Tensor, query_pos: Tensor) -> Tensor:
         queries_with_pos = queries + query_pos
         attended, _ = self.attention(query=queries_with_pos, key=queries_with_pos, value=queries, need_weights=False)
-        return self.norm(queries + self.dropout(attended))
+        output: Tensor = self.norm(queries + self.dropout(attended))
+        return output
 
 
 class ITADecoderFeedForward(nn.Module):
@@ -139,15 +143,16 @@ class ITADecoderFeedForward(nn.Module):
         self.dropout = nn.Dropout(config.decoder_dropout)
         self._reset_parameters()
 
-    def _reset_parameters(self):
+    def _reset_parameters(self) -> None:
         _xavier_uniform_matrices(self)
 
     def forward(self, queries: Tensor) -> Tensor:
         hidden = self.linear2(self.dropout(F.relu(self.linear1(queries))))
-        return self.norm(queries + self.dropout(hidden))
+        output: Tensor = self.norm(queries + self.dropout(hidden))
+        return output
 
 
-class ITAAggregationDecoderLayer(GradientCheckpointingLayer):
+class ITAAggregationDecoderLayer(GradientCheckpointingLayer):  # type: ignore[no-untyped-call]
     """Masked cross-attention -> self-attention (only if `config.decoder_self_attention`) -> FFN.
 
     Call it with positional tensors: under gradient checkpointing they are what gets replayed.
@@ -186,41 +191,68 @@ def attention_mask_logits(mask_logits: Tensor, size: Sequence[int] | None = None
     return mask_logits.flatten(2)
 
 
-def masked_attention_mask(mask_logits: Tensor, size: Sequence[int] | None = None, blocked: Tensor | None = None) -> Tensor:
+def masked_attention_mask(mask_logits: Tensor, size: Sequence[int] | None = None) -> Tensor:
     """Cross-attention mask for the next layer from the current mask predictions.
 
     Args:
         mask_logits: `[B, Q, H, W]` mask logits.
         size: `(h, w)` of the feature level the next layer attends to; the logits are resized to it
             bilinearly. None: they already have that size.
-        blocked: bool `[B, Q, h * w]`, the threshold's result to use instead of computing it (the ONNX export's
-            check runs the decoder on the exported graph's).
 
     Returns:
-        Bool `[B, 1, Q, h * w]` (one mask for all heads), True where a query may not attend (its mask's
-        sigmoid is below 0.5 there). A query blocked everywhere is let attend everywhere instead, so that
-        its attention softmax stays defined.
+        Bool `[B, 1, Q, h * w]` (one mask for all heads), True where a query may not attend: where its mask's
+        sigmoid is below 0.5 (`open_fully_blocked_queries` then lets a query blocked everywhere attend everywhere).
     """
-    if blocked is None:
-        blocked = attention_mask_logits(mask_logits, size).sigmoid() < 0.5  # no gradient (torch.no_grad)
+    blocked = attention_mask_logits(mask_logits, size).sigmoid() < 0.5  # no gradient (torch.no_grad)
+    return open_fully_blocked_queries(blocked)
+
+
+def open_fully_blocked_queries(blocked: Tensor) -> Tensor:
+    """Bool `[B, Q, h * w]` blocked cells -> the attention mask `[B, 1, Q, h * w]`: a query blocked everywhere is let
+    attend everywhere instead, so that its attention softmax stays defined."""
     blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
     return blocked.unsqueeze(1)
 
 
 @dataclass
-class ITADecoderOutput:
-    """What the decoder returns.
+class ITADecoderPrediction(ModelOutput):
+    """One prediction of the decoder's queries (of the initial queries or after a layer).
 
-    Attributes:
-        predictions: `(class_logits [B, Q, K + 1], mask_logits [B, Q, H/4, W/4])` pairs: one per layer input and
-            the last (`decoder_layers + 1`), or only the last one.
+    Args:
+        class_queries_logits: `[B, Q, K + 1]` class logits of the in-vocabulary classifier, void last.
+        masks_queries_logits: `[B, Q, H/4, W/4]` mask logits.
+    """
+
+    class_queries_logits: Tensor | None = None
+    masks_queries_logits: Tensor | None = None
+
+
+@dataclass
+class ITADecoderOutput(ModelOutput):
+    """What the decoder returns (Mask2Former's `Mask2FormerMaskedAttentionDecoderOutput`).
+
+    Args:
+        class_queries_logits: `[B, Q, K + 1]` the last layer's class logits, void last.
+        masks_queries_logits: `[B, Q, H/4, W/4]` the last layer's mask logits.
+        auxiliary_predictions: the predictions of the initial queries and of every layer but the last
+            (`decoder_layers` of them), with `output_intermediate_predictions`.
+        last_hidden_state: `[B, Q, C]` the last layer's queries.
         hidden_states: the queries `[B, Q, C]` entering each layer, then the last layer's output (asked for).
         attentions: each layer's cross-attention weights `[B, heads, Q, h_l * w_l]` (asked for).
     """
 
-    predictions: list = field(default_factory=list)
-    hidden_states: tuple | None = None
-    attentions: tuple | None = None
+    class_queries_logits: Tensor | None = None
+    masks_queries_logits: Tensor | None = None
+    auxiliary_predictions: tuple[ITADecoderPrediction, ...] | None = None
+    last_hidden_state: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor | None, ...] | None = None
+
+
+def _given(tensor: Tensor | None) -> Tensor:
+    """A field of a typed output that this module always fills."""
+    assert tensor is not None
+    return tensor
 
 
 class ITAAggregationDecoder(nn.Module):
@@ -254,7 +286,7 @@ class ITAAggregationDecoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.empty(()))
         self._reset_parameters()
 
-    def _reset_parameters(self):
+    def _reset_parameters(self) -> None:
         nn.init.constant_(self.logit_scale, self.config.logit_scale_init)
 
     def _mask_logits(self, normed_queries: Tensor, mask_features: Tensor) -> Tensor:
@@ -263,8 +295,8 @@ class ITAAggregationDecoder(nn.Module):
 
     def predict(
         self, queries: Tensor, mask_features: Tensor, classifier: Tensor, vocabulary: ITAVocabulary
-    ) -> tuple[Tensor, Tensor]:
-        """Class and mask logits of the current queries `[B, Q, C]` -> (`[B, Q, K + 1]`, `[B, Q, H/4, W/4]`)."""
+    ) -> ITADecoderPrediction:
+        """Class logits `[B, Q, K + 1]` and mask logits `[B, Q, H/4, W/4]` of the current queries `[B, Q, C]`."""
         queries = self.decoder_norm(queries)
         mask_logits = self._mask_logits(queries, mask_features)  # [B, Q, H/4, W/4]
         pooled = self.mask_pooling_proj(mask_pool(mask_features, mask_logits))  # [B, Q, C]
@@ -273,7 +305,7 @@ class ITAAggregationDecoder(nn.Module):
             self.class_embed(pooled + queries), classifier, logit_scale, vocabulary.synonym_to_class,
             vocabulary.num_classes,
         )  # [B, Q, K + 1]
-        return class_logits, mask_logits
+        return ITADecoderPrediction(class_queries_logits=class_logits, masks_queries_logits=mask_logits)
 
     def forward(
         self,
@@ -309,9 +341,10 @@ class ITAAggregationDecoder(nn.Module):
             )
         batch_size = mask_features.shape[0]
 
-        memories, memories_with_pos, level_sizes = [], [], []
+        memories, memories_with_pos = [], []
+        level_sizes: list[tuple[int, int]] = []
         for level, features in enumerate(multi_scale_features):
-            level_sizes.append(tuple(features.shape[-2:]))
+            level_sizes.append((features.shape[-2], features.shape[-1]))
             memory = features.flatten(2).transpose(1, 2) + self.level_embed.weight[level]  # [B, h*w, C]
             # The sine embedding is float32; follow the memory so a half-precision model stays in half.
             pos = self.position_embedding(features).flatten(2).transpose(1, 2).to(memory.dtype)  # [B, h*w, C]
@@ -338,12 +371,15 @@ class ITAAggregationDecoder(nn.Module):
             with torch.no_grad():
                 level_mask_features = resize_to_levels(mask_features, level_sizes)
 
-        predictions, hidden_states, attentions = [], [], []
+        auxiliary_predictions: list[ITADecoderPrediction] = []
+        hidden_states: list[Tensor] = []
+        attentions: list[Tensor | None] = []
         for i, layer in enumerate(self.layers):
             level = i % self.num_feature_levels
             if output_intermediate_predictions:
-                predictions.append(self.predict(queries, mask_features, classifier, vocabulary))
-                attention_mask = masked_attention_mask(predictions[-1][1], level_sizes[level])
+                prediction = self.predict(queries, mask_features, classifier, vocabulary)
+                auxiliary_predictions.append(prediction)
+                attention_mask = masked_attention_mask(_given(prediction.masks_queries_logits), level_sizes[level])
             else:
                 attention_mask = masked_attention_mask(
                     self._mask_logits(self.decoder_norm(queries), level_mask_features[level])
@@ -354,9 +390,12 @@ class ITAAggregationDecoder(nn.Module):
             )
             attentions.append(weights)
         hidden_states.append(queries)
-        predictions.append(self.predict(queries, mask_features, classifier, vocabulary))
+        prediction = self.predict(queries, mask_features, classifier, vocabulary)
         return ITADecoderOutput(
-            predictions=predictions,
+            class_queries_logits=prediction.class_queries_logits,
+            masks_queries_logits=prediction.masks_queries_logits,
+            auxiliary_predictions=tuple(auxiliary_predictions) if output_intermediate_predictions else None,
+            last_hidden_state=queries,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
         )

@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any, cast
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as hf_init
+from transformers.utils.generic import ModelOutput
 
 from configuration_ita import ITAConfig
 
 __all__ = [
     "ITACLIPBackbone",
+    "ITACLIPBackboneOutput",
     "build_causal_mask",
     "init_clip_weights",
     "load_open_clip_weights",
@@ -29,8 +34,33 @@ def build_causal_mask(length: int, device: torch.device | None = None, dtype: to
     return torch.full((length, length), float("-inf"), device=device, dtype=dtype).triu_(1)
 
 
+@dataclass
+class ITACLIPBackboneOutput(ModelOutput):
+    """The frozen CLIP trunk's dense features (`ITACLIPBackbone.extract_features`), named as in FC-CLIP.
+
+    Args:
+        res2: `[B, C_2, H/4, W/4]` the ConvNeXt trunk's first stage.
+        res3: `[B, C_3, H/8, W/8]` its second stage.
+        res4: `[B, C_4, H/16, W/16]` its third stage.
+        res5: `[B, C_5, H/32, W/32]` its last stage.
+        clip_vis_dense: `[B, C_5, H/32, W/32]` the last stage through the trunk's `norm_pre`: the dense CLIP
+            features that CLIP's own pooling head (`pooled_embeddings`) maps into the joint space.
+    """
+
+    res2: torch.Tensor | None = None
+    res3: torch.Tensor | None = None
+    res4: torch.Tensor | None = None
+    res5: torch.Tensor | None = None
+    clip_vis_dense: torch.Tensor | None = None
+
+    @property
+    def feature_maps(self) -> tuple[torch.Tensor, ...]:
+        """The four stages, finest first (strides 4, 8, 16, 32): the pixel decoder's input."""
+        return tuple(stage for stage in (self.res2, self.res3, self.res4, self.res5) if stage is not None)
+
+
 @functools.lru_cache(maxsize=4)
-def _tokenizer(context_length):
+def _tokenizer(context_length: int) -> Any:
     # The BPE vocabulary ships inside the open_clip wheel: building it needs no network.
     return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
 
@@ -47,8 +77,8 @@ class ITACLIPBackbone(nn.Module):
         clip_config = config.clip_config
         self.clip_model = open_clip.model.CLIP(
             embed_dim=clip_config["embed_dim"],
-            vision_cfg=dict(clip_config["vision_cfg"]),
-            text_cfg=dict(clip_config["text_cfg"]),
+            vision_cfg=dict(cast(dict[str, Any], clip_config["vision_cfg"])),
+            text_cfg=dict(cast(dict[str, Any], clip_config["text_cfg"])),
         )
         self.clip_model.requires_grad_(False)
         self.clip_model.eval()
@@ -70,24 +100,27 @@ class ITACLIPBackbone(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return self.clip_model.text_projection.shape[-1]
+        return int(self.clip_model.text_projection.shape[-1])
 
     @property
     def logit_scale(self) -> nn.Parameter:
-        return self.clip_model.logit_scale
+        logit_scale: nn.Parameter = self.clip_model.logit_scale
+        return logit_scale
 
     # ----------------------------------------------------------------------------------------------- image side
     @torch.no_grad()
-    def extract_features(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Dense features of the ConvNeXt trunk: `res2`..`res5` (stride 4..32) and `clip_vis_dense`."""
+    def extract_features(self, pixel_values: torch.Tensor) -> ITACLIPBackboneOutput:
+        """Dense features of the ConvNeXt trunk: its four stages `res2`..`res5` (stride 4..32) and `clip_vis_dense`."""
         trunk = self.clip_model.visual.trunk
-        features = {}
+        stages = []
         hidden = trunk.stem(pixel_values)
-        for i, stage in enumerate(trunk.stages):
+        for stage in trunk.stages:
             hidden = stage(hidden)
-            features[f"res{i + 2}"] = hidden  # [B, C_i, H / 2^(i+2), W / 2^(i+2)]
-        features["clip_vis_dense"] = trunk.norm_pre(hidden)
-        return features
+            stages.append(hidden)  # [B, C_i, H / 2^(i+2), W / 2^(i+2)]
+        res2, res3, res4, res5 = stages
+        return ITACLIPBackboneOutput(
+            res2=res2, res3=res3, res4=res4, res5=res5, clip_vis_dense=trunk.norm_pre(hidden)
+        )
 
     @torch.no_grad()
     def pooled_embeddings(self, pooled_features: torch.Tensor) -> torch.Tensor:
@@ -96,7 +129,8 @@ class ITACLIPBackbone(nn.Module):
         x = pooled_features.reshape(batch * num_queries, channels, 1, 1)
         x = self.clip_model.visual.trunk.head(x)  # LayerNorm2d + flatten
         x = self.clip_model.visual.head(x)  # MLP projection to the joint space
-        return x.view(batch, num_queries, -1)
+        embeddings: torch.Tensor = x.view(batch, num_queries, -1)
+        return embeddings
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -107,7 +141,8 @@ class ITACLIPBackbone(nn.Module):
     # ------------------------------------------------------------------------------------------------ text side
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """open_clip BPE tokens [N, context_length] (start token, text, end token, zero padding)."""
-        return _tokenizer(self.context_length)(list(texts))
+        tokens: torch.Tensor = _tokenizer(self.context_length)(list(texts))
+        return tokens
 
     @torch.no_grad()
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False, truncate_context: bool = True) -> torch.Tensor:
@@ -195,11 +230,11 @@ def init_clip_weights(clip_model: open_clip.model.CLIP) -> None:
     rebuild_causal_mask(clip_model)
 
 
-def _inside(module, container):
+def _inside(module: nn.Module, container: nn.Module) -> bool:
     return any(module is inner for inner in container.modules())
 
 
-def _torch_default_linear_init(linear):
+def _torch_default_linear_init(linear: nn.Linear) -> None:
     """`nn.Linear.reset_parameters`, through transformers' guarded init functions."""
     hf_init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
     if linear.bias is not None:
@@ -220,7 +255,7 @@ def rebuild_causal_mask(clip_model: open_clip.model.CLIP) -> None:
             mask.copy_(build_causal_mask(mask.shape[-1], device=mask.device, dtype=mask.dtype))
 
 
-def load_open_clip_weights(backbone: ITACLIPBackbone, checkpoint_path) -> ITACLIPBackbone:
+def load_open_clip_weights(backbone: ITACLIPBackbone, checkpoint_path: str | PathLike[str]) -> ITACLIPBackbone:
     """Fill `backbone.clip_model` from an open_clip checkpoint file, strictly.
 
     Use it to train from scratch with the original CLIP, e.g. the `open_clip_pytorch_model.bin` of

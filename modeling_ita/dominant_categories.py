@@ -11,8 +11,15 @@ from torch import Tensor, nn
 from configuration_ita import ITAConfig
 
 from .clip_backbone import ITACLIPBackbone
+from .kernels import kernel
 
-__all__ = ["ITADominantCategoryUnearthing", "clip_center_crop", "dense_image_embeddings"]
+__all__ = [
+    "ITADominantCategoryUnearthing",
+    "clip_center_crop",
+    "dense_image_embeddings",
+    "image_region_means",
+    "top_k_cycled",
+]
 
 
 def clip_center_crop(pixel_values: Tensor, image_sizes: Tensor, size: int) -> Tensor:
@@ -20,9 +27,11 @@ def clip_center_crop(pixel_values: Tensor, image_sizes: Tensor, size: int) -> Te
     resized to `size` (bicubic, antialiased), centre crop `size` x `size`. Input and output are CLIP-normalised:
     [B, 3, size, size].
 
-    The fallback when the processor's view (`dominant_category_pixel_values`) is not given. The original makes
-    the view with PIL on the 8-bit image, which resamples in two passes rounded to 8 bits: this tensor resize of
-    normalised values can differ from it by a few grey levels and flip near-ties of the ranking.
+    The model's only fallback for calls without the processor's view (`dominant_category_pixel_values`, made by
+    `image_processing_ita.clip_view`); the ONNX runtime uses it too. The two views crop the same region but
+    differ in their arithmetic: the processor resizes the 8-bit image with PIL, in two passes rounded to 8 bits,
+    as the original does; this resizes the normalised (and already resized) model input as floats, so the
+    pixels can differ by a few grey levels and flip near-ties of the ranking.
     """
     views = []
     for image, (height, width) in zip(pixel_values, image_sizes.tolist()):
@@ -37,30 +46,36 @@ def clip_center_crop(pixel_values: Tensor, image_sizes: Tensor, size: int) -> Te
     return torch.stack(views).to(pixel_values.dtype)
 
 
-def dense_image_embeddings(
-    backbone: ITACLIPBackbone, dense_features: Tensor, image_sizes: Tensor, padded_size: tuple[int, int]
-) -> Tensor:
-    """Image embeddings [B, D] (not normalised) from the main forward's dense CLIP features [B, C, h, w]: the
-    mean over the cells that cover each image (its unpadded region, rounded up to whole cells), then CLIP's own
-    pooling head, the way CLIP's image encoder pools its last stage."""
+@kernel
+def image_region_means(dense_features: Tensor, image_sizes: Tensor, padded_size: tuple[int, int]) -> Tensor:
+    """[B, C] float32: the mean of the dense features [B, C, h, w] over the cells that cover each image (its
+    unpadded region of the `padded_size` input, rounded up to whole cells)."""
     padded_height, padded_width = padded_size
     grid_height, grid_width = dense_features.shape[-2:]
-    if torch.compiler.is_exporting():  # the same cells without a loop over images: masked sums over the counts
-        sizes = image_sizes.to(dense_features.device)
-        rows = (sizes[:, 0] * grid_height + padded_height - 1) // padded_height  # ceil, in integers
-        columns = (sizes[:, 1] * grid_width + padded_width - 1) // padded_width
-        inside = (torch.arange(grid_height, device=sizes.device)[None, :, None] < rows[:, None, None]) & (
-            torch.arange(grid_width, device=sizes.device)[None, None, :] < columns[:, None, None]
-        )
-        inside = inside[:, None].float()  # [B, 1, h, w]
-        pooled = (dense_features.float() * inside).sum(dim=(-2, -1)) / inside.sum(dim=(-2, -1))
-        return backbone.pooled_embeddings(pooled[:, None].to(dense_features.dtype))[:, 0]
     pooled = []
     for features, (height, width) in zip(dense_features, image_sizes.tolist()):
         rows = math.ceil(height * grid_height / padded_height)
         columns = math.ceil(width * grid_width / padded_width)
         pooled.append(features[:, :rows, :columns].float().mean(dim=(-2, -1)))  # [C]
-    pooled = torch.stack(pooled)[:, None].to(dense_features.dtype)  # [B, 1, C]
+    return torch.stack(pooled)
+
+
+@kernel
+def top_k_cycled(scores: Tensor, k: int) -> Tensor:
+    """[B, k] indices of the k best of `scores` [B, N] per row, best first, ties in index order; with fewer than k
+    candidates the ranking is repeated until the k slots are full."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    slots = torch.arange(k, device=order.device) % order.shape[-1]
+    return order[:, slots]
+
+
+def dense_image_embeddings(
+    backbone: ITACLIPBackbone, dense_features: Tensor, image_sizes: Tensor, padded_size: tuple[int, int]
+) -> Tensor:
+    """Image embeddings [B, D] (not normalised) from the main forward's dense CLIP features [B, C, h, w]: the
+    mean over the cells that cover each image (`image_region_means`), then CLIP's own pooling head, the way CLIP's
+    image encoder pools its last stage."""
+    pooled = image_region_means(dense_features, image_sizes, padded_size)[:, None].to(dense_features.dtype)  # [B, 1, C]
     return backbone.pooled_embeddings(pooled)[:, 0]
 
 
@@ -79,7 +94,7 @@ class ITADominantCategoryUnearthing(nn.Module):
         self.projection = nn.Parameter(torch.empty(config.clip_embed_dim, config.hidden_dim))
         self._reset_parameters()
 
-    def _reset_parameters(self):
+    def _reset_parameters(self) -> None:
         nn.init.normal_(self.projection)
 
     @torch.no_grad()
@@ -105,14 +120,7 @@ class ITADominantCategoryUnearthing(nn.Module):
         probs = self.ranking_probabilities(
             backbone, pixel_values, image_sizes, candidate_embeddings, dense_features, views
         )
-        if torch.compiler.is_exporting():
-            # ONNX has no stable sort; its TopK puts the lower index first among ties, the stable sort's order.
-            # Tiling the ranking k times cycles it without a remainder by the symbolic candidate count.
-            order = torch.topk(probs, probs.shape[-1], dim=-1).indices
-            return order.repeat(1, self.num_categories)[:, : self.num_categories]
-        order = torch.sort(probs, dim=-1, descending=True, stable=True).indices
-        slots = torch.arange(self.num_categories, device=order.device) % order.shape[-1]
-        return order[:, slots]
+        return top_k_cycled(probs, self.num_categories)
 
     @torch.no_grad()
     def ranking_probabilities(
@@ -127,16 +135,13 @@ class ITADominantCategoryUnearthing(nn.Module):
         """[B, N] CLIP's zero-shot probabilities of the N candidates per image (what `rank` sorts)."""
         if self.features == "dense_features":
             if dense_features is None:
-                dense_features = backbone.extract_features(pixel_values)["clip_vis_dense"]
-            image_embeddings = dense_image_embeddings(backbone, dense_features, image_sizes, pixel_values.shape[-2:])
+                dense_features = backbone.extract_features(pixel_values).clip_vis_dense
+            assert dense_features is not None
+            padded_size = (pixel_values.shape[-2], pixel_values.shape[-1])
+            image_embeddings = dense_image_embeddings(backbone, dense_features, image_sizes, padded_size)
             image_embeddings = F.normalize(image_embeddings, dim=-1)  # [B, D]
         else:
             if views is None:
-                if torch.compiler.is_exporting():
-                    raise ValueError(
-                        "Exporting needs dominant_category_pixel_values: the views are crops to each image's own "
-                        "size, which a graph cannot hold (the processor makes them)"
-                    )
                 views = clip_center_crop(pixel_values, image_sizes, self.image_size)
             elif tuple(views.shape[-2:]) != (self.image_size, self.image_size) or views.shape[0] != pixel_values.shape[0]:
                 raise ValueError(

@@ -2,21 +2,23 @@
 
 import difflib
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils.generic import ModelOutput
 
 from configuration_ita import ITAConfig
 
-from .aggregation_decoder import ITAAggregationDecoder
+from .aggregation_decoder import ITAAggregationDecoder, ITADecoderPrediction
+from .classifiers import geometric_ensemble, out_of_vocabulary_logits
 from .clip_backbone import ITACLIPBackbone, init_clip_weights
 from .dominant_categories import ITADominantCategoryUnearthing
-from .classifiers import geometric_ensemble, out_of_vocabulary_logits
 from .loss import ITALoss
 from .pixel_decoder import ITAPixelDecoder
 from .vocabulary import ITAVocabulary, ITAVocabularyEncoder
@@ -41,8 +43,8 @@ class ITAOpenVocabSegmentationOutput(ModelOutput):
             (eval mode only): the class scores post-processing uses.
         dominant_category_ids: `[B, k]` indices into `candidate_names` of the text queries' names (ITA only).
         dominant_categories: the k chosen names per image (ITA only).
-        auxiliary_logits: the intermediate predictions, dicts with `class_queries_logits` and
-            `masks_queries_logits`, first to last.
+        auxiliary_logits: the intermediate predictions, first to last: `ITADecoderPrediction`s (`ModelOutput`s,
+            so also dicts) with `class_queries_logits` and `masks_queries_logits`.
         loss_dict: the unweighted loss terms.
         image_sizes: `[B, 2]` size of each image inside the padded batch.
         encoder_last_hidden_state: `[B, C_5, H/32, W/32]` the CLIP trunk's last stage (with `output_hidden_states`).
@@ -55,30 +57,30 @@ class ITAOpenVocabSegmentationOutput(ModelOutput):
             `output_attentions`. None of these is computed unless asked for.
     """
 
-    loss: torch.FloatTensor | None = None
-    class_queries_logits: torch.FloatTensor | None = None
-    masks_queries_logits: torch.FloatTensor | None = None
-    out_vocabulary_logits: torch.FloatTensor | None = None
-    ensemble_log_probs: torch.FloatTensor | None = None
-    dominant_category_ids: torch.LongTensor | None = None
-    dominant_categories: list | None = None
-    auxiliary_logits: list | None = None
-    loss_dict: dict | None = None
-    image_sizes: torch.LongTensor | None = None
-    encoder_last_hidden_state: torch.FloatTensor | None = None
-    pixel_decoder_last_hidden_state: torch.FloatTensor | None = None
-    transformer_decoder_last_hidden_state: torch.FloatTensor | None = None
-    encoder_hidden_states: tuple | None = None
-    pixel_decoder_hidden_states: tuple | None = None
-    transformer_decoder_hidden_states: tuple | None = None
-    attentions: tuple | None = None
+    loss: torch.Tensor | None = None
+    class_queries_logits: torch.Tensor | None = None
+    masks_queries_logits: torch.Tensor | None = None
+    out_vocabulary_logits: torch.Tensor | None = None
+    ensemble_log_probs: torch.Tensor | None = None
+    dominant_category_ids: torch.Tensor | None = None
+    dominant_categories: list[list[str]] | None = None
+    auxiliary_logits: list[ITADecoderPrediction] | None = None
+    loss_dict: dict[str, torch.Tensor] | None = None
+    image_sizes: torch.Tensor | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    pixel_decoder_last_hidden_state: torch.Tensor | None = None
+    transformer_decoder_last_hidden_state: torch.Tensor | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    pixel_decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    transformer_decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor | None, ...] | None = None
 
 
-class ITAPreTrainedModel(PreTrainedModel):
+class ITAPreTrainedModel(PreTrainedModel):  # type: ignore[no-untyped-call]
     config_class = ITAConfig
     base_model_prefix = "ita"
     main_input_name = "pixel_values"
-    input_modalities = ("image", "text")
+    input_modalities = ["image", "text"]
     supports_gradient_checkpointing = True
     _no_split_modules = ["ITACLIPBackbone"]
     # The loss normalises by the number of target masks across processes (Mask2Former's rule); the Trainer's
@@ -86,7 +88,7 @@ class ITAPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
 
     @torch.no_grad()
-    def _init_weights(self, module):
+    def _init_weights(self, module: nn.Module) -> None:
         # The original initialisation: each ITA module knows its own scheme (`_reset_parameters`), plain torch
         # modules keep torch's defaults, the frozen CLIP open_clip's and timm's. transformers' init guard turns
         # these into no-ops for loaded weights, so only what a checkpoint lacks is drawn.
@@ -95,13 +97,14 @@ class ITAPreTrainedModel(PreTrainedModel):
             return
         if getattr(module, "_ita_clip_part", False):
             return  # initialised with the whole CLIP above
-        if hasattr(module, "_reset_parameters"):
-            module._reset_parameters()
+        reset_parameters = getattr(module, "_reset_parameters", None)
+        if reset_parameters is not None:
+            reset_parameters()
         elif isinstance(module, (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.GroupNorm, nn.Embedding)):
             module.reset_parameters()
 
 
-class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
+class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untyped-call]
     """Open-vocabulary semantic segmentation with ITA (or FC-CLIP, by config): segment an image into any
     vocabulary chosen at call time."""
 
@@ -121,7 +124,7 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             extra_candidates=config.dominant_category_extra_names,
             batch_size=config.text_batch_size,
         )
-        self.post_init()
+        self.post_init()  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------------------------------------------ helpers
     def encode_vocabulary(self, class_names: list[str] | None = None) -> ITAVocabulary:
@@ -132,7 +135,11 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         )
 
     @staticmethod
-    def _image_sizes(pixel_values, pixel_mask, image_sizes):
+    def _image_sizes(
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None,
+        image_sizes: torch.Tensor | Sequence[Sequence[int]] | None,
+    ) -> torch.Tensor:
         if image_sizes is not None:
             return torch.as_tensor(image_sizes, dtype=torch.long, device=pixel_values.device).view(-1, 2)
         if pixel_mask is not None:
@@ -164,6 +171,8 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         processor's CLIP views of the images."""
         if self.dominant_categories is None:
             return None, None
+        if vocabulary.name_embeddings is None or vocabulary.text_query_embeddings is None:
+            raise ValueError("This vocabulary has no name embeddings: encode it with model.encode_vocabulary()")
         if dominant_category_ids is None:
             dominant_category_ids = self.dominant_categories.rank(
                 self.backbone,
@@ -182,8 +191,8 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
                     f"(its synonyms plus {list(self.config.dominant_category_extra_names)}), got values in "
                     f"[{int(dominant_category_ids.min())}, {int(dominant_category_ids.max())}]"
                 )
-        if vocabulary.missing_from_bank:
-            chosen = [vocabulary.candidate_names[i] for i in dominant_category_ids.unique().tolist()]
+        if vocabulary.missing_from_bank and vocabulary.candidate_names is not None:
+            chosen = [vocabulary.candidate_names[i] for i in torch.unique(dominant_category_ids).tolist()]
             vocabulary.warn_missing_from_bank(chosen, stacklevel=3)
         name_embeddings = vocabulary.text_query_embeddings[dominant_category_ids]  # [B, k, D]
         return self.dominant_categories(name_embeddings), dominant_category_ids
@@ -204,8 +213,8 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
-    ) -> ITAOpenVocabSegmentationOutput | tuple:
+        **kwargs: Any,
+    ) -> ITAOpenVocabSegmentationOutput | tuple[Any, ...]:
         r"""
         Args:
             pixel_values: `[B, 3, H, W]` CLIP-normalised images, padded (see `ITAImageProcessor`).
@@ -246,7 +255,10 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
 
         # Frozen CLIP -> pixel decoder (the detail enhancement module)
         features = self.backbone.extract_features(pixel_values)
-        mask_features, multi_scale_features = self.pixel_decoder([features[f"res{i}"] for i in range(2, 6)])
+        clip_dense_features = features.clip_vis_dense  # [B, C_5, H/32, W/32]
+        assert clip_dense_features is not None
+        pixel_decoded = self.pixel_decoder(features.feature_maps)
+        mask_features, multi_scale_features = pixel_decoded.mask_features, pixel_decoded.multi_scale_features
 
         # Dominant category unearthing -> text queries
         text_queries, dominant_category_ids = self.unearth_dominant_categories(
@@ -254,7 +266,7 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             image_sizes,
             vocabulary,
             dominant_category_ids,
-            features["clip_vis_dense"],
+            clip_dense_features,
             dominant_category_pixel_values,
         )
 
@@ -270,14 +282,11 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        class_queries_logits, masks_queries_logits = decoded.predictions[-1]
-        auxiliary = [
-            {"class_queries_logits": logits, "masks_queries_logits": masks}
-            for logits, masks in decoded.predictions[:-1]
-        ]
+        class_queries_logits, masks_queries_logits = decoded.class_queries_logits, decoded.masks_queries_logits
+        auxiliary = list(decoded.auxiliary_predictions or ())
 
         loss = loss_dict = None
-        if mask_labels is not None:
+        if mask_labels is not None and class_labels is not None:
             self._check_labels(mask_labels, class_labels, vocabulary.num_classes, pixel_values.shape[-2:])
             loss_dict = self.criterion(
                 class_queries_logits, masks_queries_logits, mask_labels, class_labels,
@@ -289,7 +298,7 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
         out_vocabulary_logits = ensemble_log_probs = None
         if not self.training:
             out_vocabulary_logits, valid = out_of_vocabulary_logits(
-                self.backbone, features["clip_vis_dense"], masks_queries_logits, classifier, vocabulary,
+                self.backbone, clip_dense_features, masks_queries_logits, classifier, vocabulary,
                 self.config.logit_scale_max,
             )
             ensemble_log_probs = geometric_ensemble(
@@ -299,8 +308,8 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             )
 
         dominant_categories = None
-        # Names are Python strings: an exported graph returns the ids only.
-        if dominant_category_ids is not None and not torch.compiler.is_exporting():
+        # Names are Python strings: a vocabulary made of tensors only (the ONNX graph's) has none, and gives the ids.
+        if dominant_category_ids is not None and vocabulary.candidate_names is not None:
             names = vocabulary.candidate_names
             dominant_categories = [[names[i] for i in row] for row in dominant_category_ids.tolist()]
 
@@ -318,16 +327,21 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
             attentions=decoded.attentions,
         )
         if output_hidden_states:
-            output.encoder_hidden_states = tuple(features[f"res{i}"] for i in range(2, 6))
-            output.encoder_last_hidden_state = features["res5"]
+            output.encoder_hidden_states = features.feature_maps
+            output.encoder_last_hidden_state = features.res5
             output.pixel_decoder_hidden_states = (*multi_scale_features, mask_features)
             output.pixel_decoder_last_hidden_state = mask_features
             output.transformer_decoder_hidden_states = decoded.hidden_states
-            output.transformer_decoder_last_hidden_state = decoded.hidden_states[-1]
+            output.transformer_decoder_last_hidden_state = decoded.last_hidden_state
         return output if return_dict else output.to_tuple()
 
     @staticmethod
-    def _check_labels(mask_labels, class_labels, num_classes, padded_size):
+    def _check_labels(
+        mask_labels: list[torch.Tensor],
+        class_labels: list[torch.Tensor],
+        num_classes: int,
+        padded_size: Sequence[int],
+    ) -> None:
         if len(mask_labels) != len(class_labels):
             raise ValueError(f"mask_labels has {len(mask_labels)} images but class_labels has {len(class_labels)}")
         for i, (masks, labels) in enumerate(zip(mask_labels, class_labels)):
@@ -344,11 +358,12 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):
                 )
 
 
-def _unexpected_arguments_message(kwargs, function):
+def _unexpected_arguments_message(kwargs: dict[str, Any], function: Callable[..., Any]) -> str:
     """`TypeError` text naming each unknown keyword argument and the closest real one."""
     known = [name for name in inspect.signature(function).parameters if name != "kwargs"]
     parts = []
     for name in kwargs:
         close = difflib.get_close_matches(name, known, n=1)
         parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    return f"{type(function.__self__).__name__}.forward() got unexpected keyword arguments: {', '.join(parts)}"
+    owner = type(getattr(function, "__self__", None)).__name__
+    return f"{owner}.forward() got unexpected keyword arguments: {', '.join(parts)}"

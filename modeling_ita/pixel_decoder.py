@@ -7,23 +7,27 @@ a 1x1 conv gives the mask features.
 
 Sub-module names follow the original state dict (`sem_seg_head.pixel_decoder.*`), so converting a
 checkpoint is a prefix rename. Deformable attention is written with `F.grid_sample` (`kernels.py`): it is
-exact, differentiable and needs no compiled operator, on CPU or GPU.
+exact, differentiable and needs no compiled operator, on CPU or GPU; `kernels.py` chooses its fast path.
 """
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import initialization as hf_init
+from transformers.utils.generic import ModelOutput
 
 from configuration_ita import ITAConfig
 
-from .kernels import conv2d, deformable_attention, deformable_value_maps, token_chunked, tokens_to_maps
+from .kernels import conv2d, deformable_attention, tokens_to_maps, use_kernel_forward
 from .layers import ITASinePositionEmbedding
 
 __all__ = [
+    "ITAPixelDecoderOutput",
     "ITAMultiScaleDeformableAttention",
     "ITAPixelDecoderEncoderLayer",
     "ITAPixelDecoderEncoder",
@@ -31,6 +35,20 @@ __all__ = [
     "ITAConv2dNormActivation",
     "ITAPixelDecoder",
 ]
+
+
+@dataclass
+class ITAPixelDecoderOutput(ModelOutput):
+    """What the pixel decoder returns (Mask2Former's `Mask2FormerPixelDecoderOutput`).
+
+    Args:
+        mask_features: `[B, mask_dim, H/4, W/4]`, the per-pixel embeddings the queries' mask embeddings meet.
+        multi_scale_features: the `num_feature_levels` encoded maps `[B, pixel_decoder_dim, h_l, w_l]`, coarsest
+            first (strides 32, 16, 8): the levels the decoder's layers attend to in turn.
+    """
+
+    mask_features: Tensor | None = None
+    multi_scale_features: tuple[Tensor, ...] | None = None
 
 
 class ITAMultiScaleDeformableAttention(nn.Module):
@@ -56,7 +74,7 @@ class ITAMultiScaleDeformableAttention(nn.Module):
         self.output_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self._reset_parameters()
 
-    def _sampling_offset_ring(self):
+    def _sampling_offset_ring(self) -> Tensor:
         """The initial offset bias: head h points along angle 2*pi*h/heads, point p at distance p + 1.
 
         Directions are scaled so that their larger coordinate is 1, so the first point of each head
@@ -70,7 +88,7 @@ class ITAMultiScaleDeformableAttention(nn.Module):
         ring = directions[:, None, None, :] * distances[None, None, :, None]  # [heads, 1, points, 2]
         return ring.expand(-1, self.num_levels, -1, -1).flatten()
 
-    def _reset_parameters(self):
+    def _reset_parameters(self) -> None:
         nn.init.constant_(self.sampling_offsets.weight, 0.0)
         # transformers' `copy_` skips a tensor already loaded from a checkpoint, like the torch.nn.init
         # functions do while transformers initialises missing weights.
@@ -80,23 +98,6 @@ class ITAMultiScaleDeformableAttention(nn.Module):
         for projection in (self.value_proj, self.output_proj):
             nn.init.xavier_uniform_(projection.weight)
             nn.init.constant_(projection.bias, 0.0)
-
-    def value_maps(self, value: Tensor, spatial_shapes: Sequence[tuple[int, int]]) -> list[Tensor]:
-        """Projected values `[B, S, d]` -> per-level maps, the input of `attend`."""
-        batch = value.shape[0]
-        value = self.value_proj(value).view(batch, -1, self.num_heads, self.embed_dim // self.num_heads)
-        return deformable_value_maps(value, spatial_shapes)
-
-    def attend(
-        self, query: Tensor, value_maps: list[Tensor], reference_points: Tensor, spatial_shapes: Sequence[tuple[int, int]]
-    ) -> Tensor:
-        """Attention of `query` `[B, Lq, d]` (any subset of the queries, with their `reference_points`
-        `[B or 1, Lq, 2]`) over the maps from `value_maps` -> `[B, Lq, d]`."""
-        batch, num_queries, _ = query.shape
-        heads, levels, points = self.num_heads, self.num_levels, self.num_points
-        offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)  # in pixels
-        logits = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
-        return self.output_proj(deformable_attention(value_maps, reference_points, offsets, logits, spatial_shapes))
 
     def forward(
         self, query: Tensor, value: Tensor, reference_points: Tensor, spatial_shapes: Sequence[tuple[int, int]]
@@ -111,11 +112,22 @@ class ITAMultiScaleDeformableAttention(nn.Module):
         Returns:
             `[B, Lq, d]`.
         """
-        return self.attend(query, self.value_maps(value, spatial_shapes), reference_points, spatial_shapes)
+        batch, num_queries, _ = query.shape
+        heads, levels, points = self.num_heads, self.num_levels, self.num_points
+        value = self.value_proj(value).view(batch, -1, heads, self.embed_dim // heads)  # [B, S, heads, d / heads]
+        offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)  # in pixels
+        logits = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
+        attended = deformable_attention(value, reference_points, offsets, logits, spatial_shapes)
+        output: Tensor = self.output_proj(attended)
+        return output
 
 
+@use_kernel_forward("ITAPixelDecoderEncoderLayer")
 class ITAPixelDecoderEncoderLayer(nn.Module):
-    """Deformable self-attention over all levels then a ReLU feed-forward, each followed by LayerNorm."""
+    """Deformable self-attention over all levels then a ReLU feed-forward, each followed by LayerNorm.
+
+    Its fast path (`kernels.encoder_layer_in_token_chunks`) projects the values once and runs the tokens in chunks.
+    """
 
     def __init__(self, config: ITAConfig):
         super().__init__()
@@ -128,7 +140,7 @@ class ITAPixelDecoderEncoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.pixel_decoder_dropout)
         self._reset_parameters()
 
-    def _reset_parameters(self):
+    def _reset_parameters(self) -> None:
         # The original transformer xavier-initialises every matrix it holds, then re-initialises the
         # attention modules; what remains of that here is xavier on the feed-forward weights. Their
         # biases keep nn.Linear's default, as in the original.
@@ -147,16 +159,11 @@ class ITAPixelDecoderEncoderLayer(nn.Module):
         reference_points: Tensor,
         spatial_shapes: Sequence[tuple[int, int]],
     ) -> Tensor:
-        value_maps = self.self_attn.value_maps(hidden_states, spatial_shapes)
-
-        def layer(states, positions, references):
-            attended = self.self_attn.attend(states + positions, value_maps, references, spatial_shapes)
-            states = self.norm1(states + self.dropout(attended))
-            ffn = self.linear2(self.dropout(F.relu(self.linear1(states), inplace=True)))
-            return self.norm2(states + self.dropout(ffn))
-
-        # Once the values are projected, every token is computed on its own: the kernel runs them in chunks.
-        return token_chunked(layer, hidden_states, position_embeddings, reference_points)
+        attended = self.self_attn(hidden_states + position_embeddings, hidden_states, reference_points, spatial_shapes)
+        hidden_states = self.norm1(hidden_states + self.dropout(attended))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(hidden_states), inplace=True)))
+        hidden_states = self.norm2(hidden_states + self.dropout(ffn))
+        return hidden_states
 
 
 class ITAPixelDecoderEncoder(nn.Module):
@@ -201,7 +208,7 @@ class ITAPixelDecoderTransformer(nn.Module):
         self.encoder = ITAPixelDecoderEncoder(config)
         self._reset_parameters()
 
-    def _reset_parameters(self):
+    def _reset_parameters(self) -> None:
         nn.init.normal_(self.level_embed)
 
     def forward(self, sources: list[Tensor], position_embeddings: list[Tensor]) -> list[Tensor]:
@@ -213,16 +220,16 @@ class ITAPixelDecoderTransformer(nn.Module):
         Returns:
             list of `[B, d, h_l, w_l]`, the encoded levels.
         """
-        spatial_shapes = [tuple(source.shape[-2:]) for source in sources]
+        spatial_shapes = [(source.shape[-2], source.shape[-1]) for source in sources]
         hidden_states = torch.cat([source.flatten(2).transpose(1, 2) for source in sources], dim=1)  # [B, S, d]
-        position_embeddings = torch.cat(
+        positions = torch.cat(
             [
                 position.flatten(2).transpose(1, 2) + self.level_embed[level]
                 for level, position in enumerate(position_embeddings)
             ],
             dim=1,
         )  # [B, S, d]
-        hidden_states = self.encoder(hidden_states, position_embeddings, spatial_shapes)
+        hidden_states = self.encoder(hidden_states, positions, spatial_shapes)
         return tokens_to_maps(hidden_states, spatial_shapes)
 
 
@@ -245,16 +252,16 @@ class ITAConv2dNormActivation(nn.Conv2d):
         self.activation = activation
         self._reset_parameters()
 
-    def _reset_parameters(self):
+    def _reset_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.weight, a=1)
         if self.bias is not None:
             nn.init.constant_(self.bias, 0.0)
         if self.norm is not None:
-            nn.init.ones_(self.norm.weight)
-            nn.init.zeros_(self.norm.bias)
+            nn.init.ones_(cast(Tensor, self.norm.weight))
+            nn.init.zeros_(cast(Tensor, self.norm.bias))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = conv2d(x, self.weight, self.bias, self.padding)
+        x = conv2d(x, self.weight, self.bias, cast(tuple[int, int], self.padding))
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
@@ -301,22 +308,22 @@ class ITAPixelDecoder(nn.Module):
             self.add_module(f"layer_{index}", layer)
         self._reset_parameters()
 
-    def _reset_parameters(self):
-        for conv, norm in self.input_proj:
+    def _reset_parameters(self) -> None:
+        for projection in self.input_proj:
+            conv, norm = cast(nn.Conv2d, projection[0]), cast(nn.GroupNorm, projection[1])  # type: ignore[index]
             nn.init.xavier_uniform_(conv.weight, gain=1)
-            nn.init.constant_(conv.bias, 0.0)
+            nn.init.constant_(cast(Tensor, conv.bias), 0.0)
             nn.init.ones_(norm.weight)
             nn.init.zeros_(norm.bias)
 
-    def forward(self, features: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, features: Sequence[Tensor]) -> ITAPixelDecoderOutput:
         """
         Args:
-            features: list of backbone maps, finest first (`[res2, res3, res4, res5]`).
+            features: backbone maps, finest first (`ITACLIPBackboneOutput.feature_maps`: res2 to res5).
 
         Returns:
-            `(mask_features, multi_scale_features)`: mask features `[B, mask_dim, H/4, W/4]` and the
-            `num_feature_levels` encoded maps `[B, pixel_decoder_dim, h, w]`, coarsest first (strides
-            32, 16, 8).
+            [`ITAPixelDecoderOutput`]: the mask features `[B, mask_dim, H/4, W/4]` and the `num_feature_levels`
+            encoded maps `[B, pixel_decoder_dim, h, w]`, coarsest first (strides 32, 16, 8).
         """
         # Deformable attention is kept out of reduced precision, as in the original, which runs the
         # whole pixel decoder with autocast disabled on float32 inputs. Parameters cast to another
@@ -338,4 +345,6 @@ class ITAPixelDecoder(nn.Module):
                 maps.append(getattr(self, f"layer_{index}")(upsampled.add_(lateral)))
 
             mask_features = self.mask_features(maps[-1])  # [B, mask_dim, H/4, W/4]
-        return mask_features, maps[: self.num_feature_levels]
+        return ITAPixelDecoderOutput(
+            mask_features=mask_features, multi_scale_features=tuple(maps[: self.num_feature_levels])
+        )

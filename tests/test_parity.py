@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor
 
 import modeling_ita  # noqa: F401  (registers the Auto classes)
+from modeling_ita import kernels
 from ita_segmentation.hub.folder import CATEGORY_BANK_FILE, CATEGORY_BANK_SNIPPET
 from ita_segmentation.hub.conversion import load_category_bank
 
@@ -75,6 +76,13 @@ def converted(tmp_path_factory):
     return folders
 
 
+@pytest.fixture(params=[True, False], ids=["fast_paths", "reference_paths"])
+def fast_paths(request):
+    """Each golden-output test runs with the model's fast paths on, then with every one of them off."""
+    with kernels.use_fast_paths(request.param):
+        yield request.param
+
+
 def load(folder, bank=True):
     model = AutoModel.from_pretrained(folder).eval()
     processor = AutoProcessor.from_pretrained(folder)
@@ -95,7 +103,7 @@ def test_converter_reads_what_shapes_cannot_tell_from_the_original_rules(convert
 
 
 @pytest.mark.parametrize("variant", ["fcclip", "ita"])
-def test_every_stage_matches_the_original(converted, variant):
+def test_every_stage_matches_the_original(converted, variant, fast_paths):
     expected = load_file(PARITY / f"{variant}_expected.safetensors")
     model, processor = load(converted[variant])
     with warnings.catch_warnings():
@@ -105,23 +113,25 @@ def test_every_stage_matches_the_original(converted, variant):
 
     features = model.backbone.extract_features(inputs["pixel_values"])
     for name in ("res2", "res3", "res4", "res5", "clip_vis_dense"):
-        assert_stage(f"clip.{name}", features[name], expected[f"clip.{name}"])
+        assert_stage(f"clip.{name}", getattr(features, name), expected[f"clip.{name}"])
 
     vocabulary = model.encode_vocabulary(VOCABULARY)
     assert_stage("text_classifier", vocabulary.text_classifier, expected["text_classifier"])
 
     with torch.no_grad():
-        mask_features, multi_scale = model.pixel_decoder([features[f"res{i}"] for i in range(2, 6)])
-    assert_stage("pixel_decoder.mask_features", mask_features, expected["pixel_decoder.mask_features"])
-    for level, maps in enumerate(multi_scale):
+        pixel_decoded = model.pixel_decoder(features.feature_maps)
+    assert_stage("pixel_decoder.mask_features", pixel_decoded.mask_features, expected["pixel_decoder.mask_features"])
+    assert len(pixel_decoded.multi_scale_features) == 3
+    for level, maps in enumerate(pixel_decoded.multi_scale_features):
         assert_stage(f"pixel_decoder.multi_scale.{level}", maps, expected[f"pixel_decoder.multi_scale.{level}"])
 
     assert_stage("decoder.pred_logits", outputs.class_queries_logits, expected["decoder.pred_logits"])
     assert_stage("decoder.pred_masks", outputs.masks_queries_logits, expected["decoder.pred_masks"])
     assert len(outputs.auxiliary_logits) == 3
     for level, auxiliary in enumerate(outputs.auxiliary_logits):
-        assert_stage(f"decoder.aux.{level}", auxiliary["class_queries_logits"], expected[f"decoder.aux.{level}.pred_logits"])
-        assert_stage(f"decoder.aux.{level}", auxiliary["masks_queries_logits"], expected[f"decoder.aux.{level}.pred_masks"])
+        assert_stage(f"decoder.aux.{level}", auxiliary.class_queries_logits, expected[f"decoder.aux.{level}.pred_logits"])
+        assert_stage(f"decoder.aux.{level}", auxiliary.masks_queries_logits, expected[f"decoder.aux.{level}.pred_masks"])
+        assert auxiliary["class_queries_logits"] is auxiliary.class_queries_logits  # still readable as a dict
 
     assert_stage("ovc.out_vocab_logits", outputs.out_vocabulary_logits, expected["ovc.out_vocab_logits"])
     assert_stage("ensemble.log_probs", outputs.ensemble_log_probs, expected["ensemble.log_probs"])
@@ -141,7 +151,7 @@ def test_every_stage_matches_the_original(converted, variant):
     assert len(labels.unique()) >= 3  # the fixture spreads the argmax over several classes
 
 
-def test_ita_dominant_category_stages_match_the_original(converted):
+def test_ita_dominant_category_stages_match_the_original(converted, fast_paths):
     expected = load_file(PARITY / "ita_expected.safetensors")
     model, processor = load(converted["ita"])
     inputs, outputs = run(model, processor)
@@ -168,7 +178,7 @@ def test_ita_dominant_category_stages_match_the_original(converted):
     assert_stage("dcu.text_queries", text_queries, expected["dcu.text_queries"])
 
 
-def test_ita_ranking_does_not_depend_on_the_bank(converted):
+def test_ita_ranking_does_not_depend_on_the_bank(converted, fast_paths):
     expected = load_file(PARITY / "ita_expected.safetensors")
     with_bank = run(*load(converted["ita"], bank=True))[1]
     without_bank = run(*load(converted["ita"], bank=False))[1]
@@ -178,7 +188,7 @@ def test_ita_ranking_does_not_depend_on_the_bank(converted):
     assert not torch.allclose(with_bank.class_queries_logits, without_bank.class_queries_logits)
 
 
-def test_a_chosen_name_missing_from_the_bank_falls_back_with_a_warning(converted):
+def test_a_chosen_name_missing_from_the_bank_falls_back_with_a_warning(converted, fast_paths):
     model, processor = load(converted["ita"], bank=False)
     bank = load_category_bank(PARITY / "category_bank.pt")
     top1 = META["runs"]["ita"]["dcu_topk_names"][0]  # "yellow triangle": the original raises KeyError here
@@ -211,3 +221,35 @@ def test_processor_view_is_the_deterministic_eval_crop_of_the_resized_image():
     assert "dominant_category_pixel_values" not in ITAImageProcessor(dominant_category_image_size=None)(
         wide, return_tensors="pt"
     )
+
+
+def test_the_golden_outputs_run_each_kernel_s_reference_when_fast_paths_are_off(converted, monkeypatch):
+    """The switch really switches: with fast paths off every kernel the model calls runs its reference (each call
+    counted), with them on none does."""
+    model, processor = load(converted["ita"])
+    before = kernels.fast_paths_enabled()
+    calls = {}
+    for name, entry in kernels.REGISTRY.items():
+        if entry.reference is None:
+            continue
+
+        def counted(*args, _name=name, _reference=entry.reference, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _reference(*args, **kwargs)
+
+        monkeypatch.setattr(entry, "reference", counted)
+    with kernels.use_fast_paths(True):
+        run(model, processor)
+    fast_run = dict(calls)
+    with kernels.use_fast_paths(False):
+        _, outputs = run(model, processor)
+    assert outputs.dominant_categories[0] == META["runs"]["ita"]["dcu_topk_names"]
+    with_fast_path = {name for name, entry in kernels.REGISTRY.items() if entry.fast is not None}
+    assert not with_fast_path & set(fast_run)  # fast paths on: no reference of a kernel that has a fast one
+    called = {name: count - fast_run.get(name, 0) for name, count in calls.items()}
+    expected = {
+        "ITAPixelDecoderEncoderLayer", "deformable_attention", "conv2d", "tokens_to_maps", "mask_pool",
+        "image_region_means", "top_k_cycled",
+    } - ({"image_region_means"} if model.config.dominant_category_features != "dense_features" else set())
+    assert expected <= {name for name, count in called.items() if count > 0}, called
+    assert kernels.fast_paths_enabled() == before  # each block restored the state it found
