@@ -13,15 +13,15 @@ Segmentation maps become Mask2Former-style targets: per image, one binary mask p
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any, Unpack, cast
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional as tvF
 from transformers.image_processing_backends import TorchvisionBackend
-from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
-from transformers.image_processing_utils import BatchFeature
+from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import (
     ChannelDimension,
     ImageInput,
@@ -30,15 +30,16 @@ from transformers.image_utils import (
     load_image,
     pil_torch_interpolation_mapping,
 )
-from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.processing_utils import ImagesKwargs
 
+from configuration_ita import ITAConfig
 from postprocessing_ita import (
-    binary_mask_to_coco_rle,
-    instance_segments,
-    panoptic_segments,
-    query_mask_logits,
-    semantic_map,
-    semantic_scores,
+    SemanticResult,
+    checked_outputs,
+    instance_segmentation,
+    panoptic_segmentation,
+    semantic_inputs,
+    semantic_segmentation,
 )
 
 __all__ = [
@@ -47,9 +48,11 @@ __all__ = [
     "ITA_PIXEL_MEAN",
     "ITA_PIXEL_STD",
     "clip_view",
+    "image_to_tensor",
     "open_image",
     "padded_size",
     "resize_nearest",
+    "segmentation_map_to_tensor",
     "semantic_targets",
 ]
 
@@ -64,7 +67,7 @@ CLIP_VIEW_STD = (0.26862954, 0.26130258, 0.27577711)
 _SIXTEEN_BIT_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-def open_image(image, where="image"):
+def open_image(image: str | os.PathLike[str] | Image.Image, where: str = "image") -> Image.Image:
     """A path or PIL image -> a fully decoded PIL image, turned upright by its EXIF orientation (as detectron2's
     `read_image`). Raises `ValueError` naming what is wrong: empty, truncated or not an image, zero size."""
     if isinstance(image, (str, os.PathLike)):
@@ -87,8 +90,13 @@ def open_image(image, where="image"):
 
 
 def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
-    """(height, width) rounded up to multiples of `divisor`: the frame an image is padded to."""
+    """(height, width) rounded up to multiples of `divisor`: the padding rule of `ITAImageProcessor.padded_frame`."""
     return math.ceil(height / divisor) * divisor, math.ceil(width / divisor) * divisor
+
+
+def _padded_frame(image_size: tuple[int, int], do_pad: bool, size_divisor: int) -> tuple[int, int]:
+    """The frame a resized image is padded into: its size rounded up to `size_divisor`, or itself without padding."""
+    return padded_size(*image_size, size_divisor) if do_pad else image_size
 
 
 def resize_nearest(label_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -158,6 +166,258 @@ def clip_view(image: torch.Tensor, size: int) -> torch.Tensor:
     mean = torch.tensor(CLIP_VIEW_MEAN, dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(CLIP_VIEW_STD, dtype=torch.float32).view(-1, 1, 1)
     return (view - mean) / std
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input conversion: images and label maps of any accepted kind -> tensors
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _flatten_inputs(inputs: Any, map_like: bool, top_level: bool = True) -> list[Any]:
+    """One input or a (nested) list of inputs -> flat list. At the top level a 4-D array is a batch of
+    images and a 3-D one a batch of segmentation maps."""
+    if isinstance(inputs, (list, tuple)):
+        flat = []
+        for item in inputs:
+            flat.extend(_flatten_inputs(item, map_like, top_level=False))
+        return flat
+    batch_ndim = 3 if map_like else 4
+    if top_level and isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == batch_ndim:
+        return list(inputs)
+    return [inputs]
+
+
+def _pil_to_array(image: Image.Image, index: int) -> np.ndarray:
+    """An upright PIL image (`open_image`) -> NumPy array, `uint16` for 16-bit modes, `uint8` RGB for 8-bit
+    ones."""
+    if image.mode in _SIXTEEN_BIT_PIL_MODES:
+        return np.asarray(image).astype(np.uint16)
+    if image.mode == "I":
+        array = np.asarray(image)
+        if array.min() < 0 or array.max() > 65535:
+            raise ValueError(
+                f"Image {index} is a 32-bit integer PIL image (mode 'I') with values in "
+                f"[{array.min()}, {array.max()}]; only 16-bit values (0..65535) are supported"
+            )
+        return array.astype(np.uint16)
+    if image.mode == "F":
+        return np.asarray(image)
+    # Drops alpha and expands L, P, 1, CMYK, ... to RGB, like detectron2's reader.
+    return np.asarray(image.convert("RGB"))
+
+
+def _to_channels_first(
+    tensor: torch.Tensor, input_data_format: ChannelDimension | str | None, prefer_last: bool, index: int
+) -> torch.Tensor:
+    if tensor.ndim == 2:
+        return tensor.unsqueeze(0)
+    if tensor.ndim != 3:
+        raise ValueError(
+            f"Image {index} has shape {tuple(tensor.shape)}; expected (H, W), (H, W, C) or (C, H, W)"
+        )
+    if input_data_format is None:
+        first, last = tensor.shape[0] in (1, 2, 3, 4), tensor.shape[-1] in (1, 2, 3, 4)
+        if first and last:
+            input_data_format = ChannelDimension.LAST if prefer_last else ChannelDimension.FIRST
+        elif first or last:
+            input_data_format = ChannelDimension.FIRST if first else ChannelDimension.LAST
+        else:
+            raise ValueError(
+                f"Image {index} has shape {tuple(tensor.shape)}: no channel dimension of size 1, 2, 3 or 4 "
+                "(grayscale, grayscale + alpha, RGB, RGBA) in first or last position"
+            )
+    input_data_format = ChannelDimension(input_data_format)
+    if input_data_format == ChannelDimension.LAST:
+        tensor = tensor.permute(2, 0, 1)
+    if tensor.shape[0] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"Image {index} has {tensor.shape[0]} channels (shape {tuple(tensor.shape)}); expected 1, 2, 3 or 4"
+        )
+    return tensor
+
+
+def image_to_tensor(
+    image: Any,
+    input_data_format: ChannelDimension | str | None = None,
+    device: torch.device | str | None = None,
+    index: int = 0,
+) -> torch.Tensor:
+    """One input image (see `ITAImageProcessor`) -> `[3, H, W]`: `uint8` for 8-bit input, float32 on the 0..255
+    scale otherwise."""
+    if isinstance(image, (str, os.PathLike, Image.Image)):
+        # Opened here, not by transformers' load_image, which would convert 16-bit files to 8-bit RGB.
+        image = open_image(image, where=f"Image {index}")
+    if isinstance(image, Image.Image):
+        tensor = torch.from_numpy(np.array(_pil_to_array(image, index)))
+        input_data_format, prefer_last = ChannelDimension.LAST, True
+    elif isinstance(image, np.ndarray):
+        if image.dtype.byteorder == ">":
+            image = image.astype(image.dtype.newbyteorder("="))
+        tensor, prefer_last = torch.from_numpy(np.array(image)), True
+    elif isinstance(image, torch.Tensor):
+        tensor, prefer_last = image.detach().cpu(), False
+    else:
+        raise TypeError(
+            f"Image {index} is a {type(image).__name__}; expected a PIL image, a NumPy array, a torch tensor or "
+            "a path/URL"
+        )
+    tensor = _to_channels_first(tensor, input_data_format, prefer_last, index)
+    if tensor.shape[-2] == 0 or tensor.shape[-1] == 0:
+        raise ValueError(f"Image {index} has zero size (shape {tuple(tensor.shape)})")
+
+    if tensor.dtype == torch.uint16:
+        tensor = tensor.to(torch.float32) * (255.0 / 65535.0)
+    elif tensor.is_floating_point():
+        tensor = tensor.to(torch.float32)
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"Image {index} contains NaN or infinite values")
+        low, high = tensor.min().item(), tensor.max().item()
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f"Image {index} is floating point with values in [{low:g}, {high:g}]; floating-point images "
+                "must lie in [0, 1] (pass uint8 for 0..255 values)"
+            )
+        tensor = tensor * 255.0
+    elif tensor.dtype != torch.uint8:
+        raise ValueError(
+            f"Image {index} has unsupported dtype {tensor.dtype}; use uint8 (0..255), uint16 (0..65535) or "
+            "floating point in [0, 1]"
+        )
+
+    channels = tensor.shape[0]
+    if channels in (1, 2):  # grayscale, grayscale + alpha
+        tensor = tensor[:1].expand(3, -1, -1)
+    elif channels == 4:  # RGBA: alpha dropped
+        tensor = tensor[:3]
+    tensor = tensor.contiguous()
+    return tensor.to(device) if device is not None else tensor
+
+
+def segmentation_map_to_tensor(segmentation_map: Any, index: int = 0) -> tuple[torch.Tensor, int]:
+    """One label map -> (`[H, W]` long tensor, default ignore index for its bit depth: 65535 for 16-bit maps,
+    255 for others)."""
+    if isinstance(segmentation_map, (str, os.PathLike, Image.Image)):
+        segmentation_map = open_image(segmentation_map, where=f"Segmentation map {index}")
+    array: np.ndarray
+    if isinstance(segmentation_map, Image.Image):
+        if segmentation_map.mode not in ("L", "P", "I", "1") + _SIXTEEN_BIT_PIL_MODES:
+            raise ValueError(
+                f"Segmentation map {index} is a PIL image of mode {segmentation_map.mode!r}; label maps must "
+                "have one channel of class ids (modes L, P, I;16 or I)"
+            )
+        sixteen_bit = segmentation_map.mode in _SIXTEEN_BIT_PIL_MODES
+        array = np.asarray(segmentation_map)
+        if sixteen_bit:
+            array = array.astype(np.uint16)
+    elif isinstance(segmentation_map, torch.Tensor):
+        tensor = segmentation_map.detach().cpu()
+        sixteen_bit = tensor.dtype == torch.uint16
+        if tensor.is_floating_point() or tensor.is_complex():
+            raise ValueError(f"Segmentation map {index} has dtype {tensor.dtype}; label maps hold integer ids")
+        array = tensor.to(torch.int64).numpy()
+    elif isinstance(segmentation_map, np.ndarray):
+        array = segmentation_map
+        sixteen_bit = array.dtype == np.uint16
+        if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+            raise ValueError(f"Segmentation map {index} has dtype {array.dtype}; label maps hold integer ids")
+    else:
+        raise TypeError(
+            f"Segmentation map {index} is a {type(segmentation_map).__name__}; expected a PIL image, a NumPy "
+            "array or a torch tensor"
+        )
+    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+        array = array.squeeze(0) if array.shape[0] == 1 else array.squeeze(-1)
+    if array.ndim != 2:
+        raise ValueError(
+            f"Segmentation map {index} has shape {tuple(array.shape)}; expected (H, W) class ids (one channel)"
+        )
+    if array.size == 0:
+        raise ValueError(f"Segmentation map {index} has zero size (shape {tuple(array.shape)})")
+    if array.min() < 0:
+        raise ValueError(f"Segmentation map {index} has negative labels (min {array.min()})")
+    return torch.from_numpy(np.ascontiguousarray(array).astype(np.int64)), (65535 if sixteen_bit else 255)
+
+
+def _padded_batch(
+    images: list[torch.Tensor],
+    image_sizes: list[tuple[int, int]],
+    do_pad: bool,
+    size_divisor: int,
+    pad_size: SizeDict | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resized, normalised images `[3, h_i, w_i]` -> `pixel_values` `[B, 3, H, W]` (zero padding at the bottom and
+    right) and `pixel_mask` `[B, H, W]` (1 on real pixels), with `H x W` the largest of the images' frames
+    (`ITAImageProcessor.padded_frame`'s rule, with the call's options) or `pad_size`."""
+    if not do_pad and len(set(image_sizes)) > 1:
+        raise ValueError(f"With do_pad=False all resized images must share one size, got {image_sizes}")
+    frames = [_padded_frame(image_size, do_pad, size_divisor) for image_size in image_sizes]
+    padded_height, padded_width = max(h for h, _ in frames), max(w for _, w in frames)
+    if do_pad and pad_size is not None:
+        pad_height, pad_width = cast(int, pad_size.height), cast(int, pad_size.width)
+        if pad_height < padded_height or pad_width < padded_width:
+            raise ValueError(
+                f"pad_size {pad_height}x{pad_width} is smaller than the padded batch {padded_height}x{padded_width}"
+            )
+        padded_height, padded_width = pad_height, pad_width
+    batch, device = len(images), images[0].device
+    pixel_values = torch.zeros(batch, 3, padded_height, padded_width, dtype=torch.float32, device=device)
+    pixel_mask = torch.zeros(batch, padded_height, padded_width, dtype=torch.long, device=device)
+    for index, (image, (height, width)) in enumerate(zip(images, image_sizes)):
+        pixel_values[index, :, :height, :width] = image
+        pixel_mask[index, :height, :width] = 1  # transformers' convention; the model reads `image_sizes`
+    return pixel_values, pixel_mask
+
+
+def _segmentation_targets(
+    segmentation_maps: list[tuple[torch.Tensor, int]],
+    image_sizes: list[tuple[int, int]],
+    padded: Sequence[int],
+    ignore_index: int | None,
+    do_reduce_labels: bool,
+    num_labels: int | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per image, its label map resized to the image's resized size and turned into `semantic_targets` on the
+    padded batch: float masks `[N_i, *padded]` and class ids `[N_i]`."""
+    mask_labels, class_labels = [], []
+    for index, ((label_map, default_ignore), image_size) in enumerate(zip(segmentation_maps, image_sizes)):
+        masks, classes = semantic_targets(
+            resize_nearest(label_map, image_size),
+            (int(padded[0]), int(padded[1])),
+            num_labels,
+            default_ignore if ignore_index is None else ignore_index,
+            do_reduce_labels,
+            where=f"Segmentation map {index}",
+        )
+        mask_labels.append(masks.to(torch.float32))
+        class_labels.append(classes)
+    return mask_labels, class_labels
+
+
+def _check_options(
+    size: SizeDict | None,
+    size_divisor: int | None,
+    ignore_index: int | None,
+    num_labels: int | None,
+    dominant_category_image_size: int | None,
+) -> None:
+    """Raise a `ValueError` naming the first of the image processor's own options that is out of range."""
+    if dominant_category_image_size is not None and (
+        not isinstance(dominant_category_image_size, int) or dominant_category_image_size < 1
+    ):
+        raise ValueError(
+            f"dominant_category_image_size must be a positive integer or None, got {dominant_category_image_size!r}"
+        )
+    if size is not None and not (size.shortest_edge or (size.height and size.width)):
+        raise ValueError(
+            f"size must be {{'shortest_edge': int, 'longest_edge': int}}, {{'shortest_edge': int}} or "
+            f"{{'height': int, 'width': int}}, got {dict(size)}"
+        )
+    if not isinstance(size_divisor, int) or size_divisor < 1:
+        raise ValueError(f"size_divisor must be a positive integer, got {size_divisor!r}")
+    if ignore_index is not None and ignore_index < 0:
+        raise ValueError(f"ignore_index must be >= 0, got {ignore_index}")
+    if num_labels is not None and num_labels < 1:
+        raise ValueError(f"num_labels must be >= 1, got {num_labels}")
 
 
 class ITAImageProcessorKwargs(ImagesKwargs, total=False):
@@ -245,11 +505,11 @@ class ITAImageProcessor(TorchvisionBackend):
     # e.g. to a fixed crop size), so the stride cannot be read from them reliably.
     mask_stride = 4
 
-    def __init__(self, **kwargs: Unpack[ITAImageProcessorKwargs]):
-        super().__init__(**kwargs)
+    def __init__(self, **kwargs: Unpack[ITAImageProcessorKwargs]) -> None:
+        super().__init__(**kwargs)  # type: ignore[misc]  # the backend's kwargs are ImagesKwargs, ours a superset
 
     @classmethod
-    def for_model_config(cls, config, **kwargs) -> "ITAImageProcessor":
+    def for_model_config(cls, config: ITAConfig, **kwargs: Any) -> "ITAImageProcessor":
         """The processor that fits a model of `config` (an `ITAConfig`): its dominant-category view size, or none
         for FC-CLIP; `kwargs` set the other options."""
         size = config.dominant_category_image_size if config.num_dominant_categories else None
@@ -269,200 +529,47 @@ class ITAImageProcessor(TorchvisionBackend):
             `I;16` or `I`, or an integer array/tensor; a 3-D array is a batch `(B, H, W)`). They are resized
             with nearest-neighbour sampling to the images' resized sizes and padded with `ignore_index`.
         """
-        return super().preprocess(images, segmentation_maps, **kwargs)
+        encoded: BatchFeature = super().preprocess(images, segmentation_maps, **kwargs)
+        return encoded
 
-    def _validate_preprocess_kwargs(
-        self, size=None, size_divisor=None, ignore_index=None, num_labels=None, dominant_category_image_size=None, **kwargs
-    ):
+    def _validate_preprocess_kwargs(  # type: ignore[override]
+        self,
+        size: SizeDict | None = None,
+        size_divisor: int | None = None,
+        ignore_index: int | None = None,
+        num_labels: int | None = None,
+        dominant_category_image_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super()._validate_preprocess_kwargs(size=size, **kwargs)
-        if dominant_category_image_size is not None and (
-            not isinstance(dominant_category_image_size, int) or dominant_category_image_size < 1
-        ):
-            raise ValueError(
-                f"dominant_category_image_size must be a positive integer or None, got {dominant_category_image_size!r}"
-            )
-        if size is not None and not (size.shortest_edge or (size.height and size.width)):
-            raise ValueError(
-                f"size must be {{'shortest_edge': int, 'longest_edge': int}}, {{'shortest_edge': int}} or "
-                f"{{'height': int, 'width': int}}, got {dict(size)}"
-            )
-        if not isinstance(size_divisor, int) or size_divisor < 1:
-            raise ValueError(f"size_divisor must be a positive integer, got {size_divisor!r}")
-        if ignore_index is not None and ignore_index < 0:
-            raise ValueError(f"ignore_index must be >= 0, got {ignore_index}")
-        if num_labels is not None and num_labels < 1:
-            raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+        _check_options(size, size_divisor, ignore_index, num_labels, dominant_category_image_size)
 
     # ------------------------------------------------------------------------------------------------
-    # Input conversion
+    # Preprocessing
     # ------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _flatten_inputs(inputs, map_like, top_level=True):
-        """One input or a (nested) list of inputs -> flat list. At the top level a 4-D array is a batch of
-        images and a 3-D one a batch of segmentation maps."""
-        if isinstance(inputs, (list, tuple)):
-            flat = []
-            for item in inputs:
-                flat.extend(ITAImageProcessor._flatten_inputs(item, map_like, top_level=False))
-            return flat
-        batch_ndim = 3 if map_like else 4
-        if top_level and isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == batch_ndim:
-            return list(inputs)
-        return [inputs]
-
-
-    @staticmethod
-    def _pil_to_array(image, index):
-        """An upright PIL image (`open_image`) -> NumPy array, `uint16` for 16-bit modes, `uint8` RGB for 8-bit
-        ones."""
-        if image.mode in _SIXTEEN_BIT_PIL_MODES:
-            return np.asarray(image).astype(np.uint16)
-        if image.mode == "I":
-            array = np.asarray(image)
-            if array.min() < 0 or array.max() > 65535:
-                raise ValueError(
-                    f"Image {index} is a 32-bit integer PIL image (mode 'I') with values in "
-                    f"[{array.min()}, {array.max()}]; only 16-bit values (0..65535) are supported"
-                )
-            return array.astype(np.uint16)
-        if image.mode == "F":
-            return np.asarray(image)
-        # Drops alpha and expands L, P, 1, CMYK, ... to RGB, like detectron2's reader.
-        return np.asarray(image.convert("RGB"))
-
-    def process_image(
+    def process_image(  # type: ignore[override]
         self,
         image: ImageInput,
         input_data_format: ChannelDimension | str | None = None,
         device: torch.device | str | None = None,
         index: int = 0,
-        **kwargs,
+        **kwargs: Any,
     ) -> torch.Tensor:
         """One input image -> `[3, H, W]`: `uint8` for 8-bit input, float32 on the 0..255 scale otherwise."""
-        if isinstance(image, (str, os.PathLike, Image.Image)):
-            # Opened here, not by transformers' load_image, which would convert 16-bit files to 8-bit RGB.
-            image = open_image(image, where=f"Image {index}")
-        if isinstance(image, Image.Image):
-            tensor = torch.from_numpy(np.array(self._pil_to_array(image, index)))
-            input_data_format, prefer_last = ChannelDimension.LAST, True
-        elif isinstance(image, np.ndarray):
-            if image.dtype.byteorder == ">":
-                image = image.astype(image.dtype.newbyteorder("="))
-            tensor, prefer_last = torch.from_numpy(np.array(image)), True
-        elif isinstance(image, torch.Tensor):
-            tensor, prefer_last = image.detach().cpu(), False
-        else:
-            raise TypeError(
-                f"Image {index} is a {type(image).__name__}; expected a PIL image, a NumPy array, a torch tensor or "
-                "a path/URL"
-            )
-        tensor = self._to_channels_first(tensor, input_data_format, prefer_last, index)
-        if tensor.shape[-2] == 0 or tensor.shape[-1] == 0:
-            raise ValueError(f"Image {index} has zero size (shape {tuple(tensor.shape)})")
+        return image_to_tensor(image, input_data_format, device, index)
 
-        if tensor.dtype == torch.uint16:
-            tensor = tensor.to(torch.float32) * (255.0 / 65535.0)
-        elif tensor.is_floating_point():
-            tensor = tensor.to(torch.float32)
-            if not torch.isfinite(tensor).all():
-                raise ValueError(f"Image {index} contains NaN or infinite values")
-            low, high = tensor.min().item(), tensor.max().item()
-            if low < 0.0 or high > 1.0:
-                raise ValueError(
-                    f"Image {index} is floating point with values in [{low:g}, {high:g}]; floating-point images "
-                    "must lie in [0, 1] (pass uint8 for 0..255 values)"
-                )
-            tensor = tensor * 255.0
-        elif tensor.dtype != torch.uint8:
-            raise ValueError(
-                f"Image {index} has unsupported dtype {tensor.dtype}; use uint8 (0..255), uint16 (0..65535) or "
-                "floating point in [0, 1]"
-            )
+    def padded_frame(self, height: int, width: int, *, resized: bool = False) -> tuple[int, int]:
+        """The padded frame `(frame_height, frame_width)` an image of `height x width` is processed into when it is
+        alone: its resized size (`resized_size` with this processor's `size`; `resized=True` when the size is
+        already resized, as the model's `image_sizes` hold it) rounded up to multiples of `size_divisor`.
 
-        channels = tensor.shape[0]
-        if channels in (1, 2):  # grayscale, grayscale + alpha
-            tensor = tensor[:1].expand(3, -1, -1)
-        elif channels == 4:  # RGBA: alpha dropped
-            tensor = tensor[:3]
-        tensor = tensor.contiguous()
-        return tensor.to(device) if device is not None else tensor
-
-    @staticmethod
-    def _to_channels_first(tensor, input_data_format, prefer_last, index):
-        if tensor.ndim == 2:
-            return tensor.unsqueeze(0)
-        if tensor.ndim != 3:
-            raise ValueError(
-                f"Image {index} has shape {tuple(tensor.shape)}; expected (H, W), (H, W, C) or (C, H, W)"
-            )
-        if input_data_format is None:
-            first, last = tensor.shape[0] in (1, 2, 3, 4), tensor.shape[-1] in (1, 2, 3, 4)
-            if first and last:
-                input_data_format = ChannelDimension.LAST if prefer_last else ChannelDimension.FIRST
-            elif first or last:
-                input_data_format = ChannelDimension.FIRST if first else ChannelDimension.LAST
-            else:
-                raise ValueError(
-                    f"Image {index} has shape {tuple(tensor.shape)}: no channel dimension of size 1, 2, 3 or 4 "
-                    "(grayscale, grayscale + alpha, RGB, RGBA) in first or last position"
-                )
-        input_data_format = ChannelDimension(input_data_format)
-        if input_data_format == ChannelDimension.LAST:
-            tensor = tensor.permute(2, 0, 1)
-        if tensor.shape[0] not in (1, 2, 3, 4):
-            raise ValueError(
-                f"Image {index} has {tensor.shape[0]} channels (shape {tuple(tensor.shape)}); expected 1, 2, 3 or 4"
-            )
-        return tensor
-
-    def _segmentation_map_to_tensor(self, segmentation_map, index):
-        """One label map -> (`[H, W]` long tensor, default ignore index for its bit depth)."""
-        if isinstance(segmentation_map, (str, os.PathLike, Image.Image)):
-            segmentation_map = open_image(segmentation_map, where=f"Segmentation map {index}")
-        if isinstance(segmentation_map, Image.Image):
-            if segmentation_map.mode not in ("L", "P", "I", "1") + _SIXTEEN_BIT_PIL_MODES:
-                raise ValueError(
-                    f"Segmentation map {index} is a PIL image of mode {segmentation_map.mode!r}; label maps must "
-                    "have one channel of class ids (modes L, P, I;16 or I)"
-                )
-            sixteen_bit = segmentation_map.mode in _SIXTEEN_BIT_PIL_MODES
-            array = np.asarray(segmentation_map)
-            if sixteen_bit:
-                array = array.astype(np.uint16)
-        elif isinstance(segmentation_map, (np.ndarray, torch.Tensor)):
-            array = segmentation_map
-            if isinstance(array, torch.Tensor):
-                array = array.detach().cpu()
-                sixteen_bit = array.dtype == torch.uint16
-                if array.is_floating_point() or array.is_complex():
-                    raise ValueError(f"Segmentation map {index} has dtype {array.dtype}; label maps hold integer ids")
-                array = array.to(torch.int64).numpy()
-            else:
-                sixteen_bit = array.dtype == np.uint16
-                if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
-                    raise ValueError(f"Segmentation map {index} has dtype {array.dtype}; label maps hold integer ids")
-        else:
-            raise TypeError(
-                f"Segmentation map {index} is a {type(segmentation_map).__name__}; expected a PIL image, a NumPy "
-                "array or a torch tensor"
-            )
-        if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
-            array = array.squeeze(0) if array.shape[0] == 1 else array.squeeze(-1)
-        if array.ndim != 2:
-            raise ValueError(
-                f"Segmentation map {index} has shape {tuple(array.shape)}; expected (H, W) class ids (one channel)"
-            )
-        if array.size == 0:
-            raise ValueError(f"Segmentation map {index} has zero size (shape {tuple(array.shape)})")
-        if array.min() < 0:
-            raise ValueError(f"Segmentation map {index} has negative labels (min {array.min()})")
-        tensor = torch.from_numpy(np.ascontiguousarray(array).astype(np.int64))
-        return tensor, (65535 if sixteen_bit else 255)
-
-    # ------------------------------------------------------------------------------------------------
-    # Preprocessing
-    # ------------------------------------------------------------------------------------------------
+        The one home of this rule: preprocessing pads each batch to its images' largest frame, post-processing
+        reads each image's own frame of the mask grid, and the pipeline and the evaluation batch images by it.
+        """
+        if self.do_resize and not resized:
+            height, width = self.resized_size(height, width, cast(SizeDict, self.size))  # a SizeDict once set
+        return _padded_frame((height, width), self.do_pad, self.size_divisor)
 
     @staticmethod
     def resized_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
@@ -470,6 +577,8 @@ class ITAImageProcessor(TorchvisionBackend):
         if size.shortest_edge:
             short_side = size.shortest_edge
             scale = short_side / min(height, width)
+            new_height: float
+            new_width: float
             if height < width:
                 new_height, new_width = short_side, scale * width
             else:
@@ -478,58 +587,57 @@ class ITAImageProcessor(TorchvisionBackend):
                 scale = size.longest_edge / max(new_height, new_width)
                 new_height, new_width = new_height * scale, new_width * scale
             return int(new_height + 0.5), int(new_width + 0.5)
-        return size.height, size.width
+        return cast(int, size.height), cast(int, size.width)
 
-    def _preprocess_image_like_inputs(
+    def _preprocess_image_like_inputs(  # type: ignore[override]
         self,
-        images,
-        segmentation_maps=None,
-        input_data_format=None,
-        device=None,
-        **kwargs,
+        images: ImageInput,
+        segmentation_maps: ImageInput | None = None,
+        input_data_format: ChannelDimension | str | None = None,
+        device: torch.device | str | None = None,
+        **kwargs: Any,
     ) -> BatchFeature:
-        images = self._flatten_inputs(images, map_like=False)
-        if not images:
-            raise ValueError("No images were given")
-        images = [
+        tensors = [
             self.process_image(image, input_data_format=input_data_format, device=device, index=index)
-            for index, image in enumerate(images)
+            for index, image in enumerate(_flatten_inputs(images, map_like=False))
         ]
+        if not tensors:
+            raise ValueError("No images were given")
         maps = None
         if segmentation_maps is not None:
-            maps = self._flatten_inputs(segmentation_maps, map_like=True)
-            if len(maps) != len(images):
-                raise ValueError(f"Got {len(images)} images but {len(maps)} segmentation maps")
-            maps = [self._segmentation_map_to_tensor(item, index) for index, item in enumerate(maps)]
-            for index, ((label_map, _), image) in enumerate(zip(maps, images)):
+            flat_maps = _flatten_inputs(segmentation_maps, map_like=True)
+            if len(flat_maps) != len(tensors):
+                raise ValueError(f"Got {len(tensors)} images but {len(flat_maps)} segmentation maps")
+            maps = [segmentation_map_to_tensor(item, index) for index, item in enumerate(flat_maps)]
+            for index, ((label_map, _), image) in enumerate(zip(maps, tensors)):
                 if tuple(label_map.shape) != tuple(image.shape[-2:]):
                     raise ValueError(
                         f"Segmentation map {index} has size {tuple(label_map.shape)} (height, width) but its image "
                         f"has size {tuple(image.shape[-2:])}"
                     )
-        return self._preprocess(images, maps, **kwargs)
+        return self._preprocess(tensors, maps, **kwargs)
 
-    def _preprocess(
+    def _preprocess(  # type: ignore[override]
         self,
-        images,
-        segmentation_maps=None,
-        do_resize=True,
-        size=None,
-        resample=None,
-        do_rescale=False,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=None,
-        image_std=None,
-        do_pad=True,
-        pad_size=None,
-        size_divisor=32,
-        ignore_index=None,
-        do_reduce_labels=False,
-        num_labels=None,
-        dominant_category_image_size=None,
-        return_tensors=None,
-        **kwargs,
+        images: list[torch.Tensor],
+        segmentation_maps: list[tuple[torch.Tensor, int]] | None = None,
+        do_resize: bool = True,
+        size: SizeDict | None = None,
+        resample: PILImageResampling | tvF.InterpolationMode | int | None = None,
+        do_rescale: bool = False,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        do_pad: bool = True,
+        pad_size: SizeDict | None = None,
+        size_divisor: int = 32,
+        ignore_index: int | None = None,
+        do_reduce_labels: bool = False,
+        num_labels: int | None = None,
+        dominant_category_image_size: int | None = None,
+        return_tensors: str | None = None,
+        **kwargs: Any,
     ) -> BatchFeature:
         if resample is None:
             interpolation = tvF.InterpolationMode.BILINEAR
@@ -541,7 +649,7 @@ class ITAImageProcessor(TorchvisionBackend):
         processed, image_sizes, views = [], [], []
         for image in images:
             height, width = image.shape[-2:]
-            new_size = self.resized_size(height, width, size) if do_resize else (height, width)
+            new_size = self.resized_size(height, width, size) if do_resize and size is not None else (height, width)
             if new_size != (height, width):
                 image = tvF.resize(image, list(new_size), interpolation=interpolation, antialias=True)
             if dominant_category_image_size is not None:
@@ -556,30 +664,8 @@ class ITAImageProcessor(TorchvisionBackend):
             processed.append(image)
             image_sizes.append(new_size)
 
-        max_height = max(h for h, _ in image_sizes)
-        max_width = max(w for _, w in image_sizes)
-        if do_pad:
-            padded_height, padded_width = padded_size(max_height, max_width, size_divisor)
-            if pad_size is not None:
-                if pad_size.height < padded_height or pad_size.width < padded_width:
-                    raise ValueError(
-                        f"pad_size {pad_size.height}x{pad_size.width} is smaller than the padded batch "
-                        f"{padded_height}x{padded_width}"
-                    )
-                padded_height, padded_width = pad_size.height, pad_size.width
-        else:
-            if len(set(image_sizes)) > 1:
-                raise ValueError(f"With do_pad=False all resized images must share one size, got {image_sizes}")
-            padded_height, padded_width = max_height, max_width
-
-        batch = len(processed)
-        device = processed[0].device
-        pixel_values = torch.zeros(batch, 3, padded_height, padded_width, dtype=torch.float32, device=device)
-        pixel_mask = torch.zeros(batch, padded_height, padded_width, dtype=torch.long, device=device)
-        for index, (image, (height, width)) in enumerate(zip(processed, image_sizes)):
-            pixel_values[index, :, :height, :width] = image
-            pixel_mask[index, :height, :width] = 1
-
+        pixel_values, pixel_mask = _padded_batch(processed, image_sizes, do_pad, size_divisor, pad_size)
+        device = pixel_values.device
         data = {
             "pixel_values": pixel_values,
             "pixel_mask": pixel_mask,
@@ -590,93 +676,32 @@ class ITAImageProcessor(TorchvisionBackend):
         encoded = BatchFeature(data=data, tensor_type=return_tensors)
 
         if segmentation_maps is not None:
-            mask_labels, class_labels = [], []
-            for index, ((label_map, default_ignore), (height, width)) in enumerate(
-                zip(segmentation_maps, image_sizes)
-            ):
-                masks, classes = self._segmentation_targets(
-                    label_map,
-                    (height, width),
-                    (padded_height, padded_width),
-                    default_ignore if ignore_index is None else ignore_index,
-                    do_reduce_labels,
-                    num_labels,
-                    index,
-                )
-                mask_labels.append(masks.to(device))
-                class_labels.append(classes.to(device))
-            if return_tensors == "np":
-                mask_labels = [masks.cpu().numpy() for masks in mask_labels]
-                class_labels = [classes.cpu().numpy() for classes in class_labels]
+            mask_labels, class_labels = _segmentation_targets(
+                segmentation_maps, image_sizes, pixel_values.shape[-2:], ignore_index, do_reduce_labels, num_labels
+            )
             # Lists, not stacked: images have different numbers of classes.
-            encoded["mask_labels"] = mask_labels
-            encoded["class_labels"] = class_labels
+            if return_tensors == "np":
+                encoded["mask_labels"] = [masks.cpu().numpy() for masks in mask_labels]
+                encoded["class_labels"] = [classes.cpu().numpy() for classes in class_labels]
+            else:
+                encoded["mask_labels"] = [masks.to(device) for masks in mask_labels]
+                encoded["class_labels"] = [classes.to(device) for classes in class_labels]
         return encoded
 
-    @staticmethod
-    def _segmentation_targets(label_map, size, padded, ignore_index, do_reduce_labels, num_labels, index):
-        masks, classes = semantic_targets(
-            resize_nearest(label_map, size), padded, num_labels, ignore_index, do_reduce_labels,
-            where=f"Segmentation map {index}",
-        )
-        return masks.to(torch.float32), classes
-
     # ------------------------------------------------------------------------------------------------
-    # Post-processing
+    # Post-processing (the rules and their checks live in postprocessing_ita)
     # ------------------------------------------------------------------------------------------------
-
-    def _checked_outputs(self, outputs, target_sizes):
-        """The class scores, mask logits, image sizes and target sizes of a post-processing call, checked: errors name
-        the field that is missing or misshapen."""
-        class_scores = _class_scores_field(outputs)
-        mask_logits = _output_field(outputs, "masks_queries_logits")
-        image_sizes = _output_field(outputs, "image_sizes")
-        if class_scores is None or mask_logits is None:
-            raise ValueError(
-                "outputs must have `ensemble_log_probs` (or `class_queries_logits`) and `masks_queries_logits`"
-            )
-        if image_sizes is None:
-            raise ValueError(
-                "outputs must have `image_sizes` (each image's size inside the padded batch) to crop the padding"
-            )
-        if class_scores.ndim != 3 or class_scores.shape[-1] < 2:
-            raise ValueError(
-                f"the class scores have shape {tuple(class_scores.shape)}; expected [B, Q, K + 1] with K >= 1 classes "
-                "and void last"
-            )
-        batch, num_queries = class_scores.shape[:2]
-        if mask_logits.ndim != 4 or tuple(mask_logits.shape[:2]) != (batch, num_queries):
-            raise ValueError(
-                f"masks_queries_logits has shape {tuple(mask_logits.shape)}; expected [{batch}, {num_queries}, h, w]"
-            )
-        image_sizes = [tuple(int(v) for v in size) for size in torch.as_tensor(image_sizes).view(-1, 2).tolist()]
-        if len(image_sizes) != batch:
-            raise ValueError(f"Got {len(image_sizes)} image_sizes for a batch of {batch}")
-        if target_sizes is None:
-            target_sizes = image_sizes
-        else:
-            if isinstance(target_sizes, torch.Tensor):
-                target_sizes = target_sizes.tolist()
-            target_sizes = [tuple(int(v) for v in size) for size in target_sizes]
-            if len(target_sizes) != batch:
-                raise ValueError(f"Got {len(target_sizes)} target_sizes for a batch of {batch}")
-        if self.size_divisor % self.mask_stride:
-            raise ValueError(
-                f"size_divisor={self.size_divisor} must be a multiple of the mask stride {self.mask_stride} to locate "
-                "each image's own frame on the mask grid"
-            )
-        return class_scores, mask_logits, image_sizes, target_sizes
 
     def post_process_semantic_segmentation(
         self,
-        outputs,
-        target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
+        outputs: Any,
+        target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
         return_segmentation_scores: bool = False,
         *,
         return_winning_scores: bool = False,
         sem_seg_postprocess_before_inference: bool = False,
         return_scores: bool | None = None,
-    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput] | list[dict]:
+    ) -> list[SemanticResult]:
         """Semantic label maps from the model's outputs, as FC-CLIP's `semantic_inference` computes them.
 
         Per image: mask logits are upsampled bilinearly (align_corners=False) from the stride-4 grid to the
@@ -736,67 +761,20 @@ class ITAImageProcessor(TorchvisionBackend):
             )
             if return_scores and (return_segmentation_scores or return_winning_scores):
                 raise ValueError("`return_scores` cannot be combined with the options that replace it")
-        class_logits, mask_logits, image_sizes, target_sizes = self._checked_outputs(outputs, target_sizes)
-        batch = len(image_sizes)
-
-        results = []
-        for index in range(batch):
-            arguments = self._semantic_inputs(
-                class_logits[index], mask_logits[index], image_sizes[index], target_sizes[index], index
-            )
-            masks_first = sem_seg_postprocess_before_inference
-            chunk = self.post_process_chunk_elements
-            scores = None
-            if return_segmentation_scores:
-                scores = semantic_scores(*arguments, masks_first=masks_first, chunk_elements=chunk)  # [K, H, W]
-                winning, labels = scores.max(dim=0)  # the first of tied classes, as argmax
-            else:
-                labels, winning = semantic_map(
-                    *arguments, masks_first=masks_first, winning_scores=bool(return_scores or return_winning_scores),
-                    chunk_elements=chunk,
-                )
-            if return_scores:
-                results.append({"segmentation": labels, "scores": winning})
-            elif return_segmentation_scores or return_winning_scores:
-                data = {"segmentation": labels, "segmentation_scores": scores}
-                if return_winning_scores:
-                    data["winning_scores"] = winning
-                results.append(SemanticSegmentationPostProcessorOutput(data=data))
-            else:
-                results.append(labels)
-        return results
-
-    def _semantic_inputs(self, class_logits, mask_logits, image_size, target_size, index):
-        """One image's arguments of the semantic kernels: class probabilities `[Q, K]`, the mask grid of its own
-        padded frame `[Q, h, w]`, its size, the frame's size and the target size."""
-        height, width = image_size
-        if min(height, width, *target_size) < 1:
-            raise ValueError(f"Image {index}: image size {image_size} and target size {target_size} must be positive")
-        frame_height, frame_width = padded_size(height, width, self.size_divisor)
-        grid_height, grid_width = frame_height // self.mask_stride, frame_width // self.mask_stride
-        if grid_height > mask_logits.shape[-2] or grid_width > mask_logits.shape[-1]:
-            raise ValueError(
-                f"Image {index} of size {image_size} needs a {grid_height}x{grid_width} mask grid (stride "
-                f"{self.mask_stride} of its {frame_height}x{frame_width} padded frame) but masks_queries_logits is "
-                f"{mask_logits.shape[-2]}x{mask_logits.shape[-1]}"
-            )
-        class_probs = class_logits.float().softmax(dim=-1)[:, :-1]  # [Q, K]
-        grid = mask_logits[:, :grid_height, :grid_width]
-        return class_probs, grid, image_size, (frame_height, frame_width), target_size
-
-    # ------------------------------------------------------------------------------------------------
-    # Panoptic and instance post-processing (FC-CLIP's `panoptic_inference` / `instance_inference`)
-    # ------------------------------------------------------------------------------------------------
+        return semantic_segmentation(
+            self, outputs, target_sizes, return_segmentation_scores, return_winning_scores,
+            sem_seg_postprocess_before_inference, return_scores,
+        )
 
     def post_process_panoptic_segmentation(
         self,
-        outputs,
+        outputs: Any,
         threshold: float = 0.8,
         mask_threshold: float = 0.5,
         overlap_mask_area_threshold: float = 0.8,
         label_ids_to_fuse: set[int] | None = None,
-        target_sizes=None,
-    ):
+        target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
+    ) -> list[dict[str, Any]]:
         """Panoptic segmentation from the model's outputs, as FC-CLIP's `panoptic_inference` computes it.
 
         Per image, with the ensemble's class probabilities (softmax of `class_queries_logits`, void last) and the
@@ -839,35 +817,21 @@ class ITAImageProcessor(TorchvisionBackend):
               `label_ids_to_fuse`, so all its queries form this one segment) and **score** (`float`, the class
               probability of its query; for a fused segment the highest among its queries).
         """
-
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-        if not 0.0 <= overlap_mask_area_threshold <= 1.0:
-            raise ValueError(f"overlap_mask_area_threshold must lie in [0, 1], got {overlap_mask_area_threshold}")
-        if not 0.0 < mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
-        images = self._query_outputs(outputs, target_sizes)
-        stuff_ids = self._class_id_set(label_ids_to_fuse, images[0][0].shape[-1] - 1, "label_ids_to_fuse")
-        results = []
-        for log_probs, mask_chunks_for, target_size in images:
-            segmentation, segments_info = panoptic_segments(
-                log_probs, mask_chunks_for, target_size, threshold, mask_threshold, overlap_mask_area_threshold,
-                stuff_ids,
-            )
-            results.append({"segmentation": segmentation, "segments_info": segments_info})
-        return results
+        return panoptic_segmentation(
+            self, outputs, threshold, mask_threshold, overlap_mask_area_threshold, label_ids_to_fuse, target_sizes
+        )
 
     def post_process_instance_segmentation(
         self,
-        outputs,
+        outputs: Any,
         threshold: float = 0.0,
         mask_threshold: float = 0.5,
-        target_sizes=None,
+        target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
         return_coco_annotation: bool = False,
         return_binary_maps: bool = False,
         top_k: int = 100,
         label_ids_to_fuse: set[int] | None = None,
-    ):
+    ) -> list[dict[str, Any]]:
         """Instance segmentation from the model's outputs, as FC-CLIP's `instance_inference` computes it.
 
         Per image: the `top_k` highest class probabilities over all (query, class) pairs (softmax of
@@ -907,85 +871,23 @@ class ITAImageProcessor(TorchvisionBackend):
               index: its value in the map, its row in the binary maps), **label_id** (`int`), **was_fused**
               (`False`) and **score** (`float`).
         """
+        return instance_segmentation(
+            self, outputs, threshold, mask_threshold, target_sizes, return_coco_annotation, return_binary_maps, top_k,
+            label_ids_to_fuse,
+        )
 
-        if return_coco_annotation and return_binary_maps:
-            raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-        if not 0.0 < mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-        images = self._query_outputs(outputs, target_sizes)
-        stuff_ids = self._class_id_set(label_ids_to_fuse, images[0][0].shape[-1] - 1, "label_ids_to_fuse")
-        results = []
-        for log_probs, mask_chunks_for, target_size in images:
-            masks, segments_info = instance_segments(
-                log_probs, mask_chunks_for, target_size, top_k, threshold, mask_threshold, stuff_ids
-            )
-            if return_binary_maps:
-                segmentation = masks
-            elif return_coco_annotation:
-                segmentation = [binary_mask_to_coco_rle(mask) for mask in masks]
-            else:
-                segmentation = torch.full(target_size, -1, dtype=torch.long, device=masks.device)
-                for index in reversed(range(len(masks))):  # the highest score is painted last, on top
-                    segmentation[masks[index]] = index
-            results.append({"segmentation": segmentation, "segments_info": segments_info})
-        return results
+    # Kept for callers of the names these had as methods (benchmarks/bench_photo_sizes.py).
+    def _checked_outputs(
+        self, outputs: Any, target_sizes: Sequence[Sequence[int]] | torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+        return checked_outputs(self, outputs, target_sizes)
 
-    def _query_outputs(self, outputs, target_sizes):
-        """Checked per-image inputs of the panoptic and instance rules: a list of `(log_probs [Q, K+1],
-        mask_chunks_for, target_size)`, where `mask_chunks_for(queries)` yields the queries' mask logits at the
-        target size a few at a time (`postprocessing_ita.query_mask_logits`)."""
-
-        log_probs, mask_logits, image_sizes, target_sizes = self._checked_outputs(outputs, target_sizes)
-        batch = len(image_sizes)
-        images = []
-        for index in range(batch):
-            image_size, target_size = image_sizes[index], target_sizes[index]
-            if min(*image_size, *target_size) < 1:
-                raise ValueError(
-                    f"Image {index}: image size {image_size} and target size {target_size} must be positive"
-                )
-            frame = padded_size(*image_size, self.size_divisor)
-            grid = (frame[0] // self.mask_stride, frame[1] // self.mask_stride)
-            if grid[0] > mask_logits.shape[-2] or grid[1] > mask_logits.shape[-1]:
-                raise ValueError(
-                    f"Image {index} of size {image_size} needs a {grid[0]}x{grid[1]} mask grid (stride {self.mask_stride} "
-                    f"of its {frame[0]}x{frame[1]} padded frame) but masks_queries_logits is "
-                    f"{mask_logits.shape[-2]}x{mask_logits.shape[-1]}"
-                )
-
-            def mask_chunks_for(queries, masks=mask_logits[index], image_size=image_size, target_size=target_size):
-                return query_mask_logits(
-                    masks, queries, image_size, target_size, self.size_divisor, self.mask_stride,
-                    self.post_process_chunk_elements,
-                )
-
-            images.append((log_probs[index], mask_chunks_for, target_size))
-        return images
-
-    @staticmethod
-    def _class_id_set(class_ids, num_classes, name):
-        """`class_ids` (an iterable of vocabulary indices, or None) as a set of ints, checked."""
-        if class_ids is None:
-            return set()
-        ids = {int(class_id) for class_id in class_ids}
-        outside = sorted(class_id for class_id in ids if not 0 <= class_id < num_classes)
-        if outside:
-            raise ValueError(f"{name} has class ids {outside} outside the vocabulary of {num_classes} classes")
-        return ids
-
-
-def _class_scores_field(outputs):
-    """What the class probabilities come from: the geometric ensemble's log-probabilities (inference), else the
-    decoder's class logits (a training-mode forward); softmax turns either into probabilities."""
-    scores = _output_field(outputs, "ensemble_log_probs")
-    return _output_field(outputs, "class_queries_logits") if scores is None else scores
-
-
-def _output_field(outputs, name):
-    if isinstance(outputs, Mapping):
-        return outputs.get(name)
-    return getattr(outputs, name, None)
+    def _semantic_inputs(
+        self,
+        class_scores: torch.Tensor,
+        mask_logits: torch.Tensor,
+        image_size: tuple[int, int],
+        target_size: tuple[int, int],
+        index: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int], tuple[int, int]]:
+        return semantic_inputs(self, class_scores, mask_logits, image_size, target_size, index)

@@ -21,12 +21,23 @@ Class probabilities are the softmax of the ensemble's log-probabilities (`ensemb
 
 import functools
 import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
 __all__ = [
+    "ITAOutputFrames",
+    "checked_outputs",
+    "semantic_inputs",
+    "semantic_segmentation",
+    "panoptic_segmentation",
+    "instance_segmentation",
+    "query_images",
+    "class_id_set",
     "query_mask_logits",
     "panoptic_segments",
     "instance_segments",
@@ -92,7 +103,7 @@ def _resize_columns(maps: Tensor, width: int) -> Tensor:
     return resized.view(rows, queries, width)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fused_addcmul(device_type: str) -> bool:
     """Whether float32 `torch.addcmul` rounds once (a fused multiply-add) on this kind of device: `(1 + 2^-12)^2 - 1`
     is `2^-11 + 2^-24` fused and `2^-11` with the product rounded first."""
@@ -776,11 +787,34 @@ def semantic_scores(
 
 
 
-def query_mask_logits(mask_logits, queries, image_size, target_size, size_divisor, mask_stride, max_elements):
+MaskChunks = Callable[[Tensor], Iterator[tuple[slice, Tensor]]]  # queries -> (positions, logits [n, H_t, W_t]) chunks
+
+
+def _frame_grid(mask_logits: Tensor, frame_size: tuple[int, int], mask_stride: int, what: str) -> Tensor:
+    """The mask logits `[..., h, w]` of a padded frame (`mask_stride` times the grid), after checking they exist."""
+    (frame_height, frame_width), (height, width) = frame_size, mask_logits.shape[-2:]
+    grid_height, grid_width = frame_height // mask_stride, frame_width // mask_stride
+    if grid_height > height or grid_width > width:
+        raise ValueError(
+            f"{what} needs a {grid_height}x{grid_width} mask grid (stride {mask_stride} of its "
+            f"{frame_height}x{frame_width} padded frame) but masks_queries_logits is {height}x{width}"
+        )
+    return mask_logits[..., :grid_height, :grid_width]
+
+
+def query_mask_logits(
+    mask_logits: Tensor,
+    queries: Tensor,
+    image_size: tuple[int, int],
+    frame_size: tuple[int, int],
+    target_size: tuple[int, int],
+    mask_stride: int,
+    max_elements: int,
+) -> Iterator[tuple[slice, Tensor]]:
     """Yield `(positions, logits)` for the queries `queries` (indices into `mask_logits` `[Q, h, w]`) at the
     target size: `positions` is a slice of `queries`, `logits` its `[n, H_t, W_t]` float32 mask logits.
 
-    As FC-CLIP's `sem_seg_postprocess`: the image's own padded frame (its size rounded up to `size_divisor`,
+    As FC-CLIP's `sem_seg_postprocess`: the image's own padded frame (`frame_size`, `ITAImageProcessor.padded_frame`;
     `mask_stride` times the mask grid) is upsampled bilinearly (align_corners=False) from the mask grid, the
     padding is cropped, and the result is resized bilinearly to the target size. Logits beyond the image's own
     frame are never read, so an image gets the same result alone or in a batch with larger images. Queries are
@@ -790,18 +824,10 @@ def query_mask_logits(mask_logits, queries, image_size, target_size, size_diviso
     """
     height, width = image_size
     target_height, target_width = target_size
-    frame_height = math.ceil(height / size_divisor) * size_divisor
-    frame_width = math.ceil(width / size_divisor) * size_divisor
-    grid_height, grid_width = frame_height // mask_stride, frame_width // mask_stride
-    if grid_height > mask_logits.shape[-2] or grid_width > mask_logits.shape[-1]:
-        raise ValueError(
-            f"an image of size {tuple(image_size)} needs a {grid_height}x{grid_width} mask grid (stride {mask_stride} "
-            f"of its {frame_height}x{frame_width} padded frame) but masks_queries_logits is "
-            f"{mask_logits.shape[-2]}x{mask_logits.shape[-1]}"
-        )
+    frame_height, frame_width = frame_size
+    grid = _frame_grid(mask_logits, frame_size, mask_stride, f"an image of size {tuple(image_size)}")
     per_query = frame_height * frame_width + target_height * target_width
     chunk = max(1, int(max_elements // per_query))
-    grid = mask_logits[:, :grid_height, :grid_width]
     for start in range(0, len(queries), chunk):
         positions = slice(start, min(start + chunk, len(queries)))
         logits = grid[queries[positions]].float().unsqueeze(0)  # [1, n, grid rows, grid columns]
@@ -953,3 +979,260 @@ def binary_mask_to_coco_rle(mask):
     if pixels.numel() and bool(pixels[0]):
         counts = [0] + counts
     return {"size": [int(height), int(width)], "counts": counts}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# From the model's outputs: what `ITAImageProcessor.post_process_*` check and loop over
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ITAOutputFrames(Protocol):
+    """What post-processing reads of the image processor that made the model's inputs (`ITAImageProcessor`): where
+    each image sits on the mask grid, and how large its intermediates may grow."""
+
+    size_divisor: int
+    mask_stride: int
+    post_process_chunk_elements: int
+
+    def padded_frame(self, height: int, width: int, *, resized: bool = False) -> tuple[int, int]: ...
+
+
+def _output_field(outputs: Any, name: str) -> Any:
+    if isinstance(outputs, Mapping):
+        return outputs.get(name)
+    return getattr(outputs, name, None)
+
+
+def _class_scores_field(outputs: Any) -> Tensor | None:
+    """What the class probabilities come from: the geometric ensemble's log-probabilities (inference), else the
+    decoder's class logits (a training-mode forward); softmax turns either into probabilities."""
+    scores = _output_field(outputs, "ensemble_log_probs")
+    return _output_field(outputs, "class_queries_logits") if scores is None else scores
+
+
+def _size_pair(size: Iterable[Any]) -> tuple[int, int]:
+    return cast(tuple[int, int], tuple(int(value) for value in size))
+
+
+def checked_outputs(
+    frames: ITAOutputFrames, outputs: Any, target_sizes: Sequence[Sequence[int]] | Tensor | None
+) -> tuple[Tensor, Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+    """The class scores `[B, Q, K + 1]`, mask logits `[B, Q, h, w]`, image sizes and target sizes of a
+    post-processing call, checked: errors name the field that is missing or misshapen."""
+    class_scores = _class_scores_field(outputs)
+    mask_logits = _output_field(outputs, "masks_queries_logits")
+    image_sizes = _output_field(outputs, "image_sizes")
+    if class_scores is None or mask_logits is None:
+        raise ValueError(
+            "outputs must have `ensemble_log_probs` (or `class_queries_logits`) and `masks_queries_logits`"
+        )
+    if image_sizes is None:
+        raise ValueError(
+            "outputs must have `image_sizes` (each image's size inside the padded batch) to crop the padding"
+        )
+    if class_scores.ndim != 3 or class_scores.shape[-1] < 2:
+        raise ValueError(
+            f"the class scores have shape {tuple(class_scores.shape)}; expected [B, Q, K + 1] with K >= 1 classes "
+            "and void last"
+        )
+    batch, num_queries = class_scores.shape[:2]
+    if mask_logits.ndim != 4 or tuple(mask_logits.shape[:2]) != (batch, num_queries):
+        raise ValueError(
+            f"masks_queries_logits has shape {tuple(mask_logits.shape)}; expected [{batch}, {num_queries}, h, w]"
+        )
+    sizes = [_size_pair(size) for size in torch.as_tensor(image_sizes).view(-1, 2).tolist()]
+    if len(sizes) != batch:
+        raise ValueError(f"Got {len(sizes)} image_sizes for a batch of {batch}")
+    if target_sizes is None:
+        targets = sizes
+    else:
+        if isinstance(target_sizes, Tensor):
+            target_sizes = target_sizes.tolist()
+        targets = [_size_pair(size) for size in target_sizes]
+        if len(targets) != batch:
+            raise ValueError(f"Got {len(targets)} target_sizes for a batch of {batch}")
+    if frames.size_divisor % frames.mask_stride:
+        raise ValueError(
+            f"size_divisor={frames.size_divisor} must be a multiple of the mask stride {frames.mask_stride} to locate "
+            "each image's own frame on the mask grid"
+        )
+    return class_scores, mask_logits, sizes, targets
+
+
+def _image_frame(
+    frames: ITAOutputFrames, image_size: tuple[int, int], target_size: tuple[int, int], index: int
+) -> tuple[int, int]:
+    """Image `index`'s own padded frame, after checking its sizes."""
+    if min(*image_size, *target_size) < 1:
+        raise ValueError(f"Image {index}: image size {image_size} and target size {target_size} must be positive")
+    return frames.padded_frame(*image_size, resized=True)
+
+
+def semantic_inputs(
+    frames: ITAOutputFrames,
+    class_scores: Tensor,
+    mask_logits: Tensor,
+    image_size: tuple[int, int],
+    target_size: tuple[int, int],
+    index: int,
+) -> tuple[Tensor, Tensor, tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """One image's arguments of the semantic kernels: class probabilities `[Q, K]`, the mask grid of its own
+    padded frame `[Q, h, w]`, its size, the frame's size and the target size."""
+    frame = _image_frame(frames, image_size, target_size, index)
+    grid = _frame_grid(mask_logits, frame, frames.mask_stride, f"Image {index} of size {image_size}")
+    class_probs = class_scores.float().softmax(dim=-1)[:, :-1]  # [Q, K]
+    return class_probs, grid, image_size, frame, target_size
+
+
+SemanticResult = Tensor | SemanticSegmentationPostProcessorOutput | dict[str, Tensor]
+
+
+def semantic_segmentation(
+    frames: ITAOutputFrames,
+    outputs: Any,
+    target_sizes: Sequence[Sequence[int]] | Tensor | None,
+    return_segmentation_scores: bool,
+    return_winning_scores: bool,
+    masks_first: bool,
+    return_scores: bool | None,
+) -> list[SemanticResult]:
+    """`ITAImageProcessor.post_process_semantic_segmentation`: the outputs checked, then one image at a time."""
+    class_scores, mask_logits, image_sizes, targets = checked_outputs(frames, outputs, target_sizes)
+    chunk = frames.post_process_chunk_elements
+    results: list[SemanticResult] = []
+    for index in range(len(image_sizes)):
+        arguments = semantic_inputs(
+            frames, class_scores[index], mask_logits[index], image_sizes[index], targets[index], index
+        )
+        scores = winning = None
+        if return_segmentation_scores:
+            scores = semantic_scores(*arguments, masks_first=masks_first, chunk_elements=chunk)  # [K, H, W]
+            winning, labels = scores.max(dim=0)  # the first of tied classes, as argmax
+        else:
+            labels, winning = semantic_map(
+                *arguments, masks_first=masks_first, winning_scores=bool(return_scores or return_winning_scores),
+                chunk_elements=chunk,
+            )
+        if return_scores:
+            results.append({"segmentation": labels, "scores": winning})
+        elif return_segmentation_scores or return_winning_scores:
+            data = {"segmentation": labels, "segmentation_scores": scores}
+            if return_winning_scores:
+                data["winning_scores"] = winning
+            results.append(SemanticSegmentationPostProcessorOutput(data=data))
+        else:
+            results.append(labels)
+    return results
+
+
+def query_images(
+    frames: ITAOutputFrames, outputs: Any, target_sizes: Sequence[Sequence[int]] | Tensor | None
+) -> list[tuple[Tensor, MaskChunks, tuple[int, int]]]:
+    """Checked per-image inputs of the panoptic and instance rules: a list of `(log_probs [Q, K+1],
+    mask_chunks_for, target_size)`, where `mask_chunks_for(queries)` yields the queries' mask logits at the
+    target size a few at a time (`query_mask_logits`)."""
+    log_probs, mask_logits, image_sizes, targets = checked_outputs(frames, outputs, target_sizes)
+    images = []
+    for index, (image_size, target_size) in enumerate(zip(image_sizes, targets)):
+        frame = _image_frame(frames, image_size, target_size, index)
+        _frame_grid(mask_logits, frame, frames.mask_stride, f"Image {index} of size {image_size}")  # checked now
+        mask_chunks_for = functools.partial(
+            _query_chunks, mask_logits[index], image_size=image_size, frame_size=frame, target_size=target_size,
+            mask_stride=frames.mask_stride, max_elements=frames.post_process_chunk_elements,
+        )
+        images.append((log_probs[index], mask_chunks_for, target_size))
+    return images
+
+
+def _query_chunks(
+    mask_logits: Tensor,
+    queries: Tensor,
+    *,
+    image_size: tuple[int, int],
+    frame_size: tuple[int, int],
+    target_size: tuple[int, int],
+    mask_stride: int,
+    max_elements: int,
+) -> Iterator[tuple[slice, Tensor]]:
+    return query_mask_logits(mask_logits, queries, image_size, frame_size, target_size, mask_stride, max_elements)
+
+
+def class_id_set(class_ids: Iterable[int] | None, num_classes: int, name: str) -> set[int]:
+    """`class_ids` (an iterable of vocabulary indices, or None) as a set of ints, checked."""
+    if class_ids is None:
+        return set()
+    ids = {int(class_id) for class_id in class_ids}
+    outside = sorted(class_id for class_id in ids if not 0 <= class_id < num_classes)
+    if outside:
+        raise ValueError(f"{name} has class ids {outside} outside the vocabulary of {num_classes} classes")
+    return ids
+
+
+def panoptic_segmentation(
+    frames: ITAOutputFrames,
+    outputs: Any,
+    threshold: float,
+    mask_threshold: float,
+    overlap_mask_area_threshold: float,
+    label_ids_to_fuse: Iterable[int] | None,
+    target_sizes: Sequence[Sequence[int]] | Tensor | None,
+) -> list[dict[str, Any]]:
+    """`ITAImageProcessor.post_process_panoptic_segmentation`: arguments and outputs checked, then
+    `panoptic_segments` per image."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    if not 0.0 <= overlap_mask_area_threshold <= 1.0:
+        raise ValueError(f"overlap_mask_area_threshold must lie in [0, 1], got {overlap_mask_area_threshold}")
+    if not 0.0 < mask_threshold < 1.0:
+        raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
+    images = query_images(frames, outputs, target_sizes)
+    stuff_ids = class_id_set(label_ids_to_fuse, images[0][0].shape[-1] - 1, "label_ids_to_fuse")
+    results = []
+    for log_probs, mask_chunks_for, target_size in images:
+        segmentation, segments_info = panoptic_segments(
+            log_probs, mask_chunks_for, target_size, threshold, mask_threshold, overlap_mask_area_threshold,
+            stuff_ids,
+        )
+        results.append({"segmentation": segmentation, "segments_info": segments_info})
+    return results
+
+
+def instance_segmentation(
+    frames: ITAOutputFrames,
+    outputs: Any,
+    threshold: float,
+    mask_threshold: float,
+    target_sizes: Sequence[Sequence[int]] | Tensor | None,
+    return_coco_annotation: bool,
+    return_binary_maps: bool,
+    top_k: int,
+    label_ids_to_fuse: Iterable[int] | None,
+) -> list[dict[str, Any]]:
+    """`ITAImageProcessor.post_process_instance_segmentation`: arguments and outputs checked, then
+    `instance_segments` per image, its masks returned as asked."""
+    if return_coco_annotation and return_binary_maps:
+        raise ValueError("return_coco_annotation and return_binary_maps cannot both be True")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    if not 0.0 < mask_threshold < 1.0:
+        raise ValueError(f"mask_threshold must lie in (0, 1), got {mask_threshold}")
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    images = query_images(frames, outputs, target_sizes)
+    stuff_ids = class_id_set(label_ids_to_fuse, images[0][0].shape[-1] - 1, "label_ids_to_fuse")
+    results = []
+    for log_probs, mask_chunks_for, target_size in images:
+        masks, segments_info = instance_segments(
+            log_probs, mask_chunks_for, target_size, top_k, threshold, mask_threshold, stuff_ids
+        )
+        segmentation: Tensor | list[dict[str, Any]]
+        if return_binary_maps:
+            segmentation = masks
+        elif return_coco_annotation:
+            segmentation = [binary_mask_to_coco_rle(mask) for mask in masks]
+        else:
+            segmentation = torch.full(target_size, -1, dtype=torch.long, device=masks.device)
+            for index in reversed(range(len(masks))):  # the highest score is painted last, on top
+                segmentation[masks[index]] = index
+        results.append({"segmentation": segmentation, "segments_info": segments_info})
+    return results

@@ -1,27 +1,88 @@
-"""`ITAProcessor`: the image processor plus the open vocabulary, in one callable."""
+"""`ITAProcessor`: the image processor plus the open vocabulary, in one callable.
+
+The vocabulary is parsed once, at the first door it comes through (`parse_vocabulary`), into an `ITAClassNames`
+that the pipeline hands to the processor and the processor hands to the model: no later step parses it again.
+"""
 
 import difflib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast, overload
 
-from transformers.image_processing_utils import BatchFeature
-from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.image_processing_base import BatchFeature
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 
 from image_processing_ita import ITAImageProcessor, ITAImageProcessorKwargs
 
-__all__ = ["ITAProcessor", "ITAProcessorKwargs", "parse_vocabulary", "shared_synonyms"]
+__all__ = ["ITAClassNames", "ITAProcessor", "ITAProcessorKwargs", "parse_vocabulary", "shared_synonyms"]
 
 # What a call may carry besides the modality dictionaries: transformers' processor-level switches.
 _MODALITIES = ("images_kwargs", "text_kwargs", "audio_kwargs", "videos_kwargs", "common_kwargs")
 
+# A synonym that names two classes: (synonym, position of the first class, position of the other class).
+SharedSynonym = tuple[str, int, int]
 
-def _synonym_key(synonym):
+
+@dataclass(frozen=True, eq=False)
+class ITAClassNames(Sequence[str]):
+    """A parsed vocabulary: the class strings as given and each class's synonyms, made once by `parse_vocabulary`.
+
+    It is a sequence of the class strings (`len`, indexing, iteration; equal to a list or tuple of the same
+    strings), so code that passes `class_names` as a list keeps working, while the synonyms travel with it.
+
+    Attributes:
+        names: the K class strings as given (`"sofa, couch"`).
+        synonyms: per class, its synonyms with surrounding spaces stripped (`("sofa", "couch")`).
+        shared_synonyms: `(synonym, first_class, other_class)` for each synonym that names more than one class,
+            compared as CLIP reads them (case and repeated spaces ignored).
+    """
+
+    names: tuple[str, ...]
+    synonyms: tuple[tuple[str, ...], ...]
+    shared_synonyms: tuple[SharedSynonym, ...] = ()
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
+        return self.names[index]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ITAClassNames):
+            return self.names == other.names
+        if isinstance(other, (list, tuple)):
+            return list(self.names) == list(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.names)  # as the tuple of names it equals
+
+    def __repr__(self) -> str:
+        return f"ITAClassNames({list(self.names)!r})"
+
+
+def _synonym_key(synonym: str) -> str:
     # CLIP's tokenizer lower-cases and collapses white space: "Sofa" and "sofa " are one text to it.
     return " ".join(synonym.lower().split())
 
 
-def shared_synonyms(parsed):
-    """Synonyms that name more than one class of a parsed vocabulary (`parse_vocabulary`'s output), compared as
-    CLIP reads them (case and repeated spaces ignored): a list of `(synonym, first_class, other_class)`."""
-    owner, shared = {}, []
+def shared_synonyms(parsed: ITAClassNames | Iterable[Sequence[str]]) -> list[SharedSynonym]:
+    """Synonyms that name more than one class of a parsed vocabulary (an `ITAClassNames`, or one list of synonyms
+    per class), compared as CLIP reads them (case and repeated spaces ignored): a list of
+    `(synonym, first_class, other_class)`."""
+    if isinstance(parsed, ITAClassNames):
+        return list(parsed.shared_synonyms)
+    owner: dict[str, int] = {}
+    shared = []
     for index, synonyms in enumerate(parsed):
         for synonym in synonyms:
             first = owner.setdefault(_synonym_key(synonym), index)
@@ -30,28 +91,22 @@ def shared_synonyms(parsed):
     return shared
 
 
-def parse_vocabulary(class_names, allow_shared_synonyms=False):
-    """Validate a vocabulary and split each class into its synonyms.
-
-    Returns a list (one entry per class) of lists of synonyms. Raises `ValueError` for an empty vocabulary,
-    a class or synonym that is empty, a non-string entry, duplicate class names, or (unless
-    `allow_shared_synonyms`) a synonym given to two classes (`"sofa,couch"` and `"couch,sofa"`): the classes
-    would tie on it. The model itself accepts shared synonyms, because FC-CLIP's own A-847 and PC-459 class
-    lists have some and the published protocol uses them as they are.
-    """
+def _split_classes(class_names: object) -> ITAClassNames:
+    """The parsing rule: validate a vocabulary and split each class into its synonyms (see `parse_vocabulary`)."""
     if isinstance(class_names, str):
         raise ValueError(
             "The vocabulary must be a list of class names, got a single string "
             f"{class_names!r}; write synonyms of one class as one comma-separated entry, e.g. ['sofa,couch']"
         )
-    class_names = list(class_names) if class_names is not None else []
-    if not class_names:
+    names = list(cast(Iterable[Any], class_names)) if class_names is not None else []
+    if not names:
         raise ValueError("The vocabulary is empty: give at least one class name")
-    parsed, seen = [], {}
-    for index, name in enumerate(class_names):
+    parsed: list[tuple[str, ...]] = []
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
         if not isinstance(name, str):
             raise ValueError(f"Class {index} of the vocabulary is {type(name).__name__}, not a string: {name!r}")
-        synonyms = [synonym.strip() for synonym in name.split(",")]
+        synonyms = tuple(synonym.strip() for synonym in name.split(","))
         if not name.strip():
             raise ValueError(f"Class {index} of the vocabulary is an empty string")
         if any(not synonym for synonym in synonyms):
@@ -61,20 +116,34 @@ def parse_vocabulary(class_names, allow_shared_synonyms=False):
             raise ValueError(f"Duplicate class name {name!r} at positions {seen[key]} and {index} of the vocabulary")
         seen[key] = index
         parsed.append(synonyms)
-    if not allow_shared_synonyms:
-        for synonym, first, other in shared_synonyms(parsed):
-            raise ValueError(
-                f"Synonym {synonym!r} names two classes: {class_names[first]!r} (position {first}) and "
-                f"{class_names[other]!r} (position {other}) of the vocabulary; give each synonym to one class"
-            )
-    return parsed
+    return ITAClassNames(tuple(names), tuple(parsed), tuple(shared_synonyms(parsed)))
+
+
+def parse_vocabulary(class_names: object, allow_shared_synonyms: bool = False) -> ITAClassNames:
+    """Validate a vocabulary and split each class into its synonyms, once: an `ITAClassNames`.
+
+    An `ITAClassNames` (already parsed) is returned as it is, so each door of the way from the pipeline to the
+    model may call this without parsing again. Raises `ValueError` for an empty vocabulary, a class or synonym
+    that is empty, a non-string entry, duplicate class names, or (unless `allow_shared_synonyms`) a synonym given
+    to two classes (`"sofa,couch"` and `"couch,sofa"`): the classes would tie on it. The user's doors (the
+    processor, the pipeline, the apps) refuse shared synonyms; the model accepts them, because FC-CLIP's own
+    A-847 and PC-459 class lists have some and the published protocol uses them as they are.
+    """
+    vocabulary = class_names if isinstance(class_names, ITAClassNames) else _split_classes(class_names)
+    if not allow_shared_synonyms and vocabulary.shared_synonyms:
+        synonym, first, other = vocabulary.shared_synonyms[0]
+        raise ValueError(
+            f"Synonym {synonym!r} names two classes: {vocabulary.names[first]!r} (position {first}) and "
+            f"{vocabulary.names[other]!r} (position {other}) of the vocabulary; give each synonym to one class"
+        )
+    return vocabulary
 
 
 class ITAProcessorKwargs(ProcessingKwargs, total=False):
     """Keyword arguments of [`ITAProcessor`]: the image processor's (`images_kwargs`, or flat as before); the
     vocabulary is not tokenized here (the model encodes it), so `text_kwargs` may only hold `return_tensors`."""
 
-    images_kwargs: ITAImageProcessorKwargs
+    images_kwargs: ITAImageProcessorKwargs  # type: ignore[misc]  # a narrower ImagesKwargs, as transformers' models write it
 
 
 class ITAProcessor(ProcessorMixin):
@@ -95,24 +164,31 @@ class ITAProcessor(ProcessorMixin):
     ```
     """
 
-    def __init__(self, image_processor=None, **kwargs):
+    image_processor: ITAImageProcessor
+
+    def __init__(self, image_processor: ITAImageProcessor | None = None, **kwargs: Any) -> None:
         if image_processor is None:
             image_processor = ITAImageProcessor()
-        super().__init__(image_processor, **kwargs)
+        super().__init__(image_processor, **kwargs)  # type: ignore[no-untyped-call]
 
-    valid_processor_kwargs = ITAProcessorKwargs
+    valid_processor_kwargs = ITAProcessorKwargs  # type: ignore[assignment]
 
     def __call__(
-        self, images=None, text=None, segmentation_maps=None, **kwargs: Unpack[ITAProcessorKwargs]
+        self,
+        images: Any = None,
+        text: Sequence[str] | None = None,
+        segmentation_maps: Any = None,
+        **kwargs: Any,
     ) -> BatchFeature:
         r"""
         Args:
             images (`ImageInput`, *optional*):
                 One image or a list of images; see [`ITAImageProcessor`].
-            text (`list[str]`, *optional*):
+            text (`list[str]` or [`ITAClassNames`], *optional*):
                 The vocabulary: one string per class, synonyms separated by commas (`["sofa,couch", "cat"]`).
-                It is validated (no empty vocabulary, class or synonym, no duplicate class) and returned as
-                `class_names`, a plain list the model's forward accepts.
+                It is parsed once (`parse_vocabulary`: no empty vocabulary, class or synonym, no duplicate class,
+                no synonym of two classes) and returned as `class_names`, an [`ITAClassNames`] (a sequence of the
+                class strings) that the model's forward reads without parsing it again.
             segmentation_maps (`ImageInput`, *optional*):
                 Label maps, one per image; with `text`, ids must index the vocabulary (`num_labels` defaults
                 to its length).
@@ -127,25 +203,22 @@ class ITAProcessor(ProcessorMixin):
         """
         if images is None and text is None:
             raise ValueError("Give images, a vocabulary (text) or both")
-        kwargs = self._merged_image_kwargs(kwargs)
-        class_names = None
-        if text is not None:
-            parse_vocabulary(text)
-            class_names = list(text)
+        image_kwargs = self._merged_image_kwargs(dict(kwargs))
+        class_names = None if text is None else parse_vocabulary(text)
         if images is not None:
             if class_names is not None and segmentation_maps is not None:
-                kwargs.setdefault("num_labels", len(class_names))
-            encoded = self.image_processor(images, segmentation_maps=segmentation_maps, **kwargs)
+                image_kwargs.setdefault("num_labels", len(class_names))
+            encoded = self.image_processor.preprocess(images, segmentation_maps=segmentation_maps, **image_kwargs)
         elif segmentation_maps is not None:
             raise ValueError("segmentation_maps were given without their images")
         else:
             encoded = BatchFeature()
         if class_names is not None:
-            # Set after the tensor conversion: the vocabulary stays a list of strings.
+            # Set after the tensor conversion: the vocabulary stays a sequence of strings.
             encoded["class_names"] = class_names
         return encoded
 
-    def _merged_image_kwargs(self, kwargs):
+    def _merged_image_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The image processor's keyword arguments of one call, after refusing any name nobody reads."""
         image_keys = set(self.image_processor.valid_kwargs.__annotations__) | set(ITAImageProcessorKwargs.__annotations__)
         unknown = [key for key in kwargs if key not in image_keys and key not in _MODALITIES]
@@ -157,21 +230,21 @@ class ITAProcessor(ProcessorMixin):
                 names.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             names += [f"text_kwargs[{key!r}] (the vocabulary is not tokenized by the processor)" for key in text_kwargs]
             raise TypeError(f"ITAProcessor got keyword arguments it cannot use: {', '.join(names)}")
-        merged = self._merge_kwargs(ITAProcessorKwargs, **kwargs)
-        return merged["images_kwargs"]
+        merged = self._merge_kwargs(ITAProcessorKwargs, **kwargs)  # type: ignore[arg-type]
+        return dict(merged["images_kwargs"])
 
-    def post_process_semantic_segmentation(self, *args, **kwargs):
+    def post_process_semantic_segmentation(self, *args: Any, **kwargs: Any) -> list[Any]:
         """See [`ITAImageProcessor.post_process_semantic_segmentation`]."""
         return self.image_processor.post_process_semantic_segmentation(*args, **kwargs)
 
-    def post_process_panoptic_segmentation(self, *args, **kwargs):
+    def post_process_panoptic_segmentation(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         """See [`ITAImageProcessor.post_process_panoptic_segmentation`]."""
         return self.image_processor.post_process_panoptic_segmentation(*args, **kwargs)
 
-    def post_process_instance_segmentation(self, *args, **kwargs):
+    def post_process_instance_segmentation(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         """See [`ITAImageProcessor.post_process_instance_segmentation`]."""
         return self.image_processor.post_process_instance_segmentation(*args, **kwargs)
 
     @property
-    def model_input_names(self):
+    def model_input_names(self) -> list[str]:
         return list(self.image_processor.model_input_names) + ["class_names"]

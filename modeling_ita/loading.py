@@ -8,7 +8,9 @@ Hub id that is not in the cache when offline, a device the machine does not have
 """
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from huggingface_hub import constants as hf_constants
@@ -31,7 +33,7 @@ class ModelLoadingError(Exception):
     """
 
 
-def check_device(name=None):
+def check_device(name: str | torch.device | None = None) -> torch.device:
     """The `torch.device` called `name` (None or `"auto"`: CUDA when available, else the CPU), after checking
     that this machine has it; raises `ValueError` saying what is missing."""
     if name is None or name == "auto":
@@ -55,7 +57,7 @@ def check_device(name=None):
     return device
 
 
-def _looks_like_a_path(name):
+def _looks_like_a_path(name: str) -> bool:
     """A string that cannot be a Hub id `user/model`: absolute, relative from `.`/`~`, or with several parts."""
     return (
         os.path.isabs(name)
@@ -66,7 +68,7 @@ def _looks_like_a_path(name):
     )
 
 
-def check_model_location(name_or_path):
+def check_model_location(name_or_path: str | os.PathLike[str]) -> None:
     """Check, without loading anything, that `name_or_path` names a model: an existing folder with a
     `config.json`, or a Hub id (which, offline, must be in the local cache). Raises `ModelLoadingError`."""
     name = os.fspath(name_or_path)
@@ -94,13 +96,18 @@ def check_model_location(name_or_path):
         )
 
 
-def _listed(keys):
+def _listed(keys: Iterable[Any]) -> str:
     keys = sorted(str(key) for key in keys)
     shown = ", ".join(keys[:_SHOWN_KEYS])
     return shown + (f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else "")
 
 
-def load_segmentation_model(name_or_path, device=None, dtype=None, **kwargs):
+def load_segmentation_model(
+    name_or_path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **kwargs: Any,
+) -> ITAForOpenVocabSegmentation:
     """Load `ITAForOpenVocabSegmentation` from a folder or Hub id, refusing any checkpoint that does not fill the
     model exactly.
 
@@ -126,9 +133,10 @@ def load_segmentation_model(name_or_path, device=None, dtype=None, **kwargs):
     # (transformers would raise pointing at a table it logged); the model is refused all the same.
     kwargs.setdefault("ignore_mismatched_sizes", True)
     try:
-        model, info = ITAForOpenVocabSegmentation.from_pretrained(
+        loaded = ITAForOpenVocabSegmentation.from_pretrained(
             name_or_path, dtype=dtype, output_loading_info=True, **kwargs
         )
+        model, info = cast(tuple[ITAForOpenVocabSegmentation, dict[str, Any]], loaded)
     except OSError as error:  # unreadable or truncated weight files, no weights at all, Hub errors
         raise ModelLoadingError(f"cannot load the model {os.fspath(name_or_path)}: {error}") from error
     problems = []
@@ -149,5 +157,6 @@ def load_segmentation_model(name_or_path, device=None, dtype=None, **kwargs):
             "be random: " + "; ".join(problems) + ". Was config.json edited after the weights were saved?"
         )
     if device is not None:
-        model.to(device)
-    return model.eval()
+        model.to(device)  # type: ignore[arg-type]  # transformers types its to() as the wrapper of Module.to
+    model.eval()  # type: ignore[no-untyped-call]  # transformers' eval() is untyped
+    return model

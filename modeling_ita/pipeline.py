@@ -13,23 +13,26 @@ Importing `modeling_ita` registers the task with transformers' `PIPELINE_REGISTR
 """
 
 import os
-from collections.abc import Sized
+from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
-from image_processing_ita import ITAImageProcessor, open_image, padded_size
+from image_processing_ita import ITAImageProcessor, open_image
+from processing_ita import ITAClassNames, ITAProcessor, parse_vocabulary
 
-from processing_ita import parse_vocabulary
 from .loading import load_segmentation_model
+from .modeling import ITAForOpenVocabSegmentation
 
 logger = logging.get_logger(__name__)
 
@@ -44,7 +47,9 @@ SUBTASKS = ("semantic", "panoptic", "instance")
 INSTANCE_THRESHOLD = 0.5
 
 
-def _check_candidate_labels(candidate_labels):
+def _check_candidate_labels(candidate_labels: object) -> ITAClassNames:
+    """The pipeline's door: `candidate_labels` parsed once (`parse_vocabulary`, shared synonyms refused), or
+    returned as they are when already parsed; the messages name the argument."""
     if candidate_labels is None:
         raise ValueError(
             "candidate_labels is required: the classes to segment, one string per class with synonyms separated "
@@ -55,20 +60,19 @@ def _check_candidate_labels(candidate_labels):
             f"candidate_labels must be a list of classes, got the single string {candidate_labels!r}; commas "
             "separate synonyms of one class, so write candidate_labels=['cat', 'sofa,couch'] for two classes"
         )
-    if len(candidate_labels) == 0:
+    if isinstance(candidate_labels, Sized) and len(candidate_labels) == 0:
         raise ValueError("candidate_labels is empty: give at least one class, e.g. ['cat', 'sofa,couch', 'wall']")
-    parse_vocabulary(candidate_labels)  # no empty class or synonym, no duplicate class
-    return list(candidate_labels)
+    return parse_vocabulary(candidate_labels)  # no empty class or synonym, no duplicate class, no shared synonym
 
 
-def _original_size(image):
+def _original_size(image: Image.Image | np.ndarray | torch.Tensor) -> tuple[int, int]:
     """(height, width) of an image as the image processor will read it (upright PIL, or an array/tensor with
     the channel axis first or last, preferring last for NumPy and first for torch, as the processor does)."""
     if isinstance(image, Image.Image):
         return image.height, image.width
-    shape = tuple(image.shape)
+    shape = tuple(int(side) for side in image.shape)
     if len(shape) == 2:
-        return shape
+        return shape[0], shape[1]
     if len(shape) == 3:
         channels_last = shape[-1] in (1, 2, 3, 4)
         channels_first = shape[0] in (1, 2, 3, 4)
@@ -79,7 +83,7 @@ def _original_size(image):
     raise ValueError(f"Cannot read an image of shape {shape}: expected (H, W), (H, W, C) or (C, H, W)")
 
 
-def _exported_folder_image_processor(model):
+def _exported_folder_image_processor(model: Any) -> ITAImageProcessor | None:
     """The image processor saved in an ONNX model folder, for an `ITAOnnxModel` (`pipeline()` loads a PyTorch
     checkpoint's processor itself, not this one's); None for other models or a folder without one."""
     folder = getattr(model, "folder", None)
@@ -118,12 +122,14 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
     ```
     """
 
-    _load_processor = False
+    _load_processor = False  # type: ignore[assignment]
     _load_image_processor = None  # optional: ITAImageProcessor's defaults when the checkpoint has none
-    _load_feature_extractor = False
-    _load_tokenizer = False  # the model tokenizes its vocabulary itself (open_clip's tokenizer)
+    _load_feature_extractor = False  # type: ignore[assignment]
+    _load_tokenizer = False  # type: ignore[assignment]  # the model tokenizes its vocabulary itself (open_clip's tokenizer)
 
-    def __init__(self, **kwargs):
+    image_processor: ITAImageProcessor
+
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.image_processor is None:
             self.image_processor = _exported_folder_image_processor(self.model)
@@ -135,7 +141,12 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             self.image_processor = ITAImageProcessor.for_model_config(self.model.config)
         self.check_model_type({"ita": ("ITAForOpenVocabSegmentation", "ITAOnnxModel")})
 
-    def __call__(self, image, candidate_labels: list[str] | list[list[str]] | None = None, **kwargs) -> dict | list:
+    def __call__(  # type: ignore[override]
+        self,
+        image: Any,
+        candidate_labels: Sequence[str] | Sequence[Sequence[str]] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """
         Segment one image or several.
 
@@ -147,8 +158,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                 classes. A list of images returns a list of results; a generator or a dataset returns an
                 iterator.
             candidate_labels (`list[str]` or `list[list[str]]`):
-                The classes, one string per class, synonyms separated by commas (`["cat", "sofa,couch"]`). With a
-                list of images, one list for all of them or one list per image.
+                The classes, one string per class, synonyms separated by commas (`["cat", "sofa,couch"]`), or an
+                [`ITAClassNames`] (`parse_vocabulary`'s). With a list of images, one list for all of them or one
+                list per image. Each vocabulary is parsed once, here, and passed on parsed to the processor and the
+                model.
             batch_size (`int`, *optional*):
                 Images per forward pass (see the class docstring: results do not depend on it).
             timeout (`float`, *optional*):
@@ -197,28 +210,28 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             image = kwargs.pop("images")
         if isinstance(image, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
             inputs = {"image": image, "candidate_labels": _check_candidate_labels(candidate_labels)}
-            return super().__call__(inputs, **kwargs)
+            return super().__call__(inputs, **kwargs)  # type: ignore[no-untyped-call]
         if isinstance(image, (list, tuple)):
             if len(image) == 0:
                 return []
             if not all(isinstance(item, dict) for item in image):
                 per_image = self._labels_per_image(candidate_labels, len(image))
                 image = [{"image": item, "candidate_labels": labels} for item, labels in zip(image, per_image)]
-                return super().__call__(image, **kwargs)
+                return super().__call__(image, **kwargs)  # type: ignore[no-untyped-call]
             image = list(image)
         # Dicts `{"image": ..., "candidate_labels": ...}`, a generator or a dataset: labels given here are the
         # default of the images that come without their own.
         if candidate_labels is not None:
             kwargs["candidate_labels"] = _check_candidate_labels(candidate_labels)
-        return super().__call__(image, **kwargs)
+        return super().__call__(image, **kwargs)  # type: ignore[no-untyped-call]
 
     @staticmethod
-    def _labels_per_image(candidate_labels, num_images):
-        """One shared vocabulary, or one per image (a list of lists) -> a validated list per image."""
+    def _labels_per_image(candidate_labels: Any, num_images: int) -> list[ITAClassNames]:
+        """One shared vocabulary, or one per image (a list of lists) -> a parsed vocabulary per image."""
         per_image = (
             isinstance(candidate_labels, (list, tuple))
             and len(candidate_labels) > 0
-            and all(isinstance(labels, (list, tuple)) for labels in candidate_labels)
+            and all(isinstance(labels, (list, tuple, ITAClassNames)) for labels in candidate_labels)
         )
         if not per_image:
             return [_check_candidate_labels(candidate_labels)] * num_images
@@ -229,22 +242,22 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             )
         return [_check_candidate_labels(labels) for labels in candidate_labels]
 
-    def _sanitize_parameters(
+    def _sanitize_parameters(  # type: ignore[override]
         self,
-        candidate_labels=None,
-        timeout=None,
-        subtask=None,
-        threshold=None,
-        mask_threshold=None,
-        overlap_mask_area_threshold=None,
-        stuff_labels=None,
-    ):
-        preprocess_params = {}
+        candidate_labels: ITAClassNames | None = None,
+        timeout: float | None = None,
+        subtask: str | None = None,
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
+        overlap_mask_area_threshold: float | None = None,
+        stuff_labels: Iterable[str] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        preprocess_params: dict[str, Any] = {}
         if candidate_labels is not None:
             preprocess_params["candidate_labels"] = candidate_labels
         if timeout is not None:
             preprocess_params["timeout"] = timeout
-        postprocess_params = {}
+        postprocess_params: dict[str, Any] = {}
         if subtask is not None:
             if subtask not in SUBTASKS:
                 raise ValueError(f"subtask must be one of {', '.join(map(repr, SUBTASKS))}, got {subtask!r}")
@@ -263,7 +276,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         return preprocess_params, {}, postprocess_params
 
     # ------------------------------------------------------------------------------------------------ stages
-    def _load(self, image, timeout=None):
+    def _load(self, image: Any, timeout: float | None = None) -> Image.Image | np.ndarray | torch.Tensor:
         if isinstance(image, os.PathLike):
             image = os.fspath(image)
         if isinstance(image, str):
@@ -279,7 +292,9 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             f"Cannot segment a {type(image).__name__}: give a path, a URL, a PIL image, a NumPy array or a tensor"
         )
 
-    def preprocess(self, inputs, candidate_labels: list[str] | None = None, timeout: float | None = None) -> dict:
+    def preprocess(  # type: ignore[override]
+        self, inputs: Any, candidate_labels: ITAClassNames | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
         if not isinstance(inputs, dict):
             inputs = {"image": inputs}
         vocabulary = _check_candidate_labels(inputs.get("candidate_labels", candidate_labels))
@@ -287,7 +302,8 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         height, width = _original_size(image)
         if height == 0 or width == 0:
             raise ValueError(f"The image has zero size ({height}x{width} pixels)")
-        encoded = self.image_processor(image, return_tensors="pt")
+        # The processor takes the parsed vocabulary as it is and hands it on, parsed, as `class_names`.
+        encoded = ITAProcessor(image_processor=self.image_processor)(images=image, text=vocabulary, return_tensors="pt")
         views = {}
         if "dominant_category_pixel_values" in encoded:  # ITA's CLIP view of the image, [1, 3, S, S]
             views["dominant_category_pixel_values"] = encoded["dominant_category_pixel_values"].to(self.dtype)
@@ -296,10 +312,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             "pixel_values": encoded["pixel_values"].to(self.dtype),  # [1, 3, H_frame, W_frame]
             "image_sizes": encoded["image_sizes"],  # [1, 2] resized size inside the frame
             "target_size": torch.tensor([[height, width]], dtype=torch.long),
-            "candidate_labels": vocabulary,
+            "candidate_labels": encoded["class_names"],
         }
 
-    def _collate(self, items):
+    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Stack preprocessed images, zero-padded to the largest (the padding is cropped away again in
         `_forward`); the vocabularies stay one list per image."""
         height = max(item["pixel_values"].shape[-2] for item in items)
@@ -323,53 +339,56 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
 
     def get_iterator(
         self,
-        inputs,
+        inputs: Any,
         num_workers: int,
         batch_size: int,
-        preprocess_params: dict,
-        forward_params: dict,
-        postprocess_params: dict,
+        preprocess_params: dict[str, Any],
+        forward_params: dict[str, Any],
+        postprocess_params: dict[str, Any],
     ) -> PipelineIterator:
         # As Pipeline.get_iterator, with our collate function: the default one concatenates `pixel_values`,
         # which fails for images of different sizes.
+        dataset: PipelineDataset | PipelineIterator
         if isinstance(inputs, Sized):
-            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)
+            dataset = PipelineDataset(inputs, self.preprocess, preprocess_params)  # type: ignore[no-untyped-call]
         else:
-            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)
+            dataset = PipelineIterator(inputs, self.preprocess, preprocess_params)  # type: ignore[no-untyped-call]
             num_workers = min(num_workers, 1)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=self._collate)
-        model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
-        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+        model_iterator = PipelineIterator(  # type: ignore[no-untyped-call]
+            loader, self.forward, forward_params, loader_batch_size=batch_size
+        )
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)  # type: ignore[no-untyped-call]
 
-    def _forward(self, model_inputs):
+    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
         pixel_values = model_inputs["pixel_values"]
         image_sizes = model_inputs["image_sizes"]
         vocabularies = model_inputs["candidate_labels"]
-        if vocabularies and isinstance(vocabularies[0], str):  # one image, not collated
+        if isinstance(vocabularies, ITAClassNames):  # one image, not collated
             vocabularies = [vocabularies]
         batch = pixel_values.shape[0]
-        divisor = self.image_processor.size_divisor
         padded_height, padded_width = pixel_values.shape[-2:]
 
         # One forward pass per (frame size, vocabulary): an image never sees padding beyond its own frame.
-        groups = {}
+        groups: dict[tuple[tuple[int, int], ITAClassNames], list[int]] = {}
         for index, ((height, width), vocabulary) in enumerate(zip(image_sizes.tolist(), vocabularies)):
-            frame_height, frame_width = padded_size(height, width, divisor)
+            frame_height, frame_width = self.image_processor.padded_frame(height, width, resized=True)
             frame = (min(padded_height, frame_height), min(padded_width, frame_width))
-            groups.setdefault((frame, tuple(vocabulary)), []).append(index)
+            groups.setdefault((frame, vocabulary), []).append(index)
 
         num_columns = max(len(vocabulary) for vocabulary in vocabularies) + 1
-        class_logits = mask_logits = None
+        class_logits: torch.Tensor | None = None
+        mask_logits: torch.Tensor | None = None
         for ((frame_height, frame_width), vocabulary), indices in groups.items():
             views = model_inputs.get("dominant_category_pixel_values")
             outputs = self.model(
                 pixel_values=pixel_values[indices, :, :frame_height, :frame_width],
                 image_sizes=image_sizes[indices],
-                class_names=list(vocabulary),
+                class_names=vocabulary,  # parsed: the model's encoder reads it as it is
                 dominant_category_pixel_values=None if views is None else views[indices],
             )
             logits, masks = outputs.ensemble_log_probs, outputs.masks_queries_logits  # [g, Q, K+1], [g, Q, h, w]
-            if class_logits is None:
+            if class_logits is None or mask_logits is None:
                 num_queries, stride = logits.shape[1], frame_height // masks.shape[-2]
                 class_logits = logits.new_zeros((batch, num_queries, num_columns))
                 mask_logits = masks.new_zeros((batch, num_queries, padded_height // stride, padded_width // stride))
@@ -386,17 +405,19 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             "candidate_labels": model_inputs["candidate_labels"],
         }
 
-    def postprocess(self, model_outputs, subtask="semantic", stuff_labels=None, **thresholds):
+    def postprocess(  # type: ignore[override]
+        self,
+        model_outputs: dict[str, Any],
+        subtask: str = "semantic",
+        stuff_labels: list[str] | None = None,
+        **thresholds: Any,
+    ) -> dict[str, Any]:
         if subtask != "semantic":
             return self._postprocess_segments(model_outputs, subtask, stuff_labels, thresholds)
         if stuff_labels is not None or thresholds:
             given = sorted(["stuff_labels"] * (stuff_labels is not None) + list(thresholds))
             raise ValueError(f"{', '.join(given)} apply to subtask='panoptic' or 'instance', not to semantic segmentation")
-        vocabulary = model_outputs["candidate_labels"]
-        if vocabulary and not isinstance(vocabulary[0], str):
-            # Without batching the outputs keep the batch's list of vocabularies; batched outputs are already
-            # split per image by the pipeline.
-            vocabulary = vocabulary[0]
+        vocabulary = _image_vocabulary(model_outputs)
         num_classes = len(vocabulary)
         class_logits = model_outputs["ensemble_log_probs"]
         class_logits = torch.cat([class_logits[..., :num_classes], class_logits[..., -1:]], dim=-1)
@@ -409,6 +430,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         result = self.image_processor.post_process_semantic_segmentation(
             outputs, target_sizes=target_size, return_winning_scores=True
         )[0]
+        assert isinstance(result, SemanticSegmentationPostProcessorOutput)  # what return_winning_scores returns
         label_map = result.segmentation.cpu().numpy()
         scores = result.winning_scores.cpu().numpy()
 
@@ -429,11 +451,15 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         return {"segments": segments, "label_map": label_map}
 
     # ------------------------------------------------------------------------------- panoptic and instance
-    def _postprocess_segments(self, model_outputs, subtask, stuff_labels, thresholds):
+    def _postprocess_segments(
+        self,
+        model_outputs: dict[str, Any],
+        subtask: str,
+        stuff_labels: list[str] | None,
+        thresholds: dict[str, Any],
+    ) -> dict[str, Any]:
         """Panoptic or instance results of one image (see `__call__`)."""
-        vocabulary = model_outputs["candidate_labels"]
-        if vocabulary and not isinstance(vocabulary[0], str):
-            vocabulary = vocabulary[0]
+        vocabulary = _image_vocabulary(model_outputs)
         num_classes = len(vocabulary)
         stuff_ids = set()
         for label in stuff_labels or ():
@@ -487,11 +513,18 @@ class ITAStrictModelLoader:
     random values and segment anyway)."""
 
     @classmethod
-    def from_pretrained(cls, name_or_path, **kwargs):
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str], **kwargs: Any) -> ITAForOpenVocabSegmentation:
         return load_segmentation_model(name_or_path, **kwargs)
 
 
-def _register():
+def _image_vocabulary(model_outputs: dict[str, Any]) -> Sequence[str]:
+    """The vocabulary of one image's outputs: without batching they keep the batch's list of vocabularies; batched
+    outputs are already split per image by the pipeline."""
+    vocabulary: Sequence[Any] = model_outputs["candidate_labels"]
+    return vocabulary if not vocabulary or isinstance(vocabulary[0], str) else vocabulary[0]
+
+
+def _register() -> None:
     registered = PIPELINE_REGISTRY.supported_tasks.get(ZERO_SHOT_IMAGE_SEGMENTATION_TASK)
     if registered is not None and registered["impl"] is ZeroShotImageSegmentationPipeline:
         return

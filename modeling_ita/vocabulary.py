@@ -17,8 +17,10 @@ import logging
 import os
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils.logging import tqdm
 
-from processing_ita import parse_vocabulary
+from processing_ita import ITAClassNames, parse_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ _CACHE_OFF = ("0", "off", "false", "no", "none")
 _CACHE_FORMAT = 1
 
 
-def default_vocabulary_cache_dir():
+def default_vocabulary_cache_dir() -> Path | None:
     """Where encoded vocabularies are kept on disk: `$ITA_VOCABULARY_CACHE`, else `$HF_HOME/ita/vocabularies`;
     None when `ITA_VOCABULARY_CACHE` is `off` (or `0`, `false`, `no`, `none`)."""
     value = os.environ.get(VOCABULARY_CACHE_ENV)
@@ -53,6 +55,17 @@ def default_vocabulary_cache_dir():
     if value:
         return Path(value).expanduser()
     return Path(hf_constants.HF_HOME) / "ita" / "vocabularies"
+
+
+class ITATextTower(Protocol):
+    """What the encoder needs of a CLIP text side: `ITACLIPBackbone`, or the ONNX runtime's exported text tower."""
+
+    embed_dim: int
+    clip_model: Any  # its `text_projection` tells the device and dtype; the PyTorch model's also holds the weights
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor: ...
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = ...) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -75,21 +88,21 @@ class ITAVocabulary:
         candidate_names: the S + E strings behind `name_embeddings`.
     """
 
-    class_names: tuple
-    synonyms: tuple
+    class_names: tuple[str, ...]
+    synonyms: tuple[str, ...]
     synonym_to_class: torch.Tensor
     text_classifier: torch.Tensor
     overlap_mask: torch.Tensor
     name_embeddings: torch.Tensor | None = None
     text_query_embeddings: torch.Tensor | None = None
-    missing_from_bank: tuple = ()
-    candidate_names: tuple | None = None
+    missing_from_bank: tuple[str, ...] = ()
+    candidate_names: tuple[str, ...] | None = None
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return len(self.class_names)
 
-    def warn_missing_from_bank(self, chosen_names, stacklevel=2):
+    def warn_missing_from_bank(self, chosen_names: Iterable[str], stacklevel: int = 2) -> None:
         """One `UserWarning` naming the chosen dominant categories that the category bank lacks: their text queries
         use the CLIP text tower's embeddings instead. `stacklevel` as `warnings.warn`'s, from the caller."""
         missing = sorted(set(chosen_names) & set(self.missing_from_bank))
@@ -119,14 +132,14 @@ class ITAVocabularyEncoder:
 
     def __init__(
         self,
-        templates,
-        train_vocabulary,
-        extra_candidates=(),
-        batch_size=256,
-        cache_size=8,
-        disk_cache_dir="default",
-        disk_cache_min_prompts=1024,
-    ):
+        templates: Iterable[str],
+        train_vocabulary: Sequence[str],
+        extra_candidates: Iterable[str] = (),
+        batch_size: int = 256,
+        cache_size: int = 8,
+        disk_cache_dir: str | os.PathLike[str] | None = "default",
+        disk_cache_min_prompts: int = 1024,
+    ) -> None:
         self.templates = tuple(templates)
         self.extra_candidates = tuple(extra_candidates)
         self.batch_size = batch_size
@@ -134,16 +147,16 @@ class ITAVocabularyEncoder:
         self.disk_cache_dir = disk_cache_dir
         self.disk_cache_min_prompts = disk_cache_min_prompts
         parsed = parse_vocabulary(train_vocabulary, allow_shared_synonyms=True)
-        self.train_synonyms = {s for synonyms in parsed for s in synonyms}
-        self.category_bank = None
-        self._cache = OrderedDict()
-        self._fingerprint = (None, None)  # (identity of the text tower's tensors, their hash)
+        self.train_synonyms = {s for synonyms in parsed.synonyms for s in synonyms}
+        self.category_bank: dict[str, torch.Tensor] | None = None
+        self._cache: OrderedDict[tuple[Any, ...], ITAVocabulary] = OrderedDict()
+        self._fingerprint: tuple[tuple[tuple[str, int, int], ...] | None, str] = (None, "")  # (identity of the text tower's tensors, their hash)
 
-    def clear_cache(self):
+    def clear_cache(self) -> None:
         """Forget the vocabularies kept in memory (the disk cache stays)."""
         self._cache.clear()
 
-    def set_category_bank(self, bank):
+    def set_category_bank(self, bank: Mapping[str, torch.Tensor] | None) -> None:
         """Make the text queries of chosen names from fixed embeddings (`{name: [D] tensor}`), as the original
         ITA does with `Category/category_tensor.pt`. The ranking still uses the text tower, as there. A chosen
         name the bank lacks takes its text-tower embedding, with a warning (the original raises a `KeyError`).
@@ -151,7 +164,9 @@ class ITAVocabularyEncoder:
         self.category_bank = None if bank is None else {name: value.reshape(-1) for name, value in bank.items()}
         self.clear_cache()
 
-    def _text_query_embeddings(self, names, name_embeddings):
+    def _text_query_embeddings(
+        self, names: Sequence[str], name_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[str, ...]]:
         """Bank rows (as float32, as the original casts them) for the names the bank holds, text-tower rows else."""
         if self.category_bank is None:
             return name_embeddings, ()
@@ -161,7 +176,7 @@ class ITAVocabularyEncoder:
         ]
         return torch.stack(rows), tuple(name for name in names if name not in self.category_bank)
 
-    def _encode_texts(self, backbone, texts, description="Encoding texts"):
+    def _encode_texts(self, backbone: ITATextTower, texts: list[str], description: str = "Encoding texts") -> torch.Tensor:
         # Batches of prompts of similar length: `encode_text` cuts each batch's context after its longest
         # prompt, so grouping by length cuts the padding the text tower runs on. Each embedding depends only
         # on its own tokens (causal attention), so the order changes nothing but float rounding.
@@ -169,7 +184,7 @@ class ITAVocabularyEncoder:
             return torch.empty(0, backbone.embed_dim)
         tokens = backbone.tokenize(texts)  # [N, context_length]
         order = torch.sort(tokens.argmax(dim=-1), stable=True).indices  # by end-of-text position
-        embeddings = None
+        embeddings: torch.Tensor | None = None
         with tqdm(total=len(texts), desc=description, unit="prompt", disable=len(texts) <= self.batch_size) as bar:
             for start in range(0, len(texts), self.batch_size):
                 rows = order[start : start + self.batch_size]
@@ -178,14 +193,15 @@ class ITAVocabularyEncoder:
                     embeddings = batch.new_empty(len(texts), batch.shape[-1])
                 embeddings[rows.to(batch.device)] = batch
                 bar.update(len(rows))
+        assert embeddings is not None  # texts is not empty
         return embeddings  # [N, D]
 
     # ------------------------------------------------------------------------------------------------ disk cache
-    def _cache_folder(self):
+    def _cache_folder(self) -> Path | None:
         folder = default_vocabulary_cache_dir() if self.disk_cache_dir == "default" else self.disk_cache_dir
         return None if folder is None else Path(folder)
 
-    def text_tower_fingerprint(self, backbone):
+    def text_tower_fingerprint(self, backbone: ITATextTower) -> str:
         """SHA-256 of the text tower's weights (names, shapes, dtypes and bytes), computed once per set of
         tensors: loading other weights (new tensors, or in-place copies, which bump their version) recomputes it."""
         tensors = [
@@ -203,7 +219,14 @@ class ITAVocabularyEncoder:
             self._fingerprint = (identity, digest.hexdigest())
         return self._fingerprint[1]
 
-    def _disk_cache_path(self, backbone, class_names, with_name_embeddings, device, dtype):
+    def _disk_cache_path(
+        self,
+        backbone: ITATextTower,
+        class_names: Sequence[str],
+        with_name_embeddings: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> Path | None:
         folder = self._cache_folder()
         if folder is None:
             return None
@@ -221,7 +244,9 @@ class ITAVocabularyEncoder:
         return folder / f"{key}.safetensors"
 
     @staticmethod
-    def _read_cache_file(path, num_synonyms, num_candidates):
+    def _read_cache_file(
+        path: Path, num_synonyms: int, num_candidates: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         try:
             tensors = load_file(str(path))
         except (OSError, SafetensorError) as error:
@@ -236,7 +261,7 @@ class ITAVocabularyEncoder:
         return classifier, names
 
     @staticmethod
-    def _write_cache_file(path, tensors, class_names):
+    def _write_cache_file(path: Path, tensors: dict[str, torch.Tensor], class_names: Sequence[str]) -> None:
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,7 +274,9 @@ class ITAVocabularyEncoder:
                            VOCABULARY_CACHE_ENV)
 
     # ---------------------------------------------------------------------------------------------------- encode
-    def _encode_uncached(self, backbone, synonyms, with_name_embeddings):
+    def _encode_uncached(
+        self, backbone: ITATextTower, synonyms: list[str], with_name_embeddings: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The text tower's outputs: `[S, D]` template-averaged classifier and `[S + E, D]` name embeddings."""
         prompts = [template.format(synonym) for synonym in synonyms for template in self.templates]
         description = f"Encoding {len(synonyms)} synonyms x {len(self.templates)} prompt templates"
@@ -264,9 +291,13 @@ class ITAVocabularyEncoder:
             )
         return text_classifier, name_embeddings
 
-    def encode(self, backbone, class_names, with_name_embeddings=False):
-        """Encode `class_names` (a list of comma-separated synonym strings) into an `ITAVocabulary`."""
-        parsed = parse_vocabulary(class_names, allow_shared_synonyms=True)
+    def encode(
+        self, backbone: ITATextTower, class_names: ITAClassNames | Sequence[str], with_name_embeddings: bool = False
+    ) -> ITAVocabulary:
+        """Encode a vocabulary into an `ITAVocabulary`: an `ITAClassNames` (`parse_vocabulary`'s, read as it is) or a
+        list of comma-separated synonym strings (parsed here, once). Synonyms shared by two classes are accepted:
+        FC-CLIP's own A-847 and PC-459 lists have some."""
+        parsed = parse_vocabulary(class_names, allow_shared_synonyms=True).synonyms
         weight = backbone.clip_model.text_projection
         key = (tuple(class_names), self.templates, self.extra_candidates, with_name_embeddings, weight.device, weight.dtype)
         if key in self._cache:
@@ -298,8 +329,8 @@ class ITAVocabularyEncoder:
         )
 
         text_query_embeddings = candidate_names = None
-        missing_from_bank = ()
-        if with_name_embeddings:
+        missing_from_bank: tuple[str, ...] = ()
+        if name_embeddings is not None:  # with_name_embeddings
             candidate_names = tuple(synonyms) + self.extra_candidates
             text_query_embeddings, missing_from_bank = self._text_query_embeddings(candidate_names, name_embeddings)
 

@@ -9,7 +9,7 @@ from transformers import AutoImageProcessor
 
 from configuration_ita import ITAConfig
 from image_processing_ita import ITAImageProcessor
-from processing_ita import ITAProcessor
+from processing_ita import ITAClassNames, ITAProcessor
 
 SMALL_SIZE = {"shortest_edge": 64, "longest_edge": 100}
 VOCABULARY = ["wall,walls,brick wall", "sofa,couch", "cat"]
@@ -31,7 +31,7 @@ def test_call_returns_image_tensors_and_class_names(processor):
     assert set(inputs.keys()) == {"pixel_values", "pixel_mask", "image_sizes", "dominant_category_pixel_values", "class_names"}
     for key in ("pixel_values", "pixel_mask", "image_sizes", "dominant_category_pixel_values"):
         assert torch.equal(inputs[key], expected[key])
-    assert inputs["class_names"] == VOCABULARY and isinstance(inputs["class_names"], list)
+    assert inputs["class_names"] == VOCABULARY and isinstance(inputs["class_names"], ITAClassNames)
     # Moving the batch (as the Trainer does) leaves the vocabulary alone.
     assert inputs.to(torch.float64)["class_names"] == VOCABULARY
     assert processor.model_input_names == ["pixel_values", "pixel_mask", "image_sizes", "class_names"]
@@ -136,7 +136,7 @@ def test_kwargs_merge_the_transformers_way(tmp_path):
     flat = processor(images=image, text=VOCABULARY, size=bigger, return_tensors="pt")
     assert nested["pixel_values"].shape[-2:] == (96, 160)
     assert torch.equal(nested["pixel_values"], flat["pixel_values"])
-    assert nested["class_names"] == VOCABULARY and isinstance(nested["class_names"], list)  # never a tensor
+    assert nested["class_names"] == VOCABULARY and isinstance(nested["class_names"], ITAClassNames)  # never a tensor
     with pytest.raises(ValueError, match="passed two times"):
         processor(images=image, size=bigger, images_kwargs={"size": bigger})
 

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from modeling_ita.clip_backbone import ITACLIPBackbone
 from modeling_ita.vocabulary import ITAVocabularyEncoder
-from processing_ita import parse_vocabulary
+import processing_ita
+from processing_ita import ITAClassNames, parse_vocabulary, shared_synonyms
 
 from conftest import tiny_config
 
@@ -19,7 +20,18 @@ def make_encoder(config, **kwargs):
 
 
 def test_parse_vocabulary_splits_synonyms():
-    assert parse_vocabulary(["cat", "sofa, couch", "wall"]) == [["cat"], ["sofa", "couch"], ["wall"]]
+    parsed = parse_vocabulary(["cat", "sofa, couch", "wall"])
+    assert parsed.synonyms == (("cat",), ("sofa", "couch"), ("wall",))
+    # A sequence of the class strings as given, equal to the list it was made from.
+    assert parsed == ["cat", "sofa, couch", "wall"] and list(parsed) == ["cat", "sofa, couch", "wall"]
+    assert len(parsed) == 3 and parsed[1] == "sofa, couch" and parsed[1:] == ("sofa, couch", "wall")
+    assert parsed.shared_synonyms == () and hash(parsed) == hash(("cat", "sofa, couch", "wall"))
+
+
+def test_parse_vocabulary_returns_a_parsed_vocabulary_as_it_is():
+    parsed = parse_vocabulary(["cat", "dog"])
+    assert parse_vocabulary(parsed) is parsed
+    assert parse_vocabulary(parsed, allow_shared_synonyms=True) is parsed
 
 
 @pytest.mark.parametrize(
@@ -134,7 +146,13 @@ def test_a_synonym_of_two_classes_is_rejected_naming_both(vocabulary, shared, fi
         parse_vocabulary(vocabulary)
     message = str(error.value)
     assert f"Synonym {shared!r} names two classes" in message and first in message and other in message
-    assert len(parse_vocabulary(vocabulary, allow_shared_synonyms=True)) == len(vocabulary)
+    allowed = parse_vocabulary(vocabulary, allow_shared_synonyms=True)
+    assert len(allowed) == len(vocabulary)
+    assert allowed.shared_synonyms[0][0] == shared and shared_synonyms(allowed) == list(allowed.shared_synonyms)
+    # The door that refuses them refuses the parsed value too, with the same message, without parsing it again.
+    with pytest.raises(ValueError) as again:
+        parse_vocabulary(allowed)
+    assert str(again.value) == message
 
 
 def test_the_model_side_accepts_shared_synonyms(backbone):
@@ -142,6 +160,22 @@ def test_the_model_side_accepts_shared_synonyms(backbone):
     vocabulary = make_encoder(tiny_config()).encode(backbone, ["sofa,couch", "couch,settee"])
     assert vocabulary.synonyms == ("sofa", "couch", "couch", "settee")
     assert vocabulary.synonym_to_class.tolist() == [0, 0, 1, 1]
+
+
+def test_the_encoder_reads_a_parsed_vocabulary_without_parsing_it_again(backbone, monkeypatch):
+    parsed = parse_vocabulary(["sofa,couch", "couch,settee"], allow_shared_synonyms=True)
+    encoder = make_encoder(tiny_config())
+    calls = []
+    split = processing_ita._split_classes
+    monkeypatch.setattr(processing_ita, "_split_classes", lambda names: calls.append(names) or split(names))
+    vocabulary = encoder.encode(backbone, parsed)
+    assert calls == [] and vocabulary.class_names == ("sofa,couch", "couch,settee")
+    assert vocabulary.synonym_to_class.tolist() == [0, 0, 1, 1]
+    encoder.encode(backbone, ["cat", "wall"])  # a plain list is parsed, once
+    assert calls == [["cat", "wall"]]
+    # The same vocabulary as a list or parsed is one entry of the memory cache.
+    assert encoder.encode(backbone, ["sofa,couch", "couch,settee"]) is vocabulary
+    assert isinstance(parsed, ITAClassNames)
 
 
 # ------------------------------------------------------------------------------------------------ long encodings
