@@ -76,7 +76,7 @@ class BenchmarkLayout:
     image_suffix: str = ".jpg"
     label_suffix: str = ".png"
     reduce_labels: bool = False
-    split_file: str = None
+    split_file: str | None = None
 
 
 @dataclass(frozen=True)

@@ -275,7 +275,7 @@ def check_segmentation_data(
                 problems.extend(item)
             bar.update(len(items))
     if world_size > 1:
-        gathered = [None] * world_size
+        gathered: list[list[DataProblem]] = [[] for _ in range(world_size)]
         torch.distributed.all_gather_object(gathered, problems)
         problems = [problem for part in gathered for problem in part]
     problems.sort(key=lambda problem: problem.row)

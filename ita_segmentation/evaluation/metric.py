@@ -210,10 +210,10 @@ class LabelPairHistogram:
     _MIN_MERGE = 1 << 16
     _MAX_PENDING = 64
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._codes = np.zeros(0, dtype=np.uint64)
         self._counts = np.zeros(0, dtype=np.int64)
-        self._pending = []
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_size = 0
 
     def update(self, prediction, reference):
@@ -262,5 +262,8 @@ class LabelPairHistogram:
         predicted, referenced, counts = self.pairs()
         return _confusion_from_values(predicted, referenced, counts, num_labels, ignore_index, reduce_labels)
 
-    def reset(self):
-        self.__init__()
+    def reset(self) -> None:
+        self._codes = np.zeros(0, dtype=np.uint64)
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._pending = []
+        self._pending_size = 0

@@ -63,7 +63,7 @@ class PanopticBenchmark:
     annotation_file: str
     png_dirs: tuple
     image_dir: str
-    vocabulary_file: str = None
+    vocabulary_file: str | None = None
 
     def class_names(self):
         if self.vocabulary_file is None:

@@ -26,6 +26,7 @@ Memory: four numbers per category, whatever the number of images. A reference se
 in `segments_info` when given, as panopticapi reads it (ADE20K panoptic's stuff areas count pixels that things
 cover in the PNG), else its pixel count.
 """
+from typing import Any
 
 import numpy as np
 
@@ -173,7 +174,7 @@ class PanopticQuality:
         sq = np.divide(self.iou, self.tp, out=np.zeros_like(self.iou), where=self.tp > 0)
         rq = np.divide(self.tp.astype(np.float64), denominator, out=np.zeros_like(self.iou), where=seen)
         things = np.array(list(self.categories.values()), dtype=bool)
-        groups = {}
+        groups: dict[str, Any] = {}
         for name, members in (("all", np.ones_like(things)), ("things", things), ("stuff", ~things)):
             chosen = members & seen
             n = int(chosen.sum())
