@@ -8,20 +8,20 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcesso
 
 from configuration_ita import ITAConfig
 from image_processing_ita import ITAImageProcessor
+from processing_ita import ITAClassNames, ITAProcessor, parse_vocabulary
 
 from .classifiers import geometric_ensemble
 from .modeling import ITAForOpenVocabSegmentation, ITAOpenVocabSegmentationOutput, ITAPreTrainedModel
-from processing_ita import ITAProcessor, parse_vocabulary
-
 from .pipeline import ZeroShotImageSegmentationPipeline  # registers the "zero-shot-image-segmentation" task
 from .vocabulary import ITAVocabulary, ITAVocabularyEncoder
 
 AutoConfig.register(ITAConfig.model_type, ITAConfig, exist_ok=True)
 AutoModel.register(ITAConfig, ITAForOpenVocabSegmentation, exist_ok=True)
 AutoImageProcessor.register(ITAConfig, image_processor_classes={"torchvision": ITAImageProcessor}, exist_ok=True)
-AutoProcessor.register(ITAConfig, ITAProcessor, exist_ok=True)
+AutoProcessor.register(ITAConfig, ITAProcessor, exist_ok=True)  # type: ignore[no-untyped-call]
 
 __all__ = [
+    "ITAClassNames",
     "ITAConfig",
     "ITAForOpenVocabSegmentation",
     "ITAImageProcessor",

@@ -57,6 +57,18 @@ def test_default_resize_follows_resize_shortest_edge(height, width, resized, pad
     assert tuple(outputs["pixel_values"].shape) == (1, 3, *padded)
     assert outputs["pixel_values"].dtype == torch.float32
     assert tuple(outputs["pixel_mask"].shape) == (1, *padded)
+    # padded_frame is the one home of that rule: from the input size, or from the resized size.
+    processor = ITAImageProcessor()
+    assert processor.padded_frame(height, width) == padded
+    assert processor.padded_frame(*resized, resized=True) == padded
+
+
+def test_padded_frame_follows_the_processor_s_options():
+    processor = ITAImageProcessor(size=SMALL_SIZE, size_divisor=16)
+    assert processor.padded_frame(20, 60) == (48, 112)  # resized to 33x100, then rounded up to 16
+    assert processor.padded_frame(33, 100, resized=True) == (48, 112)
+    assert ITAImageProcessor(do_resize=False).padded_frame(33, 100) == (64, 128)
+    assert ITAImageProcessor(do_pad=False).padded_frame(400, 600) == (800, 1200)  # no padding: the resized size
 
 
 def test_configurable_size_and_divisor():

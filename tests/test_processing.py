@@ -147,3 +147,28 @@ def test_kwargs_nobody_reads_are_refused_by_name(processor):
         processor(images=image, sizes={"shortest_edge": 32})
     with pytest.raises(TypeError, match="padding"):
         processor(images=image, text=VOCABULARY, text_kwargs={"padding": "max_length"})
+
+
+def test_shared_synonyms_are_refused_at_the_processor_with_the_message_of_parse_vocabulary(processor):
+    with pytest.raises(ValueError, match="Synonym 'couch' names two classes: 'sofa,couch' \\(position 0\\)"):
+        processor(images=random_image(), text=["sofa,couch", "couch,settee"])
+
+
+def test_the_processor_hands_its_parsed_vocabulary_to_the_model(monkeypatch):
+    import processing_ita
+    from modeling_ita import ITAForOpenVocabSegmentation
+
+    from conftest import tiny_config
+
+    config = tiny_config()
+    model = ITAForOpenVocabSegmentation(config).eval()
+    processor = ITAProcessor(image_processor=ITAImageProcessor.for_model_config(config, size=SMALL_SIZE))
+    calls = []
+    split = processing_ita._split_classes
+    monkeypatch.setattr(processing_ita, "_split_classes", lambda names: calls.append(list(names)) or split(names))
+    inputs = processor(images=random_image(), text=VOCABULARY, return_tensors="pt")
+    assert processor(text=inputs["class_names"])["class_names"] is inputs["class_names"]  # taken as it is
+    with torch.no_grad():
+        outputs = model(**inputs)
+    assert calls == [VOCABULARY]  # once, at the processor: neither the second call nor the model parsed again
+    assert outputs.ensemble_log_probs.shape[-1] == len(VOCABULARY) + 1

@@ -283,3 +283,39 @@ def test_a_checkpoint_that_does_not_fill_the_model_is_refused(model_dir, tmp_pat
                                                 "decoder.leftover.weight"):
         load_segmentation_model(extra)
     assert not load_segmentation_model(model_dir).training  # a sound folder loads, in eval mode
+
+
+def test_the_vocabulary_is_parsed_once_from_the_pipeline_to_the_model(segmenter, monkeypatch):
+    import processing_ita
+
+    calls = []
+    split = processing_ita._split_classes
+    monkeypatch.setattr(processing_ita, "_split_classes", lambda names: calls.append(list(names)) or split(names))
+    seen = []
+    hook = segmenter.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["class_names"]), with_kwargs=True
+    )
+    try:
+        result = segmenter(make_image(40, 30), candidate_labels=VOCABULARY)
+    finally:
+        hook.remove()
+    check_result(result, (40, 30), VOCABULARY)
+    assert calls == [VOCABULARY]
+    # The model got the pipeline's parsed value, not a list it would parse again.
+    assert len(seen) == 1 and isinstance(seen[0], processing_ita.ITAClassNames) and seen[0] == VOCABULARY
+
+
+def test_shared_synonyms_are_refused_at_the_pipeline(segmenter):
+    with pytest.raises(ValueError, match="Synonym 'couch' names two classes: 'sofa,couch' \\(position 0\\) and "
+                                         "'couch,settee' \\(position 1\\)"):
+        segmenter(make_image(32, 32), candidate_labels=["sofa,couch", "couch,settee"])
+
+
+def test_batches_are_grouped_by_the_image_processor_s_padded_frame(segmenter):
+    processor = segmenter.image_processor
+    for size in ((40, 30), (33, 70), (64, 64)):
+        resized = processor.resized_size(*size, processor.size)
+        frame = processor.padded_frame(*size)
+        assert frame == processor.padded_frame(*resized, resized=True)
+        assert all(side % processor.size_divisor == 0 for side in frame)
+        assert processor(np.asarray(make_image(*size)), return_tensors="pt")["pixel_values"].shape[-2:] == frame
