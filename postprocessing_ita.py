@@ -159,6 +159,18 @@ def _uniform_cells(labels: Tensor, decided: Tensor) -> Tensor:
     return torch.where(pairs == torch.cat([pairs[1:], pairs[-1:]], dim=0), pairs, -1)
 
 
+class _ScoreSource(Protocol):
+    """Exact class scores `[m, K]` of some source pixels of a band (`_ResizedArgmax.add_rows`'s `scores_at`)."""
+
+    def __call__(self, rows: Tensor, columns: Tensor) -> Tensor: ...
+
+    def prepare(self, rows: Tensor, columns: Tensor) -> None: ...
+
+    def dense_rows(self) -> Tensor | None: ...
+
+    def last_row(self) -> "_ScoreSource": ...
+
+
 class _DenseScores:
     """Exact scores of a band of source pixels read from a score tensor `[n, w, K]` (`_ResizedArgmax`'s source)."""
 
@@ -166,7 +178,8 @@ class _DenseScores:
         self.scores = scores
 
     def __call__(self, rows: Tensor, columns: Tensor) -> Tensor:
-        return self.scores[rows, columns]  # [m, K]
+        scores: Tensor = self.scores[rows, columns]  # [m, K]
+        return scores
 
     def prepare(self, rows: Tensor, columns: Tensor) -> None:
         pass
@@ -182,7 +195,7 @@ class _DenseScores:
 class _StackedScores:
     """The scores of two one-row sources stacked: row 0 from `first`, row 1 from `second`."""
 
-    def __init__(self, first, second):
+    def __init__(self, first: _ScoreSource, second: _ScoreSource) -> None:
         self.first, self.second = first, second
 
     def prepare(self, rows: Tensor, columns: Tensor) -> None:
@@ -200,13 +213,18 @@ class _StackedScores:
             return self.first(rows, columns)
         if not in_first.any():
             return self.second(rows - 1, columns)
-        result = None
-        for part, source, offset in ((in_first, self.first, 0), (~in_first, self.second, 1)):
-            values = source(rows[part] - offset, columns[part])
-            if result is None:
-                result = values.new_empty((rows.numel(), values.shape[-1]))
-            result[part] = values
+        first = self.first(rows[in_first], columns[in_first])
+        second = self.second(rows[~in_first] - 1, columns[~in_first])
+        result = first.new_empty((rows.numel(), first.shape[-1]))
+        result[in_first], result[~in_first] = first, second
         return result
+
+    def last_row(self) -> _ScoreSource:
+        raise NotImplementedError("a window between two bands is never kept")
+
+
+# A band of source rows as `_ResizedArgmax.add_rows` takes it: (labels, decided, best scores or None, exact scores).
+_Band = tuple[Tensor, Tensor, Tensor | None, _ScoreSource]
 
 
 class _ResizedArgmax:
@@ -241,9 +259,9 @@ class _ResizedArgmax:
         self.pixels_per_chunk = max(1, chunk_elements // max(num_classes, 1))
         self.filled = 0  # target rows done
         self.next_row = 0  # first source row of the next band
-        self.last = None  # the previous band's last row: (labels, decided, best, scores_at)
+        self.last: _Band | None = None  # the previous band's last row
 
-    def add_rows(self, labels: Tensor, decided: Tensor, best: Tensor | None, scores_at) -> None:
+    def add_rows(self, labels: Tensor, decided: Tensor, best: Tensor | None, scores_at: _ScoreSource) -> None:
         band = (labels, decided, best, scores_at)
         first, last = self.next_row, self.next_row + labels.shape[0] - 1
         if self.last is not None:  # target rows between the previous band's last row and this band's first
@@ -251,7 +269,7 @@ class _ResizedArgmax:
             window = (
                 torch.cat([kept_labels, labels[:1]]),
                 torch.cat([kept_decided, decided[:1]]),
-                None if best is None else torch.cat([kept_best, best[:1]]),
+                None if best is None or kept_best is None else torch.cat([kept_best, best[:1]]),
                 _StackedScores(kept_scores, scores_at),
             )
             self._fill(first - 1, window)
@@ -259,7 +277,7 @@ class _ResizedArgmax:
         self.last = (labels[-1:], decided[-1:], None if best is None else best[-1:], scores_at.last_row())
         self.next_row = last + 1
 
-    def _fill(self, first_row: int, band: tuple, last_band: bool = False) -> None:
+    def _fill(self, first_row: int, band: "_Band", last_band: bool = False) -> None:
         """Target rows whose two source rows lie in `band` (source rows from `first_row`)."""
         labels, decided, best, scores_at = band
         upper = self.row_taps[1]
@@ -289,7 +307,7 @@ class _ResizedArgmax:
             if kept > _DENSE_CANDIDATE_SHARE * dense.shape[-1]:  # then every pixel, every class, without gathers
                 self._fill_rows(dense, top, bottom, top_weight, bottom_weight, out_labels, out_scores)
                 return
-        if out_scores is not None:  # where the cell's class is shared: the resize of the sources' best scores
+        if out_scores is not None and best is not None:  # where the cell's class is shared: the sources' best, resized
             out_scores.copy_(bilinear_combine(
                 best[top][:, left], best[top][:, right], best[bottom][:, left], best[bottom][:, right],
                 self.left_weight, self.right_weight, top_weight, bottom_weight,
@@ -321,12 +339,14 @@ class _ResizedArgmax:
             local = pixel_cell[first:last] - begin
             weights = (self.left_weight[0, c, None], self.right_weight[0, c, None], top_weight[r], bottom_weight[r])
             if 2 * candidates.shape[1] > corners.shape[-1]:  # little to leave out: every class, without gathers
-                value, label = bilinear_combine(*(corners[k][local] for k in range(4)), *weights).max(dim=-1)
+                value, label = bilinear_combine(
+                    corners[0][local], corners[1][local], corners[2][local], corners[3][local], *weights
+                ).max(dim=-1)
             else:
                 index = candidates.clamp_max(corners.shape[-1] - 1)
                 corner_scores = [corners[k].gather(1, index)[local] for k in range(4)]  # [pixels, C] each
                 picked = candidates[local]
-                mixed = bilinear_combine(*corner_scores, *weights)
+                mixed = bilinear_combine(corner_scores[0], corner_scores[1], corner_scores[2], corner_scores[3], *weights)
                 mixed.masked_fill_(picked == corners.shape[-1], float("-inf"))  # [pixels, C]
                 value, position = mixed.max(dim=-1)  # the first of tied candidates: the first of tied classes
                 label = picked.gather(1, position[:, None])[:, 0]
@@ -334,7 +354,16 @@ class _ResizedArgmax:
             if out_scores is not None:
                 out_scores[r, c] = value
 
-    def _fill_rows(self, scores, top, bottom, top_weight, bottom_weight, out_labels, out_scores) -> None:
+    def _fill_rows(
+        self,
+        scores: Tensor,
+        top: Tensor,
+        bottom: Tensor,
+        top_weight: Tensor,
+        bottom_weight: Tensor,
+        out_labels: Tensor,
+        out_scores: Tensor | None,
+    ) -> None:
         """Every pixel of these target rows from the band's scores `[n, w, K]` (`top`, `bottom`: each target row's
         source rows in the band): each source row resized along the columns once for all the target rows that read
         it, then mixed per target row. `bilinear_combine`'s operations in its order, so the same values."""
@@ -461,7 +490,15 @@ class _FrameRows:
         return bilinear_resize_rows(rows, self.taps, first, last + 1, grid_first)
 
 
-def _target_bands(class_probs, mask_logits, image_size, frame_size, target_size, masks_first, chunk_elements):
+def _target_bands(
+    class_probs: Tensor,
+    mask_logits: Tensor,
+    image_size: tuple[int, int],
+    frame_size: tuple[int, int],
+    target_size: tuple[int, int],
+    masks_first: bool,
+    chunk_elements: int,
+) -> Iterator[tuple[int, int, Tensor]]:
     """Yields `(top, bottom, scores [rows, W_t, K])` for bands of target rows: the masks are resized to the target
     before the class sum (both linear, so the same scores as summing first, up to float rounding), and no
     intermediate exceeds about `chunk_elements` values (at least one row)."""
@@ -474,7 +511,7 @@ def _target_bands(class_probs, mask_logits, image_size, frame_size, target_size,
     band = max(1, min(target_height, int(chunk_elements // per_row) - 2))
     for top in range(0, target_height, band):
         bottom = min(top + band, target_height)
-        if resize:
+        if down_rows is not None:  # resize
             first, last = int(down_rows[0][top]), int(down_rows[1][bottom - 1])
             masks = frame_rows(first, last)  # [n, Q, frame width]
             if not masks_first:
@@ -514,7 +551,7 @@ def _certain_classes(low: Tensor, high: Tensor, class_probs: Tensor) -> Tensor:
     """
     decisions = torch.full((low.shape[0],), -1, dtype=torch.long, device=low.device)
     candidates = (low @ class_probs).argmax(dim=-1)  # the best lower bound
-    for candidate in candidates.unique().tolist():
+    for candidate in torch.unique(candidates).tolist():
         boxes = (candidates == candidate).nonzero(as_tuple=True)[0]
         box_low, box_high = low.index_select(0, boxes), high.index_select(0, boxes)
         lead = class_probs[:, candidate : candidate + 1] - class_probs  # [Q, K]
@@ -554,12 +591,17 @@ def _cell_decisions(upper: Tensor, lower: Tensor, class_probs: Tensor) -> Tensor
 _PROBE_STRIDE = 8
 
 
-def _grid_extent(grid_size: tuple[int, int], image_size: tuple[int, int], frame_size: tuple[int, int]) -> tuple[int, int]:
+def _grid_extent(grid_size: Sequence[int], image_size: tuple[int, int], frame_size: tuple[int, int]) -> tuple[int, int]:
     """Grid rows and columns whose cells hold pixels of the image (not only of its padding)."""
-    return tuple(int(bilinear_taps(size, frame)[0][image - 1]) + 1 for size, frame, image in zip(grid_size, frame_size, image_size))
+    rows, columns = (
+        int(bilinear_taps(size, frame)[0][image - 1]) + 1 for size, frame, image in zip(grid_size, frame_size, image_size)
+    )
+    return rows, columns
 
 
-def _probe_undecided_share(class_probs: Tensor, mask_logits: Tensor, image_size, frame_size) -> float:
+def _probe_undecided_share(
+    class_probs: Tensor, mask_logits: Tensor, image_size: tuple[int, int], frame_size: tuple[int, int]
+) -> float:
     """The share of open cells (`_grid_decisions`) among those of every `_PROBE_STRIDE`-th grid row under the image:
     an estimate of `_undecided_share` at an eighth of its cost."""
     grid_rows, grid_columns = _grid_extent(mask_logits.shape[-2:], image_size, frame_size)
@@ -569,16 +611,21 @@ def _probe_undecided_share(class_probs: Tensor, mask_logits: Tensor, image_size,
     return (decisions[:, :grid_columns] < 0).float().mean().item()
 
 
+_LogitsAt = Callable[[Tensor, Tensor], Tensor]  # (rows, columns) of frame pixels -> their mask logits [m, Q]
+
+
 class _PixelScores:
     """Exact class scores of pixels of a band of image rows, each pixel computed once and kept while the band is in
     use: its mask logits upsampled from the grid (`_upsampled_logits`), sigmoid, class sum."""
 
-    def __init__(self, logits_at, class_probs: Tensor, first_row: int, rows: int, width: int, chunk_elements: int):
+    def __init__(
+        self, logits_at: _LogitsAt, class_probs: Tensor, first_row: int, rows: int, width: int, chunk_elements: int
+    ) -> None:
         self.logits_at, self.class_probs, self.first_row = logits_at, class_probs, first_row
         self.chunk_elements = chunk_elements
         self.slots = torch.full((rows, width), -1, dtype=torch.long, device=class_probs.device)  # row in `table`
-        self.parts = []  # the scores computed so far, `[m, K]` each
-        self.table = None  # their concatenation, built when read
+        self.parts: list[Tensor] = []  # the scores computed so far, `[m, K]` each
+        self.table: Tensor | None = None  # their concatenation, built when read
 
     def compute(self, rows: Tensor, columns: Tensor) -> Tensor:
         """Computes, keeps and returns `[m, K]` the scores of these pixels (distinct, not computed yet)."""
@@ -610,7 +657,8 @@ class _PixelScores:
         if self.table is None:
             self.table = torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
             self.parts = [self.table]
-        return self.table.index_select(0, self.slots[rows, columns])
+        scores: Tensor = self.table.index_select(0, self.slots[rows, columns])
+        return scores
 
     def last_row(self) -> "_PixelScores":
         rows, width = self.slots.shape
@@ -622,7 +670,7 @@ class _PixelScores:
         return kept
 
 
-def _upsampled_logits(mask_logits: Tensor, frame_size: tuple[int, int]):
+def _upsampled_logits(mask_logits: Tensor, frame_size: tuple[int, int]) -> _LogitsAt:
     """`logits_at(rows, columns) -> [m, Q]`: the mask logits `[Q, h, w]` upsampled bilinearly to the padded frame
     (align_corners=False), at the given frame pixels only, with PyTorch's taps and weights."""
     height, width = mask_logits.shape[-2:]
@@ -653,7 +701,15 @@ def _undecided_share(decisions: Tensor, image_size: tuple[int, int], frame_size:
 _DENSE_BAND_SHARE = 0.5
 
 
-def _image_score_bands(class_probs, mask_logits, decisions, image_size, frame_size, winning_scores, chunk_elements):
+def _image_score_bands(
+    class_probs: Tensor,
+    mask_logits: Tensor,
+    decisions: Tensor,
+    image_size: tuple[int, int],
+    frame_size: tuple[int, int],
+    winning_scores: bool,
+    chunk_elements: int,
+) -> Iterator["_Band"]:
     """Yields, for bands of image rows, what `_ResizedArgmax.add_rows` takes: each pixel's best class, whether it
     wins by more than rounding, its score (with `winning_scores`) and the source of exact scores.
 
@@ -839,8 +895,14 @@ def query_mask_logits(
 
 
 def panoptic_segments(
-    log_probs, mask_chunks_for, target_size, threshold, mask_threshold, overlap_mask_area_threshold, stuff_ids
-):
+    log_probs: Tensor,
+    mask_chunks_for: MaskChunks,
+    target_size: tuple[int, int],
+    threshold: float,
+    mask_threshold: float,
+    overlap_mask_area_threshold: float,
+    stuff_ids: set[int],
+) -> tuple[Tensor, list[dict[str, Any]]]:
     """FC-CLIP's `panoptic_inference` for one image.
 
     Args:
@@ -888,7 +950,9 @@ def panoptic_segments(
     final_area = torch.bincount(winner[confident].cpu(), minlength=len(kept))
 
     segment_of_query = torch.zeros(len(kept), dtype=torch.int32)
-    segments_info, stuff_segment, next_id = [], {}, 0
+    segments_info: list[dict[str, Any]] = []
+    stuff_segment: dict[int, dict[str, Any]] = {}
+    next_id = 0
     for k in range(len(kept)):
         if won_area[k] == 0 or original_area[k] == 0 or final_area[k] == 0:
             continue
@@ -912,7 +976,15 @@ def panoptic_segments(
     return segmentation, segments_info
 
 
-def instance_segments(log_probs, mask_chunks_for, target_size, top_k, threshold, mask_threshold, stuff_ids):
+def instance_segments(
+    log_probs: Tensor,
+    mask_chunks_for: MaskChunks,
+    target_size: tuple[int, int],
+    top_k: int,
+    threshold: float,
+    mask_threshold: float,
+    stuff_ids: set[int],
+) -> tuple[Tensor, list[dict[str, Any]]]:
     """FC-CLIP's `instance_inference` for one image.
 
     Args:
@@ -966,7 +1038,7 @@ def instance_segments(log_probs, mask_chunks_for, target_size, top_k, threshold,
     return masks, segments_info
 
 
-def binary_mask_to_coco_rle(mask):
+def binary_mask_to_coco_rle(mask: Tensor | Any) -> dict[str, list[int]]:
     """COCO's uncompressed run-length encoding of a `[H, W]` binary mask: `{"size": [H, W], "counts": [...]}`,
     runs over the column-major pixel order, starting with a (possibly empty) run of zeros, as
     `pycocotools.mask.frPyObjects` reads it."""
@@ -1006,7 +1078,7 @@ def _output_field(outputs: Any, name: str) -> Any:
 def _class_scores_field(outputs: Any) -> Tensor | None:
     """What the class probabilities come from: the geometric ensemble's log-probabilities (inference), else the
     decoder's class logits (a training-mode forward); softmax turns either into probabilities."""
-    scores = _output_field(outputs, "ensemble_log_probs")
+    scores: Tensor | None = _output_field(outputs, "ensemble_log_probs")
     return _output_field(outputs, "class_queries_logits") if scores is None else scores
 
 
@@ -1084,7 +1156,7 @@ def semantic_inputs(
     return class_probs, grid, image_size, frame, target_size
 
 
-SemanticResult = Tensor | SemanticSegmentationPostProcessorOutput | dict[str, Tensor]
+SemanticResult = Tensor | SemanticSegmentationPostProcessorOutput | dict[str, Any]
 
 
 def semantic_segmentation(
@@ -1116,7 +1188,7 @@ def semantic_segmentation(
         if return_scores:
             results.append({"segmentation": labels, "scores": winning})
         elif return_segmentation_scores or return_winning_scores:
-            data = {"segmentation": labels, "segmentation_scores": scores}
+            data: dict[str, Any] = {"segmentation": labels, "segmentation_scores": scores}
             if return_winning_scores:
                 data["winning_scores"] = winning
             results.append(SemanticSegmentationPostProcessorOutput(data=data))
@@ -1132,7 +1204,7 @@ def query_images(
     mask_chunks_for, target_size)`, where `mask_chunks_for(queries)` yields the queries' mask logits at the
     target size a few at a time (`query_mask_logits`)."""
     log_probs, mask_logits, image_sizes, targets = checked_outputs(frames, outputs, target_sizes)
-    images = []
+    images: list[tuple[Tensor, MaskChunks, tuple[int, int]]] = []
     for index, (image_size, target_size) in enumerate(zip(image_sizes, targets)):
         frame = _image_frame(frames, image_size, target_size, index)
         _frame_grid(mask_logits, frame, frames.mask_stride, f"Image {index} of size {image_size}")  # checked now
