@@ -10,6 +10,8 @@ import dataclasses
 import difflib
 import inspect
 import math
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from transformers import PreTrainedConfig
 from transformers.utils import logging
@@ -20,7 +22,7 @@ __all__ = ["ITAConfig", "CONVNEXT_LARGE_D_320_CLIP_CONFIG", "VILD_PROMPT_TEMPLAT
 
 # open_clip's `model_configs/convnext_large_d_320.json` (the CLIP of FC-CLIP and ITA). Kept as a dict so
 # that building the model never needs the network or a model name.
-CONVNEXT_LARGE_D_320_CLIP_CONFIG = {
+CONVNEXT_LARGE_D_320_CLIP_CONFIG: dict[str, Any] = {
     "embed_dim": 768,
     "vision_cfg": {
         "timm_model_name": "convnext_large",
@@ -211,7 +213,7 @@ _TRANSFORMERS_CONFIG_KEYS = frozenset(field.name for field in dataclasses.fields
 }
 
 
-class ITAConfig(PreTrainedConfig):
+class ITAConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]  # PreTrainedConfig's __init_subclass__
     r"""
     Configuration of [`ITAForOpenVocabSegmentation`]. The defaults build ITA with the frozen OpenCLIP
     ConvNeXt-L (`convnext_large_d_320`) of the paper; `ITAConfig.fcclip()` gives FC-CLIP.
@@ -320,46 +322,46 @@ class ITAConfig(PreTrainedConfig):
 
     def __init__(
         self,
-        clip_config=None,
-        num_queries=180,
-        num_dominant_categories=20,
-        dominant_category_extra_names=("other",),
-        dominant_category_image_size=320,
-        dominant_category_features="clip_image",
-        decoder_self_attention=False,
-        hidden_dim=256,
-        decoder_layers=9,
-        decoder_attention_heads=8,
-        decoder_ffn_dim=2048,
-        decoder_dropout=0.0,
-        num_feature_levels=3,
-        pixel_decoder_dim=256,
-        mask_dim=256,
-        pixel_decoder_encoder_layers=6,
-        pixel_decoder_attention_heads=8,
-        pixel_decoder_num_points=4,
-        pixel_decoder_ffn_dim=1024,
-        pixel_decoder_dropout=0.0,
-        group_norm_groups=32,
-        prompt_templates=None,
-        train_vocabulary=None,
-        logit_scale_init=math.log(1 / 0.07),
-        logit_scale_max=100.0,
-        ensemble_alpha=0.4,
-        ensemble_beta=0.8,
-        ensemble_on_valid_mask=False,
-        class_weight=2.0,
-        mask_weight=5.0,
-        dice_weight=5.0,
-        no_object_weight=0.1,
-        train_num_points=12544,
-        oversample_ratio=3.0,
-        importance_sample_ratio=0.75,
-        deep_supervision=True,
-        text_batch_size=256,
-        init_std=0.02,
-        **kwargs,
-    ):
+        clip_config: dict[str, Any] | None = None,
+        num_queries: int = 180,
+        num_dominant_categories: int = 20,
+        dominant_category_extra_names: Sequence[str] = ("other",),
+        dominant_category_image_size: int = 320,
+        dominant_category_features: str = "clip_image",
+        decoder_self_attention: bool = False,
+        hidden_dim: int = 256,
+        decoder_layers: int = 9,
+        decoder_attention_heads: int = 8,
+        decoder_ffn_dim: int = 2048,
+        decoder_dropout: float = 0.0,
+        num_feature_levels: int = 3,
+        pixel_decoder_dim: int = 256,
+        mask_dim: int = 256,
+        pixel_decoder_encoder_layers: int = 6,
+        pixel_decoder_attention_heads: int = 8,
+        pixel_decoder_num_points: int = 4,
+        pixel_decoder_ffn_dim: int = 1024,
+        pixel_decoder_dropout: float = 0.0,
+        group_norm_groups: int = 32,
+        prompt_templates: Sequence[str] | None = None,
+        train_vocabulary: Sequence[str] | None = None,
+        logit_scale_init: float = math.log(1 / 0.07),
+        logit_scale_max: float = 100.0,
+        ensemble_alpha: float = 0.4,
+        ensemble_beta: float = 0.8,
+        ensemble_on_valid_mask: bool = False,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        no_object_weight: float = 0.1,
+        train_num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+        deep_supervision: bool = True,
+        text_batch_size: int = 256,
+        init_std: float = 0.02,
+        **kwargs: Any,
+    ) -> None:
         self.clip_config = copy.deepcopy(clip_config if clip_config is not None else CONVNEXT_LARGE_D_320_CLIP_CONFIG)
         self.num_queries = num_queries
         self.num_dominant_categories = num_dominant_categories
@@ -403,7 +405,7 @@ class ITAConfig(PreTrainedConfig):
         self.validate_ita()
 
     @classmethod
-    def _warn_about_unknown_keys(cls, kwargs):
+    def _warn_about_unknown_keys(cls, kwargs: dict[str, Any]) -> None:
         known = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
         unknown = sorted(key for key in kwargs if key not in known and key not in _TRANSFORMERS_CONFIG_KEYS
                          and not key.startswith("_"))
@@ -419,7 +421,7 @@ class ITAConfig(PreTrainedConfig):
         )
 
     @classmethod
-    def fcclip(cls, **kwargs):
+    def fcclip(cls, **kwargs: Any) -> "ITAConfig":
         """FC-CLIP: no text queries, 250 learnable queries, decoder with self-attention."""
         kwargs.setdefault("num_dominant_categories", 0)
         kwargs.setdefault("num_queries", 250)
@@ -427,18 +429,19 @@ class ITAConfig(PreTrainedConfig):
         return cls(**kwargs)
 
     @property
-    def total_queries(self):
+    def total_queries(self) -> int:
         """Queries the decoder runs: dominant-category text queries first, then the learnable ones."""
         return self.num_dominant_categories + self.num_queries
 
     @property
-    def clip_embed_dim(self):
-        return self.clip_config["embed_dim"]
+    def clip_embed_dim(self) -> int:
+        embed_dim: int = self.clip_config["embed_dim"]
+        return embed_dim
 
-    def validate_ita(self):
+    def validate_ita(self) -> None:
         """Raise a `ValueError` naming the field of any invalid value or combination."""
 
-        def fail(field, message):
+        def fail(field: str, message: str) -> NoReturn:
             raise ValueError(f"ITAConfig.{field}: {message}")
 
         clip = self.clip_config
