@@ -1,10 +1,9 @@
 import pytest
+from conftest import tiny_config
 from transformers import AutoConfig
 
 import modeling_ita  # noqa: F401  (registers the Auto classes)
 from configuration_ita import COCO_PANOPTIC_VOCABULARY, VILD_PROMPT_TEMPLATES, ITAConfig
-
-from conftest import tiny_config
 
 
 def test_defaults_are_ita_with_convnext_large():

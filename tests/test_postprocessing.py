@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from image_processing_ita import ITAImageProcessor
 from postprocessing_ita import binary_mask_to_coco_rle, instance_segments, panoptic_segments
 
-
 # ----------------------------------------------------------------------------------------------------------
 # FC-CLIP's rules, re-stated plainly on full tensors (the reference)
 # ----------------------------------------------------------------------------------------------------------

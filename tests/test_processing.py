@@ -155,10 +155,10 @@ def test_shared_synonyms_are_refused_at_the_processor_with_the_message_of_parse_
 
 
 def test_the_processor_hands_its_parsed_vocabulary_to_the_model(monkeypatch):
+    from conftest import tiny_config
+
     import processing_ita
     from modeling_ita import ITAForOpenVocabSegmentation
-
-    from conftest import tiny_config
 
     config = tiny_config()
     model = ITAForOpenVocabSegmentation(config).eval()

@@ -1,13 +1,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 
+import processing_ita
 from modeling_ita.clip_backbone import ITACLIPBackbone
 from modeling_ita.vocabulary import ITAVocabularyEncoder
-import processing_ita
 from processing_ita import ITAClassNames, parse_vocabulary, shared_synonyms
-
-from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
