@@ -21,6 +21,7 @@ import datasets
 from configuration_ita import COCO_PANOPTIC_VOCABULARY
 from processing_ita import parse_vocabulary
 
+from .dataset_layouts import LAYOUTS
 from .synthetic import make_synthetic_dataset
 from .vocabulary_files import read_vocabulary_file
 
@@ -40,7 +41,6 @@ PathLike = str | os.PathLike[str]
 # `(file, message)` for each file found without its pair (an image without a label map, or the reverse).
 Unpaired = list[tuple[Path, str]]
 
-LAYOUTS = ("auto", "coco_panoptic", "label_folders", "synthetic")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # COCO's split names, for the common short ones.
 _COCO_SPLITS = {"train": "train2017", "validation": "val2017", "val": "val2017"}

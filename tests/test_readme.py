@@ -129,7 +129,7 @@ def test_training_examples_run(model_dir, tmp_path):
     """The fine-tuning and resume examples run as written (placeholders filled, a tiny run appended: later
     options win); the 8-GPU COCO example parses (it needs the full-size model and COCO)."""
     import ita_cli
-    from ita_segmentation.training.trainer import parse_arguments
+    from ita_segmentation.training.entry import parse_arguments
 
     coco, finetune, resume = (command[command.index("scripts/train.py") + 1 :] for command in commands("accelerate launch")[:1] + commands("python scripts/train.py"))
     model_args, data_args, training_args = parse_arguments(coco + ["--use_cpu"])  # --bf16 needs a GPU or this

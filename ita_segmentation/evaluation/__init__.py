@@ -6,27 +6,52 @@
   `evaluate.load(METRIC_PATH)`.
 - `panoptic_quality.py`: `PanopticQuality`, PQ / SQ / RQ with panopticapi's rules (void and crowd regions).
 - `benchmarks.py`: the registry of A-150, A-847, PC-59, PC-459, PAS-20 and PAS-21, `load_benchmark` for
-  their prepared folders and `load_hub_benchmark` for Hub/parquet/imagefolder copies.
+  their prepared folders and `load_hub_benchmark` for Hub/parquet/imagefolder copies (their names alone, light
+  to import, in `benchmark_names.py`).
+
+The names below are imported on first use (they import torch or `datasets`), so that `ita-evaluate`
+(`evaluation.cli`) parses its arguments before any of them is loaded.
 """
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ..vocabulary_files import read_vocabulary_file
-from .benchmarks import (
-    BENCHMARKS,
-    VOCABULARY_DIR,
-    BenchmarkLayout,
-    SegmentationBenchmark,
-    benchmark_metadata,
-    get_benchmark,
-    load_benchmark,
-    load_hub_benchmark,
-)
-from .metric import LabelPairHistogram, SegmentationConfusionMatrix, reduce_reference_labels, segmentation_scores
-from .panoptic_quality import PanopticQuality
+if TYPE_CHECKING:
+    from ..vocabulary_files import read_vocabulary_file
+    from .benchmarks import (
+        BENCHMARKS,
+        VOCABULARY_DIR,
+        BenchmarkLayout,
+        SegmentationBenchmark,
+        benchmark_metadata,
+        get_benchmark,
+        load_benchmark,
+        load_hub_benchmark,
+    )
+    from .metric import LabelPairHistogram, SegmentationConfusionMatrix, reduce_reference_labels, segmentation_scores
+    from .panoptic_quality import PanopticQuality
 
 # The folder of the `evaluate` module; `evaluate.load(METRIC_PATH)` works offline.
 METRIC_PATH = str(Path(__file__).parent / "ita_mean_iou")
+
+# Public name -> the module that defines it (relative to this package).
+_HOMES = {
+    "read_vocabulary_file": "..vocabulary_files",
+    "BENCHMARKS": ".benchmarks",
+    "VOCABULARY_DIR": ".benchmarks",
+    "BenchmarkLayout": ".benchmarks",
+    "SegmentationBenchmark": ".benchmarks",
+    "benchmark_metadata": ".benchmarks",
+    "get_benchmark": ".benchmarks",
+    "load_benchmark": ".benchmarks",
+    "load_hub_benchmark": ".benchmarks",
+    "LabelPairHistogram": ".metric",
+    "SegmentationConfusionMatrix": ".metric",
+    "reduce_reference_labels": ".metric",
+    "segmentation_scores": ".metric",
+    "PanopticQuality": ".panoptic_quality",
+}
 
 __all__ = [
     "METRIC_PATH",
@@ -45,3 +70,13 @@ __all__ = [
     "load_hub_benchmark",
     "read_vocabulary_file",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name], __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

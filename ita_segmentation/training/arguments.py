@@ -1,14 +1,24 @@
-"""The command-line arguments of a training run (`scripts/train.py`, `ita-train`): model, data, and the
-`TrainingArguments` with FC-CLIP's recipe as defaults."""
+"""The command-line arguments of a training run (`scripts/train.py`, `ita-train`) that are the project's own:
+which model (`ITAModelArguments`), which data (`ITADataArguments`), and FC-CLIP's recipe (`ITARecipeArguments`:
+the ITA-specific training settings, and the `TrainingArguments` fields whose defaults FC-CLIP's recipe changes).
+
+Light to import (standard library only), so that `ita-train` checks them before torch is loaded;
+`training_arguments.ITATrainingArguments` joins `ITARecipeArguments` with transformers' `TrainingArguments`.
+"""
 
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments
+from ..dataset_layouts import LAYOUTS
+from .defaults import (
+    BACKBONE_LR_MULTIPLIER,
+    COCO_DECAY_STEPS,
+    COCO_MAX_ITER,
+    DEFAULT_CROP_SIZE,
+    DEFAULT_MAX_SCALE,
+    DEFAULT_MIN_SCALE,
+)
 
-from .data import DEFAULT_CROP_SIZE, DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE
-from .recipe import BACKBONE_LR_MULTIPLIER, COCO_DECAY_STEPS, COCO_MAX_ITER
-
-__all__ = ["ITADataArguments", "ITAModelArguments", "ITATrainingArguments"]
+__all__ = ["ITADataArguments", "ITAModelArguments", "ITARecipeArguments"]
 
 
 @dataclass
@@ -56,7 +66,7 @@ class ITADataArguments:
         metadata={
             "help": "How the data is stored. auto: label-map folders when DATASET/images/<split> and "
             "DATASET/annotations/<split> exist, else what datasets.load_dataset reads.",
-            "choices": ["auto", "coco_panoptic", "label_folders", "synthetic"],
+            "choices": list(LAYOUTS),
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
@@ -127,9 +137,11 @@ class ITADataArguments:
 
 
 @dataclass
-class ITATrainingArguments(TrainingArguments):
-    """`TrainingArguments` with FC-CLIP's recipe as defaults, and the settings that keep per-image targets intact
-    (`remove_unused_columns=False`, `eval_do_concat_batches=False`, `batch_eval_metrics=True`)."""
+class ITARecipeArguments:
+    """FC-CLIP's recipe: the `TrainingArguments` fields whose defaults it changes, with the settings that keep
+    per-image targets intact (`remove_unused_columns=False`, `eval_do_concat_batches=False`,
+    `batch_eval_metrics=True`), and the training settings of this project (learning-rate schedule, backbone
+    factor). Not used alone: `ITATrainingArguments` puts these fields over `TrainingArguments`."""
 
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (FC-CLIP: 1e-4)."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay, except norms and embeddings."})

@@ -29,6 +29,7 @@ from image_processing_ita import ITAImageProcessor, resize_nearest, semantic_tar
 from processing_ita import parse_vocabulary
 
 from ..label_maps import decode_label_map, decode_panoptic_segment_ids
+from .defaults import DEFAULT_CROP_SIZE, DEFAULT_MAX_SCALE, DEFAULT_MIN_SCALE
 
 __all__ = [
     "IGNORE_LABEL",
@@ -42,11 +43,6 @@ __all__ = [
 # Label of pixels that are not scored in reference maps built from targets (transformers' ignore value).
 IGNORE_LABEL = -100
 
-# Mask2Former's COCO panoptic LSJ settings (configs/coco/panoptic-segmentation/Base-COCO-PanopticSegmentation.yaml:
-# INPUT.IMAGE_SIZE, MIN_SCALE, MAX_SCALE).
-DEFAULT_CROP_SIZE = 1024
-DEFAULT_MIN_SCALE = 0.1
-DEFAULT_MAX_SCALE = 2.0
 
 
 # ------------------------------------------------------------------------------------------------------------

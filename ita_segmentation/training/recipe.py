@@ -22,6 +22,8 @@ from torch import nn
 from modeling_ita.clip_backbone import ITACLIPBackbone
 from modeling_ita.dominant_categories import ITADominantCategoryUnearthing
 
+from .defaults import BACKBONE_LR_MULTIPLIER, COCO_DECAY_STEPS, COCO_MAX_ITER
+
 __all__ = [
     "BACKBONE_LR_MULTIPLIER",
     "COCO_DECAY_STEPS",
@@ -31,10 +33,6 @@ __all__ = [
     "scaled_decay_steps",
 ]
 
-# Mask2Former's COCO schedule (SOLVER.STEPS of SOLVER.MAX_ITER), as fractions of the run.
-COCO_MAX_ITER = 368_750
-COCO_DECAY_STEPS = (327_778, 355_092)
-BACKBONE_LR_MULTIPLIER = 0.1  # SOLVER.BACKBONE_MULTIPLIER
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
 
 

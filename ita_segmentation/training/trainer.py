@@ -1,6 +1,6 @@
 """Training ITA and FC-CLIP with the `transformers` Trainer: `ITATrainer`, and `build_trainer`, which assembles
-model, processor, datasets and metrics from the three argument groups; `main` is the command line of
-`scripts/train.py`.
+model, processor, datasets and metrics from the three argument groups (the training run of `ita-train` and
+`scripts/train.py` is `entry.main`).
 
 The recipe is FC-CLIP's (Mask2Former's `train_net.py` and COCO panoptic base config): AdamW with its parameter
 groups and step schedule (`recipe.py`), full-model gradient clipping at L2 norm 0.01 (Trainer's
@@ -12,17 +12,13 @@ Every label map is checked (`evaluation.data_check`) before the model is built.
 
 import logging
 import math
-import os
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import datasets
 import torch
 from torch import nn
 from transformers import (
-    HfArgumentParser,
     PreTrainedModel,
     Trainer,
     TrainerCallback,
@@ -39,7 +35,7 @@ from processing_ita import ITAProcessor
 from ..evaluation.data_check import check_segmentation_data
 from ..segmentation_data import Unpaired, load_segmentation_dataset, resolve_class_names
 from ..vocabulary_files import read_vocabulary_file
-from .arguments import ITADataArguments, ITAModelArguments, ITATrainingArguments
+from .arguments import ITADataArguments, ITAModelArguments
 from .data import (
     IGNORE_LABEL,
     ITASegmentationCollator,
@@ -49,19 +45,16 @@ from .data import (
 )
 from .loading import load_model, load_processor
 from .metrics import ITASegmentationMetrics
-from .precompute import precompute_dominant_categories
 from .recipe import BACKBONE_LR_MULTIPLIER, StepLRSchedule, build_parameter_groups, scaled_decay_steps
+from .training_arguments import ITATrainingArguments
 
 __all__ = [
     "ITATrainer",
     "build_trainer",
-    "check_output_dir",
     "checked_rows",
     "explicit_class_names",
     "load_split_rows",
     "load_training_rows",
-    "main",
-    "parse_arguments",
     "segments_column",
 ]
 
@@ -351,77 +344,3 @@ def build_trainer(
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Command line
-# ------------------------------------------------------------------------------------------------------------
-
-
-def parse_arguments(
-    argv: Sequence[str] | None = None,
-) -> tuple[ITAModelArguments, ITADataArguments, ITATrainingArguments]:
-    """The three argument groups from `argv` (default: the command line), or from a single `.json` file."""
-    groups: Any = (ITAModelArguments, ITADataArguments, ITATrainingArguments)  # HfArgumentParser's hint is narrower
-    parser = HfArgumentParser(groups)
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        parsed = parser.parse_json_file(os.path.abspath(sys.argv[1]))
-    else:
-        parsed = parser.parse_args_into_dataclasses(args=argv)
-    return cast(tuple[ITAModelArguments, ITADataArguments, ITATrainingArguments], tuple(parsed))
-
-
-def check_output_dir(training_args: TrainingArguments) -> None:
-    """Raise `FileExistsError` when `output_dir` holds an earlier run's files and this run neither resumes it nor
-    was told to overwrite it (`overwrite_output_dir`): its checkpoints and model would be replaced silently."""
-    if training_args.output_dir is None:
-        return
-    output = Path(training_args.output_dir)
-    if training_args.resume_from_checkpoint or getattr(training_args, "overwrite_output_dir", False):
-        return
-    content = sorted(path.name for path in output.iterdir()) if output.is_dir() else []
-    if content:
-        shown = ", ".join(content[:5]) + (f" and {len(content) - 5} more" if len(content) > 5 else "")
-        raise FileExistsError(
-            f"output_dir {output} is not empty ({shown}); resume that run with --resume_from_checkpoint last, "
-            "choose another --output_dir, or give --overwrite_output_dir to train anew into it"
-        )
-
-
-def main(argv: Sequence[str] | None = None) -> ITATrainer | None:
-    """Train (or, with `--precompute_dominant_categories_to`, rank dominant categories); returns the trainer."""
-    model_args, data_args, training_args = parse_arguments(argv)
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
-    )
-    if data_args.precompute_dominant_categories_to:
-        explicit_names = explicit_class_names(data_args)
-        rows = load_training_rows(data_args, explicit_names)
-        class_names = resolve_class_names(rows, class_names=explicit_names)
-        model = load_model(model_args, class_names).to(training_args.device)  # type: ignore[arg-type]
-        processor = load_processor(model_args, config=cast(ITAConfig, model.config))
-        rows = precompute_dominant_categories(
-            model, rows, class_names, processor.image_processor, data_args.image_column,
-            data_args.dominant_categories_column, training_args.per_device_eval_batch_size,
-        )
-        rows.save_to_disk(data_args.precompute_dominant_categories_to)
-        logger.info("Saved %d rows with %r to %s", len(rows), data_args.dominant_categories_column,
-                    data_args.precompute_dominant_categories_to)
-        return None
-
-    check_output_dir(training_args)
-    trainer = build_trainer(model_args, data_args, training_args)
-    resume: str | bool | None = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        resume = True
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    if trainer.eval_dataset is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-    return trainer

@@ -20,8 +20,9 @@ from transformers.trainer_utils import EvalPrediction
 from image_processing_ita import ITAImageProcessor
 from ita_segmentation.segmentation_data import load_segmentation_dataset
 from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES
-from ita_segmentation.training.arguments import ITADataArguments, ITAModelArguments, ITATrainingArguments
+from ita_segmentation.training.arguments import ITADataArguments, ITAModelArguments
 from ita_segmentation.training.data import IGNORE_LABEL
+from ita_segmentation.training.entry import main, parse_arguments
 from ita_segmentation.training.loading import load_model
 from ita_segmentation.training.metrics import ITASegmentationMetrics
 from ita_segmentation.training.precompute import precompute_dominant_categories
@@ -32,7 +33,8 @@ from ita_segmentation.training.recipe import (
     build_parameter_groups,
     scaled_decay_steps,
 )
-from ita_segmentation.training.trainer import ITATrainer, build_trainer, main, parse_arguments
+from ita_segmentation.training.trainer import ITATrainer, build_trainer
+from ita_segmentation.training.training_arguments import ITATrainingArguments
 from modeling_ita import ITAForOpenVocabSegmentation
 
 ROOT = Path(__file__).resolve().parents[2]
