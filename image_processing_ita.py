@@ -35,10 +35,8 @@ from transformers.processing_utils import ImagesKwargs
 from configuration_ita import ITAConfig
 from postprocessing_ita import (
     SemanticResult,
-    checked_outputs,
     instance_segmentation,
     panoptic_segmentation,
-    semantic_inputs,
     semantic_segmentation,
 )
 
@@ -875,19 +873,3 @@ class ITAImageProcessor(TorchvisionBackend):
             self, outputs, threshold, mask_threshold, target_sizes, return_coco_annotation, return_binary_maps, top_k,
             label_ids_to_fuse,
         )
-
-    # Kept for callers of the names these had as methods (benchmarks/bench_photo_sizes.py).
-    def _checked_outputs(
-        self, outputs: Any, target_sizes: Sequence[Sequence[int]] | torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
-        return checked_outputs(self, outputs, target_sizes)
-
-    def _semantic_inputs(
-        self,
-        class_scores: torch.Tensor,
-        mask_logits: torch.Tensor,
-        image_size: tuple[int, int],
-        target_size: tuple[int, int],
-        index: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int], tuple[int, int]]:
-        return semantic_inputs(self, class_scores, mask_logits, image_size, target_size, index)

@@ -188,11 +188,11 @@ def main(argv=None):
             peak = memory.delta_mib()
             outputs, labels = state["outputs"], state["labels"]
             # The post-processing's own inputs (its class scores, the image's mask grid and frame).
-            class_logits, mask_logits, image_sizes, target_sizes = processor.image_processor._checked_outputs(
-                outputs, [(height, width)]
+            class_logits, mask_logits, image_sizes, target_sizes = postprocessing_ita.checked_outputs(
+                processor.image_processor, outputs, [(height, width)]
             )
-            class_probs, grid, image_size, frame_size, _ = processor.image_processor._semantic_inputs(
-                class_logits[0], mask_logits[0], image_sizes[0], target_sizes[0], 0
+            class_probs, grid, image_size, frame_size, _ = postprocessing_ita.semantic_inputs(
+                processor.image_processor, class_logits[0], mask_logits[0], image_sizes[0], target_sizes[0], 0
             )
             if args.save_inputs:
                 save_inputs(Path(args.save_inputs) / f"{vocabulary_name}-{height}x{width}.pt",

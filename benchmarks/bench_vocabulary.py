@@ -68,7 +68,7 @@ def main(argv=None):
     # 1. The subset, three ways.
     # FC-CLIP's A-847 list gives a few synonyms to two classes; the benchmark uses it as it is.
     ade847 = read_vocabulary_file(VOCABULARY_DIR / "ade847.txt", allow_shared_synonyms=True)
-    synonyms = [s for class_synonyms in parse_vocabulary(ade847, allow_shared_synonyms=True) for s in class_synonyms]
+    synonyms = [s for class_synonyms in parse_vocabulary(ade847, allow_shared_synonyms=True).synonyms for s in class_synonyms]
     prompts = [template.format(s) for s in synonyms for template in templates]
     subset = random.Random(args.seed).sample(prompts, min(args.subset, len(prompts)))
     tokens = backbone.tokenize(subset)
