@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -17,8 +18,6 @@ from modeling_ita.aggregation_decoder import (
 )
 from modeling_ita.layers import classification_logits, mask_pool
 from modeling_ita.vocabulary import ITAVocabulary
-
-from conftest import tiny_config
 
 NUM_CLASSES = 3
 SYNONYM_TO_CLASS = torch.tensor([0, 0, 1, 2, 2])
@@ -52,8 +51,14 @@ def make_inputs(config, batch_size=2, height=64, width=96, seed=0):
     return features, mask_features, text_queries, classifier
 
 
+def all_predictions(output):
+    """`(class logits, mask logits)` of each prediction of a decoder output, first to last, read by field name."""
+    predictions = [*(output.auxiliary_predictions or ()), output]
+    return [(prediction.class_queries_logits, prediction.masks_queries_logits) for prediction in predictions]
+
+
 def run(decoder, features, mask_features, text_queries, classifier):
-    return decoder(features, mask_features, text_queries, classifier, VOCABULARY).predictions
+    return all_predictions(decoder(features, mask_features, text_queries, classifier, VOCABULARY))
 
 
 def build(config, seed=0):
@@ -292,10 +297,12 @@ def test_last_prediction_alone_matches_the_full_run(variant, monkeypatch):
         heads = []
         predict = decoder.predict
         monkeypatch.setattr(decoder, "predict", lambda *args: heads.append(1) or predict(*args))
-        last = decoder(
+        output = decoder(
             features, mask_features, text_queries, classifier, VOCABULARY,
             output_intermediate_predictions=False,
-        ).predictions
+        )
+        last = all_predictions(output)
+    assert output.auxiliary_predictions is None
     assert len(last) == 1 and len(heads) == 1
     torch.testing.assert_close(last[0][0], full[-1][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(last[0][1], full[-1][1], atol=1e-5, rtol=1e-5)
@@ -497,9 +504,9 @@ def test_attention_weights_and_hidden_states_when_asked(variant):
         assert weights.shape == (2, config.decoder_attention_heads, total_queries, level.shape[-2] * level.shape[-1])
         torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))  # a softmax per query
         # The masked-attention rule: blocked positions get no weight.
-        mask = masked_attention_mask(asked.predictions[i][1], level.shape[-2:])[:, 0]  # [B, Q, hw]
+        mask = masked_attention_mask(asked.auxiliary_predictions[i].masks_queries_logits, level.shape[-2:])[:, 0]
         assert (weights.masked_select(mask[:, None].expand_as(weights)) == 0).all()
     # Explicit attention weights give the same predictions as the fused kernel.
-    for (a_logits, a_masks), (p_logits, p_masks) in zip(asked.predictions, plain.predictions):
+    for (a_logits, a_masks), (p_logits, p_masks) in zip(all_predictions(asked), all_predictions(plain), strict=True):
         torch.testing.assert_close(a_logits, p_logits, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(a_masks, p_masks, atol=1e-4, rtol=1e-4)

@@ -1,9 +1,8 @@
 import pytest
 import torch
-
-from modeling_ita.clip_backbone import ITACLIPBackbone, load_open_clip_weights
-
 from conftest import tiny_config
+
+from modeling_ita.clip_backbone import ITACLIPBackbone, ITACLIPBackboneOutput, load_open_clip_weights
 
 
 @pytest.fixture(scope="module")
@@ -15,13 +14,17 @@ def test_dense_features_strides_and_channels(backbone):
     features = backbone.extract_features(torch.randn(2, 3, 64, 96))
     assert backbone.feature_channels == [24, 32, 48, 64]
     for i, stride in zip(range(2, 6), (4, 8, 16, 32)):
-        assert features[f"res{i}"].shape == (2, backbone.feature_channels[i - 2], 64 // stride, 96 // stride)
-    assert torch.equal(features["clip_vis_dense"], features["res5"])  # norm_pre is Identity for ConvNeXt
+        assert getattr(features, f"res{i}").shape == (2, backbone.feature_channels[i - 2], 64 // stride, 96 // stride)
+    assert torch.equal(features.clip_vis_dense, features.res5)  # norm_pre is Identity for ConvNeXt
+    # A typed output: the stages finest first for the pixel decoder, fields readable by name.
+    assert isinstance(features, ITACLIPBackboneOutput)
+    assert [stage.shape[1] for stage in features.feature_maps] == backbone.feature_channels
+    assert features.feature_maps[0] is features.res2 and features["clip_vis_dense"] is features.clip_vis_dense
 
 
 def test_pooled_head_on_a_global_average_equals_clip_image_embedding(backbone):
     images = torch.randn(2, 3, 64, 64)
-    dense = backbone.extract_features(images)["clip_vis_dense"]
+    dense = backbone.extract_features(images).clip_vis_dense
     pooled = dense.mean(dim=(-2, -1))[:, None, :]  # [B, 1, C]
     via_head = backbone.pooled_embeddings(pooled)[:, 0]
     direct = backbone.encode_image(images, normalize=False)
@@ -33,7 +36,7 @@ def test_frozen_even_in_train_mode(backbone):
     backbone.train()
     assert not backbone.clip_model.training and not backbone.clip_model.visual.trunk.training
     images = torch.randn(1, 3, 64, 64, requires_grad=True)
-    assert not backbone.extract_features(images)["res5"].requires_grad
+    assert not backbone.extract_features(images).res5.requires_grad
 
 
 def test_load_open_clip_weights_is_strict(tmp_path):

@@ -2,26 +2,33 @@
 
 import math
 
+import conftest
 import pytest
 import torch
 import torch.nn.functional as F
+from test_pixel_decoder import TINY_CHANNELS, backbone_features, perturb_parameters
 
-import conftest
 import postprocessing_ita
 from modeling_ita import kernels
 from modeling_ita.kernels import (
     conv2d,
+    conv2d_fast,
     deformable_attention,
+    deformable_attention_on_maps,
     deformable_attention_reference,
     deformable_value_maps,
-    mask_pool,
+    mask_pool_fast,
     mask_pool_reference,
     multi_scale_deformable_attention,
+    multi_scale_deformable_attention_fast,
     multi_scale_deformable_attention_reference,
-    resize_to_levels,
+    resize_to_levels_fast,
+    resize_to_levels_reference,
     token_chunked,
-    tokens_to_maps,
+    tokens_to_maps_fast,
+    tokens_to_maps_reference,
 )
+from modeling_ita.pixel_decoder import ITAConv2dNormActivation, ITAPixelDecoder
 from postprocessing_ita import (
     bilinear_combine,
     bilinear_resize_rows,
@@ -32,8 +39,6 @@ from postprocessing_ita import (
     semantic_scores,
     semantic_scores_reference,
 )
-from modeling_ita.pixel_decoder import ITAConv2dNormActivation, ITAPixelDecoder
-from test_pixel_decoder import TINY_CHANNELS, backbone_features, perturb_parameters
 
 # ----------------------------------------------------------------------------------------------------------
 # Deformable attention
@@ -68,7 +73,7 @@ def test_core_matches_per_point_bilinear_reference():
     batch, queries, heads, _, points, _ = locations.shape
     head_dim = value.shape[-1]
 
-    output = multi_scale_deformable_attention(value, shapes, locations, weights)
+    output = multi_scale_deformable_attention_fast(value, shapes, locations, weights)
 
     assert output.shape == (batch, queries, heads * head_dim)
     assert (locations < 0).any() and (locations > 1).any()
@@ -87,8 +92,10 @@ def test_core_matches_per_point_bilinear_reference():
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
     # The spatial shapes may also come as a tensor, as in the original interface.
     torch.testing.assert_close(
-        multi_scale_deformable_attention(value, torch.tensor(shapes), locations, weights), output
+        multi_scale_deformable_attention_fast(value, torch.tensor(shapes), locations, weights), output
     )
+    # The name the figure calls runs the fast path.
+    assert torch.equal(multi_scale_deformable_attention(value, shapes, locations, weights), output)
     # The plain formula kept beside the kernel gives the same numbers.
     torch.testing.assert_close(multi_scale_deformable_attention_reference(value, shapes, locations, weights), output)
 
@@ -104,8 +111,9 @@ def test_deformable_attention_matches_the_plain_formula_with_gradients():
     logits = torch.randn(batch, queries, heads, levels * points, generator=generator).requires_grad_()
     value.requires_grad_()
 
-    ours = deformable_attention(deformable_value_maps(value, shapes), reference_points, offsets, logits, shapes)
+    ours = deformable_attention_on_maps(deformable_value_maps(value, shapes), reference_points, offsets, logits, shapes)
     reference = deformable_attention_reference(value, reference_points, offsets, logits, shapes)
+    assert torch.equal(deformable_attention(value, reference_points, offsets, logits, shapes), ours)
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
     probe = torch.randn(ours.shape, generator=generator)
     gradients = torch.autograd.grad((ours * probe).sum(), (value, offsets, logits))
@@ -113,22 +121,6 @@ def test_deformable_attention_matches_the_plain_formula_with_gradients():
     for gradient, expected in zip(gradients, reference_gradients):
         assert gradient.abs().sum() > 0
         torch.testing.assert_close(gradient, expected, atol=1e-5, rtol=1e-4)
-
-
-def test_exported_deformable_attention_gives_the_same_values(monkeypatch):
-    """What `torch.export` traces (offsets as rows, the normaliser and reference points repeated to them; the sum
-    over points in one product) computes the same values as the eager kernel."""
-    shapes, value, _, _ = deformable_inputs()
-    generator = torch.Generator().manual_seed(2)
-    batch, queries, heads, levels, points = 2, 7, 2, len(shapes), 3
-    reference_points = torch.rand(1, queries, 2, generator=generator)
-    offsets = torch.randn(batch, queries, heads, levels, points, 2, generator=generator) * 2
-    logits = torch.randn(batch, queries, heads, levels * points, generator=generator)
-    arguments = (deformable_value_maps(value, shapes), reference_points, offsets, logits, shapes)
-    eager = deformable_attention(*arguments)
-    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
-    torch.testing.assert_close(deformable_attention(*arguments), eager, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(deformable_attention_reference(value, *arguments[1:]), eager, atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -163,7 +155,8 @@ def test_token_chunks_give_the_same_result_and_gradients(monkeypatch, chunk):
 
     def run():
         decoder.zero_grad()
-        mask, levels = decoder(features)
+        decoded = decoder(features)
+        mask, levels = decoded.mask_features, decoded.multi_scale_features
         (mask.square().mean() + sum(level.sin().mean() for level in levels)).backward()
         grads = {name: p.grad.clone() for name, p in decoder.named_parameters() if p.grad is not None}
         return [mask.detach(), *[level.detach() for level in levels]], grads
@@ -189,26 +182,31 @@ def test_one_by_one_convolution_as_matrix_product_matches_conv2d(bias):
         x = torch.randn(2, 6, 7, 9)
         torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, conv.weight, conv.bias), atol=1e-6, rtol=1e-6)
         # One image, and a 3x3 kernel (F.conv2d itself).
-        torch.testing.assert_close(conv2d(x[:1], conv.weight, conv.bias), F.conv2d(x[:1], conv.weight, conv.bias))
+        torch.testing.assert_close(conv2d_fast(x[:1], conv.weight, conv.bias), F.conv2d(x[:1], conv.weight, conv.bias))
         weight = torch.randn(5, 6, 3, 3)
-        torch.testing.assert_close(conv2d(x, weight, None, 1), F.conv2d(x, weight, None, padding=1))
+        torch.testing.assert_close(conv2d_fast(x, weight, None, 1), F.conv2d(x, weight, None, padding=1))
+        torch.testing.assert_close(conv2d(x, conv.weight, conv.bias), conv2d_fast(x, conv.weight, conv.bias), atol=0, rtol=0)
 
 
 def test_tokens_to_maps_are_channels_first_copies():
     shapes = [(2, 3), (4, 5)]
     tokens = torch.randn(2, 26, 7)
-    maps = tokens_to_maps(tokens, shapes)
+    maps = tokens_to_maps_fast(tokens, shapes)
     assert [tuple(m.shape) for m in maps] == [(2, 7, 2, 3), (2, 7, 4, 5)]
     assert all(m.is_contiguous() for m in maps)
     torch.testing.assert_close(maps[1][1, :, 2, 3], tokens[1, 6 + 2 * 5 + 3], rtol=0, atol=0)
+    # The plain formula gives the same values as views of the tokens.
+    for view, copy in zip(tokens_to_maps_reference(tokens, shapes), maps, strict=True):
+        assert torch.equal(view, copy) and not view.is_contiguous()
 
 
 def test_level_resizes_equal_plain_bilinear_resizes():
     features = torch.randn(2, 5, 64, 96, generator=torch.Generator().manual_seed(0))
     sizes = [(8, 12), (16, 24), (32, 48), (64, 96), (7, 11)]
-    for size, resized in zip(sizes, resize_to_levels(features, sizes), strict=True):
+    references = resize_to_levels_reference(features, sizes)
+    for size, resized, reference in zip(sizes, resize_to_levels_fast(features, sizes), references, strict=True):
         expected = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
-        assert torch.equal(resized, expected)
+        assert torch.equal(resized, expected) and torch.equal(reference, expected)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -222,7 +220,7 @@ def test_mask_pool_averages_features_inside_each_binarised_mask(query_chunk):
     features = torch.randn(2, 3, 4, 6, generator=generator)
     mask_logits = torch.randn(2, 5, 8, 12, generator=generator)  # twice the feature size: resized first
     mask_logits[1, 4] = -1.0  # an empty mask pools to zeros
-    pooled = mask_pool(features, mask_logits, query_chunk=query_chunk)
+    pooled = mask_pool_fast(features, mask_logits, query_chunk=query_chunk)
     resized = F.interpolate(mask_logits, size=(4, 6), mode="bilinear", align_corners=False)
     assert pooled.shape == (2, 5, 3)
     for b in range(2):
@@ -231,6 +229,86 @@ def test_mask_pool_averages_features_inside_each_binarised_mask(query_chunk):
             expected = features[b][:, inside].mean(dim=-1) if inside.any() else torch.zeros(3)
             torch.testing.assert_close(pooled[b, q], expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pooled, mask_pool_reference(features, mask_logits), atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The registry and the fast-path switch
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_the_switch_chooses_every_fast_path_or_every_reference():
+    with_fast_path = [name for name, entry in kernels.REGISTRY.items() if entry.fast is not None]
+    assert {"deformable_attention", "ITAPixelDecoderEncoderLayer", "conv2d", "mask_pool", "tokens_to_maps",
+            "resize_to_levels", "multi_scale_deformable_attention"} <= set(with_fast_path)
+    before = kernels.fast_paths_enabled()
+    with kernels.use_fast_paths(True):
+        assert all(kernels.implementation(name) is kernels.REGISTRY[name].fast for name in with_fast_path)
+        with kernels.use_fast_paths(False):
+            assert not kernels.fast_paths_enabled()
+            assert all(kernels.implementation(name) is kernels.REGISTRY[name].reference for name in kernels.REGISTRY)
+            assert kernels.implementation("mask_pool") is mask_pool_reference
+        assert kernels.fast_paths_enabled()
+    assert kernels.fast_paths_enabled() == before
+    # Without a block the call switches for good (as torch.set_grad_enabled).
+    kernels.use_fast_paths(False)
+    try:
+        assert not kernels.fast_paths_enabled()
+    finally:
+        kernels.use_fast_paths(before)
+
+
+@pytest.mark.parametrize(("value", "enabled"), [("0", False), ("off", False), ("1", True), ("", True)])
+def test_the_environment_variable_starts_the_process_with_fast_paths_off(value, enabled):
+    import os
+    import subprocess
+    import sys
+
+    code = "from modeling_ita import kernels; print(kernels.fast_paths_enabled(), kernels.implementation('conv2d').__name__)"
+    env = {**os.environ, kernels.FAST_PATHS_ENV: value}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [str(enabled), "conv2d_fast" if enabled else "conv2d_reference"]
+
+
+def test_replaced_kernels_win_over_the_switch_and_restore_what_they_replaced():
+    def doubled(x, weight, bias=None, padding=0):
+        return 2 * F.conv2d(x, weight, bias, padding=padding)
+
+    x, weight = torch.randn(1, 3, 4, 5), torch.randn(2, 3, 1, 1)
+    with kernels.replaced_kernels({"conv2d": doubled}):
+        for enabled in (True, False):
+            with kernels.use_fast_paths(enabled):
+                torch.testing.assert_close(conv2d(x, weight), 2 * F.conv2d(x, weight))
+        with kernels.replaced_kernels({"conv2d": conv2d_fast}):  # nested blocks stack
+            assert kernels.implementation("conv2d") is conv2d_fast
+        assert kernels.implementation("conv2d") is doubled
+    torch.testing.assert_close(conv2d(x, weight), F.conv2d(x, weight))
+    with pytest.raises(KeyError, match="no kernel named \\['conv3d'\\]"):
+        with kernels.replaced_kernels({"conv3d": doubled}):
+            pass
+
+
+def test_pixel_decoder_with_fast_paths_off_runs_the_figure_and_gives_the_same_values_and_gradients():
+    """The encoder layer's own forward (one call, the plain deformable attention) against its fast path (values
+    projected once, tokens in chunks): same outputs and gradients up to float rounding."""
+    decoder = ITAPixelDecoder(conftest.tiny_config(), TINY_CHANNELS)
+    perturb_parameters(decoder)
+    features = backbone_features(2, 64, 96)
+
+    def run(enabled):
+        decoder.zero_grad()
+        with kernels.use_fast_paths(enabled):
+            decoded = decoder(features)
+        (decoded.mask_features.square().mean() + sum(level.sin().mean() for level in decoded.multi_scale_features)).backward()
+        grads = {name: p.grad.clone() for name, p in decoder.named_parameters() if p.grad is not None}
+        return [decoded.mask_features.detach(), *[level.detach() for level in decoded.multi_scale_features]], grads
+
+    fast, fast_grads = run(True)
+    plain, plain_grads = run(False)
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert fast_grads.keys() == plain_grads.keys()
+    for name in fast_grads:
+        torch.testing.assert_close(fast_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------

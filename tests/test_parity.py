@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor
 
 import modeling_ita  # noqa: F401  (registers the Auto classes)
-from modeling_ita import kernels
-from ita_segmentation.hub.folder import CATEGORY_BANK_FILE, CATEGORY_BANK_SNIPPET
 from ita_segmentation.hub.conversion import load_category_bank
+from ita_segmentation.hub.folder import CATEGORY_BANK_FILE, CATEGORY_BANK_SNIPPET
+from modeling_ita import kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,6 +4,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation
@@ -11,8 +12,6 @@ from modeling_ita.clip_backbone import ITACLIPBackbone
 from modeling_ita.dominant_categories import dense_image_embeddings
 from modeling_ita.kernels import multi_scale_deformable_attention
 from modeling_ita.vocabulary import ITAVocabularyEncoder
-
-from conftest import tiny_config
 
 VOCABULARY = ["cat,kitty", "sofa,couch", "wall", "sky", "tiger"]
 
@@ -95,7 +94,7 @@ def test_dominant_category_features_is_validated_and_defaults_to_the_original():
 def test_dense_features_of_an_unpadded_image_give_clip_own_image_embedding(backbone):
     # Mask-free pooling over the whole map is what CLIP's image encoder does: same embedding.
     pixel_values = torch.randn(2, 3, 64, 96)
-    dense = backbone.extract_features(pixel_values)["clip_vis_dense"]
+    dense = backbone.extract_features(pixel_values).clip_vis_dense
     sizes = torch.tensor([[64, 96], [64, 96]])
     embeddings = dense_image_embeddings(backbone, dense, sizes, (64, 96))
     torch.testing.assert_close(embeddings, backbone.encode_image(pixel_values, normalize=False), atol=1e-5, rtol=1e-5)
@@ -120,7 +119,7 @@ def test_dense_feature_ranking_reuses_the_main_forward_and_runs_no_second_clip_f
     with torch.no_grad():
         vocabulary = model.encode_vocabulary(VOCABULARY)
         outputs = model(pixel_values, image_sizes=image_sizes, vocabulary=vocabulary)
-        dense = model.backbone.extract_features(pixel_values)["clip_vis_dense"]
+        dense = model.backbone.extract_features(pixel_values).clip_vis_dense
         image_embeddings = F.normalize(dense_image_embeddings(model.backbone, dense, image_sizes, (64, 96)), dim=-1)
     assert not visual_calls
     probs = (model.backbone.logit_scale.exp() * image_embeddings @ vocabulary.name_embeddings.t()).softmax(-1)

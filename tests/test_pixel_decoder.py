@@ -1,12 +1,17 @@
 import math
 
+import conftest
 import pytest
 import torch
 from transformers.initialization import guard_torch_init_functions
 
-import conftest
 from configuration_ita import ITAConfig
-from modeling_ita.pixel_decoder import ITAMultiScaleDeformableAttention, ITAPixelDecoder, ITAPixelDecoderEncoder
+from modeling_ita.pixel_decoder import (
+    ITAMultiScaleDeformableAttention,
+    ITAPixelDecoder,
+    ITAPixelDecoderEncoder,
+    ITAPixelDecoderOutput,
+)
 
 TINY_CHANNELS = [8, 16, 24, 32]  # res2..res5
 CONVNEXT_L_CHANNELS = [192, 384, 768, 1536]
@@ -82,7 +87,9 @@ def test_reference_points_are_pixel_centres_of_each_level():
 def test_output_shapes_and_strides(tiny_config):
     decoder = ITAPixelDecoder(tiny_config, TINY_CHANNELS).eval()
     features = backbone_features(2, 64, 96)
-    mask_features, multi_scale = decoder(features)
+    decoded = decoder(features)
+    assert isinstance(decoded, ITAPixelDecoderOutput) and isinstance(decoded.multi_scale_features, tuple)
+    mask_features, multi_scale = decoded.mask_features, decoded.multi_scale_features
     assert mask_features.shape == (2, tiny_config.mask_dim, 64 // 4, 96 // 4)
     assert len(multi_scale) == tiny_config.num_feature_levels
     for level_map, stride in zip(multi_scale, (32, 16, 8)):
@@ -160,8 +167,10 @@ def test_runs_in_float32_under_autocast(tiny_config):
     perturb_parameters(decoder)
     features = [f.to(torch.bfloat16) for f in backbone_features(1, 64, 64)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        mask_features, multi_scale = decoder(features)
-    reference_mask, reference_multi_scale = decoder([f.float() for f in features])
+        decoded = decoder(features)
+    mask_features, multi_scale = decoded.mask_features, decoded.multi_scale_features
+    reference = decoder([f.float() for f in features])
+    reference_mask, reference_multi_scale = reference.mask_features, reference.multi_scale_features
     for output, reference in zip([mask_features, *multi_scale], [reference_mask, *reference_multi_scale]):
         assert output.dtype == torch.float32
         assert torch.isfinite(output).all()
@@ -173,9 +182,11 @@ def test_batched_equals_one_by_one(tiny_config):
     decoder = ITAPixelDecoder(tiny_config, TINY_CHANNELS).eval()
     perturb_parameters(decoder)
     first, second = backbone_features(1, 64, 96, seed=1), backbone_features(1, 64, 96, seed=2)
-    batched_mask, batched_levels = decoder([torch.cat(pair) for pair in zip(first, second)])
+    batched = decoder([torch.cat(pair) for pair in zip(first, second)])
+    batched_mask, batched_levels = batched.mask_features, batched.multi_scale_features
     for index, features in enumerate((first, second)):
-        mask, levels = decoder(features)
+        decoded = decoder(features)
+        mask, levels = decoded.mask_features, decoded.multi_scale_features
         torch.testing.assert_close(batched_mask[index : index + 1], mask, atol=1e-5, rtol=1e-5)
         for batched_level, level in zip(batched_levels, levels):
             torch.testing.assert_close(batched_level[index : index + 1], level, atol=1e-5, rtol=1e-5)
@@ -184,7 +195,8 @@ def test_batched_equals_one_by_one(tiny_config):
 def test_gradients_reach_sampling_offsets(tiny_config):
     decoder = ITAPixelDecoder(tiny_config, TINY_CHANNELS)
     perturb_parameters(decoder)
-    mask_features, multi_scale = decoder(backbone_features(1, 64, 64))
+    decoded = decoder(backbone_features(1, 64, 64))
+    mask_features, multi_scale = decoded.mask_features, decoded.multi_scale_features
     (mask_features.square().mean() + sum(level.square().mean() for level in multi_scale)).backward()
     for layer in decoder.transformer.encoder.layers:
         gradient = layer.self_attn.sampling_offsets.weight.grad
