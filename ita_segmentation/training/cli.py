@@ -245,8 +245,10 @@ def _known_options(parser: argparse.ArgumentParser) -> dict[str, str]:
     """Every option string the full parser knows, the project's (`parser`'s) and `TrainingArguments`', with the
     field it sets."""
     options = {option: action.dest for option, action in parser._option_string_actions.items()}
+    own = set(options.values())
     for field in (training_argument_fields() or {}).values():
-        options.update(dict.fromkeys(field.option_strings(), field.name))
+        if field.name not in own:  # a field of the recipe has the recipe's default (and `--no_` form)
+            options.update(dict.fromkeys(field.option_strings(), field.name))
     return options
 
 
