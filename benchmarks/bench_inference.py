@@ -37,7 +37,8 @@ from measure import PeakRSS, StageTimer, machine_description, page_faults, rss_m
 
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
-from ita_segmentation.evaluation import VOCABULARY_DIR, read_vocabulary_file
+from ita_segmentation.evaluation.benchmark_names import VOCABULARY_DIR
+from ita_segmentation.vocabulary_files import read_vocabulary_file
 
 STAGES = ("preprocess", "trunk", "pixel decoder", "DCU", "decoder", "out-of-vocab classifier", "post-processing")
 

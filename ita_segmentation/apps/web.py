@@ -127,15 +127,19 @@ def benchmark_class_lists() -> dict[str, str]:
     and COCO panoptic's 133 classes with its 53 stuff classes marked."""
     from configuration_ita import COCO_PANOPTIC_VOCABULARY
 
-    from ..evaluation.benchmarks import BENCHMARKS
+    from ..evaluation.benchmark_names import BENCHMARK_DISPLAY_NAMES, benchmark_vocabulary_file
+    from ..vocabulary_files import read_vocabulary_file
 
     lists = {}
     # COCO panoptic's categories: the 80 things come first, then the 53 stuff classes.
     lists["COCO panoptic (133)"] = "\n".join(
         name if index < 80 else f"{name} {STUFF_MARKER}" for index, name in enumerate(COCO_PANOPTIC_VOCABULARY)
     )
-    for benchmark in BENCHMARKS.values():
-        lists[f"{benchmark.display_name} ({benchmark.num_labels})"] = "\n".join(benchmark.class_names)
+    # The benchmarks' class lists are read from their files (the registry, `evaluation.benchmarks`, would import
+    # `datasets`); FC-CLIP's A-847 and PC-459 lists share a few synonyms, as the benchmarks use them.
+    for name, display_name in BENCHMARK_DISPLAY_NAMES.items():
+        names = read_vocabulary_file(benchmark_vocabulary_file(name), allow_shared_synonyms=True)
+        lists[f"{display_name} ({len(names)})"] = "\n".join(names)
     return lists
 
 

@@ -2,7 +2,12 @@
 `ita-evaluate --benchmark` is checked before torch and `datasets` are imported. `benchmarks.BENCHMARKS` holds
 the rest of each benchmark (class list, ignore index, folders)."""
 
-__all__ = ["BENCHMARK_DISPLAY_NAMES", "benchmark_name"]
+from pathlib import Path
+
+__all__ = ["BENCHMARK_DISPLAY_NAMES", "VOCABULARY_DIR", "benchmark_name", "benchmark_vocabulary_file"]
+
+# FC-CLIP's class lists of the benchmarks, `<name>.txt` each.
+VOCABULARY_DIR = Path(__file__).parent / "vocabularies"
 
 # name -> display name, in the order of the papers' tables.
 BENCHMARK_DISPLAY_NAMES = {
@@ -23,3 +28,8 @@ def benchmark_name(value: str) -> str:
         if key in (name, display_name.lower().replace("-", "")):
             return name
     raise KeyError(f"Unknown benchmark {value!r}; registered: {', '.join(BENCHMARK_DISPLAY_NAMES)}")
+
+
+def benchmark_vocabulary_file(name: str) -> Path:
+    """FC-CLIP's class list of the benchmark `name` (given as `benchmark_name` takes it)."""
+    return VOCABULARY_DIR / f"{benchmark_name(name)}.txt"

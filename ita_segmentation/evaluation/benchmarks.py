@@ -37,6 +37,7 @@ import datasets
 
 from ..segmentation_data import load_segmentation_dataset, resolve_class_names
 from ..vocabulary_files import read_vocabulary_file
+from .benchmark_names import BENCHMARK_DISPLAY_NAMES, VOCABULARY_DIR, benchmark_name, benchmark_vocabulary_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ __all__ = [
     "benchmark_metadata",
 ]
 
-VOCABULARY_DIR = Path(__file__).parent / "vocabularies"
 
 _METADATA_PREFIX = "ita-benchmark:"
 
@@ -124,10 +124,10 @@ BENCHMARKS = {
     for benchmark in (
         SegmentationBenchmark(
             name="ade150",
-            display_name="A-150",
+            display_name=BENCHMARK_DISPLAY_NAMES["ade150"],
             num_labels=150,
             ignore_index=255,
-            vocabulary_file="ade150.txt",
+            vocabulary_file=benchmark_vocabulary_file("ade150").name,
             layouts=(
                 # Mask2Former/FC-CLIP's prepare_ade20k_sem_seg.py: 0 -> 255, ids - 1 already applied.
                 BenchmarkLayout(
@@ -144,10 +144,10 @@ BENCHMARKS = {
         ),
         SegmentationBenchmark(
             name="ade847",
-            display_name="A-847",
+            display_name=BENCHMARK_DISPLAY_NAMES["ade847"],
             num_labels=847,
             ignore_index=65535,
-            vocabulary_file="ade847.txt",
+            vocabulary_file=benchmark_vocabulary_file("ade847").name,
             layouts=tuple(
                 # prepare_ade20k_full_sem_seg.py writes under ade/, the registration reads the datasets root.
                 BenchmarkLayout(
@@ -161,19 +161,19 @@ BENCHMARKS = {
         ),
         SegmentationBenchmark(
             name="pc59",
-            display_name="PC-59",
+            display_name=BENCHMARK_DISPLAY_NAMES["pc59"],
             num_labels=59,
             ignore_index=255,
-            vocabulary_file="pc59.txt",
+            vocabulary_file=benchmark_vocabulary_file("pc59").name,
             layouts=(BenchmarkLayout("pascal_ctx_d2/images/validation", "pascal_ctx_d2/annotations_ctx59/validation"),),
             num_images=5104,
         ),
         SegmentationBenchmark(
             name="pc459",
-            display_name="PC-459",
+            display_name=BENCHMARK_DISPLAY_NAMES["pc459"],
             num_labels=459,
             ignore_index=65535,
-            vocabulary_file="pc459.txt",
+            vocabulary_file=benchmark_vocabulary_file("pc459").name,
             layouts=(
                 BenchmarkLayout(
                     "pascal_ctx_d2/images/validation",
@@ -185,10 +185,10 @@ BENCHMARKS = {
         ),
         SegmentationBenchmark(
             name="pas20",
-            display_name="PAS-20",
+            display_name=BENCHMARK_DISPLAY_NAMES["pas20"],
             num_labels=20,
             ignore_index=255,
-            vocabulary_file="pas20.txt",
+            vocabulary_file=benchmark_vocabulary_file("pas20").name,
             layouts=(
                 BenchmarkLayout("pascal_voc_d2/images/validation", "pascal_voc_d2/annotations_pascal20/validation"),
                 BenchmarkLayout(
@@ -202,10 +202,10 @@ BENCHMARKS = {
         ),
         SegmentationBenchmark(
             name="pas21",
-            display_name="PAS-21",
+            display_name=BENCHMARK_DISPLAY_NAMES["pas21"],
             num_labels=21,
             ignore_index=255,
-            vocabulary_file="pas21.txt",
+            vocabulary_file=benchmark_vocabulary_file("pas21").name,
             layouts=(
                 BenchmarkLayout("pascal_voc_d2/images/validation", "pascal_voc_d2/annotations_pascal21/validation"),
                 BenchmarkLayout(
@@ -223,11 +223,7 @@ BENCHMARKS = {
 def get_benchmark(name):
     """The registered `SegmentationBenchmark` called `name`: `"ade150"`, `"ade847"`, `"pc59"`, `"pc459"`,
     `"pas20"`, `"pas21"`, or a display name such as `"A-150"`."""
-    key = name.lower().replace("-", "").replace("_", "")
-    for benchmark in BENCHMARKS.values():
-        if key in (benchmark.name, benchmark.display_name.lower().replace("-", "")):
-            return benchmark
-    raise KeyError(f"Unknown benchmark {name!r}; registered: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[benchmark_name(name)]
 
 
 def _candidate_roots(data_dir, layout):

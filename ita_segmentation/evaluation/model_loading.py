@@ -9,11 +9,10 @@ from transformers.image_utils import SizeDict
 from modeling_ita.loading import check_device, load_segmentation_model
 from processing_ita import ITAProcessor
 
+from ..dtypes import torch_dtype
 from ..onnx import ITAOnnxModel, resolve_backend
 
 __all__ = ["load_model_and_processor"]
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def load_model_and_processor(
@@ -38,13 +37,12 @@ def load_model_and_processor(
         ModelLoadingError: no such model, or a checkpoint with missing or unexpected weights (named).
         ValueError: an unknown or unavailable device or dtype.
     """
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    weights_dtype = torch_dtype(dtype)  # a ValueError naming the dtypes for another name
     backend, device = resolve_backend(model_name_or_path, backend, device, dtype)
     if backend == "onnxruntime":
         model = ITAOnnxModel.from_pretrained(model_name_or_path)
     else:
-        model = load_segmentation_model(model_name_or_path, device=check_device(device), dtype=_DTYPES[dtype])
+        model = load_segmentation_model(model_name_or_path, device=check_device(device), dtype=weights_dtype)
     processor = ITAProcessor.from_pretrained(model_name_or_path)
     if shortest_edge is not None or longest_edge is not None:
         size = cast(SizeDict, processor.image_processor.size)  # a SizeDict once the processor is built

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import pipeline
 
 from ita_segmentation.apps.web import (
     STUFF_MARKER,
@@ -120,6 +119,12 @@ def test_benchmark_class_lists():
     assert len(classes) == 133 and len(stuff) == 53 and classes[0].startswith("person")
     assert len(lists["A-150 (150)"].splitlines()) == 150
     assert all(len(text.splitlines()) <= WebLimits().max_classes for text in lists.values())
+    # The benchmarks' lists, read from their files, are the registry's (which the page no longer imports).
+    from ita_segmentation.evaluation.benchmarks import BENCHMARKS
+
+    for benchmark in BENCHMARKS.values():
+        assert lists[f"{benchmark.display_name} ({benchmark.num_labels})"] == "\n".join(benchmark.class_names)
+    assert list(lists)[1:] == [f"{b.display_name} ({b.num_labels})" for b in BENCHMARKS.values()]
 
 
 # ----------------------------------------------------------------------------------------------------------
