@@ -7,7 +7,11 @@ of the picture, in text scaled to it, so that it hides nothing and stays readabl
 24-megapixel photo alike.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from PIL import Image, ImageDraw, ImageFont
 
 from image_processing_ita import open_image
@@ -34,7 +38,7 @@ _VALUES = np.array([0.95, 0.75, 0.85, 0.65, 1.00])
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-def color_palette(num_classes):
+def color_palette(num_classes: int) -> NDArray[np.uint8]:
     """`[num_classes, 3]` uint8 RGB colours, one per class id.
 
     Deterministic, and a class id gets the same colour whatever `num_classes` is (the palette of K
@@ -54,7 +58,7 @@ def color_palette(num_classes):
     return np.round(np.stack(channels, axis=-1) * 255.0).astype(np.uint8).reshape(num_classes, 3)
 
 
-def to_rgb(image):
+def to_rgb(image: Any) -> Image.Image:
     """A PIL image as 8-bit RGB, upright (EXIF orientation applied); 16-bit grey scaled to 0..255, not
     clipped."""
     image = open_image(image)
@@ -67,7 +71,7 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def _check_label_map(label_map, num_classes):
+def _check_label_map(label_map: ArrayLike, num_classes: int) -> NDArray[np.integer]:
     label_map = np.asarray(label_map)
     if label_map.ndim != 2 or not np.issubdtype(label_map.dtype, np.integer):
         raise ValueError(f"label_map must be an integer array [H, W], got {label_map.dtype} {label_map.shape}")
@@ -78,7 +82,9 @@ def _check_label_map(label_map, num_classes):
     return label_map
 
 
-def colorize_label_map(label_map, num_classes=None, palette=None):
+def colorize_label_map(
+    label_map: ArrayLike, num_classes: int | None = None, palette: ArrayLike | None = None
+) -> Image.Image:
     """`[H, W]` integer label map -> RGB PIL image of the class colours (`color_palette` by default)."""
     label_map = np.asarray(label_map)
     if palette is None:
@@ -90,7 +96,7 @@ def colorize_label_map(label_map, num_classes=None, palette=None):
     return Image.fromarray(palette[label_map])
 
 
-def legend_entries(label_map, class_names):
+def legend_entries(label_map: ArrayLike, class_names: Sequence[str]) -> list[tuple[int, str, float]]:
     """Classes present in `label_map`, largest first: a list of `(class_id, name, pixel_share)`, the name
     being the class's first synonym."""
     label_map = _check_label_map(label_map, len(class_names))
@@ -100,20 +106,26 @@ def legend_entries(label_map, class_names):
     return [(class_id, class_names[class_id].split(",")[0].strip(), counts[class_id] / total) for class_id in present]
 
 
-def _legend_font(font_size):
+def _legend_font(font_size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=font_size)
     except (ImportError, OSError, TypeError):  # Pillow built without FreeType: the fixed bitmap font
         return ImageFont.load_default()
 
 
-def legend_font_size(image_height):
+def legend_font_size(image_height: int) -> int:
     """Legend text height for an image `image_height` pixels high: a 25th of it, at least 12 px (readable
     beside a thumbnail) and at most 160 px."""
     return int(np.clip(round(image_height / 25), 12, 160))
 
 
-def legend_panel(entries, height, font_size, max_columns=4, background=(255, 255, 255)):
+def legend_panel(
+    entries: Sequence[tuple[ArrayLike, str]],
+    height: int,
+    font_size: int,
+    max_columns: int = 4,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
     """A legend, to stand beside an image `height` pixels high: an RGB image of that height (taller only when
     `max_columns` columns cannot hold the entries) listing `entries`, `(rgb, text)` pairs, one per row: a swatch
     of the colour and the text, in as many columns as the height needs. Nothing is cut off."""
@@ -139,13 +151,13 @@ def legend_panel(entries, height, font_size, max_columns=4, background=(255, 255
     for index, (rgb, text) in enumerate(entries):
         column, row = divmod(index, rows_per_column)
         left, top = margin + column * column_width, margin + row * row_height
-        draw.rectangle([left, top, left + swatch - 1, top + swatch - 1], fill=tuple(int(c) for c in rgb),
+        draw.rectangle([left, top, left + swatch - 1, top + swatch - 1], fill=tuple(int(c) for c in np.asarray(rgb).ravel()),
                        outline=(0, 0, 0), width=outline)
         draw.text((left + swatch + margin // 2, top), text, font=font, fill=(0, 0, 0))
     return panel
 
 
-def _outlines(label_map, thickness):
+def _outlines(label_map: NDArray[np.integer], thickness: int) -> NDArray[np.bool_]:
     """Pixels within `thickness` of a boundary between two classes, on both sides of it."""
     edges = np.zeros(label_map.shape, dtype=bool)
     horizontal = label_map[:, 1:] != label_map[:, :-1]
@@ -161,7 +173,14 @@ def _outlines(label_map, thickness):
     return edges
 
 
-def overlay(image, label_map, class_names, alpha=0.5, legend=True, outlines=True):
+def overlay(
+    image: Any,
+    label_map: ArrayLike,
+    class_names: Sequence[str],
+    alpha: float = 0.5,
+    legend: bool = True,
+    outlines: bool = True,
+) -> Image.Image:
     """The image blended with the colours of its label map, and beside it a legend of the classes present.
 
     Args:
@@ -203,7 +222,7 @@ def overlay(image, label_map, class_names, alpha=0.5, legend=True, outlines=True
     return with_legend(result, entries)
 
 
-def with_legend(picture, entries):
+def with_legend(picture: Image.Image, entries: Sequence[tuple[ArrayLike, str]]) -> Image.Image:
     """`picture` with a legend panel of `(colour, text)` entries beside it, in text scaled to the picture."""
     if not entries:
         return picture
@@ -214,7 +233,7 @@ def with_legend(picture, entries):
     return canvas
 
 
-def _outline(mask):
+def _outline(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     """The pixels of a boolean mask `[H, W]` that touch a pixel outside it (4-neighbourhood; the image border
     counts as outside)."""
     padded = np.pad(mask, 1, constant_values=False)
@@ -222,7 +241,9 @@ def _outline(mask):
     return mask & ~interior
 
 
-def segment_overlay(image, masks, names, alpha=0.5, legend=True):
+def segment_overlay(
+    image: Any, masks: Sequence[ArrayLike], names: Sequence[str], alpha: float = 0.5, legend: bool = True
+) -> Image.Image:
     """The image with one colour per segment (panoptic segments or instances) and each segment outlined.
 
     Args:
@@ -244,14 +265,14 @@ def segment_overlay(image, masks, names, alpha=0.5, legend=True):
     image = to_rgb(image)
     pixels = np.asarray(image, dtype=np.float32).copy()
     palette = color_palette(len(masks)).astype(np.float32)
-    masks = [np.asarray(mask, dtype=bool) for mask in masks]
-    for index, mask in enumerate(masks):
+    boolean_masks = [np.asarray(mask, dtype=bool) for mask in masks]
+    for index, mask in enumerate(boolean_masks):
         if mask.shape != (image.height, image.width):
             raise ValueError(
                 f"mask {index} is {mask.shape[0]}x{mask.shape[1]} but the image is {image.height}x{image.width}"
             )
         pixels[mask] = (1.0 - alpha) * pixels[mask] + alpha * palette[index]
-    for index, mask in enumerate(masks):
+    for index, mask in enumerate(boolean_masks):
         # A darker shade of the segment's colour keeps neighbouring segments of similar colours apart.
         pixels[_outline(mask)] = palette[index] * 0.55
     result = Image.fromarray(np.round(pixels).astype(np.uint8))
