@@ -26,9 +26,11 @@ Memory: four numbers per category, whatever the number of images. A reference se
 in `segments_info` when given, as panopticapi reads it (ADE20K panoptic's stuff areas count pixels that things
 cover in the PNG), else its pixel count.
 """
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["PanopticQuality"]
 
@@ -52,7 +54,7 @@ class PanopticQuality:
     ```
     """
 
-    def __init__(self, categories):
+    def __init__(self, categories: Mapping[int, bool]) -> None:
         if not categories:
             raise ValueError("categories is empty: give {category_id: isthing} for every category")
         self.categories = {int(category): bool(isthing) for category, isthing in categories.items()}
@@ -78,7 +80,14 @@ class PanopticQuality:
             table[segment_id] = (category, crowd, segment.get("area"))
         return table
 
-    def add(self, prediction, prediction_segments, reference, reference_segments, where="image"):
+    def add(
+        self,
+        prediction: ArrayLike,
+        prediction_segments: Sequence[Mapping[str, Any]],
+        reference: ArrayLike,
+        reference_segments: Sequence[Mapping[str, Any]],
+        where: str = "image",
+    ) -> None:
         """Add one image: `prediction` / `reference` are `[H, W]` integer segment-id maps (0 = no segment /
         void), `*_segments` their `segments_info` lists (`id`, `category_id`; for the reference also `iscrowd`
         and optionally `area`).
@@ -151,7 +160,7 @@ class PanopticQuality:
             self.fp[self._index[category]] += 1
         self.num_images += 1
 
-    def merge(self, other):
+    def merge(self, other: "PanopticQuality") -> None:
         """Add another accumulator's counts (e.g. from another process) into this one."""
         if other.categories != self.categories:
             raise ValueError("cannot merge PanopticQuality accumulators of different categories")
@@ -161,7 +170,7 @@ class PanopticQuality:
         self.fn += other.fn
         self.num_images += other.num_images
 
-    def compute(self):
+    def compute(self) -> dict[str, Any]:
         """Scores as fractions (panopticapi prints them x 100):
 
         `{"all" | "things" | "stuff": {"pq", "sq", "rq", "n"}, "per_category": {category_id: {"pq", "sq", "rq",
