@@ -10,6 +10,7 @@ loaders read (label-map folders, an imagefolder with `metadata.jsonl`, COCO pano
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -118,7 +119,7 @@ def make_synthetic_dataset(num_images, image_size=64, seed=0, max_aspect=1.0, wi
     The short side is `image_size`; with `max_aspect > 1` the long side is up to that many times longer.
     Scenes depend only on `seed` and their index.
     """
-    rows = {"image": [], "label": [], "classes": [], "file_name": []}
+    rows: dict[str, list[Any]] = {"image": [], "label": [], "classes": [], "file_name": []}
     instances = []
     for index in range(num_images):
         rng = np.random.default_rng((seed, index))

@@ -265,7 +265,7 @@ def build_demo(service: SegmentationService) -> Any:
                 table = gr.Dataframe(label="Per class / per segment", interactive=False)
                 download = gr.File(label="Label map (PNG)", interactive=False)
         # A light event: no queue, so it answers even while segmentations are waiting.
-        benchmark.change(pick_list, inputs=benchmark, outputs=classes, queue=False, api_name=False)
+        benchmark.change(pick_list, inputs=benchmark, outputs=classes, queue=False, api_name=False)  # type: ignore[arg-type]  # False: no API endpoint
         run.click(
             segment,
             inputs=[image_file, classes, task],

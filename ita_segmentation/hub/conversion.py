@@ -19,6 +19,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -26,8 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG, ITAConfig
-
 from modeling_ita.modeling import ITAForOpenVocabSegmentation
+
 from . import folder as hub_folder
 from .folder import CATEGORY_BANK_FILE
 from .remote_code import export_remote_code
@@ -442,7 +443,9 @@ def convert_state_dict(state_dict, expected_shapes):
     that no rule covers or whose new name the model lacks, every model key left unfilled and every shape
     mismatch. Knowingly dropped keys (`DROPPED_ORIGINAL_KEYS`) are skipped. The tensors are not copied.
     """
-    converted, sources, problems = {}, {}, []
+    converted: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    problems: list[str] = []
     for key, value in state_dict.items():
         if key in DROPPED_ORIGINAL_KEYS:
             continue

@@ -190,7 +190,7 @@ def render_model_card(result, repo_id=None):
         "",
         f"{what} Give it an image and any list of class names; it labels every pixel with one of them.",
         "",
-        f"This folder holds weights converted from an original detectron2 checkpoint for "
+        "This folder holds weights converted from an original detectron2 checkpoint for "
         "`ITAForOpenVocabSegmentation` of the ita-segmentation package (one class for ITA and FC-CLIP).",
         "",
         "## Variant",

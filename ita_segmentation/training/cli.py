@@ -228,16 +228,14 @@ def build_parser(prog: str = PROG, *, common_options: bool = True) -> argparse.A
     fields = training_argument_fields()
     if common_options and fields:
         own = {field.name for dataclass, _ in _GROUPS for field in dataclasses.fields(dataclass)}
-        group = parser.add_argument_group(
-            "common TrainingArguments options (the full list: --help-all)"
-        )
+        group = parser.add_argument_group("common TrainingArguments options (the full list: --help-all)")
         for name in COMMON_TRAINING_OPTIONS:
-            field = fields.get(name)
-            if field is None or name in own:
+            common = fields.get(name)
+            if common is None or name in own:
                 continue
-            default = field.default if field.has_default else argparse.SUPPRESS
-            group.add_argument(*_spellings(name), metavar="BOOL" if field.is_bool else name.upper(),
-                               nargs="?" if field.is_bool else None, default=default, help=field.help or " ")
+            default = common.default if common.has_default else argparse.SUPPRESS
+            group.add_argument(*_spellings(name), metavar="BOOL" if common.is_bool else name.upper(),
+                               nargs="?" if common.is_bool else None, default=default, help=common.help or " ")
     return parser
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CLIP_CONFIG, tiny_config
 from transformers import AutoModel, AutoProcessor
 from transformers.dynamic_module_utils import get_imports
 
 from configuration_ita import ITAConfig
 from image_processing_ita import ITAImageProcessor
-from modeling_ita import ITAForOpenVocabSegmentation
 from ita_segmentation.hub.conversion import (
     DROPPED_ORIGINAL_KEYS,
     CheckpointConversionError,
@@ -38,9 +38,8 @@ from ita_segmentation.hub.conversion import (
 )
 from ita_segmentation.hub.folder import CATEGORY_BANK_FILE, CATEGORY_BANK_SNIPPET, HubPushError, push_folder_to_hub
 from ita_segmentation.hub.remote_code import REMOTE_CODE_FILES, export_remote_code, flat_source
+from modeling_ita import ITAForOpenVocabSegmentation
 from processing_ita import ITAProcessor
-
-from conftest import TINY_CLIP_CONFIG, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_LIST = Path(__file__).resolve().parents[1] / "data" / "original_state_dict_keys.txt"
