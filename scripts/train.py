@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Train ITA or FC-CLIP with the transformers Trainer (FC-CLIP's recipe by default); the same command as `ita-train`.
 
-Every argument of `transformers.TrainingArguments` is accepted, plus the model and data arguments of
-`ita_segmentation.training` (`--help` lists them). Every label map is checked before the model is built: any problem
+Every argument of `transformers.TrainingArguments` is accepted, plus the model, data and recipe arguments of
+`ita_segmentation.training` (`--help` lists those and the common TrainingArguments options; `--help-all` lists
+every option). Every label map is checked before the model is built: any problem
 stops the run with the full list (`--skip_bad_samples` leaves the bad samples out instead). Examples:
 
     # ITA on COCO panoptic from the original CLIP (batch 16 = 8 GPUs x 2)
