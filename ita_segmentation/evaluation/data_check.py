@@ -21,7 +21,9 @@ and all processes get the whole report.
 
 import io
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 import numpy as np
@@ -48,14 +50,14 @@ class DataProblem:
     message: str
     row: int | None = None
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.file}: {self.message}"
 
 
 class DataCheckError(ValueError):
     """The data has problems; `report` holds them all and the message lists them."""
 
-    def __init__(self, report, what="the dataset"):
+    def __init__(self, report: "DataCheckReport", what: str = "the dataset") -> None:
         self.report = report
         super().__init__(
             f"{len(report.problems)} problem(s) in {report.num_files(what)} of {what}; nothing was computed. "
@@ -69,20 +71,26 @@ class DataCheckReport:
     """What `check_segmentation_data` found: `problems` in row order, then the files without a row."""
 
     num_rows: int
-    problems: list = field(default_factory=list)
+    problems: list[DataProblem] = field(default_factory=list)
 
     @property
-    def bad_rows(self):
+    def bad_rows(self) -> list[int]:
         """The rows with at least one problem, sorted."""
         return sorted({problem.row for problem in self.problems if problem.row is not None})
 
-    def num_files(self, what="the dataset"):
+    def num_files(self, what: str = "the dataset") -> str:
         unpaired = sum(problem.row is None for problem in self.problems)
         return f"{len(self.bad_rows)} of the {self.num_rows} samples" + (
             f" and {unpaired} unpaired file(s)" if unpaired else ""
         )
 
-    def raise_or_keep_good(self, dataset, skip_bad_samples=False, what="the dataset", log=print):
+    def raise_or_keep_good(
+        self,
+        dataset: datasets.Dataset,
+        skip_bad_samples: bool = False,
+        what: str = "the dataset",
+        log: Callable[[str], object] = print,
+    ) -> datasets.Dataset:
         """No problem: `dataset` as it is. Problems: raise `DataCheckError` listing them, or with
         `skip_bad_samples`, log them and how many samples are left out, and return the good rows."""
         if not self.problems:
@@ -97,7 +105,7 @@ class DataCheckReport:
         return dataset.select([index for index in range(len(dataset)) if index not in bad])
 
 
-def _source_and_name(value, row, file_name):
+def _source_and_name(value: Any, row: int, file_name: str | None) -> tuple[Any, str]:
     """(what to open, what to call it) for an undecoded `datasets.Image` value, a path or an array."""
     if isinstance(value, dict) and ("path" in value or "bytes" in value):
         path, data = value.get("path"), value.get("bytes")
@@ -108,14 +116,14 @@ def _source_and_name(value, row, file_name):
     return value, f"row {row}" + (f" ({file_name})" if file_name else "")
 
 
-def _upright_size(source):
+def _upright_size(source: str | io.BytesIO) -> tuple[int, int]:
     with Image.open(source) as image:
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
         width, height = image.size
     return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
 
 
-def _label_array(source, panoptic):
+def _label_array(source: Any, panoptic: bool) -> np.ndarray:
     """The label map's class ids (`label_maps.label_map_array`); for a panoptic PNG (segment ids as RGB,
     described by the segments column) only an array of its size: reading COCO's 118k headers takes minutes,
     decoding them all far longer."""
@@ -130,7 +138,7 @@ def _label_array(source, panoptic):
     return label_map_array(source, where="the label map")
 
 
-def _present_ids(array):
+def _present_ids(array: np.ndarray) -> np.ndarray:
     """The distinct values of an integer map (a bincount for 8- and 16-bit maps: much faster than np.unique)."""
     if array.dtype in (np.uint8, np.uint16, np.bool_):
         return np.flatnonzero(np.bincount(array.ravel().astype(np.int64)))
@@ -140,8 +148,17 @@ def _present_ids(array):
 class _RowChecker(torch.utils.data.Dataset):
     """The problems of each row, as a map-style dataset so that DataLoader workers can share the work."""
 
-    def __init__(self, rows, indices, num_labels, ignore_index, reduce_labels, image_column, label_column,
-                 segments_column):
+    def __init__(
+        self,
+        rows: datasets.Dataset,
+        indices: Iterable[int],
+        num_labels: int,
+        ignore_index: int,
+        reduce_labels: bool,
+        image_column: str,
+        label_column: str,
+        segments_column: str | None,
+    ) -> None:
         self.rows = rows
         self.indices = list(indices)
         self.num_labels = num_labels
@@ -151,10 +168,10 @@ class _RowChecker(torch.utils.data.Dataset):
         self.label_column = label_column
         self.segments_column = segments_column
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position):
+    def __getitem__(self, position: int) -> list[DataProblem]:
         index = self.indices[position]
         row = self.rows[index]
         file_name = row.get("file_name")
@@ -216,11 +233,11 @@ class _RowChecker(torch.utils.data.Dataset):
         return problems
 
 
-def _as_list(items):
+def _as_list(items: list[list[DataProblem]]) -> list[list[DataProblem]]:
     return items
 
 
-def _undecoded(dataset, columns):
+def _undecoded(dataset: datasets.Dataset, columns: Iterable[str | None]) -> datasets.Dataset:
     """`dataset` with its image columns read as `{path, bytes}` (no pixel decoding)."""
     for column in columns:
         if column and isinstance(dataset.features.get(column), datasets.Image):
@@ -228,25 +245,25 @@ def _undecoded(dataset, columns):
     return dataset
 
 
-def _distributed():
+def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
 
 def check_segmentation_data(
-    dataset,
-    num_labels,
-    ignore_index=255,
-    reduce_labels=False,
-    image_column="image",
-    label_column="label",
-    segments_column=None,
-    unpaired=(),
-    num_workers=0,
-    description="Checking label maps",
-    progress=True,
-):
+    dataset: datasets.Dataset,
+    num_labels: int,
+    ignore_index: int = 255,
+    reduce_labels: bool = False,
+    image_column: str = "image",
+    label_column: str = "label",
+    segments_column: str | None = None,
+    unpaired: Iterable[tuple[str | os.PathLike[str], str]] = (),
+    num_workers: int = 0,
+    description: str = "Checking label maps",
+    progress: bool = True,
+) -> DataCheckReport:
     """Check every row of a segmentation dataset (see the module docstring); returns a `DataCheckReport`.
 
     Args:

@@ -23,9 +23,16 @@ Two accumulators keep memory bounded by classes x classes, never by the number o
   calls (the Hub's `mean_iou` instead stores every full map in its arrow cache).
 """
 
+from collections.abc import Iterator, Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["SegmentationConfusionMatrix", "LabelPairHistogram", "segmentation_scores", "reduce_reference_labels"]
+
+# A batch of label maps: a list of `[H, W]` maps (sizes may differ) or a stacked `[B, H, W]` array.
+LabelMaps = Sequence[ArrayLike] | np.ndarray
 
 # Pair codes pack a prediction (high half) and a reference (low half) into one uint64; int32 values are
 # shifted into [0, 2**32) first.
@@ -33,7 +40,7 @@ _PAIR_OFFSET = 2**31
 _PAIR_SHIFT = 32
 
 
-def reduce_reference_labels(reference, ignore_index):
+def reduce_reference_labels(reference: ArrayLike, ignore_index: int) -> np.ndarray:
     """The Hub `mean_iou`'s `reduce_labels`: 0 ("other"/"background") becomes `ignore_index`, every other id
     moves down by one, and pixels already at `ignore_index` stay ignored. Returns a new int64 array."""
     reference = np.asarray(reference).astype(np.int64)
@@ -43,7 +50,7 @@ def reduce_reference_labels(reference, ignore_index):
     return reduced
 
 
-def _as_label_map(values, what):
+def _as_label_map(values: ArrayLike, what: str) -> np.ndarray:
     array = np.asarray(values)
     if array.dtype == bool:
         array = array.astype(np.int64)
@@ -52,7 +59,7 @@ def _as_label_map(values, what):
     return array
 
 
-def _checked_pair(prediction, reference):
+def _checked_pair(prediction: ArrayLike, reference: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     prediction = _as_label_map(prediction, "A prediction")
     reference = _as_label_map(reference, "A reference")
     if prediction.shape != reference.shape:
@@ -63,7 +70,7 @@ def _checked_pair(prediction, reference):
     return prediction, reference
 
 
-def _as_pairs(predictions, references):
+def _as_pairs(predictions: LabelMaps | None, references: LabelMaps | None) -> Iterator[tuple[ArrayLike, ArrayLike]]:
     """Yield the (prediction, reference) maps of a batch: lists of maps or stacked `[B, H, W]` arrays."""
     if predictions is None or references is None:
         raise ValueError("Both predictions and references are required")
@@ -72,7 +79,14 @@ def _as_pairs(predictions, references):
     yield from zip(predictions, references)
 
 
-def _confusion_from_values(predicted, referenced, counts, num_labels, ignore_index, reduce_labels):
+def _confusion_from_values(
+    predicted: np.ndarray,
+    referenced: np.ndarray,
+    counts: np.ndarray | None,
+    num_labels: int,
+    ignore_index: int,
+    reduce_labels: bool,
+) -> np.ndarray:
     """Dense `[num_labels, num_labels]` matrix from flat value arrays (with optional per-entry counts)."""
     if num_labels < 1:
         raise ValueError(f"num_labels must be at least 1, got {num_labels}")
@@ -102,7 +116,7 @@ def _confusion_from_values(predicted, referenced, counts, num_labels, ignore_ind
     return matrix.astype(np.int64, copy=False).reshape(num_labels, num_labels)
 
 
-def segmentation_scores(confusion_matrix):
+def segmentation_scores(confusion_matrix: ArrayLike) -> dict[str, Any]:
     """Scores from a `[num_labels, num_labels]` confusion matrix (rows: reference, columns: prediction).
 
     Returns a dict with float `mean_iou`, `mean_accuracy`, `overall_accuracy` (pixel accuracy) and
@@ -160,7 +174,7 @@ class SegmentationConfusionMatrix:
     ```
     """
 
-    def __init__(self, num_labels, ignore_index=255, reduce_labels=False):
+    def __init__(self, num_labels: int, ignore_index: int = 255, reduce_labels: bool = False) -> None:
         if num_labels < 1:
             raise ValueError(f"num_labels must be at least 1, got {num_labels}")
         self.num_labels = int(num_labels)
@@ -168,19 +182,19 @@ class SegmentationConfusionMatrix:
         self.reduce_labels = bool(reduce_labels)
         self.matrix = np.zeros((self.num_labels, self.num_labels), dtype=np.int64)
 
-    def update(self, prediction, reference):
+    def update(self, prediction: ArrayLike, reference: ArrayLike) -> None:
         """Add one image: `prediction` and `reference` are integer maps of the same shape."""
         prediction, reference = _checked_pair(prediction, reference)
         self.matrix += _confusion_from_values(
             prediction.ravel(), reference.ravel(), None, self.num_labels, self.ignore_index, self.reduce_labels
         )
 
-    def update_batch(self, predictions, references):
+    def update_batch(self, predictions: LabelMaps, references: LabelMaps) -> None:
         """Add a batch: lists of maps (sizes may differ) or stacked `[B, H, W]` arrays."""
         for prediction, reference in _as_pairs(predictions, references):
             self.update(prediction, reference)
 
-    def merge(self, other):
+    def merge(self, other: "SegmentationConfusionMatrix") -> None:
         """Add the counts of another accumulator over the same label space (e.g. from another process)."""
         if (other.num_labels, other.ignore_index, other.reduce_labels) != (
             self.num_labels,
@@ -190,10 +204,10 @@ class SegmentationConfusionMatrix:
             raise ValueError("Only accumulators with the same num_labels, ignore_index and reduce_labels can merge")
         self.matrix += other.matrix
 
-    def reset(self):
+    def reset(self) -> None:
         self.matrix[...] = 0
 
-    def compute(self):
+    def compute(self) -> dict[str, Any]:
         """Scores so far, see `segmentation_scores`."""
         return segmentation_scores(self.matrix)
 
@@ -216,7 +230,7 @@ class LabelPairHistogram:
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_size = 0
 
-    def update(self, prediction, reference):
+    def update(self, prediction: ArrayLike, reference: ArrayLike) -> None:
         """Add one image: `prediction` and `reference` are integer maps of the same shape."""
         prediction, reference = _checked_pair(prediction, reference)
         for array, what in ((prediction, "Prediction"), (reference, "Reference")):
@@ -230,12 +244,12 @@ class LabelPairHistogram:
         if self._pending_size >= max(self._codes.size, self._MIN_MERGE) or len(self._pending) >= self._MAX_PENDING:
             self._merge_pending()
 
-    def update_batch(self, predictions, references):
+    def update_batch(self, predictions: LabelMaps, references: LabelMaps) -> None:
         """Add a batch: lists of maps (sizes may differ) or stacked `[B, H, W]` arrays."""
         for prediction, reference in _as_pairs(predictions, references):
             self.update(prediction, reference)
 
-    def _merge_pending(self):
+    def _merge_pending(self) -> None:
         if not self._pending:
             return
         codes = np.concatenate([self._codes] + [codes for codes, _ in self._pending])
@@ -245,19 +259,19 @@ class LabelPairHistogram:
         self._pending, self._pending_size = [], 0
 
     @property
-    def num_pairs(self):
+    def num_pairs(self) -> int:
         """Number of distinct (prediction, reference) pairs stored."""
         self._merge_pending()
         return int(self._codes.size)
 
-    def pairs(self):
+    def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`(prediction values, reference values, pixel counts)`, three int64 arrays of length `num_pairs`."""
         self._merge_pending()
         predicted = (self._codes >> np.uint64(_PAIR_SHIFT)).astype(np.int64) - _PAIR_OFFSET
         referenced = (self._codes & np.uint64((1 << _PAIR_SHIFT) - 1)).astype(np.int64) - _PAIR_OFFSET
         return predicted, referenced, self._counts.copy()
 
-    def confusion_matrix(self, num_labels, ignore_index=255, reduce_labels=False):
+    def confusion_matrix(self, num_labels: int, ignore_index: int = 255, reduce_labels: bool = False) -> np.ndarray:
         """The `[num_labels, num_labels]` int64 matrix that `SegmentationConfusionMatrix` would hold."""
         predicted, referenced, counts = self.pairs()
         return _confusion_from_values(predicted, referenced, counts, num_labels, ignore_index, reduce_labels)

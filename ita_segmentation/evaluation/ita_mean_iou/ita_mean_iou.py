@@ -4,10 +4,13 @@
 it imports the installed `modeling_ita` package instead, whose `metric.py` holds the single implementation.
 """
 
+from typing import Any, cast
+
 import datasets
 import evaluate
+from numpy.typing import ArrayLike
 
-from ita_segmentation.evaluation.metric import LabelPairHistogram, segmentation_scores
+from ita_segmentation.evaluation.metric import LabelMaps, LabelPairHistogram, segmentation_scores
 
 _DESCRIPTION = """
 Mean intersection-over-union for semantic segmentation, computed as detectron2's SemSegEvaluator does: one
@@ -55,7 +58,7 @@ _CITATION = """
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ItaMeanIou(evaluate.Metric):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.num_process != 1:
             raise NotImplementedError(
@@ -64,7 +67,7 @@ class ItaMeanIou(evaluate.Metric):
             )
         self._histogram = LabelPairHistogram()
 
-    def _info(self):
+    def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
@@ -80,15 +83,30 @@ class ItaMeanIou(evaluate.Metric):
             ],
         )
 
-    def add(self, *, prediction=None, reference=None):
+    def add(self, *, prediction: ArrayLike | None = None, reference: ArrayLike | None = None) -> None:
         """Add one prediction map and its reference map."""
-        self._histogram.update(prediction, reference)
+        # A missing map (None) is refused by the histogram, which names it (TypeError).
+        self._histogram.update(cast(ArrayLike, prediction), cast(ArrayLike, reference))
 
-    def add_batch(self, *, predictions=None, references=None):
+    def add_batch(
+        self,
+        *,
+        predictions: LabelMaps | None = None,
+        references: LabelMaps | None = None,
+    ) -> None:
         """Add a batch of prediction maps and their reference maps."""
-        self._histogram.update_batch(predictions, references)
+        # Missing maps (None) are refused by the histogram, which names them (ValueError).
+        self._histogram.update_batch(cast(LabelMaps, predictions), cast(LabelMaps, references))
 
-    def compute(self, *, predictions=None, references=None, num_labels=None, ignore_index=None, reduce_labels=False):
+    def compute(
+        self,
+        *,
+        predictions: LabelMaps | None = None,
+        references: LabelMaps | None = None,
+        num_labels: int | None = None,
+        ignore_index: int | None = None,
+        reduce_labels: bool = False,
+    ) -> dict[str, Any]:
         """Score everything added so far (plus `predictions`/`references` if given), then start afresh."""
         if num_labels is None or ignore_index is None:
             raise ValueError(
