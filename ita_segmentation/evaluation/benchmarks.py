@@ -29,13 +29,15 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import datasets
 
-from ..segmentation_data import load_segmentation_dataset, resolve_class_names
+from ..segmentation_data import PathLike, Unpaired, load_segmentation_dataset, resolve_class_names
 from ..vocabulary_files import read_vocabulary_file
 from .benchmark_names import BENCHMARK_DISPLAY_NAMES, VOCABULARY_DIR, benchmark_name, benchmark_vocabulary_file
 
@@ -102,12 +104,12 @@ class SegmentationBenchmark:
     num_labels: int
     ignore_index: int
     vocabulary_file: str
-    layouts: tuple
+    layouts: tuple[BenchmarkLayout, ...]
     num_images: int
     sem_seg_postprocess_before_inference: bool = False
 
     @cached_property
-    def class_names(self):
+    def class_names(self) -> list[str]:
         """The classes with FC-CLIP's synonyms, one comma-separated string each."""
         # FC-CLIP's A-847 and PC-459 lists give a few synonyms to two classes (A-847: "horse", "bag", ...); the
         # published protocol uses them as they are.
@@ -220,13 +222,13 @@ BENCHMARKS = {
 }
 
 
-def get_benchmark(name):
+def get_benchmark(name: str) -> SegmentationBenchmark:
     """The registered `SegmentationBenchmark` called `name`: `"ade150"`, `"ade847"`, `"pc59"`, `"pc459"`,
     `"pas20"`, `"pas21"`, or a display name such as `"A-150"`."""
     return BENCHMARKS[benchmark_name(name)]
 
 
-def _candidate_roots(data_dir, layout):
+def _candidate_roots(data_dir: Path, layout: BenchmarkLayout) -> Iterator[Path]:
     """`data_dir` as the datasets root, or as a folder inside it (`.../ADEChallengeData2016`,
     `.../VOCdevkit/VOC2012`) when its last components start the layout's paths."""
     yield data_dir
@@ -236,7 +238,7 @@ def _candidate_roots(data_dir, layout):
             yield data_dir.parents[depth - 1]
 
 
-def _find_layout(benchmark, data_dir):
+def _find_layout(benchmark: SegmentationBenchmark, data_dir: PathLike) -> tuple[BenchmarkLayout, Path]:
     """The first layout of `benchmark` whose image and label folders exist, and its datasets root."""
     data_dir = Path(data_dir).expanduser()
     tried = []
@@ -255,7 +257,7 @@ def _find_layout(benchmark, data_dir):
     )
 
 
-def _list_pairs(layout, root, unpaired=None):
+def _list_pairs(layout: BenchmarkLayout, root: Path, unpaired: Unpaired | None = None) -> list[tuple[Path, Path]]:
     """The (image, label) pairs of a layout, in file-name order. Images without a label file and label files
     without an image (or, with a split file, listed stems missing either) are appended to `unpaired` as
     `(path, message)`; without that list they raise a `FileNotFoundError` naming them all."""
@@ -295,7 +297,7 @@ def _list_pairs(layout, root, unpaired=None):
     return pairs
 
 
-def _with_metadata(dataset, metadata):
+def _with_metadata(dataset: datasets.Dataset, metadata: dict[str, Any]) -> datasets.Dataset:
     """Store the benchmark metadata in `dataset.info`, which `select`, `map`, `filter` and `save_to_disk`
     carry along; `benchmark_metadata` reads it back."""
     dataset.info.dataset_name = metadata["name"]
@@ -303,7 +305,7 @@ def _with_metadata(dataset, metadata):
     return dataset
 
 
-def benchmark_metadata(dataset):
+def benchmark_metadata(dataset: datasets.Dataset) -> dict[str, Any]:
     """The metadata `load_benchmark`/`load_hub_benchmark` attached to `dataset`: a dict with `name`,
     `display_name`, `class_names`, `num_labels`, `ignore_index` and `reduce_labels`."""
     description = dataset.info.description or ""
@@ -314,7 +316,12 @@ def benchmark_metadata(dataset):
     return json.loads(description[len(_METADATA_PREFIX) :])
 
 
-def _class_names(benchmark, vocabulary_file, class_names, num_labels):
+def _class_names(
+    benchmark: SegmentationBenchmark | None,
+    vocabulary_file: PathLike | None,
+    class_names: Sequence[str] | None,
+    num_labels: int | None,
+) -> list[str]:
     if vocabulary_file is not None and class_names is not None:
         raise ValueError("Give vocabulary_file or class_names, not both")
     if vocabulary_file is not None:
@@ -330,7 +337,13 @@ def _class_names(benchmark, vocabulary_file, class_names, num_labels):
     return class_names
 
 
-def load_benchmark(name, data_dir, vocabulary_file=None, max_samples=None, unpaired=None):
+def load_benchmark(
+    name: str,
+    data_dir: PathLike,
+    vocabulary_file: PathLike | None = None,
+    max_samples: int | None = None,
+    unpaired: Unpaired | None = None,
+) -> datasets.Dataset:
     """Load a benchmark's validation split from its prepared folders.
 
     Args:
@@ -388,19 +401,19 @@ def load_benchmark(name, data_dir, vocabulary_file=None, max_samples=None, unpai
 
 
 def load_hub_benchmark(
-    path_or_id,
-    split="validation",
-    image_column="image",
-    label_column="label",
+    path_or_id: PathLike,
+    split: str = "validation",
+    image_column: str = "image",
+    label_column: str = "label",
     *,
-    benchmark=None,
-    vocabulary_file=None,
-    class_names=None,
-    ignore_index=None,
-    reduce_labels=False,
-    max_samples=None,
-    **load_kwargs,
-):
+    benchmark: str | None = None,
+    vocabulary_file: PathLike | None = None,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int | None = None,
+    reduce_labels: bool = False,
+    max_samples: int | None = None,
+    **load_kwargs: Any,
+) -> datasets.Dataset:
     """Load a segmentation split with `datasets.load_dataset`: a Hub id, a local folder of parquet/arrow
     files, or a builder name such as `"imagefolder"`/`"parquet"` with `data_dir=`/`data_files=` in
     `load_kwargs`.
@@ -433,13 +446,15 @@ def load_hub_benchmark(
     return _with_metadata(dataset, metadata)
 
 
-def _dataset_name(source):
+def _dataset_name(source: PathLike) -> str:
     """A folder name for a dataset's results: the last part of its path or Hub id."""
     name = os.path.basename(str(source).rstrip("/\\")) or str(source)
     return re.sub(r"[^\w.-]+", "_", name)
 
 
-def _evaluation_columns(dataset, image_column, label_column, max_samples, where):
+def _evaluation_columns(
+    dataset: datasets.Dataset, image_column: str, label_column: str, max_samples: int | None, where: str
+) -> datasets.Dataset:
     """`image` and `label` (both `datasets.Image`) and `file_name` columns, the first `max_samples` rows."""
     for column in (image_column, label_column):
         if column not in dataset.column_names:
@@ -458,23 +473,23 @@ def _evaluation_columns(dataset, image_column, label_column, max_samples, where)
 
 
 def load_segmentation_split(
-    source,
-    split="validation",
-    layout="auto",
-    image_column="image",
-    label_column="label",
+    source: PathLike,
+    split: str = "validation",
+    layout: str = "auto",
+    image_column: str = "image",
+    label_column: str = "label",
     *,
-    vocabulary_file=None,
-    class_names=None,
-    ignore_index=255,
-    reduce_labels=False,
-    max_samples=None,
-    name=None,
-    image_subdir="images",
-    label_subdir="annotations",
-    unpaired=None,
-    **load_kwargs,
-):
+    vocabulary_file: PathLike | None = None,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    reduce_labels: bool = False,
+    max_samples: int | None = None,
+    name: str | None = None,
+    image_subdir: str = "images",
+    label_subdir: str = "annotations",
+    unpaired: Unpaired | None = None,
+    **load_kwargs: Any,
+) -> datasets.Dataset:
     """Any semantic segmentation dataset that `scripts/train.py` reads, for evaluation with its own classes.
 
     `source` is a Hub id, a folder of parquet/arrow files, an imagefolder, a `save_to_disk` folder, or label-map
@@ -504,7 +519,7 @@ def load_segmentation_split(
     return _with_metadata(dataset, metadata)
 
 
-def _file_names(dataset):
+def _file_names(dataset: datasets.Dataset) -> list[str]:
     """Image file names from the stored paths (read as arrow, without decoding any image), or the row index
     where a row has no path."""
     paths = dataset.select_columns(["image"]).with_format("arrow")["image"].combine_chunks().field("path")

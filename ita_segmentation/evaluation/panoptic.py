@@ -20,8 +20,11 @@ panopticapi prints them. FC-CLIP's published ADE20K panoptic quality (trained on
 import csv
 import json
 import logging
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,12 +32,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from image_processing_ita import open_image
+from processing_ita import ITAProcessor
 
 from ..vocabulary_files import read_vocabulary_file
 from .benchmarks import VOCABULARY_DIR
 from .panoptic_quality import PanopticQuality
 
 logger = logging.getLogger(__name__)
+
+# A category of a panoptic split: (id, name, isthing).
+PanopticCategory = tuple[int, str, bool]
 
 __all__ = [
     "PANOPTIC_BENCHMARKS",
@@ -61,11 +68,11 @@ class PanopticBenchmark:
     name: str
     display_name: str
     annotation_file: str
-    png_dirs: tuple
+    png_dirs: tuple[str, ...]
     image_dir: str
     vocabulary_file: str | None = None
 
-    def class_names(self):
+    def class_names(self) -> list[str]:
         if self.vocabulary_file is None:
             from configuration_ita import COCO_PANOPTIC_VOCABULARY
 
@@ -95,7 +102,9 @@ PANOPTIC_BENCHMARKS = {
 }
 
 
-def read_panoptic_split(annotation_file, png_dir, image_dir):
+def read_panoptic_split(
+    annotation_file: str | os.PathLike[str], png_dir: str | os.PathLike[str], image_dir: str | os.PathLike[str]
+) -> tuple[list[dict[str, Any]], list[PanopticCategory]]:
     """A COCO panoptic split -> `(records, categories)`.
 
     `records`: one dict per annotated image, `{"image": path, "panoptic": png path, "segments_info": [...]}`;
@@ -124,7 +133,9 @@ def read_panoptic_split(annotation_file, png_dir, image_dir):
     return records, categories
 
 
-def find_panoptic_split(benchmark, data_dir):
+def find_panoptic_split(
+    benchmark: PanopticBenchmark, data_dir: str | os.PathLike[str]
+) -> tuple[list[dict[str, Any]], list[PanopticCategory]]:
     """`read_panoptic_split` for a registered benchmark under the datasets root `data_dir`."""
     data_dir = Path(data_dir)
     png_dir = next((data_dir / d for d in benchmark.png_dirs if (data_dir / d).is_dir()), None)
@@ -134,13 +145,21 @@ def find_panoptic_split(benchmark, data_dir):
     return read_panoptic_split(data_dir / benchmark.annotation_file, png_dir, data_dir / benchmark.image_dir)
 
 
-def _segment_ids(png_path):
+def _segment_ids(png_path: str | os.PathLike[str]) -> np.ndarray:
     with Image.open(png_path) as png:
         rgb = np.asarray(png.convert("RGB")).astype(np.int64)
     return rgb[..., 0] + 256 * rgb[..., 1] + 256**2 * rgb[..., 2]
 
 
-def evaluate_panoptic(model, processor, records, categories, class_names, max_samples=None, progress=True):
+def evaluate_panoptic(
+    model: Any,
+    processor: ITAProcessor,
+    records: Sequence[Mapping[str, Any]],
+    categories: Sequence[PanopticCategory],
+    class_names: Sequence[str],
+    max_samples: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """PQ / SQ / RQ of `model` on `records` (from `read_panoptic_split`), one image at a time.
 
     `class_names[i]` names category `categories[i]`. Returns `PanopticQuality.compute()`'s dict (fractions).
@@ -157,10 +176,10 @@ def evaluate_panoptic(model, processor, records, categories, class_names, max_sa
     for record in tqdm(records, desc="panoptic", unit="image", disable=not progress):
         image = open_image(record["image"], where="image")
         truth = _segment_ids(record["panoptic"])
-        inputs = processor(images=image, return_tensors="pt")
+        features = processor(images=image, return_tensors="pt")
         inputs = {
             key: value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
-            for key, value in inputs.items()
+            for key, value in features.items()
         }
         with torch.no_grad():
             outputs = model(**inputs, vocabulary=vocabulary)
@@ -176,7 +195,12 @@ def evaluate_panoptic(model, processor, records, categories, class_names, max_sa
     return metric.compute()
 
 
-def write_panoptic_results(output_dir, scores, categories, extra=None):
+def write_panoptic_results(
+    output_dir: str | os.PathLike[str],
+    scores: Mapping[str, Any],
+    categories: Sequence[PanopticCategory],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """`results.json` (PQ, SQ, RQ in percent for all / things / stuff, with `n`) and `per_class.csv` in
     `output_dir`, which must not hold results already."""
     output_dir = Path(output_dir)
@@ -185,11 +209,11 @@ def write_panoptic_results(output_dir, scores, categories, extra=None):
         if (output_dir / name).exists():
             raise FileExistsError(f"{output_dir / name} exists; choose another output folder")
 
-    def percent(group):
+    def percent(group: Mapping[str, Any]) -> dict[str, Any]:
         return {key: (None if value is None else round(100 * value, 3)) if key != "n" else value
                 for key, value in group.items()}
 
-    report = {group: percent(scores[group]) for group in ("all", "things", "stuff")}
+    report: dict[str, Any] = {group: percent(scores[group]) for group in ("all", "things", "stuff")}
     report["num_images"] = scores["num_images"]
     report.update(extra or {})
     (output_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
