@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import torch
-
 from measure import machine_description, set_threads
 
 # (tokens, in, out): trunk stage 1 at 800x1088 (fc1, fc2), stage 3 (fc1, fc2), pixel decoder feed-forward.
@@ -55,7 +54,7 @@ def main(argv=None):
         weight = rng.standard_normal((inputs, outputs), dtype=np.float32) / inputs**0.5
         linear = torch.nn.Linear(inputs, outputs, bias=False)
         linear.weight.data = torch.from_numpy(weight.T.copy())
-        runs = {"onnxruntime": onnx_matmul(weight, args.threads), "pytorch": lambda x: linear(torch.from_numpy(x))}
+        runs = {"onnxruntime": onnx_matmul(weight, args.threads), "pytorch": lambda x, linear=linear: linear(torch.from_numpy(x))}
         with torch.no_grad():
             results = {name: run(x) for name, run in runs.items()}  # warm-up
             difference = float(np.abs(results["onnxruntime"] - results["pytorch"].numpy()).max())

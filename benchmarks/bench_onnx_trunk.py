@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from measure import machine_description, set_threads
+from torch import nn
 
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation

@@ -21,7 +21,7 @@ from transformers.utils.generic import ModelOutput
 
 from configuration_ita import ITAConfig
 
-from .kernels import mask_pool, resize_to_levels
+from .kernels import kernel, mask_pool, resize_to_levels
 from .layers import ITAMLP, ITASinePositionEmbedding, classification_logits
 from .vocabulary import ITAVocabulary
 
@@ -191,6 +191,7 @@ def attention_mask_logits(mask_logits: Tensor, size: Sequence[int] | None = None
     return mask_logits.flatten(2)
 
 
+@kernel
 def masked_attention_mask(mask_logits: Tensor, size: Sequence[int] | None = None) -> Tensor:
     """Cross-attention mask for the next layer from the current mask predictions.
 
@@ -202,6 +203,9 @@ def masked_attention_mask(mask_logits: Tensor, size: Sequence[int] | None = None
     Returns:
         Bool `[B, 1, Q, h * w]` (one mask for all heads), True where a query may not attend: where its mask's
         sigmoid is below 0.5 (`open_fully_blocked_queries` then lets a query blocked everywhere attend everywhere).
+
+    A registry entry (`kernels.kernel`) without a fast path: the ONNX export's check replays the exported graph's
+    thresholds through it (`ita_segmentation/onnx/replay.py`).
     """
     blocked = attention_mask_logits(mask_logits, size).sigmoid() < 0.5  # no gradient (torch.no_grad)
     return open_fully_blocked_queries(blocked)

@@ -51,13 +51,13 @@ def geometric_ensemble(
     """
     log_p_in = in_vocabulary_logits[..., :-1].float().log_softmax(dim=-1)
     log_p_out = out_vocabulary_logits[..., :-1].float().log_softmax(dim=-1)
-    alpha = torch.full_like(log_p_in[..., :1], alpha)
-    beta = torch.full_like(log_p_in[..., :1], beta)
+    alphas = torch.full_like(log_p_in[..., :1], alpha)
+    betas = torch.full_like(log_p_in[..., :1], beta)
     if valid is not None:
-        alpha = alpha * valid[..., None].to(alpha.dtype)
-        beta = beta * valid[..., None].to(beta.dtype)
-    seen = (1 - alpha) * log_p_in + alpha * log_p_out
-    unseen = (1 - beta) * log_p_in + beta * log_p_out
+        alphas = alphas * valid[..., None].to(alphas.dtype)
+        betas = betas * valid[..., None].to(betas.dtype)
+    seen = (1 - alphas) * log_p_in + alphas * log_p_out
+    unseen = (1 - betas) * log_p_in + betas * log_p_out
     ensemble = torch.where(overlap_mask.bool(), seen, unseen)
     void = in_vocabulary_logits.float().softmax(dim=-1)[..., -1:]
     probs = torch.cat([ensemble.softmax(dim=-1) * (1.0 - void), void], dim=-1)

@@ -8,6 +8,7 @@ image, so the same point lands on the same place in the `[h, w]` predictions and
 """
 
 import re
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +124,7 @@ def pairwise_dice(point_logits: Tensor, point_labels: Tensor) -> Tensor:
     return 1 - (overlap + DICE_SMOOTHING) / (size + DICE_SMOOTHING)
 
 
-def sigmoid_cross_entropy_loss(point_logits: Tensor, point_labels: Tensor, num_masks: float) -> Tensor:
+def sigmoid_cross_entropy_loss(point_logits: Tensor, point_labels: Tensor, num_masks: float | Tensor) -> Tensor:
     """Sigmoid binary cross-entropy of matched pairs, averaged over points, summed over masks.
 
     Args:
@@ -138,7 +139,7 @@ def sigmoid_cross_entropy_loss(point_logits: Tensor, point_labels: Tensor, num_m
     return per_mask.sum() / num_masks
 
 
-def dice_loss(point_logits: Tensor, point_labels: Tensor, num_masks: float) -> Tensor:
+def dice_loss(point_logits: Tensor, point_labels: Tensor, num_masks: float | Tensor) -> Tensor:
     """Dice loss of matched pairs, summed over masks.
 
     Args:
@@ -259,7 +260,9 @@ class ITALoss(nn.Module):
         self.deep_supervision = config.deep_supervision
         self.term_weights = {"ce": config.class_weight, "mask": config.mask_weight, "dice": config.dice_weight}
 
-    def loss_labels(self, class_queries_logits: Tensor, class_labels: list[Tensor], indices: list) -> Tensor:
+    def loss_labels(
+        self, class_queries_logits: Tensor, class_labels: list[Tensor], indices: list[tuple[Tensor, Tensor]]
+    ) -> Tensor:
         """Weighted cross-entropy of all queries; matched queries target their class, the rest void.
 
         Args:
@@ -282,7 +285,13 @@ class ITALoss(nn.Module):
             targets[image, query_idx.to(device)] = labels.to(device)[target_idx.to(device)]
         return F.cross_entropy(class_queries_logits.transpose(1, 2), targets, weight=class_weights)
 
-    def loss_masks(self, masks_queries_logits: Tensor, mask_labels: list[Tensor], indices: list, num_masks: float) -> tuple[Tensor, Tensor]:
+    def loss_masks(
+        self,
+        masks_queries_logits: Tensor,
+        mask_labels: list[Tensor],
+        indices: list[tuple[Tensor, Tensor]],
+        num_masks: Tensor,
+    ) -> tuple[Tensor, Tensor]:
         """Sigmoid BCE and dice of matched masks on points chosen by uncertainty.
 
         Args:
@@ -306,23 +315,23 @@ class ITALoss(nn.Module):
         coords = sample_points_by_uncertainty(
             predicted[:, None], self.num_points, self.oversample_ratio, self.importance_sample_ratio
         )  # [M, P, 2]
-        point_labels = []
+        label_chunks = []
         start = 0
         with torch.no_grad():
             for masks, (_, target_idx) in zip(mask_labels, indices):
                 count = target_idx.numel()
                 if count:
                     targets = masks[target_idx.to(masks.device)].to(device=device, dtype=torch.float32)
-                    point_labels.append(point_sample(targets[:, None], coords[start : start + count])[:, 0])
+                    label_chunks.append(point_sample(targets[:, None], coords[start : start + count])[:, 0])
                 start += count
-        point_labels = torch.cat(point_labels)  # [M, P]
+        point_labels = torch.cat(label_chunks)  # [M, P]
         point_logits = point_sample(predicted[:, None], coords)[:, 0]  # [M, P]
         return (
             sigmoid_cross_entropy_loss(point_logits, point_labels, num_masks),
             dice_loss(point_logits, point_labels, num_masks),
         )
 
-    def num_target_masks(self, class_labels: list[Tensor], device: torch.device) -> float:
+    def num_target_masks(self, class_labels: list[Tensor], device: torch.device) -> Tensor:
         """Target masks in the batch, averaged over processes, at least 1: the mask terms' normaliser."""
         num_masks = torch.tensor(float(sum(len(labels) for labels in class_labels)), device=device)
         world_size = 1
@@ -331,7 +340,14 @@ class ITALoss(nn.Module):
             world_size = torch.distributed.get_world_size()
         return torch.clamp(num_masks / world_size, min=1)
 
-    def _terms(self, class_queries_logits, masks_queries_logits, mask_labels, class_labels, num_masks):
+    def _terms(
+        self,
+        class_queries_logits: Tensor,
+        masks_queries_logits: Tensor,
+        mask_labels: list[Tensor],
+        class_labels: list[Tensor],
+        num_masks: Tensor,
+    ) -> dict[str, Tensor]:
         indices = self.matcher(class_queries_logits, masks_queries_logits, mask_labels, class_labels)
         loss_mask, loss_dice = self.loss_masks(masks_queries_logits, mask_labels, indices, num_masks)
         return {
@@ -346,7 +362,7 @@ class ITALoss(nn.Module):
         masks_queries_logits: Tensor,
         mask_labels: list[Tensor],
         class_labels: list[Tensor],
-        auxiliary_predictions: list[dict] | None = None,
+        auxiliary_predictions: Sequence[Mapping[str, Tensor]] | None = None,
     ) -> dict[str, Tensor]:
         """Compute the unweighted loss terms.
 
@@ -392,10 +408,10 @@ class ITALoss(nn.Module):
         Returns:
             Scalar `torch.Tensor`.
         """
-        total = 0.0
+        total: Tensor | float = 0.0
         for key, value in losses.items():
             match = _LOSS_KEY.match(key)
             if match is None:
                 raise KeyError(f"ITALoss.weighted_total: unknown loss term {key!r}")
             total = total + self.term_weights[match.group(1)] * value
-        return total
+        return torch.as_tensor(total) if isinstance(total, float) else total

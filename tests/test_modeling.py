@@ -5,7 +5,6 @@ from transformers import AutoModel
 from configuration_ita import ITAConfig
 from modeling_ita import ITAForOpenVocabSegmentation, geometric_ensemble
 
-
 VOCABULARY = ["cat,kitty", "sofa,couch", "wall", "sky", "tiger"]
 
 

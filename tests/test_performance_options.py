@@ -67,7 +67,7 @@ def test_deformable_attention_gradients_match_finite_differences():
     locations = (torch.rand(2, 5, 2, len(shapes), 2, 2, dtype=torch.float64) * 1.2 - 0.1).requires_grad_()
     weights = torch.rand(2, 5, 2, len(shapes), 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda v, l, w: multi_scale_deformable_attention(v, shapes, l, w), (value, locations, weights), atol=1e-6
+        lambda v, loc, w: multi_scale_deformable_attention(v, shapes, loc, w), (value, locations, weights), atol=1e-6
     )
 
 

@@ -11,10 +11,14 @@ Two graphs are exported from one model:
   over the given context (the caller cuts it after the last end-of-text token, as `encode_text` does).
 """
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from modeling_ita.vocabulary import ITAVocabulary
+
+from .export_kernels import export_kernels
 
 __all__ = [
     "ITAGraphVocabulary",
@@ -23,6 +27,7 @@ __all__ = [
     "segmentation_input_names",
     "segmentation_output_names",
     "segmentation_inputs",
+    "trunk_stride",
     "TEXT_ENCODER_INPUT",
     "TEXT_ENCODER_OUTPUT",
     "truncate_context",
@@ -41,15 +46,16 @@ class ITAGraphVocabulary(ITAVocabulary):
     `overlap_mask`, so it stays a dimension of the graph instead of a constant."""
 
     @property
-    def num_classes(self):
-        return self.overlap_mask.shape[0]
+    def num_classes(self) -> int:
+        assert self.overlap_mask is not None
+        return self.overlap_mask.shape[0]  # a symbolic size while tracing
 
 
-def _has_view_input(config):
+def _has_view_input(config: Any) -> bool:
     return config.num_dominant_categories > 0 and config.dominant_category_features != "dense_features"
 
 
-def segmentation_input_names(config):
+def segmentation_input_names(config: Any) -> list[str]:
     """Names of the segmentation graph's inputs, in order, for a model of `config` (an `ITAConfig`)."""
     names = ["pixel_values", "image_sizes", *VOCABULARY_INPUTS]
     if config.num_dominant_categories > 0:
@@ -59,7 +65,7 @@ def segmentation_input_names(config):
     return names
 
 
-def segmentation_output_names(config):
+def segmentation_output_names(config: Any) -> list[str]:
     """Names of the segmentation graph's outputs: fields of `ITAOpenVocabSegmentationOutput`."""
     names = ["class_queries_logits", "masks_queries_logits", "out_vocabulary_logits", "ensemble_log_probs"]
     if config.num_dominant_categories > 0:
@@ -67,10 +73,16 @@ def segmentation_output_names(config):
     return names
 
 
-def segmentation_inputs(config, pixel_values, image_sizes, vocabulary, dominant_category_pixel_values=None):
+def segmentation_inputs(
+    config: Any,
+    pixel_values: Tensor,
+    image_sizes: Tensor,
+    vocabulary: ITAVocabulary,
+    dominant_category_pixel_values: Tensor | None = None,
+) -> dict[str, Tensor | None]:
     """The segmentation graph's inputs as a dict of tensors in input order, from the model's own arguments: an
     `ITAVocabulary` from `encode_vocabulary`, and for ITA the CLIP views."""
-    values = {"pixel_values": pixel_values, "image_sizes": image_sizes}
+    values: dict[str, Tensor | None] = {"pixel_values": pixel_values, "image_sizes": image_sizes}
     values.update({name: getattr(vocabulary, name) for name in VOCABULARY_INPUTS})
     if config.num_dominant_categories > 0:
         if vocabulary.name_embeddings is None:
@@ -81,12 +93,19 @@ def segmentation_inputs(config, pixel_values, image_sizes, vocabulary, dominant_
     return {name: values[name] for name in segmentation_input_names(config)}
 
 
+def trunk_stride(model: Any) -> int:
+    """The CLIP trunk's total stride (32 for ConvNeXt): its last features' cells are this many pixels wide."""
+    return int(model.backbone.clip_model.visual.trunk.feature_info[-1]["reduction"])
+
+
 class ITASegmentationGraph(nn.Module):
     """`ITAForOpenVocabSegmentation`'s inference forward on tensors only: what `model.onnx` computes.
 
-    Returns the tensors of `segmentation_output_names(model.config)`, in that order."""
+    The model runs with the export-friendly kernels (`export_kernels.py`), which trace with symbolic sizes; the
+    other kernels follow the fast-path switch. Returns the tensors of `segmentation_output_names(model.config)`, in
+    that order."""
 
-    def __init__(self, model):
+    def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
@@ -101,6 +120,11 @@ class ITASegmentationGraph(nn.Module):
         text_query_embeddings: Tensor | None = None,
         dominant_category_pixel_values: Tensor | None = None,
     ) -> tuple[Tensor, ...]:
+        if _has_view_input(self.model.config) and dominant_category_pixel_values is None:
+            raise ValueError(
+                "Exporting needs dominant_category_pixel_values: the views are crops to each image's own size, "
+                "which a graph cannot hold (the processor makes them)"
+            )
         vocabulary = ITAGraphVocabulary(
             class_names=(),
             synonyms=(),
@@ -110,13 +134,14 @@ class ITASegmentationGraph(nn.Module):
             name_embeddings=name_embeddings,
             text_query_embeddings=text_query_embeddings,
         )
-        outputs = self.model(
-            pixel_values=pixel_values,
-            image_sizes=image_sizes,
-            vocabulary=vocabulary,
-            dominant_category_pixel_values=dominant_category_pixel_values,
-            return_dict=True,
-        )
+        with export_kernels():
+            outputs = self.model(
+                pixel_values=pixel_values,
+                image_sizes=image_sizes,
+                vocabulary=vocabulary,
+                dominant_category_pixel_values=dominant_category_pixel_values,
+                return_dict=True,
+            )
         return tuple(getattr(outputs, name) for name in segmentation_output_names(self.model.config))
 
 
@@ -126,15 +151,16 @@ class ITATextEncoderGraph(nn.Module):
     The context is not cut inside the graph (where the cut depends on the values): callers pass ids already cut
     after the batch's last end-of-text token, which gives the full context's embeddings (causal attention)."""
 
-    def __init__(self, backbone):
+    def __init__(self, backbone: Any) -> None:
         super().__init__()
         self.backbone = backbone
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        return self.backbone.encode_text(input_ids, normalize=False, truncate_context=False)
+        embeddings: Tensor = self.backbone.encode_text(input_ids, normalize=False, truncate_context=False)
+        return embeddings
 
 
-def truncate_context(input_ids):
+def truncate_context(input_ids: Any) -> Tensor:
     """Token ids `[N, context]` cut after the batch's last end-of-text token (the largest id), as
     `ITACLIPBackbone.encode_text` cuts them: the text encoder graph's input."""
     input_ids = torch.as_tensor(input_ids)

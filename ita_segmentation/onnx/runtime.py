@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -17,10 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from configuration_ita import ITAConfig
-
 from modeling_ita.dominant_categories import clip_center_crop
-from modeling_ita.modeling import ITAForOpenVocabSegmentation, ITAOpenVocabSegmentationOutput, _unexpected_arguments_message
+from modeling_ita.modeling import (
+    ITAForOpenVocabSegmentation,
+    ITAOpenVocabSegmentationOutput,
+    _unexpected_arguments_message,
+)
 from modeling_ita.vocabulary import ITAVocabulary, ITAVocabularyEncoder
+
+from ..backends import BACKENDS
 from .graph import (
     TEXT_ENCODER_INPUT,
     TEXT_ENCODER_OUTPUT,
@@ -67,7 +73,6 @@ def is_onnx_model_folder(path):
         return False
 
 
-BACKENDS = ("auto", "pytorch", "onnxruntime")
 
 
 def resolve_backend(model_name_or_path, backend="auto", device=None, dtype="float32"):
@@ -324,7 +329,7 @@ from ita_segmentation.onnx import ITAOnnxModel
             raise TypeError(f"vocabulary must be an ITAVocabulary from model.encode_vocabulary(), got {type(vocabulary)}")
         image_sizes, feeds = self.graph_feeds(pixel_values, pixel_mask, image_sizes, vocabulary, dominant_category_pixel_values)
         values = dict(zip(self._output_names, self.segmentation_session.run(self._output_names, feeds)))
-        outputs = {name: torch.from_numpy(value) for name, value in values.items()}
+        outputs: dict[str, Any] = {name: torch.from_numpy(value) for name, value in values.items()}
 
         ids = outputs.get("dominant_category_ids")
         dominant_categories = None

@@ -18,19 +18,20 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from conftest import ONNX_MODELS, ONNX_SPREAD, ONNX_TEST_SIZE, save_tiny_model, tiny_config
 from PIL import Image
 from transformers import pipeline
 
-from ita_segmentation.onnx import ITAOnnxModel
-from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor, aggregation_decoder
 from ita_segmentation.apps.cli import main as segment_main
+from ita_segmentation.onnx import ITAOnnxModel
 from ita_segmentation.onnx import export as onnx_export
 from ita_segmentation.onnx.cli import main as export_main
 from ita_segmentation.onnx.export import ITAExportMismatchError, check_export, top_two_margin
+from ita_segmentation.onnx.export_kernels import deformable_attention_for_export, export_kernels
 from ita_segmentation.onnx.graph import ITASegmentationGraph, segmentation_inputs, segmentation_output_names
+from ita_segmentation.onnx.tracing import example_segmentation_inputs, segmentation_dynamic_shapes
 from ita_segmentation.synthetic import draw_synthetic_scene
-
-from conftest import ONNX_MODELS, ONNX_SPREAD, ONNX_TEST_SIZE, save_tiny_model, tiny_config
+from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor, aggregation_decoder
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT_NAMES = ("class_queries_logits", "masks_queries_logits", "out_vocabulary_logits", "ensemble_log_probs")
@@ -357,13 +358,12 @@ def test_console_script_is_declared():
     for package in ("onnx", "onnxscript", "onnxruntime"):
         assert package in extras["onnx"] and package in extras["test"]
     assert "from ita_cli import export as main" in (ROOT / "scripts" / "export_onnx.py").read_text()
-    import ita_cli
+    from ita_segmentation import backends
+    from ita_segmentation.onnx import BACKENDS, options
 
-    # `--help` answers without importing torch, so the defaults it shows are kept here and must be the exporter's.
-    assert (ita_cli.EXPORT_ATOL, ita_cli.EXPORT_RTOL) == (onnx_export.DEFAULT_TOLERANCES.atol, onnx_export.DEFAULT_TOLERANCES.rtol)
-    from ita_segmentation.onnx import BACKENDS
-
-    assert ita_cli.BACKENDS == BACKENDS
+    # `--help` answers without importing torch, so the defaults it shows are kept light and must be the exporter's.
+    assert (options.DEFAULT_ATOL, options.DEFAULT_RTOL) == (onnx_export.DEFAULT_TOLERANCES.atol, onnx_export.DEFAULT_TOLERANCES.rtol)
+    assert backends.BACKENDS == BACKENDS
     with pytest.raises(SystemExit) as exit_info:
         export_main(["--help"])
     assert exit_info.value.code == 0
@@ -405,6 +405,7 @@ def expected_processor_size():
 
 def test_evaluation_script_on_the_onnx_folder(fcclip_onnx_export, tmp_path):
     from evaluation.test_evaluate_script import write_split  # tests/evaluation, a namespace package here
+
     import ita_cli
 
     source, exported = fcclip_onnx_export
@@ -442,13 +443,62 @@ def test_ita_dense_features_traces_with_dynamic_shapes():
     torch.manual_seed(0)
     model = ITAForOpenVocabSegmentation(tiny_config(**ONNX_MODELS["ita"], dominant_category_features="dense_features")).eval()
     graph = ITASegmentationGraph(model).eval()
-    example = onnx_export._example_segmentation_inputs(model, 32)
+    example = example_segmentation_inputs(model, 32)
     with torch.no_grad():
         program = torch.export.export(
-            graph, (), example, dynamic_shapes=onnx_export._segmentation_dynamic_shapes(model.config, 32), strict=False
+            graph, (), example, dynamic_shapes=segmentation_dynamic_shapes(model.config, 32), strict=False
         )
         vocabulary = model.encode_vocabulary(VOCABULARIES[1])
         inputs = segmentation_inputs(model.config, torch.randn(3, 3, 96, 64), torch.tensor([[96, 64], [80, 50], [70, 64]]), vocabulary)
         got, expected = program.module()(**inputs), graph(**inputs)
     for ours, theirs in zip(got, expected):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ export kernels
+def test_exported_deformable_attention_gives_the_same_values():
+    """What `torch.export` traces (offsets as rows, the normaliser and reference points repeated to them; the sum
+    over points in one product) computes the same values as the eager kernel and the plain formula."""
+    from modeling_ita import kernels
+
+    generator = torch.Generator().manual_seed(2)
+    shapes = [(3, 5), (4, 2), (1, 6)]
+    batch, queries, heads, head_dim, levels, points = 2, 7, 2, 3, len(shapes), 3
+    value = torch.randn(batch, sum(h * w for h, w in shapes), heads, head_dim, generator=generator)
+    reference_points = torch.rand(1, queries, 2, generator=generator)
+    offsets = torch.randn(batch, queries, heads, levels, points, 2, generator=generator) * 2
+    logits = torch.randn(batch, queries, heads, levels * points, generator=generator)
+    arguments = (value, reference_points, offsets, logits, shapes)
+    eager = kernels.deformable_attention_fast(*arguments)
+    torch.testing.assert_close(deformable_attention_for_export(*arguments), eager, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(kernels.deformable_attention_reference(*arguments), eager, atol=1e-5, rtol=1e-5)
+
+
+def test_export_kernels_replace_the_model_s_only_within_the_graph():
+    """The graph module computes with the export kernels (whatever the fast-path switch says) and gives the eager
+    model's outputs; outside it the model runs its own kernels again."""
+    from modeling_ita import kernels
+
+    torch.manual_seed(0)
+    model = ITAForOpenVocabSegmentation(tiny_config(**ONNX_MODELS["ita"], dominant_category_features="dense_features")).eval()
+    vocabulary = model.encode_vocabulary(VOCABULARIES[1])
+    inputs = segmentation_inputs(model.config, torch.randn(2, 3, 64, 96), torch.tensor([[64, 96], [40, 70]]), vocabulary)
+    seen = []
+    own = kernels.REGISTRY["image_region_means"].reference
+    with export_kernels():
+        assert kernels.implementation("top_k_cycled").__name__ == "top_k_cycled_for_export"
+        assert kernels.implementation("conv2d") is kernels.conv2d_reference
+    assert kernels.implementation("top_k_cycled").__name__ == "top_k_cycled"
+    graph = ITASegmentationGraph(model).eval()
+    with torch.no_grad():
+        original = kernels.REGISTRY["image_region_means"]
+        try:
+            original.reference = lambda *args: seen.append("eager") or own(*args)
+            got = graph(**inputs)
+            assert not seen  # the graph pooled with the export kernel
+            expected = model(**{k: v for k, v in inputs.items() if k in ("pixel_values", "image_sizes")}, vocabulary=vocabulary)
+            assert seen == ["eager"]
+        finally:
+            original.reference = own
+    for name, ours in zip(segmentation_output_names(model.config), got, strict=True):
+        torch.testing.assert_close(ours, getattr(expected, name), atol=1e-5, rtol=1e-5)
