@@ -14,9 +14,11 @@ as converted from other frameworks) are out of scope.
 import hashlib
 import json
 import logging
+import os
 import pickle
 import re
 import zipfile
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +94,7 @@ _REQUIRED_KEYS = (
 )  # what config inference reads; every other key is checked by `convert_state_dict`
 
 
-def _template_regex(template):
+def _template_regex(template: str) -> re.Pattern[str]:
     pattern = re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)")
     return re.compile(pattern if template.endswith(".") else pattern + "$")
 
@@ -101,7 +103,7 @@ _FORWARD = [(_template_regex(src), src, dst) for src, dst in KEY_RENAMES]
 _BACKWARD = [(_template_regex(dst), dst, src) for src, dst in KEY_RENAMES]
 
 
-def _rename(key, rules):
+def _rename(key: str, rules: Iterable[tuple[re.Pattern[str], str, str]]) -> str | None:
     for regex, _, target in rules:
         match = regex.match(key)
         if match:
@@ -110,14 +112,14 @@ def _rename(key, rules):
     return None
 
 
-def original_to_hf_key(key):
+def original_to_hf_key(key: str) -> str | None:
     """Our name for an original key, or None when no rule covers it (dropped keys included)."""
     if key in DROPPED_ORIGINAL_KEYS:
         return None
     return _rename(key, _FORWARD)
 
 
-def hf_to_original_key(key):
+def hf_to_original_key(key: str) -> str | None:
     """The original name of one of our keys (the inverse of `original_to_hf_key`), or None."""
     return _rename(key, _BACKWARD)
 
@@ -125,13 +127,13 @@ def hf_to_original_key(key):
 class CheckpointConversionError(ValueError):
     """The checkpoint does not fit the model; `problems` lists every reason, one line each."""
 
-    def __init__(self, summary, problems):
+    def __init__(self, summary: str, problems: Iterable[str]) -> None:
         self.problems = list(problems)
         super().__init__(summary + "\n" + "\n".join(f"  - {line}" for line in self.problems))
 
 
 # ------------------------------------------------------------------------------------------------------ reading
-def _torch_file_problem(path):
+def _torch_file_problem(path: Path) -> str | None:
     """Why `path` cannot be a file written by `torch.save`, or None when it may be one: torch.save writes a zip
     archive (a pickle before torch 1.6, which starts with the pickle protocol byte 0x80)."""
     if not path.exists():
@@ -153,7 +155,7 @@ def _torch_file_problem(path):
     )
 
 
-def load_original_state_dict(path):
+def load_original_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read an original checkpoint: `{"model": state_dict, ...}` (detectron2) or a bare state dict.
 
     Raises `FileNotFoundError` for a missing file and `ValueError` saying what is wrong with any other: a
@@ -194,7 +196,7 @@ def load_original_state_dict(path):
     return state_dict
 
 
-def detect_variant(state_dict):
+def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> str:
     """'ita' or 'fcclip', from the keys: ITA has the text-query projection `backbone.add_tgt_em.weight` and no
     decoder self-attention; FC-CLIP the reverse."""
     missing = [key for key in _REQUIRED_KEYS if key not in state_dict]
@@ -219,18 +221,18 @@ def detect_variant(state_dict):
     )
 
 
-def _rows(key, state_dict):
+def _rows(key: str, state_dict: Mapping[str, torch.Tensor]) -> int:
     return state_dict[key].shape[0]
 
 
-def _layer_count(state_dict, prefix):
+def _layer_count(state_dict: Mapping[str, torch.Tensor], prefix: str) -> int:
     """Number of layers `prefix{i}.*` in the state dict (highest index + 1)."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     indices = [int(match.group(1)) for match in map(pattern.match, state_dict) if match]
     return max(indices) + 1 if indices else 0
 
 
-def _clip_shapes(clip_config):
+def _clip_shapes(clip_config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         clip = open_clip.model.CLIP(
             embed_dim=clip_config["embed_dim"],
@@ -240,7 +242,7 @@ def _clip_shapes(clip_config):
     return {f"backbone.clip_model.{key}": tuple(value.shape) for key, value in clip.state_dict().items()}
 
 
-def _clip_differences(state_dict, clip_config):
+def _clip_differences(state_dict: Mapping[str, torch.Tensor], clip_config: Mapping[str, Any]) -> list[str]:
     expected = _clip_shapes(clip_config)
     found = {key: tuple(value.shape) for key, value in state_dict.items() if key.startswith("backbone.clip_model.")}
     problems = [f"missing {key}" for key in sorted(set(expected) - set(found))]
@@ -278,13 +280,13 @@ _ORIGINAL_CONFIG_KEYS = {
 }
 
 
-def read_original_config(path) -> dict:
+def read_original_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """`ITAConfig` values from an original detectron2 YAML config (FC-CLIP's or ITA's `configs/...yaml`), following
     its `_BASE_` files. Only keys the file (or a base) sets are returned; `DEC_LAYERS` counts the initial
     prediction, so `decoder_layers` is one less."""
     import yaml
 
-    def load(file, seen):
+    def load(file: str | os.PathLike[str], seen: frozenset[Path]) -> dict[str, Any]:
         file = Path(file).resolve()
         if file in seen:
             raise ValueError(f"{file}: _BASE_ files form a cycle")
@@ -296,9 +298,9 @@ def read_original_config(path) -> dict:
         return _deep_merge(merged, data)
 
     data = load(path, frozenset())
-    values = {}
+    values: dict[str, Any] = {}
     for keys, fields in _ORIGINAL_CONFIG_KEYS.items():
-        node = data
+        node: Any = data
         for key in keys:
             node = node.get(key) if isinstance(node, dict) else None
         if node is not None:
@@ -309,14 +311,19 @@ def read_original_config(path) -> dict:
     return values
 
 
-def _deep_merge(base, update):
+def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
         merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
     return merged
 
 
-def infer_config(state_dict, clip_config=None, original_config=None, **overrides):
+def infer_config(
+    state_dict: Mapping[str, torch.Tensor],
+    clip_config: Mapping[str, Any] | None = None,
+    original_config: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> tuple[ITAConfig, str, dict[str, str]]:
     """The `ITAConfig` of an original checkpoint, its variant ('ita' or 'fcclip') and where each value came from.
 
     Sizes come from tensor shapes: queries, text queries, layers, widths. The CLIP is open_clip
@@ -341,7 +348,7 @@ def infer_config(state_dict, clip_config=None, original_config=None, **overrides
 
     predictor, pixel_decoder = "sem_seg_head.predictor.", "sem_seg_head.pixel_decoder."
     query_feat = state_dict[predictor + "query_feat.weight"]
-    shapes = dict(
+    shapes: dict[str, Any] = dict(
         num_queries=query_feat.shape[0],
         num_dominant_categories=_rows(predictor + "query_embed.weight", state_dict) - query_feat.shape[0],
         decoder_self_attention=variant == "fcclip",
@@ -368,7 +375,7 @@ def infer_config(state_dict, clip_config=None, original_config=None, **overrides
     if conflicts:
         raise CheckpointConversionError("The original config does not describe this checkpoint", conflicts)
 
-    values = {"clip_config": clip_config, **shapes}
+    values: dict[str, Any] = {"clip_config": clip_config, **shapes}
     provenance = dict.fromkeys(shapes, "tensor shapes")
     provenance["clip_config"] = "--clip-config" if clip_config is not CONVNEXT_LARGE_D_320_CLIP_CONFIG else "tensor shapes"
     for name, value in original_config.items():
@@ -404,7 +411,7 @@ def infer_config(state_dict, clip_config=None, original_config=None, **overrides
     return config, variant, provenance
 
 
-def _split_deformable_samples(samples, values, provenance):
+def _split_deformable_samples(samples: int, values: dict[str, Any], provenance: dict[str, str]) -> None:
     """Heads and points of the deformable attention from its `attention_weights` rows (heads x levels x points)."""
     levels = values["num_feature_levels"]
     heads, points = values.get("pixel_decoder_attention_heads"), values.get("pixel_decoder_num_points")
@@ -429,21 +436,23 @@ def _split_deformable_samples(samples, values, provenance):
 
 
 # --------------------------------------------------------------------------------------------------- mapping
-def expected_state_dict_shapes(config):
+def expected_state_dict_shapes(config: ITAConfig) -> dict[str, tuple[int, ...]]:
     """{key: shape} of `ITAForOpenVocabSegmentation(config)`'s state dict, built on the meta device."""
     with torch.device("meta"):
         model = ITAForOpenVocabSegmentation(config)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
-def convert_state_dict(state_dict, expected_shapes):
+def convert_state_dict(
+    state_dict: Mapping[str, torch.Tensor], expected_shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
     """Rename an original state dict to our layout, strictly.
 
     `expected_shapes` is the model's `{key: shape}`. Raises `CheckpointConversionError` listing every source key
     that no rule covers or whose new name the model lacks, every model key left unfilled and every shape
     mismatch. Knowingly dropped keys (`DROPPED_ORIGINAL_KEYS`) are skipped. The tensors are not copied.
     """
-    converted: dict[str, Any] = {}
+    converted: dict[str, torch.Tensor] = {}
     sources: dict[str, str] = {}
     problems: list[str] = []
     for key, value in state_dict.items():
@@ -472,7 +481,7 @@ def convert_state_dict(state_dict, expected_shapes):
 
 
 # ----------------------------------------------------------------------------------------------- category bank
-def load_category_bank(path):
+def load_category_bank(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a category bank -> `{name: [D] tensor}` in file order, dtype kept.
 
     Reads the original ITA `Category/category_tensor.pt` (a dict name -> fp16 `[1, D]`) or the
@@ -508,7 +517,9 @@ def load_category_bank(path):
     return result
 
 
-def save_category_bank(bank, path, source=None):
+def save_category_bank(
+    bank: Mapping[str, torch.Tensor], path: str | os.PathLike[str], source: object = None
+) -> str | os.PathLike[str]:
     """Write `{name: [D] or [1, D] tensor}` as one safetensors file: `embeddings` [N, D], names in metadata."""
     names = list(bank)
     embeddings = torch.stack([bank[name].reshape(-1) for name in names]).contiguous()
@@ -531,13 +542,13 @@ class ConversionResult:
     source_sha256: str
     num_tensors: int
     num_parameters: int
-    dropped_keys: list = field(default_factory=list)
+    dropped_keys: list[str] = field(default_factory=list)
     category_bank_size: int | None = None
     verified: bool = False
-    provenance: dict = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)
 
 
-def _sha256(path):
+def _sha256(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 24), b""):
@@ -545,7 +556,7 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _distinct_storage(tensors):
+def _distinct_storage(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """safetensors refuses tensors that share memory: copy the second and later users of a storage."""
     seen, result = set(), {}
     for key, tensor in tensors.items():
@@ -557,17 +568,17 @@ def _distinct_storage(tensors):
 
 
 def convert_checkpoint(
-    checkpoint,
-    output_dir,
-    clip_config=None,
-    config_overrides=None,
-    category_bank=None,
-    verify=True,
-    repo_id=None,
-    original_config=None,
-    overwrite=False,
-    progress=None,
-):
+    checkpoint: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    clip_config: Mapping[str, Any] | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
+    category_bank: str | os.PathLike[str] | None = None,
+    verify: bool = True,
+    repo_id: str | None = None,
+    original_config: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str], object] | None = None,
+) -> ConversionResult:
     """Convert an original FC-CLIP or ITA checkpoint into a model folder; returns a `ConversionResult`.
 
     The folder holds `config.json`, `model.safetensors`, the processor configuration, the model's source files
@@ -617,7 +628,7 @@ def convert_checkpoint(
     save_file(_distinct_storage(converted), str(output_dir / "model.safetensors"), metadata={"format": "pt"})
     hub_folder.save_processor(output_dir, config)
     export_remote_code(output_dir)
-    if bank is not None:
+    if bank is not None and category_bank is not None:  # the one comes with the other
         save_category_bank(bank, output_dir / CATEGORY_BANK_FILE, source=Path(category_bank).name)
 
     result = ConversionResult(
@@ -640,7 +651,9 @@ def convert_checkpoint(
     return result
 
 
-def verify_folder(folder, converted):
+def verify_folder(
+    folder: str | os.PathLike[str], converted: Mapping[str, torch.Tensor]
+) -> ITAForOpenVocabSegmentation:
     """Reload `folder` with `from_pretrained` and check that every tensor equals the converted one."""
     model = ITAForOpenVocabSegmentation.from_pretrained(folder)
     loaded = model.state_dict()

@@ -4,14 +4,17 @@ The model's source files for `trust_remote_code` are written by `remote_code.exp
 """
 
 import json
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import huggingface_hub
 import open_clip
 import transformers
 from huggingface_hub import HfApi
 
-from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG
+from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG, ITAConfig
 from image_processing_ita import ITAImageProcessor
 from processing_ita import ITAProcessor
 
@@ -30,6 +33,33 @@ __all__ = [
 
 CATEGORY_BANK_FILE = "category_bank.safetensors"
 
+
+class ConvertedFolder(Protocol):
+    """What the model card reads of a conversion: `conversion.ConversionResult`'s fields (named here, as
+    conversion imports this module)."""
+
+    @property
+    def config(self) -> ITAConfig: ...
+    @property
+    def variant(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def source_sha256(self) -> str: ...
+    @property
+    def num_tensors(self) -> int: ...
+    @property
+    def num_parameters(self) -> int: ...
+    @property
+    def dropped_keys(self) -> Sequence[str]: ...
+    @property
+    def category_bank_size(self) -> int | None: ...
+    @property
+    def verified(self) -> bool: ...
+    @property
+    def provenance(self) -> Mapping[str, str]: ...
+
+
 # Activates an exported category bank; expects `bank_file` (its path) and `model`. Needs only safetensors.
 CATEGORY_BANK_SNIPPET = """\
 import json
@@ -44,18 +74,18 @@ model.vocabulary_encoder.set_category_bank(dict(zip(names, embeddings)))
 REQUIREMENTS = ("torch", "torchvision", "transformers>=5", "open_clip_torch>=3", "timm", "scipy", "safetensors", "pillow")
 
 
-def _auto_map(*auto_classes):
+def _auto_map(*auto_classes: str) -> dict[str, str]:
     return {auto_class: REMOTE_CODE_ENTRY_POINTS[auto_class] for auto_class in auto_classes}
 
 
-def prepare_config_for_folder(config):
+def prepare_config_for_folder(config: ITAConfig) -> ITAConfig:
     """Name the model class and the exported source files in the config (`architectures`, `auto_map`)."""
     config.architectures = [REMOTE_CODE_ENTRY_POINTS["AutoModel"].rsplit(".", 1)[1]]
     config.auto_map = _auto_map("AutoConfig", "AutoModel")
     return config
 
 
-def save_processor(folder, config):
+def save_processor(folder: str | os.PathLike[str], config: ITAConfig) -> ITAProcessor:
     """Write the `ITAProcessor` of a model of `config`, with `auto_map` entries for trust_remote_code."""
     processor = ITAProcessor(image_processor=ITAImageProcessor.for_model_config(config))
     processor.save_pretrained(folder)
@@ -72,7 +102,14 @@ class HubPushError(RuntimeError):
     """Pushing a converted folder failed; the folder itself is complete."""
 
 
-def push_folder_to_hub(folder, repo_id, private=None, token=None, endpoint=None, commit_message=None):
+def push_folder_to_hub(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+    commit_message: str | None = None,
+) -> str:
     """Create `repo_id` (if needed) and upload `folder` to it; returns the commit URL.
 
     Fails at once in offline mode (`HF_HUB_OFFLINE=1`), and with a `HubPushError` on any Hub or network error;
@@ -124,13 +161,13 @@ this folder was converted from that release; they were not measured on this fold
 """
 
 
-def _clip_name(config):
+def _clip_name(config: ITAConfig) -> str:
     return "OpenCLIP ConvNeXt-L (`convnext_large_d_320`)" if config.clip_config == CONVNEXT_LARGE_D_320_CLIP_CONFIG else (
         f"OpenCLIP with a timm `{config.clip_config['vision_cfg']['timm_model_name']}` image tower (custom config)"
     )
 
 
-def _category_bank_section(result, where):
+def _category_bank_section(result: ConvertedFolder, where: str) -> list[str]:
     bank_intro = (
         f"`{CATEGORY_BANK_FILE}` holds the original ITA's fixed name embeddings ({result.category_bank_size} names, "
         "`Category/category_tensor.pt`)."
@@ -160,7 +197,7 @@ def _category_bank_section(result, where):
     ]
 
 
-def render_model_card(result, repo_id=None):
+def render_model_card(result: ConvertedFolder, repo_id: str | None = None) -> str:
     """The README.md of a converted folder, from a `ConversionResult`."""
     config, variant = result.config, result.variant
     name = "ITA" if variant == "ita" else "FC-CLIP"
@@ -281,7 +318,7 @@ def render_model_card(result, repo_id=None):
     return "\n".join(lines)
 
 
-def write_model_card(folder, result, repo_id=None):
+def write_model_card(folder: str | os.PathLike[str], result: ConvertedFolder, repo_id: str | None = None) -> Path:
     path = Path(folder) / "README.md"
     path.write_text(render_model_card(result, repo_id=repo_id), encoding="utf-8")
     return path

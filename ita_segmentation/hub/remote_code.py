@@ -6,6 +6,7 @@ so they may import each other only relatively (`from .layers import ...`). In th
 in the `modeling_ita` package; `flat_source` rewrites those imports for the flat folder.
 """
 
+import os
 import re
 from pathlib import Path
 
@@ -69,14 +70,14 @@ def flat_source(source: str, in_package: bool) -> str:
     if re.search(r"^\s*import\s+(modeling_ita|configuration_ita|image_processing_ita|postprocessing_ita|processing_ita)\b", source, re.M):
         raise ValueError("write `from <module> import ...` for this project's modules; plain imports cannot be exported")
 
-    def rewrite(match):
+    def rewrite(match: re.Match[str]) -> str:
         name = _flat_module(match.group("module"), in_package)
         return f"{match.group('indent')}from .{name} import" if name else match.group(0)
 
     return _IMPORT.sub(rewrite, source)
 
 
-def export_remote_code(folder) -> list[str]:
+def export_remote_code(folder: str | os.PathLike[str]) -> list[str]:
     """Write `REMOTE_CODE_FILES` flat into `folder`, imports rewritten; returns the file names.
 
     Raises `ValueError` when a file imports something the folder lacks, checked with transformers' own scanner.
