@@ -9,6 +9,7 @@ loaders read (label-map folders, an imagefolder with `metadata.jsonl`, COCO pano
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ __all__ = [
     "write_coco_panoptic",
 ]
 
-def toy_clip_config(width=32, heads=2):
+
+def toy_clip_config(width: int = 32, heads: int = 2) -> dict[str, Any]:
     """A tiny random-init open_clip config for tests, demos and benchmarks: timm's `test_convnext` trunk
     (0.27 M parameters, channels 24/32/48/64) and a 2-layer text tower of `width` channels."""
     return {
@@ -53,7 +55,9 @@ _SHAPES = ("circle", "square", "triangle")
 _BACKGROUNDS = (3, 4)
 
 
-def _shape_mask(kind, height, width, centre_y, centre_x, radius):
+def _shape_mask(
+    kind: str, height: int, width: int, centre_y: float, centre_x: float, radius: float
+) -> np.ndarray:
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     dy, dx = ys - centre_y, xs - centre_x
     if kind == "circle":
@@ -66,7 +70,9 @@ def _shape_mask(kind, height, width, centre_y, centre_x, radius):
     return inside_rows & (np.abs(dx) <= half_width)
 
 
-def draw_synthetic_scene(rng, height, width):
+def draw_synthetic_scene(
+    rng: np.random.Generator, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One scene: `(image, label_map, instance_map)`.
 
     `image` is `[H, W, 3]` uint8 RGB, `label_map` `[H, W]` uint8 class ids into `SYNTHETIC_CLASS_NAMES`, and
@@ -102,7 +108,7 @@ def draw_synthetic_scene(rng, height, width):
     return np.clip(image, 0, 255).astype(np.uint8), label_map, instance_map
 
 
-def _scene_size(rng, image_size, max_aspect):
+def _scene_size(rng: np.random.Generator, image_size: int, max_aspect: float) -> tuple[int, int]:
     if max_aspect <= 1.0:
         return image_size, image_size
     aspect = float(rng.uniform(1.0, max_aspect))
@@ -110,7 +116,9 @@ def _scene_size(rng, image_size, max_aspect):
     return (image_size, long_side) if rng.random() < 0.5 else (long_side, image_size)
 
 
-def make_synthetic_dataset(num_images, image_size=64, seed=0, max_aspect=1.0, with_instances=False):
+def make_synthetic_dataset(
+    num_images: int, image_size: int = 64, seed: int = 0, max_aspect: float = 1.0, with_instances: bool = False
+) -> datasets.Dataset:
     """A `datasets.Dataset` of `num_images` generated scenes.
 
     Columns: `image` (Image, RGB), `label` (Image, mode L label map), `classes` (list of `ClassLabel` over
@@ -142,7 +150,13 @@ def make_synthetic_dataset(num_images, image_size=64, seed=0, max_aspect=1.0, wi
     return datasets.Dataset.from_dict(rows, features=datasets.Features(features))
 
 
-def write_label_map_folders(dataset, root, split="training", image_dir="images", label_dir="annotations"):
+def write_label_map_folders(
+    dataset: datasets.Dataset,
+    root: str | os.PathLike[str],
+    split: str = "training",
+    image_dir: str = "images",
+    label_dir: str = "annotations",
+) -> tuple[Path, Path]:
     """Write `dataset` as ADE20K-style folders: `root/images/<split>/<stem>.jpg`-like image files (PNG here)
     and `root/annotations/<split>/<stem>.png` label maps. Returns the two folders."""
     images = Path(root) / image_dir / split
@@ -156,7 +170,7 @@ def write_label_map_folders(dataset, root, split="training", image_dir="images",
     return images, labels
 
 
-def write_imagefolder(dataset, root, split="train"):
+def write_imagefolder(dataset: datasets.Dataset, root: str | os.PathLike[str], split: str = "train") -> Path:
     """Write `dataset` as a `datasets` imagefolder: images and label maps under `root/<split>/` and a
     `metadata.jsonl` whose `annotation_file_name` column becomes the `annotation` Image column."""
     folder = Path(root) / split
@@ -170,12 +184,18 @@ def write_imagefolder(dataset, root, split="train"):
     return folder
 
 
-def _id_to_rgb(ids):
+def _id_to_rgb(ids: np.ndarray) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int64)
     return np.stack([ids % 256, (ids // 256) % 256, ids // 65536], axis=-1).astype(np.uint8)
 
 
-def write_coco_panoptic(dataset, root, split="train2017", category_ids=None, crowd_class=None):
+def write_coco_panoptic(
+    dataset: datasets.Dataset,
+    root: str | os.PathLike[str],
+    split: str = "train2017",
+    category_ids: Sequence[int] | None = None,
+    crowd_class: int | None = None,
+) -> str:
     """Write `dataset` (made `with_instances=True`) in COCO panoptic's layout under `root`:
     `annotations/panoptic_<split>.json`, `panoptic_<split>/<stem>.png` (segment ids as RGB) and
     `<split>/<stem>.jpg` images.
