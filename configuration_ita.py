@@ -241,7 +241,7 @@ class ITAConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]  # PreTraine
             `"dense_features"`: no second forward; the stride-32 CLIP features of the main forward
             (`clip_vis_dense`) are averaged over each image's region and passed through CLIP's own pooling
             head (norm, projection), as CLIP pools its image features. It saves a ConvNeXt-L forward at 320 px
-            per image (0.5-0.6 s, about 5% of CPU inference at 800x1067; see `benchmarks/README.md`), but it
+            per image (its cost: the DCU column of `benchmarks/README.md`'s inference table), but it
             changes the ranking input (the whole image at the test resolution instead of a 320-px centre
             crop), so the chosen categories, and with them every prediction, can differ from the original's.
             A speed option, off by default.

@@ -586,8 +586,8 @@ def _cell_decisions(upper: Tensor, lower: Tensor, class_probs: Tensor) -> Tensor
 
 # Before the grid's cells are decided, one grid row in `_PROBE_STRIDE` (under the image) is: when those rows leave a
 # larger share of cells open than the grid path can afford, the others are not decided and the banded path runs
-# (near that share the two paths cost about the same; the label map is the same either way). Random weights, 600x800,
-# 150 classes: a probe of 0.04 s instead of 0.27 s of decisions that the banded path would not use.
+# (near that share the two paths cost about the same; the label map is the same either way). The probe costs a small
+# share of the decisions it spares (timings in benchmarks/README.md, "Post-processing probe").
 _PROBE_STRIDE = 8
 
 

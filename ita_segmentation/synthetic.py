@@ -2,9 +2,9 @@
 
 Nothing here is downloaded. Each scene has one or two background regions ("green background", "gray
 background") and one to three shapes ("red circle", "blue square", "yellow triangle"), with per-image colour
-jitter and per-pixel noise, so that a tiny model with a random frozen CLIP can learn it in about a minute
-on a CPU. Besides the `datasets.Dataset` itself, writers put the same scenes on disk in the layouts the data
-loaders read (label-map folders, an imagefolder with `metadata.jsonl`, COCO panoptic).
+jitter and per-pixel noise, so that a tiny model with a random frozen CLIP can learn it quickly on a CPU.
+Besides the `datasets.Dataset` itself, writers put the same scenes on disk in the layouts the data loaders read
+(label-map folders, an imagefolder with `metadata.jsonl`, COCO panoptic).
 """
 
 import json

@@ -126,8 +126,8 @@ class ITAVocabularyEncoder:
     default `default_vocabulary_cache_dir()`; None turns it off), keyed by a hash of the text tower's weights,
     the templates, the names, the extra candidates, the device type, the dtype and the batch size, so a new
     process finds them without running the text tower. Only the text tower's outputs are stored: the category
-    bank's rows are looked up again at each encoding. Hashing the text tower reads its weights once per model
-    (about a second for ConvNeXt-L's), which small vocabularies would not repay.
+    bank's rows are looked up again at each encoding. Hashing the text tower reads all its weights once per model
+    (timed in `benchmarks/README.md`, Vocabulary), which small vocabularies would not repay.
     """
 
     def __init__(

@@ -125,8 +125,8 @@ def _upright_size(source: str | io.BytesIO) -> tuple[int, int]:
 
 def _label_array(source: Any, panoptic: bool) -> np.ndarray:
     """The label map's class ids (`label_maps.label_map_array`); for a panoptic PNG (segment ids as RGB,
-    described by the segments column) only an array of its size: reading COCO's 118k headers takes minutes,
-    decoding them all far longer."""
+    described by the segments column) only an array of its size, from the header: decoding every PNG of a large
+    split (COCO's 118k) would cost far more than reading headers."""
     if panoptic and isinstance(source, (str, io.BytesIO)):
         with Image.open(source) as image:
             return np.empty((image.height, image.width), dtype=np.uint8)

@@ -589,7 +589,7 @@ def convert_checkpoint(
 
     `output_dir` must be new or empty unless `overwrite` (then the files above are replaced, others left alone):
     raises `FileExistsError` before reading anything. `progress`, a callable taking a message, hears of each step
-    (reading a large checkpoint and verifying take tens of seconds).
+    (reading a large checkpoint and verifying it are the slow ones).
     """
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     progress = progress or logger.info
