@@ -4,8 +4,9 @@ The names below are imported on first use (they import torch and the model folde
 (`hub.cli`) parses its arguments before any of them is loaded.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ita_segmentation.lazy_names import lazy_names
 
 if TYPE_CHECKING:
     from .conversion import (
@@ -54,12 +55,4 @@ __all__ = [
     "save_processor",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__ = lazy_names(__name__, _HOMES)

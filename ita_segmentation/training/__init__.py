@@ -11,8 +11,9 @@ The names below are imported on first use (most import torch), so that `ita-trai
 its arguments before any of them is loaded.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ita_segmentation.lazy_names import lazy_names
 
 if TYPE_CHECKING:
     from .arguments import ITADataArguments, ITAModelArguments, ITARecipeArguments
@@ -63,12 +64,4 @@ __all__ = [
     "scaled_decay_steps",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__ = lazy_names(__name__, _HOMES)
