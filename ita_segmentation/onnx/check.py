@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from image_processing_ita import padded_size
-
 from .errors import ITAExportMismatchError
 from .graph import trunk_stride
 from .options import DEFAULT_ATOL, DEFAULT_RTOL
@@ -71,7 +69,7 @@ def top_two_margin(processor: Any, outputs: Any, index: int, target_size: Sequen
     semantic scores (the plain formula that `post_process_semantic_segmentation` computes); infinite with one
     class. Where it is within rounding, the label may flip between two computations of the same model."""
     image_size = tuple(int(v) for v in outputs.image_sizes[index])
-    frame = padded_size(image_size[0], image_size[1], processor.image_processor.size_divisor)
+    frame = processor.image_processor.padded_frame(image_size[0], image_size[1], resized=True)
     mask_logits = outputs.masks_queries_logits[index][None].float()
     masks = F.interpolate(mask_logits, size=frame, mode="bilinear", align_corners=False)[0]
     masks = masks[:, : image_size[0], : image_size[1]].sigmoid()
