@@ -8,14 +8,13 @@ alone, as in the original's batch of one.
 
 import io
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import datasets
 import numpy as np
 from PIL import ExifTags, Image
-from transformers.image_utils import SizeDict
 
-from image_processing_ita import ITAImageProcessor, open_image, padded_size
+from image_processing_ita import ITAImageProcessor, open_image
 
 __all__ = ["BenchmarkDataError", "plan_batches"]
 
@@ -43,13 +42,10 @@ def _upright_image_sizes(dataset: datasets.Dataset) -> list[tuple[int, int]]:
 
 
 def _padded_input_size(image_size: Sequence[int], image_processor: ITAImageProcessor) -> tuple[int, int]:
-    """The size of the padded model input an image of `image_size` gets when processed alone."""
+    """The size of the padded model input an image of `image_size` gets when processed alone
+    (`ITAImageProcessor.padded_frame`)."""
     height, width = image_size
-    if image_processor.do_resize:
-        height, width = image_processor.resized_size(height, width, cast(SizeDict, image_processor.size))
-    if not image_processor.do_pad:
-        return height, width
-    return padded_size(height, width, image_processor.size_divisor)
+    return image_processor.padded_frame(height, width)
 
 
 def plan_batches(
