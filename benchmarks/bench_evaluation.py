@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from measure import PeakRSS, machine_description, rss_mib, set_threads
 from PIL import Image, ImageDraw
 
 from ita_segmentation.synthetic import toy_clip_config
-
-from measure import PeakRSS, machine_description, rss_mib, set_threads
 
 SMALL_CLIP_CONFIG = toy_clip_config(width=32, heads=2)
 IMAGE_SIZES = ((375, 500), (480, 640), (512, 512), (600, 450))  # (height, width), ADE20K-like
@@ -69,9 +68,9 @@ def worker(args):
     import torch
 
     from configuration_ita import ITAConfig
-    from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
     from ita_segmentation.evaluation import benchmark_metadata, load_benchmark
     from ita_segmentation.evaluation.runner import evaluate_dataset
+    from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
 
     set_threads(args.threads)
     torch.manual_seed(0)

@@ -23,22 +23,21 @@ processor's CLIP views to the model.
 
 import argparse
 import contextlib
-import os
 import functools
-import sys
+import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
 from measure import PeakRSS, StageTimer, machine_description, page_faults, rss_mib, set_threads
 
 from configuration_ita import ITAConfig
-from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
 from ita_segmentation.evaluation.benchmark_names import VOCABULARY_DIR
 from ita_segmentation.vocabulary_files import read_vocabulary_file
+from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
 
 STAGES = ("preprocess", "trunk", "pixel decoder", "DCU", "decoder", "out-of-vocab classifier", "post-processing")
 
@@ -272,8 +271,7 @@ def main(argv=None):
 def onnx_model_for(args, model, processor):
     """The `ITAOnnxModel` of this script's model: read from `--onnx-dir`, exported there first when the folder
     holds no export of this model."""
-    from ita_segmentation.onnx import ITAOnnxModel
-    from ita_segmentation.onnx import is_onnx_model_folder
+    from ita_segmentation.onnx import ITAOnnxModel, is_onnx_model_folder
     from ita_segmentation.onnx.export import export_onnx
     from ita_segmentation.onnx.runtime import read_manifest
 

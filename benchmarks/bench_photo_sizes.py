@@ -32,17 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from bench_inference import load_vocabulary
 from measure import PeakRSS, StageTimer, machine_description, set_threads
 
-from configuration_ita import ITAConfig
-from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
-from ita_segmentation.synthetic import draw_synthetic_scene
 import image_processing_ita
 import postprocessing_ita
+from configuration_ita import ITAConfig
+from ita_segmentation.synthetic import draw_synthetic_scene
+from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
 from postprocessing_ita import _grid_decisions, _undecided_share, semantic_scores_reference
-
 
 
 def photo_size(value):

@@ -17,7 +17,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
 from measure import PeakRSS, alternate, machine_description, set_threads
 
 from image_processing_ita import ITAImageProcessor

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from measure import machine_description, set_threads
 
 import postprocessing_ita as kernels

@@ -24,13 +24,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from measure import machine_description, set_threads
 
 from configuration_ita import ITAConfig
-from modeling_ita.clip_backbone import ITACLIPBackbone
 from ita_segmentation.evaluation.benchmark_names import VOCABULARY_DIR
 from ita_segmentation.vocabulary_files import read_vocabulary_file
+from modeling_ita.clip_backbone import ITACLIPBackbone
 from modeling_ita.vocabulary import ITAVocabularyEncoder
 from processing_ita import parse_vocabulary
 

@@ -60,8 +60,10 @@ def default_vocabulary_cache_dir() -> Path | None:
 class ITATextTower(Protocol):
     """What the encoder needs of a CLIP text side: `ITACLIPBackbone`, or the ONNX runtime's exported text tower."""
 
-    embed_dim: int
     clip_model: Any  # its `text_projection` tells the device and dtype; the PyTorch model's also holds the weights
+
+    @property
+    def embed_dim(self) -> int: ...
 
     def tokenize(self, texts: list[str]) -> torch.Tensor: ...
 

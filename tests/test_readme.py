@@ -150,9 +150,9 @@ def test_training_examples_run(model_dir, tmp_path):
 
 def test_evaluation_examples_run(model_dir, tmp_path, capsys):
     import datasets
+    from evaluation.test_evaluate_script import write_split  # tests/evaluation, a namespace package here
 
     import ita_cli
-    from evaluation.test_evaluate_script import write_split  # tests/evaluation, a namespace package here
 
     examples = [command[command.index("scripts/evaluate.py") + 1 :] for command in commands("python scripts/evaluate.py")]
     launched = commands("accelerate launch")[-1]
@@ -318,7 +318,7 @@ def test_onnx_examples_run(ita_onnx_export, image_path, tmp_path):
     assert type(namespace["model"]).__name__ == "ITAOnnxModel"
     assert tuple(namespace["label_map"].shape) == (60, 80) and int(namespace["label_map"].max()) < 4
 
-    line = next(l for l in code_blocks("bash", section("ONNX and onnxruntime"))[0].splitlines() if "--model ita-onnx" in l)
+    line = next(text for text in code_blocks("bash", section("ONNX and onnxruntime"))[0].splitlines() if "--model ita-onnx" in text)
     args = [a.strip('"') for a in line.split()[1:]]
     args = [str(image_path) if a == "photo.jpg" else str(exported) if a == "ita-onnx" else a for a in args]
     args = [str(tmp_path / "out") if a == "out-onnx/" else a for a in args]
