@@ -1,10 +1,17 @@
 """ITA: open-vocabulary semantic segmentation for Hugging Face transformers.
 
 Importing this package registers ITA with the Auto classes: `AutoConfig`, `AutoModel`,
-`AutoImageProcessor` and `AutoProcessor` (and the `zero-shot-image-segmentation` pipeline task).
+`AutoModelForUniversalSegmentation` (Mask2Former's task class), `AutoImageProcessor` and `AutoProcessor` (and the
+`zero-shot-image-segmentation` pipeline task).
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForUniversalSegmentation,
+    AutoProcessor,
+)
 
 from configuration_ita import ITAConfig
 from image_processing_ita import ITAImageProcessor
@@ -17,6 +24,7 @@ from .vocabulary import ITAVocabulary, ITAVocabularyEncoder
 
 AutoConfig.register(ITAConfig.model_type, ITAConfig, exist_ok=True)
 AutoModel.register(ITAConfig, ITAForOpenVocabSegmentation, exist_ok=True)
+AutoModelForUniversalSegmentation.register(ITAConfig, ITAForOpenVocabSegmentation, exist_ok=True)
 AutoImageProcessor.register(ITAConfig, image_processor_classes={"torchvision": ITAImageProcessor}, exist_ok=True)
 AutoProcessor.register(ITAConfig, ITAProcessor, exist_ok=True)  # type: ignore[no-untyped-call]
 

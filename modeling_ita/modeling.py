@@ -86,6 +86,10 @@ class ITAPreTrainedModel(PreTrainedModel):  # type: ignore[no-untyped-call]
     # The loss normalises by the number of target masks across processes (Mask2Former's rule); the Trainer's
     # `num_items_in_batch` has no use here and is not passed.
     accepts_loss_kwargs = False
+    # The decoder's masked cross-attention runs through `F.scaled_dot_product_attention` whatever is asked (the
+    # explicit softmax serves `output_attentions` only), so "sdpa" and transformers' always-valid "eager" give the
+    # same numbers.
+    _supports_sdpa = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -127,6 +131,20 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untype
         self.post_init()  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------------------------------------------ helpers
+    def get_input_embeddings(self) -> nn.Module:
+        raise NotImplementedError(_NO_TOKEN_EMBEDDINGS)
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        raise NotImplementedError(_NO_TOKEN_EMBEDDINGS)
+
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+    ) -> nn.Embedding:
+        raise NotImplementedError(_NO_TOKEN_EMBEDDINGS)
+
     def encode_vocabulary(self, class_names: list[str] | None = None) -> ITAVocabulary:
         """Encode (or fetch from the cache) a vocabulary; defaults to the config's training vocabulary."""
         class_names = self.config.train_vocabulary if class_names is None else class_names
@@ -238,8 +256,9 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untype
                 with Mask2Former's field names. Defaults to `config.output_hidden_states`.
             output_attentions: return the decoder's cross-attention weights. Defaults to `config.output_attentions`.
         """
-        if kwargs:
-            raise TypeError(_unexpected_arguments_message(kwargs, self.forward))
+        pixel_values, dominant_category_pixel_values = self._check_inputs(
+            pixel_values, dominant_category_pixel_values, vocabulary, mask_labels, class_labels, kwargs
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
@@ -247,10 +266,6 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untype
             output_attentions = self.config.output_attentions
         if vocabulary is None:
             vocabulary = self.encode_vocabulary(class_names)
-        elif not isinstance(vocabulary, ITAVocabulary):
-            raise TypeError(f"vocabulary must be an ITAVocabulary from model.encode_vocabulary(), got {type(vocabulary)}")
-        if (mask_labels is None) != (class_labels is None):
-            raise ValueError("mask_labels and class_labels must be given together")
         image_sizes = self._image_sizes(pixel_values, pixel_mask, image_sizes)
 
         # Frozen CLIP -> pixel decoder (the detail enhancement module)
@@ -335,6 +350,48 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untype
             output.transformer_decoder_last_hidden_state = decoded.last_hidden_state
         return output if return_dict else output.to_tuple()
 
+    def _check_inputs(
+        self,
+        pixel_values: torch.Tensor,
+        dominant_category_pixel_values: torch.Tensor | None,
+        vocabulary: ITAVocabulary | None,
+        mask_labels: list[torch.Tensor] | None,
+        class_labels: list[torch.Tensor] | None,
+        unexpected: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Refuse, by name, what `forward` cannot read; return the images in the model's dtype (the processor
+        gives float32, on which a bfloat16 or float16 model would fail in its first convolution)."""
+        if unexpected:
+            raise TypeError(_unexpected_arguments_message(unexpected, self.forward))
+        if (mask_labels is None) != (class_labels is None):
+            raise ValueError("mask_labels and class_labels must be given together")
+        images = {"pixel_values": pixel_values, "dominant_category_pixel_values": dominant_category_pixel_values}
+        for name, value in images.items():
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"{name} must be a torch.Tensor (the processor's return_tensors='pt'), got {type(value)}"
+                )
+            if value.ndim != 4 or value.shape[1] != 3:
+                fix = ""
+                if value.ndim == 3 and value.shape[0] == 3:
+                    fix = f"; for one image add the batch dimension: {name}[None]"
+                elif value.ndim == 4 and value.shape[-1] == 3:
+                    fix = f"; channels last? {name}.permute(0, 3, 1, 2)"
+                raise ValueError(
+                    f"{name} must be [batch, 3, height, width] RGB images, got shape {list(value.shape)}{fix}"
+                )
+        if vocabulary is not None and not isinstance(vocabulary, ITAVocabulary):
+            raise TypeError(
+                f"vocabulary must be an ITAVocabulary from model.encode_vocabulary(), got {type(vocabulary)}"
+            )
+        if pixel_values.is_floating_point():
+            pixel_values = pixel_values.to(self.dtype)
+        if dominant_category_pixel_values is not None and dominant_category_pixel_values.is_floating_point():
+            dominant_category_pixel_values = dominant_category_pixel_values.to(self.dtype)
+        return pixel_values, dominant_category_pixel_values
+
     @staticmethod
     def _check_labels(
         mask_labels: list[torch.Tensor],
@@ -356,6 +413,12 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untype
                 raise ValueError(
                     f"image {i}: class_labels {labels.tolist()} fall outside the vocabulary of {num_classes} classes"
                 )
+
+
+_NO_TOKEN_EMBEDDINGS = (
+    "ITA has no token embeddings to get, set or resize: its text tower is the frozen CLIP's, and the vocabulary "
+    "is given per call as class names (model(..., class_names=[...]) or the processor's text=[...])"
+)
 
 
 def _unexpected_arguments_message(kwargs: dict[str, Any], function: Callable[..., Any]) -> str:

@@ -289,6 +289,9 @@ def test_hidden_states_and_attentions_with_mask2former_names(config, from_config
     with torch.no_grad():
         plain = model(pixel_values, class_names=VOCABULARY)
         if from_config:
+            # transformers refuses `config.output_attentions` under "sdpa", the default: "eager" asks for weights
+            # (ITA's decoder gives the same numbers under both).
+            model.set_attn_implementation("eager")
             model.config.output_hidden_states = model.config.output_attentions = True
             out = model(pixel_values, class_names=VOCABULARY)
         else:
