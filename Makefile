@@ -20,8 +20,17 @@ $(VENV)/.installed: constraints.txt setup.cfg pyproject.toml requirements-demo.t
 
 install: $(VENV)/.installed
 
+# Lint, format and types first (seconds), then the suite; the model's own tests once more with every fast path
+# off (modeling_ita.kernels: the plain formulas), against the same golden outputs.
+FIGURE_TESTS := tests/test_parity.py tests/test_modeling.py tests/test_pixel_decoder.py tests/test_aggregation_decoder.py \
+	tests/test_clip_backbone.py tests/test_loss.py tests/test_transformers_conventions.py tests/apps/test_pipeline.py
+
 test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -n 2 -q tests
+	ITA_FAST_PATHS=0 $(PY) -m pytest -n 2 -q $(FIGURE_TESTS)
 
 test-all: install
 	$(PY) -m pytest -n 2 -q -m "" tests

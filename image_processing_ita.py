@@ -210,9 +210,7 @@ def _to_channels_first(
     if tensor.ndim == 2:
         return tensor.unsqueeze(0)
     if tensor.ndim != 3:
-        raise ValueError(
-            f"Image {index} has shape {tuple(tensor.shape)}; expected (H, W), (H, W, C) or (C, H, W)"
-        )
+        raise ValueError(f"Image {index} has shape {tuple(tensor.shape)}; expected (H, W), (H, W, C) or (C, H, W)")
     if input_data_format is None:
         first, last = tensor.shape[0] in (1, 2, 3, 4), tensor.shape[-1] in (1, 2, 3, 4)
         if first and last:
@@ -760,8 +758,13 @@ class ITAImageProcessor(TorchvisionBackend):
             if return_scores and (return_segmentation_scores or return_winning_scores):
                 raise ValueError("`return_scores` cannot be combined with the options that replace it")
         return semantic_segmentation(
-            self, outputs, target_sizes, return_segmentation_scores, return_winning_scores,
-            sem_seg_postprocess_before_inference, return_scores,
+            self,
+            outputs,
+            target_sizes,
+            return_segmentation_scores,
+            return_winning_scores,
+            sem_seg_postprocess_before_inference,
+            return_scores,
         )
 
     def post_process_panoptic_segmentation(
@@ -870,6 +873,13 @@ class ITAImageProcessor(TorchvisionBackend):
               (`False`) and **score** (`float`).
         """
         return instance_segmentation(
-            self, outputs, threshold, mask_threshold, target_sizes, return_coco_annotation, return_binary_maps, top_k,
+            self,
+            outputs,
+            threshold,
+            mask_threshold,
+            target_sizes,
+            return_coco_annotation,
+            return_binary_maps,
+            top_k,
             label_ids_to_fuse,
         )

@@ -122,8 +122,14 @@ def _fused_lerp(first: Tensor, first_weight: Tensor, second: Tensor, second_weig
 
 
 def bilinear_combine(
-    top_left: Tensor, top_right: Tensor, bottom_left: Tensor, bottom_right: Tensor,
-    left_weight: Tensor, right_weight: Tensor, top_weight: Tensor, bottom_weight: Tensor,
+    top_left: Tensor,
+    top_right: Tensor,
+    bottom_left: Tensor,
+    bottom_right: Tensor,
+    left_weight: Tensor,
+    right_weight: Tensor,
+    top_weight: Tensor,
+    bottom_weight: Tensor,
 ) -> Tensor:
     """A bilinear value from its four source values and weights, with the operations and roundings of PyTorch's
     CPU kernel (`F.interpolate(..., mode="bilinear")` on a channels-first float32 map): bit-identical to it there
@@ -301,17 +307,26 @@ class _ResizedArgmax:
         if dense is not None:  # boundaries over much of these rows: do their cells keep most classes as candidates?
             sample = torch.linspace(0, rows.numel() - 1, min(rows.numel(), 256), device=device).long()
             r, c = rows[sample], columns[sample]
-            sampled = dense[torch.stack([top[r], top[r], bottom[r], bottom[r]]),
-                            torch.stack([left[c], right[c], left[c], right[c]])]  # [4, s, K]
+            sampled = dense[
+                torch.stack([top[r], top[r], bottom[r], bottom[r]]), torch.stack([left[c], right[c], left[c], right[c]])
+            ]  # [4, s, K]
             kept = (_cell_candidates(sampled) < dense.shape[-1]).sum(dim=1).float().mean()
             if kept > _DENSE_CANDIDATE_SHARE * dense.shape[-1]:  # then every pixel, every class, without gathers
                 self._fill_rows(dense, top, bottom, top_weight, bottom_weight, out_labels, out_scores)
                 return
         if out_scores is not None and best is not None:  # where the cell's class is shared: the sources' best, resized
-            out_scores.copy_(bilinear_combine(
-                best[top][:, left], best[top][:, right], best[bottom][:, left], best[bottom][:, right],
-                self.left_weight, self.right_weight, top_weight, bottom_weight,
-            ))
+            out_scores.copy_(
+                bilinear_combine(
+                    best[top][:, left],
+                    best[top][:, right],
+                    best[bottom][:, left],
+                    best[bottom][:, right],
+                    self.left_weight,
+                    self.right_weight,
+                    top_weight,
+                    bottom_weight,
+                )
+            )
         if not rows.numel():
             return
         # The boundary's output pixels by source cell (its four source pixels): each cell's scores are read once,
@@ -328,11 +343,15 @@ class _ResizedArgmax:
         cells_per_chunk = max(1, self.pixels_per_chunk // 4)
         for begin in range(0, cell_ids.numel(), cells_per_chunk):
             end = min(begin + cells_per_chunk, cell_ids.numel())
-            corners = torch.stack([
-                scores_at(corner_rows[k * len(cell_ids) + begin : k * len(cell_ids) + end],
-                          corner_columns[k * len(cell_ids) + begin : k * len(cell_ids) + end])
-                for k in range(4)
-            ])  # [4, cells, K]
+            corners = torch.stack(
+                [
+                    scores_at(
+                        corner_rows[k * len(cell_ids) + begin : k * len(cell_ids) + end],
+                        corner_columns[k * len(cell_ids) + begin : k * len(cell_ids) + end],
+                    )
+                    for k in range(4)
+                ]
+            )  # [4, cells, K]
             candidates = _cell_candidates(corners)  # [cells, C], ascending class ids, K where none
             first, last = int(pixel_starts[begin]), int(pixel_starts[end])
             r, c = rows[first:last], columns[first:last]
@@ -346,7 +365,9 @@ class _ResizedArgmax:
                 index = candidates.clamp_max(corners.shape[-1] - 1)
                 corner_scores = [corners[k].gather(1, index)[local] for k in range(4)]  # [pixels, C] each
                 picked = candidates[local]
-                mixed = bilinear_combine(corner_scores[0], corner_scores[1], corner_scores[2], corner_scores[3], *weights)
+                mixed = bilinear_combine(
+                    corner_scores[0], corner_scores[1], corner_scores[2], corner_scores[3], *weights
+                )
                 mixed.masked_fill_(picked == corners.shape[-1], float("-inf"))  # [pixels, C]
                 value, position = mixed.max(dim=-1)  # the first of tied candidates: the first of tied classes
                 label = picked.gather(1, position[:, None])[:, 0]
@@ -376,8 +397,10 @@ class _ResizedArgmax:
             source = scores[first : last + 1]
             columns = _fused_lerp(source[:, self.left], left_weight, source[:, self.right], right_weight)  # [n, W, K]
             mixed = _fused_lerp(
-                columns[top[begin:end] - first], top_weight[begin:end, :, None],
-                columns[bottom[begin:end] - first], bottom_weight[begin:end, :, None],
+                columns[top[begin:end] - first],
+                top_weight[begin:end, :, None],
+                columns[bottom[begin:end] - first],
+                bottom_weight[begin:end, :, None],
             )
             value, out_labels[begin:end] = mixed.max(dim=-1)  # the first of tied classes, as argmax
             if out_scores is not None:
@@ -507,7 +530,9 @@ def _target_bands(
     frame_rows = _FrameRows(mask_logits, frame_size)
     resize = (target_height, target_width) != (height, width)
     down_rows = bilinear_taps(height, target_height) if resize else None
-    per_row = max(num_queries * frame_rows.frame_width * height / target_height, (num_classes + num_queries) * target_width)
+    per_row = max(
+        num_queries * frame_rows.frame_width * height / target_height, (num_classes + num_queries) * target_width
+    )
     band = max(1, min(target_height, int(chunk_elements // per_row) - 2))
     for top in range(0, target_height, band):
         bottom = min(top + band, target_height)
@@ -594,7 +619,8 @@ _PROBE_STRIDE = 8
 def _grid_extent(grid_size: Sequence[int], image_size: tuple[int, int], frame_size: tuple[int, int]) -> tuple[int, int]:
     """Grid rows and columns whose cells hold pixels of the image (not only of its padding)."""
     rows, columns = (
-        int(bilinear_taps(size, frame)[0][image - 1]) + 1 for size, frame, image in zip(grid_size, frame_size, image_size)
+        int(bilinear_taps(size, frame)[0][image - 1]) + 1
+        for size, frame, image in zip(grid_size, frame_size, image_size)
     )
     return rows, columns
 
@@ -630,11 +656,15 @@ class _PixelScores:
     def compute(self, rows: Tensor, columns: Tensor) -> Tensor:
         """Computes, keeps and returns `[m, K]` the scores of these pixels (distinct, not computed yet)."""
         per_chunk = max(1, self.chunk_elements // max(*self.class_probs.shape))
-        scores = torch.cat([
-            self.logits_at(rows[start : start + per_chunk] + self.first_row, columns[start : start + per_chunk]).sigmoid()
-            @ self.class_probs
-            for start in range(0, rows.numel(), per_chunk)
-        ])
+        scores = torch.cat(
+            [
+                self.logits_at(
+                    rows[start : start + per_chunk] + self.first_row, columns[start : start + per_chunk]
+                ).sigmoid()
+                @ self.class_probs
+                for start in range(0, rows.numel(), per_chunk)
+            ]
+        )
         done = sum(part.shape[0] for part in self.parts)
         self.slots[rows, columns] = torch.arange(done, done + rows.numel(), device=rows.device)
         self.parts.append(scores)
@@ -782,7 +812,9 @@ def semantic_map(
     ):
         decisions = _grid_decisions(class_probs, mask_logits, chunk_elements)
         if _undecided_share(decisions, image_size, frame_size) * height * width <= target_height * target_width:
-            resizer = _ResizedArgmax(image_size, target_size, class_probs.shape[1], device, winning_scores, chunk_elements)
+            resizer = _ResizedArgmax(
+                image_size, target_size, class_probs.shape[1], device, winning_scores, chunk_elements
+            )
             for band in _image_score_bands(
                 class_probs, mask_logits, decisions, image_size, frame_size, winning_scores, chunk_elements
             ):
@@ -840,7 +872,6 @@ def semantic_scores(
 # ----------------------------------------------------------------------------------------------------------
 # Panoptic and instance segmentation
 # ----------------------------------------------------------------------------------------------------------
-
 
 
 MaskChunks = Callable[[Tensor], Iterator[tuple[slice, Tensor]]]  # queries -> (positions, logits [n, H_t, W_t]) chunks
@@ -1182,7 +1213,9 @@ def semantic_segmentation(
             winning, labels = scores.max(dim=0)  # the first of tied classes, as argmax
         else:
             labels, winning = semantic_map(
-                *arguments, masks_first=masks_first, winning_scores=bool(return_scores or return_winning_scores),
+                *arguments,
+                masks_first=masks_first,
+                winning_scores=bool(return_scores or return_winning_scores),
                 chunk_elements=chunk,
             )
         if return_scores:
@@ -1209,8 +1242,13 @@ def query_images(
         frame = _image_frame(frames, image_size, target_size, index)
         _frame_grid(mask_logits, frame, frames.mask_stride, f"Image {index} of size {image_size}")  # checked now
         mask_chunks_for = functools.partial(
-            _query_chunks, mask_logits[index], image_size=image_size, frame_size=frame, target_size=target_size,
-            mask_stride=frames.mask_stride, max_elements=frames.post_process_chunk_elements,
+            _query_chunks,
+            mask_logits[index],
+            image_size=image_size,
+            frame_size=frame,
+            target_size=target_size,
+            mask_stride=frames.mask_stride,
+            max_elements=frames.post_process_chunk_elements,
         )
         images.append((log_probs[index], mask_chunks_for, target_size))
     return images
@@ -1262,7 +1300,12 @@ def panoptic_segmentation(
     results = []
     for log_probs, mask_chunks_for, target_size in images:
         segmentation, segments_info = panoptic_segments(
-            log_probs, mask_chunks_for, target_size, threshold, mask_threshold, overlap_mask_area_threshold,
+            log_probs,
+            mask_chunks_for,
+            target_size,
+            threshold,
+            mask_threshold,
+            overlap_mask_area_threshold,
             stuff_ids,
         )
         results.append({"segmentation": segmentation, "segments_info": segments_info})

@@ -220,7 +220,9 @@ class ITAProcessor(ProcessorMixin):
 
     def _merged_image_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The image processor's keyword arguments of one call, after refusing any name nobody reads."""
-        image_keys = set(self.image_processor.valid_kwargs.__annotations__) | set(ITAImageProcessorKwargs.__annotations__)
+        image_keys = set(self.image_processor.valid_kwargs.__annotations__) | set(
+            ITAImageProcessorKwargs.__annotations__
+        )
         unknown = [key for key in kwargs if key not in image_keys and key not in _MODALITIES]
         text_kwargs = {key: value for key, value in kwargs.get("text_kwargs", {}).items() if key != "return_tensors"}
         if unknown or text_kwargs:

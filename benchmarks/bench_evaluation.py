@@ -75,9 +75,20 @@ def worker(args):
     set_threads(args.threads)
     torch.manual_seed(0)
     config = ITAConfig(
-        clip_config=SMALL_CLIP_CONFIG, num_queries=16, num_dominant_categories=4, hidden_dim=64, pixel_decoder_dim=64,
-        mask_dim=64, decoder_layers=3, decoder_attention_heads=4, decoder_ffn_dim=128, pixel_decoder_encoder_layers=2,
-        pixel_decoder_attention_heads=4, pixel_decoder_num_points=2, pixel_decoder_ffn_dim=128, group_norm_groups=8,
+        clip_config=SMALL_CLIP_CONFIG,
+        num_queries=16,
+        num_dominant_categories=4,
+        hidden_dim=64,
+        pixel_decoder_dim=64,
+        mask_dim=64,
+        decoder_layers=3,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=128,
+        pixel_decoder_encoder_layers=2,
+        pixel_decoder_attention_heads=4,
+        pixel_decoder_num_points=2,
+        pixel_decoder_ffn_dim=128,
+        group_norm_groups=8,
         dominant_category_image_size=32,
     )
     model = ITAForOpenVocabSegmentation(config).eval()
@@ -92,15 +103,19 @@ def worker(args):
     start = time.perf_counter()
     evaluation = evaluate_dataset(model, processor, dataset, batch_size=args.batch_size, progress=False)
     seconds = time.perf_counter() - start
-    print(json.dumps({
-        "num_images": evaluation.num_images,
-        "seconds": seconds,
-        "rss_before_mib": before,
-        "peak_mib": peak.peak_mib(),
-        "peak_rise_mib": peak.delta_mib(),
-        "peak_resettable": peak.resettable,
-        "miou": evaluation.scores["mean_iou"],
-    }))
+    print(
+        json.dumps(
+            {
+                "num_images": evaluation.num_images,
+                "seconds": seconds,
+                "rss_before_mib": before,
+                "peak_mib": peak.peak_mib(),
+                "peak_rise_mib": peak.delta_mib(),
+                "peak_resettable": peak.resettable,
+                "miou": evaluation.scores["mean_iou"],
+            }
+        )
+    )
 
 
 def main(argv=None):
@@ -123,24 +138,41 @@ def main(argv=None):
         print(f"wrote {max(args.sizes)} image/label pairs in {time.perf_counter() - start:.1f} s (sizes {IMAGE_SIZES})")
         results = {}
         for size in args.sizes:
-            command = [sys.executable, __file__, "--worker", "--data-dir", data_dir, "--num-images", str(size),
-                       "--threads", str(args.threads), "--batch-size", str(args.batch_size)]
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--data-dir",
+                data_dir,
+                "--num-images",
+                str(size),
+                "--threads",
+                str(args.threads),
+                "--batch-size",
+                str(args.batch_size),
+            ]
             completed = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
             if completed.returncode:
                 sys.stderr.write(completed.stderr)
                 raise SystemExit(f"the evaluation of {size} images failed")
             results[size] = json.loads(completed.stdout.strip().splitlines()[-1])
             r = results[size]
-            print(f"{size:5d} images: {r['seconds']:7.1f} s = {r['num_images'] / r['seconds']:.2f} images/s; peak RSS "
-                  f"{r['peak_mib']:.0f} MiB, rise over the loop's start {r['peak_rise_mib']:.0f} MiB "
-                  f"(RSS before {r['rss_before_mib']:.0f} MiB); mIoU {100 * r['miou']:.2f} (random weights)")
+            print(
+                f"{size:5d} images: {r['seconds']:7.1f} s = {r['num_images'] / r['seconds']:.2f} images/s; peak RSS "
+                f"{r['peak_mib']:.0f} MiB, rise over the loop's start {r['peak_rise_mib']:.0f} MiB "
+                f"(RSS before {r['rss_before_mib']:.0f} MiB); mIoU {100 * r['miou']:.2f} (random weights)"
+            )
     small, large = min(args.sizes), max(args.sizes)
     if small != large:
         a, b = results[small], results[large]
-        print(f"\nRATIO peak RSS {large}/{small} images: {b['peak_mib'] / a['peak_mib']:.3f} (target <= 1.10); "
-              f"peak rise {large}/{small}: {b['peak_rise_mib'] / max(a['peak_rise_mib'], 1e-9):.3f}")
-        print(f"RATIO throughput {large}/{small} images: "
-              f"{(b['num_images'] / b['seconds']) / (a['num_images'] / a['seconds']):.2f}")
+        print(
+            f"\nRATIO peak RSS {large}/{small} images: {b['peak_mib'] / a['peak_mib']:.3f} (target <= 1.10); "
+            f"peak rise {large}/{small}: {b['peak_rise_mib'] / max(a['peak_rise_mib'], 1e-9):.3f}"
+        )
+        print(
+            f"RATIO throughput {large}/{small} images: "
+            f"{(b['num_images'] / b['seconds']) / (a['num_images'] / a['seconds']):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -46,36 +46,78 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (after the warm-up)")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="with --backend onnxruntime: warm-up rounds before the timed ones (default 2: onnxruntime's "
-                        "memory arena grows through its second run)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16 runs the forward under CPU autocast (the pixel decoder stays float32)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="with --backend onnxruntime: warm-up rounds before the timed ones (default 2: onnxruntime's "
+        "memory arena grows through its second run)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="bfloat16 runs the forward under CPU autocast (the pixel decoder stays float32)",
+    )
     parser.add_argument("--channels-last", action="store_true", help="channels-last CLIP trunk and input")
     parser.add_argument("--compile", action="store_true", help="torch.compile the trunk stages and both decoders")
     parser.add_argument("--variant", choices=("ita", "fcclip"), default="ita")
-    parser.add_argument("--dominant-category-features", choices=("clip_image", "dense_features"), default=None,
-                        help="ITAConfig.dominant_category_features (default: the config's default)")
-    parser.add_argument("--post-process-chunk-elements", type=int, default=None,
-                        help="ITAImageProcessor.post_process_chunk_elements (memory bound of post-processing)")
-    parser.add_argument("--auxiliary-logits", action="store_true",
-                        help="call the model with output_auxiliary_logits=True: the decoder then computes every "
-                        "intermediate prediction at full resolution (what it always did before it skipped them)")
-    parser.add_argument("--photo-size", "--image-size", dest="photo_size", type=int, nargs=2, default=(600, 800),
-                        metavar=("HEIGHT", "WIDTH"), help="the input photo's size, also the label map's size")
-    parser.add_argument("--vocabulary", default="ade150", help="a class list in ita_segmentation/evaluation/vocabularies")
+    parser.add_argument(
+        "--dominant-category-features",
+        choices=("clip_image", "dense_features"),
+        default=None,
+        help="ITAConfig.dominant_category_features (default: the config's default)",
+    )
+    parser.add_argument(
+        "--post-process-chunk-elements",
+        type=int,
+        default=None,
+        help="ITAImageProcessor.post_process_chunk_elements (memory bound of post-processing)",
+    )
+    parser.add_argument(
+        "--auxiliary-logits",
+        action="store_true",
+        help="call the model with output_auxiliary_logits=True: the decoder then computes every "
+        "intermediate prediction at full resolution (what it always did before it skipped them)",
+    )
+    parser.add_argument(
+        "--photo-size",
+        "--image-size",
+        dest="photo_size",
+        type=int,
+        nargs=2,
+        default=(600, 800),
+        metavar=("HEIGHT", "WIDTH"),
+        help="the input photo's size, also the label map's size",
+    )
+    parser.add_argument(
+        "--vocabulary", default="ade150", help="a class list in ita_segmentation/evaluation/vocabularies"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
-                        help="onnxruntime: also time the exported model (see above)")
-    parser.add_argument("--onnx-dir", default=None,
-                        help="the ONNX folder of this script's model (--variant, --seed, --dominant-category-features): "
-                        "exported there first (minutes) when it holds none; default /tmp/ita-bench-onnx-VARIANT-seedSEED")
-    parser.add_argument("--profile-onnxruntime", action="store_true",
-                        help="with --backend onnxruntime: after the timings, profile one warm run of the graph "
-                        "(onnxruntime's profiler) and print its time by operator type and by module")
-    parser.add_argument("--vocabulary-cache", default=None,
-                        help="a file holding the encoded vocabulary: written after the first encoding, read by later "
-                        "runs (same --seed and --variant: the same random text tower) to skip minutes of text encoding")
+    parser.add_argument(
+        "--backend",
+        choices=("pytorch", "onnxruntime"),
+        default="pytorch",
+        help="onnxruntime: also time the exported model (see above)",
+    )
+    parser.add_argument(
+        "--onnx-dir",
+        default=None,
+        help="the ONNX folder of this script's model (--variant, --seed, --dominant-category-features): "
+        "exported there first (minutes) when it holds none; default /tmp/ita-bench-onnx-VARIANT-seedSEED",
+    )
+    parser.add_argument(
+        "--profile-onnxruntime",
+        action="store_true",
+        help="with --backend onnxruntime: after the timings, profile one warm run of the graph "
+        "(onnxruntime's profiler) and print its time by operator type and by module",
+    )
+    parser.add_argument(
+        "--vocabulary-cache",
+        default=None,
+        help="a file holding the encoded vocabulary: written after the first encoding, read by later "
+        "runs (same --seed and --variant: the same random text tower) to skip minutes of text encoding",
+    )
     return parser.parse_args(argv)
 
 
@@ -115,8 +157,11 @@ def load_vocabulary(model, name, cache=None, device=None):
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save(vocabulary, cache)
-    print(f"vocabulary {name}: {len(class_names)} classes, {len(vocabulary.synonyms)} synonyms, {how} "
-          f"{time.perf_counter() - start:.1f} s (not part of the timings below)", flush=True)
+    print(
+        f"vocabulary {name}: {len(class_names)} classes, {len(vocabulary.synonyms)} synonyms, {how} "
+        f"{time.perf_counter() - start:.1f} s (not part of the timings below)",
+        flush=True,
+    )
     return vocabulary
 
 
@@ -146,10 +191,12 @@ def main(argv=None):
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     print(machine_description(args.threads))
-    print(f"options: variant={args.variant} dtype={args.dtype} channels_last={args.channels_last} "
-          f"compile={args.compile} dominant_category_features={args.dominant_category_features or 'default'} "
-          f"post_process_chunk_elements={args.post_process_chunk_elements or 'default'} "
-          f"auxiliary_logits={args.auxiliary_logits}")
+    print(
+        f"options: variant={args.variant} dtype={args.dtype} channels_last={args.channels_last} "
+        f"compile={args.compile} dominant_category_features={args.dominant_category_features or 'default'} "
+        f"post_process_chunk_elements={args.post_process_chunk_elements or 'default'} "
+        f"auxiliary_logits={args.auxiliary_logits}"
+    )
 
     rss_start = rss_mib()
     start = time.perf_counter()
@@ -157,8 +204,10 @@ def main(argv=None):
     processor = ITAProcessor()
     if args.post_process_chunk_elements is not None:
         processor.image_processor.post_process_chunk_elements = args.post_process_chunk_elements
-    print(f"model built in {time.perf_counter() - start:.1f} s; RSS {rss_mib() - rss_start:.0f} MiB above start "
-          f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
+    print(
+        f"model built in {time.perf_counter() - start:.1f} s; RSS {rss_mib() - rss_start:.0f} MiB above start "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)"
+    )
 
     vocabulary = load_vocabulary(model, args.vocabulary, args.vocabulary_cache)
 
@@ -198,8 +247,10 @@ def main(argv=None):
     warm_trunk = time.perf_counter() - start
     start = time.perf_counter()
     label_map = end_to_end()
-    print(f"warm-up: trunk {warm_trunk:.2f} s, end-to-end {time.perf_counter() - start:.2f} s "
-          f"(includes compilation with --compile); label map {tuple(label_map.shape)}")
+    print(
+        f"warm-up: trunk {warm_trunk:.2f} s, end-to-end {time.perf_counter() - start:.2f} s "
+        f"(includes compilation with --compile); label map {tuple(label_map.shape)}"
+    )
 
     instrument(model, processor, timer)
     trunk_times, total_times, trunk_cpu, total_cpu = [], [], [], []
@@ -226,14 +277,18 @@ def main(argv=None):
             accounted += value
             print(f"    {stage:<26}{value:8.2f}   {value / total:6.1%}")
     # Medians are not additive: with noisy runs this remainder can even come out slightly negative.
-    print(f"    {'rest (total - stages)':<26}{total - accounted:8.2f}   {(total - accounted) / total:6.1%}   "
-          "(preprocessing, ensemble)")
+    print(
+        f"    {'rest (total - stages)':<26}{total - accounted:8.2f}   {(total - accounted) / total:6.1%}   "
+        "(preprocessing, ensemble)"
+    )
     print(f"\nRATIO end-to-end / trunk alone: {total / trunk:.2f}  (target <= 1.5)")
     # On a shared machine the wall-clock ratio moves with other jobs; the CPU time this process used (all its
     # threads) moves much less, but leaves out time spent waiting on a single thread.
     cpu_trunk, cpu_total = statistics.median(trunk_cpu), statistics.median(total_cpu)
-    print(f"CPU time of this process, medians: trunk {cpu_trunk:.2f} s, end-to-end {cpu_total:.2f} s, "
-          f"RATIO {cpu_total / cpu_trunk:.2f}")
+    print(
+        f"CPU time of this process, medians: trunk {cpu_trunk:.2f} s, end-to-end {cpu_total:.2f} s, "
+        f"RATIO {cpu_total / cpu_trunk:.2f}"
+    )
 
     peak = PeakRSS()
     end_to_end()
@@ -242,8 +297,10 @@ def main(argv=None):
     trunk_alone()
     trunk_peak = peak.delta_mib()
     note = "" if peak.resettable else " (clear_refs not writable: lifetime peaks, upper bounds)"
-    print(f"peak RSS rise during one inference: end-to-end {inference_peak:.0f} MiB, trunk alone "
-          f"{trunk_peak:.0f} MiB{note}; RSS now {rss_mib():.0f} MiB")
+    print(
+        f"peak RSS rise during one inference: end-to-end {inference_peak:.0f} MiB, trunk alone "
+        f"{trunk_peak:.0f} MiB{note}; RSS now {rss_mib():.0f} MiB"
+    )
 
     if args.dtype != "float32" or args.channels_last or args.auxiliary_logits:
         # How far the option moves the numbers: the same model and input in float32 with a contiguous input
@@ -257,7 +314,9 @@ def main(argv=None):
             memory_format = torch.contiguous_format
             args.auxiliary_logits = False
             reference = forward()
-        print("against float32, a contiguous input and no auxiliary logits (max abs diff, share of the reference's range):")
+        print(
+            "against float32, a contiguous input and no auxiliary logits (max abs diff, share of the reference's range):"
+        )
         for name, ours, theirs in (
             ("trunk features", features, reference_features),
             ("class log-probabilities", outputs.ensemble_log_probs, reference.ensemble_log_probs),
@@ -275,15 +334,21 @@ def onnx_model_for(args, model, processor):
     from ita_segmentation.onnx.export import export_onnx
     from ita_segmentation.onnx.runtime import read_manifest
 
-    source = (f"benchmarks/bench_inference.py --variant {args.variant} --seed {args.seed} "
-              f"--dominant-category-features {model.config.dominant_category_features}")
+    source = (
+        f"benchmarks/bench_inference.py --variant {args.variant} --seed {args.seed} "
+        f"--dominant-category-features {model.config.dominant_category_features}"
+    )
     folder = Path(args.onnx_dir or f"/tmp/ita-bench-onnx-{args.variant}-seed{args.seed}")
     if not (is_onnx_model_folder(folder) and read_manifest(folder)["exported_from"] == source):
         if folder.is_dir() and any(folder.iterdir()):
-            raise SystemExit(f"--onnx-dir {folder} holds something else than an export of this model; give a new folder")
+            raise SystemExit(
+                f"--onnx-dir {folder} holds something else than an export of this model; give a new folder"
+            )
         start = time.perf_counter()
         print(f"exporting to {folder} (once; later runs reuse it)", flush=True)
-        export_onnx(model, folder, processor=processor, source=source, log=lambda message: print(f"  {message}", flush=True))
+        export_onnx(
+            model, folder, processor=processor, source=source, log=lambda message: print(f"  {message}", flush=True)
+        )
         print(f"export took {time.perf_counter() - start:.0f} s")
     return ITAOnnxModel.from_pretrained(folder, num_threads=args.threads)
 
@@ -311,7 +376,11 @@ def compare_onnxruntime(args, model, processor, vocabulary, image, pixel_values)
         with torch.no_grad():
             return model.backbone.extract_features(pixel_values)
 
-    runs = {"trunk": lambda: trunk_alone(), "pytorch": lambda: end_to_end(model), "onnxruntime": lambda: end_to_end(onnx_model, True)}
+    runs = {
+        "trunk": lambda: trunk_alone(),
+        "pytorch": lambda: end_to_end(model),
+        "onnxruntime": lambda: end_to_end(onnx_model, True),
+    }
     # Two warm-up rounds: with dynamic shapes onnxruntime's memory arena is still growing during its second run
     # (measured: ~190,000 page faults, 0.8 GiB, in each of the first two runs, none in the third). The page faults
     # of each timed run are printed, so a run that was not yet steady shows.
@@ -319,7 +388,9 @@ def compare_onnxruntime(args, model, processor, vocabulary, image, pixel_values)
         for name, run in runs.items():
             start, faults = time.perf_counter(), page_faults()
             run()
-            print(f"warm-up {round_ + 1} {name}: {time.perf_counter() - start:.2f} s, {page_faults() - faults} page faults")
+            print(
+                f"warm-up {round_ + 1} {name}: {time.perf_counter() - start:.2f} s, {page_faults() - faults} page faults"
+            )
     timer.samples.clear()
     times = {name: [] for name in runs}
     faults = {name: [] for name in runs}
@@ -331,10 +402,15 @@ def compare_onnxruntime(args, model, processor, vocabulary, image, pixel_values)
             faults[name].append(page_faults() - before)
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"\nmedians over {args.repeats} alternating runs (seconds), load average now {os.getloadavg()[0]:.1f}:")
-    for name, label in (("trunk", "PyTorch CLIP trunk alone"), ("pytorch", "PyTorch end-to-end"),
-                        ("onnxruntime", "onnxruntime end-to-end")):
-        print(f"  {label:<28}{medians[name]:8.2f}   runs {' '.join(f'{t:.2f}' for t in times[name])}   "
-              f"page faults (thousands) {' '.join(f'{n / 1000:.0f}' for n in faults[name])}")
+    for name, label in (
+        ("trunk", "PyTorch CLIP trunk alone"),
+        ("pytorch", "PyTorch end-to-end"),
+        ("onnxruntime", "onnxruntime end-to-end"),
+    ):
+        print(
+            f"  {label:<28}{medians[name]:8.2f}   runs {' '.join(f'{t:.2f}' for t in times[name])}   "
+            f"page faults (thousands) {' '.join(f'{n / 1000:.0f}' for n in faults[name])}"
+        )
     print("  stages of the onnxruntime end-to-end runs:")
     for stage in ("preprocess", "onnxruntime graph", "post-processing"):
         value = timer.median(stage)
@@ -347,8 +423,10 @@ def compare_onnxruntime(args, model, processor, vocabulary, image, pixel_values)
         (("pytorch", "trunk"), "PyTorch end-to-end / PyTorch trunk alone", ""),
     ):
         rounds = [a / b for a, b in zip(times[top], times[bottom])]
-        print(f"RATIO {label}: {medians[top] / medians[bottom]:.2f}; per round {' '.join(f'{r:.2f}' for r in rounds)}, "
-              f"median {statistics.median(rounds):.2f}  {target}")
+        print(
+            f"RATIO {label}: {medians[top] / medians[bottom]:.2f}; per round {' '.join(f'{r:.2f}' for r in rounds)}, "
+            f"median {statistics.median(rounds):.2f}  {target}"
+        )
 
     (ours, our_labels), (theirs, their_labels) = end_to_end(onnx_model), end_to_end(model)
     print("onnxruntime against PyTorch on this input (max abs diff / max abs PyTorch):")
@@ -359,13 +437,18 @@ def compare_onnxruntime(args, model, processor, vocabulary, image, pixel_values)
     peak = PeakRSS()
     end_to_end(onnx_model)
     note = "" if peak.resettable else " (clear_refs not writable: lifetime peak, an upper bound)"
-    print(f"peak RSS rise during one onnxruntime inference: {peak.delta_mib():.0f} MiB{note}; RSS now {rss_mib():.0f} MiB")
+    print(
+        f"peak RSS rise during one onnxruntime inference: {peak.delta_mib():.0f} MiB{note}; RSS now {rss_mib():.0f} MiB"
+    )
     if args.profile_onnxruntime:
         profile_graph(onnx_model, lambda runner: end_to_end(runner), args.threads)
 
 
-MODULES = (("model.backbone.clip_model.visual.trunk", "CLIP trunk (both passes)"), ("model.pixel_decoder", "pixel decoder"),
-           ("model.decoder", "decoder"))
+MODULES = (
+    ("model.backbone.clip_model.visual.trunk", "CLIP trunk (both passes)"),
+    ("model.pixel_decoder", "pixel decoder"),
+    ("model.decoder", "decoder"),
+)
 
 
 def profile_graph(onnx_model, end_to_end, threads):
@@ -415,7 +498,9 @@ def profile_graph(onnx_model, end_to_end, threads):
                 module = label
                 break
         by_module[module] += seconds
-    print(f"onnxruntime profile of one warm run of the graph: {last['dur'] / 1e6:.2f} s, nodes {sum(by_op.values()):.2f} s")
+    print(
+        f"onnxruntime profile of one warm run of the graph: {last['dur'] / 1e6:.2f} s, nodes {sum(by_op.values()):.2f} s"
+    )
     print("  by operator type: " + ", ".join(f"{op} {seconds:.2f}" for op, seconds in by_op.most_common(10)))
     print("  by module: " + ", ".join(f"{module} {seconds:.2f}" for module, seconds in by_module.most_common()))
 

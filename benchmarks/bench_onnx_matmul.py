@@ -27,7 +27,8 @@ def onnx_matmul(weight, threads):
 
     inputs, outputs = weight.shape
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "matmul",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", inputs])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", outputs])],
         [numpy_helper.from_array(weight, "w")],
@@ -54,7 +55,10 @@ def main(argv=None):
         weight = rng.standard_normal((inputs, outputs), dtype=np.float32) / inputs**0.5
         linear = torch.nn.Linear(inputs, outputs, bias=False)
         linear.weight.data = torch.from_numpy(weight.T.copy())
-        runs = {"onnxruntime": onnx_matmul(weight, args.threads), "pytorch": lambda x, linear=linear: linear(torch.from_numpy(x))}
+        runs = {
+            "onnxruntime": onnx_matmul(weight, args.threads),
+            "pytorch": lambda x, linear=linear: linear(torch.from_numpy(x)),
+        }
         with torch.no_grad():
             results = {name: run(x) for name, run in runs.items()}  # warm-up
             difference = float(np.abs(results["onnxruntime"] - results["pytorch"].numpy()).max())
@@ -66,9 +70,11 @@ def main(argv=None):
                     times[name].append(time.perf_counter() - start)
         flops = 2 * tokens * inputs * outputs / 1e9
         rates = {name: flops / statistics.median(values) for name, values in times.items()}
-        print(f"[{tokens} x {inputs}] @ [{inputs} x {outputs}]: onnxruntime {rates['onnxruntime']:.0f} GFLOP/s, "
-              f"PyTorch {rates['pytorch']:.0f} GFLOP/s, RATIO {rates['onnxruntime'] / rates['pytorch']:.2f} "
-              f"(max |difference| {difference:.2g})")
+        print(
+            f"[{tokens} x {inputs}] @ [{inputs} x {outputs}]: onnxruntime {rates['onnxruntime']:.0f} GFLOP/s, "
+            f"PyTorch {rates['pytorch']:.0f} GFLOP/s, RATIO {rates['onnxruntime'] / rates['pytorch']:.2f} "
+            f"(max |difference| {difference:.2g})"
+        )
 
 
 if __name__ == "__main__":

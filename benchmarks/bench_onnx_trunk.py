@@ -42,7 +42,9 @@ def export(trunk, path, size, translations):
 
     start = time.perf_counter()
     batch = torch.export.Dim("batch", min=1, max=64)
-    _to_onnx(trunk, (torch.zeros(2, 3, *size),), None, {"pixel_values": {0: batch}}, ["features"], path, False, translations)
+    _to_onnx(
+        trunk, (torch.zeros(2, 3, *size),), None, {"pixel_values": {0: batch}}, ["features"], path, False, translations
+    )
     print(f"exported {path.name} in {time.perf_counter() - start:.0f} s", flush=True)
     return path
 
@@ -59,8 +61,14 @@ def session(path, threads, spinning):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, nargs=2, default=(800, 1088), metavar=("HEIGHT", "WIDTH"),
-                        help="the input's size (default: a 600x800 photo after the processor)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(800, 1088),
+        metavar=("HEIGHT", "WIDTH"),
+        help="the input's size (default: a 600x800 photo after the processor)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--spinning", action="store_true", help="also time a session whose idle threads spin")
@@ -83,8 +91,11 @@ def compare(trunk, folder, args):
     pixel_values = torch.randn(1, 3, *args.size, generator=torch.Generator().manual_seed(1))
     plain = session(export(trunk, folder / "torch_onnx_translations.onnx", args.size, {}), args.threads, False)
     ours_path = export(trunk, folder / "package_translations.onnx", args.size, TRANSLATIONS)
-    runs = {"PyTorch": None, "onnxruntime, torch.onnx's translations": plain,
-            "onnxruntime, ita-export's translations": session(ours_path, args.threads, False)}
+    runs = {
+        "PyTorch": None,
+        "onnxruntime, torch.onnx's translations": plain,
+        "onnxruntime, ita-export's translations": session(ours_path, args.threads, False),
+    }
     if args.spinning:
         runs["the same, idle threads spinning"] = session(ours_path, args.threads, True)
 
@@ -97,8 +108,10 @@ def compare(trunk, folder, args):
                 return trunk(pixel_values).numpy()
         return runs[name].run(None, {runs[name].get_inputs()[0].name: pixel_values.numpy()})[0]
 
-    print(f"input {tuple(pixel_values.shape)}; warm-up and max |difference| from PyTorch "
-          f"(largest value {abs(reference).max():.3g}):")
+    print(
+        f"input {tuple(pixel_values.shape)}; warm-up and max |difference| from PyTorch "
+        f"(largest value {abs(reference).max():.3g}):"
+    )
     for name in runs:
         print(f"  {name:<42}{float(abs(run(name) - reference).max()):.3g}", flush=True)
     times = {name: [] for name in runs}
@@ -112,8 +125,10 @@ def compare(trunk, folder, args):
     print(f"\nmedians over {args.repeats} alternating runs (seconds) and ratios to PyTorch:")
     for name, values in times.items():
         rounds = " ".join(f"{a / b:.2f}" for a, b in zip(values, times["PyTorch"]))
-        print(f"  {name:<42}{statistics.median(values):7.2f}  RATIO {statistics.median(values) / base:.2f} "
-              f"(per round {rounds})")
+        print(
+            f"  {name:<42}{statistics.median(values):7.2f}  RATIO {statistics.median(values) / base:.2f} "
+            f"(per round {rounds})"
+        )
 
 
 if __name__ == "__main__":

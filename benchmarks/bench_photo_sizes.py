@@ -55,32 +55,63 @@ def photo_size(value):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--photo-sizes", type=photo_size, nargs="+", metavar="HxW",
-                        default=[(600, 800), (1080, 1920), (3000, 4000), (4000, 6000)])
-    parser.add_argument("--vocabularies", nargs="+", default=["ade150", "ade847"],
-                        help="class lists in ita_segmentation/evaluation/vocabularies")
+    parser.add_argument(
+        "--photo-sizes",
+        type=photo_size,
+        nargs="+",
+        metavar="HxW",
+        default=[(600, 800), (1080, 1920), (3000, 4000), (4000, 6000)],
+    )
+    parser.add_argument(
+        "--vocabularies",
+        nargs="+",
+        default=["ade150", "ade847"],
+        help="class lists in ita_segmentation/evaluation/vocabularies",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (after one warm-up run)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16: autocast around the model (not the post-processing, which is float32)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="bfloat16: autocast around the model (not the post-processing, which is float32)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image", choices=("noise", "scene"), default="noise",
-                        help="noise: uniform random pixels (as bench_inference.py); scene: a generated scene of "
-                        "shapes on one or two backgrounds (ita_segmentation.synthetic)")
-    parser.add_argument("--spread-heads", action="store_true",
-                        help="redraw the decoder's mask and class heads with std 1: at their init scale one class "
-                        "wins nearly everywhere (no boundaries), with this the label map has many")
-    parser.add_argument("--vocabulary-cache-dir", default=None,
-                        help="a folder for the encoded vocabularies (one file per vocabulary and seed), read by "
-                        "later runs to skip the text encoding")
-    parser.add_argument("--post-processing", choices=("default", "bands"), default="default",
-                        help="bands: force the row-band computation of every class (the path the default takes "
-                        "when the masks are resized first), to compare with the boundary-following one")
-    parser.add_argument("--save-inputs", metavar="DIR", default=None,
-                        help="write each row's post-processing inputs (class probabilities, mask grid, image and "
-                        "frame sizes) to DIR/VOCABULARY-HxW.pt, for bench_semantic_map.py --inputs; DIR must not "
-                        "hold such a file already")
+    parser.add_argument(
+        "--image",
+        choices=("noise", "scene"),
+        default="noise",
+        help="noise: uniform random pixels (as bench_inference.py); scene: a generated scene of "
+        "shapes on one or two backgrounds (ita_segmentation.synthetic)",
+    )
+    parser.add_argument(
+        "--spread-heads",
+        action="store_true",
+        help="redraw the decoder's mask and class heads with std 1: at their init scale one class "
+        "wins nearly everywhere (no boundaries), with this the label map has many",
+    )
+    parser.add_argument(
+        "--vocabulary-cache-dir",
+        default=None,
+        help="a folder for the encoded vocabularies (one file per vocabulary and seed), read by "
+        "later runs to skip the text encoding",
+    )
+    parser.add_argument(
+        "--post-processing",
+        choices=("default", "bands"),
+        default="default",
+        help="bands: force the row-band computation of every class (the path the default takes "
+        "when the masks are resized first), to compare with the boundary-following one",
+    )
+    parser.add_argument(
+        "--save-inputs",
+        metavar="DIR",
+        default=None,
+        help="write each row's post-processing inputs (class probabilities, mask grid, image and "
+        "frame sizes) to DIR/VOCABULARY-HxW.pt, for bench_semantic_map.py --inputs; DIR must not "
+        "hold such a file already",
+    )
     parser.add_argument("--check", action="store_true", help="compare the labels with the plain formula")
     parser.add_argument("--check-max-gib", type=float, default=8.0)
     return parser.parse_args(argv)
@@ -91,8 +122,15 @@ def save_inputs(path, class_probs, grid, image_size, frame_size):
     if path.exists():
         raise SystemExit(f"{path} exists: give --save-inputs a folder without it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"class_probs": class_probs.cpu(), "mask_logits": grid.float().cpu().contiguous(),
-                "image_size": list(image_size), "frame_size": list(frame_size)}, path)
+    torch.save(
+        {
+            "class_probs": class_probs.cpu(),
+            "mask_logits": grid.float().cpu().contiguous(),
+            "image_size": list(image_size),
+            "frame_size": list(frame_size),
+        },
+        path,
+    )
     print(f"post-processing inputs written to {path}", flush=True)
 
 
@@ -127,8 +165,11 @@ def main(argv=None):
     print(machine_description(args.threads))
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(device)}")
-    print(f"dtype {args.dtype}, repeats {args.repeats}, image {args.image}, spread heads {args.spread_heads}, "
-          f"post-processing {args.post_processing}", flush=True)
+    print(
+        f"dtype {args.dtype}, repeats {args.repeats}, image {args.image}, spread heads {args.spread_heads}, "
+        f"post-processing {args.post_processing}",
+        flush=True,
+    )
 
     if args.post_processing == "bands":
         image_processing_ita.semantic_map = postprocessing_ita.banded_semantic_map  # the processor's name for it
@@ -146,7 +187,11 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     rows = []
     for vocabulary_name in args.vocabularies:
-        cache = Path(args.vocabulary_cache_dir) / f"{vocabulary_name}-ita-seed{args.seed}.pt" if args.vocabulary_cache_dir else None
+        cache = (
+            Path(args.vocabulary_cache_dir) / f"{vocabulary_name}-ita-seed{args.seed}.pt"
+            if args.vocabulary_cache_dir
+            else None
+        )
         vocabulary = load_vocabulary(model, vocabulary_name, cache, device)
         for height, width in args.photo_sizes:
             if args.image == "scene":
@@ -193,16 +238,32 @@ def main(argv=None):
                 processor.image_processor, class_logits[0], mask_logits[0], image_sizes[0], target_sizes[0], 0
             )
             if args.save_inputs:
-                save_inputs(Path(args.save_inputs) / f"{vocabulary_name}-{height}x{width}.pt",
-                            class_probs, grid, image_size, frame_size)
-            decisions = _grid_decisions(class_probs, grid.float(), processor.image_processor.post_process_chunk_elements)
+                save_inputs(
+                    Path(args.save_inputs) / f"{vocabulary_name}-{height}x{width}.pt",
+                    class_probs,
+                    grid,
+                    image_size,
+                    frame_size,
+                )
+            decisions = _grid_decisions(
+                class_probs, grid.float(), processor.image_processor.post_process_chunk_elements
+            )
             undecided = _undecided_share(decisions, image_size, frame_size)
             row = {
-                "vocabulary": vocabulary_name, "classes": len(vocabulary.class_names), "photo": f"{height}x{width}",
-                "trunk": trunk, "end_to_end": total, "post": clock.median("post-processing"),
-                "model": clock.median("model"), "preprocess": clock.median("preprocess"),
-                "ratio": total / trunk, "peak_mib": peak, "undecided": undecided,
-                "runs": " ".join(f"{t:.2f}/{e:.2f}" for t, e in zip(clock.samples["trunk"], clock.samples["end-to-end"])),
+                "vocabulary": vocabulary_name,
+                "classes": len(vocabulary.class_names),
+                "photo": f"{height}x{width}",
+                "trunk": trunk,
+                "end_to_end": total,
+                "post": clock.median("post-processing"),
+                "model": clock.median("model"),
+                "preprocess": clock.median("preprocess"),
+                "ratio": total / trunk,
+                "peak_mib": peak,
+                "undecided": undecided,
+                "runs": " ".join(
+                    f"{t:.2f}/{e:.2f}" for t, e in zip(clock.samples["trunk"], clock.samples["end-to-end"])
+                ),
             }
             if args.check:
                 dense_gib = len(vocabulary.class_names) * height * width * 4 / 2**30
@@ -219,22 +280,29 @@ def main(argv=None):
                 else:
                     row["check"] = f"not checked ({dense_gib:.1f} GiB > --check-max-gib)"
             rows.append(row)
-            print(f"{vocabulary_name} {height}x{width}: trunk {trunk:.3f} s, end-to-end {total:.3f} s, post-processing "
-                  f"{row['post']:.3f} s, RATIO {row['ratio']:.2f}, peak +{peak:.0f} MiB, undecided grid "
-                  f"{undecided:.1%}, runs trunk/e2e {row['runs']}" + (f"; check: {row['check']}" if "check" in row else ""),
-                  flush=True)
+            print(
+                f"{vocabulary_name} {height}x{width}: trunk {trunk:.3f} s, end-to-end {total:.3f} s, post-processing "
+                f"{row['post']:.3f} s, RATIO {row['ratio']:.2f}, peak +{peak:.0f} MiB, undecided grid "
+                f"{undecided:.1%}, runs trunk/e2e {row['runs']}"
+                + (f"; check: {row['check']}" if "check" in row else ""),
+                flush=True,
+            )
             state.clear()
             del outputs, labels
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
     unit = "MiB (CUDA allocator)" if device.type == "cuda" else "MiB (resident set)"
-    print(f"\n| photo | classes | preprocess | model | post-processing | trunk alone | end-to-end | ratio | peak rise, {unit} | undecided grid |")
+    print(
+        f"\n| photo | classes | preprocess | model | post-processing | trunk alone | end-to-end | ratio | peak rise, {unit} | undecided grid |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['photo']} | {row['classes']} | {row['preprocess']:.2f} | {row['model']:.2f} | {row['post']:.2f} | "
-              f"{row['trunk']:.2f} | {row['end_to_end']:.2f} | **{row['ratio']:.2f}** | {row['peak_mib']:.0f} | "
-              f"{row['undecided']:.1%} |")
+        print(
+            f"| {row['photo']} | {row['classes']} | {row['preprocess']:.2f} | {row['model']:.2f} | {row['post']:.2f} | "
+            f"{row['trunk']:.2f} | {row['end_to_end']:.2f} | **{row['ratio']:.2f}** | {row['peak_mib']:.0f} | "
+            f"{row['undecided']:.1%} |"
+        )
 
 
 if __name__ == "__main__":

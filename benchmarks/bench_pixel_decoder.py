@@ -60,7 +60,10 @@ def main(argv=None):
     # The core alone, on the shapes of one encoder layer.
     shapes = [(height // s, width // s) for s in (32, 16, 8)]
     num_tokens = sum(h * w for h, w in shapes)
-    heads, head_dim = config.pixel_decoder_attention_heads, config.pixel_decoder_dim // config.pixel_decoder_attention_heads
+    heads, head_dim = (
+        config.pixel_decoder_attention_heads,
+        config.pixel_decoder_dim // config.pixel_decoder_attention_heads,
+    )
     levels, points = config.num_feature_levels, config.pixel_decoder_num_points
     value = torch.randn(1, num_tokens, heads, head_dim)
     locations = torch.rand(1, num_tokens, heads, levels, points, 2) * 1.2 - 0.1  # some fall outside
@@ -76,8 +79,10 @@ def main(argv=None):
             args.repeats,
         )
     print(f"\ndeformable attention core, {num_tokens} queries, levels {shapes} (median s):")
-    print(f"  first {core['first']:.3f}  current {core['current']:.3f}  "
-          f"RATIO first/current {core['first'] / core['current']:.2f}  max abs diff {(first - current).abs().max():.2e}")
+    print(
+        f"  first {core['first']:.3f}  current {core['current']:.3f}  "
+        f"RATIO first/current {core['first'] / core['current']:.2f}  max abs diff {(first - current).abs().max():.2e}"
+    )
 
     # The whole pixel decoder, its encoder layers run on all tokens at once or in chunks of tokens.
     decoder = ITAPixelDecoder(config, list(CONVNEXT_L_CHANNELS)).eval()
@@ -89,7 +94,10 @@ def main(argv=None):
 
     def run(chunked):
         # All tokens at once: the fast path with one chunk holding every token.
-        chunk, kernels.ENCODER_TOKEN_CHUNK = kernels.ENCODER_TOKEN_CHUNK, kernels.ENCODER_TOKEN_CHUNK if chunked else 10**9
+        chunk, kernels.ENCODER_TOKEN_CHUNK = (
+            kernels.ENCODER_TOKEN_CHUNK,
+            kernels.ENCODER_TOKEN_CHUNK if chunked else 10**9,
+        )
         try:
             with torch.no_grad():
                 decoded = decoder(features)
@@ -103,10 +111,14 @@ def main(argv=None):
         (a - b).abs().max().item() for a, b in zip([mask_unchunked, *maps_unchunked], [mask_chunked, *maps_chunked])
     )
     whole = alternate({"all tokens at once": lambda: run(False), "token chunks": lambda: run(True)}, args.repeats)
-    print(f"\nwhole pixel decoder ({config.pixel_decoder_encoder_layers} encoder layers + FPN), input {height}x{width} "
-          f"(median s):")
-    print(f"  encoder layers on all tokens at once {whole['all tokens at once']:.2f}  in chunks of "
-          f"{kernels.ENCODER_TOKEN_CHUNK} tokens (current) {whole['token chunks']:.2f}")
+    print(
+        f"\nwhole pixel decoder ({config.pixel_decoder_encoder_layers} encoder layers + FPN), input {height}x{width} "
+        f"(median s):"
+    )
+    print(
+        f"  encoder layers on all tokens at once {whole['all tokens at once']:.2f}  in chunks of "
+        f"{kernels.ENCODER_TOKEN_CHUNK} tokens (current) {whole['token chunks']:.2f}"
+    )
     print(f"  RATIO {whole['all tokens at once'] / whole['token chunks']:.2f}  max abs diff of outputs {diff:.2e}")
 
 

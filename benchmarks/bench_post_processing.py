@@ -22,8 +22,9 @@ from measure import PeakRSS, alternate, machine_description, set_threads
 from image_processing_ita import ITAImageProcessor
 
 
-def class_chunked_semantic_map(class_logits, mask_logits, image_size, target_size, masks_first, budget=2**26,
-                               size_divisor=32):
+def class_chunked_semantic_map(
+    class_logits, mask_logits, image_size, target_size, masks_first, budget=2**26, size_divisor=32
+):
     """The previous post-processing of one image (labels, scores): whole masks upsampled to the padded frame
     in chunks of queries, a sigmoid, resized to the target and summed per class, for chunks of classes (each
     class chunk upsampling every mask again unless all masks fit the budget at once)."""
@@ -83,8 +84,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--classes", type=int, default=150)
-    parser.add_argument("--chunk-elements", type=int, nargs="+", default=[ITAImageProcessor.post_process_chunk_elements],
-                        help="post_process_chunk_elements values to time for the current implementation")
+    parser.add_argument(
+        "--chunk-elements",
+        type=int,
+        nargs="+",
+        default=[ITAImageProcessor.post_process_chunk_elements],
+        help="post_process_chunk_elements values to time for the current implementation",
+    )
     args = parser.parse_args(argv)
     set_threads(args.threads)
     print(machine_description(args.threads))
@@ -100,9 +106,13 @@ def main(argv=None):
     print(f"{args.queries} queries, {args.classes} classes, mask grid 200x272, image {image_size} -> {target_size}")
 
     for masks_first in (False, True):
+
         def previous():
             return class_chunked_semantic_map(
-                outputs["class_queries_logits"][0], outputs["masks_queries_logits"][0], image_size, target_size,
+                outputs["class_queries_logits"][0],
+                outputs["masks_queries_logits"][0],
+                image_size,
+                target_size,
                 masks_first,
             )
 
@@ -110,10 +120,13 @@ def main(argv=None):
             def current():
                 processor.post_process_chunk_elements = budget
                 result = processor.post_process_semantic_segmentation(
-                    outputs, target_sizes=[target_size], return_winning_scores=True,
+                    outputs,
+                    target_sizes=[target_size],
+                    return_winning_scores=True,
                     sem_seg_postprocess_before_inference=masks_first,
                 )[0]
                 return result.segmentation, result.winning_scores
+
             return current
 
         functions = {"previous": previous}
@@ -123,9 +136,11 @@ def main(argv=None):
         print(f"\nsem_seg_postprocess_before_inference={masks_first} (median s, peak RSS rise):")
         for name, function in functions.items():
             labels, scores = function()
-            print(f"  {name:<28}{times[name]:7.3f} s  RATIO previous/this {times['previous'] / times[name]:5.2f}  "
-                  f"peak +{peak_rise(function):5.0f} MiB  labels agree {(labels == reference_labels).float().mean():.6f}  "
-                  f"max score diff {(scores - reference_scores).abs().max():.1e}")
+            print(
+                f"  {name:<28}{times[name]:7.3f} s  RATIO previous/this {times['previous'] / times[name]:5.2f}  "
+                f"peak +{peak_rise(function):5.0f} MiB  labels agree {(labels == reference_labels).float().mean():.6f}  "
+                f"max score diff {(scores - reference_scores).abs().max():.1e}"
+            )
 
 
 if __name__ == "__main__":

@@ -48,11 +48,20 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", type=int, default=150)
     parser.add_argument("--photo-size", type=int, nargs=2, default=(3000, 4000), metavar=("HEIGHT", "WIDTH"))
-    parser.add_argument("--kinds", nargs="+", choices=("random-init", "trained-like", "noisy"),
-                        default=["random-init", "trained-like", "noisy"])
-    parser.add_argument("--inputs", nargs="+", metavar="FILE", default=[],
-                        help="time the kernel on saved model outputs (bench_photo_sizes.py --save-inputs) instead of "
-                        "the generated kinds")
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=("random-init", "trained-like", "noisy"),
+        default=["random-init", "trained-like", "noisy"],
+    )
+    parser.add_argument(
+        "--inputs",
+        nargs="+",
+        metavar="FILE",
+        default=[],
+        help="time the kernel on saved model outputs (bench_photo_sizes.py --save-inputs) instead of "
+        "the generated kinds",
+    )
     parser.add_argument("--against", metavar="REV", help="also time kernels.py of this git revision")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -84,11 +93,17 @@ def read_inputs(path):
 def kernels_at(revision):
     """The post-processing kernels of a git revision, imported as their own module."""
     # The post-processing kernels lived in modeling_ita/kernels.py before they moved to postprocessing_ita.py.
-    listed = subprocess.run(["git", "ls-tree", "--name-only", revision, "postprocessing_ita.py"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout.strip()
+    listed = subprocess.run(
+        ["git", "ls-tree", "--name-only", revision, "postprocessing_ita.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     file = listed or "modeling_ita/kernels.py"
-    source = subprocess.run(["git", "show", f"{revision}:{file}"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{revision}:{file}"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
     path = Path(tempfile.mkdtemp()) / "kernels_at_revision.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("kernels_at_revision", path)
@@ -145,12 +160,16 @@ def main(argv=None):
                 module.semantic_map(*arguments, winning_scores=False)
                 times[name].append(time.perf_counter() - start)
         undecided = kernels._undecided_share(kernels._grid_decisions(class_probs, mask_logits, 2**22), *arguments[2:4])
-        print(f"\n{kind}, {class_probs.shape[1]} classes, photo {target[0]}x{target[1]}: undecided grid "
-              f"{undecided:.1%}; medians of {args.repeats} alternating runs")
+        print(
+            f"\n{kind}, {class_probs.shape[1]} classes, photo {target[0]}x{target[1]}: undecided grid "
+            f"{undecided:.1%}; medians of {args.repeats} alternating runs"
+        )
         for name in versions:
             stages = ", ".join(f"{stage} {value / args.repeats:.2f}" for stage, value in stage_samples[name].items())
-            print(f"  {name:<16}{statistics.median(times[name]):7.2f} s   runs "
-                  f"{' '.join(f'{t:.2f}' for t in times[name])}   (per run: {stages})")
+            print(
+                f"  {name:<16}{statistics.median(times[name]):7.2f} s   runs "
+                f"{' '.join(f'{t:.2f}' for t in times[name])}   (per run: {stages})"
+            )
         if args.against:
             same = torch.equal(labels["this tree"], labels[args.against])
             ratio = statistics.median(times[args.against]) / statistics.median(times["this tree"])

@@ -49,8 +49,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--subset", type=int, default=512, help="A-847 prompts compared at full context")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timings of each way on the subset")
-    parser.add_argument("--vocabularies", nargs="*", default=["ade150", "ade847"],
-                        help="class lists encoded whole (truncated) and then from the cache")
+    parser.add_argument(
+        "--vocabularies",
+        nargs="*",
+        default=["ade150", "ade847"],
+        help="class lists encoded whole (truncated) and then from the cache",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="prompts per forward (default: the config's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -68,14 +72,18 @@ def main(argv=None):
     # 1. The subset, three ways.
     # FC-CLIP's A-847 list gives a few synonyms to two classes; the benchmark uses it as it is.
     ade847 = read_vocabulary_file(VOCABULARY_DIR / "ade847.txt", allow_shared_synonyms=True)
-    synonyms = [s for class_synonyms in parse_vocabulary(ade847, allow_shared_synonyms=True).synonyms for s in class_synonyms]
+    synonyms = [
+        s for class_synonyms in parse_vocabulary(ade847, allow_shared_synonyms=True).synonyms for s in class_synonyms
+    ]
     prompts = [template.format(s) for s in synonyms for template in templates]
     subset = random.Random(args.seed).sample(prompts, min(args.subset, len(prompts)))
     tokens = backbone.tokenize(subset)
     lengths = tokens.argmax(dim=-1) + 1
-    print(f"\nA-847: {len(synonyms)} synonyms x {len(templates)} templates = {len(prompts)} prompts; subset of "
-          f"{len(subset)}, tokens per prompt (with start/end) min {int(lengths.min())} mean "
-          f"{lengths.float().mean():.1f} max {int(lengths.max())} of a {tokens.shape[1]}-token context")
+    print(
+        f"\nA-847: {len(synonyms)} synonyms x {len(templates)} templates = {len(prompts)} prompts; subset of "
+        f"{len(subset)}, tokens per prompt (with start/end) min {int(lengths.min())} mean "
+        f"{lengths.float().mean():.1f} max {int(lengths.max())} of a {tokens.shape[1]}-token context"
+    )
     encoder = ITAVocabularyEncoder(templates, config.train_vocabulary, batch_size=batch_size, disk_cache_dir=None)
     ways = {
         "full 77-token context": lambda: encode_in_batches(backbone, tokens, batch_size, truncate_context=False),
@@ -94,11 +102,15 @@ def main(argv=None):
     print(f"median of {args.repeats} interleaved run(s), seconds:")
     for name, value in medians.items():
         difference = (embeddings[name] - embeddings[full_name]).abs().max().item()
-        print(f"  {name:<38}{value:8.1f}   RATIO full/this {medians[full_name] / value:5.2f}   "
-              f"max abs diff vs full context {difference:.2e}")
+        print(
+            f"  {name:<38}{value:8.1f}   RATIO full/this {medians[full_name] / value:5.2f}   "
+            f"max abs diff vs full context {difference:.2e}"
+        )
     per_prompt = medians[full_name] / len(subset)
-    print(f"  full context over all {len(prompts)} A-847 prompts, EXTRAPOLATED from the subset: "
-          f"{per_prompt * len(prompts) / 60:.0f} min")
+    print(
+        f"  full context over all {len(prompts)} A-847 prompts, EXTRAPOLATED from the subset: "
+        f"{per_prompt * len(prompts) / 60:.0f} min"
+    )
 
     # 2. Whole vocabularies through the model's encoder, cold, from memory, from disk.
     disk_cache = tempfile.mkdtemp(prefix="ita-vocabulary-cache-")
@@ -107,8 +119,11 @@ def main(argv=None):
 
         def new_encoder():
             return ITAVocabularyEncoder(
-                templates, config.train_vocabulary, extra_candidates=config.dominant_category_extra_names,
-                batch_size=batch_size, disk_cache_dir=disk_cache,
+                templates,
+                config.train_vocabulary,
+                extra_candidates=config.dominant_category_extra_names,
+                batch_size=batch_size,
+                disk_cache_dir=disk_cache,
             )
 
         encoder = new_encoder()
@@ -120,17 +135,23 @@ def main(argv=None):
         cached = time.perf_counter() - start
         assert again is vocabulary
         num_prompts = len(vocabulary.synonyms) * len(templates)
-        print(f"\n{name}: {len(class_names)} classes, {len(vocabulary.synonyms)} synonyms, {num_prompts} prompts + "
-              f"{len(vocabulary.candidate_names)} bare names")
-        print(f"  cold (truncated, grouped by length) {cold:8.1f} s   EXTRAPOLATED full context "
-              f"{per_prompt * (num_prompts + len(vocabulary.candidate_names)):8.0f} s")
+        print(
+            f"\n{name}: {len(class_names)} classes, {len(vocabulary.synonyms)} synonyms, {num_prompts} prompts + "
+            f"{len(vocabulary.candidate_names)} bare names"
+        )
+        print(
+            f"  cold (truncated, grouped by length) {cold:8.1f} s   EXTRAPOLATED full context "
+            f"{per_prompt * (num_prompts + len(vocabulary.candidate_names)):8.0f} s"
+        )
         print(f"  cached second call {cached * 1e3:.3f} ms = {cached / cold:.2e} of the cold one (target < 1e-2)")
         start = time.perf_counter()
         from_disk = new_encoder().encode(backbone, class_names, with_name_embeddings=True)
         disk = time.perf_counter() - start
         assert torch.equal(from_disk.text_classifier, vocabulary.text_classifier)
-        print(f"  new encoder (a new process) from the disk cache {disk:.2f} s = {disk / cold:.2e} of the cold one "
-              "(cold includes hashing the text tower and writing the file)")
+        print(
+            f"  new encoder (a new process) from the disk cache {disk:.2f} s = {disk / cold:.2e} of the cold one "
+            "(cold includes hashing the text tower and writing the file)"
+        )
 
 
 if __name__ == "__main__":

@@ -228,8 +228,14 @@ def load_segmentation_dataset(
     if layout not in LAYOUTS:
         raise ValueError(f"Unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
     if layout == "auto" and not load_kwargs and is_label_map_folders(source, split, image_subdir, label_subdir):
-        logger.info("%s holds %s/%s and %s/%s: reading it as label-map folders", source, image_subdir, split,
-                    label_subdir, split)
+        logger.info(
+            "%s holds %s/%s and %s/%s: reading it as label-map folders",
+            source,
+            image_subdir,
+            split,
+            label_subdir,
+            split,
+        )
         layout = "label_folders"
     if layout == "synthetic":
         seed = 0 if split == "train" else 1

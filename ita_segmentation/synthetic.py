@@ -55,9 +55,7 @@ _SHAPES = ("circle", "square", "triangle")
 _BACKGROUNDS = (3, 4)
 
 
-def _shape_mask(
-    kind: str, height: int, width: int, centre_y: float, centre_x: float, radius: float
-) -> np.ndarray:
+def _shape_mask(kind: str, height: int, width: int, centre_y: float, centre_x: float, radius: float) -> np.ndarray:
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     dy, dx = ys - centre_y, xs - centre_x
     if kind == "circle":
@@ -241,7 +239,5 @@ def write_coco_panoptic(
     ]
     json_path = root / "annotations" / f"panoptic_{split}.json"
     # Categories listed out of id order on purpose: the loader must sort them by id.
-    json_path.write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": categories[::-1]})
-    )
+    json_path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories[::-1]}))
     return os.fspath(json_path)

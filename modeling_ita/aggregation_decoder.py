@@ -306,7 +306,10 @@ class ITAAggregationDecoder(nn.Module):
         pooled = self.mask_pooling_proj(mask_pool(mask_features, mask_logits))  # [B, Q, C]
         logit_scale = self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
         class_logits = classification_logits(
-            self.class_embed(pooled + queries), classifier, logit_scale, vocabulary.synonym_to_class,
+            self.class_embed(pooled + queries),
+            classifier,
+            logit_scale,
+            vocabulary.synonym_to_class,
             vocabulary.num_classes,
         )  # [B, Q, K + 1]
         return ITADecoderPrediction(class_queries_logits=class_logits, masks_queries_logits=mask_logits)
@@ -340,9 +343,7 @@ class ITAAggregationDecoder(nn.Module):
             [`ITADecoderOutput`]; Q = text queries + learnable queries.
         """
         if len(multi_scale_features) != self.num_feature_levels:
-            raise ValueError(
-                f"expected {self.num_feature_levels} feature levels, got {len(multi_scale_features)}"
-            )
+            raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(multi_scale_features)}")
         batch_size = mask_features.shape[0]
 
         memories, memories_with_pos = [], []

@@ -29,7 +29,9 @@ __all__ = [
 ]
 
 
-def build_causal_mask(length: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def build_causal_mask(
+    length: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Additive causal mask [L, L]: -inf above the diagonal, as open_clip's text transformer expects."""
     return torch.full((length, length), float("-inf"), device=device, dtype=dtype).triu_(1)
 
@@ -118,9 +120,7 @@ class ITACLIPBackbone(nn.Module):
             hidden = stage(hidden)
             stages.append(hidden)  # [B, C_i, H / 2^(i+2), W / 2^(i+2)]
         res2, res3, res4, res5 = stages
-        return ITACLIPBackboneOutput(
-            res2=res2, res3=res3, res4=res4, res5=res5, clip_vis_dense=trunk.norm_pre(hidden)
-        )
+        return ITACLIPBackboneOutput(res2=res2, res3=res3, res4=res4, res5=res5, clip_vis_dense=trunk.norm_pre(hidden))
 
     @torch.no_grad()
     def pooled_embeddings(self, pooled_features: torch.Tensor) -> torch.Tensor:

@@ -143,7 +143,9 @@ class ITADominantCategoryUnearthing(nn.Module):
         else:
             if views is None:
                 views = clip_center_crop(pixel_values, image_sizes, self.image_size)
-            elif tuple(views.shape[-2:]) != (self.image_size, self.image_size) or views.shape[0] != pixel_values.shape[0]:
+            elif (
+                tuple(views.shape[-2:]) != (self.image_size, self.image_size) or views.shape[0] != pixel_values.shape[0]
+            ):
                 raise ValueError(
                     f"dominant_category_pixel_values has shape {tuple(views.shape)}; this model ranks on "
                     f"{self.image_size}x{self.image_size} views, one per image of the batch of {len(pixel_values)} "

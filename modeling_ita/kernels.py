@@ -244,14 +244,20 @@ def multi_scale_deformable_attention_reference(
     output = value.new_zeros(batch * heads, head_dim, num_queries)
     for level, (height, width) in enumerate(shapes):
         maps = levels[level].permute(0, 2, 3, 1).reshape(batch * heads, head_dim, height, width)
-        grid = (2 * sampling_locations[:, :, :, level] - 1).transpose(1, 2).reshape(batch * heads, num_queries, num_points, 2)
+        grid = (
+            (2 * sampling_locations[:, :, :, level] - 1)
+            .transpose(1, 2)
+            .reshape(batch * heads, num_queries, num_points, 2)
+        )
         samples = F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         weights = attention_weights[:, :, :, level].transpose(1, 2).reshape(batch * heads, 1, num_queries, num_points)
         output = output + (samples * weights).sum(dim=-1)  # [B*heads, head_dim, Lq]
     return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
 
 
-multi_scale_deformable_attention = kernel(multi_scale_deformable_attention_reference, "multi_scale_deformable_attention")
+multi_scale_deformable_attention = kernel(
+    multi_scale_deformable_attention_reference, "multi_scale_deformable_attention"
+)
 
 
 def deformable_attention_reference(
@@ -298,7 +304,9 @@ def deformable_value_maps(value: Tensor, spatial_shapes: Sequence[tuple[int, int
         .permute(0, 3, 1, 2, 4)
         .reshape(batch * heads, height, width, head_dim)
         .permute(0, 3, 1, 2)
-        for level, (height, width) in zip(torch.split(value, [height * width for height, width in shapes], dim=1), shapes)
+        for level, (height, width) in zip(
+            torch.split(value, [height * width for height, width in shapes], dim=1), shapes
+        )
     ]
 
 
@@ -370,7 +378,9 @@ def deformable_attention_fast(
 ) -> Tensor:
     """`deformable_attention` on channels-last value maps, queries last (`deformable_attention_on_maps`)."""
     value_maps = deformable_value_maps(value, spatial_shapes)
-    return deformable_attention_on_maps(value_maps, reference_points, sampling_offsets, attention_logits, spatial_shapes)
+    return deformable_attention_on_maps(
+        value_maps, reference_points, sampling_offsets, attention_logits, spatial_shapes
+    )
 
 
 def token_chunked(function: Callable[..., Tensor], *per_token: Tensor, chunk_size: int | None = None) -> Tensor:
@@ -432,7 +442,9 @@ def encoder_layer_in_token_chunks(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def conv2d_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int | tuple[int, int] = 0) -> Tensor:
+def conv2d_reference(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, padding: int | tuple[int, int] = 0
+) -> Tensor:
     """`F.conv2d` at stride 1."""
     return F.conv2d(x, weight, bias, padding=padding)
 

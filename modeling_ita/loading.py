@@ -82,7 +82,9 @@ def check_model_location(name_or_path: str | os.PathLike[str]) -> None:
             )
         return
     if path.exists():
-        raise ModelLoadingError(f"{name} is a file, not a model folder; give the folder holding config.json, or a Hub id")
+        raise ModelLoadingError(
+            f"{name} is a file, not a model folder; give the folder holding config.json, or a Hub id"
+        )
     if _looks_like_a_path(name):
         raise ModelLoadingError(f"model folder {name} does not exist")
     try:
@@ -141,14 +143,19 @@ def load_segmentation_model(
         raise ModelLoadingError(f"cannot load the model {os.fspath(name_or_path)}: {error}") from error
     problems = []
     if info.get("missing_keys"):
-        problems.append(f"{len(info['missing_keys'])} weight(s) missing from the checkpoint: {_listed(info['missing_keys'])}")
+        problems.append(
+            f"{len(info['missing_keys'])} weight(s) missing from the checkpoint: {_listed(info['missing_keys'])}"
+        )
     if info.get("unexpected_keys"):
         problems.append(
             f"{len(info['unexpected_keys'])} weight(s) in the checkpoint that the model does not have: "
             f"{_listed(info['unexpected_keys'])}"
         )
     if info.get("mismatched_keys"):
-        shapes = [f"{key} (checkpoint {tuple(saved)}, model {tuple(expected)})" for key, saved, expected in info["mismatched_keys"]]
+        shapes = [
+            f"{key} (checkpoint {tuple(saved)}, model {tuple(expected)})"
+            for key, saved, expected in info["mismatched_keys"]
+        ]
         problems.append(f"{len(shapes)} weight(s) of another shape: {_listed(shapes)}")
     problems += [str(message) for message in info.get("error_msgs") or []]
     if problems:

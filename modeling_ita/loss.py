@@ -177,7 +177,9 @@ class ITAHungarianMatcher(nn.Module):
         self.num_points = config.train_num_points
 
     @torch.no_grad()
-    def cost_matrix(self, class_logits: Tensor, mask_logits: Tensor, class_labels: Tensor, mask_labels: Tensor) -> Tensor:
+    def cost_matrix(
+        self, class_logits: Tensor, mask_logits: Tensor, class_labels: Tensor, mask_labels: Tensor
+    ) -> Tensor:
         """Matching cost of one image.
 
         Args:
@@ -208,7 +210,11 @@ class ITAHungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, class_queries_logits: Tensor, masks_queries_logits: Tensor, mask_labels: list[Tensor], class_labels: list[Tensor]
+        self,
+        class_queries_logits: Tensor,
+        masks_queries_logits: Tensor,
+        mask_labels: list[Tensor],
+        class_labels: list[Tensor],
     ) -> list[tuple[Tensor, Tensor]]:
         """Match every image of a batch.
 

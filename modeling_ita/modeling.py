@@ -292,7 +292,11 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untype
             mask_labels is not None and self.config.deep_supervision
         )
         decoded = self.decoder(
-            multi_scale_features, mask_features, text_queries, classifier, vocabulary,
+            multi_scale_features,
+            mask_features,
+            text_queries,
+            classifier,
+            vocabulary,
             output_intermediate_predictions=output_intermediate,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
@@ -304,7 +308,10 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untype
         if mask_labels is not None and class_labels is not None:
             self._check_labels(mask_labels, class_labels, vocabulary.num_classes, pixel_values.shape[-2:])
             loss_dict = self.criterion(
-                class_queries_logits, masks_queries_logits, mask_labels, class_labels,
+                class_queries_logits,
+                masks_queries_logits,
+                mask_labels,
+                class_labels,
                 auxiliary if self.config.deep_supervision else None,
             )
             loss = self.criterion.weighted_total(loss_dict)
@@ -313,12 +320,19 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untype
         out_vocabulary_logits = ensemble_log_probs = None
         if not self.training:
             out_vocabulary_logits, valid = out_of_vocabulary_logits(
-                self.backbone, clip_dense_features, masks_queries_logits, classifier, vocabulary,
+                self.backbone,
+                clip_dense_features,
+                masks_queries_logits,
+                classifier,
+                vocabulary,
                 self.config.logit_scale_max,
             )
             ensemble_log_probs = geometric_ensemble(
-                class_queries_logits, out_vocabulary_logits, vocabulary.overlap_mask,
-                self.config.ensemble_alpha, self.config.ensemble_beta,
+                class_queries_logits,
+                out_vocabulary_logits,
+                vocabulary.overlap_mask,
+                self.config.ensemble_alpha,
+                self.config.ensemble_beta,
                 valid if self.config.ensemble_on_valid_mask else None,
             )
 

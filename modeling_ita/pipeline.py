@@ -271,7 +271,9 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                 postprocess_params[name] = value
         if stuff_labels is not None:
             if isinstance(stuff_labels, str):
-                raise ValueError(f"stuff_labels must be a list of candidate labels, got the single string {stuff_labels!r}")
+                raise ValueError(
+                    f"stuff_labels must be a list of candidate labels, got the single string {stuff_labels!r}"
+                )
             postprocess_params["stuff_labels"] = list(stuff_labels)
         return preprocess_params, {}, postprocess_params
 
@@ -328,7 +330,9 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             ][0]
         views = {}
         if "dominant_category_pixel_values" in items[0]:
-            views["dominant_category_pixel_values"] = torch.cat([item["dominant_category_pixel_values"] for item in items])
+            views["dominant_category_pixel_values"] = torch.cat(
+                [item["dominant_category_pixel_values"] for item in items]
+            )
         return {
             **views,
             "pixel_values": pixel_values,
@@ -416,7 +420,9 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             return self._postprocess_segments(model_outputs, subtask, stuff_labels, thresholds)
         if stuff_labels is not None or thresholds:
             given = sorted(["stuff_labels"] * (stuff_labels is not None) + list(thresholds))
-            raise ValueError(f"{', '.join(given)} apply to subtask='panoptic' or 'instance', not to semantic segmentation")
+            raise ValueError(
+                f"{', '.join(given)} apply to subtask='panoptic' or 'instance', not to semantic segmentation"
+            )
         vocabulary = _image_vocabulary(model_outputs)
         num_classes = len(vocabulary)
         class_logits = model_outputs["ensemble_log_probs"]
@@ -484,7 +490,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                 raise ValueError("overlap_mask_area_threshold applies to subtask='panoptic' only")
             thresholds.setdefault("threshold", INSTANCE_THRESHOLD)
             result = self.image_processor.post_process_instance_segmentation(
-                outputs, label_ids_to_fuse=stuff_ids, target_sizes=target_sizes, return_binary_maps=True,
+                outputs,
+                label_ids_to_fuse=stuff_ids,
+                target_sizes=target_sizes,
+                return_binary_maps=True,
                 **thresholds,
             )[0]
             masks = list(result["segmentation"].cpu().numpy())

@@ -285,9 +285,7 @@ class ITAPixelDecoder(nn.Module):
         dim = config.pixel_decoder_dim
         num_levels = config.num_feature_levels
         if len(feature_channels) < num_levels:
-            raise ValueError(
-                f"got {len(feature_channels)} feature maps, need at least num_feature_levels={num_levels}"
-            )
+            raise ValueError(f"got {len(feature_channels)} feature maps, need at least num_feature_levels={num_levels}")
         groups = config.group_norm_groups
         self.num_feature_levels = num_levels
         self.num_fpn_levels = len(feature_channels) - num_levels

@@ -152,7 +152,10 @@ class ITAVocabularyEncoder:
         self.train_synonyms = {s for synonyms in parsed.synonyms for s in synonyms}
         self.category_bank: dict[str, torch.Tensor] | None = None
         self._cache: OrderedDict[tuple[Any, ...], ITAVocabulary] = OrderedDict()
-        self._fingerprint: tuple[tuple[tuple[str, int, int], ...] | None, str] = (None, "")  # (identity of the text tower's tensors, their hash)
+        self._fingerprint: tuple[tuple[tuple[str, int, int], ...] | None, str] = (
+            None,
+            "",
+        )  # (identity of the text tower's tensors, their hash)
 
     def clear_cache(self) -> None:
         """Forget the vocabularies kept in memory (the disk cache stays)."""
@@ -178,7 +181,9 @@ class ITAVocabularyEncoder:
         ]
         return torch.stack(rows), tuple(name for name in names if name not in self.category_bank)
 
-    def _encode_texts(self, backbone: ITATextTower, texts: list[str], description: str = "Encoding texts") -> torch.Tensor:
+    def _encode_texts(
+        self, backbone: ITATextTower, texts: list[str], description: str = "Encoding texts"
+    ) -> torch.Tensor:
         # Batches of prompts of similar length: `encode_text` cuts each batch's context after its longest
         # prompt, so grouping by length cuts the padding the text tower runs on. Each embedding depends only
         # on its own tokens (causal attention), so the order changes nothing but float rounding.
@@ -255,8 +260,10 @@ class ITAVocabularyEncoder:
             logger.warning("Ignoring the unreadable vocabulary cache file %s (%s); encoding again", path, error)
             return None
         classifier, names = tensors.get("text_classifier"), tensors.get("name_embeddings")
-        if classifier is None or classifier.shape[0] != num_synonyms or (
-            num_candidates is not None and (names is None or names.shape[0] != num_candidates)
+        if (
+            classifier is None
+            or classifier.shape[0] != num_synonyms
+            or (num_candidates is not None and (names is None or names.shape[0] != num_candidates))
         ):
             logger.warning("Ignoring the vocabulary cache file %s: it does not hold this vocabulary", path)
             return None
@@ -272,8 +279,12 @@ class ITAVocabularyEncoder:
             os.replace(temporary, path)  # atomic: processes encoding the same vocabulary at once never see half a file
         except OSError as error:
             temporary.unlink(missing_ok=True)
-            logger.warning("Cannot write the vocabulary cache %s (%s); set %s=off to stop trying", path, error,
-                           VOCABULARY_CACHE_ENV)
+            logger.warning(
+                "Cannot write the vocabulary cache %s (%s); set %s=off to stop trying",
+                path,
+                error,
+                VOCABULARY_CACHE_ENV,
+            )
 
     # ---------------------------------------------------------------------------------------------------- encode
     def _encode_uncached(
@@ -301,7 +312,14 @@ class ITAVocabularyEncoder:
         FC-CLIP's own A-847 and PC-459 lists have some."""
         parsed = parse_vocabulary(class_names, allow_shared_synonyms=True).synonyms
         weight = backbone.clip_model.text_projection
-        key = (tuple(class_names), self.templates, self.extra_candidates, with_name_embeddings, weight.device, weight.dtype)
+        key = (
+            tuple(class_names),
+            self.templates,
+            self.extra_candidates,
+            with_name_embeddings,
+            weight.device,
+            weight.dtype,
+        )
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]

@@ -182,8 +182,18 @@ def main(argv=None):
         for stale in segmentations.iterdir():
             stale.unlink()
     status = ita_segment(
-        [str(samples), "--model", str(model_dir), "--labels", *SYNTHETIC_CLASS_NAMES, "--output", str(segmentations),
-         "--device", "cpu", "--quiet"]
+        [
+            str(samples),
+            "--model",
+            str(model_dir),
+            "--labels",
+            *SYNTHETIC_CLASS_NAMES,
+            "--output",
+            str(segmentations),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
     )
     if status != 0:
         print(f"ita-segment failed with exit status {status}", file=sys.stderr)

@@ -62,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         benchmark = PANOPTIC_BENCHMARKS[name]
         print(f"{benchmark.display_name}: {min(len(records), args.max_samples or len(records))} images", flush=True)
         scores = evaluate_panoptic(
-            model, processor, records, categories, benchmark.class_names(), args.max_samples,
+            model,
+            processor,
+            records,
+            categories,
+            benchmark.class_names(),
+            args.max_samples,
             progress=not args.no_progress,
         )
         report = write_panoptic_results(

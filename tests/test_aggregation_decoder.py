@@ -298,7 +298,11 @@ def test_last_prediction_alone_matches_the_full_run(variant, monkeypatch):
         predict = decoder.predict
         monkeypatch.setattr(decoder, "predict", lambda *args: heads.append(1) or predict(*args))
         output = decoder(
-            features, mask_features, text_queries, classifier, VOCABULARY,
+            features,
+            mask_features,
+            text_queries,
+            classifier,
+            VOCABULARY,
             output_intermediate_predictions=False,
         )
         last = all_predictions(output)
@@ -491,8 +495,13 @@ def test_attention_weights_and_hidden_states_when_asked(variant):
     with torch.no_grad():
         plain = decoder(features, mask_features, text_queries, classifier, VOCABULARY)
         asked = decoder(
-            features, mask_features, text_queries, classifier, VOCABULARY,
-            output_hidden_states=True, output_attentions=True,
+            features,
+            mask_features,
+            text_queries,
+            classifier,
+            VOCABULARY,
+            output_hidden_states=True,
+            output_attentions=True,
         )
     assert plain.hidden_states is None and plain.attentions is None
     total_queries = config.num_dominant_categories + config.num_queries

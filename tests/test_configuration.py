@@ -77,6 +77,8 @@ def test_generic_transformers_names_read_and_write_the_ita_fields():
     config.num_hidden_layers = 7
     assert config.decoder_layers == 7
     assert ITAConfig(num_attention_heads=2).decoder_attention_heads == 2
+
+
 def test_unknown_config_keys_are_named_in_a_warning(tmp_path):
     from transformers.testing_utils import CaptureLogger
 
@@ -91,8 +93,9 @@ def test_unknown_config_keys_are_named_in_a_warning(tmp_path):
     assert quiet.out == ""  # what transformers writes (version, architectures, auto_map, dtype) is not reported
 
     text = (tmp_path / "config.json").read_text()
-    (tmp_path / "config.json").write_text(text.replace('"decoder_layers"', '"decoder_layerz"', 1)
-                                          .replace("{", '{\n  "colour": "red",', 1))
+    (tmp_path / "config.json").write_text(
+        text.replace('"decoder_layers"', '"decoder_layerz"', 1).replace("{", '{\n  "colour": "red",', 1)
+    )
     with CaptureLogger(configuration_ita.logger) as captured:
         loaded = AutoConfig.from_pretrained(tmp_path)
     assert "'colour'" in captured.out

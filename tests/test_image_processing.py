@@ -312,9 +312,7 @@ def test_save_and_load(tmp_path, small):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def reference_semantic_map(
-    class_logits, mask_logits, image_size, target_size, divisor=32, masks_first=False, stride=4
-):
+def reference_semantic_map(class_logits, mask_logits, image_size, target_size, divisor=32, masks_first=False, stride=4):
     """The original computation for one image run alone: upsample its own padded frame x4, sigmoid, class
     sum, crop, resize, argmax. `mask_logits` [Q, h, w] may be larger than the frame (a batch's)."""
     height, width = image_size
@@ -370,7 +368,9 @@ def test_post_process_constructed_case():
     assert torch.equal(label_map, expected)
 
     # Resized to the original image size, with scores.
-    result = processor.post_process_semantic_segmentation(outputs, target_sizes=[(32, 48)], return_winning_scores=True)[0]
+    result = processor.post_process_semantic_segmentation(outputs, target_sizes=[(32, 48)], return_winning_scores=True)[
+        0
+    ]
     label_map, scores = result.segmentation, result.winning_scores
     assert tuple(label_map.shape) == (32, 48) == tuple(scores.shape)
     assert (label_map[:, :22] == 2).all() and (label_map[:14, 26:] == 0).all() and (label_map[18:, 26:] == 1).all()

@@ -185,7 +185,9 @@ def test_one_by_one_convolution_as_matrix_product_matches_conv2d(bias):
         torch.testing.assert_close(conv2d_fast(x[:1], conv.weight, conv.bias), F.conv2d(x[:1], conv.weight, conv.bias))
         weight = torch.randn(5, 6, 3, 3)
         torch.testing.assert_close(conv2d_fast(x, weight, None, 1), F.conv2d(x, weight, None, padding=1))
-        torch.testing.assert_close(conv2d(x, conv.weight, conv.bias), conv2d_fast(x, conv.weight, conv.bias), atol=0, rtol=0)
+        torch.testing.assert_close(
+            conv2d(x, conv.weight, conv.bias), conv2d_fast(x, conv.weight, conv.bias), atol=0, rtol=0
+        )
 
 
 def test_tokens_to_maps_are_channels_first_copies():
@@ -238,8 +240,15 @@ def test_mask_pool_averages_features_inside_each_binarised_mask(query_chunk):
 
 def test_the_switch_chooses_every_fast_path_or_every_reference():
     with_fast_path = [name for name, entry in kernels.REGISTRY.items() if entry.fast is not None]
-    assert {"deformable_attention", "ITAPixelDecoderEncoderLayer", "conv2d", "mask_pool", "tokens_to_maps",
-            "resize_to_levels", "multi_scale_deformable_attention"} <= set(with_fast_path)
+    assert {
+        "deformable_attention",
+        "ITAPixelDecoderEncoderLayer",
+        "conv2d",
+        "mask_pool",
+        "tokens_to_maps",
+        "resize_to_levels",
+        "multi_scale_deformable_attention",
+    } <= set(with_fast_path)
     before = kernels.fast_paths_enabled()
     with kernels.use_fast_paths(True):
         assert all(kernels.implementation(name) is kernels.REGISTRY[name].fast for name in with_fast_path)
@@ -298,7 +307,9 @@ def test_pixel_decoder_with_fast_paths_off_runs_the_figure_and_gives_the_same_va
         decoder.zero_grad()
         with kernels.use_fast_paths(enabled):
             decoded = decoder(features)
-        (decoded.mask_features.square().mean() + sum(level.sin().mean() for level in decoded.multi_scale_features)).backward()
+        (
+            decoded.mask_features.square().mean() + sum(level.sin().mean() for level in decoded.multi_scale_features)
+        ).backward()
         grads = {name: p.grad.clone() for name, p in decoder.named_parameters() if p.grad is not None}
         return [decoded.mask_features.detach(), *[level.detach() for level in decoded.multi_scale_features]], grads
 
@@ -340,8 +351,14 @@ def combine_everywhere(maps, size):
     left, right, left_weight, right_weight = bilinear_taps(maps.shape[-1], size[1])
     rows = [maps[:, top], maps[:, bottom]]
     return bilinear_combine(
-        rows[0][:, :, left], rows[0][:, :, right], rows[1][:, :, left], rows[1][:, :, right],
-        left_weight, right_weight, top_weight[:, None], bottom_weight[:, None],
+        rows[0][:, :, left],
+        rows[0][:, :, right],
+        rows[1][:, :, left],
+        rows[1][:, :, right],
+        left_weight,
+        right_weight,
+        top_weight[:, None],
+        bottom_weight[:, None],
     )
 
 
@@ -353,7 +370,9 @@ def test_fused_addcmul_probe_tells_whether_addcmul_rounds_once():
 
 
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("sizes", [((19, 23), (137, 153)), ((80, 107), (300, 400)), ((50, 70), (101, 67)), ((40, 30), (40, 97))])
+@pytest.mark.parametrize(
+    "sizes", [((19, 23), (137, 153)), ((80, 107), (300, 400)), ((50, 70), (101, 67)), ((40, 30), (40, 97))]
+)
 def test_bilinear_combine_is_pytorch_cpu_arithmetic(monkeypatch, sizes, fused):
     """Bit for bit the values of PyTorch's CPU kernel, its generic path: outputs with height + width > 128 and more
     than 3 channels (with one thread, 3 channels take the channels-last kernel). Both ways of rounding once: a
@@ -458,7 +477,9 @@ def test_whole_row_mixing_gives_the_boundary_mixing_values(monkeypatch, structur
     arguments = (class_probs, mask_logits, (120, 190), (128, 192), (400, 700))
     calls = record_calls(monkeypatch, postprocessing_ita._ResizedArgmax, "_fill_rows")
     monkeypatch.setattr(postprocessing_ita, "_DENSE_BAND_SHARE", 0.0)  # every band's scores at hand for every pixel
-    monkeypatch.setattr(postprocessing_ita, "_DENSE_CANDIDATE_SHARE", 0.0)  # whatever the classes kept in boundary cells
+    monkeypatch.setattr(
+        postprocessing_ita, "_DENSE_CANDIDATE_SHARE", 0.0
+    )  # whatever the classes kept in boundary cells
     results = {}
     for share in (0.0, 1.0):
         monkeypatch.setattr(postprocessing_ita, "_DENSE_TARGET_SHARE", share)
@@ -560,7 +581,9 @@ def test_semantic_map_matches_the_plain_formula(masks_first, target_size, struct
         assert none is None and torch.equal(only_labels, labels)
     full = semantic_scores(*arguments, masks_first=masks_first, chunk_elements=3000)
     assert full.shape == (class_probs.shape[1], *target_size)
-    torch.testing.assert_close(full, semantic_scores_reference(*arguments, masks_first=masks_first), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        full, semantic_scores_reference(*arguments, masks_first=masks_first), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_semantic_map_with_one_class_or_tied_classes():
@@ -582,7 +605,9 @@ def test_grid_decisions_hold_at_every_frame_pixel(structured):
     """A class decided for a grid cell wins at every frame pixel upsampled from that cell (the plain formula at the
     frame's size); saturated masks leave most cells decided, noisy ones fewer."""
     class_probs, mask_logits = semantic_inputs(num_classes=7, grid=(16, 24), structured=structured, seed=3)
-    decisions = postprocessing_ita._grid_decisions(class_probs, mask_logits, chunk_elements=500)  # chunks of a few grid rows
+    decisions = postprocessing_ita._grid_decisions(
+        class_probs, mask_logits, chunk_elements=500
+    )  # chunks of a few grid rows
     assert torch.equal(decisions, postprocessing_ita._grid_decisions(class_probs, mask_logits, chunk_elements=2**22))
     labels, _ = semantic_map_reference(class_probs, mask_logits, (64, 96), (64, 96), (64, 96))
     rows = bilinear_taps(16, 64)[0]
@@ -639,7 +664,9 @@ def test_a_probe_of_grid_rows_skips_deciding_a_grid_too_open_to_use(monkeypatch,
     image_size, frame_size, target_size = (250, 190), (256, 192), (200, 160)
     affordable = 200 * 160 / (250 * 190)  # 0.67
     probe = postprocessing_ita._probe_undecided_share(class_probs, mask_logits, image_size, frame_size)
-    whole = postprocessing_ita._undecided_share(postprocessing_ita._grid_decisions(class_probs, mask_logits, 2**22), image_size, frame_size)
+    whole = postprocessing_ita._undecided_share(
+        postprocessing_ita._grid_decisions(class_probs, mask_logits, 2**22), image_size, frame_size
+    )
     assert abs(probe - whole) < 0.1
     assert (probe > affordable) == (not structured) and (whole > affordable) == (not structured)
     decided, grid_decisions = [], postprocessing_ita._grid_decisions

@@ -127,7 +127,9 @@ def test_point_losses_match_hand_computation():
     num_masks = 4.0
     expected_bce = sum(sum(bce(x, t) for x, t in zip(xr, tr)) / 3 for xr, tr in zip(logits.tolist(), labels.tolist()))
     expected_dice = sum(dice(xr, tr) for xr, tr in zip(logits.tolist(), labels.tolist()))
-    assert sigmoid_cross_entropy_loss(logits, labels, num_masks).item() == pytest.approx(expected_bce / num_masks, rel=1e-5)
+    assert sigmoid_cross_entropy_loss(logits, labels, num_masks).item() == pytest.approx(
+        expected_bce / num_masks, rel=1e-5
+    )
     assert dice_loss(logits, labels, num_masks).item() == pytest.approx(expected_dice / num_masks, rel=1e-5)
 
     pair_bce = pairwise_sigmoid_cross_entropy(logits, labels)

@@ -152,8 +152,13 @@ def test_training_cuts_the_loss_and_leaves_clip_unchanged(config):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []
     for _ in range(100):
-        out = model(pixel_values, class_names=VOCABULARY, mask_labels=mask_labels, class_labels=class_labels,
-                    dominant_category_ids=ranking)
+        out = model(
+            pixel_values,
+            class_names=VOCABULARY,
+            mask_labels=mask_labels,
+            class_labels=class_labels,
+            dominant_category_ids=ranking,
+        )
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
@@ -183,7 +188,9 @@ def test_save_and_auto_model_reload_give_identical_outputs(config, tmp_path):
         torch.testing.assert_close(
             model.backbone.clip_model.encode_text(tokens), reloaded.backbone.clip_model.encode_text(tokens)
         )
-        torch.testing.assert_close(model.backbone.encode_image(pixel_values), reloaded.backbone.encode_image(pixel_values))
+        torch.testing.assert_close(
+            model.backbone.encode_image(pixel_values), reloaded.backbone.encode_image(pixel_values)
+        )
     for field in ("class_queries_logits", "masks_queries_logits", "ensemble_log_probs", "out_vocabulary_logits"):
         torch.testing.assert_close(getattr(a, field), getattr(b, field), atol=0, rtol=0)
     assert torch.equal(a.dominant_category_ids, b.dominant_category_ids)
@@ -221,7 +228,9 @@ def test_bad_labels_raise_clear_errors(config):
     with pytest.raises(ValueError, match="outside the vocabulary of 5 classes"):
         model(pixel_values, class_names=VOCABULARY, mask_labels=masks, class_labels=[torch.tensor([7])])
     with pytest.raises(ValueError, match="do not match the padded input"):
-        model(pixel_values, class_names=VOCABULARY, mask_labels=[torch.ones(1, 32, 32)], class_labels=[torch.tensor([0])])
+        model(
+            pixel_values, class_names=VOCABULARY, mask_labels=[torch.ones(1, 32, 32)], class_labels=[torch.tensor([0])]
+        )
     with pytest.raises(ValueError, match="given together"):
         model(pixel_values, class_names=VOCABULARY, mask_labels=masks)
     with pytest.raises(ValueError, match="empty"):
@@ -236,8 +245,8 @@ def test_geometric_ensemble_matches_the_probability_formula():
     overlap = torch.tensor([1.0, 0.0, 1.0])
     result = geometric_ensemble(in_logits, out_logits, overlap, 0.4, 0.8)
     p_in, p_out = in_logits[..., :-1].softmax(-1), out_logits[..., :-1].softmax(-1)
-    seen = (p_in ** 0.6 * p_out ** 0.4).log() * overlap
-    unseen = (p_in ** 0.2 * p_out ** 0.8).log() * (1 - overlap)
+    seen = (p_in**0.6 * p_out**0.4).log() * overlap
+    unseen = (p_in**0.2 * p_out**0.8).log() * (1 - overlap)
     void = in_logits.softmax(-1)[..., -1:]
     expected = torch.log(torch.cat([(seen + unseen).softmax(-1) * (1 - void), void], -1) + 1e-8)
     torch.testing.assert_close(result, expected, atol=1e-6, rtol=0)
@@ -264,7 +273,9 @@ def test_weights_missing_from_a_checkpoint_are_initialised_not_garbage(config, t
     state = load_file(tmp_path / "model.safetensors")
     dropped = [key for key in state if key.startswith("backbone.clip_model.")][::2]  # half the CLIP tensors
     dropped += ["decoder.query_feat.weight"]
-    save_file({k: v for k, v in state.items() if k not in dropped}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in state.items() if k not in dropped}, tmp_path / "model.safetensors", metadata={"format": "pt"}
+    )
     # Fill the allocator with NaN so that uninitialised memory would show.
     garbage = [torch.full((1 << 20,), float("nan")) for _ in range(8)]
     del garbage
@@ -296,8 +307,15 @@ def test_hidden_states_and_attentions_with_mask2former_names(config, from_config
             out = model(pixel_values, class_names=VOCABULARY)
         else:
             out = model(pixel_values, class_names=VOCABULARY, output_hidden_states=True, output_attentions=True)
-    fields = ("encoder_hidden_states", "pixel_decoder_hidden_states", "transformer_decoder_hidden_states", "attentions",
-              "encoder_last_hidden_state", "pixel_decoder_last_hidden_state", "transformer_decoder_last_hidden_state")
+    fields = (
+        "encoder_hidden_states",
+        "pixel_decoder_hidden_states",
+        "transformer_decoder_hidden_states",
+        "attentions",
+        "encoder_last_hidden_state",
+        "pixel_decoder_last_hidden_state",
+        "transformer_decoder_last_hidden_state",
+    )
     assert all(getattr(plain, name) is None for name in fields)  # nothing computed unless asked for
     assert [h.shape[1] for h in out.encoder_hidden_states] == model.backbone.feature_channels
     assert [h.shape[-1] for h in out.encoder_hidden_states] == [24, 12, 6, 3]  # strides 4 to 32 of 96 columns
@@ -309,5 +327,7 @@ def test_hidden_states_and_attentions_with_mask2former_names(config, from_config
     assert len(out.attentions) == config.decoder_layers
     torch.testing.assert_close(out.masks_queries_logits, plain.masks_queries_logits, atol=1e-4, rtol=1e-4)
     assert len(model(pixel_values, class_names=VOCABULARY, output_attentions=True, return_dict=False)) > len(
-        model(pixel_values, class_names=VOCABULARY, output_attentions=False, output_hidden_states=False, return_dict=False)
+        model(
+            pixel_values, class_names=VOCABULARY, output_attentions=False, output_hidden_states=False, return_dict=False
+        )
     )

@@ -34,7 +34,9 @@ TEMPLATES = json.dumps({"prompt_templates": META["prompt_templates"]})
 
 def convert_main(argv):
     """`scripts/convert_checkpoint.py`'s main, the converter's command line."""
-    spec = importlib.util.spec_from_file_location("convert_checkpoint_script", ROOT / "scripts" / "convert_checkpoint.py")
+    spec = importlib.util.spec_from_file_location(
+        "convert_checkpoint_script", ROOT / "scripts" / "convert_checkpoint.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script.main(argv)
@@ -129,8 +131,12 @@ def test_every_stage_matches_the_original(converted, variant, fast_paths):
     assert_stage("decoder.pred_masks", outputs.masks_queries_logits, expected["decoder.pred_masks"])
     assert len(outputs.auxiliary_logits) == 3
     for level, auxiliary in enumerate(outputs.auxiliary_logits):
-        assert_stage(f"decoder.aux.{level}", auxiliary.class_queries_logits, expected[f"decoder.aux.{level}.pred_logits"])
-        assert_stage(f"decoder.aux.{level}", auxiliary.masks_queries_logits, expected[f"decoder.aux.{level}.pred_masks"])
+        assert_stage(
+            f"decoder.aux.{level}", auxiliary.class_queries_logits, expected[f"decoder.aux.{level}.pred_logits"]
+        )
+        assert_stage(
+            f"decoder.aux.{level}", auxiliary.masks_queries_logits, expected[f"decoder.aux.{level}.pred_masks"]
+        )
         assert auxiliary["class_queries_logits"] is auxiliary.class_queries_logits  # still readable as a dict
 
     assert_stage("ovc.out_vocab_logits", outputs.out_vocabulary_logits, expected["ovc.out_vocab_logits"])
@@ -248,8 +254,13 @@ def test_the_golden_outputs_run_each_kernel_s_reference_when_fast_paths_are_off(
     assert not with_fast_path & set(fast_run)  # fast paths on: no reference of a kernel that has a fast one
     called = {name: count - fast_run.get(name, 0) for name, count in calls.items()}
     expected = {
-        "ITAPixelDecoderEncoderLayer", "deformable_attention", "conv2d", "tokens_to_maps", "mask_pool",
-        "image_region_means", "top_k_cycled",
+        "ITAPixelDecoderEncoderLayer",
+        "deformable_attention",
+        "conv2d",
+        "tokens_to_maps",
+        "mask_pool",
+        "image_region_means",
+        "top_k_cycled",
     } - ({"image_region_means"} if model.config.dominant_category_features != "dense_features" else set())
     assert expected <= {name for name, count in called.items() if count > 0}, called
     assert kernels.fast_paths_enabled() == before  # each block restored the state it found

@@ -25,8 +25,14 @@ def backbone():
 # ----------------------------------------------------------------------------------- vocabulary encoding
 def test_length_grouped_batches_keep_each_prompt_in_its_row(backbone):
     # Lengths interleaved so that grouping by length reorders prompts across batches of 2.
-    texts = ["x", "There is a very large and old brick wall in the scene.", "a cat", "a photo of a medium sofa.",
-             "y", "This is a photo of a large tiger standing in tall grass."]
+    texts = [
+        "x",
+        "There is a very large and old brick wall in the scene.",
+        "a cat",
+        "a photo of a medium sofa.",
+        "y",
+        "This is a photo of a large tiger standing in tall grass.",
+    ]
     encoder = ITAVocabularyEncoder(["{}"], ["cat"], batch_size=2)
     grouped = encoder._encode_texts(backbone, texts)
     one_by_one = torch.cat([backbone.encode_text(backbone.tokenize([text])) for text in texts])

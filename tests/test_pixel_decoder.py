@@ -26,9 +26,7 @@ def tiny_config():
 
 def backbone_features(batch, height, width, channels=TINY_CHANNELS, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [
-        torch.randn(batch, c, height // s, width // s, generator=generator) for c, s in zip(channels, STRIDES)
-    ]
+    return [torch.randn(batch, c, height // s, width // s, generator=generator) for c, s in zip(channels, STRIDES)]
 
 
 def perturb_parameters(module, seed=0):
@@ -77,8 +75,14 @@ def test_offsets_are_in_pixels_of_each_level(tiny_config):
 def test_reference_points_are_pixel_centres_of_each_level():
     points = ITAPixelDecoderEncoder.reference_points([(2, 4), (1, 1)], torch.device("cpu"))
     expected = [
-        [0.125, 0.25], [0.375, 0.25], [0.625, 0.25], [0.875, 0.25],  # row 0 of the 2 x 4 level, as (x, y)
-        [0.125, 0.75], [0.375, 0.75], [0.625, 0.75], [0.875, 0.75],
+        [0.125, 0.25],
+        [0.375, 0.25],
+        [0.625, 0.25],
+        [0.875, 0.25],  # row 0 of the 2 x 4 level, as (x, y)
+        [0.125, 0.75],
+        [0.375, 0.75],
+        [0.625, 0.75],
+        [0.875, 0.75],
         [0.5, 0.5],  # the single pixel of the 1 x 1 level
     ]
     torch.testing.assert_close(points, torch.tensor([expected]))

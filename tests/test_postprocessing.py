@@ -130,7 +130,9 @@ def test_instances_match_fcclip(seed, stuff):
         outputs, target_sizes=[target], return_binary_maps=True, top_k=12, label_ids_to_fuse=stuff
     )[0]
     masks = reference_masks(outputs["masks_queries_logits"][0], (45, 60), target)
-    expected = [item for item in reference_instances(outputs["class_queries_logits"][0], masks, stuff, 12) if item[2].any()]
+    expected = [
+        item for item in reference_instances(outputs["class_queries_logits"][0], masks, stuff, 12) if item[2].any()
+    ]
     assert len(result["segments_info"]) == len(expected) > 0
     scores = [info["score"] for info in result["segments_info"]]
     assert scores == sorted(scores, reverse=True)
@@ -208,9 +210,7 @@ def panoptic(rows, masks, stuff=(), threshold=0.8, overlap=0.8):
 
 
 def test_two_things_and_an_unassigned_corner():
-    segmentation, info = panoptic(
-        [(0, 0.95), (1, 0.9)], [region(0, 10, 0, 8), region(0, 10, 8, 16)]
-    )
+    segmentation, info = panoptic([(0, 0.95), (1, 0.9)], [region(0, 10, 0, 8), region(0, 10, 8, 16)])
     assert [(s["id"], s["label_id"], s["was_fused"]) for s in info] == [(1, 0, False), (2, 1, False)]
     assert info[0]["score"] == pytest.approx(0.95) and info[1]["score"] == pytest.approx(0.9)
     assert (segmentation[:, :8] == 1).all() and (segmentation[:, 8:16] == 2).all()
@@ -362,8 +362,11 @@ def test_ensemble_log_probs_field_is_preferred():
     """`ensemble_log_probs`, where outputs have it, is what the rules read (not the decoder's logits)."""
     outputs = random_outputs(1, 6, 3, (8, 8), [(32, 32)], seed=2)
     expected = ITAImageProcessor().post_process_panoptic_segmentation(outputs, threshold=0.5)[0]
-    renamed = {**outputs, "ensemble_log_probs": outputs["class_queries_logits"],
-               "class_queries_logits": torch.zeros_like(outputs["class_queries_logits"])}
+    renamed = {
+        **outputs,
+        "ensemble_log_probs": outputs["class_queries_logits"],
+        "class_queries_logits": torch.zeros_like(outputs["class_queries_logits"]),
+    }
     result = ITAImageProcessor().post_process_panoptic_segmentation(renamed, threshold=0.5)[0]
     assert expected["segments_info"] and result["segments_info"] == expected["segments_info"]
     assert torch.equal(result["segmentation"], expected["segmentation"])

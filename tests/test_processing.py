@@ -28,7 +28,13 @@ def test_call_returns_image_tensors_and_class_names(processor):
     images = [random_image(seed=1), random_image(40, 50, seed=2)]
     inputs = processor(images=images, text=VOCABULARY, return_tensors="pt")
     expected = processor.image_processor(images, return_tensors="pt")
-    assert set(inputs.keys()) == {"pixel_values", "pixel_mask", "image_sizes", "dominant_category_pixel_values", "class_names"}
+    assert set(inputs.keys()) == {
+        "pixel_values",
+        "pixel_mask",
+        "image_sizes",
+        "dominant_category_pixel_values",
+        "class_names",
+    }
     for key in ("pixel_values", "pixel_mask", "image_sizes", "dominant_category_pixel_values"):
         assert torch.equal(inputs[key], expected[key])
     assert inputs["class_names"] == VOCABULARY and isinstance(inputs["class_names"], ITAClassNames)
@@ -131,8 +137,13 @@ def test_kwargs_merge_the_transformers_way(tmp_path):
     assert processor(images=image, return_tensors="pt")["pixel_values"].shape[-2:] == (64, 96)
     # ... under the call's values, flat or per modality, with `text_kwargs` and `common_kwargs` accepted.
     bigger = {"shortest_edge": 96, "longest_edge": 160}
-    nested = processor(images=image, text=VOCABULARY, images_kwargs={"size": bigger}, text_kwargs={},
-                       common_kwargs={"return_tensors": "pt"})
+    nested = processor(
+        images=image,
+        text=VOCABULARY,
+        images_kwargs={"size": bigger},
+        text_kwargs={},
+        common_kwargs={"return_tensors": "pt"},
+    )
     flat = processor(images=image, text=VOCABULARY, size=bigger, return_tensors="pt")
     assert nested["pixel_values"].shape[-2:] == (96, 160)
     assert torch.equal(nested["pixel_values"], flat["pixel_values"])

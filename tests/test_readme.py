@@ -89,16 +89,23 @@ def test_command_line_examples_run(model_dir, image_path, tmp_path, capsys):
 
     import ita_cli
 
-    first, second = [command for command in commands("ita-segment") if "--task" not in command and "ita-onnx" not in command]
+    first, second = [
+        command for command in commands("ita-segment") if "--task" not in command and "ita-onnx" not in command
+    ]
     (tmp_path / "photos").mkdir()
     Image.open(image_path).save(tmp_path / "photos" / "kitchen.png")
     (tmp_path / "classes.txt").write_text("cat\nsofa,couch\nwall\n")
-    replacements = {"photo.jpg": str(image_path), "photos/": str(tmp_path / "photos"), "MODEL": str(model_dir),
-                    "classes.txt": str(tmp_path / "classes.txt")}
+    replacements = {
+        "photo.jpg": str(image_path),
+        "photos/": str(tmp_path / "photos"),
+        "MODEL": str(model_dir),
+        "classes.txt": str(tmp_path / "classes.txt"),
+    }
     assert ita_cli.segment(substitute(first[1:], {**replacements, "out/": str(tmp_path / "out")})) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == sorted(f"{stem}{suffix}" for stem in ("living_room", "kitchen")
-                             for suffix in (".json", "_labels.png", "_overlay.png"))
+    assert written == sorted(
+        f"{stem}{suffix}" for stem in ("living_room", "kitchen") for suffix in (".json", "_labels.png", "_overlay.png")
+    )
 
     # The GPU example runs where there is a GPU, and says why not where there is none.
     status = ita_cli.segment(substitute(second[1:], {**replacements, "out/": str(tmp_path / "gpu")}))
@@ -131,15 +138,35 @@ def test_training_examples_run(model_dir, tmp_path):
     import ita_cli
     from ita_segmentation.training.entry import parse_arguments
 
-    coco, finetune, resume = (command[command.index("scripts/train.py") + 1 :] for command in commands("accelerate launch")[:1] + commands("python scripts/train.py"))
+    coco, finetune, resume = (
+        command[command.index("scripts/train.py") + 1 :]
+        for command in commands("accelerate launch")[:1] + commands("python scripts/train.py")
+    )
     model_args, data_args, training_args = parse_arguments(coco + ["--use_cpu"])  # --bf16 needs a GPU or this
     assert data_args.dataset_layout == "coco_panoptic" and training_args.max_steps == 368750
 
     label_folders(tmp_path / "data", "train")
-    replacements = {"MODEL": str(model_dir), "my/dataset": str(tmp_path / "data"),
-                    "classes.txt": str(tmp_path / "data" / "classes.txt"), "runs/finetune": str(tmp_path / "run")}
-    tiny = ["--max_steps", "2", "--save_steps", "1", "--crop_size", "64", "--per_device_train_batch_size", "2",
-            "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"]
+    replacements = {
+        "MODEL": str(model_dir),
+        "my/dataset": str(tmp_path / "data"),
+        "classes.txt": str(tmp_path / "data" / "classes.txt"),
+        "runs/finetune": str(tmp_path / "run"),
+    }
+    tiny = [
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--crop_size",
+        "64",
+        "--per_device_train_batch_size",
+        "2",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
     assert ita_cli.train(substitute(finetune, replacements) + tiny) == 0
     assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "checkpoint-2").is_dir()
     assert resume[-2:] == ["--resume_from_checkpoint", "last"]
@@ -154,7 +181,9 @@ def test_evaluation_examples_run(model_dir, tmp_path, capsys):
 
     import ita_cli
 
-    examples = [command[command.index("scripts/evaluate.py") + 1 :] for command in commands("python scripts/evaluate.py")]
+    examples = [
+        command[command.index("scripts/evaluate.py") + 1 :] for command in commands("python scripts/evaluate.py")
+    ]
     launched = commands("accelerate launch")[-1]
     examples.append(launched[launched.index("scripts/evaluate.py") + 1 :])  # run here in one process
     assert len(examples) == 5
@@ -168,13 +197,20 @@ def test_evaluation_examples_run(model_dir, tmp_path, capsys):
         features=datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()}),
     ).to_parquet(str(tmp_path / "hub" / "validation.parquet"))
     label_folders(tmp_path / "mine", "validation")
-    replacements = {"fcclip-convnext-large": str(model_dir), "runs/finetune": str(model_dir),
-                    "$DETECTRON2_DATASETS": str(root), "USER/ADE20K-val": str(tmp_path / "hub"),
-                    "my/dataset": str(tmp_path / "mine"), "classes.txt": str(tmp_path / "mine" / "classes.txt")}
+    replacements = {
+        "fcclip-convnext-large": str(model_dir),
+        "runs/finetune": str(model_dir),
+        "$DETECTRON2_DATASETS": str(root),
+        "USER/ADE20K-val": str(tmp_path / "hub"),
+        "my/dataset": str(tmp_path / "mine"),
+        "classes.txt": str(tmp_path / "mine" / "classes.txt"),
+    }
     for argv in examples:
         output = argv[argv.index("--output") + 1]
         replacements[output] = str(tmp_path / output)
-        assert ita_cli.evaluate(substitute(argv, replacements) + ["--num-workers", "0", "--no-progress"]) == 0, capsys.readouterr().err
+        assert ita_cli.evaluate(substitute(argv, replacements) + ["--num-workers", "0", "--no-progress"]) == 0, (
+            capsys.readouterr().err
+        )
     table = (tmp_path / "eval" / "fcclip" / "results.md").read_text()
     for display_name in ("A-150", "A-847", "PC-59", "PC-459", "PAS-20", "PAS-21"):
         assert f"| {display_name} |" in table
@@ -190,13 +226,23 @@ def test_conversion_examples_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     parity = Path(__file__).resolve().parent / "data" / "parity"
     meta = json.loads((parity / "meta.json").read_text())
-    toy = ["--clip-config", str(parity / "clip_config.json"), "--config-overrides",
-           json.dumps({"prompt_templates": meta["prompt_templates"]})]
-    first, second = (command[command.index("scripts/convert_checkpoint.py") + 1 :]
-                     for command in commands("python scripts/convert_checkpoint.py"))
-    replacements = {"fcclip_cocopan.pth": str(parity / "fcclip_original.pth"), "ita.pth": str(parity / "ita_original.pth"),
-                    "Category/category_tensor.pt": str(parity / "category_bank.pt"),
-                    "fcclip-convnext-large": str(tmp_path / "fcclip"), "ita-convnext-large": str(tmp_path / "ita")}
+    toy = [
+        "--clip-config",
+        str(parity / "clip_config.json"),
+        "--config-overrides",
+        json.dumps({"prompt_templates": meta["prompt_templates"]}),
+    ]
+    first, second = (
+        command[command.index("scripts/convert_checkpoint.py") + 1 :]
+        for command in commands("python scripts/convert_checkpoint.py")
+    )
+    replacements = {
+        "fcclip_cocopan.pth": str(parity / "fcclip_original.pth"),
+        "ita.pth": str(parity / "ita_original.pth"),
+        "Category/category_tensor.pt": str(parity / "category_bank.pt"),
+        "fcclip-convnext-large": str(tmp_path / "fcclip"),
+        "ita-convnext-large": str(tmp_path / "ita"),
+    }
     assert ita_cli.convert(substitute(first, replacements) + toy) == 0
     assert ita_cli.convert(substitute(second, replacements) + toy) == 2  # written, then no network for the upload
     assert "hf upload my-user/ita-convnext-large" in capsys.readouterr().err
@@ -267,7 +313,10 @@ def test_web_page_example_runs(model_dir, image_path, tmp_path):
     args = [{"MODEL": str(model_dir), "7860": str(port)}.get(arg, arg) for arg in shlex.split(line)[2:]]
     root = README.parent
     server = subprocess.Popen(
-        [sys.executable, str(root / "app.py"), *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, str(root / "app.py"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])},
     )
     try:
@@ -318,11 +367,17 @@ def test_onnx_examples_run(ita_onnx_export, image_path, tmp_path):
     assert type(namespace["model"]).__name__ == "ITAOnnxModel"
     assert tuple(namespace["label_map"].shape) == (60, 80) and int(namespace["label_map"].max()) < 4
 
-    line = next(text for text in code_blocks("bash", section("ONNX and onnxruntime"))[0].splitlines() if "--model ita-onnx" in text)
+    line = next(
+        text
+        for text in code_blocks("bash", section("ONNX and onnxruntime"))[0].splitlines()
+        if "--model ita-onnx" in text
+    )
     args = [a.strip('"') for a in line.split()[1:]]
     args = [str(image_path) if a == "photo.jpg" else str(exported) if a == "ita-onnx" else a for a in args]
     args = [str(tmp_path / "out") if a == "out-onnx/" else a for a in args]
     assert main([*args, "--quiet"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "living_room.json", "living_room_labels.png", "living_room_overlay.png"
+        "living_room.json",
+        "living_room_labels.png",
+        "living_room_overlay.png",
     ]

@@ -103,7 +103,9 @@ def test_large_vocabularies_are_encoded_in_bounded_batches(backbone, monkeypatch
     assert max(sizes) <= 7 and sum(sizes) == 20 * 2
     unbatched = make_encoder(tiny_config(), batch_size=1000)
     monkeypatch.setattr(backbone, "encode_text", original)
-    torch.testing.assert_close(vocabulary.text_classifier, unbatched.encode(backbone, classes).text_classifier, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        vocabulary.text_classifier, unbatched.encode(backbone, classes).text_classifier, atol=1e-5, rtol=0
+    )
 
 
 def test_overlap_mask_and_name_embeddings(backbone):
@@ -214,8 +216,9 @@ def test_disk_cache_serves_a_new_encoder_without_the_text_tower(backbone, monkey
     encoder().encode(backbone, classes[:-1], with_name_embeddings=True)
     assert len(calls) > 0
     calls.clear()
-    ITAVocabularyEncoder(["a {}"], tiny_config().train_vocabulary, ["other"], disk_cache_dir=tmp_path / "cache",
-                         disk_cache_min_prompts=0).encode(backbone, classes)
+    ITAVocabularyEncoder(
+        ["a {}"], tiny_config().train_vocabulary, ["other"], disk_cache_dir=tmp_path / "cache", disk_cache_min_prompts=0
+    ).encode(backbone, classes)
     assert len(calls) > 0
     calls.clear()
     weight = backbone.clip_model.ln_final.weight

@@ -20,8 +20,12 @@ from import_graph import ROOT, project_files  # noqa: E402
 def _is_typed(function: ast.FunctionDef | ast.AsyncFunctionDef, method: bool) -> bool:
     arguments = function.args
     positional = [*arguments.posonlyargs, *arguments.args]
-    if method and positional and not any(
-        isinstance(decorator, ast.Name) and decorator.id == "staticmethod" for decorator in function.decorator_list
+    if (
+        method
+        and positional
+        and not any(
+            isinstance(decorator, ast.Name) and decorator.id == "staticmethod" for decorator in function.decorator_list
+        )
     ):
         positional = positional[1:]
     parameters = [*positional, *arguments.kwonlyargs]

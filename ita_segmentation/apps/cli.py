@@ -26,6 +26,7 @@ folder, a model folder that does not exist, a device this machine lacks), report
 This module parses the arguments with the standard library only (`--help` and usage errors answer at once);
 `segment_images` does the work, imported once the arguments are well formed.
 """
+
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
@@ -152,7 +153,9 @@ def build_web_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=str(DEFAULT_MODEL),
         help="model folder or Hub id (default: the model `make demo` writes, demo_output/model)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--max-upload-mb", type=float, default=WebLimits.max_upload_bytes / 1024**2)

@@ -140,7 +140,9 @@ def _check_output_folder(args: argparse.Namespace, images: list[Path]) -> None:
         raise UsageError(f"--output {output} is a file, not a folder")
     content = sorted(output.iterdir()) if output.is_dir() else []
     if content and not args.overwrite:
-        shown = ", ".join(path.name for path in content[:5]) + (f" and {len(content) - 5} more" if len(content) > 5 else "")
+        shown = ", ".join(path.name for path in content[:5]) + (
+            f" and {len(content) - 5} more" if len(content) > 5 else ""
+        )
         raise UsageError(
             f"output folder {output} is not empty ({shown}); choose a new or empty folder, or give --overwrite to "
             "replace same-name outputs in it"
@@ -173,7 +175,10 @@ def _load_segmenter(args: argparse.Namespace, device: torch.device) -> Any:
 
 
 def _segment_all(
-    segmenter: Any, images: list[Path], vocabulary: list[str], args: argparse.Namespace,
+    segmenter: Any,
+    images: list[Path],
+    vocabulary: list[str],
+    args: argparse.Namespace,
     fail: Callable[[Path, object], None],
 ) -> tuple[int, int]:
     """Segment `images` batch by batch, writing each one's outputs; returns `(done, failures)`."""
@@ -194,7 +199,9 @@ def _segment_all(
                 continue
             try:
                 results = segmenter(
-                    [image for _, image in batch], candidate_labels=vocabulary, batch_size=len(batch),
+                    [image for _, image in batch],
+                    candidate_labels=vocabulary,
+                    batch_size=len(batch),
                     **_task_arguments(args, vocabulary),
                 )
             except Exception as error:  # the model failed on this batch (out of memory, ...): go on with the next
@@ -221,8 +228,6 @@ def _segment_all(
 # ------------------------------------------------------------------------------------------------------------
 
 
-
-
 def _check_task_arguments(args: argparse.Namespace, vocabulary: list[str]) -> None:
     if args.task == "semantic":
         given = [name for name in ("stuff", "threshold") if getattr(args, name) is not None]
@@ -244,7 +249,9 @@ def _task_arguments(args: argparse.Namespace, vocabulary: list[str]) -> dict[str
     arguments: dict[str, Any] = {"subtask": args.task}
     if args.stuff:
         spelled = {",".join(name.strip() for name in label.split(",")): label for label in vocabulary}
-        arguments["stuff_labels"] = [spelled[",".join(name.strip() for name in label.split(","))] for label in args.stuff]
+        arguments["stuff_labels"] = [
+            spelled[",".join(name.strip() for name in label.split(","))] for label in args.stuff
+        ]
     if args.threshold is not None:
         arguments["threshold"] = args.threshold
     return arguments
@@ -332,8 +339,13 @@ def segment_images(args: argparse.Namespace, prog: str) -> int:
 
 
 def _load_and_segment(
-    args: argparse.Namespace, device: torch.device, vocabulary: list[str], images: list[Path],
-    problems: list[tuple[Path, str]], report: Callable[[object], None], fail: Callable[[Path, object], None],
+    args: argparse.Namespace,
+    device: torch.device,
+    vocabulary: list[str],
+    images: list[Path],
+    problems: list[tuple[Path, str]],
+    report: Callable[[object], None],
+    fail: Callable[[Path, object], None],
 ) -> int:
     prog = args.prog
     try:
@@ -351,4 +363,3 @@ def _load_and_segment(
         print(f"{prog}: {done} image(s) segmented, {failures} failed; outputs in {args.output}", file=sys.stderr)
         return 1
     return 0
-

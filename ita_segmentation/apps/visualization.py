@@ -151,8 +151,12 @@ def legend_panel(
     for index, (rgb, text) in enumerate(entries):
         column, row = divmod(index, rows_per_column)
         left, top = margin + column * column_width, margin + row * row_height
-        draw.rectangle([left, top, left + swatch - 1, top + swatch - 1], fill=tuple(int(c) for c in np.asarray(rgb).ravel()),
-                       outline=(0, 0, 0), width=outline)
+        draw.rectangle(
+            [left, top, left + swatch - 1, top + swatch - 1],
+            fill=tuple(int(c) for c in np.asarray(rgb).ravel()),
+            outline=(0, 0, 0),
+            width=outline,
+        )
         draw.text((left + swatch + margin // 2, top), text, font=font, fill=(0, 0, 0))
     return panel
 

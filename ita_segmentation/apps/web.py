@@ -173,7 +173,9 @@ class SegmentationService:
                 )
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             build: Any = pipeline  # the task is registered at run time: no overload of `pipeline` names it
-            segmenter = build(ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=str(model), device=device, trust_remote_code=False)
+            segmenter = build(
+                ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=str(model), device=device, trust_remote_code=False
+            )
         self.segmenter = segmenter
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="ita-web-"))
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -250,9 +252,7 @@ def build_demo(service: SegmentationService) -> Any:
         with gr.Row():
             with gr.Column():
                 image_file = gr.File(label="Image", file_types=["image"], type="filepath")
-                benchmark = gr.Dropdown(
-                    choices=list(class_lists), value=None, label="Or pick a benchmark's class list"
-                )
+                benchmark = gr.Dropdown(choices=list(class_lists), value=None, label="Or pick a benchmark's class list")
                 classes = gr.Textbox(
                     label=f"Classes (one per line, at most {limits.max_classes})",
                     lines=8,
@@ -284,7 +284,9 @@ def launch(service: SegmentationService, host: str = "127.0.0.1", port: int = 78
     import gradio as gr
 
     # System fonts: the default theme has the browser fetch its font from a web font service.
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
     demo.launch(
         server_name=host,
         server_port=port,

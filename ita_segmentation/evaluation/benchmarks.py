@@ -286,8 +286,13 @@ def _list_pairs(layout: BenchmarkLayout, root: Path, unpaired: Unpaired | None =
             what = "label map" if absent == label else "image"
             problems.append((present, f"its {what} {absent} is missing"))
         else:
-            problems.append((image, f"the split file {layout.split_file} lists {stem!r}, but neither this image nor "
-                                    f"its label map {label} exists"))
+            problems.append(
+                (
+                    image,
+                    f"the split file {layout.split_file} lists {stem!r}, but neither this image nor "
+                    f"its label map {label} exists",
+                )
+            )
     if problems and unpaired is None:
         raise FileNotFoundError(
             f"{len(problems)} files have no pair:\n" + "\n".join(f"  {path}: {message}" for path, message in problems)
@@ -500,7 +505,12 @@ def load_segmentation_split(
     the last part of `source`). `unpaired` receives label-map folders' files without their pair.
     """
     rows = load_segmentation_dataset(
-        source, split, layout=layout, image_subdir=image_subdir, label_subdir=label_subdir, unpaired=unpaired,
+        source,
+        split,
+        layout=layout,
+        image_subdir=image_subdir,
+        label_subdir=label_subdir,
+        unpaired=unpaired,
         **load_kwargs,
     )
     names = resolve_class_names(rows, class_names=class_names, vocabulary_file=vocabulary_file)
@@ -523,6 +533,4 @@ def _file_names(dataset: datasets.Dataset) -> list[str]:
     """Image file names from the stored paths (read as arrow, without decoding any image), or the row index
     where a row has no path."""
     paths = dataset.select_columns(["image"]).with_format("arrow")["image"].combine_chunks().field("path")
-    return [
-        os.path.basename(path) if path else f"{index:06d}" for index, path in enumerate(paths.to_pylist())
-    ]
+    return [os.path.basename(path) if path else f"{index:06d}" for index, path in enumerate(paths.to_pylist())]

@@ -63,11 +63,15 @@ Every label map is checked before the model is loaded; bad files are all listed,
     parser.add_argument("--model", required=True, help="model folder or Hub id (ITAForOpenVocabSegmentation)")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument(
-        "--benchmark", nargs="+", type=_benchmark_argument, metavar="NAME",
+        "--benchmark",
+        nargs="+",
+        type=_benchmark_argument,
+        metavar="NAME",
         help=f"one or more of: {', '.join(BENCHMARK_DISPLAY_NAMES)}",
     )
     what.add_argument(
-        "--dataset", metavar="PATH_OR_ID",
+        "--dataset",
+        metavar="PATH_OR_ID",
         help="your own dataset, as scripts/train.py reads it: a Hub id, a parquet/arrow/imagefolder or "
         "save_to_disk folder, or label-map folders (ROOT/images/SPLIT + ROOT/annotations/SPLIT)",
     )
@@ -93,12 +97,17 @@ Every label map is checked before the model is loaded; bad files are all listed,
     parser.add_argument("--shortest-edge", type=int, help="test resolution: short side (default: the processor's)")
     parser.add_argument("--longest-edge", type=int, help="test resolution: long-side cap (default: the processor's)")
     parser.add_argument(
-        "--skip-bad-samples", action="store_true",
+        "--skip-bad-samples",
+        action="store_true",
         help="leave out the images whose label map fails the check (and say how many) instead of stopping",
     )
     own = parser.add_argument_group("your own dataset (--dataset)")
-    own.add_argument("--dataset-layout", choices=EVALUATION_LAYOUTS, default="auto",
-                     help="auto: what datasets.load_dataset reads, or label-map folders when the folder has them")
+    own.add_argument(
+        "--dataset-layout",
+        choices=EVALUATION_LAYOUTS,
+        default="auto",
+        help="auto: what datasets.load_dataset reads, or label-map folders when the folder has them",
+    )
     own.add_argument("--ignore-index", type=int, default=255, help="label of unlabelled pixels (default: 255)")
     own.add_argument("--name", help="results subfolder and table name (default: the dataset's folder or id)")
     own.add_argument("--image-subdir", default="images", help="label_folders layout: image folder (default: images)")
@@ -209,20 +218,34 @@ def _load_datasets(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
     from .benchmarks import benchmark_metadata, load_segmentation_split
     from .runner import load_benchmark_datasets
 
-    common = dict(max_samples=args.max_samples, split=args.split, image_column=args.image_column,
-                  label_column=args.label_column)
+    common = dict(
+        max_samples=args.max_samples, split=args.split, image_column=args.image_column, label_column=args.label_column
+    )
     if args.benchmark is not None:
         return load_benchmark_datasets(
-            args.benchmark, data_dir=args.data_dir, vocabulary_files=args.vocabulary_files,
-            hub_dataset=args.hub_dataset, reduce_labels=args.reduce_labels, cache_dir=args.cache_dir, **common,
+            args.benchmark,
+            data_dir=args.data_dir,
+            vocabulary_files=args.vocabulary_files,
+            hub_dataset=args.hub_dataset,
+            reduce_labels=args.reduce_labels,
+            cache_dir=args.cache_dir,
+            **common,
         )
     unpaired: list[tuple[Path, str]] = []
     vocabulary_file = args.vocabulary_files.get(None)
     load_kwargs = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     dataset = load_segmentation_split(
-        args.dataset, layout=args.dataset_layout, vocabulary_file=vocabulary_file, ignore_index=args.ignore_index,
-        reduce_labels=args.reduce_labels, name=args.name, image_subdir=args.image_subdir,
-        label_subdir=args.label_subdir, unpaired=unpaired, **common, **load_kwargs,
+        args.dataset,
+        layout=args.dataset_layout,
+        vocabulary_file=vocabulary_file,
+        ignore_index=args.ignore_index,
+        reduce_labels=args.reduce_labels,
+        name=args.name,
+        image_subdir=args.image_subdir,
+        label_subdir=args.label_subdir,
+        unpaired=unpaired,
+        **common,
+        **load_kwargs,
     )
     name = benchmark_metadata(dataset)["name"]
     source = {"dataset": str(args.dataset), "split": args.split, "layout": args.dataset_layout}
@@ -288,8 +311,12 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     try:
         datasets_by_name = check_evaluation_data(
-            datasets_by_name, unpaired, skip_bad_samples=args.skip_bad_samples, num_workers=args.num_workers,
-            progress=not args.no_progress, log=lambda message: main_process and print(message, file=sys.stderr),
+            datasets_by_name,
+            unpaired,
+            skip_bad_samples=args.skip_bad_samples,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
+            log=lambda message: main_process and print(message, file=sys.stderr),
         )
     except DataCheckError as problem:
         error(problem)
@@ -297,7 +324,11 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         model, processor = load_model_and_processor(
-            args.model, device, args.dtype, shortest_edge=args.shortest_edge, longest_edge=args.longest_edge,
+            args.model,
+            device,
+            args.dtype,
+            shortest_edge=args.shortest_edge,
+            longest_edge=args.longest_edge,
             backend=args.backend,
         )
     except (ModelLoadingError, ValueError) as problem:

@@ -211,13 +211,17 @@ class _RowChecker(torch.utils.data.Dataset):
             bad = sorted({int(c) for c in categories if not 0 <= int(c) < self.num_labels})
             if bad:
                 problems.append(
-                    DataProblem(label_name, f"segments of categories {bad} outside the {self.num_labels} classes", index)
+                    DataProblem(
+                        label_name, f"segments of categories {bad} outside the {self.num_labels} classes", index
+                    )
                 )
             return problems
 
         ids = _present_ids(label).astype(np.int64)
         if self.reduce_labels:
-            ids = np.array(sorted({self.ignore_index if value in (0, self.ignore_index) else value - 1 for value in ids}))
+            ids = np.array(
+                sorted({self.ignore_index if value in (0, self.ignore_index) else value - 1 for value in ids})
+            )
         bad = ids[(ids != self.ignore_index) & ((ids < 0) | (ids >= self.num_labels))]
         if bad.size:
             shown = bad[:_SHOWN_IDS].tolist() + (["..."] if bad.size > _SHOWN_IDS else [])
@@ -226,7 +230,11 @@ class _RowChecker(torch.utils.data.Dataset):
                     label_name,
                     f"class ids {shown} are outside the vocabulary of {self.num_labels} classes (0..{self.num_labels - 1}) "
                     f"and are not the ignore label {self.ignore_index}"
-                    + (" (ids after reduce_labels: 0 is ignored, the others move down by one)" if self.reduce_labels else ""),
+                    + (
+                        " (ids after reduce_labels: 0 is ignored, the others move down by one)"
+                        if self.reduce_labels
+                        else ""
+                    ),
                     index,
                 )
             )
@@ -278,8 +286,16 @@ def check_segmentation_data(
             raise KeyError(f"The dataset has no column {column!r}; its columns are {dataset.column_names}")
     rank, world_size = _distributed()
     rows = _undecoded(dataset, (image_column, label_column))
-    checker = _RowChecker(rows, range(rank, len(dataset), world_size), num_labels, ignore_index, reduce_labels,
-                          image_column, label_column, segments_column)
+    checker = _RowChecker(
+        rows,
+        range(rank, len(dataset), world_size),
+        num_labels,
+        ignore_index,
+        reduce_labels,
+        image_column,
+        label_column,
+        segments_column,
+    )
     # A generator of its own: a DataLoader draws its workers' seed from the global one, and a check made before
     # the model is built must not change how a seeded run initialises it.
     loader = DataLoader(

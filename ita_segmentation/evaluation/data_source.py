@@ -86,15 +86,17 @@ def check_evaluation_data(
             num_rows=sum(report.num_rows for report in failed.values()),
             problems=[problem for report in failed.values() for problem in report.problems],
         )
-        raise DataCheckError(combined, " and ".join(benchmark_metadata(datasets_by_name[name])["display_name"]
-                                                    for name in failed))
+        raise DataCheckError(
+            combined, " and ".join(benchmark_metadata(datasets_by_name[name])["display_name"] for name in failed)
+        )
     for name, dataset in datasets_by_name.items():
         report = reports[name]
         metadata = benchmark_metadata(dataset)
         kept = report.raise_or_keep_good(dataset, True, metadata["display_name"], log=log)
         if report.problems:
-            metadata["skipped_samples"] = [{"file": problem.file, "problem": problem.message}
-                                           for problem in report.problems]
+            metadata["skipped_samples"] = [
+                {"file": problem.file, "problem": problem.message} for problem in report.problems
+            ]
             kept = _with_metadata(kept, metadata)
         checked[name] = kept
     return checked
@@ -146,8 +148,6 @@ def load_benchmark_datasets(
             unpaired=unpaired[name],
         )
     data_sources = (
-        {name: {"hub_dataset": str(hub_dataset), "split": split} for name in names}
-        if hub_dataset is not None
-        else {}
+        {name: {"hub_dataset": str(hub_dataset), "split": split} for name in names} if hub_dataset is not None else {}
     )
     return datasets_by_name, unpaired, vocabulary_files, data_sources

@@ -157,7 +157,9 @@ def evaluate_dataset(
                     pixel_values=batch["pixel_values"].to(device, dtype, non_blocking=True),
                     image_sizes=batch["image_sizes"].to(device),
                     vocabulary=vocabulary,
-                    dominant_category_pixel_values=None if views is None else views.to(device, dtype, non_blocking=True),
+                    dominant_category_pixel_values=None
+                    if views is None
+                    else views.to(device, dtype, non_blocking=True),
                 )
                 label_maps = processor.post_process_semantic_segmentation(
                     outputs,
@@ -172,7 +174,9 @@ def evaluate_dataset(
         except (Exception, KeyboardInterrupt) as error:
             if world_size > 1:  # the other processes wait in the sum below: nothing partial to merge
                 raise
-            reason = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+            reason = (
+                "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+            )
             error.partial_evaluation = outcome(reason)  # type: ignore[union-attr]
             raise
     if world_size > 1:

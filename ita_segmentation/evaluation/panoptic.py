@@ -190,8 +190,9 @@ def evaluate_panoptic(
             {"id": segment["id"], "category_id": category_ids[segment["label_id"]]}
             for segment in result["segments_info"]
         ]
-        metric.add(result["segmentation"].cpu().numpy(), predicted, truth, record["segments_info"],
-                   where=str(record["image"]))
+        metric.add(
+            result["segmentation"].cpu().numpy(), predicted, truth, record["segments_info"], where=str(record["image"])
+        )
     return metric.compute()
 
 
@@ -210,8 +211,10 @@ def write_panoptic_results(
             raise FileExistsError(f"{output_dir / name} exists; choose another output folder")
 
     def percent(group: Mapping[str, Any]) -> dict[str, Any]:
-        return {key: (None if value is None else round(100 * value, 3)) if key != "n" else value
-                for key, value in group.items()}
+        return {
+            key: (None if value is None else round(100 * value, 3)) if key != "n" else value
+            for key, value in group.items()
+        }
 
     report: dict[str, Any] = {group: percent(scores[group]) for group in ("all", "things", "stuff")}
     report["num_images"] = scores["num_images"]
@@ -222,8 +225,17 @@ def write_panoptic_results(
         writer = csv.writer(handle)
         writer.writerow(["category_id", "name", "isthing", "PQ", "SQ", "RQ", "TP", "FP", "FN"])
         for category, values in scores["per_category"].items():
-            writer.writerow([
-                category, names[category], int(values["isthing"]), round(100 * values["pq"], 3),
-                round(100 * values["sq"], 3), round(100 * values["rq"], 3), values["tp"], values["fp"], values["fn"],
-            ])
+            writer.writerow(
+                [
+                    category,
+                    names[category],
+                    int(values["isthing"]),
+                    round(100 * values["pq"], 3),
+                    round(100 * values["sq"], 3),
+                    round(100 * values["rq"], 3),
+                    values["tp"],
+                    values["fp"],
+                    values["fn"],
+                ]
+            )
     return report

@@ -26,6 +26,7 @@ Memory: four numbers per category, whatever the number of images. A reference se
 in `segments_info` when given, as panopticapi reads it (ADE20K panoptic's stuff areas count pixels that things
 cover in the PNG), else its pixel count.
 """
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 

@@ -202,7 +202,7 @@ def write_results_table(output_dir: str | os.PathLike[str]) -> Path:
         "",
         "The last column is not a result of this evaluation: it is the mIoU published for FC-CLIP ConvNeXt-L with "
         "its released COCO weights on the full validation split (FC-CLIP paper), for reference "
-        "only. ITA's own paper numbers are not available to us. Scores on a subset of a split (\"N of M\" images) "
+        'only. ITA\'s own paper numbers are not available to us. Scores on a subset of a split ("N of M" images) '
         "are not comparable with it; nor are those of a run that was interrupted (its results.json says why).",
         "",
     ]
@@ -215,7 +215,11 @@ def check_output_folders(output_dir: str | os.PathLike[str], names: Iterable[str
     """Raise `FileExistsError` when `output_dir/<name>` already holds results for one of `names`, unless
     `overwrite`: results are never replaced silently (other results in `output_dir` are kept, and
     `results.md` lists them all)."""
-    taken = [Path(output_dir) / name for name in names if (Path(output_dir) / name).is_dir() and any((Path(output_dir) / name).iterdir())]
+    taken = [
+        Path(output_dir) / name
+        for name in names
+        if (Path(output_dir) / name).is_dir() and any((Path(output_dir) / name).iterdir())
+    ]
     if taken and not overwrite:
         raise FileExistsError(
             f"{', '.join(str(path) for path in taken)} already hold(s) results; choose another output folder, or "

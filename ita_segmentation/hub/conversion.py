@@ -148,7 +148,9 @@ def _torch_file_problem(path: Path) -> str | None:
     if zipfile.is_zipfile(path) or head[:1] == b"\x80":
         return None
     if head == b"PK\x03\x04":
-        return f"{path} starts like torch.save's zip archive but has no end: it is truncated or damaged ({size:,} bytes)"
+        return (
+            f"{path} starts like torch.save's zip archive but has no end: it is truncated or damaged ({size:,} bytes)"
+        )
     return (
         f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive (or, before torch 1.6, a pickle), and "
         f"this file of {size:,} bytes is neither (it starts with {head!r}); was it downloaded completely?"
@@ -314,7 +316,9 @@ def read_original_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -377,7 +381,9 @@ def infer_config(
 
     values: dict[str, Any] = {"clip_config": clip_config, **shapes}
     provenance = dict.fromkeys(shapes, "tensor shapes")
-    provenance["clip_config"] = "--clip-config" if clip_config is not CONVNEXT_LARGE_D_320_CLIP_CONFIG else "tensor shapes"
+    provenance["clip_config"] = (
+        "--clip-config" if clip_config is not CONVNEXT_LARGE_D_320_CLIP_CONFIG else "tensor shapes"
+    )
     for name, value in original_config.items():
         if name not in shapes:
             values[name], provenance[name] = value, "original config"
@@ -420,10 +426,14 @@ def _split_deformable_samples(samples: int, values: dict[str, Any], provenance: 
         provenance["pixel_decoder_num_points"] = "the original's fixed 4 sampling points"
     if heads is None:
         heads = samples // (levels * points)
-        provenance["pixel_decoder_attention_heads"] = f"tensor shapes ({samples} attention weights / {levels} levels / {points} points)"
+        provenance["pixel_decoder_attention_heads"] = (
+            f"tensor shapes ({samples} attention weights / {levels} levels / {points} points)"
+        )
     elif points is None:
         points = samples // (levels * heads)
-        provenance["pixel_decoder_num_points"] = f"tensor shapes ({samples} attention weights / {levels} levels / {heads} heads)"
+        provenance["pixel_decoder_num_points"] = (
+            f"tensor shapes ({samples} attention weights / {levels} levels / {heads} heads)"
+        )
     if heads * levels * points != samples:
         raise CheckpointConversionError(
             "Cannot split the deformable attention's sampling weights into heads x levels x points",
@@ -501,7 +511,9 @@ def load_category_bank(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         return dict(zip(names, embeddings))
     problem = _torch_file_problem(path)
     if problem is not None:
-        raise (FileNotFoundError if not path.exists() else ValueError)(problem.replace("checkpoint", "category bank", 1))
+        raise (FileNotFoundError if not path.exists() else ValueError)(
+            problem.replace("checkpoint", "category bank", 1)
+        )
     bank = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(bank, dict) or not bank:
         raise ValueError(f"{path}: expected a dict name -> embedding, got {type(bank).__name__}")
@@ -651,9 +663,7 @@ def convert_checkpoint(
     return result
 
 
-def verify_folder(
-    folder: str | os.PathLike[str], converted: Mapping[str, torch.Tensor]
-) -> ITAForOpenVocabSegmentation:
+def verify_folder(folder: str | os.PathLike[str], converted: Mapping[str, torch.Tensor]) -> ITAForOpenVocabSegmentation:
     """Reload `folder` with `from_pretrained` and check that every tensor equals the converted one."""
     model = ITAForOpenVocabSegmentation.from_pretrained(folder)
     loaded = model.state_dict()

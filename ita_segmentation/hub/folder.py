@@ -71,7 +71,16 @@ with safe_open(bank_file, framework="pt") as bank:
 model.vocabulary_encoder.set_category_bank(dict(zip(names, embeddings)))
 """
 
-REQUIREMENTS = ("torch", "torchvision", "transformers>=5", "open_clip_torch>=3", "timm", "scipy", "safetensors", "pillow")
+REQUIREMENTS = (
+    "torch",
+    "torchvision",
+    "transformers>=5",
+    "open_clip_torch>=3",
+    "timm",
+    "scipy",
+    "safetensors",
+    "pillow",
+)
 
 
 def _auto_map(*auto_classes: str) -> dict[str, str]:
@@ -162,8 +171,12 @@ this folder was converted from that release; they were not measured on this fold
 
 
 def _clip_name(config: ITAConfig) -> str:
-    return "OpenCLIP ConvNeXt-L (`convnext_large_d_320`)" if config.clip_config == CONVNEXT_LARGE_D_320_CLIP_CONFIG else (
-        f"OpenCLIP with a timm `{config.clip_config['vision_cfg']['timm_model_name']}` image tower (custom config)"
+    return (
+        "OpenCLIP ConvNeXt-L (`convnext_large_d_320`)"
+        if config.clip_config == CONVNEXT_LARGE_D_320_CLIP_CONFIG
+        else (
+            f"OpenCLIP with a timm `{config.clip_config['vision_cfg']['timm_model_name']}` image tower (custom config)"
+        )
     )
 
 
@@ -220,7 +233,10 @@ def render_model_card(result: ConvertedFolder, repo_id: str | None = None) -> st
         "library_name: transformers",
         "pipeline_tag: image-segmentation",
         "tags:",
-        *[f"- {tag}" for tag in ("open-vocabulary-segmentation", "semantic-segmentation", variant, "clip", "custom_code")],
+        *[
+            f"- {tag}"
+            for tag in ("open-vocabulary-segmentation", "semantic-segmentation", variant, "clip", "custom_code")
+        ],
         "---",
         "",
         f"# {name} for open-vocabulary semantic segmentation",
@@ -252,11 +268,7 @@ def render_model_card(result: ConvertedFolder, repo_id: str | None = None) -> st
         + " (the loss's class weights, rebuilt from the config).",
         "- Sizes in `config.json` were read from the tensor shapes. Values the shapes do not determine, and where "
         "they came from:",
-        *[
-            f"  - `{name}`: {source}"
-            for name, source in sorted(result.provenance.items())
-            if source != "tensor shapes"
-        ],
+        *[f"  - `{name}`: {source}" for name, source in sorted(result.provenance.items()) if source != "tensor shapes"],
         "",
         "## How to load",
         "",
@@ -298,7 +310,9 @@ def render_model_card(result: ConvertedFolder, repo_id: str | None = None) -> st
         "is left unfilled, or any shape differs.",
     ]
     if result.verified:
-        lines.append("- The folder was reloaded with `from_pretrained` and every tensor compared equal to the checkpoint's.")
+        lines.append(
+            "- The folder was reloaded with `from_pretrained` and every tensor compared equal to the checkpoint's."
+        )
     lines += [
         "- The exported source files are the package's own, with its imports made relative; the package's tests "
         "check, on small models, that they load without the package and give the package's outputs.",

@@ -67,8 +67,14 @@ def _flat_module(module: str, in_package: bool) -> str:
 
 def flat_source(source: str, in_package: bool) -> str:
     """`source` with each import of this project rewritten to `from .<file in the folder> import`."""
-    if re.search(r"^\s*import\s+(modeling_ita|configuration_ita|image_processing_ita|postprocessing_ita|processing_ita)\b", source, re.M):
-        raise ValueError("write `from <module> import ...` for this project's modules; plain imports cannot be exported")
+    if re.search(
+        r"^\s*import\s+(modeling_ita|configuration_ita|image_processing_ita|postprocessing_ita|processing_ita)\b",
+        source,
+        re.M,
+    ):
+        raise ValueError(
+            "write `from <module> import ...` for this project's modules; plain imports cannot be exported"
+        )
 
     def rewrite(match: re.Match[str]) -> str:
         name = _flat_module(match.group("module"), in_package)

@@ -28,8 +28,21 @@ __all__ = [
 
 # The vocabulary the check encodes and segments with (ITA's 20 text-query slots cycle through its candidates).
 CHECK_CLASS_NAMES = (
-    "wall", "floor", "ceiling", "sky", "tree", "grass", "road", "person", "car", "building", "sofa,couch",
-    "table", "chair", "bed,cot", "water,sea",
+    "wall",
+    "floor",
+    "ceiling",
+    "sky",
+    "tree",
+    "grass",
+    "road",
+    "person",
+    "car",
+    "building",
+    "sofa,couch",
+    "table",
+    "chair",
+    "bed,cot",
+    "water,sea",
 )
 CHECK_IMAGE_SIZE = (240, 320)
 
@@ -152,7 +165,14 @@ def check_export(
     got_vocabulary = onnx_model.encode_vocabulary(list(class_names))
     for name in ("text_classifier", "name_embeddings"):
         if getattr(expected_vocabulary, name) is not None:
-            _compare(f"text_encoder:{name}", getattr(got_vocabulary, name), getattr(expected_vocabulary, name), tolerances, report, problems)
+            _compare(
+                f"text_encoder:{name}",
+                getattr(got_vocabulary, name),
+                getattr(expected_vocabulary, name),
+                tolerances,
+                report,
+                problems,
+            )
 
     if image is None:
         image = draw_synthetic_scene(np.random.default_rng(0), *CHECK_IMAGE_SIZE)[0]
@@ -162,12 +182,24 @@ def check_export(
     got = onnx_model(**inputs, vocabulary=expected_vocabulary)  # the same vocabulary: the graph alone is compared
     expected = model(**inputs, vocabulary=expected_vocabulary)
     choices = {}  # the graph's choices that PyTorch is run on, when they differ by rounding
-    if got.dominant_category_ids is not None and not torch.equal(got.dominant_category_ids, expected.dominant_category_ids):
+    if got.dominant_category_ids is not None and not torch.equal(
+        got.dominant_category_ids, expected.dominant_category_ids
+    ):
         probabilities = model.dominant_categories.ranking_probabilities(
-            model.backbone, inputs["pixel_values"], inputs["image_sizes"], expected_vocabulary.name_embeddings,
+            model.backbone,
+            inputs["pixel_values"],
+            inputs["image_sizes"],
+            expected_vocabulary.name_embeddings,
             views=inputs.get("dominant_category_pixel_values"),
         )
-        gap = float((probabilities.gather(1, got.dominant_category_ids) - probabilities.gather(1, expected.dominant_category_ids)).abs().max())
+        gap = float(
+            (
+                probabilities.gather(1, got.dominant_category_ids)
+                - probabilities.gather(1, expected.dominant_category_ids)
+            )
+            .abs()
+            .max()
+        )
         report["dominant_categories"] = {"equal": False, "max_probability_gap": gap}
         if gap > tolerances.ranking_atol:
             problems.append(
@@ -178,7 +210,10 @@ def check_export(
         expected = model(**inputs, vocabulary=expected_vocabulary, **choices)
     elif got.dominant_category_ids is not None:
         report["dominant_categories"] = {"equal": True}
-    if any(_beyond(getattr(got, name), getattr(expected, name), tolerances) for name in ("class_queries_logits", "masks_queries_logits")):
+    if any(
+        _beyond(getattr(got, name), getattr(expected, name), tolerances)
+        for name in ("class_queries_logits", "masks_queries_logits")
+    ):
         # A decoder attention mask cell within rounding of the 0.5 threshold may land on either side: PyTorch is then
         # run on the graph's masks, which may differ from its own only where its logit is within the mask logits'
         # tolerance of 0; the cells that differ are counted.

@@ -37,10 +37,18 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="a model folder or a Hugging Face Hub model id")
     parser.add_argument("--output", required=True, metavar="DIR", help="the ONNX model folder to write (new or empty)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty DIR, replacing files")
-    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
-                        help=f"check: absolute tolerance per output (default {DEFAULT_ATOL})")
-    parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
-                        help=f"check: tolerance relative to the output's largest PyTorch value (default {DEFAULT_RTOL})")
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=DEFAULT_ATOL,
+        help=f"check: absolute tolerance per output (default {DEFAULT_ATOL})",
+    )
+    parser.add_argument(
+        "--rtol",
+        type=float,
+        default=DEFAULT_RTOL,
+        help=f"check: tolerance relative to the output's largest PyTorch value (default {DEFAULT_RTOL})",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
     return parser
 
@@ -81,7 +89,9 @@ def run(args: argparse.Namespace, prog: str = PROG) -> int:
         return 1
     check = manifest["check"]
     worst = max(
-        (entry["max_abs_diff"] / entry["allowed"], name) for name, entry in check.items() if isinstance(entry, dict) and "allowed" in entry
+        (entry["max_abs_diff"] / entry["allowed"], name)
+        for name, entry in check.items()
+        if isinstance(entry, dict) and "allowed" in entry
     )
     print(
         f"{prog}: wrote {args.output} ({manifest['variant']}); the graphs match PyTorch on the sample (largest "
@@ -89,7 +99,6 @@ def run(args: argparse.Namespace, prog: str = PROG) -> int:
         f"{check['labels']['compared']} pixels differ)"
     )
     return 0
-
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ __all__ = [
 ]
 
 
-def sample_value_maps_for_export(value_maps: list[Tensor], sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
+def sample_value_maps_for_export(
+    value_maps: list[Tensor], sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
     """`kernels.sample_value_maps` with one product and one sum over the points per level: exported, each in-place
     multiply-add of the eager kernel becomes a slice, a product and a sum (onnxruntime: 1.3 s of the full-size pixel
     decoder's 3.8 s)."""
@@ -61,7 +63,9 @@ def deformable_attention_for_export(
     weights = attention_logits.permute(0, 2, 3, 1).contiguous().softmax(dim=2)  # [B, heads, levels * points, Lq]
     weights = weights.view(batch, heads, levels, points, num_queries).permute(0, 4, 1, 2, 3)
     rows = sampling_offsets.reshape(batch, num_queries, -1)
-    level_sizes = torch.tensor([[width, height] for height, width in spatial_shapes], dtype=rows.dtype, device=rows.device)
+    level_sizes = torch.tensor(
+        [[width, height] for height, width in spatial_shapes], dtype=rows.dtype, device=rows.device
+    )
     normaliser = level_sizes[None, :, None, :].expand(heads, levels, points, 2)
     reference = reference_points.repeat(1, 1, heads * levels * points)  # (x, y) pairs, as the offsets
     locations = (rows / normaliser.reshape(-1) + reference).view(sampling_offsets.shape)

@@ -19,6 +19,7 @@ CATEGORY_BANK_FILE = "category_bank.safetensors"  # copied when the source folde
 # ONNX opset of the graphs: torch.onnx's own (its onnxscript library's) default.
 OPSET = 18
 
+
 def build_manifest(model: Any, source: str, size_multiple: int, optimize: bool) -> dict[str, Any]:
     """The manifest of an export of `model` (an `ITAForOpenVocabSegmentation`), before the check adds its numbers."""
     import onnx

@@ -35,15 +35,19 @@ def graph_attention_masks(onnx_model: Any, inputs: dict[str, Any], vocabulary: A
     folder = Path(onnx_model.folder)
     graph = onnx.load(folder / MODEL_FILE, load_external_data=False)
     names = [
-        node.input[0] for node in graph.graph.node
+        node.input[0]
+        for node in graph.graph.node
         if node.op_type == "And"
-        and "masked_attention_mask(" in {entry.key: entry.value for entry in node.metadata_props}.get("pkg.torch.onnx.stack_trace", "")
+        and "masked_attention_mask("
+        in {entry.key: entry.value for entry in node.metadata_props}.get("pkg.torch.onnx.stack_trace", "")
     ]
     if not names:
         raise ITAExportError(f"{folder / MODEL_FILE} has no node traced from the decoder's attention masks")
     for name in names:
         graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.BOOL, None))
-    handle, name = tempfile.mkstemp(prefix=".attention-masks-", suffix=".onnx", dir=folder)  # a new file, never a user's
+    handle, name = tempfile.mkstemp(
+        prefix=".attention-masks-", suffix=".onnx", dir=folder
+    )  # a new file, never a user's
     os.close(handle)
     path = Path(name)
     try:
@@ -72,7 +76,9 @@ def attention_masks_given(masks: Sequence[Tensor], near_zero: float) -> Iterator
         logits = aggregation_decoder.attention_mask_logits(mask_logits, size)
         blocked = queue.pop(0).to(logits.device)
         if blocked.shape != logits.shape:
-            raise ITAExportError(f"The exported graph's attention mask has shape {tuple(blocked.shape)}, PyTorch's {tuple(logits.shape)}")
+            raise ITAExportError(
+                f"The exported graph's attention mask has shape {tuple(blocked.shape)}, PyTorch's {tuple(logits.shape)}"
+            )
         differ = blocked != (logits.sigmoid() < 0.5)
         flipped["cells"] += int(differ.sum())
         flipped["of"] += differ.numel()

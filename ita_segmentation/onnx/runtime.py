@@ -73,8 +73,6 @@ def is_onnx_model_folder(path):
         return False
 
 
-
-
 def resolve_backend(model_name_or_path, backend="auto", device=None, dtype="float32"):
     """`(backend, device)` for a model: `"auto"` is onnxruntime for a folder written by `ita-export`, else pytorch.
     The onnxruntime backend runs on the CPU in float32: its device is `"cpu"` (None and `"auto"` become it);
@@ -171,17 +169,17 @@ class ITAOnnxTextEncoder:
 class ITAOnnxModel:
     """ITA or FC-CLIP exported by `ita-export`, run by onnxruntime with the PyTorch model's call signature.
 
-    Example:
+        Example:
 
-    ```python
-    >>> from modeling_ita import ITAProcessor
-from ita_segmentation.onnx import ITAOnnxModel
-    >>> model = ITAOnnxModel.from_pretrained("ita-onnx")
-    >>> processor = ITAProcessor.from_pretrained("ita-onnx")
-    >>> inputs = processor(images=image, text=["sofa,couch", "wall", "floor"], return_tensors="pt")
-    >>> outputs = model(**inputs)
-    >>> label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]
-    ```
+        ```python
+        >>> from modeling_ita import ITAProcessor
+    from ita_segmentation.onnx import ITAOnnxModel
+        >>> model = ITAOnnxModel.from_pretrained("ita-onnx")
+        >>> processor = ITAProcessor.from_pretrained("ita-onnx")
+        >>> inputs = processor(images=image, text=["sofa,couch", "wall", "floor"], return_tensors="pt")
+        >>> outputs = model(**inputs)
+        >>> label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]
+        ```
     """
 
     main_input_name = "pixel_values"
@@ -326,8 +324,12 @@ from ita_segmentation.onnx import ITAOnnxModel
         if vocabulary is None:
             vocabulary = self.encode_vocabulary(class_names)
         elif not isinstance(vocabulary, ITAVocabulary):
-            raise TypeError(f"vocabulary must be an ITAVocabulary from model.encode_vocabulary(), got {type(vocabulary)}")
-        image_sizes, feeds = self.graph_feeds(pixel_values, pixel_mask, image_sizes, vocabulary, dominant_category_pixel_values)
+            raise TypeError(
+                f"vocabulary must be an ITAVocabulary from model.encode_vocabulary(), got {type(vocabulary)}"
+            )
+        image_sizes, feeds = self.graph_feeds(
+            pixel_values, pixel_mask, image_sizes, vocabulary, dominant_category_pixel_values
+        )
         values = dict(zip(self._output_names, self.segmentation_session.run(self._output_names, feeds)))
         outputs: dict[str, Any] = {name: torch.from_numpy(value) for name, value in values.items()}
 
@@ -341,7 +343,9 @@ from ita_segmentation.onnx import ITAOnnxModel
         )
         return output if return_dict else output.to_tuple()
 
-    def graph_feeds(self, pixel_values, pixel_mask=None, image_sizes=None, vocabulary=None, dominant_category_pixel_values=None):
+    def graph_feeds(
+        self, pixel_values, pixel_mask=None, image_sizes=None, vocabulary=None, dominant_category_pixel_values=None
+    ):
         """`(image_sizes, feeds)`: the images' sizes and the segmentation graph's inputs (numpy arrays by input name)
         for these arguments of `forward` (`vocabulary` an encoded `ITAVocabulary`)."""
         pixel_values = torch.as_tensor(pixel_values)

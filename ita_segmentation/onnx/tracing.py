@@ -49,6 +49,7 @@ MAX_BATCH = 1024
 MAX_BLOCKS = 256
 MAX_VOCABULARY = 1_000_000
 
+
 def example_segmentation_inputs(model: Any, size_multiple: int) -> dict[str, Tensor]:
     """Inputs of the segmentation graph for tracing: random values, every dynamic axis a different size >= 2
     (torch.export freezes axes of size 0 or 1, and may merge axes of equal sizes)."""
@@ -107,7 +108,9 @@ def _name_dynamic_axes(onnx_model: Any, dynamic_shapes: dict[str, dict[int, Any]
 
     def rename(dim: Any) -> Any:
         if isinstance(dim, ir.SymbolicDim) and isinstance(dim.value, str):
-            return ir.SymbolicDim(re.sub(r"\bs\d+\b", lambda match: names.get(match.group(0), match.group(0)), dim.value))
+            return ir.SymbolicDim(
+                re.sub(r"\bs\d+\b", lambda match: names.get(match.group(0), match.group(0)), dim.value)
+            )
         return dim
 
     values = list(onnx_model.graph.inputs) + list(onnx_model.graph.outputs)

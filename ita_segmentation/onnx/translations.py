@@ -51,7 +51,12 @@ def _conv2d(
         return value * 2 if len(value) == 1 else value
 
     return op.Conv(
-        input, weight, strides=pair(stride), pads=pair(padding) * 2, dilations=pair(dilation), group=groups,
+        input,
+        weight,
+        strides=pair(stride),
+        pads=pair(padding) * 2,
+        dilations=pair(dilation),
+        group=groups,
         kernel_shape=kernel,
     )
 

@@ -193,8 +193,12 @@ def _add_field(group: Any, field: dataclasses.Field[Any], hints: dict[str, Any])
         options["type"] = kind
     group.add_argument(*_spellings(field.name), **options)
     if field.default is True:
-        group.add_argument(*_spellings(f"no_{field.name}"), action="store_false", dest=field.name,
-                           help=f"the opposite of --{field.name}")
+        group.add_argument(
+            *_spellings(f"no_{field.name}"),
+            action="store_false",
+            dest=field.name,
+            help=f"the opposite of --{field.name}",
+        )
 
 
 _GROUPS = (
@@ -234,8 +238,13 @@ def build_parser(prog: str = PROG, *, common_options: bool = True) -> argparse.A
             if common is None or name in own:
                 continue
             default = common.default if common.has_default else argparse.SUPPRESS
-            group.add_argument(*_spellings(name), metavar="BOOL" if common.is_bool else name.upper(),
-                               nargs="?" if common.is_bool else None, default=default, help=common.help or " ")
+            group.add_argument(
+                *_spellings(name),
+                metavar="BOOL" if common.is_bool else name.upper(),
+                nargs="?" if common.is_bool else None,
+                default=default,
+                help=common.help or " ",
+            )
     return parser
 
 

@@ -86,12 +86,21 @@ def run(
         model = load_model(model_args, class_names).to(training_args.device)  # type: ignore[arg-type]
         processor = load_processor(model_args, config=cast(ITAConfig, model.config))
         rows = precompute_dominant_categories(
-            model, rows, class_names, processor.image_processor, data_args.image_column,
-            data_args.dominant_categories_column, training_args.per_device_eval_batch_size,
+            model,
+            rows,
+            class_names,
+            processor.image_processor,
+            data_args.image_column,
+            data_args.dominant_categories_column,
+            training_args.per_device_eval_batch_size,
         )
         rows.save_to_disk(data_args.precompute_dominant_categories_to)
-        logger.info("Saved %d rows with %r to %s", len(rows), data_args.dominant_categories_column,
-                    data_args.precompute_dominant_categories_to)
+        logger.info(
+            "Saved %d rows with %r to %s",
+            len(rows),
+            data_args.dominant_categories_column,
+            data_args.precompute_dominant_categories_to,
+        )
         return None
 
     check_output_dir(training_args)

@@ -17,9 +17,7 @@ __all__ = ["load_model", "load_processor"]
 logger = logging.getLogger(__name__)
 
 
-def load_model(
-    model_args: ITAModelArguments, class_names: Sequence[str] | None = None
-) -> ITAForOpenVocabSegmentation:
+def load_model(model_args: ITAModelArguments, class_names: Sequence[str] | None = None) -> ITAForOpenVocabSegmentation:
     """The model to train: `model_name_or_path` (fine-tuning), or a new one from `config_path`/`variant` with the
     CLIP weights of `clip_checkpoint`. `class_names` become the config's training vocabulary."""
     if model_args.model_name_or_path:

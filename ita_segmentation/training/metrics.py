@@ -36,9 +36,7 @@ class ITASegmentationMetrics:
             return {}
         scores = self.confusion.compute()
         self.confusion.reset()
-        return {
-            key: scores[key] for key in ("mean_iou", "mean_accuracy", "overall_accuracy", "frequency_weighted_iou")
-        }
+        return {key: scores[key] for key in ("mean_iou", "mean_accuracy", "overall_accuracy", "frequency_weighted_iou")}
 
 
 def _to_numpy(values: Any) -> np.ndarray:

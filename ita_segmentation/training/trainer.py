@@ -230,8 +230,12 @@ def load_training_rows(
 ) -> datasets.Dataset:
     """The training split's rows."""
     return load_split_rows(
-        data_args, data_args.train_split, data_args.max_train_samples, data_args.synthetic_num_train_images,
-        class_names, unpaired,
+        data_args,
+        data_args.train_split,
+        data_args.max_train_samples,
+        data_args.synthetic_num_train_images,
+        class_names,
+        unpaired,
     )
 
 
@@ -293,8 +297,12 @@ def build_trainer(
     if data_args.eval_split:
         unpaired = []
         eval_rows = load_split_rows(
-            data_args, data_args.eval_split, data_args.max_eval_samples, data_args.synthetic_num_eval_images,
-            explicit_names, unpaired,
+            data_args,
+            data_args.eval_split,
+            data_args.max_eval_samples,
+            data_args.synthetic_num_eval_images,
+            explicit_names,
+            unpaired,
         )
         eval_names = resolve_class_names(eval_rows, class_names=explicit_names)
         eval_rows = checked_rows(eval_rows, eval_names, data_args, training_args, unpaired, "the evaluation data")

@@ -209,7 +209,9 @@ def test_outputs_are_never_overwritten_silently(model_dir, tmp_path, capsys):
     assert run(model_dir, image, "--labels", *LABELS, "--output", output) == 0
     written = {path: path.stat().st_mtime_ns for path in output.iterdir()}
     assert run(model_dir, image, "--labels", *LABELS, "--output", output) == 2
-    assert f"output folder {output} is not empty (room.json, room_labels.png, room_overlay.png)" in capsys.readouterr().err
+    assert (
+        f"output folder {output} is not empty (room.json, room_labels.png, room_overlay.png)" in capsys.readouterr().err
+    )
     assert {path: path.stat().st_mtime_ns for path in output.iterdir()} == written
     (output / "notes.txt").write_text("mine")
     assert run(model_dir, image, "--labels", *LABELS, "--output", output, "--overwrite") == 0
@@ -227,8 +229,16 @@ def test_its_own_outputs_are_never_inputs(model_dir, tmp_path, capsys):
     assert run(model_dir, folder, "--labels", *LABELS, "--output", folder, "--overwrite") == 0
     assert "leaving out" not in capsys.readouterr().err
     names = sorted(path.name for path in folder.iterdir())
-    assert names == ["a.json", "a.png", "a_labels.png", "a_overlay.png", "b_labels.json", "b_labels.png",
-                     "b_labels_labels.png", "b_labels_overlay.png"]
+    assert names == [
+        "a.json",
+        "a.png",
+        "a_labels.png",
+        "a_overlay.png",
+        "b_labels.json",
+        "b_labels.png",
+        "b_labels_labels.png",
+        "b_labels_overlay.png",
+    ]
     assert run(model_dir, folder, "--labels", *LABELS, "--output", folder, "--overwrite") == 0
     assert "leaving out 4 file(s) that ita-segment wrote earlier" in capsys.readouterr().err
     assert sorted(path.name for path in folder.iterdir()) == names  # nothing segmented its own overlays
@@ -258,8 +268,10 @@ def _imports_after(call):
 def _run_main(path_or_module, *argv):
     """A call that runs `app.py` or `python -m MODULE` as `__main__` with the command line `argv`."""
     runner = "run_path" if path_or_module.endswith(".py") else "run_module"
-    return (f"__import__('runpy').{runner}({path_or_module!r}, run_name='__main__') "
-            f"if not sys.argv.extend({list(argv)!r}) else 1")
+    return (
+        f"__import__('runpy').{runner}({path_or_module!r}, run_name='__main__') "
+        f"if not sys.argv.extend({list(argv)!r}) else 1"
+    )
 
 
 @pytest.mark.parametrize(
@@ -267,24 +279,44 @@ def _run_main(path_or_module, *argv):
     [
         ("ita_cli.segment(['--help'])", "0", "usage: ita-segment"),
         ("ita_cli.segment(['photo.jpg', '--labels', 'cat'])", "2", "the following arguments are required"),
-        ("ita_cli.segment(['photo.jpg', '--labels', 'cat', '--model', 'm', '--output', 'o', '--dtype', 'int8'])", "2",
-         "--dtype: invalid choice: 'int8'"),
+        (
+            "ita_cli.segment(['photo.jpg', '--labels', 'cat', '--model', 'm', '--output', 'o', '--dtype', 'int8'])",
+            "2",
+            "--dtype: invalid choice: 'int8'",
+        ),
         ("ita_cli.evaluate(['--help'])", "0", "usage: ita-evaluate"),
-        ("ita_cli.evaluate(['--model', 'm', '--benchmark', 'coco', '--data-dir', 'd', '--output', 'o'])", "2",
-         "Unknown benchmark 'coco'"),
-        ("ita_cli.evaluate(['--model', 'm', '--benchmark', 'ade150', '--output', 'o'])", "2",  # no data
-         "give either --data-dir or --hub-dataset"),
-        ("ita_cli.evaluate(['--model', 'm', '--benchmark', 'ade150', '--data-dir', 'd', '--output', 'o', "
-         "'--backend', 'tensorrt'])", "2", "invalid choice: 'tensorrt'"),
+        (
+            "ita_cli.evaluate(['--model', 'm', '--benchmark', 'coco', '--data-dir', 'd', '--output', 'o'])",
+            "2",
+            "Unknown benchmark 'coco'",
+        ),
+        (
+            "ita_cli.evaluate(['--model', 'm', '--benchmark', 'ade150', '--output', 'o'])",
+            "2",  # no data
+            "give either --data-dir or --hub-dataset",
+        ),
+        (
+            "ita_cli.evaluate(['--model', 'm', '--benchmark', 'ade150', '--data-dir', 'd', '--output', 'o', "
+            "'--backend', 'tensorrt'])",
+            "2",
+            "invalid choice: 'tensorrt'",
+        ),
         ("ita_cli.convert(['--help'])", "0", "usage: ita-convert"),
         ("ita_cli.convert(['--checkpoint', 'missing.pth', '--output', 'o'])", "2", "missing.pth"),
         pytest.param("ita_cli.export(['--help'])", "0", "usage: ita-export"),
         pytest.param("ita_cli.export(['--model', 'm', '--output', 'o', '--rtol', '-1'])", "2", "--rtol"),
         ("ita_cli.train(['--help'])", "0", "usage: ita-train"),
-        ("ita_cli.train(['--output_dir', 'o', '--crop_size', 'big'])", "2",
-         "--crop_size/--crop-size: invalid int value: 'big'"),
+        (
+            "ita_cli.train(['--output_dir', 'o', '--crop_size', 'big'])",
+            "2",
+            "--crop_size/--crop-size: invalid int value: 'big'",
+        ),
         ("ita_cli.train(['--output_dir', 'o', '--dataset_layout', 'coco'])", "2", "invalid choice: 'coco'"),
-        ("ita_cli.train(['--outptu_dir', 'o'])", "2", "unrecognized arguments: --outptu_dir; did you mean --output_dir"),
+        (
+            "ita_cli.train(['--outptu_dir', 'o'])",
+            "2",
+            "unrecognized arguments: --outptu_dir; did you mean --output_dir",
+        ),
         ("ita_cli.web(['--help'])", "0", "usage: ita-web"),
         ("ita_cli.web(['--port', 'eighty'])", "2", "--port: invalid int value: 'eighty'"),
         (_run_main("app.py", "--help"), "0", "usage: "),
@@ -305,8 +337,9 @@ def test_help_and_usage_errors_come_before_torch_is_imported(call, status, messa
 def test_an_unknown_task_is_a_usage_error(model_dir, tmp_path, capsys):
     # --task is checked against the pipeline's SUBTASKS, after the parser (the model folder imports torch).
     image = save_image(tmp_path / "a.png", 20, 20)
-    status = main([str(image), "--labels", "cat", "--model", str(model_dir), "--output", str(tmp_path / "out"),
-                   "--task", "depth"])
+    status = main(
+        [str(image), "--labels", "cat", "--model", str(model_dir), "--output", str(tmp_path / "out"), "--task", "depth"]
+    )
     assert status == 2
     assert "--task: invalid choice 'depth' (choose from semantic, panoptic, instance)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -321,9 +354,14 @@ def test_console_scripts_and_python_m():
     setup.read(ROOT / "setup.cfg")
     lines = [line.split("=") for line in setup["options.entry_points"]["console_scripts"].strip().splitlines()]
     scripts = {name.strip(): target.strip() for name, target in lines}
-    assert scripts == {"ita-segment": "ita_cli:segment", "ita-evaluate": "ita_cli:evaluate",
-                       "ita-convert": "ita_cli:convert", "ita-train": "ita_cli:train",
-                       "ita-web": "ita_cli:web", "ita-export": "ita_cli:export"}
+    assert scripts == {
+        "ita-segment": "ita_cli:segment",
+        "ita-evaluate": "ita_cli:evaluate",
+        "ita-convert": "ita_cli:convert",
+        "ita-train": "ita_cli:train",
+        "ita-web": "ita_cli:web",
+        "ita-export": "ita_cli:export",
+    }
     for target in [target for target in scripts.values() if target.startswith("ita_cli:")]:
         assert callable(getattr(ita_cli, target.split(":")[1]))
     assert "ita_cli" in setup["options"]["py_modules"].split()
@@ -480,6 +518,8 @@ def test_segment_overlay_colours_segments_and_outlines_them():
     np.testing.assert_array_equal(result[7, 0], [0, 0, 0])  # no segment: the image
     with pytest.raises(ValueError, match="mask 0 is 3x3 but the image is 8x10"):
         segment_overlay(image, [np.ones((3, 3), dtype=bool)], ["a"])
+
+
 def test_legend_is_readable_on_a_thumbnail_and_on_a_large_photo():
     from PIL import ImageDraw
 

@@ -154,8 +154,13 @@ def test_exif_orientation_gives_the_upright_size(segmenter, tmp_path):
 
 @pytest.mark.parametrize(
     "labels, message",
-    [([], "empty"), (None, "required"), ("cat,sofa", "single string"), (["cat", ""], "empty string"),
-     (["cat", "cat"], "Duplicate")],
+    [
+        ([], "empty"),
+        (None, "required"),
+        ("cat,sofa", "single string"),
+        (["cat", ""], "empty string"),
+        (["cat", "cat"], "Duplicate"),
+    ],
 )
 def test_bad_candidate_labels(segmenter, labels, message):
     with pytest.raises(ValueError, match=message):
@@ -226,8 +231,9 @@ def test_instance_subtask(spread_segmenter):
     scores = [segment["score"] for segment in everything["segments"]]
     assert scores == sorted(scores, reverse=True) and len(scores) > 1
     assert [s["score"] for s in default["segments"]] == [score for score in scores if score >= 0.5]
-    no_walls = spread_segmenter(image, candidate_labels=VOCABULARY, subtask="instance", threshold=0.0,
-                                stuff_labels=["wall"])
+    no_walls = spread_segmenter(
+        image, candidate_labels=VOCABULARY, subtask="instance", threshold=0.0, stuff_labels=["wall"]
+    )
     assert "wall" not in {segment["label"] for segment in no_walls["segments"]}
     assert all(segment["mask"].size == (70, 50) for segment in everything["segments"])
 
@@ -240,7 +246,9 @@ def test_panoptic_batch_equals_single(spread_segmenter):
         alone = spread_segmenter(image, **kwargs)
         np.testing.assert_array_equal(result["segment_map"], alone["segment_map"])
         # The model's batched matrix products round differently in the last bits: scores within 1e-5.
-        assert [s["score"] for s in result["segments"]] == pytest.approx([s["score"] for s in alone["segments"]], rel=1e-5)
+        assert [s["score"] for s in result["segments"]] == pytest.approx(
+            [s["score"] for s in alone["segments"]], rel=1e-5
+        )
 
 
 @pytest.mark.parametrize(
@@ -256,6 +264,8 @@ def test_panoptic_batch_equals_single(spread_segmenter):
 def test_bad_subtask_arguments(segmenter, kwargs, message):
     with pytest.raises(ValueError, match=message):
         segmenter(make_image(40, 40), candidate_labels=VOCABULARY, **kwargs)
+
+
 def test_a_checkpoint_that_does_not_fill_the_model_is_refused(model_dir, tmp_path):
     import json
 
@@ -279,8 +289,10 @@ def test_a_checkpoint_that_does_not_fill_the_model_is_refused(model_dir, tmp_pat
     weights = load_file(extra / "model.safetensors")
     weights["decoder.leftover.weight"] = torch.zeros(2)
     save_file(weights, extra / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ModelLoadingError, match="1 weight\\(s\\) in the checkpoint that the model does not have: "
-                                                "decoder.leftover.weight"):
+    with pytest.raises(
+        ModelLoadingError,
+        match="1 weight\\(s\\) in the checkpoint that the model does not have: decoder.leftover.weight",
+    ):
         load_segmentation_model(extra)
     assert not load_segmentation_model(model_dir).training  # a sound folder loads, in eval mode
 
@@ -306,8 +318,10 @@ def test_the_vocabulary_is_parsed_once_from_the_pipeline_to_the_model(segmenter,
 
 
 def test_shared_synonyms_are_refused_at_the_pipeline(segmenter):
-    with pytest.raises(ValueError, match="Synonym 'couch' names two classes: 'sofa,couch' \\(position 0\\) and "
-                                         "'couch,settee' \\(position 1\\)"):
+    with pytest.raises(
+        ValueError,
+        match="Synonym 'couch' names two classes: 'sofa,couch' \\(position 0\\) and 'couch,settee' \\(position 1\\)",
+    ):
         segmenter(make_image(32, 32), candidate_labels=["sofa,couch", "couch,settee"])
 
 

@@ -185,7 +185,9 @@ def test_upload_byte_limit_is_enforced_by_the_server(service, tmp_path):
     from ita_segmentation.apps.web import launch
 
     small = SegmentationService(
-        service.model_name, limits=WebLimits(max_upload_bytes=2000), segmenter=service.segmenter,
+        service.model_name,
+        limits=WebLimits(max_upload_bytes=2000),
+        segmenter=service.segmenter,
         output_dir=tmp_path / "out",
     )
     port = free_port()

@@ -223,8 +223,11 @@ def test_read_vocabulary_file_formats(tmp_path):
         ("1:cat\n3:dog\n", r"line 2: id 3 follows id 1"),
         ("1:cat\ndog\n", r"line 2: .* mixes the two styles"),
         ("cat\ndog\ncat\n", r"line 3: class 'cat' is already on line 1"),
-        ("1:sofa,couch\n2:cat\n3:Couch,sofa\n", r"line 3: synonym 'Couch' of class 'Couch,sofa' also names class "
-         r"'sofa,couch' \(line 1\)"),
+        (
+            "1:sofa,couch\n2:cat\n3:Couch,sofa\n",
+            r"line 3: synonym 'Couch' of class 'Couch,sofa' also names class "
+            r"'sofa,couch' \(line 1\)",
+        ),
         ("\n# only a comment\n", r"holds no class"),
     ],
 )

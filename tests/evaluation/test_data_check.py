@@ -10,10 +10,15 @@ from ita_segmentation.evaluation.data_check import DataCheckError, check_segment
 
 def in_memory(labels, image_size=(6, 8)):
     images = [Image.new("RGB", image_size[::-1], (10 * index, 0, 0)) for index in range(len(labels))]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Image(), "file_name": datasets.Value("string")})
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.Image(), "file_name": datasets.Value("string")}
+    )
     return datasets.Dataset.from_dict(
-        {"image": images, "label": [Image.fromarray(label) for label in labels],
-         "file_name": [f"scene_{index}.png" for index in range(len(labels))]},
+        {
+            "image": images,
+            "label": [Image.fromarray(label) for label in labels],
+            "file_name": [f"scene_{index}.png" for index in range(len(labels))],
+        },
         features=features,
     )
 
@@ -29,8 +34,10 @@ def test_every_problem_is_reported_with_its_row(capsys):
     assert "Checking label maps" in capsys.readouterr().err  # a progress bar
     assert report.bad_rows == [1, 3]
     messages = [str(problem) for problem in report.problems]
-    assert messages[0] == ("row 1 (scene_1.png): class ids [7, 9] are outside the vocabulary of 5 classes (0..4) and "
-                           "are not the ignore label 255")
+    assert messages[0] == (
+        "row 1 (scene_1.png): class ids [7, 9] are outside the vocabulary of 5 classes (0..4) and "
+        "are not the ignore label 255"
+    )
     assert messages[1].startswith("row 3 (scene_3.png): the label map is 5x8 (height x width) but its image")
     assert messages[2] == "orphan.jpg: its label map is missing"
 
@@ -59,13 +66,16 @@ def test_unreadable_and_missing_files(tmp_path):
     Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(tmp_path / "a_label.png")
     (tmp_path / "b_label.png").write_bytes((tmp_path / "a_label.png").read_bytes()[:30])
     rows = datasets.Dataset.from_dict(
-        {"image": [str(tmp_path / "a.png"), str(tmp_path / "a.png"), str(tmp_path / "gone.png")],
-         "label": [str(tmp_path / "a_label.png"), str(tmp_path / "b_label.png"), str(tmp_path / "a_label.png")]},
+        {
+            "image": [str(tmp_path / "a.png"), str(tmp_path / "a.png"), str(tmp_path / "gone.png")],
+            "label": [str(tmp_path / "a_label.png"), str(tmp_path / "b_label.png"), str(tmp_path / "a_label.png")],
+        },
         features=datasets.Features({"image": datasets.Image(), "label": datasets.Image()}),
     )
     report = check_segmentation_data(rows, num_labels=3, progress=False)
     assert [str(problem).split(":")[0] for problem in report.problems] == [
-        str(tmp_path / "b_label.png"), str(tmp_path / "gone.png")
+        str(tmp_path / "b_label.png"),
+        str(tmp_path / "gone.png"),
     ]
     assert "cannot be read" in report.problems[0].message and report.problems[1].message == "the image file is missing"
 
@@ -75,8 +85,9 @@ def test_panoptic_annotations_are_checked_by_their_headers(tmp_path):
     from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_coco_panoptic
 
     write_coco_panoptic(make_synthetic_dataset(3, 40, seed=2, with_instances=True), tmp_path, split="train2017")
-    rows = load_segmentation_dataset(str(tmp_path), "train", layout="coco_panoptic",
-                                     class_names=list(SYNTHETIC_CLASS_NAMES))
+    rows = load_segmentation_dataset(
+        str(tmp_path), "train", layout="coco_panoptic", class_names=list(SYNTHETIC_CLASS_NAMES)
+    )
     check = dict(num_labels=len(SYNTHETIC_CLASS_NAMES), segments_column="segments_info", progress=False)
     assert check_segmentation_data(rows, **check).problems == []
     panoptic = sorted((tmp_path / "panoptic_train2017").iterdir())[1]

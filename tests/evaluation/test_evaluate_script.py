@@ -44,7 +44,6 @@ RAW_VOC = 1  # index of the raw VOCdevkit layout of pas20/pas21
 SCORES = {"mIoU": "mean_iou", "fwIoU": "frequency_weighted_iou", "mACC": "mean_accuracy", "pACC": "overall_accuracy"}
 
 
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny-ita"), size=TEST_SIZE, spread_weights=True, seed=1)
@@ -172,8 +171,22 @@ def test_script_scores_equal_the_metric_on_direct_predictions(
         request.getfixturevalue("script_reuses_the_model")
     data_dir, output = tmp_path / "data", tmp_path / "out"
     pairs = write_split(data_dir, name, layout_index)
-    argv = ["--model", str(model_dir), "--benchmark", name, "--data-dir", str(data_dir), "--output", str(output),
-            "--batch-size", "2", "--num-workers", "0", "--no-progress", *extra_args]
+    argv = [
+        "--model",
+        str(model_dir),
+        "--benchmark",
+        name,
+        "--data-dir",
+        str(data_dir),
+        "--output",
+        str(output),
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        *extra_args,
+    ]
     assert evaluate_cli.main(argv) == 0
 
     benchmark = get_benchmark(name)
@@ -183,8 +196,13 @@ def test_script_scores_equal_the_metric_on_direct_predictions(
         processor = ITAProcessor(image_processor=ITAImageProcessor.for_model_config(model.config, size=size))
     reduce_labels = benchmark.layouts[layout_index].reduce_labels
     confusion = expected_confusion(
-        model, processor, pairs, benchmark.class_names, benchmark.ignore_index,
-        benchmark.sem_seg_postprocess_before_inference, reduce_labels,
+        model,
+        processor,
+        pairs,
+        benchmark.class_names,
+        benchmark.ignore_index,
+        benchmark.sem_seg_postprocess_before_inference,
+        reduce_labels,
     )
     assert confusion.matrix.sum() > 0
     report = assert_results_match(output / name, confusion, benchmark.class_names, len(pairs))
@@ -222,8 +240,23 @@ def test_several_benchmarks_in_one_call_with_max_samples(
 ):
     data_dir, output = tmp_path / "data", tmp_path / "out"
     pairs = {name: write_split(data_dir, name, seed=index) for index, name in enumerate(("ade150", "pc59", "pas21"))}
-    argv = ["--model", str(model_dir), "--benchmark", "ade150", "pc59", "pas21", "--data-dir", str(data_dir),
-            "--output", str(output), "--max-samples", "2", "--num-workers", "0", "--no-progress"]
+    argv = [
+        "--model",
+        str(model_dir),
+        "--benchmark",
+        "ade150",
+        "pc59",
+        "pas21",
+        "--data-dir",
+        str(data_dir),
+        "--output",
+        str(output),
+        "--max-samples",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert evaluate_cli.main(argv) == 0
 
     model, processor = model_and_processor
@@ -231,7 +264,11 @@ def test_several_benchmarks_in_one_call_with_max_samples(
     for name in ("ade150", "pc59", "pas21"):
         benchmark = get_benchmark(name)
         confusion = expected_confusion(
-            model, processor, pairs[name][:2], benchmark.class_names, benchmark.ignore_index,
+            model,
+            processor,
+            pairs[name][:2],
+            benchmark.class_names,
+            benchmark.ignore_index,
             benchmark.sem_seg_postprocess_before_inference,
         )
         report = assert_results_match(output / name, confusion, benchmark.class_names, 2)
@@ -300,8 +337,21 @@ def test_vocabulary_file_override(tmp_path, model_dir, model_and_processor, scri
     class_names = [f"thing {index},object {index}" for index in range(21)]
     vocabulary_file = tmp_path / "pas21_plain.txt"
     vocabulary_file.write_text("".join(f"{index}:{name}\n" for index, name in enumerate(class_names)))
-    argv = ["--model", str(model_dir), "--benchmark", "pas21", "--data-dir", str(data_dir), "--output", str(output),
-            "--vocabulary-file", str(vocabulary_file), "--num-workers", "0", "--no-progress"]
+    argv = [
+        "--model",
+        str(model_dir),
+        "--benchmark",
+        "pas21",
+        "--data-dir",
+        str(data_dir),
+        "--output",
+        str(output),
+        "--vocabulary-file",
+        str(vocabulary_file),
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert evaluate_cli.main(argv) == 0
 
     model, processor = model_and_processor
@@ -310,8 +360,19 @@ def test_vocabulary_file_override(tmp_path, model_dir, model_and_processor, scri
     assert report["protocol"]["vocabulary"] == str(vocabulary_file)
 
     # With several benchmarks each file names its benchmark.
-    argv = ["--model", str(model_dir), "--benchmark", "pas21", "pc59", "--data-dir", str(data_dir), "--output",
-            str(output), "--vocabulary-file", str(vocabulary_file)]
+    argv = [
+        "--model",
+        str(model_dir),
+        "--benchmark",
+        "pas21",
+        "pc59",
+        "--data-dir",
+        str(data_dir),
+        "--output",
+        str(output),
+        "--vocabulary-file",
+        str(vocabulary_file),
+    ]
     with pytest.raises(SystemExit) as exit_info:
         parse_evaluate_args(argv)
     assert exit_info.value.code == 2
@@ -332,8 +393,19 @@ def test_mismatched_image_and_label_sizes_name_the_file(
     assert str(image_path) in str(error.value) and str(label_path) in str(error.value)
     assert "30x40" in str(error.value) and "20x40" in str(error.value)
 
-    argv = ["--model", str(model_dir), "--benchmark", "ade150", "--data-dir", str(tmp_path), "--output",
-            str(tmp_path / "out"), "--num-workers", "0", "--no-progress"]
+    argv = [
+        "--model",
+        str(model_dir),
+        "--benchmark",
+        "ade150",
+        "--data-dir",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "out"),
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert evaluate_cli.main(argv) == 1
     assert str(image_path) in capsys.readouterr().err
     assert not (tmp_path / "out" / "ade150" / "results.json").exists()
@@ -350,10 +422,30 @@ def test_hub_dataset_with_label_reduction(tmp_path, model_dir, model_and_process
     (tmp_path / "hub").mkdir()
     table.cast_column("img", datasets.Image()).to_parquet(str(tmp_path / "hub" / "validation.parquet"))
     output = tmp_path / "out"
-    argv = ["--model", str(model_dir), "--benchmark", "pas20", "--hub-dataset", str(tmp_path / "hub"), "--split",
-            "validation", "--image-column", "img", "--label-column", "seg", "--reduce-labels", "--cache-dir",
-            str(tmp_path / "cache"), "--output", str(output), "--batch-size", "2", "--num-workers", "0",
-            "--no-progress"]
+    argv = [
+        "--model",
+        str(model_dir),
+        "--benchmark",
+        "pas20",
+        "--hub-dataset",
+        str(tmp_path / "hub"),
+        "--split",
+        "validation",
+        "--image-column",
+        "img",
+        "--label-column",
+        "seg",
+        "--reduce-labels",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--output",
+        str(output),
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert evaluate_cli.main(argv) == 0
 
     model, processor = model_and_processor
@@ -373,8 +465,12 @@ def test_results_table_lists_every_benchmark_in_the_folder(tmp_path):
         folder.mkdir()
         benchmark = get_benchmark(name)
         report = {
-            "benchmark": name, "display_name": benchmark.display_name, "model": "m", "num_images": images,
-            "full_split_images": benchmark.num_images, "published_fc_clip_miou": PUBLISHED_FC_CLIP_MIOU[name],
+            "benchmark": name,
+            "display_name": benchmark.display_name,
+            "model": "m",
+            "num_images": images,
+            "full_split_images": benchmark.num_images,
+            "published_fc_clip_miou": PUBLISHED_FC_CLIP_MIOU[name],
             "scores": {"mIoU": miou, "fwIoU": 1.0, "mACC": 2.0, "pACC": 3.0},
         }
         (folder / "results.json").write_text(json.dumps(report))
@@ -388,10 +484,29 @@ def test_script_runs_as_a_command(tmp_path, model_dir):
     write_split(tmp_path / "data", "pas21")
     environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     completed = subprocess.run(
-        [sys.executable, "scripts/evaluate.py", "--model", str(model_dir), "--benchmark", "PAS-21", "--data-dir",
-         str(tmp_path / "data"), "--output", str(tmp_path / "out"), "--batch-size", "2", "--num-workers", "1",
-         "--device", "cpu"],
-        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "scripts/evaluate.py",
+            "--model",
+            str(model_dir),
+            "--benchmark",
+            "PAS-21",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--output",
+            str(tmp_path / "out"),
+            "--batch-size",
+            "2",
+            "--num-workers",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr
     assert "PAS-21: mIoU" in completed.stdout and "FC-CLIP published: 81.8" in completed.stdout
@@ -416,8 +531,19 @@ def test_every_bad_label_map_is_named_before_the_model_is_loaded(tmp_path, model
         raise AssertionError("the model was loaded before the data was checked")
 
     monkeypatch.setattr(evaluation_runner, "load_model_and_processor", no_model)
-    argv = ["--model", str(model_dir), "--benchmark", "ade150", "--data-dir", str(tmp_path / "data"), "--output",
-            str(tmp_path / "out"), "--num-workers", "0", "--no-progress"]
+    argv = [
+        "--model",
+        str(model_dir),
+        "--benchmark",
+        "ade150",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "out"),
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert evaluate_cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "4 problem(s) in 3 of the 5 samples and 1 unpaired file(s) of A-150" in err
@@ -440,8 +566,9 @@ def test_every_bad_label_map_is_named_before_the_model_is_loaded(tmp_path, model
     assert "(4 bad left out)" in (tmp_path / "out" / "results.md").read_text()
 
 
-def test_results_computed_before_a_failure_are_kept(tmp_path, model_dir, model_and_processor,
-                                                    script_reuses_the_model, capsys):
+def test_results_computed_before_a_failure_are_kept(
+    tmp_path, model_dir, model_and_processor, script_reuses_the_model, capsys
+):
     write_split(tmp_path / "data", "pas21", seed=1)
     write_split(tmp_path / "data", "pc59", seed=2)
     model, _ = model_and_processor
@@ -455,8 +582,20 @@ def test_results_computed_before_a_failure_are_kept(tmp_path, model_dir, model_a
 
     model.forward = failing_forward
     try:
-        argv = ["--model", str(model_dir), "--benchmark", "pas21", "pc59", "--data-dir", str(tmp_path / "data"),
-                "--output", str(tmp_path / "out"), "--num-workers", "0", "--no-progress"]
+        argv = [
+            "--model",
+            str(model_dir),
+            "--benchmark",
+            "pas21",
+            "pc59",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--output",
+            str(tmp_path / "out"),
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ]
         assert evaluate_cli.main(argv) == 1
     finally:
         del model.forward
@@ -472,8 +611,19 @@ def test_results_computed_before_a_failure_are_kept(tmp_path, model_dir, model_a
 
 def test_results_already_in_the_output_folder_are_not_replaced(tmp_path, model_dir, script_reuses_the_model, capsys):
     write_split(tmp_path / "data", "pas21")
-    argv = ["--model", str(model_dir), "--benchmark", "pas21", "--data-dir", str(tmp_path / "data"), "--output",
-            str(tmp_path / "out"), "--num-workers", "0", "--no-progress"]
+    argv = [
+        "--model",
+        str(model_dir),
+        "--benchmark",
+        "pas21",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "out"),
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert evaluate_cli.main(argv) == 0
     first = (tmp_path / "out" / "pas21" / "results.json").stat().st_mtime_ns
     assert evaluate_cli.main(argv) == 2
@@ -507,8 +657,21 @@ def test_own_dataset_with_its_class_list(tmp_path, model_dir, model_and_processo
         source = tmp_path / "mine_parquet"
         source.mkdir()
         table.to_parquet(str(source / "validation.parquet"))
-    argv = ["--model", str(model_dir), "--dataset", str(source), "--vocabulary-file", str(tmp_path / "mine" / "classes.txt"),
-            "--output", str(tmp_path / "out"), "--batch-size", "2", "--num-workers", "0", "--no-progress"]
+    argv = [
+        "--model",
+        str(model_dir),
+        "--dataset",
+        str(source),
+        "--vocabulary-file",
+        str(tmp_path / "mine" / "classes.txt"),
+        "--output",
+        str(tmp_path / "out"),
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     if as_parquet:
         argv += ["--image-column", "photo", "--label-column", "mask", "--name", "mine"]
     assert evaluate_cli.main(argv) == 0
@@ -535,11 +698,35 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, model_dir, model_and_pr
     of one process, computed here (both with one thread, so that floats are computed alike)."""
     pairs, class_names = write_own_dataset(tmp_path / "mine", num_images=6)
     environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "scripts/evaluate.py",
-               "--model", str(model_dir), "--dataset", str(tmp_path / "mine"), "--vocabulary-file",
-               str(tmp_path / "mine" / "classes.txt"), "--num-workers", "0", "--device", "cpu", "--batch-size", "2",
-               "--output", str(tmp_path / "two")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "scripts/evaluate.py",
+        "--model",
+        str(model_dir),
+        "--dataset",
+        str(tmp_path / "mine"),
+        "--vocabulary-file",
+        str(tmp_path / "mine" / "classes.txt"),
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--output",
+        str(tmp_path / "two"),
+    ]
     completed = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert completed.stdout.count("mine: mIoU") == 1  # only the first process reports

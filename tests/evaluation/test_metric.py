@@ -256,14 +256,18 @@ def test_evaluate_load_by_path_offline_matches_the_accumulator(evaluate_run):
     scores = SegmentationConfusionMatrix(7, 255)
     scores.update_batch(predictions, references)
     expected = scores.compute()
-    assert set(results["single"]) == set(expected) == {
-        "mean_iou",
-        "mean_accuracy",
-        "overall_accuracy",
-        "frequency_weighted_iou",
-        "per_category_iou",
-        "per_category_accuracy",
-    }
+    assert (
+        set(results["single"])
+        == set(expected)
+        == {
+            "mean_iou",
+            "mean_accuracy",
+            "overall_accuracy",
+            "frequency_weighted_iou",
+            "per_category_iou",
+            "per_category_accuracy",
+        }
+    )
     for key, value in expected.items():
         np.testing.assert_allclose(results["single"][key], value, err_msg=key)
         np.testing.assert_allclose(results["incremental"][key], value, err_msg=key)

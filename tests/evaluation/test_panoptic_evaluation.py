@@ -54,7 +54,8 @@ def test_a_perfect_prediction_scores_100_and_results_are_written(coco_root, mode
         assert label_ids_to_fuse == {3, 4}  # the two stuff classes
         segments = [
             {"id": s["id"], "label_id": index_of[s["category_id"]], "was_fused": False, "score": 1.0}
-            for s in record["segments_info"] if not s["iscrowd"]
+            for s in record["segments_info"]
+            if not s["iscrowd"]
         ]
         kept = np.isin(ids, [s["id"] for s in segments])
         return [{"segmentation": torch.from_numpy(np.where(kept, ids, 0)), "segments_info": segments}]
@@ -74,8 +75,9 @@ def test_a_perfect_prediction_scores_100_and_results_are_written(coco_root, mode
 def test_the_model_runs_end_to_end(coco_root, model_and_processor):
     model, processor = model_and_processor
     records, categories = find_panoptic_split(PANOPTIC_BENCHMARKS["coco_panoptic"], coco_root)
-    scores = evaluate_panoptic(model, processor, records, categories, list(SYNTHETIC_CLASS_NAMES), max_samples=2,
-                               progress=False)
+    scores = evaluate_panoptic(
+        model, processor, records, categories, list(SYNTHETIC_CLASS_NAMES), max_samples=2, progress=False
+    )
     assert scores["num_images"] == 2
     assert all(0.0 <= group["pq"] <= 1.0 for group in (scores["all"],) if group["pq"] is not None)
 
@@ -95,8 +97,16 @@ def test_script_names_a_class_list_mismatch_before_loading_the_model(coco_root, 
     spec = importlib.util.spec_from_file_location("evaluate_panoptic", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    arguments = ["--model", str(tmp_path / "no-model"), "--benchmark", "coco_panoptic", "--data-dir", str(coco_root),
-                 "--output", str(tmp_path / "pq")]
+    arguments = [
+        "--model",
+        str(tmp_path / "no-model"),
+        "--benchmark",
+        "coco_panoptic",
+        "--data-dir",
+        str(coco_root),
+        "--output",
+        str(tmp_path / "pq"),
+    ]
     # The COCO vocabulary has 133 classes, the generated split 5 categories: named before any model is loaded.
     assert script.main(arguments) == 2
     assert "the split has 5 categories but the class list 133 classes" in capsys.readouterr().err

@@ -52,7 +52,9 @@ def test_crafted_scores():
     assert (thing["tp"], thing["fp"], thing["fn"]) == (1, 1, 1)
     assert (stuff["tp"], stuff["fp"], stuff["fn"]) == (1, 1, 0)
     assert thing["sq"] == pytest.approx(0.8) and thing["rq"] == pytest.approx(0.5) and thing["pq"] == pytest.approx(0.4)
-    assert stuff["sq"] == pytest.approx(0.9) and stuff["rq"] == pytest.approx(2 / 3) and stuff["pq"] == pytest.approx(0.6)
+    assert (
+        stuff["sq"] == pytest.approx(0.9) and stuff["rq"] == pytest.approx(2 / 3) and stuff["pq"] == pytest.approx(0.6)
+    )
     # The unseen category (no TP, FP or FN) is left out of the averages.
     assert scores["all"] == pytest.approx({"pq": 0.5, "sq": 0.85, "rq": (0.5 + 2 / 3) / 2, "n": 2})
     assert scores["things"] == pytest.approx({"pq": 0.4, "sq": 0.8, "rq": 0.5, "n": 1})
@@ -73,8 +75,12 @@ def test_void_in_the_union_and_void_segments_ignored():
     reference = row((1, 4), (0, 6))
     prediction = row((7, 4), (7, 1), (8, 5))  # 7: 4 on the segment + 1 on void; 8: all on void
     metric = PanopticQuality({THING: True})
-    metric.add(prediction, [{"id": 7, "category_id": THING}, {"id": 8, "category_id": THING}], reference,
-               [{"id": 1, "category_id": THING}])
+    metric.add(
+        prediction,
+        [{"id": 7, "category_id": THING}, {"id": 8, "category_id": THING}],
+        reference,
+        [{"id": 1, "category_id": THING}],
+    )
     per_category = metric.compute()["per_category"][THING]
     assert (per_category["tp"], per_category["fp"], per_category["fn"]) == (1, 0, 0)
     assert per_category["sq"] == pytest.approx(1.0)  # 4 / (5 + 4 - 4 - 1)
@@ -181,11 +187,17 @@ def test_torchmetrics_differs_on_crowd_and_predicted_void():
     reference = row((1, 10), (2, 10))
     prediction = row((0, 10), (5, 10))  # segment 1 left unassigned; 5 matches 2
     ours = PanopticQuality({THING: True})
-    ours.add(prediction, [{"id": 5, "category_id": THING}], reference,
-             [{"id": 1, "category_id": THING}, {"id": 2, "category_id": THING}])
+    ours.add(
+        prediction,
+        [{"id": 5, "category_id": THING}],
+        reference,
+        [{"id": 1, "category_id": THING}, {"id": 2, "category_id": THING}],
+    )
     theirs = TorchmetricsPanopticQuality(things={THING}, stuffs={STUFF}, allow_unknown_preds_category=True)
     to_pairs = lambda ids, category: np.stack([np.where(ids > 0, category, -1), ids], axis=-1)
-    theirs.update(torch.from_numpy(to_pairs(prediction, THING))[None], torch.from_numpy(to_pairs(reference, THING))[None])
+    theirs.update(
+        torch.from_numpy(to_pairs(prediction, THING))[None], torch.from_numpy(to_pairs(reference, THING))[None]
+    )
     assert ours.compute()["all"]["pq"] == pytest.approx(1 / 1.5)  # one TP, one FN
     assert float(theirs.compute()) == pytest.approx(1.0)  # the FN on predicted void is not counted
 
@@ -201,5 +213,7 @@ def test_reference_areas_from_the_annotations():
     metric.add(prediction, predicted_segments, reference, true_segments)
     assert metric.compute()["per_category"][STUFF]["sq"] == pytest.approx(50 / 80)
     without_area = PanopticQuality(CATEGORIES)
-    without_area.add(prediction, predicted_segments, reference, [{k: v for k, v in s.items() if k != "area"} for s in true_segments])
+    without_area.add(
+        prediction, predicted_segments, reference, [{k: v for k, v in s.items() if k != "area"} for s in true_segments]
+    )
     assert without_area.compute()["per_category"][STUFF]["sq"] == pytest.approx(1.0)

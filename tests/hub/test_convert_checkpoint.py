@@ -72,7 +72,8 @@ def original_state_dict(config, seed=0):
     with torch.device("meta"):
         model = ITAForOpenVocabSegmentation(config)
     state_dict = {
-        hf_to_original_key(key): torch.randn(value.shape, generator=generator) for key, value in model.state_dict().items()
+        hf_to_original_key(key): torch.randn(value.shape, generator=generator)
+        for key, value in model.state_dict().items()
     }
     state_dict["criterion.empty_weight"] = torch.ones(len(config.train_vocabulary) + 1)
     return state_dict
@@ -142,16 +143,18 @@ def test_full_size_mapping_is_a_bijection_with_matching_shapes(variant):
 
 
 def test_key_renames_of_the_decoder():
-    assert original_to_hf_key("sem_seg_head.predictor.transformer_cross_attention_layers.7.multihead_attn.in_proj_weight") == (
-        "decoder.layers.7.cross_attention.attention.in_proj_weight"
-    )
+    assert original_to_hf_key(
+        "sem_seg_head.predictor.transformer_cross_attention_layers.7.multihead_attn.in_proj_weight"
+    ) == ("decoder.layers.7.cross_attention.attention.in_proj_weight")
     assert original_to_hf_key("sem_seg_head.predictor.transformer_self_attention_layers.3.norm.bias") == (
         "decoder.layers.3.self_attention.norm.bias"
     )
     assert original_to_hf_key("sem_seg_head.predictor.transformer_ffn_layers.0.linear2.weight") == (
         "decoder.layers.0.ffn.linear2.weight"
     )
-    assert original_to_hf_key("sem_seg_head.predictor._mask_pooling_proj.1.weight") == "decoder.mask_pooling_proj.1.weight"
+    assert (
+        original_to_hf_key("sem_seg_head.predictor._mask_pooling_proj.1.weight") == "decoder.mask_pooling_proj.1.weight"
+    )
     assert original_to_hf_key("backbone.add_tgt_em.weight") == "dominant_categories.projection"
     assert original_to_hf_key("criterion.empty_weight") is None
     assert original_to_hf_key("backbone.add_tgt_em.weight.extra") is None  # whole-key rules match whole keys
@@ -176,7 +179,9 @@ def test_variant_detection():
 def test_infer_config_reads_tiny_sizes():
     for variant in ("ita", "fcclip"):
         config = tiny_variant_config(variant)
-        inferred, _, _ = infer_config(original_state_dict(config), clip_config=TINY_CLIP_CONFIG, **tiny_overrides(config))
+        inferred, _, _ = infer_config(
+            original_state_dict(config), clip_config=TINY_CLIP_CONFIG, **tiny_overrides(config)
+        )
         assert inferred.to_diff_dict() == config.to_diff_dict()
 
 
@@ -237,7 +242,10 @@ def test_bare_state_dict_is_accepted_and_pkl_refused(tmp_path):
 def test_missing_keys_stop_the_conversion_with_the_list(tmp_path):
     config = tiny_config()
     state_dict = original_state_dict(config)
-    gone = ["sem_seg_head.predictor.transformer_ffn_layers.1.linear1.bias", "sem_seg_head.pixel_decoder.layer_1.norm.bias"]
+    gone = [
+        "sem_seg_head.predictor.transformer_ffn_layers.1.linear1.bias",
+        "sem_seg_head.pixel_decoder.layer_1.norm.bias",
+    ]
     for key in gone:
         del state_dict[key]
     with pytest.raises(CheckpointConversionError) as error:
@@ -268,7 +276,9 @@ def test_a_shape_mismatch_stops_the_conversion(tmp_path):
     state_dict[key] = torch.zeros(16, 32)
     with pytest.raises(CheckpointConversionError, match="shape mismatch") as error:
         convert_tiny(state_dict, config, tmp_path)
-    assert error.value.problems == [f"shape mismatch: {key} [16, 32] -> decoder.class_embed.layers.2.weight expects [32, 32]"]
+    assert error.value.problems == [
+        f"shape mismatch: {key} [16, 32] -> decoder.class_embed.layers.2.weight expects [32, 32]"
+    ]
 
 
 # ------------------------------------------------------------------------------------------- category bank
@@ -307,9 +317,13 @@ def test_category_bank_round_trips(converted, tmp_path):
 # --------------------------------------------------------------------------------------------- remote code
 def test_exported_source_imports_only_relatively(tmp_path):
     written = export_remote_code(tmp_path)
-    assert {"configuration_ita.py", "modeling_ita.py", "image_processing_ita.py", "processing_ita.py", "layers.py"} <= set(
-        written
-    )
+    assert {
+        "configuration_ita.py",
+        "modeling_ita.py",
+        "image_processing_ita.py",
+        "processing_ita.py",
+        "layers.py",
+    } <= set(written)
     for name in written:
         assert not {"configuration_ita", "image_processing_ita", "modeling_ita"} & set(get_imports(tmp_path / name))
     # The package's `from configuration_ita import ITAConfig` became a relative import.
@@ -407,14 +421,14 @@ REMOTE_LOAD = textwrap.dedent(
 
 def test_remote_code_loads_without_the_package_and_matches_it(converted, tmp_path):
     image = np.random.default_rng(0).integers(0, 256, size=(48, 72, 3), dtype=np.uint8)
-    torch.save(
-        {"image": image, "vocabulary": VOCABULARY, "snippet": CATEGORY_BANK_SNIPPET}, tmp_path / "reference.pt"
-    )
+    torch.save({"image": image, "vocabulary": VOCABULARY, "snippet": CATEGORY_BANK_SNIPPET}, tmp_path / "reference.pt")
     folders = [str(converted[variant][0].output_dir) for variant in ("ita", "fcclip")]
     # Same thread count as this process: the masked-attention thresholds of a random tiny model can flip on
     # float reordering between thread counts, which would not be a remote-code difference.
     env = dict(
-        os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"),
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
         OMP_NUM_THREADS=str(torch.get_num_threads()),
     )
     env.pop("PYTHONPATH", None)
@@ -437,8 +451,12 @@ def test_remote_code_loads_without_the_package_and_matches_it(converted, tmp_pat
         with torch.no_grad():
             out = model(**inputs)
         torch.testing.assert_close(remote[folder]["pixel_values"], inputs["pixel_values"], rtol=0, atol=0)
-        torch.testing.assert_close(remote[folder]["class_queries_logits"], out.class_queries_logits, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(remote[folder]["masks_queries_logits"], out.masks_queries_logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            remote[folder]["class_queries_logits"], out.class_queries_logits, rtol=1e-5, atol=1e-6
+        )
+        torch.testing.assert_close(
+            remote[folder]["masks_queries_logits"], out.masks_queries_logits, rtol=1e-5, atol=1e-6
+        )
     bank = load_category_bank(Path(folders[0]) / CATEGORY_BANK_FILE)
     candidates = ITAForOpenVocabSegmentation.from_pretrained(folders[0]).encode_vocabulary(VOCABULARY).candidate_names
     expected = torch.stack([bank[name].float() for name in candidates])
@@ -448,7 +466,9 @@ def test_remote_code_loads_without_the_package_and_matches_it(converted, tmp_pat
 
 # ---------------------------------------------------------------------------------------------- command line
 def load_script():
-    spec = importlib.util.spec_from_file_location("convert_checkpoint_script", ROOT / "scripts" / "convert_checkpoint.py")
+    spec = importlib.util.spec_from_file_location(
+        "convert_checkpoint_script", ROOT / "scripts" / "convert_checkpoint.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -460,13 +480,20 @@ def test_push_to_hub_fails_cleanly_offline(tmp_path, capsys, monkeypatch):
     torch.save({"model": original_state_dict(config)}, tmp_path / "ita.pth")
     script = load_script()
     start = time.monotonic()
-    code = script.main([
-        "--checkpoint", str(tmp_path / "ita.pth"),
-        "--output", str(tmp_path / "out"),
-        "--clip-config", json.dumps(TINY_CLIP_CONFIG),
-        "--config-overrides", json.dumps(tiny_overrides(config)),
-        "--push-to-hub", "someone/ita-tiny",
-    ])
+    code = script.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "ita.pth"),
+            "--output",
+            str(tmp_path / "out"),
+            "--clip-config",
+            json.dumps(TINY_CLIP_CONFIG),
+            "--config-overrides",
+            json.dumps(tiny_overrides(config)),
+            "--push-to-hub",
+            "someone/ita-tiny",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 2
     assert "Wrote ita" in captured.out
@@ -489,12 +516,18 @@ def test_command_line_reports_conversion_errors(tmp_path, capsys):
     del state_dict["void_embedding.weight"]
     torch.save({"model": state_dict}, tmp_path / "broken.pth")
     (tmp_path / "clip.json").write_text(json.dumps(TINY_CLIP_CONFIG))
-    code = load_script().main([
-        "--checkpoint", str(tmp_path / "broken.pth"),
-        "--output", str(tmp_path / "out"),
-        "--clip-config", str(tmp_path / "clip.json"),
-        "--config-overrides", json.dumps(tiny_overrides(config)),
-    ])
+    code = load_script().main(
+        [
+            "--checkpoint",
+            str(tmp_path / "broken.pth"),
+            "--output",
+            str(tmp_path / "out"),
+            "--clip-config",
+            str(tmp_path / "clip.json"),
+            "--config-overrides",
+            json.dumps(tiny_overrides(config)),
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "Conversion failed" in err and "model key void_embedding.weight [1, 32] is not filled" in err
@@ -510,14 +543,20 @@ def test_original_yaml_config_fills_what_shapes_cannot_tell(tmp_path):
     (tmp_path / "eval.yaml").write_text("_BASE_: base.yaml\nMODEL:\n  FC_CLIP:\n    GEOMETRIC_ENSEMBLE_BETA: 0.7\n")
     values = read_original_config(tmp_path / "eval.yaml")
     assert values == {
-        "decoder_attention_heads": 2, "pixel_decoder_attention_heads": 2, "decoder_ffn_dim": 64,
-        "ensemble_alpha": 0.3, "ensemble_beta": 0.7, "decoder_layers": 3,
+        "decoder_attention_heads": 2,
+        "pixel_decoder_attention_heads": 2,
+        "decoder_ffn_dim": 64,
+        "ensemble_alpha": 0.3,
+        "ensemble_beta": 0.7,
+        "decoder_layers": 3,
     }
     config = tiny_config()  # 4 heads x 3 levels x 2 points = 24 attention weights
     state_dict = original_state_dict(config)
     overrides = {key: value for key, value in tiny_overrides(config).items() if "heads" not in key}
     # 2 heads from the YAML: the 24 weights then split into 4 points, and the decoder takes 2 heads too.
-    inferred, _, provenance = infer_config(state_dict, clip_config=TINY_CLIP_CONFIG, original_config=values, **overrides)
+    inferred, _, provenance = infer_config(
+        state_dict, clip_config=TINY_CLIP_CONFIG, original_config=values, **overrides
+    )
     assert (inferred.pixel_decoder_attention_heads, inferred.pixel_decoder_num_points) == (2, 4)
     assert inferred.decoder_attention_heads == 2 and inferred.ensemble_beta == 0.7
     assert provenance["ensemble_beta"] == "original config" and provenance["hidden_dim"] == "tensor shapes"
@@ -527,7 +566,9 @@ def test_original_yaml_config_fills_what_shapes_cannot_tell(tmp_path):
     assert "fixed 4 sampling points" in provenance["pixel_decoder_num_points"]
     # A YAML that contradicts the shapes (5 decoder layers here, the checkpoint has 3) is refused.
     with pytest.raises(CheckpointConversionError, match="does not describe this checkpoint") as error:
-        infer_config(state_dict, clip_config=TINY_CLIP_CONFIG, original_config={**values, "decoder_layers": 5}, **overrides)
+        infer_config(
+            state_dict, clip_config=TINY_CLIP_CONFIG, original_config={**values, "decoder_layers": 5}, **overrides
+        )
     assert any("decoder_layers" in problem for problem in error.value.problems)
     (tmp_path / "broken.yaml").write_text("_BASE_: missing.yaml\n")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
@@ -542,8 +583,17 @@ def test_an_existing_folder_is_never_overwritten_silently(tmp_path, capsys):
     output.mkdir()
     (output / "README.md").write_text("my notes")
     (output / "config.json").write_text("{}")
-    argv = ["--checkpoint", str(tmp_path / "ita.pth"), "--output", str(output), "--clip-config",
-            json.dumps(TINY_CLIP_CONFIG), "--config-overrides", json.dumps(tiny_overrides(config)), "--no-verify"]
+    argv = [
+        "--checkpoint",
+        str(tmp_path / "ita.pth"),
+        "--output",
+        str(output),
+        "--clip-config",
+        json.dumps(TINY_CLIP_CONFIG),
+        "--config-overrides",
+        json.dumps(tiny_overrides(config)),
+        "--no-verify",
+    ]
     assert load_script().main(argv) == 1
     err = capsys.readouterr().err
     assert f"output folder {output} is not empty (README.md, config.json)" in err and "--overwrite" in err
@@ -580,7 +630,9 @@ def test_unreadable_checkpoints_name_the_real_problem(tmp_path, capsys):
             load_original_state_dict(tmp_path / name)
         assert message in str(error.value) and str(tmp_path / name) in str(error.value)
         assert "weights_only=False" not in str(error.value) and "resave" not in str(error.value)
-    assert "argparse.Namespace" in str(pytest.raises(ValueError, load_original_state_dict, tmp_path / "objects.pth").value)
+    assert "argparse.Namespace" in str(
+        pytest.raises(ValueError, load_original_state_dict, tmp_path / "objects.pth").value
+    )
 
     # The command line says the same, before importing torch for a missing file.
     assert load_script().main(["--checkpoint", str(tmp_path / "random.pth"), "--output", str(tmp_path / "o")]) == 1

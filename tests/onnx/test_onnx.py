@@ -92,8 +92,14 @@ def test_export_writes_a_checked_model_folder(export):
     manifest = json.loads((folder / "onnx_export.json").read_text())
     assert manifest["variant"] == variant
     assert sorted(manifest["files"]) == sorted(path.name for path in folder.iterdir())
-    assert {"model.onnx", "model.onnx.data", "text_encoder.onnx", "text_encoder.onnx.data", "config.json",
-            "processor_config.json"} <= set(manifest["files"])
+    assert {
+        "model.onnx",
+        "model.onnx.data",
+        "text_encoder.onnx",
+        "text_encoder.onnx.data",
+        "config.json",
+        "processor_config.json",
+    } <= set(manifest["files"])
     assert manifest["outputs"] == segmentation_output_names(model.config)
     check = manifest["check"]
     assert check["labels"]["different"] == 0 and check["labels"]["compared"] > 0
@@ -130,7 +136,9 @@ def test_graphs_are_written_as_onnxruntime_optimises_them(ita_onnx_export, tmp_p
         assert "Erf" not in optimized, name
         assert optimized.count("Gelu") + optimized.count("BiasGelu") == written.count("Erf"), name
 
-        equations = {attribute.s.decode() for node in graph.node if node.op_type == "Einsum" for attribute in node.attribute}
+        equations = {
+            attribute.s.decode() for node in graph.node if node.op_type == "Einsum" for attribute in node.attribute
+        }
         assert not equations & {"bqc,bchw->bqhw", "bchw,bqhw->bqc"}, name  # written as matrix products
 
         weights = {initializer.name for initializer in graph.initializer}
@@ -242,7 +250,9 @@ def test_the_onnx_extra_stays_optional(ita_onnx_export, tmp_path, monkeypatch):
         for node in ast.parse(path.read_text()).body:  # module level only
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            assert not [name for name in names if name.split(".")[0] in ("onnx", "onnxscript", "onnxruntime", "onnx_ir")], path
+            assert not [
+                name for name in names if name.split(".")[0] in ("onnx", "onnxscript", "onnxruntime", "onnx_ir")
+            ], path
 
     _, exported = ita_onnx_export
     for name in ("onnx", "onnxscript", "onnxruntime"):
@@ -291,7 +301,9 @@ def test_export_command_refuses_an_export_that_does_not_match(ita_onnx_export, t
     monkeypatch.setattr(onnx_export, "export_text_encoder", copy_graph("text_encoder.onnx"))
     assert export_main(["--model", str(other), "--output", str(tmp_path / "out"), "-q"]) == 1
     error = capsys.readouterr().err
-    assert "do not match PyTorch" in error and "text_encoder:text_classifier" in error and "Nothing was written" in error
+    assert (
+        "do not match PyTorch" in error and "text_encoder:text_classifier" in error and "Nothing was written" in error
+    )
     assert not (tmp_path / "out").exists()
     assert not [path for path in tmp_path.iterdir() if ".partial-" in path.name]  # the staging folder is gone
 
@@ -362,7 +374,10 @@ def test_console_script_is_declared():
     from ita_segmentation.onnx import BACKENDS, options
 
     # `--help` answers without importing torch, so the defaults it shows are kept light and must be the exporter's.
-    assert (options.DEFAULT_ATOL, options.DEFAULT_RTOL) == (onnx_export.DEFAULT_TOLERANCES.atol, onnx_export.DEFAULT_TOLERANCES.rtol)
+    assert (options.DEFAULT_ATOL, options.DEFAULT_RTOL) == (
+        onnx_export.DEFAULT_TOLERANCES.atol,
+        onnx_export.DEFAULT_TOLERANCES.rtol,
+    )
     assert backends.BACKENDS == BACKENDS
     with pytest.raises(SystemExit) as exit_info:
         export_main(["--help"])
@@ -381,12 +396,41 @@ def test_pipeline_command_line_and_evaluation_take_the_onnx_folder(fcclip_onnx_e
     assert np.mean(got["label_map"] == expected["label_map"]) > 0.99
 
     Image.fromarray(image).save(tmp_path / "scene.png")
-    assert segment_main([str(tmp_path / "scene.png"), "--model", str(exported), "--labels", *labels,
-                         "--output", str(tmp_path / "out"), "--quiet"]) == 0
+    assert (
+        segment_main(
+            [
+                str(tmp_path / "scene.png"),
+                "--model",
+                str(exported),
+                "--labels",
+                *labels,
+                "--output",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     written = np.asarray(Image.open(tmp_path / "out" / "scene_labels.png"))
     np.testing.assert_array_equal(written, got["label_map"])
-    assert segment_main([str(tmp_path / "scene.png"), "--model", str(exported), "--labels", "cat", "--backend",
-                         "onnxruntime", "--dtype", "bfloat16", "--output", str(tmp_path / "out2")]) == 2
+    assert (
+        segment_main(
+            [
+                str(tmp_path / "scene.png"),
+                "--model",
+                str(exported),
+                "--labels",
+                "cat",
+                "--backend",
+                "onnxruntime",
+                "--dtype",
+                "bfloat16",
+                "--output",
+                str(tmp_path / "out2"),
+            ]
+        )
+        == 2
+    )
     assert "computes in float32" in capsys.readouterr().err
 
     from ita_segmentation.evaluation.runner import load_model_and_processor
@@ -412,9 +456,23 @@ def test_evaluation_script_on_the_onnx_folder(fcclip_onnx_export, tmp_path):
     write_split(tmp_path / "data", "pas21", image_sizes=[(40, 30), (30, 45)])
     results = {}
     for name, model in (("pytorch", source), ("onnx", exported)):
-        status = ita_cli.evaluate(["--model", str(model), "--benchmark", "pas21", "--data-dir", str(tmp_path / "data"),
-                                       "--output", str(tmp_path / name), "--num-workers", "0", "--device", "cpu",
-                                       "--no-progress"])
+        status = ita_cli.evaluate(
+            [
+                "--model",
+                str(model),
+                "--benchmark",
+                "pas21",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / name),
+                "--num-workers",
+                "0",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
         assert status == 0
         results[name] = json.loads((tmp_path / name / "pas21" / "results.json").read_text())
     assert results["onnx"]["scores"]["mIoU"] == pytest.approx(results["pytorch"]["scores"]["mIoU"], abs=0.05)
@@ -441,7 +499,9 @@ def test_ita_dense_features_traces_with_dynamic_shapes():
     """`dominant_category_features="dense_features"` (no view input) under dynamic axes: the traced graph at
     another batch, image size and vocabulary gives the eager outputs."""
     torch.manual_seed(0)
-    model = ITAForOpenVocabSegmentation(tiny_config(**ONNX_MODELS["ita"], dominant_category_features="dense_features")).eval()
+    model = ITAForOpenVocabSegmentation(
+        tiny_config(**ONNX_MODELS["ita"], dominant_category_features="dense_features")
+    ).eval()
     graph = ITASegmentationGraph(model).eval()
     example = example_segmentation_inputs(model, 32)
     with torch.no_grad():
@@ -449,7 +509,9 @@ def test_ita_dense_features_traces_with_dynamic_shapes():
             graph, (), example, dynamic_shapes=segmentation_dynamic_shapes(model.config, 32), strict=False
         )
         vocabulary = model.encode_vocabulary(VOCABULARIES[1])
-        inputs = segmentation_inputs(model.config, torch.randn(3, 3, 96, 64), torch.tensor([[96, 64], [80, 50], [70, 64]]), vocabulary)
+        inputs = segmentation_inputs(
+            model.config, torch.randn(3, 3, 96, 64), torch.tensor([[96, 64], [80, 50], [70, 64]]), vocabulary
+        )
         got, expected = program.module()(**inputs), graph(**inputs)
     for ours, theirs in zip(got, expected):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
@@ -480,9 +542,13 @@ def test_export_kernels_replace_the_model_s_only_within_the_graph():
     from modeling_ita import kernels
 
     torch.manual_seed(0)
-    model = ITAForOpenVocabSegmentation(tiny_config(**ONNX_MODELS["ita"], dominant_category_features="dense_features")).eval()
+    model = ITAForOpenVocabSegmentation(
+        tiny_config(**ONNX_MODELS["ita"], dominant_category_features="dense_features")
+    ).eval()
     vocabulary = model.encode_vocabulary(VOCABULARIES[1])
-    inputs = segmentation_inputs(model.config, torch.randn(2, 3, 64, 96), torch.tensor([[64, 96], [40, 70]]), vocabulary)
+    inputs = segmentation_inputs(
+        model.config, torch.randn(2, 3, 64, 96), torch.tensor([[64, 96], [40, 70]]), vocabulary
+    )
     seen = []
     own = kernels.REGISTRY["image_region_means"].reference
     with export_kernels():
@@ -496,7 +562,9 @@ def test_export_kernels_replace_the_model_s_only_within_the_graph():
             original.reference = lambda *args: seen.append("eager") or own(*args)
             got = graph(**inputs)
             assert not seen  # the graph pooled with the export kernel
-            expected = model(**{k: v for k, v in inputs.items() if k in ("pixel_values", "image_sizes")}, vocabulary=vocabulary)
+            expected = model(
+                **{k: v for k, v in inputs.items() if k in ("pixel_values", "image_sizes")}, vocabulary=vocabulary
+            )
             assert seen == ["eager"]
         finally:
             original.reference = own

@@ -344,8 +344,13 @@ def test_dominant_category_column_becomes_candidate_indices():
     candidates = ["cat", "kitty", "dog", "other"]
     rows = _rows([np.zeros((8, 8))] * 3, dominant_categories=[["dog", "kitty", "other"], ["cat"], ["wolf"]])
     dataset = ITASegmentationDataset(
-        rows, processor(), names, dominant_categories_column="dominant_categories", candidate_names=candidates,
-        num_dominant_categories=2, name="evaluation",
+        rows,
+        processor(),
+        names,
+        dominant_categories_column="dominant_categories",
+        candidate_names=candidates,
+        num_dominant_categories=2,
+        name="evaluation",
     )
     assert dataset[0]["dominant_category_ids"].tolist() == [2, 1]  # cut to k = 2
     assert dataset[1]["dominant_category_ids"].tolist() == [0, 0]  # repeated to fill k

@@ -29,8 +29,11 @@ def test_every_option_the_light_check_knows_is_one_the_full_parser_knows():
     assert known - {"--help-all"} == full
     # and the light parser's own options are exactly the project's fields (with their spellings)
     own = set(parser._option_string_actions) - {"-h", "--help", "--help-all"}
-    fields = [field for group in (ITAModelArguments, ITADataArguments, ITARecipeArguments)
-              for field in dataclasses.fields(group)]
+    fields = [
+        field
+        for group in (ITAModelArguments, ITADataArguments, ITARecipeArguments)
+        for field in dataclasses.fields(group)
+    ]
     assert {action.dest for action in parser._actions} - {"help", "help_all"} == {field.name for field in fields}
     assert own <= full
 
@@ -41,8 +44,20 @@ def test_every_option_the_light_check_knows_is_one_the_full_parser_knows():
         [],
         ["--crop_size", "512", "--min-scale", "0.5", "--no_random_flip", "--reduce_labels"],
         ["--class_names", "sofa,couch", "wall", "--lr_decay_steps", "5", "9", "--variant", "fcclip"],
-        ["--random_flip", "false", "--skip_bad_samples", "yes", "--lr_decay_fractions", "0.5", "0.75",
-         "--dataset_layout", "synthetic", "--ddp_find_unused_parameters", "--learning_rate", "3e-4"],
+        [
+            "--random_flip",
+            "false",
+            "--skip_bad_samples",
+            "yes",
+            "--lr_decay_fractions",
+            "0.5",
+            "0.75",
+            "--dataset_layout",
+            "synthetic",
+            "--ddp_find_unused_parameters",
+            "--learning_rate",
+            "3e-4",
+        ],
         ["--output_dir", "runs/x", "--max_steps", "7", "--crop_size=64", "--bf16", "--warmup_steps", "2.5"],
     ],
 )
@@ -79,8 +94,19 @@ def test_usage_errors_are_named(argv, message, capsys):
 
 def test_what_only_the_full_parser_can_judge_is_let_through():
     # TrainingArguments' values, their --no_ forms, negative numbers and an abbreviation of one field's option.
-    argv = ["--output_dir", "runs/x", "--save_steps", "10", "--no_dataloader_pin_memory", "--seed", "-3",
-            "--report_to", "none", "--per_device_train", "2"]
+    argv = [
+        "--output_dir",
+        "runs/x",
+        "--save_steps",
+        "10",
+        "--no_dataloader_pin_memory",
+        "--seed",
+        "-3",
+        "--report_to",
+        "none",
+        "--per_device_train",
+        "2",
+    ]
     cli.check_arguments(argv)
     _, _, args = parse_arguments([*argv, "--use_cpu"])
     assert args.seed == -3 and args.per_device_train_batch_size == 2 and not args.dataloader_pin_memory
@@ -95,9 +121,19 @@ def test_a_stray_value_is_a_usage_error_after_the_full_parser(tmp_path, capsys):
 def test_help_lists_the_projects_arguments_and_the_common_options(capsys):
     assert cli.main(["--help"]) == 0
     text = capsys.readouterr().out
-    for option in ("--model_name_or_path", "--dataset_layout", "--crop_size", "--lr_schedule", "--learning_rate",
-                   "--output_dir", "--per_device_train_batch_size", "--max_steps", "--num_train_epochs",
-                   "--resume_from_checkpoint", "--help-all"):
+    for option in (
+        "--model_name_or_path",
+        "--dataset_layout",
+        "--crop_size",
+        "--lr_schedule",
+        "--learning_rate",
+        "--output_dir",
+        "--per_device_train_batch_size",
+        "--max_steps",
+        "--num_train_epochs",
+        "--resume_from_checkpoint",
+        "--help-all",
+    ):
         assert option in text, option
     assert "--adam_beta1" not in text and "--help-all" in text
     assert cli.main(["--help-all"], prog="ita-train") == 0

@@ -98,8 +98,18 @@ def test_command_line_defaults_follow_the_fcclip_recipe(tmp_path):
     assert jitter == (1024, 0.1, 2.0, True)
     assert data_args.dominant_categories == "online" and model_args.clip_checkpoint is None
     _, data_args, args = parse_arguments(
-        ["--output_dir", str(tmp_path), "--class_names", "sofa,couch", "wall", "--lr_decay_steps", "5", "9",
-         "--bf16", "--use_cpu"]
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--class_names",
+            "sofa,couch",
+            "wall",
+            "--lr_decay_steps",
+            "5",
+            "9",
+            "--bf16",
+            "--use_cpu",
+        ]
     )
     assert data_args.class_names == ["sofa,couch", "wall"] and args.lr_decay_steps == [5, 9] and args.bf16
 
@@ -124,12 +134,22 @@ def test_parameter_groups_follow_mask2formers_build_optimizer(variant):
     assert set(names) == trainable  # every trainable parameter exactly once ...
     assert sum(len(group["params"]) for group in groups) == len(trainable)
     assert not any(name.startswith("backbone.") for name in names)  # ... and no frozen CLIP parameter
-    for name in ("decoder.query_feat.weight", "decoder.query_embed.weight", "decoder.level_embed.weight",
-                 "void_embedding.weight", "decoder.decoder_norm.weight", "decoder.decoder_norm.bias",
-                 "pixel_decoder.input_proj.0.1.weight"):
+    for name in (
+        "decoder.query_feat.weight",
+        "decoder.query_embed.weight",
+        "decoder.level_embed.weight",
+        "void_embedding.weight",
+        "decoder.decoder_norm.weight",
+        "decoder.decoder_norm.bias",
+        "pixel_decoder.input_proj.0.1.weight",
+    ):
         assert names[name] == "no_decay", name
-    for name in ("decoder.class_embed.layers.0.weight", "decoder.class_embed.layers.0.bias", "decoder.logit_scale",
-                 "pixel_decoder.transformer.level_embed"):
+    for name in (
+        "decoder.class_embed.layers.0.weight",
+        "decoder.class_embed.layers.0.bias",
+        "decoder.logit_scale",
+        "pixel_decoder.transformer.level_embed",
+    ):
         assert names[name] == "decay", name
     if variant == "ita":
         assert names["dominant_categories.projection"] == "backbone_no_decay"
@@ -176,8 +196,10 @@ def test_clip_checkpoint_fills_a_new_models_clip(tmp_path):
 def test_metrics_accumulate_a_confusion_matrix_and_skip_padding():
     metrics = ITASegmentationMetrics(num_labels=3)
     pad = IGNORE_LABEL
-    first = EvalPrediction(predictions=torch.tensor([[0, 0, 1, 2], [2, 2, 0, 0]]),
-                           label_ids=torch.tensor([[0, 1, 1, pad], [2, 2, pad, pad]]))
+    first = EvalPrediction(
+        predictions=torch.tensor([[0, 0, 1, 2], [2, 2, 0, 0]]),
+        label_ids=torch.tensor([[0, 1, 1, pad], [2, 2, pad, pad]]),
+    )
     assert metrics(first, compute_result=False) == {}
     second = EvalPrediction(predictions=np.array([[1, 1]]), label_ids=np.array([[1, 0]]))
     scores = metrics(second, compute_result=True)
@@ -234,8 +256,17 @@ def trainable_state(model):
 
 
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
-    settings = dict(num_train=8, num_eval=2, max_steps=6, per_device_train_batch_size=2, save_strategy="steps",
-                    save_steps=3, lr_warmup_factor=0.25, warmup_steps=2, lr_decay_steps=[4])
+    settings = dict(
+        num_train=8,
+        num_eval=2,
+        max_steps=6,
+        per_device_train_batch_size=2,
+        save_strategy="steps",
+        save_steps=3,
+        lr_warmup_factor=0.25,
+        warmup_steps=2,
+        lr_decay_steps=[4],
+    )
     uninterrupted = build_trainer(*tiny_run(tmp_path, "full", **settings))
     uninterrupted.train()
 
@@ -274,16 +305,50 @@ def test_two_processes_train_to_identical_weights(tmp_path):
     launcher.write_text(LAUNCHER.format(tests=str(ROOT / "tests")))
     output = tmp_path / "out"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher),
-        "--config_path", str(tmp_path / "config.json"), "--dataset_layout", "synthetic",
-        "--synthetic_num_train_images", "8", "--crop_size", "64", "--min_scale", "0.5", "--max_scale", "1.5",
-        "--per_device_train_batch_size", "2", "--max_steps", "3", "--learning_rate", "2e-3", "--use_cpu",
-        "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(output),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(launcher),
+        "--config_path",
+        str(tmp_path / "config.json"),
+        "--dataset_layout",
+        "synthetic",
+        "--synthetic_num_train_images",
+        "8",
+        "--crop_size",
+        "64",
+        "--min_scale",
+        "0.5",
+        "--max_scale",
+        "1.5",
+        "--per_device_train_batch_size",
+        "2",
+        "--max_steps",
+        "3",
+        "--learning_rate",
+        "2e-3",
+        "--use_cpu",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--output_dir",
+        str(output),
     ]
     environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     # A session of its own, so that a hang takes the launcher's workers down with it.
     process = subprocess.Popen(
-        command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command,
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -325,8 +390,19 @@ def test_precomputed_dominant_categories_feed_training(tmp_path):
     # Through the command line: precompute, then train from the saved column.
     saved = tmp_path / "with_column"
 
-    common = ["--config_path", str(tmp_path / "config.json"), "--dataset_layout", "synthetic",
-              "--synthetic_num_train_images", "6", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"]
+    common = [
+        "--config_path",
+        str(tmp_path / "config.json"),
+        "--dataset_layout",
+        "synthetic",
+        "--synthetic_num_train_images",
+        "6",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
     precompute = ["--precompute_dominant_categories_to", str(saved), "--output_dir", str(tmp_path / "unused")]
     assert main(common + precompute) is None
     trainer = build_trainer(
@@ -341,7 +417,6 @@ def test_precomputed_dominant_categories_feed_training(tmp_path):
     assert trainer.state.global_step == 4
 
 
-
 # ------------------------------------------------------------------------------------------------ demo
 
 
@@ -354,8 +429,26 @@ def test_demo_trains_saves_and_segments(tmp_path):
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     output = tmp_path / "demo"
-    status = demo.main(["--output", str(output), "--steps", "3", "--batch-size", "2", "--image-size", "64",
-                        "--train-images", "4", "--eval-images", "2", "--samples", "2", "--threads", "1"])
+    status = demo.main(
+        [
+            "--output",
+            str(output),
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--image-size",
+            "64",
+            "--train-images",
+            "4",
+            "--eval-images",
+            "2",
+            "--samples",
+            "2",
+            "--threads",
+            "1",
+        ]
+    )
     assert status == 0
     results = json.loads((output / "results.json").read_text())
     assert 0 <= results["mean_iou_untrained"] <= 1 and 0 <= results["mean_iou_trained"] <= 1
@@ -416,11 +509,25 @@ def test_train_command_reports_bad_data_without_a_traceback(tmp_path, capsys):
 
     bad = bad_label_folders(tmp_path / "data")
     tiny_config().to_json_file(tmp_path / "config.json")
-    status = ita_cli.train([
-        "--config_path", str(tmp_path / "config.json"), "--dataset_name_or_path", str(tmp_path / "data"),
-        "--vocabulary_file", str(tmp_path / "data" / "classes.txt"), "--output_dir", str(tmp_path / "run"),
-        "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--max_steps", "1",
-    ])
+    status = ita_cli.train(
+        [
+            "--config_path",
+            str(tmp_path / "config.json"),
+            "--dataset_name_or_path",
+            str(tmp_path / "data"),
+            "--vocabulary_file",
+            str(tmp_path / "data" / "classes.txt"),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--use_cpu",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--max_steps",
+            "1",
+        ]
+    )
     assert status == 1
     err = capsys.readouterr().err
     assert "ita-train: error: 1 problem(s) in 1 of the 6 samples of the training data" in err and str(bad) in err
@@ -433,10 +540,29 @@ def test_an_earlier_run_is_not_overwritten_silently(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.safetensors").write_bytes(b"an earlier run's weights")
     tiny_config().to_json_file(tmp_path / "config.json")
-    argv = ["--config_path", str(tmp_path / "config.json"), "--dataset_layout", "synthetic",
-            "--synthetic_num_train_images", "4", "--crop_size", "64", "--per_device_train_batch_size", "2",
-            "--output_dir", str(tmp_path / "run"), "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
-            "--max_steps", "1", "--save_strategy", "no"]
+    argv = [
+        "--config_path",
+        str(tmp_path / "config.json"),
+        "--dataset_layout",
+        "synthetic",
+        "--synthetic_num_train_images",
+        "4",
+        "--crop_size",
+        "64",
+        "--per_device_train_batch_size",
+        "2",
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--max_steps",
+        "1",
+        "--save_strategy",
+        "no",
+    ]
     assert ita_cli.train(argv) == 1
     assert f"output_dir {tmp_path / 'run'} is not empty (model.safetensors)" in capsys.readouterr().err
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == b"an earlier run's weights"
