@@ -51,6 +51,7 @@ __all__ = [
     "replaced_kernels",
     "resize_to_levels",
     "resize_to_levels_reference",
+    "queries_last_samples",
     "sample_value_maps",
     "token_chunked",
     "tokens_to_maps",
@@ -310,6 +311,28 @@ def deformable_value_maps(value: Tensor, spatial_shapes: Sequence[tuple[int, int
     ]
 
 
+def queries_last_samples(
+    value_maps: list[Tensor], sampling_locations: Tensor, attention_weights: Tensor
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Per level of the maps from `deformable_value_maps`: the bilinear samples at the sampling locations,
+    `[B * heads, head_dim, points, Lq]`, and their attention weights, `[B * heads, 1, points, Lq]`, queries last
+    (arguments as in `multi_scale_deformable_attention`). The weighted sum over levels and points is the
+    caller's (`sample_value_maps`; the ONNX wing's export kernel sums differently)."""
+    batch, num_queries, heads, num_levels, num_points, _ = sampling_locations.shape
+    dtype = value_maps[0].dtype
+    # grid_sample addresses a map with [-1, 1] corners; with align_corners=False, -1 and 1 are the outer pixel
+    # edges, the convention of the [0, 1] locations.
+    grids = (2 * sampling_locations - 1).to(dtype).permute(0, 2, 3, 4, 1, 5).contiguous()
+    grids = grids.view(batch * heads, num_levels, num_points, num_queries, 2)
+    weights = attention_weights.to(dtype).permute(0, 2, 3, 4, 1).contiguous()
+    weights = weights.view(batch * heads, 1, num_levels, num_points, num_queries)
+    for level, level_value in enumerate(value_maps):
+        samples = F.grid_sample(
+            level_value, grids[:, level], mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        yield samples, weights[:, :, level]
+
+
 def sample_value_maps(value_maps: list[Tensor], sampling_locations: Tensor, attention_weights: Tensor) -> Tensor:
     """Weighted sum of bilinear samples of the maps from `deformable_value_maps`; arguments and result as in
     `multi_scale_deformable_attention`.
@@ -318,22 +341,12 @@ def sample_value_maps(value_maps: list[Tensor], sampling_locations: Tensor, atte
     channel and point, and the sum over points is a few in-place multiply-adds. Inputs already laid out
     queries-last (as `deformable_attention_on_maps` builds them) are not copied.
     """
-    batch, num_queries, heads, num_levels, num_points, _ = sampling_locations.shape
+    batch, num_queries, heads = sampling_locations.shape[:3]
     head_dim = value_maps[0].shape[1]
-    dtype = value_maps[0].dtype
-    # grid_sample addresses a map with [-1, 1] corners; with align_corners=False, -1 and 1 are the outer pixel
-    # edges, the convention of the [0, 1] locations.
-    grids = (2 * sampling_locations - 1).to(dtype).permute(0, 2, 3, 4, 1, 5).contiguous()
-    grids = grids.view(batch * heads, num_levels, num_points, num_queries, 2)
-    weights = attention_weights.to(dtype).permute(0, 2, 3, 4, 1).contiguous()
-    weights = weights.view(batch * heads, 1, num_levels, num_points, num_queries)
     output = value_maps[0].new_zeros(batch * heads, head_dim, num_queries)
-    for level, level_value in enumerate(value_maps):
-        samples = F.grid_sample(
-            level_value, grids[:, level], mode="bilinear", padding_mode="zeros", align_corners=False
-        )  # [B*heads, head_dim, points, Lq]
-        for point in range(num_points):
-            output.addcmul_(samples[:, :, point], weights[:, :, level, point])
+    for samples, weights in queries_last_samples(value_maps, sampling_locations, attention_weights):
+        for point in range(samples.shape[2]):
+            output.addcmul_(samples[:, :, point], weights[:, :, point])
     return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
 
 

@@ -1,21 +1,7 @@
 """Run a model over benchmark splits and write its scores: the logic behind `scripts/evaluate.py`.
 
-The protocol is the one behind FC-CLIP's published numbers:
-
-- one scale, no flip, no sliding window, at the processor's resolution (published: shortest side 800,
-  longest at most 1333, padded to a multiple of 32);
-- the benchmark's class list with FC-CLIP's synonyms (or a replacement with as many classes), encoded once
-  per benchmark;
-- each image predicted at its label's size (the label defines the output size), reduced to an argmax label
-  map right away and added to a `SegmentationConfusionMatrix`, so memory stays at classes x classes
-  whatever the split size;
-- the order of post-processing of FC-CLIP's config for that benchmark
-  (`SegmentationBenchmark.sem_seg_postprocess_before_inference`);
-- detectron2's `SemSegEvaluator` scores (mIoU, fwIoU, mACC, pACC), in percent as it reports them.
-
-Batches only hold images that share one padded input size. The decoder and the pixel decoder attend over the
-whole padded input, padding included, so batching an image with a larger one would change its prediction;
-grouped this way every image sees exactly the input it has alone, as in the original's batch of one.
+The protocol (FC-CLIP's, behind its published numbers) and why batches only hold images of one padded input
+size are described in `evaluator.py` and `batching.py`.
 
 The parts: `model_loading.py` (model and processor), `data_source.py` (the splits and their pre-flight
 check), `batching.py`, `evaluator.py` (the loop over one split), `report.py` (results.json, per_class.csv,

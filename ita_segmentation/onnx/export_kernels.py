@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from modeling_ita import kernels
@@ -30,21 +29,12 @@ def sample_value_maps_for_export(
     value_maps: list[Tensor], sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tensor:
     """`kernels.sample_value_maps` with one product and one sum over the points per level: exported, each in-place
-    multiply-add of the eager kernel becomes a slice, a product and a sum (onnxruntime: 1.3 s of the full-size pixel
-    decoder's 3.8 s)."""
-    batch, num_queries, heads, num_levels, num_points, _ = sampling_locations.shape
+    multiply-add of the eager kernel becomes a slice, a product and a sum (measured in benchmarks/README.md)."""
+    batch, num_queries, heads = sampling_locations.shape[:3]
     head_dim = value_maps[0].shape[1]
-    dtype = value_maps[0].dtype
-    grids = (2 * sampling_locations - 1).to(dtype).permute(0, 2, 3, 4, 1, 5).contiguous()
-    grids = grids.view(batch * heads, num_levels, num_points, num_queries, 2)
-    weights = attention_weights.to(dtype).permute(0, 2, 3, 4, 1).contiguous()
-    weights = weights.view(batch * heads, 1, num_levels, num_points, num_queries)
     output = value_maps[0].new_zeros(batch * heads, head_dim, num_queries)
-    for level, level_value in enumerate(value_maps):
-        samples = F.grid_sample(
-            level_value, grids[:, level], mode="bilinear", padding_mode="zeros", align_corners=False
-        )  # [B*heads, head_dim, points, Lq]
-        output = output + (samples * weights[:, :, level]).sum(dim=2)
+    for samples, weights in kernels.queries_last_samples(value_maps, sampling_locations, attention_weights):
+        output = output + (samples * weights).sum(dim=2)
     return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
 
 
