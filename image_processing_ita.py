@@ -10,10 +10,13 @@ Segmentation maps become Mask2Former-style targets: per image, one binary mask p
 (`mask_labels`) and the class ids (`class_labels`).
 """
 
+import dataclasses
+import difflib
+import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Unpack, cast
 
 import numpy as np
@@ -31,6 +34,7 @@ from transformers.image_utils import (
     pil_torch_interpolation_mapping,
 )
 from transformers.processing_utils import ImagesKwargs
+from transformers.utils import logging
 
 from configuration_ita import ITAConfig
 from postprocessing_ita import (
@@ -40,11 +44,14 @@ from postprocessing_ita import (
     semantic_segmentation,
 )
 
+logger = logging.get_logger(__name__)
+
 __all__ = [
     "ITAImageProcessor",
     "ITAImageProcessorKwargs",
     "ITA_PIXEL_MEAN",
     "ITA_PIXEL_STD",
+    "TARGET_NAMES",
     "clip_view",
     "image_to_tensor",
     "open_image",
@@ -63,6 +70,17 @@ CLIP_VIEW_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_VIEW_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _SIXTEEN_BIT_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+# Keys transformers writes into a saved image processor or hands to its constructor besides the options: the class
+# names (`to_dict`, `ProcessorMixin`, older feature extractors) and the remote-code map (`register_for_auto_class`).
+_TRANSFORMERS_BOOKKEEPING_KEYS = frozenset(
+    {"image_processor_type", "processor_class", "_processor_class", "feature_extractor_type", "auto_map"}
+)
+# The keys of a `size` dict (`SizeDict`), which transformers' image processors take inside `size={...}` only.
+_SIZE_KEYS = tuple(field.name for field in dataclasses.fields(SizeDict))
+
+# The training targets made from segmentation maps: one tensor per image (lists, never converted to one tensor).
+TARGET_NAMES = ("mask_labels", "class_labels")
 
 
 def open_image(image: str | os.PathLike[str] | Image.Image, where: str = "image") -> Image.Image:
@@ -416,6 +434,36 @@ def _check_options(
         raise ValueError(f"num_labels must be >= 1, got {num_labels}")
 
 
+def _flat_size_hint(flat: Mapping[str, Any]) -> str:
+    """`size={'shortest_edge': 64}`: the form of the size keys given flat."""
+    return "size={" + ", ".join(f"{key!r}: {value!r}" for key, value in flat.items()) + "}"
+
+
+def _refuse_unknown_options(owner: str, known: Iterable[str], kwargs: Mapping[str, Any]) -> None:
+    """Raise a `TypeError` for arguments nobody reads: size keys given flat (with the `size={...}` form that takes
+    them) and other unknown names (with the closest known name)."""
+    known = set(known)
+    flat_size = {key: value for key, value in kwargs.items() if key in _SIZE_KEYS}
+    unknown = [key for key in kwargs if key not in known and key not in flat_size]
+    if flat_size:
+        raise TypeError(
+            f"{owner} takes sizes in one dict, as transformers' image processors do: write "
+            f"{_flat_size_hint(flat_size)} instead of "
+            + ", ".join(f"{key}={value!r}" for key, value in flat_size.items())
+        )
+    if unknown:
+        names = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known | set(_SIZE_KEYS)), n=1)
+            if not close:
+                names.append(repr(key))
+            elif close[0] in _SIZE_KEYS:
+                names.append(f"{key!r} (did you mean {_flat_size_hint({close[0]: kwargs[key]})}?)")
+            else:
+                names.append(f"{key!r} (did you mean {close[0]!r}?)")
+        raise TypeError(f"{owner} got unknown keyword argument(s): {', '.join(names)}")
+
+
 class ITAImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
     size_divisor (`int`, *optional*, defaults to 32):
@@ -472,7 +520,6 @@ class ITAImageProcessor(TorchvisionBackend):
     """
 
     valid_kwargs = ITAImageProcessorKwargs
-    model_input_names = ["pixel_values", "pixel_mask", "image_sizes"]
 
     resample = PILImageResampling.BILINEAR
     size = {"shortest_edge": 800, "longest_edge": 1333}
@@ -501,8 +548,53 @@ class ITAImageProcessor(TorchvisionBackend):
     # e.g. to a fixed crop size), so the stride cannot be read from them reliably.
     mask_stride = 4
 
+    # Plain attributes a saved processor may carry besides the preprocessing options (set on an instance, they are
+    # saved with it): accepted by the constructor and by loading.
+    _post_processing_settings = ("post_process_chunk_elements", "mask_stride")
+
     def __init__(self, **kwargs: Unpack[ITAImageProcessorKwargs]) -> None:
+        _refuse_unknown_options(type(self).__name__, self._known_keys(), kwargs)
         super().__init__(**kwargs)  # type: ignore[misc]  # the backend's kwargs are ImagesKwargs, ours a superset
+
+    @classmethod
+    def _known_keys(cls) -> set[str]:
+        """Every name the constructor takes: the options, the post-processing settings and transformers' own keys."""
+        return (
+            set(cls.valid_kwargs.__annotations__) | set(cls._post_processing_settings) | _TRANSFORMERS_BOOKKEEPING_KEYS
+        )
+
+    @property
+    def model_input_names(self) -> list[str]:  # type: ignore[override]  # a class attribute in transformers
+        """The inputs of the model this processor makes: `dominant_category_pixel_values` when it makes ITA's view."""
+        names = ["pixel_values", "pixel_mask", "image_sizes"]
+        if self.dominant_category_image_size is not None:
+            names.append("dominant_category_pixel_values")
+        return names
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """As transformers' `from_dict` (saved settings, overridden by the `kwargs` that are options), except that
+        a saved key this class does not know (written by another version) is dropped with a warning, as it cannot
+        be refused once saved, and size keys given flat in `kwargs` are refused as by the constructor.
+        `from_pretrained` and `from_json_file` load through here."""
+        flat_size = {key: value for key, value in kwargs.items() if key in _SIZE_KEYS}
+        if flat_size:
+            _refuse_unknown_options(f"{cls.__name__}.from_dict", (), flat_size)
+        known = cls._known_keys()
+        unknown = sorted(key for key in image_processor_dict if key not in known)
+        if unknown:
+            logger.warning(
+                f"{cls.__name__}: ignoring saved setting(s) {', '.join(map(repr, unknown))} that this version does "
+                "not read (saved by another version?)"
+            )
+        settings = {key: value for key, value in image_processor_dict.items() if key in known}
+        return super().from_dict(settings, **kwargs)
+
+    @classmethod
+    def from_json_file(cls, json_file: str | os.PathLike[str]) -> Any:
+        """An image processor from a JSON file of its settings (`to_json_file`), loaded as `from_dict` loads."""
+        with open(json_file, encoding="utf-8") as reader:
+            return cls.from_dict(json.load(reader))
 
     @classmethod
     def for_model_config(cls, config: ITAConfig, **kwargs: Any) -> "ITAImageProcessor":
@@ -662,27 +754,25 @@ class ITAImageProcessor(TorchvisionBackend):
 
         pixel_values, pixel_mask = _padded_batch(processed, image_sizes, do_pad, size_divisor, pad_size)
         device = pixel_values.device
-        data = {
+        data: dict[str, Any] = {
             "pixel_values": pixel_values,
             "pixel_mask": pixel_mask,
             "image_sizes": torch.tensor(image_sizes, dtype=torch.long, device=device),
         }
         if views:
             data["dominant_category_pixel_values"] = torch.stack(views).to(device)
-        encoded = BatchFeature(data=data, tensor_type=return_tensors)
-
         if segmentation_maps is not None:
             mask_labels, class_labels = _segmentation_targets(
                 segmentation_maps, image_sizes, pixel_values.shape[-2:], ignore_index, do_reduce_labels, num_labels
             )
-            # Lists, not stacked: images have different numbers of classes.
             if return_tensors == "np":
-                encoded["mask_labels"] = [masks.cpu().numpy() for masks in mask_labels]
-                encoded["class_labels"] = [classes.cpu().numpy() for classes in class_labels]
+                data["mask_labels"] = [masks.cpu().numpy() for masks in mask_labels]
+                data["class_labels"] = [classes.cpu().numpy() for classes in class_labels]
             else:
-                encoded["mask_labels"] = [masks.to(device) for masks in mask_labels]
-                encoded["class_labels"] = [classes.to(device) for classes in class_labels]
-        return encoded
+                data["mask_labels"] = [masks.to(device) for masks in mask_labels]
+                data["class_labels"] = [classes.to(device) for classes in class_labels]
+        # The targets stay lists, never stacked: images have different numbers of classes.
+        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=list(TARGET_NAMES))
 
     # ------------------------------------------------------------------------------------------------
     # Post-processing (the rules and their checks live in postprocessing_ita)
