@@ -12,7 +12,7 @@ from typing import Any, cast, overload
 from transformers.image_processing_base import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 
-from image_processing_ita import ITAImageProcessor, ITAImageProcessorKwargs
+from image_processing_ita import TARGET_NAMES, ITAImageProcessor, ITAImageProcessorKwargs
 
 __all__ = ["ITAClassNames", "ITAProcessor", "ITAProcessorKwargs", "parse_vocabulary", "shared_synonyms"]
 
@@ -172,6 +172,8 @@ class ITAProcessor(ProcessorMixin):
         super().__init__(image_processor, **kwargs)  # type: ignore[no-untyped-call]
 
     valid_processor_kwargs = ITAProcessorKwargs  # type: ignore[assignment]
+    # Outputs that are no tensors: the vocabulary (a sequence of strings) and the per-image training targets.
+    skip_tensor_conversion = [*ProcessorMixin.skip_tensor_conversion, "class_names", *TARGET_NAMES]
 
     def __call__(
         self,
@@ -213,10 +215,10 @@ class ITAProcessor(ProcessorMixin):
             raise ValueError("segmentation_maps were given without their images")
         else:
             encoded = BatchFeature()
-        if class_names is not None:
-            # Set after the tensor conversion: the vocabulary stays a sequence of strings.
-            encoded["class_names"] = class_names
-        return encoded
+        data = dict(encoded) if class_names is None else {**encoded, "class_names": class_names}
+        return BatchFeature(
+            data, tensor_type=image_kwargs.get("return_tensors"), skip_tensor_conversion=self.skip_tensor_conversion
+        )
 
     def _merged_image_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The image processor's keyword arguments of one call, after refusing any name nobody reads."""
@@ -249,4 +251,6 @@ class ITAProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
+        """Every input of the model a call with images and a vocabulary makes: the image processor's (with ITA's
+        CLIP view when it makes one) and `class_names`."""
         return list(self.image_processor.model_input_names) + ["class_names"]
