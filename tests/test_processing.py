@@ -40,7 +40,13 @@ def test_call_returns_image_tensors_and_class_names(processor):
     assert inputs["class_names"] == VOCABULARY and isinstance(inputs["class_names"], ITAClassNames)
     # Moving the batch (as the Trainer does) leaves the vocabulary alone.
     assert inputs.to(torch.float64)["class_names"] == VOCABULARY
-    assert processor.model_input_names == ["pixel_values", "pixel_mask", "image_sizes", "class_names"]
+    assert processor.model_input_names == [
+        "pixel_values",
+        "pixel_mask",
+        "image_sizes",
+        "dominant_category_pixel_values",
+        "class_names",
+    ]
 
 
 def test_images_only_and_vocabulary_only(processor):
