@@ -5,8 +5,11 @@ that the pipeline hands to the processor and the processor hands to the model: n
 """
 
 import difflib
+import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast, overload
 
 from transformers.image_processing_base import BatchFeature
@@ -139,6 +142,24 @@ def parse_vocabulary(class_names: object, allow_shared_synonyms: bool = False) -
     return vocabulary
 
 
+class _NoTokenizer:
+    """What `ITAProcessor.tokenizer` holds: the processor tokenizes nothing (the model's text tower tokenizes the
+    vocabulary with open_clip's tokenizer), yet transformers reads a processor's tokenizer in two places: the
+    Trainer copies its special tokens into the model's config before training (`trainer_utils.align_special_tokens`,
+    which expects every `ProcessorMixin` to have one), and a pipeline given the processor saves it. Here there is no
+    special token to copy and nothing to save."""
+
+    bos_token_id = None
+    eos_token_id = None
+    pad_token_id = None
+
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> tuple[str, ...]:
+        return ()
+
+    def __repr__(self) -> str:
+        return "ITAProcessor has no tokenizer (the model tokenizes the vocabulary)"
+
+
 class ITAProcessorKwargs(ProcessingKwargs, total=False):
     """Keyword arguments of [`ITAProcessor`]: the image processor's (`images_kwargs`, or flat as before); the
     vocabulary is not tokenized here (the model encodes it), so `text_kwargs` may only hold `return_tensors`."""
@@ -165,6 +186,8 @@ class ITAProcessor(ProcessorMixin):
     """
 
     image_processor: ITAImageProcessor
+    # Not a part of the processor (`ProcessorMixin` reads its parts from `__init__`): saved and loaded with nothing.
+    tokenizer = _NoTokenizer()
 
     def __init__(self, image_processor: ITAImageProcessor | None = None, **kwargs: Any) -> None:
         if image_processor is None:
@@ -174,6 +197,22 @@ class ITAProcessor(ProcessorMixin):
     valid_processor_kwargs = ITAProcessorKwargs  # type: ignore[assignment]
     # Outputs that are no tensors: the vocabulary (a sequence of strings) and the per-image training targets.
     skip_tensor_conversion = [*ProcessorMixin.skip_tensor_conversion, "class_names", *TARGET_NAMES]
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+        """transformers' `save_pretrained`; where the folder holds the model's exported source files (the model's
+        `save_pretrained` writes them, as in the Trainer's checkpoints), `processor_config.json` names them in its
+        `auto_map`, so that `AutoProcessor` loads it with `trust_remote_code=True` without this package."""
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        folder = Path(save_directory)
+        path = folder / "processor_config.json"
+        if path.is_file() and all(
+            (folder / f"{name}.py").is_file() for name in ("processing_ita", "image_processing_ita")
+        ):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            data["auto_map"] = {"AutoProcessor": "processing_ita.ITAProcessor"}
+            data["image_processor"]["auto_map"] = {"AutoImageProcessor": "image_processing_ita.ITAImageProcessor"}
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return saved
 
     def __call__(
         self,
