@@ -29,7 +29,7 @@ import numpy as np
 from measure import PeakRSS, machine_description, rss_mib, set_threads
 from PIL import Image, ImageDraw
 
-from ita_segmentation.synthetic import toy_clip_config
+from ita_segmentation.synthetic import toy_clip_config, toy_config
 
 SMALL_CLIP_CONFIG = toy_clip_config(width=32, heads=2)
 IMAGE_SIZES = ((375, 500), (480, 640), (512, 512), (600, 450))  # (height, width), ADE20K-like
@@ -74,22 +74,12 @@ def worker(args):
 
     set_threads(args.threads)
     torch.manual_seed(0)
-    config = ITAConfig(
+    config = toy_config(
+        width=64,
         clip_config=SMALL_CLIP_CONFIG,
         num_queries=16,
-        num_dominant_categories=4,
-        hidden_dim=64,
-        pixel_decoder_dim=64,
-        mask_dim=64,
-        decoder_layers=3,
-        decoder_attention_heads=4,
-        decoder_ffn_dim=128,
-        pixel_decoder_encoder_layers=2,
-        pixel_decoder_attention_heads=4,
-        pixel_decoder_num_points=2,
-        pixel_decoder_ffn_dim=128,
-        group_norm_groups=8,
         dominant_category_image_size=32,
+        prompt_templates=ITAConfig().prompt_templates,  # the full templates, as the benchmark always used
     )
     model = ITAForOpenVocabSegmentation(config).eval()
     processor = ITAProcessor()

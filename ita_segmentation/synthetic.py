@@ -17,8 +17,12 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from configuration_ita import ITAConfig
+
 __all__ = [
     "SYNTHETIC_CLASS_NAMES",
+    "toy_clip_config",
+    "toy_config",
     "draw_synthetic_scene",
     "make_synthetic_dataset",
     "write_label_map_folders",
@@ -43,6 +47,31 @@ def toy_clip_config(width: int = 32, heads: int = 2) -> dict[str, Any]:
         },
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": heads, "layers": 2},
     }
+
+
+def toy_config(width: int = 32, **overrides: Any) -> ITAConfig:
+    """ITA at toy size, for tests, the demo and benchmarks: 4 dominant-category text queries, no decoder
+    self-attention, 3 decoder layers, a 2-layer pixel decoder of `width` channels (feed-forward 2 x `width`),
+    a CLIP of `toy_clip_config(width)` and two prompt templates; `overrides` set any other `ITAConfig` field
+    (`toy_config(num_dominant_categories=0, num_queries=8, decoder_self_attention=True)` is FC-CLIP)."""
+    values: dict[str, Any] = dict(
+        clip_config=toy_clip_config(width=width, heads=2),
+        num_dominant_categories=4,
+        hidden_dim=width,
+        pixel_decoder_dim=width,
+        mask_dim=width,
+        decoder_layers=3,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=2 * width,
+        pixel_decoder_encoder_layers=2,
+        pixel_decoder_attention_heads=4,
+        pixel_decoder_num_points=2,
+        pixel_decoder_ffn_dim=2 * width,
+        group_norm_groups=8,
+        prompt_templates=["a photo of a {}.", "There is a {} in the scene"],
+    )
+    values.update(overrides)
+    return ITAConfig(**values)
 
 
 SYNTHETIC_CLASS_NAMES = ("red circle", "blue square", "yellow triangle", "green background", "gray background")

@@ -32,10 +32,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
-from configuration_ita import ITAConfig  # noqa: E402
 from ita_cli import segment as ita_segment  # noqa: E402
 from ita_segmentation.apps.visualization import overlay  # noqa: E402
-from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES, toy_clip_config  # noqa: E402
+from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES, toy_clip_config, toy_config  # noqa: E402
 from ita_segmentation.training import (  # noqa: E402
     ITADataArguments,
     ITAModelArguments,
@@ -55,23 +54,11 @@ DEMO_CLIP_CONFIG = toy_clip_config(width=64, heads=4)
 
 def demo_config():
     """ITA at toy size: 4 dominant-category text queries + 12 learnable queries, no decoder self-attention."""
-    return ITAConfig(
+    return toy_config(
+        width=64,
         clip_config=DEMO_CLIP_CONFIG,
         num_queries=12,
-        num_dominant_categories=4,
-        hidden_dim=64,
-        pixel_decoder_dim=64,
-        mask_dim=64,
-        decoder_layers=3,
-        decoder_attention_heads=4,
-        decoder_ffn_dim=128,
-        pixel_decoder_encoder_layers=2,
-        pixel_decoder_attention_heads=4,
-        pixel_decoder_num_points=2,
-        pixel_decoder_ffn_dim=128,
-        group_norm_groups=8,
         dominant_category_image_size=64,
-        prompt_templates=["a photo of a {}.", "There is a {} in the scene"],
         train_num_points=256,
         train_vocabulary=list(SYNTHETIC_CLASS_NAMES),
     )

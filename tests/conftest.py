@@ -8,8 +8,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 
-from configuration_ita import ITAConfig
-from ita_segmentation.synthetic import toy_clip_config
+from ita_segmentation.synthetic import toy_clip_config, toy_config
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on two cores: one thread each avoids oversubscription, which stalls torch.
@@ -26,25 +25,12 @@ def tiny_config(**overrides):
     values = dict(
         clip_config=TINY_CLIP_CONFIG,
         num_queries=6,
-        num_dominant_categories=4,
-        hidden_dim=32,
-        pixel_decoder_dim=32,
-        mask_dim=32,
-        decoder_layers=3,
-        decoder_attention_heads=4,
-        decoder_ffn_dim=64,
-        pixel_decoder_encoder_layers=2,
-        pixel_decoder_attention_heads=4,
-        pixel_decoder_num_points=2,
-        pixel_decoder_ffn_dim=64,
-        group_norm_groups=8,
         dominant_category_image_size=32,
         train_vocabulary=TINY_TRAIN_VOCABULARY,
-        prompt_templates=["a photo of a {}.", "There is a {} in the scene"],
         train_num_points=64,
     )
     values.update(overrides)
-    return ITAConfig(**values)
+    return toy_config(width=32, **values)
 
 
 @pytest.fixture
