@@ -313,6 +313,24 @@ class ITAConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]  # PreTraine
     """
 
     model_type = "ita"
+    # Output fields the Trainer leaves out of its evaluation predictions (`Trainer.prediction_step` reads this):
+    # strings, dicts and per-layer lists it cannot gather, and tensors no segmentation metric needs. What stays, in
+    # this order: `class_queries_logits`, `masks_queries_logits` (Mask2Former's first two), `ensemble_log_probs`
+    # and `image_sizes`, what `post_process_semantic_segmentation` reads.
+    keys_to_ignore_at_inference = [
+        "out_vocabulary_logits",  # already inside ensemble_log_probs
+        "dominant_category_ids",
+        "dominant_categories",
+        "auxiliary_logits",
+        "loss_dict",
+        "encoder_last_hidden_state",
+        "pixel_decoder_last_hidden_state",
+        "transformer_decoder_last_hidden_state",
+        "encoder_hidden_states",
+        "pixel_decoder_hidden_states",
+        "transformer_decoder_hidden_states",
+        "attentions",
+    ]
     # transformers' generic names, as Mask2Former maps them (plus the decoder's heads).
     attribute_map = {
         "hidden_size": "hidden_dim",
