@@ -83,13 +83,40 @@ def _original_size(image: Image.Image | np.ndarray | torch.Tensor) -> tuple[int,
     raise ValueError(f"Cannot read an image of shape {shape}: expected (H, W), (H, W, C) or (C, H, W)")
 
 
-def _exported_folder_image_processor(model: Any) -> ITAImageProcessor | None:
-    """The image processor saved in an ONNX model folder, for an `ITAOnnxModel` (`pipeline()` loads a PyTorch
-    checkpoint's processor itself, not this one's); None for other models or a folder without one."""
+# The files a processor or image processor is saved in (`ITAProcessor.save_pretrained`, `ITAImageProcessor`'s).
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def _model_folder(model: Any) -> Path | None:
+    """The local folder a model object was loaded from: an `ITAOnnxModel`'s `folder`, or the `from_pretrained`
+    folder a PyTorch model's config records; None for a model built in memory or loaded from the Hub."""
     folder = getattr(model, "folder", None)
-    if folder is None or not (Path(folder) / "processor_config.json").is_file():
+    if folder is None:
+        folder = getattr(getattr(model, "config", None), "_name_or_path", None)
+    return Path(folder) if folder and os.path.isdir(folder) else None
+
+
+def _saved_image_processor(model: Any) -> ITAImageProcessor | None:
+    """The image processor saved in the local folder of a model object (`pipeline()` loads one only for a model
+    given by name, never for a model object); None without a folder or a processor saved in it."""
+    folder = _model_folder(model)
+    if folder is None or not any((folder / name).is_file() for name in _PROCESSOR_FILES):
         return None
     return ITAImageProcessor.from_pretrained(folder)
+
+
+def _warn_default_image_processor(model: Any, image_processor: ITAImageProcessor) -> None:
+    """Say, once per model source, that the pipeline falls back to the default preprocessing and how to give the
+    right one: a silent 800/1333 resize of a model trained or evaluated at another size gives worse maps."""
+    folder = _model_folder(model)
+    where = f" in {folder}" if folder is not None else " (a model object without a saved processor)"
+    size = {key: value for key, value in dict(image_processor.size).items() if value is not None}
+    logger.warning_once(
+        f"No processor or image processor is saved with the model{where}: the pipeline falls back to the default "
+        f"ITAImageProcessor (size={size}, the original's test-time input). If the model was trained or evaluated "
+        "with other preprocessing, give it: pipeline(..., image_processor=ITAImageProcessor(size={...})), or save "
+        "the processor with the model (ITAProcessor(image_processor=...).save_pretrained(model_folder))."
+    )
 
 
 class ZeroShotImageSegmentationPipeline(Pipeline):
@@ -100,9 +127,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
     Loading: `pipeline("zero-shot-image-segmentation", model=...)` loads the model with `load_segmentation_model`
     (as `AutoModel` does, but a checkpoint with missing or unexpected weights is refused, naming them) and the
     image processor with `AutoImageProcessor` from the same folder or Hub repository (`processor_config.json`,
-    as `ITAProcessor.save_pretrained` writes it, or `preprocessor_config.json`). Pass `image_processor=` (or
-    `processor=`) to use another; a checkpoint without one falls back, with a warning, to the default
-    [`ITAImageProcessor`] (the original's test-time input: shortest side 800, longest at most 1333).
+    as `ITAProcessor.save_pretrained` writes it, or `preprocessor_config.json`); given a model object, from the local
+    folder it was loaded from. Pass `image_processor=` (or `processor=`) to use another; a model without one falls
+    back, with a warning, to the default [`ITAImageProcessor`] (the original's test-time input: shortest side 800,
+    longest at most 1333).
 
     Batching (`batch_size=N`): each image's result equals its result alone. Images are padded only to their
     own frame (their resized size rounded up to the processor's `size_divisor`), as when run alone: the model
@@ -132,13 +160,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.image_processor is None:
-            self.image_processor = _exported_folder_image_processor(self.model)
+            self.image_processor = _saved_image_processor(self.model)
         if self.image_processor is None:
-            logger.warning(
-                "No image processor was found for this model; using ITAImageProcessor's defaults (shortest side "
-                "800, longest at most 1333). Pass image_processor=... to choose another."
-            )
             self.image_processor = ITAImageProcessor.for_model_config(self.model.config)
+            _warn_default_image_processor(self.model, self.image_processor)
         self.check_model_type({"ita": ("ITAForOpenVocabSegmentation", "ITAOnnxModel")})
 
     def __call__(  # type: ignore[override]

@@ -1,5 +1,6 @@
 """The `zero-shot-image-segmentation` pipeline on a tiny ITA checkpoint."""
 
+import logging
 import shutil
 
 import numpy as np
@@ -8,8 +9,9 @@ import torch
 from PIL import Image
 from transformers import pipeline
 from transformers.pipelines import get_supported_tasks
+from transformers.utils import logging as transformers_logging
 
-from modeling_ita import ITAForOpenVocabSegmentation, ITAImageProcessor, ZeroShotImageSegmentationPipeline
+from modeling_ita import ITAForOpenVocabSegmentation, ITAImageProcessor, ITAProcessor, ZeroShotImageSegmentationPipeline
 
 VOCABULARY = ["cat", "sofa,couch", "wall"]
 
@@ -70,6 +72,53 @@ def test_checkpoint_without_image_processor_falls_back_to_defaults(model_dir, tm
     segmenter = pipeline("zero-shot-image-segmentation", model=str(tmp_path), device="cpu")
     assert isinstance(segmenter.image_processor, ITAImageProcessor)
     assert segmenter.image_processor.size.shortest_edge == 800
+
+
+FALLBACK_WARNING = "falls back to the default ITAImageProcessor"
+
+
+@pytest.fixture
+def pipeline_warnings(caplog):
+    """The pipeline module's warnings of one test (its fallback warning is logged once per model source: the
+    cache of `warning_once` is cleared first)."""
+    transformers_logging.warning_once.cache_clear()
+    caplog.set_level(logging.WARNING, logger="modeling_ita.pipeline")
+    return lambda: [record.getMessage() for record in caplog.records if record.name == "modeling_ita.pipeline"]
+
+
+def test_the_fallback_to_default_preprocessing_is_announced_with_the_way_out(model_dir, tmp_path, pipeline_warnings):
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model_dir / name, tmp_path / name)
+    pipeline("zero-shot-image-segmentation", model=str(tmp_path), device="cpu")
+    pipeline("zero-shot-image-segmentation", model=str(tmp_path), device="cpu")
+    messages = [message for message in pipeline_warnings() if FALLBACK_WARNING in message]
+    assert len(messages) == 1  # once, not per pipeline built on the same model
+    assert str(tmp_path) in messages[0] and "'shortest_edge': 800" in messages[0]
+    assert "image_processor=" in messages[0] and "save_pretrained" in messages[0]
+
+
+def test_a_model_object_in_memory_falls_back_with_the_warning(config, pipeline_warnings):
+    segmenter = pipeline("zero-shot-image-segmentation", model=ITAForOpenVocabSegmentation(config).eval())
+    assert segmenter.image_processor.size.shortest_edge == 800
+    assert any(FALLBACK_WARNING in message and "model object" in message for message in pipeline_warnings())
+
+
+def test_a_model_object_takes_the_processor_saved_in_its_folder(model_dir, pipeline_warnings):
+    model = ITAForOpenVocabSegmentation.from_pretrained(model_dir).eval()
+    segmenter = pipeline("zero-shot-image-segmentation", model=model)
+    assert segmenter.image_processor.size.shortest_edge == 96  # the folder's, not the 800 default
+    assert not any(FALLBACK_WARNING in message for message in pipeline_warnings())
+
+
+def test_no_fallback_warning_when_a_processor_is_given_or_saved(config, model_dir, pipeline_warnings):
+    model = ITAForOpenVocabSegmentation(config).eval()
+    given = ITAImageProcessor.for_model_config(config, size={"shortest_edge": 64, "longest_edge": 96})
+    by_image_processor = pipeline("zero-shot-image-segmentation", model=model, image_processor=given)
+    by_processor = pipeline("zero-shot-image-segmentation", model=model, processor=ITAProcessor(image_processor=given))
+    saved = pipeline("zero-shot-image-segmentation", model=str(model_dir), device="cpu")
+    assert by_image_processor.image_processor is given and by_processor.image_processor is given
+    assert saved.image_processor.size.shortest_edge == 96
+    assert not any(FALLBACK_WARNING in message for message in pipeline_warnings())
 
 
 def test_output_structure(segmenter):
