@@ -2,6 +2,8 @@
 semantic post-processing (on synthetic inputs and constructed model outputs; no model needed)."""
 
 import io
+import json
+import logging
 
 import numpy as np
 import pytest
@@ -305,6 +307,59 @@ def test_save_and_load(tmp_path, small):
     image = random_image(50, 70)
     reloaded_values = reloaded(image, return_tensors="pt")["pixel_values"]
     assert torch.equal(reloaded_values, processor(image, return_tensors="pt")["pixel_values"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"shortest_edeg": 64}, r"'shortest_edeg' \(did you mean size=\{'shortest_edge': 64\}\?\)"),
+        ({"do_rezise": False}, r"'do_rezise' \(did you mean 'do_resize'\?\)"),
+        ({"sizes": SMALL_SIZE}, r"'sizes' \(did you mean 'size'\?\)"),
+        ({"shortest_edge": 64}, r"write size=\{'shortest_edge': 64\} instead of shortest_edge=64"),
+        (
+            {"height": 64, "width": 96},
+            r"size=\{'height': 64, 'width': 96\} instead of height=64, width=96",
+        ),
+    ],
+)
+def test_unknown_and_flat_size_arguments_are_refused_by_name(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        ITAImageProcessor(**kwargs)
+
+
+def test_transformers_bookkeeping_and_post_processing_settings_are_accepted():
+    processor = ITAImageProcessor(
+        image_processor_type="ITAImageProcessor",
+        processor_class="ITAProcessor",
+        auto_map={"AutoImageProcessor": "image_processing_ita.ITAImageProcessor"},
+        post_process_chunk_elements=1000,
+    )
+    assert processor.post_process_chunk_elements == 1000
+    assert processor.to_dict()["auto_map"] == {"AutoImageProcessor": "image_processing_ita.ITAImageProcessor"}
+    assert ITAImageProcessor(**processor.to_dict()).to_dict() == processor.to_dict()
+
+
+def test_loading_drops_a_saved_key_it_does_not_know_with_a_warning(tmp_path, caplog):
+    processor = ITAImageProcessor(size=SMALL_SIZE, size_divisor=16)
+    processor.save_pretrained(tmp_path)
+    path = tmp_path / "preprocessor_config.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "legacy_option": 3, "_processor_class": "ITAProcessor"}))
+    with caplog.at_level(logging.WARNING, logger="image_processing_ita"):
+        loaded = ITAImageProcessor.from_pretrained(tmp_path)
+        from_json = ITAImageProcessor.from_json_file(path)
+    warnings = [record.getMessage() for record in caplog.records if "legacy_option" in record.getMessage()]
+    assert len(warnings) == 2 and "_processor_class" not in warnings[0]
+    assert "legacy_option" not in loaded.to_dict() and not hasattr(loaded, "legacy_option")
+    assert loaded.size_divisor == 16 and from_json.size_divisor == 16
+    assert dict(loaded.size) == dict(processor.size)
+
+
+def test_loading_refuses_flat_size_kwargs_and_takes_real_ones(tmp_path):
+    ITAImageProcessor(size=SMALL_SIZE).save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match=r"size=\{'shortest_edge': 32\}"):
+        ITAImageProcessor.from_pretrained(tmp_path, shortest_edge=32)
+    assert ITAImageProcessor.from_pretrained(tmp_path, size={"shortest_edge": 32}).size.shortest_edge == 32
 
 
 # ----------------------------------------------------------------------------------------------------------
