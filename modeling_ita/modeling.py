@@ -2,6 +2,7 @@
 
 import difflib
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from .clip_backbone import ITACLIPBackbone, init_clip_weights
 from .dominant_categories import ITADominantCategoryUnearthing
 from .loss import ITALoss
 from .pixel_decoder import ITAPixelDecoder
+from .remote_code import config_entries, describe_processor_config, export_remote_code
 from .vocabulary import ITAVocabulary, ITAVocabularyEncoder
 
 __all__ = [
@@ -106,6 +108,34 @@ class ITAPreTrainedModel(PreTrainedModel):  # type: ignore[no-untyped-call]
             reset_parameters()
         elif isinstance(module, (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.GroupNorm, nn.Embedding)):
             module.reset_parameters()
+
+    def save_pretrained(  # type: ignore[override]
+        self, save_directory: str | os.PathLike[str], is_main_process: bool = True, **kwargs: Any
+    ) -> None:
+        """transformers' `save_pretrained`, and the folder describes itself: the model's source files (flat, see
+        `remote_code`) and, in `config.json`, the `auto_map` and `custom_pipelines` entries that name them, so that
+        the folder loads with `trust_remote_code=True` where this package is not installed (and with the package's
+        own classes where it is imported). Processor files already in the folder get their `auto_map` too. The
+        Trainer's checkpoints are written through here.
+
+        The entries are set on the config only while it is written: the model in memory is left as it was.
+        """
+        if is_main_process:
+            # Before the weights: `push_to_hub=True` uploads the folder at the end of transformers' method.
+            export_remote_code(save_directory)
+            describe_processor_config(save_directory)
+        entries = config_entries(save_directory) if is_main_process else {}
+        before = {name: self.config.__dict__[name] for name in entries if name in self.config.__dict__}
+        try:
+            for name, value in entries.items():
+                setattr(self.config, name, value)
+            super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        finally:
+            for name in entries:
+                if name in before:
+                    setattr(self.config, name, before[name])
+                else:
+                    delattr(self.config, name)
 
 
 class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untyped-call]

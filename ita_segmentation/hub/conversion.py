@@ -33,7 +33,7 @@ from modeling_ita.modeling import ITAForOpenVocabSegmentation
 
 from . import folder as hub_folder
 from .folder import CATEGORY_BANK_FILE
-from .remote_code import export_remote_code
+from .remote_code import describe_folder
 
 logger = logging.getLogger(__name__)
 
@@ -639,7 +639,7 @@ def convert_checkpoint(
     config.save_pretrained(output_dir)
     save_file(_distinct_storage(converted), str(output_dir / "model.safetensors"), metadata={"format": "pt"})
     hub_folder.save_processor(output_dir, config)
-    export_remote_code(output_dir)
+    describe_folder(output_dir)  # the source files, and the auto_map / custom_pipelines entries naming them
     if bank is not None and category_bank is not None:  # the one comes with the other
         save_category_bank(bank, output_dir / CATEGORY_BANK_FILE, source=Path(category_bank).name)
 

@@ -3,7 +3,6 @@
 The model's source files for `trust_remote_code` are written by `remote_code.export_remote_code`.
 """
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG, ITAConfig
 from image_processing_ita import ITAImageProcessor
 from processing_ita import ITAProcessor
 
-from .remote_code import REMOTE_CODE_ENTRY_POINTS
+from .remote_code import REMOTE_CODE_ENTRY_POINTS, describe_processor_config
 
 __all__ = [
     "CATEGORY_BANK_FILE",
@@ -83,26 +82,19 @@ REQUIREMENTS = (
 )
 
 
-def _auto_map(*auto_classes: str) -> dict[str, str]:
-    return {auto_class: REMOTE_CODE_ENTRY_POINTS[auto_class] for auto_class in auto_classes}
-
-
 def prepare_config_for_folder(config: ITAConfig) -> ITAConfig:
-    """Name the model class and the exported source files in the config (`architectures`, `auto_map`)."""
+    """Name the model class in the config (`architectures`); the `auto_map` and `custom_pipelines` entries naming
+    the exported source files are written with them (`remote_code.describe_folder`)."""
     config.architectures = [REMOTE_CODE_ENTRY_POINTS["AutoModel"].rsplit(".", 1)[1]]
-    config.auto_map = _auto_map("AutoConfig", "AutoModel")
     return config
 
 
 def save_processor(folder: str | os.PathLike[str], config: ITAConfig) -> ITAProcessor:
-    """Write the `ITAProcessor` of a model of `config`, with `auto_map` entries for trust_remote_code."""
+    """Write the `ITAProcessor` of a model of `config`, with `auto_map` entries for the source files in `folder`
+    (write those first, or call `remote_code.describe_folder` after)."""
     processor = ITAProcessor(image_processor=ITAImageProcessor.for_model_config(config))
     processor.save_pretrained(folder)
-    path = Path(folder) / "processor_config.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data["auto_map"] = _auto_map("AutoProcessor")
-    data["image_processor"]["auto_map"] = _auto_map("AutoImageProcessor")
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    describe_processor_config(folder)
     return processor
 
 
