@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import inspect
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -203,6 +204,7 @@ COCO_PANOPTIC_VOCABULARY = (
 _TRANSFORMERS_CONFIG_KEYS = frozenset(field.name for field in dataclasses.fields(PreTrainedConfig)) | {
     "model_type",
     "auto_map",
+    "custom_pipelines",
     "torch_dtype",
     "num_labels",
     "name_or_path",
@@ -211,6 +213,25 @@ _TRANSFORMERS_CONFIG_KEYS = frozenset(field.name for field in dataclasses.fields
     "output_attentions",
     "use_cache",  # the Trainer sets it on every model it trains
 }
+
+
+def _drop_pipelines_served_here(kwargs: dict[str, Any]) -> None:
+    """Drop the `custom_pipelines` entries (a saved folder's pipeline, for `trust_remote_code`) whose task this
+    process already serves with a registered pipeline of the same class (`import modeling_ita` registers it).
+    transformers' `pipeline()` reads `custom_pipelines` before its task registry and then demands
+    `trust_remote_code=True`; without the entry the registered pipeline runs, as it did before folders carried one."""
+    custom = kwargs.get("custom_pipelines")
+    pipelines = sys.modules.get("transformers.pipelines")  # not imported: no pipeline is registered
+    if not isinstance(custom, dict) or pipelines is None:
+        return
+    registered = pipelines.PIPELINE_REGISTRY.supported_tasks
+    kwargs["custom_pipelines"] = {
+        task: entry
+        for task, entry in custom.items()
+        if task not in registered or registered[task]["impl"].__name__ != str(entry.get("impl", "")).rsplit(".", 1)[-1]
+    }
+    if not kwargs["custom_pipelines"]:
+        del kwargs["custom_pipelines"]
 
 
 class ITAConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]  # PreTrainedConfig's __init_subclass__
@@ -418,6 +439,7 @@ class ITAConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]  # PreTraine
         self.deep_supervision = deep_supervision
         self.text_batch_size = text_batch_size
         self.init_std = init_std
+        _drop_pipelines_served_here(kwargs)
         self._warn_about_unknown_keys(kwargs)
         super().__init__(**kwargs)
         self.validate_ita()
