@@ -105,11 +105,7 @@ class ITATrainer(Trainer):
     def __init__(
         self, *args: Any, processing_class: ITAProcessor | ITAImageProcessor | None = None, **kwargs: Any
     ) -> None:
-        # Trainer.train (transformers 5.24) assumes that a ProcessorMixin has a tokenizer (`align_special_tokens`),
-        # and ITAProcessor has none: the Trainer gets the image processor, `_save` writes the whole processor.
-        self.processor = processing_class
-        image_processor = getattr(processing_class, "image_processor", processing_class)
-        kwargs["processing_class"] = image_processor
+        kwargs["processing_class"] = processing_class
         super().__init__(*args, **kwargs)
         # The model's loss is already normalised (by the number of target masks, averaged over processes).
         self.model_accepts_loss_kwargs = False
@@ -158,12 +154,6 @@ class ITATrainer(Trainer):
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
-    def _save(self, output_dir: str | None = None, state_dict: dict[str, Any] | None = None) -> None:
-        super()._save(output_dir, state_dict)
-        folder = output_dir if output_dir is not None else self.args.output_dir
-        if self.processor is not None and self.processor is not self.processing_class and folder is not None:
-            self.processor.save_pretrained(folder)
-
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         reset = getattr(self.compute_metrics, "reset", None)
         if reset is not None:
@@ -185,9 +175,9 @@ class ITATrainer(Trainer):
             return loss, None, None
         if self.processing_class is None:
             raise ValueError("ITATrainer needs processing_class (an ITAProcessor) to turn predictions into label maps")
-        image_processor = cast(ITAImageProcessor, self.processing_class)
+        processor = cast(ITAProcessor | ITAImageProcessor, self.processing_class)
         # One `[H, W]` label map per image, at its size (no scores asked for).
-        label_maps = cast(list[torch.Tensor], image_processor.post_process_semantic_segmentation(outputs))
+        label_maps = cast(list[torch.Tensor], processor.post_process_semantic_segmentation(outputs))
         predictions, references = [], []
         for label_map, size, masks, classes in zip(
             label_maps, outputs.image_sizes.tolist(), inputs["mask_labels"], inputs["class_labels"]
