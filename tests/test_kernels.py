@@ -40,6 +40,15 @@ from postprocessing_ita import (
     semantic_scores_reference,
 )
 
+
+@pytest.fixture(autouse=True)
+def fast_paths_on():
+    """These tests pair each fast path with its plain formula, so they run with the fast paths on even when the
+    suite runs with them off (`ITA_FAST_PATHS=0`); the tests of the switch turn them off themselves."""
+    with kernels.use_fast_paths(True):
+        yield
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Deformable attention
 # ----------------------------------------------------------------------------------------------------------

@@ -30,7 +30,13 @@ def section(title):
 
 
 # Sections whose examples have tests of their own below.
-OWN_TESTS = ("Outputs and post-processing", "Panoptic and instance segmentation", "Web page", "ONNX and onnxruntime")
+OWN_TESTS = (
+    "Outputs and post-processing",
+    "Panoptic and instance segmentation",
+    "Web page",
+    "ONNX and onnxruntime",
+    "With the stock transformers Trainer",  # run by tests/training/test_stock_trainer.py
+)
 
 
 @pytest.fixture(scope="module")
