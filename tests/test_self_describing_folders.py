@@ -18,7 +18,7 @@ from transformers.dynamic_module_utils import get_imports, get_relative_imports
 from image_processing_ita import ITAImageProcessor
 from modeling_ita import ITAForOpenVocabSegmentation
 from modeling_ita.pipeline import ZeroShotImageSegmentationPipeline
-from modeling_ita.remote_code import CUSTOM_PIPELINES, REMOTE_CODE_ENTRY_POINTS, REMOTE_CODE_FILES
+from modeling_ita.remote_code import CUSTOM_PIPELINES, REMOTE_CODE_ENTRY_POINTS, REMOTE_CODE_FILES, describe_folder
 from processing_ita import ITAProcessor
 
 TASK = "zero-shot-image-segmentation"
@@ -183,3 +183,17 @@ def test_the_folder_loads_and_segments_without_the_package(folder, tmp_path):
     assert len(expected["segments"]) >= 2  # a comparison of several classes
     assert remote["labels"] == [segment["label"] for segment in expected["segments"]]
     np.testing.assert_array_equal(np.load(tmp_path / "label_map.npy"), expected["label_map"])
+
+
+def test_a_folder_without_weights_names_no_model(tmp_path):
+    """The ONNX export's PyTorch side: the configuration and the processor load without the package; no AutoModel
+    entry and no pipeline entry, as there are no PyTorch weights."""
+    config = tiny_config()
+    config.save_pretrained(tmp_path)
+    ITAProcessor(image_processor=ITAImageProcessor.for_model_config(config)).save_pretrained(tmp_path)
+    written = describe_folder(tmp_path, with_model=False)
+    assert set(written) == set(REMOTE_CODE_FILES)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["auto_map"] == {key: value for key, value in REMOTE_CODE_ENTRY_POINTS.items() if key != "AutoModel"}
+    assert "custom_pipelines" not in saved
+    assert json.loads((tmp_path / "processor_config.json").read_text())["auto_map"]["AutoProcessor"]

@@ -11,6 +11,7 @@ from typing import Protocol
 import huggingface_hub
 import open_clip
 import transformers
+import yaml
 from huggingface_hub import HfApi
 
 from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG, ITAConfig
@@ -23,6 +24,7 @@ __all__ = [
     "CATEGORY_BANK_FILE",
     "CATEGORY_BANK_SNIPPET",
     "HubPushError",
+    "card_metadata",
     "prepare_config_for_folder",
     "push_folder_to_hub",
     "render_model_card",
@@ -155,11 +157,71 @@ best synonym wins). mIoU from one confusion matrix over the split, averaged over
 ground truth, as detectron2's `SemSegEvaluator`.
 """
 
-_FCCLIP_PUBLISHED = """\
-For reference, the FC-CLIP authors report for their released ConvNeXt-L model (`fcclip_cocopan.pth`), in mIoU:
-A-847 14.8, PC-459 18.2, A-150 34.1, PC-59 58.4, PAS-20 95.4, PAS-21 81.8. They are the numbers to reproduce if
-this folder was converted from that release; they were not measured on this folder.
-"""
+# mIoU (percent) the FC-CLIP authors report for their released ConvNeXt-L model (`fcclip_cocopan.pth`), FC-CLIP
+# paper Table 1; the same numbers as `evaluation.report.PUBLISHED_FC_CLIP_MIOU` (a test keeps them equal; that
+# module is not imported here, it loads `datasets`). (benchmark key, display name, classes.)
+FC_CLIP_REPORTED_MIOU = {"ade847": 14.8, "pc459": 18.2, "ade150": 34.1, "pc59": 58.4, "pas20": 95.4, "pas21": 81.8}
+_BENCHMARKS = (
+    ("ade847", "ADE20K-full (A-847)", "ade20k-full"),
+    ("pc459", "Pascal Context full (PC-459)", "pascal-context-459"),
+    ("ade150", "ADE20K (A-150)", "ade20k"),
+    ("pc59", "Pascal Context (PC-59)", "pascal-context-59"),
+    ("pas20", "Pascal VOC (PAS-20)", "pascal-voc-20"),
+    ("pas21", "Pascal VOC (PAS-21)", "pascal-voc-21"),
+)
+FC_CLIP_PAPER = "https://arxiv.org/abs/2308.02487"
+# The OpenCLIP checkpoint whose CLIP the original models freeze (the original ITA README's vision-language model).
+BASE_MODEL = "laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup"
+# Hub dataset id of the training data: the original models are trained on COCO panoptic (2017) only.
+TRAINING_DATASETS = ("coco",)
+PIPELINE_TAG = "zero-shot-image-segmentation"  # the task whose pipeline the folder carries (custom_pipelines)
+# The original code's licence is not stated in the ITA README; FC-CLIP's code is Apache-2.0, as this port is.
+LICENSE = "apache-2.0"
+
+_FCCLIP_PUBLISHED = (
+    "For reference, the FC-CLIP authors report for their released ConvNeXt-L model (`fcclip_cocopan.pth`), in mIoU: "
+    + ", ".join(f"{name.split('(')[-1].rstrip(')')} {FC_CLIP_REPORTED_MIOU[key]}" for key, name, _ in _BENCHMARKS)
+    + ". They are the numbers to reproduce if\nthis folder was converted from that release; they were not measured on "
+    "this folder (the model-index above says so too).\n"
+)
+
+
+def card_metadata(result: ConvertedFolder) -> dict[str, object]:
+    """The model card's YAML front matter: what the Hub reads to list, filter and load the model."""
+    config, variant = result.config, result.variant
+    standard_clip = config.clip_config == CONVNEXT_LARGE_D_320_CLIP_CONFIG
+    metadata: dict[str, object] = {
+        "library_name": "transformers",
+        "pipeline_tag": PIPELINE_TAG,
+        "license": LICENSE,
+        "tags": ["open-vocabulary-segmentation", "semantic-segmentation", variant, "clip", "custom_code"],
+        "datasets": list(TRAINING_DATASETS),
+    }
+    if standard_clip:
+        metadata["base_model"] = BASE_MODEL
+    if variant == "fcclip" and standard_clip:
+        metadata["model-index"] = [
+            {
+                "name": "FC-CLIP ConvNeXt-L (fcclip_cocopan.pth), as reported by the FC-CLIP authors",
+                "results": [
+                    {
+                        "task": {"type": "image-segmentation", "name": "Zero-shot semantic segmentation"},
+                        "dataset": {"name": name, "type": dataset_type, "split": "validation"},
+                        "metrics": [
+                            {
+                                "type": "mean_iou",
+                                "value": FC_CLIP_REPORTED_MIOU[key],
+                                "name": "mIoU (reported by the original authors, not measured on this folder)",
+                                "verified": False,
+                            }
+                        ],
+                        "source": {"name": "FC-CLIP paper, Table 1", "url": FC_CLIP_PAPER},
+                    }
+                    for key, name, dataset_type in _BENCHMARKS
+                ],
+            }
+        ]
+    return metadata
 
 
 def _clip_name(config: ITAConfig) -> str:
@@ -222,13 +284,7 @@ def render_model_card(result: ConvertedFolder, repo_id: str | None = None) -> st
         )
     lines = [
         "---",
-        "library_name: transformers",
-        "pipeline_tag: image-segmentation",
-        "tags:",
-        *[
-            f"- {tag}"
-            for tag in ("open-vocabulary-segmentation", "semantic-segmentation", variant, "clip", "custom_code")
-        ],
+        yaml.safe_dump(card_metadata(result), sort_keys=False, allow_unicode=True).rstrip("\n"),
         "---",
         "",
         f"# {name} for open-vocabulary semantic segmentation",
@@ -283,8 +339,18 @@ def render_model_card(result: ConvertedFolder, repo_id: str | None = None) -> st
         "label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]",
         "```",
         "",
-        "With the ita-segmentation package installed, `import modeling_ita` registers ITA with the Auto classes, "
-        "and the same calls then run the package's code without `trust_remote_code`.",
+        f"Or the `{PIPELINE_TAG}` pipeline, which this folder carries (`custom_pipelines` in `config.json`):",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'segmenter = pipeline("{PIPELINE_TAG}", model="{where}", trust_remote_code=True)',
+        'result = segmenter("photo.jpg", candidate_labels=["sofa,couch", "wall", "floor", "lamp"])',
+        'label_map, segments = result["label_map"], result["segments"]  # class id per pixel; label, share, mask',
+        "```",
+        "",
+        "With the ita-segmentation package installed, `import modeling_ita` registers ITA with the Auto classes and "
+        "the pipeline task, and the same calls then run the package's code without `trust_remote_code`.",
         "",
         "A class is one string of comma-separated synonyms. The vocabulary is chosen per call and cached.",
         "",
@@ -317,8 +383,9 @@ def render_model_card(result: ConvertedFolder, repo_id: str | None = None) -> st
     lines += [
         "",
         "Converted with transformers "
-        f"{transformers.__version__}, open_clip {open_clip.__version__}. The weights keep the licence of the "
-        "checkpoint they came from; check it before redistributing them.",
+        f"{transformers.__version__}, open_clip {open_clip.__version__}. The source files are Apache-2.0 (the "
+        "licence in the front matter); the weights keep the licence of the checkpoint they came from (the original "
+        "authors' release), check it before redistributing them.",
         "",
     ]
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from configuration_ita import ITAConfig
 from image_processing_ita import ITAImageProcessor
 from modeling_ita.loading import ModelLoadingError, load_segmentation_model
 from modeling_ita.modeling import ITAForOpenVocabSegmentation
+from modeling_ita.remote_code import describe_folder
 from processing_ita import ITAProcessor
 
 from .check import (
@@ -161,6 +162,8 @@ def export_onnx(
         export_text_encoder(model, staging / TEXT_ENCODER_FILE, optimize=optimize)
         model.config.save_pretrained(staging)
         processor.save_pretrained(staging)
+        # The configuration and the processor load without the package (no PyTorch weights: no AutoModel entry).
+        describe_folder(staging, with_model=False)
         bank = Path(model_name_or_path) / CATEGORY_BANK_FILE if model_name_or_path is not None else None
         if bank is not None and bank.is_file():
             shutil.copy2(bank, staging / CATEGORY_BANK_FILE)
