@@ -166,6 +166,19 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             _warn_default_image_processor(self.model, self.image_processor)
         self.check_model_type({"ita": ("ITAForOpenVocabSegmentation", "ITAOnnxModel")})
 
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> None:
+        """Save the model's folder (weights, config and the model folder's source files, which carry this pipeline
+        as `custom_pipelines`) and the processor: not transformers' copy of this module alone, whose imports are
+        the package's and would not load without it."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"{os.fspath(save_directory)} is a file: give a folder to save the pipeline into")
+        os.makedirs(save_directory, exist_ok=True)
+        self.model.save_pretrained(save_directory, **kwargs)
+        processor = getattr(self, "processor", None)
+        if not isinstance(processor, ITAProcessor):
+            processor = ITAProcessor(image_processor=self.image_processor)
+        processor.save_pretrained(save_directory, **kwargs)
+
     def __call__(  # type: ignore[override]
         self,
         image: Any,
