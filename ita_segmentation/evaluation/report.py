@@ -15,6 +15,7 @@ from transformers.image_utils import SizeDict
 
 from processing_ita import ITAProcessor
 
+from .benchmark_names import PUBLISHED_FC_CLIP_MIOU
 from .benchmarks import BENCHMARKS, SegmentationBenchmark
 from .evaluator import BenchmarkEvaluation
 
@@ -26,9 +27,6 @@ __all__ = [
     "write_results_table",
 ]
 
-# mIoU (percent) of FC-CLIP ConvNeXt-L with its released COCO weights on the full validation splits, from the
-# FC-CLIP paper. A reference for readers of results.md, never a score of the evaluated model.
-PUBLISHED_FC_CLIP_MIOU = {"ade847": 14.8, "pc459": 18.2, "ade150": 34.1, "pc59": 58.4, "pas20": 95.4, "pas21": 81.8}
 
 # results.json / results.md name -> `segmentation_scores` key.
 _SCORE_NAMES = (

@@ -18,6 +18,7 @@ from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG, ITAConfig
 from image_processing_ita import ITAImageProcessor
 from processing_ita import ITAProcessor
 
+from ..evaluation.benchmark_names import PUBLISHED_FC_CLIP_MIOU
 from .remote_code import REMOTE_CODE_ENTRY_POINTS, describe_processor_config
 
 __all__ = [
@@ -157,10 +158,7 @@ best synonym wins). mIoU from one confusion matrix over the split, averaged over
 ground truth, as detectron2's `SemSegEvaluator`.
 """
 
-# mIoU (percent) the FC-CLIP authors report for their released ConvNeXt-L model (`fcclip_cocopan.pth`), FC-CLIP
-# paper Table 1; the same numbers as `evaluation.report.PUBLISHED_FC_CLIP_MIOU` (a test keeps them equal; that
-# module is not imported here, it loads `datasets`). (benchmark key, display name, classes.)
-FC_CLIP_REPORTED_MIOU = {"ade847": 14.8, "pc459": 18.2, "ade150": 34.1, "pc59": 58.4, "pas20": 95.4, "pas21": 81.8}
+# The benchmarks of the card's model-index: (benchmark key, display name, classes).
 _BENCHMARKS = (
     ("ade847", "ADE20K-full (A-847)", "ade20k-full"),
     ("pc459", "Pascal Context full (PC-459)", "pascal-context-459"),
@@ -180,7 +178,7 @@ LICENSE = "apache-2.0"
 
 _FCCLIP_PUBLISHED = (
     "For reference, the FC-CLIP authors report for their released ConvNeXt-L model (`fcclip_cocopan.pth`), in mIoU: "
-    + ", ".join(f"{name.split('(')[-1].rstrip(')')} {FC_CLIP_REPORTED_MIOU[key]}" for key, name, _ in _BENCHMARKS)
+    + ", ".join(f"{name.split('(')[-1].rstrip(')')} {PUBLISHED_FC_CLIP_MIOU[key]}" for key, name, _ in _BENCHMARKS)
     + ". They are the numbers to reproduce if\nthis folder was converted from that release; they were not measured on "
     "this folder (the model-index above says so too).\n"
 )
@@ -210,7 +208,7 @@ def card_metadata(result: ConvertedFolder) -> dict[str, object]:
                         "metrics": [
                             {
                                 "type": "mean_iou",
-                                "value": FC_CLIP_REPORTED_MIOU[key],
+                                "value": PUBLISHED_FC_CLIP_MIOU[key],
                                 "name": "mIoU (reported by the original authors, not measured on this folder)",
                                 "verified": False,
                             }
