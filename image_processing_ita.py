@@ -16,8 +16,8 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Unpack, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from transformers.image_utils import (
     load_image,
     pil_torch_interpolation_mapping,
 )
-from transformers.processing_utils import ImagesKwargs
+from transformers.processing_utils import ImagesKwargs, Unpack  # typing.Unpack is 3.11+; the package supports 3.10
 from transformers.utils import logging
 
 from configuration_ita import ITAConfig
@@ -489,6 +489,65 @@ class ITAImageProcessorKwargs(ImagesKwargs, total=False):
     dominant_category_image_size: int | None
 
 
+def _loadable_settings(
+    owner: str, known: set[str], saved: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The saved settings `from_dict` passes on: a key `owner` does not know (written by another version) is
+    dropped with a warning, as it cannot be refused once saved; size keys given flat in `overrides` are refused
+    as by the constructor."""
+    flat_size = {key: value for key, value in overrides.items() if key in _SIZE_KEYS}
+    if flat_size:
+        _refuse_unknown_options(f"{owner}.from_dict", (), flat_size)
+    unknown = sorted(key for key in saved if key not in known)
+    if unknown:
+        logger.warning(
+            f"{owner}: ignoring saved setting(s) {', '.join(map(repr, unknown))} that this version does not read "
+            "(saved by another version?)"
+        )
+    return {key: value for key, value in saved.items() if key in known}
+
+
+def _interpolation_mode(resample: PILImageResampling | tvF.InterpolationMode | int | None) -> tvF.InterpolationMode:
+    """torchvision's interpolation for a PIL resampling filter (bilinear when none is given)."""
+    if resample is None:
+        return tvF.InterpolationMode.BILINEAR
+    if isinstance(resample, tvF.InterpolationMode):
+        return resample
+    return pil_torch_interpolation_mapping[PILImageResampling(resample)]
+
+
+def _resized_and_normalised(
+    images: list[torch.Tensor],
+    resized_size: Callable[[int, int], tuple[int, int]] | None,
+    interpolation: tvF.InterpolationMode,
+    view_size: int | None,
+    rescale_factor: float | None,
+    normalisation: tuple[float | Sequence[float] | None, float | Sequence[float] | None] | None,
+) -> tuple[list[torch.Tensor], list[tuple[int, int]], list[torch.Tensor]]:
+    """Each image resized (`resized_size` of its size; None keeps it), its CLIP view taken from the resized 8-bit
+    image when `view_size` is set, then rescaled and normalised in float32: (images, their sizes, the views)."""
+    processed, image_sizes, views = [], [], []
+    for image in images:
+        height, width = image.shape[-2:]
+        new_size = resized_size(height, width) if resized_size is not None else (height, width)
+        if new_size != (height, width):
+            image = tvF.resize(image, list(new_size), interpolation=interpolation, antialias=True)
+        if view_size is not None:
+            views.append(clip_view(image, view_size))
+        image = image.to(torch.float32)
+        if rescale_factor is not None:
+            image = image * rescale_factor
+        if normalisation is not None:
+            mean, std = (
+                torch.tensor(values, dtype=torch.float32, device=image.device).view(-1, 1, 1)
+                for values in normalisation
+            )
+            image = (image - mean) / std
+        processed.append(image)
+        image_sizes.append(new_size)
+    return processed, image_sizes, views
+
+
 class ITAImageProcessor(TorchvisionBackend):
     r"""
     Image processor of [`ITAForOpenVocabSegmentation`] (ITA and FC-CLIP).
@@ -573,21 +632,9 @@ class ITAImageProcessor(TorchvisionBackend):
 
     @classmethod
     def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> Any:
-        """As transformers' `from_dict` (saved settings, overridden by the `kwargs` that are options), except that
-        a saved key this class does not know (written by another version) is dropped with a warning, as it cannot
-        be refused once saved, and size keys given flat in `kwargs` are refused as by the constructor.
-        `from_pretrained` and `from_json_file` load through here."""
-        flat_size = {key: value for key, value in kwargs.items() if key in _SIZE_KEYS}
-        if flat_size:
-            _refuse_unknown_options(f"{cls.__name__}.from_dict", (), flat_size)
-        known = cls._known_keys()
-        unknown = sorted(key for key in image_processor_dict if key not in known)
-        if unknown:
-            logger.warning(
-                f"{cls.__name__}: ignoring saved setting(s) {', '.join(map(repr, unknown))} that this version does "
-                "not read (saved by another version?)"
-            )
-        settings = {key: value for key, value in image_processor_dict.items() if key in known}
+        """As transformers' `from_dict`, on the saved settings `_loadable_settings` keeps; `from_pretrained` and
+        `from_json_file` load through here."""
+        settings = _loadable_settings(cls.__name__, cls._known_keys(), image_processor_dict, kwargs)
         return super().from_dict(settings, **kwargs)
 
     @classmethod
@@ -617,8 +664,7 @@ class ITAImageProcessor(TorchvisionBackend):
             `I;16` or `I`, or an integer array/tensor; a 3-D array is a batch `(B, H, W)`). They are resized
             with nearest-neighbour sampling to the images' resized sizes and padded with `ignore_index`.
         """
-        encoded: BatchFeature = super().preprocess(images, segmentation_maps, **kwargs)
-        return encoded
+        return cast(BatchFeature, super().preprocess(images, segmentation_maps, **kwargs))
 
     def _validate_preprocess_kwargs(  # type: ignore[override]
         self,
@@ -631,10 +677,6 @@ class ITAImageProcessor(TorchvisionBackend):
     ) -> None:
         super()._validate_preprocess_kwargs(size=size, **kwargs)
         _check_options(size, size_divisor, ignore_index, num_labels, dominant_category_image_size)
-
-    # ------------------------------------------------------------------------------------------------
-    # Preprocessing
-    # ------------------------------------------------------------------------------------------------
 
     def process_image(  # type: ignore[override]
         self,
@@ -727,31 +769,14 @@ class ITAImageProcessor(TorchvisionBackend):
         return_tensors: str | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        if resample is None:
-            interpolation = tvF.InterpolationMode.BILINEAR
-        elif isinstance(resample, tvF.InterpolationMode):
-            interpolation = resample
-        else:
-            interpolation = pil_torch_interpolation_mapping[PILImageResampling(resample)]
-
-        processed, image_sizes, views = [], [], []
-        for image in images:
-            height, width = image.shape[-2:]
-            new_size = self.resized_size(height, width, size) if do_resize and size is not None else (height, width)
-            if new_size != (height, width):
-                image = tvF.resize(image, list(new_size), interpolation=interpolation, antialias=True)
-            if dominant_category_image_size is not None:
-                views.append(clip_view(image, dominant_category_image_size))
-            image = image.to(torch.float32)
-            if do_rescale:
-                image = image * rescale_factor
-            if do_normalize:
-                mean = torch.tensor(image_mean, dtype=torch.float32, device=image.device).view(-1, 1, 1)
-                std = torch.tensor(image_std, dtype=torch.float32, device=image.device).view(-1, 1, 1)
-                image = (image - mean) / std
-            processed.append(image)
-            image_sizes.append(new_size)
-
+        processed, image_sizes, views = _resized_and_normalised(
+            images,
+            (lambda height, width: self.resized_size(height, width, size)) if do_resize and size is not None else None,
+            _interpolation_mode(resample),
+            dominant_category_image_size,
+            rescale_factor if do_rescale else None,
+            (image_mean, image_std) if do_normalize else None,
+        )
         pixel_values, pixel_mask = _padded_batch(processed, image_sizes, do_pad, size_divisor, pad_size)
         device = pixel_values.device
         data: dict[str, Any] = {
@@ -762,21 +787,15 @@ class ITAImageProcessor(TorchvisionBackend):
         if views:
             data["dominant_category_pixel_values"] = torch.stack(views).to(device)
         if segmentation_maps is not None:
-            mask_labels, class_labels = _segmentation_targets(
+            targets = _segmentation_targets(
                 segmentation_maps, image_sizes, pixel_values.shape[-2:], ignore_index, do_reduce_labels, num_labels
             )
-            if return_tensors == "np":
-                data["mask_labels"] = [masks.cpu().numpy() for masks in mask_labels]
-                data["class_labels"] = [classes.cpu().numpy() for classes in class_labels]
-            else:
-                data["mask_labels"] = [masks.to(device) for masks in mask_labels]
-                data["class_labels"] = [classes.to(device) for classes in class_labels]
+            for name, values in zip(TARGET_NAMES, targets):
+                data[name] = (
+                    [v.cpu().numpy() for v in values] if return_tensors == "np" else [v.to(device) for v in values]
+                )
         # The targets stay lists, never stacked: images have different numbers of classes.
         return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=list(TARGET_NAMES))
-
-    # ------------------------------------------------------------------------------------------------
-    # Post-processing (the rules and their checks live in postprocessing_ita)
-    # ------------------------------------------------------------------------------------------------
 
     def post_process_semantic_segmentation(
         self,
