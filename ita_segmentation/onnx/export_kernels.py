@@ -47,7 +47,7 @@ def deformable_attention_for_export(
 ) -> Tensor:
     """`kernels.deformable_attention` on rows of `[B, Lq, heads * levels * points * 2]` offsets, with the normaliser and
     the reference points repeated to the rows' length: exported, the eager kernel's broadcasts become loops over
-    (x, y) pairs (onnxruntime: 26 ms of each full-size encoder layer's 320 ms), these become whole rows."""
+    (x, y) pairs, these become whole rows (measured in benchmarks/README.md)."""
     value_maps = kernels.deformable_value_maps(value, spatial_shapes)
     batch, num_queries, heads, levels, points, _ = sampling_offsets.shape
     weights = attention_logits.permute(0, 2, 3, 1).contiguous().softmax(dim=2)  # [B, heads, levels * points, Lq]

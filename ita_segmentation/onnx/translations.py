@@ -37,8 +37,8 @@ def _conv2d(
 ) -> Any:
     """`aten.conv2d` without a bias as a Conv node without one. torch.onnx's own translation gives it a zero bias
     made at run time (`Expand(CastLike(0, input), ...)`), which onnxruntime cannot fold into a constant, and a
-    convolution whose bias is not a constant misses onnxruntime's blocked (NCHWc) kernels (measured on the pixel
-    decoder's 3x3 output convolution at stride 4: 0.45 s, 0.39 s with them)."""
+    convolution whose bias is not a constant misses onnxruntime's blocked (NCHWc) kernels (benchmarks/README.md
+    has the measurement)."""
     from onnxscript import opset18 as op
     from onnxscript.function_libs.torch_lib.ops.core import aten_conv2d
 
