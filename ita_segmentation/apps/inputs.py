@@ -7,28 +7,35 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["IMAGE_EXTENSIONS", "find_images"]
+__all__ = ["IMAGE_EXTENSIONS", "OUTPUT_SUFFIXES", "find_images"]
 
 # The suffixes by which a folder's files are taken as images (files named explicitly are read whatever theirs).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
+# The files `ita-segment` writes for the image `<stem>.*`, by task: `<stem><suffix>`; the summary `.json` names
+# the others (`overlay`, and `label_map` or `file_name`).
+OUTPUT_SUFFIXES = {
+    "semantic": ("_overlay.png", "_labels.png", ".json"),
+    "panoptic": ("_overlay.png", "_panoptic.png", ".json"),
+    "instance": ("_overlay.png", "_instances.png", ".json"),
+}
+
 
 def _own_outputs(folder: Path) -> set[Path]:
-    """The files in `folder` that an earlier `ita-segment` run wrote: each `<stem>.json` summary that names its
-    overlay and label map, and those two files."""
+    """The files in `folder` that an earlier `ita-segment` run wrote, of any task: each `<stem>.json` summary that
+    names its overlay and its map as that task writes them, and those files."""
     outputs: set[Path] = set()
     for summary_path in folder.glob("*.json"):
         try:
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
+        if not isinstance(summary, dict):
+            continue
         stem = summary_path.stem
-        if (
-            isinstance(summary, dict)
-            and summary.get("overlay") == f"{stem}_overlay.png"
-            and summary.get("label_map") == f"{stem}_labels.png"
-        ):
-            outputs.update(folder / name for name in (summary_path.name, f"{stem}_overlay.png", f"{stem}_labels.png"))
+        named = (summary.get("overlay"), summary.get("label_map") or summary.get("file_name"), summary_path.name)
+        if any(named == tuple(stem + suffix for suffix in suffixes) for suffixes in OUTPUT_SUFFIXES.values()):
+            outputs.update(folder / name for name in named)
     return outputs
 
 

@@ -24,13 +24,11 @@ from processing_ita import parse_vocabulary
 from ..dtypes import torch_dtype
 from ..onnx import ITAOnnxModel, resolve_backend
 from ..vocabulary_files import read_vocabulary_file
-from .inputs import find_images
+from .inputs import OUTPUT_SUFFIXES, find_images
 from .outputs import SEGMENT_FIELDS, bounding_box, write_instance_png, write_label_map, write_panoptic_png
 from .visualization import overlay, segment_overlay
 
 __all__ = ["UsageError", "read_image", "read_vocabulary", "segment_images"]
-
-OUTPUT_SUFFIXES = ("_overlay.png", "_labels.png", ".json")
 
 
 class UsageError(Exception):
@@ -149,7 +147,7 @@ def _check_output_folder(args: argparse.Namespace, images: list[Path]) -> None:
         )
     inputs = {path.resolve() for path in images}
     for path in images:
-        for suffix in OUTPUT_SUFFIXES:
+        for suffix in OUTPUT_SUFFIXES[args.task]:
             target = (output / f"{path.stem}{suffix}").resolve()
             if target in inputs:
                 raise UsageError(f"the output {target} of {path} would replace an input image; choose another --output")

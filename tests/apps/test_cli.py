@@ -253,6 +253,36 @@ def test_an_output_that_would_replace_an_input_is_refused(model_dir, tmp_path, c
     assert "would replace an input image" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("task", "user_file"), [("panoptic", "a_panoptic.png"), ("instance", "a_instances.png")])
+def test_a_panoptic_or_instance_output_that_would_replace_an_input_is_refused(
+    model_dir, tmp_path, capsys, task, user_file
+):
+    """Every task's outputs are checked against the inputs: the user's photo named like the task's map survives."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    save_image(folder / "a.png", 40, 40)
+    save_image(folder / user_file, 40, 40)
+    before = (folder / user_file).read_bytes()
+    assert run(model_dir, folder, "--labels", *LABELS, "--output", folder, "--overwrite", "--task", task) == 2
+    assert f"a{user_file[1:]} of" in capsys.readouterr().err
+    assert (folder / user_file).read_bytes() == before
+    assert sorted(path.name for path in folder.iterdir()) == ["a.png", user_file]
+
+
+@pytest.mark.parametrize("task", ["panoptic", "instance"])
+def test_a_panoptic_or_instance_run_never_reads_its_own_outputs_back(model_dir, tmp_path, capsys, task):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    save_image(folder / "a.png", 40, 40)
+    assert run(model_dir, folder, "--labels", *LABELS, "--output", folder, "--overwrite", "--task", task) == 0
+    written = sorted(path.name for path in folder.iterdir())
+    assert len(written) == 4  # the photo, its overlay, its map and its summary
+    capsys.readouterr()
+    assert run(model_dir, folder, "--labels", *LABELS, "--output", folder, "--overwrite", "--task", task) == 0
+    assert "leaving out 2 file(s) that ita-segment wrote earlier" in capsys.readouterr().err
+    assert sorted(path.name for path in folder.iterdir()) == written
+
+
 def _imports_after(call):
     """Run `call` (an expression, or statements setting `status`) in a fresh interpreter; returns its exit
     status, whether torch and transformers were imported, and the output."""
