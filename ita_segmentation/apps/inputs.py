@@ -34,8 +34,10 @@ def _own_outputs(folder: Path) -> set[Path]:
             continue
         stem = summary_path.stem
         named = (summary.get("overlay"), summary.get("label_map") or summary.get("file_name"), summary_path.name)
-        if any(named == tuple(stem + suffix for suffix in suffixes) for suffixes in OUTPUT_SUFFIXES.values()):
-            outputs.update(folder / name for name in named)
+        for suffixes in OUTPUT_SUFFIXES.values():
+            expected = tuple(stem + suffix for suffix in suffixes)
+            if named == expected:
+                outputs.update(folder / name for name in expected)
     return outputs
 
 
