@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-all demo web clean
+.PHONY: install test test-all test-lowest demo web clean
 
 $(VENV)/.installed: constraints.txt setup.cfg pyproject.toml requirements-demo.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: install
 
 test-all: install
 	$(PY) -m pytest -n 2 -q -m "" tests
+
+# The core tests once more with the lowest versions that setup.cfg declares (constraints-lowest.txt), installed
+# into an overlay (build/lowest-overlay) that shadows .venv's versions; .venv itself is left unchanged.
+test-lowest: install
+	$(PY) tools/test_lowest.py
 
 demo: install
 	$(PY) scripts/demo.py --output demo_output
