@@ -1,6 +1,7 @@
 """A tiny ITA configuration shared by the tests: a `test_convnext` CLIP trunk and a 2-layer text tower."""
 
 import os
+import textwrap
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -183,3 +184,29 @@ def ita_onnx_export(tmp_path_factory):
 def fcclip_onnx_export(tmp_path_factory):
     """(tiny FC-CLIP folder, its ONNX folder)."""
     return _export_once(tmp_path_factory, "fcclip")
+
+
+# The start of a script run in a subprocess that must not see this package (trust_remote_code tests): every
+# project module is hidden from the import system, and the script stops if one is still importable.
+WITHOUT_THE_PACKAGE = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    BLOCKED = ("modeling_ita", "configuration_ita", "image_processing_ita", "postprocessing_ita", "processing_ita")
+
+    class BlockPackage(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
+            return None
+
+    sys.meta_path.insert(0, BlockPackage())
+    for name in BLOCKED:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+        else:
+            raise SystemExit(f"{name} is still importable")
+    """
+)

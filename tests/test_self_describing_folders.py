@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import WITHOUT_THE_PACKAGE, tiny_config
 from transformers import AutoModel, AutoModelForUniversalSegmentation, AutoProcessor, pipeline
 from transformers.dynamic_module_utils import get_imports, get_relative_imports
 
@@ -108,26 +108,8 @@ def test_with_the_package_the_registered_classes_load_it(folder):
     assert type(segmenter) is ZeroShotImageSegmentationPipeline
 
 
-REMOTE = textwrap.dedent(
+REMOTE = WITHOUT_THE_PACKAGE + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    BLOCKED = ("modeling_ita", "configuration_ita", "image_processing_ita", "postprocessing_ita", "processing_ita")
-
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-            return None
-
-    sys.meta_path.insert(0, BlockPackage())
-    for name in BLOCKED:
-        try:
-            __import__(name)
-        except ImportError:
-            pass
-        else:
-            raise SystemExit(f"{name} is still importable")
 
     import numpy as np
     from transformers import AutoModel, AutoProcessor, pipeline

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLIP_CONFIG, tiny_config
+from conftest import TINY_CLIP_CONFIG, WITHOUT_THE_PACKAGE, tiny_config
 from transformers import AutoModel, AutoProcessor
 from transformers.dynamic_module_utils import get_imports
 
@@ -362,26 +362,8 @@ def test_exported_files_are_the_figure_and_never_a_wing():
         assert (ROOT / path).is_file(), path
 
 
-REMOTE_LOAD = textwrap.dedent(
+REMOTE_LOAD = WITHOUT_THE_PACKAGE + textwrap.dedent(
     """
-    import importlib.abc, sys
-
-    BLOCKED = ("modeling_ita", "configuration_ita", "image_processing_ita", "processing_ita")
-
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-            return None
-
-    sys.meta_path.insert(0, BlockPackage())
-    for name in BLOCKED:
-        try:
-            __import__(name)
-        except ImportError:
-            pass
-        else:
-            raise SystemExit(f"{name} is still importable")
 
     import torch
     from transformers import AutoModel, AutoProcessor
