@@ -8,7 +8,7 @@ are parsed by `ita_segmentation.apps.cli.web` before torch is imported; the page
 
 import sys
 
-from ita_segmentation.apps.cli import web
+from ita_cli import web
 
 if __name__ == "__main__":
-    sys.exit(web())
+    sys.exit(web(prog="app.py"))

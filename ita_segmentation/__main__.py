@@ -2,7 +2,7 @@
 
 import sys
 
-from ita_segmentation.apps.cli import main
+from ita_cli import segment
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m ita_segmentation"))
+    sys.exit(segment(prog="python -m ita_segmentation"))

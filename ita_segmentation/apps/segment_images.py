@@ -22,6 +22,7 @@ from postprocessing_ita import binary_mask_to_coco_rle
 from processing_ita import parse_vocabulary
 
 from ..dtypes import torch_dtype
+from ..errors import ITAUsageError
 from ..onnx import ITAOnnxModel, resolve_backend
 from ..vocabulary_files import read_vocabulary_file
 from .inputs import OUTPUT_SUFFIXES, find_images
@@ -31,7 +32,7 @@ from .visualization import overlay, segment_overlay
 __all__ = ["UsageError", "read_image", "read_vocabulary", "segment_images"]
 
 
-class UsageError(Exception):
+class UsageError(ITAUsageError):
     """A problem with the command line or its inputs, found before any image is segmented (exit 2)."""
 
 
