@@ -57,6 +57,6 @@ def train(argv: Sequence[str] | None = None, prog: str = "ita-train") -> int:
 
 def web(argv: Sequence[str] | None = None, prog: str = "ita-web") -> int:
     """`ita-web` (`python app.py`): serve the web page; returns the exit status."""
-    from ita_segmentation.apps.cli import web
+    from ita_segmentation.apps.web_cli import web
 
     return run_door(prog, lambda: web(argv, prog))

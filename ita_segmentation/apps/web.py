@@ -1,6 +1,6 @@
 """The web demo page (Gradio): upload an image, name the classes, see the segmentation.
 
-`python app.py` (or `ita-web`; arguments parsed by `cli.build_web_parser`) serves the model that `make demo` writes
+`python app.py` (or `ita-web`; arguments parsed by `web_cli.build_web_parser`) serves the model that `make demo` writes
 (`demo_output/model`), or the folder / Hub id given with `--model`, on http://127.0.0.1:7860. The page:
 
 - takes an image file, the classes (one per line, synonyms separated by commas, `[stuff]` at the end of a line
