@@ -1,0 +1,137 @@
+"""The Python door: the checks the commands make before torch is imported (`ita_segmentation.locations`,
+`ita_segmentation.dtypes`), and each bad input given through the Python API (processor, model, pipeline,
+post-processing, loaders), asserting the error's type and message. In-process and fast."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ita_segmentation import locations
+from ita_segmentation.errors import ITAUsageError
+from ita_segmentation.locations import check_device_argument, check_model_argument
+
+
+def _write_config(folder, **config):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --model, before torch
+
+
+@pytest.mark.parametrize("value", ["./missing", "/no/such/model", "~/no-such-ita-model", "a/b/c"])
+def test_missing_model_folder_is_named(value, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ITAUsageError, match=r"model folder .* does not exist.*save_pretrained.*Hub id"):
+        check_model_argument(value)
+
+
+def test_partly_existing_path_is_a_missing_folder_not_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ITAUsageError, match=r"model folder models/missing does not exist"):
+        check_model_argument("models/missing")
+
+
+def test_hub_id_offline_not_cached_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ITAUsageError, match=r"not in the local cache.*HF_HUB_OFFLINE=1"):
+        check_model_argument("someone/ita-model")
+    # once the cache holds it, it passes
+    snapshot = tmp_path / "cache" / "models--someone--ita-model" / "snapshots" / "abc"
+    _write_config(snapshot, model_type="ita")
+    check_model_argument("someone/ita-model")
+
+
+def test_hub_id_online_passes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    check_model_argument("someone/ita-model")
+
+
+def test_neither_folder_nor_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ITAUsageError, match=r"neither a folder here nor a Hugging Face Hub id"):
+        check_model_argument("my model")
+
+
+def test_folder_without_config_names_the_model_folders_inside(tmp_path):
+    empty = tmp_path / "run"
+    empty.mkdir()
+    with pytest.raises(ITAUsageError, match=r"holds no config.json.*save_pretrained"):
+        check_model_argument(str(empty))
+    _write_config(empty / "checkpoint-500", model_type="ita")
+    with pytest.raises(ITAUsageError, match=r"model folders inside it: checkpoint-500"):
+        check_model_argument(str(empty))
+
+
+def test_a_file_and_a_bert_folder_are_refused(tmp_path):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"x")
+    with pytest.raises(ITAUsageError, match=r"is a file, not a folder"):
+        check_model_argument(str(weights))
+    bert = _write_config(tmp_path / "bert", model_type="bert", hidden_size=768)
+    with pytest.raises(ITAUsageError, match=r"holds a 'bert' model, not ITA/FC-CLIP"):
+        check_model_argument(str(bert))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ITAUsageError, match=r"config.json cannot be read"):
+        check_model_argument(str(broken))
+
+
+def test_ita_and_onnx_export_folders_pass(tiny_model_dir, tmp_path):
+    check_model_argument(str(tiny_model_dir))
+    # an exported folder keeps the model's config.json beside its .onnx files and onnx_export.json
+    exported = _write_config(tmp_path / "exported", model_type="ita")
+    (exported / "onnx_export.json").write_text("{}", encoding="utf-8")
+    (exported / "model.onnx").write_bytes(b"")
+    check_model_argument(str(exported))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --device, before torch
+
+
+@pytest.mark.parametrize("value", [None, "auto", "cpu", "CPU", "xpu"])
+def test_devices_that_pass(value):
+    check_device_argument(value)
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:x", "banana", "cuda:"])
+def test_unknown_device_names(value):
+    with pytest.raises(ITAUsageError, match=r"is not a torch device.*cpu, cuda"):
+        check_device_argument(value)
+
+
+def test_cuda_without_a_driver(monkeypatch):
+    monkeypatch.setattr(locations, "_has_nvidia_driver", lambda: False)
+    for value in ("cuda", "cuda:1"):
+        with pytest.raises(ITAUsageError, match=r"no NVIDIA driver.*--device cpu"):
+            check_device_argument(value)
+    monkeypatch.setattr(locations, "_has_nvidia_driver", lambda: True)
+    check_device_argument("cuda:0")
+
+
+def test_mps_off_macos(monkeypatch):
+    monkeypatch.setattr(locations.sys, "platform", "linux")
+    with pytest.raises(ITAUsageError, match=r"mps .*only on macOS"):
+        check_device_argument("mps")
+    monkeypatch.setattr(locations.sys, "platform", "darwin")
+    check_device_argument("mps")
+
+
+def test_checks_import_no_torch():
+    code = (
+        "import sys; from ita_segmentation import locations, dtypes; "
+        "assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert completed.stdout.strip() == "ok", completed.stderr
