@@ -22,6 +22,7 @@ from configuration_ita import COCO_PANOPTIC_VOCABULARY
 from processing_ita import parse_vocabulary
 
 from .dataset_layouts import LAYOUTS
+from .errors import ITADataError, ITAUsageError
 from .synthetic import make_synthetic_dataset
 from .vocabulary_files import read_vocabulary_file
 
@@ -33,6 +34,7 @@ __all__ = [
     "load_label_map_folders",
     "load_segmentation_dataset",
     "resolve_class_names",
+    "unreachable_dataset_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -192,6 +194,28 @@ def is_label_map_folders(
     return (root / image_subdir / split).is_dir() and (root / label_subdir / split).is_dir()
 
 
+def unreachable_dataset_message(name: str, error: BaseException | None = None) -> str:
+    """What to say of a dataset `name` that is neither a file or folder here nor a dataset the Hub answered for:
+    both, the Hub's answer, and that `HF_HUB_OFFLINE` (or `HF_DATASETS_OFFLINE`) is set when it is."""
+    answer = ""
+    if error is not None:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        answer = f" ({type(error).__name__}: {first_line})"
+    offline = [
+        variable
+        for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        if os.environ.get(variable, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    ]
+    if offline:
+        hub = f"not on the Hub either: {offline[0]}=1 is set, so the Hub was not asked{answer}"
+    else:
+        hub = f"and the Hub has no dataset of that id or could not be reached{answer}"
+    return (
+        f"{name} is no file or folder here ({Path(name).resolve()}), {hub}; check the path for typos, or give a "
+        "Hub dataset id (owner/name) with the network on"
+    )
+
+
 def _is_saved_dataset(path: Path) -> bool:
     markers = ("dataset_info.json", "dataset_dict.json", "state.json")  # written by save_to_disk
     return path.is_dir() and any((path / name).is_file() for name in markers)
@@ -256,7 +280,7 @@ def load_segmentation_dataset(
             dataset = datasets.load_from_disk(os.fspath(path))
             if isinstance(dataset, datasets.DatasetDict):
                 if split not in dataset:
-                    raise KeyError(f"{source} has no split {split!r}; its splits: {list(dataset)}")
+                    raise ITAUsageError(f"{source} has no split {split!r}; its splits: {', '.join(dataset)}")
                 dataset = dataset[split]
         elif path.is_file():
             builder = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json"}.get(path.suffix)
@@ -265,11 +289,38 @@ def load_segmentation_dataset(
                     f"Cannot tell the format of {source}; use a .parquet, .arrow or .jsonl file or a folder"
                 )
             dataset = datasets.load_dataset(builder, data_files={split: os.fspath(path)}, split=split, **load_kwargs)
-        else:
+        elif path.is_dir() and not load_kwargs and any(path.glob("results-*.parquet")):
+            # `ita-segment --format parquet`'s results: its shards are the rows of whichever split is asked for
+            # (the folder also holds classes.txt and the manifest, which `load_dataset` would take for data).
+            shards = sorted(os.fspath(shard) for shard in path.glob("results-*.parquet"))
+            dataset = datasets.load_dataset("parquet", data_files={split: shards}, split=split)
+        elif path.exists():
             dataset = datasets.load_dataset(os.fspath(source), split=split, **load_kwargs)
+        else:
+            dataset = _load_hub_dataset(os.fspath(source), split, load_kwargs)
+    if len(dataset) == 0:
+        raise ITADataError(f"{source}: split {split!r} has no rows; give a dataset with at least one image")
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     return dataset
+
+
+def _load_hub_dataset(name: str, split: str, load_kwargs: dict[str, Any]) -> datasets.Dataset:
+    """A split of a dataset that is not a local path: a Hub id, or a builder name such as `"parquet"` with
+    `data_files=` in `load_kwargs`; raises `ITAUsageError` saying that it is neither here nor on the Hub, or
+    naming the splits it has."""
+    try:
+        return datasets.load_dataset(name, split=split, **load_kwargs)
+    except ValueError as error:
+        if "split" in str(error).lower() and "unknown" in str(error).lower():
+            raise ITAUsageError(f"{name} has no split {split!r}: {error}") from error
+        if load_kwargs:
+            raise
+        raise ITAUsageError(unreachable_dataset_message(name, error)) from error
+    except (OSError, datasets.exceptions.DatasetsError) as error:  # ConnectionError, DatasetNotFoundError, ...
+        if load_kwargs and not isinstance(error, datasets.exceptions.DatasetNotFoundError):
+            raise
+        raise ITAUsageError(unreachable_dataset_message(name, error)) from error
 
 
 def _class_label_names(feature: Any) -> list[tuple[str, ...]]:
