@@ -288,14 +288,14 @@ def load_segmentation_dataset(
                 raise ValueError(
                     f"Cannot tell the format of {source}; use a .parquet, .arrow or .jsonl file or a folder"
                 )
-            dataset = datasets.load_dataset(builder, data_files={split: os.fspath(path)}, split=split, **load_kwargs)
+            dataset = _load_split(source, builder, split, data_files={split: os.fspath(path)}, **load_kwargs)
         elif path.is_dir() and not load_kwargs and any(path.glob("results-*.parquet")):
             # `ita-segment --format parquet`'s results: its shards are the rows of whichever split is asked for
             # (the folder also holds classes.txt and the manifest, which `load_dataset` would take for data).
             shards = sorted(os.fspath(shard) for shard in path.glob("results-*.parquet"))
-            dataset = datasets.load_dataset("parquet", data_files={split: shards}, split=split)
+            dataset = _load_split(source, "parquet", split, data_files={split: shards})
         elif path.exists():
-            dataset = datasets.load_dataset(os.fspath(source), split=split, **load_kwargs)
+            dataset = _load_split(source, os.fspath(source), split, **load_kwargs)
         else:
             dataset = _load_hub_dataset(os.fspath(source), split, load_kwargs)
     if len(dataset) == 0:
@@ -305,15 +305,32 @@ def load_segmentation_dataset(
     return dataset
 
 
+def _load_split(source: PathLike, name: str, split: str, **load_kwargs: Any) -> datasets.Dataset:
+    """`datasets.load_dataset(name, split=split, **load_kwargs)`, with its refusals of a split that is not there
+    (`ITAUsageError`, naming the splits) and of files without rows (`ITADataError`) said plainly."""
+    try:
+        dataset = datasets.load_dataset(name, split=split, **load_kwargs)
+    except ValueError as error:
+        message = str(error)
+        if "Unknown split" in message:
+            raise ITAUsageError(f"{source} has no split {split!r}: {message}") from error
+        if "corresponds to no data" in message:
+            raise ITADataError(
+                f"{source}: split {split!r} has no rows; give a dataset with at least one image"
+            ) from error
+        raise
+    assert isinstance(dataset, datasets.Dataset)
+    return dataset
+
+
 def _load_hub_dataset(name: str, split: str, load_kwargs: dict[str, Any]) -> datasets.Dataset:
     """A split of a dataset that is not a local path: a Hub id, or a builder name such as `"parquet"` with
-    `data_files=` in `load_kwargs`; raises `ITAUsageError` saying that it is neither here nor on the Hub, or
-    naming the splits it has."""
+    `data_files=` in `load_kwargs`; raises `ITAUsageError` saying that it is neither here nor on the Hub."""
     try:
-        return datasets.load_dataset(name, split=split, **load_kwargs)
+        return _load_split(name, name, split, **load_kwargs)
+    except (ITAUsageError, ITADataError):
+        raise
     except ValueError as error:
-        if "split" in str(error).lower() and "unknown" in str(error).lower():
-            raise ITAUsageError(f"{name} has no split {split!r}: {error}") from error
         if load_kwargs:
             raise
         raise ITAUsageError(unreachable_dataset_message(name, error)) from error

@@ -343,13 +343,15 @@ class DatasetSource:
 
     def _stream_rows(self, process_index: int, num_processes: int) -> Iterator[tuple[int, Any, Any]]:
         assert self._stream is not None
+        checked = False
         for position, row in enumerate(self._stream):
             if position % num_processes != process_index:
                 continue
-            if position == 0 or (process_index and position == process_index):
+            if not checked:  # a stream without features names its columns in its rows only
                 missing = [column for column in (self.image_column, self.id_column) if column and column not in row]
                 if missing:
                     raise ITAUsageError(f"{self.name} has no column {missing[0]!r}; its columns: {', '.join(row)}")
+                checked = True
             yield position, row.get(self.id_column) if self.id_column else None, row[self.image_column]
 
 

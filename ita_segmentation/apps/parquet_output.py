@@ -131,15 +131,8 @@ def segment_entries(
     `bbox` and `was_fused` (panoptic) or `segmentation` (instance, COCO's uncompressed RLE). `masks` are the
     segments' boolean masks when the caller has them already."""
     if task == "semantic":
-        return [
-            {
-                "label": str(segment["label"]),
-                "class_id": int(segment["class_id"]),
-                "pixel_share": float(segment["pixel_share"]),
-                "score": float(segment["score"]),
-            }
-            for segment in result["segments"]
-        ]
+        kinds = {"label": str, "class_id": int, "pixel_share": float, "score": float}
+        return [{key: kinds[key](segment[key]) for key in SEGMENT_FIELDS} for segment in result["segments"]]
     if masks is None:
         masks = _segment_masks(result)
     entries = []
