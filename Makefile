@@ -8,14 +8,12 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install test test-all test-lowest demo web clean
 
-$(VENV)/.installed: constraints.txt setup.cfg pyproject.toml requirements-demo.txt
+# Resolved by pip alone (the web page's gradio included): `pip check` is clean in the environment this makes.
+$(VENV)/.installed: constraints.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
-	# The web page (app.py) and its tests: gradio 6.31 declares pillow<13, yet runs with the pinned pillow 13.0.0;
-	# installed without that declaration, its other requirements from requirements-demo.txt.
-	$(PY) -m pip install -q -c constraints.txt -r requirements-demo.txt
-	$(PY) -m pip install -q -c constraints.txt --no-deps gradio gradio_client
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,demo]"
+	$(PY) -m pip check
 	touch $@
 
 install: $(VENV)/.installed

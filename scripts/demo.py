@@ -203,7 +203,9 @@ def main(argv=None):
         f"Model and processor: {model_dir}\n"
         f"Segmentations of {args.samples} held-out scenes (ita-segment): {segmentations}; "
         f"ground truth: {args.output / 'ground_truth'}\n"
-        f"{NOTICE}"
+        f"{NOTICE}\n"
+        f"The commands (ita-segment, ita-train, ita-evaluate, ita-web, ...) are in {Path(sys.executable).parent}: "
+        f"`source {Path(sys.executable).parent / 'activate'}` first, or `make web` for the page."
     )
     return 0
 
