@@ -7,7 +7,9 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["IMAGE_EXTENSIONS", "OUTPUT_SUFFIXES", "find_images"]
+from .run_manifest import read_manifest
+
+__all__ = ["IMAGE_EXTENSIONS", "OUTPUT_SUFFIXES", "find_images", "output_names", "recognised_outputs"]
 
 # The suffixes by which a folder's files are taken as images (files named explicitly are read whatever theirs).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -21,10 +23,16 @@ OUTPUT_SUFFIXES = {
 }
 
 
-def _own_outputs(folder: Path) -> set[Path]:
-    """The files in `folder` that an earlier `ita-segment` run wrote, of any task: each `<stem>.json` summary that
-    names its overlay and its map as that task writes them, and those files."""
-    outputs: set[Path] = set()
+def output_names(stem: str, task: str) -> list[str]:
+    """The file names `ita-segment --task task` writes for the image (or dataset row) `stem`."""
+    return [stem + suffix for suffix in OUTPUT_SUFFIXES[task]]
+
+
+def recognised_outputs(folder: Path) -> set[Path]:
+    """The files in `folder` that an earlier `ita-segment` run wrote, of any task: those its manifest names
+    (`run_manifest`), and, for folders written before there was a manifest, each `<stem>.json` summary that names
+    its overlay and its map as that task writes them, and those files."""
+    outputs: set[Path] = {folder / name for entry in read_manifest(folder).values() for name in entry["outputs"]}
     for summary_path in folder.glob("*.json"):
         try:
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -45,15 +53,15 @@ def find_images(
     inputs: Iterable[str | Path], skipped: list[Path] | None = None
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand files and folders into image files. Returns `(images, problems)`: folders contribute their
-    image files (by extension, not recursive, sorted by name), except the overlays and label maps an earlier run
-    of `ita-segment` wrote there (added to the list `skipped` when given); a path that does not exist is a
+    image files (by extension, not recursive, sorted by name, hidden files left out), except the overlays and label
+    maps an earlier run of `ita-segment` wrote there (`recognised_outputs`) (added to the list `skipped` when given); a path that does not exist is a
     problem `(path, message)`. Files named explicitly are kept whatever their extension."""
     images: list[Path] = []
     problems: list[tuple[Path, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            own_outputs = _own_outputs(path)
+            own_outputs = recognised_outputs(path)
             found = []
             for child in sorted(path.iterdir()):
                 if not child.is_file() or child.suffix.lower() not in IMAGE_EXTENSIONS or child.name.startswith("."):

@@ -1,6 +1,7 @@
 """The files the apps write: label maps, COCO panoptic PNGs, instance-id PNGs, and what `<stem>.json` holds.
 
-`ita-segment` writes them per image and the web page offers them for download.
+`ita-segment` writes them per image and the web page offers them for download. Every writer saves a PNG whatever
+the path's suffix (`ita-segment` writes to a temporary name first).
 """
 
 import os
@@ -11,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
+    "MAX_LABEL_MAP_CLASSES",
     "SEGMENT_FIELDS",
     "SUMMARY_FIELDS",
     "bounding_box",
@@ -18,6 +20,9 @@ __all__ = [
     "write_label_map",
     "write_panoptic_png",
 ]
+
+# A label map PNG is at most 16-bit: class ids 0 to 65,535.
+MAX_LABEL_MAP_CLASSES = 65536
 
 # What each field of `ita-segment`'s `<stem>.json` holds (the README's table is checked against this).
 SUMMARY_FIELDS = {
@@ -41,22 +46,23 @@ SEGMENT_FIELDS = {
 
 
 def write_label_map(label_map: Any, num_classes: int, path: str | os.PathLike[str]) -> None:
-    """Save a `[H, W]` label map as a PNG: 8-bit grey for up to 256 classes, 16-bit grey up to 65536."""
+    """Save a `[H, W]` label map as a PNG: 8-bit grey for up to 256 classes, 16-bit grey up to 65,536
+    (`MAX_LABEL_MAP_CLASSES`)."""
     label_map = np.asarray(label_map)
     if num_classes <= 256:
         image = Image.fromarray(label_map.astype(np.uint8))
-    elif num_classes <= 65536:
+    elif num_classes <= MAX_LABEL_MAP_CLASSES:
         image = Image.fromarray(label_map.astype(np.uint16))  # mode I;16
     else:
         raise ValueError(f"{num_classes} classes do not fit a 16-bit PNG")
-    image.save(path)
+    image.save(path, format="PNG")
 
 
 def write_panoptic_png(segment_map: Any, path: str | os.PathLike[str]) -> None:
     """Save a `[H, W]` segment-id map as COCO panoptic's RGB PNG (id = R + 256 G + 256^2 B)."""
     segment_map = np.asarray(segment_map, dtype=np.uint32)
     rgb = np.stack([segment_map % 256, segment_map // 256 % 256, segment_map // 65536 % 256], axis=-1)
-    Image.fromarray(rgb.astype(np.uint8), mode="RGB").save(path)
+    Image.fromarray(rgb.astype(np.uint8), mode="RGB").save(path, format="PNG")
 
 
 def write_instance_png(
@@ -67,7 +73,7 @@ def write_instance_png(
     top = np.zeros(size, dtype=np.uint16)
     for segment, mask in reversed(list(zip(segments, masks))):
         top[mask] = segment["id"] + 1
-    Image.fromarray(top).save(path)  # mode I;16
+    Image.fromarray(top).save(path, format="PNG")  # mode I;16
 
 
 def bounding_box(mask: np.ndarray) -> list[int]:

@@ -10,7 +10,7 @@ import pytest
 from conftest import save_tiny_model
 from PIL import Image
 
-from ita_segmentation.apps.cli import main
+from ita_cli import segment as main
 from ita_segmentation.apps.outputs import SUMMARY_FIELDS, write_label_map
 from ita_segmentation.apps.visualization import color_palette, colorize_label_map, legend_entries, overlay
 
@@ -73,7 +73,20 @@ def test_one_image(model_dir, tmp_path):
     output = tmp_path / "out" / "nested"  # created, parents too
     assert run(model_dir, image, "--labels", *LABELS, "--output", output) == 0
     check_outputs(output, image, LABELS, model_dir)
-    assert sorted(p.name for p in output.iterdir()) == ["room.json", "room_labels.png", "room_overlay.png"]
+    assert sorted(p.name for p in output.iterdir()) == [
+        "manifest.jsonl",
+        "room.json",
+        "room_labels.png",
+        "room_overlay.png",
+        "run_summary.json",
+    ]
+    (line,) = (output / "manifest.jsonl").read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["id"] == "room" and entry["input"] == str(image) and entry["process"] == 0
+    assert sorted(entry["outputs"]) == ["room.json", "room_labels.png", "room_overlay.png"]
+    assert entry["outputs"]["room.json"]["bytes"] == (output / "room.json").stat().st_size
+    summary = json.loads((output / "run_summary.json").read_text())
+    assert (summary["images"], summary["segmented"], summary["failed"], summary["processes"]) == (1, 1, 0, 1)
 
 
 def test_directory_batched_equals_one_by_one(model_dir, tmp_path):
@@ -84,7 +97,7 @@ def test_directory_batched_equals_one_by_one(model_dir, tmp_path):
     (folder / "notes.txt").write_text("not an image")
     assert run(model_dir, folder, "--labels", *LABELS, "--output", tmp_path / "batched", "--batch-size", "2") == 0
     assert run(model_dir, folder, "--labels", *LABELS, "--output", tmp_path / "single") == 0
-    assert sorted(p.name for p in (tmp_path / "batched").glob("*.json")) == ["a.json", "c.json"]
+    assert sorted(p.name for p in (tmp_path / "batched").glob("*.json")) == ["a.json", "c.json", "run_summary.json"]
     for image in images:
         batched = check_outputs(tmp_path / "batched", image, LABELS, model_dir)
         single = check_outputs(tmp_path / "single", image, LABELS, model_dir)
@@ -121,6 +134,12 @@ def test_bad_images_are_named_and_the_good_ones_still_written(model_dir, tmp_pat
     assert "empty.png" in stderr and "empty file" in stderr
     assert "1 image(s) segmented, 2 failed" in stderr
     check_outputs(output, good, LABELS, model_dir)
+    summary = json.loads((output / "run_summary.json").read_text())
+    assert summary["failed"] == 2 and sorted(Path(f["input"]).name for f in summary["failures"]) == [
+        "empty.png",
+        "truncated.png",
+    ]
+    assert [json.loads(line)["id"] for line in (output / "manifest.jsonl").read_text().splitlines()] == ["good"]
     assert not list(output.glob("truncated*")) and not list(output.glob("empty*"))
 
 
@@ -132,7 +151,7 @@ def test_fail_fast_stops_at_the_first_bad_image(model_dir, tmp_path, capsys):
     output = tmp_path / "out"
     assert run(model_dir, folder, "--labels", *LABELS, "--output", output, "--fail-fast") == 1
     assert "a_empty.png" in capsys.readouterr().err
-    assert not list(output.iterdir())
+    assert sorted(path.name for path in output.iterdir()) == ["manifest.jsonl", "run_summary.json"]  # no image
 
 
 def test_usage_errors_come_before_loading_the_model(tmp_path, capsys):
@@ -162,9 +181,8 @@ def test_usage_errors_come_before_loading_the_model(tmp_path, capsys):
     assert run(missing_model, image, tmp_path / "other", "--labels", "cat", "--output", tmp_path / "out") == 2
     assert "same file stem" in capsys.readouterr().err
 
-    with pytest.raises(SystemExit) as exit_info:  # argparse: --labels needs at least one class
-        run(missing_model, image, "--labels", "--output", tmp_path / "out")
-    assert exit_info.value.code == 2
+    # argparse: --labels needs at least one class
+    assert run(missing_model, image, "--labels", "--output", tmp_path / "out") == 2
 
 
 def test_model_problems_are_named(tmp_path, capsys):
@@ -210,7 +228,8 @@ def test_outputs_are_never_overwritten_silently(model_dir, tmp_path, capsys):
     written = {path: path.stat().st_mtime_ns for path in output.iterdir()}
     assert run(model_dir, image, "--labels", *LABELS, "--output", output) == 2
     assert (
-        f"output folder {output} is not empty (room.json, room_labels.png, room_overlay.png)" in capsys.readouterr().err
+        f"output folder {output} is not empty (manifest.jsonl, room.json, room_labels.png, room_overlay.png, "
+        "run_summary.json)" in capsys.readouterr().err
     )
     assert {path: path.stat().st_mtime_ns for path in output.iterdir()} == written
     (output / "notes.txt").write_text("mine")
@@ -238,6 +257,8 @@ def test_its_own_outputs_are_never_inputs(model_dir, tmp_path, capsys):
         "b_labels.png",
         "b_labels_labels.png",
         "b_labels_overlay.png",
+        "manifest.jsonl",
+        "run_summary.json",
     ]
     assert run(model_dir, folder, "--labels", *LABELS, "--output", folder, "--overwrite") == 0
     assert "leaving out 4 file(s) that ita-segment wrote earlier" in capsys.readouterr().err
@@ -276,7 +297,7 @@ def test_a_panoptic_or_instance_run_never_reads_its_own_outputs_back(model_dir, 
     save_image(folder / "a.png", 40, 40)
     assert run(model_dir, folder, "--labels", *LABELS, "--output", folder, "--overwrite", "--task", task) == 0
     written = sorted(path.name for path in folder.iterdir())
-    assert len(written) == 4  # the photo, its overlay, its map and its summary
+    assert len(written) == 6  # the photo, its overlay, its map and its summary; the manifest, the run's summary
     capsys.readouterr()
     assert run(model_dir, folder, "--labels", *LABELS, "--output", folder, "--overwrite", "--task", task) == 0
     assert "leaving out 2 file(s) that ita-segment wrote earlier" in capsys.readouterr().err
@@ -476,7 +497,13 @@ def test_panoptic_task_writes_coco_panoptic_png_and_json(model_dir, tmp_path):
     output = tmp_path / "out"
     args = [image, "--labels", *LABELS, "--output", output, "--task", "panoptic", "--stuff", "wall", "--threshold", "0"]
     assert run(model_dir, *args) == 0
-    assert sorted(p.name for p in output.iterdir()) == ["room.json", "room_overlay.png", "room_panoptic.png"]
+    assert sorted(p.name for p in output.iterdir()) == [
+        "manifest.jsonl",
+        "room.json",
+        "room_overlay.png",
+        "room_panoptic.png",
+        "run_summary.json",
+    ]
     summary = json.loads((output / "room.json").read_text())
     assert summary["task"] == "panoptic" and summary["file_name"] == "room_panoptic.png"
     assert [c["isthing"] for c in summary["categories"]] == [1, 1, 0]
@@ -503,7 +530,13 @@ def test_instance_task_writes_masks(model_dir, tmp_path):
     image = save_image(tmp_path / "room.png", 60, 84)
     output = tmp_path / "out"
     assert run(model_dir, image, "--labels", *LABELS, "--output", output, "--task", "instance", "--threshold", "0") == 0
-    assert sorted(p.name for p in output.iterdir()) == ["room.json", "room_instances.png", "room_overlay.png"]
+    assert sorted(p.name for p in output.iterdir()) == [
+        "manifest.jsonl",
+        "room.json",
+        "room_instances.png",
+        "room_overlay.png",
+        "run_summary.json",
+    ]
     summary = json.loads((output / "room.json").read_text())
     instances = summary["instances"]
     assert len(instances) > 1
