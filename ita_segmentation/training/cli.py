@@ -12,6 +12,9 @@ loaded, this module answers what needs no torch:
   are read from the source of transformers' `training_args` module (`training_argument_fields`, with `ast`,
   without importing it). The values of `TrainingArguments` options, and a stray value that belongs to no
   option, are checked by the full parser once torch is loaded (exit status 2 too).
+- the values no run can use, the files and folders the options name, the output folder and the checkpoint to
+  resume (`checks.py`: `--per_device_train_batch_size 0`, `--max_steps 0`, a missing `--config_path`, an earlier
+  run's `--output_dir`, `--resume_from_checkpoint last` without a checkpoint, ...), as `ITAUsageError`s.
 
 A single `.json` argument (`python scripts/train.py run.json`) is read by the full parser alone.
 """
@@ -30,7 +33,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import ITADataError, ITAUsageError, ITAUserError
 from .arguments import ITADataArguments, ITAModelArguments, ITARecipeArguments
+from .checks import check_locations, check_output_folders, check_values, light_values, resolve_checkpoint
 
 __all__ = [
     "COMMON_TRAINING_OPTIONS",
@@ -290,7 +295,9 @@ def check_arguments(argv: Sequence[str], prog: str = PROG) -> argparse.Namespace
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """`ita-train`: returns the exit status (0 trained, 1 the data or the model was refused, 2 usage error)."""
+    """`ita-train`: returns the exit status (0 trained). User errors are raised as `ITAUsageError` (exit status 2:
+    the arguments, found before torch where the command line tells) or `ITADataError` (1: the data, the model or
+    a checkpoint refused while working) for `errors.run_door` (`ita_cli.train`) to report."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if _HELP_ALL in arguments:
         from .entry import build_parser as build_full_parser
@@ -302,9 +309,12 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         return 0
     json_file = argv is None and len(arguments) == 1 and arguments[0].endswith(".json")
     if not json_file:
-        check_arguments(arguments, prog)
-
-    from modeling_ita.loading import ModelLoadingError
+        values = {**vars(check_arguments(arguments, prog)), **light_values(arguments)}
+        check_values(values)
+        check_locations(values)
+        check_output_folders(values)
+        if not values.get("precompute_dominant_categories_to"):
+            resolve_checkpoint(values.get("resume_from_checkpoint"), values.get("output_dir"))
 
     from ..evaluation.data_check import DataCheckError
     from .entry import parse_arguments, run
@@ -312,11 +322,11 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     try:
         parsed = parse_arguments(None if argv is None else list(argv))
     except ValueError as error:  # an argument no option takes, or TrainingArguments refusing a combination
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
+        raise ITAUsageError(str(error)) from None
     try:
         run(*parsed)
-    except (DataCheckError, ModelLoadingError, FileExistsError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 1
+    except DataCheckError as error:
+        if isinstance(error, ITAUserError):
+            raise
+        raise ITADataError(str(error)) from error  # until `DataCheckError` derives from `ITADataError`
     return 0

@@ -1,11 +1,14 @@
 """The training run of `ita-train` and `scripts/train.py`: the three argument groups parsed by transformers'
-`HfArgumentParser` (`parse_arguments`, every `TrainingArguments` option included), the check that an earlier
-run is neither overwritten nor mixed with silently (`check_output_dir`), and the run itself (`main`, `run`).
+`HfArgumentParser` (`parse_arguments`, every `TrainingArguments` option included), the checks made before any long
+work (`check_run`: the values, files and folders of `checks.py` again, half precision on the CPU, the config of
+the checkpoint to resume; `check_output_dir`: an earlier run is neither overwritten nor mixed with silently), and
+the run itself (`main`, `run`).
 
 The command (`cli.py`) checks the project's own arguments with the standard library first and imports this
 module (torch, transformers) once they are well formed.
 """
 
+import json
 import logging
 import os
 import sys
@@ -17,14 +20,22 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from configuration_ita import ITAConfig
 
-from ..segmentation_data import resolve_class_names
+from ..errors import ITADataError, ITAUsageError
 from .arguments import ITADataArguments, ITAModelArguments
-from .loading import load_model, load_processor
+from .checks import (
+    check_locations,
+    check_output_folders,
+    check_values,
+    compare_configs,
+    refuse_half_precision_evaluation_on_cpu,
+    resolve_checkpoint,
+)
+from .loading import load_model, load_processor, planned_config
 from .precompute import precompute_dominant_categories
-from .trainer import ITATrainer, build_trainer, explicit_class_names, load_training_rows
+from .trainer import ITATrainer, build_trainer, class_names_of, explicit_class_names, load_training_rows
 from .training_arguments import ITATrainingArguments
 
-__all__ = ["build_parser", "check_output_dir", "main", "parse_arguments", "run"]
+__all__ = ["build_parser", "check_output_dir", "check_run", "main", "parse_arguments", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,20 +59,70 @@ def parse_arguments(
 
 
 def check_output_dir(training_args: TrainingArguments) -> None:
-    """Raise `FileExistsError` when `output_dir` holds an earlier run's files and this run neither resumes it nor
-    was told to overwrite it (`overwrite_output_dir`): its checkpoints and model would be replaced silently."""
-    if training_args.output_dir is None:
-        return
-    output = Path(training_args.output_dir)
-    if training_args.resume_from_checkpoint or getattr(training_args, "overwrite_output_dir", False):
-        return
-    content = sorted(path.name for path in output.iterdir()) if output.is_dir() else []
-    if content:
-        shown = ", ".join(content[:5]) + (f" and {len(content) - 5} more" if len(content) > 5 else "")
-        raise FileExistsError(
-            f"output_dir {output} is not empty ({shown}); resume that run with --resume_from_checkpoint last, "
-            "choose another --output_dir, or give --overwrite_output_dir to train anew into it"
+    """Raise `ITAUsageError` when `output_dir` is a file, cannot be written, or holds an earlier run's files and
+    this run neither resumes it nor was told to overwrite it (`overwrite_output_dir`): its checkpoints and model
+    would be replaced silently."""
+    check_output_folders(
+        {
+            "output_dir": training_args.output_dir,
+            "resume_from_checkpoint": training_args.resume_from_checkpoint,
+            "overwrite_output_dir": getattr(training_args, "overwrite_output_dir", False),
+        }
+    )
+
+
+def check_run(
+    model_args: ITAModelArguments, data_args: ITADataArguments, training_args: TrainingArguments
+) -> tuple[ITAConfig, str | None]:
+    """Every check made before the data is read and the model loaded (`checks.py`), on the parsed arguments:
+    values, files, output folders, half precision on the CPU, what the model's config allows, and the checkpoint to
+    resume, whose config must be the model's. Returns the model's config (`loading.planned_config`) and the
+    checkpoint folder to resume (None: a new run)."""
+    values = {**vars(training_args), **vars(data_args), **vars(model_args)}
+    check_values(values)
+    check_locations(values)
+    check_output_folders(values)
+    if training_args.device.type == "cpu":
+        refuse_half_precision_evaluation_on_cpu(
+            [("bf16_full_eval", training_args.bf16_full_eval), ("fp16_full_eval", training_args.fp16_full_eval)]
         )
+    config = planned_config(model_args)
+    without_ranking = not config.num_dominant_categories
+    if without_ranking and data_args.precompute_dominant_categories_to:
+        raise ITAUsageError(
+            "--precompute_dominant_categories_to: this model (FC-CLIP, num_dominant_categories 0) has no "
+            "dominant-category text queries, so there is nothing to rank; give an ITA model"
+        )
+    if without_ranking and data_args.dominant_categories == "column":
+        raise ITAUsageError(
+            "--dominant_categories column needs a model with dominant-category text queries (ITA); this one is "
+            "FC-CLIP (num_dominant_categories 0): leave the option out"
+        )
+    if data_args.precompute_dominant_categories_to:
+        return config, None
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    if checkpoint is not None:
+        compare_configs(checkpoint, _checkpoint_config(checkpoint), config.to_dict())
+    return config, checkpoint
+
+
+def _checkpoint_config(checkpoint: str) -> dict[str, Any]:
+    """The full config (defaults filled in) of the model saved in `checkpoint`."""
+    path = Path(checkpoint) / "config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ITADataError(
+            f"--resume_from_checkpoint {checkpoint}: its config.json cannot be read ({error}); give another "
+            "checkpoint-<step> folder"
+        ) from None
+    if not isinstance(saved, dict) or saved.get("model_type") != ITAConfig.model_type:
+        kind = saved.get("model_type") if isinstance(saved, dict) else None
+        raise ITADataError(
+            f"--resume_from_checkpoint {checkpoint} holds a {kind or 'non-ITA'} model, not an ITA one; give a "
+            "checkpoint of an ita-train run"
+        )
+    return ITAConfig.from_pretrained(checkpoint).to_dict()
 
 
 def main(argv: Sequence[str] | None = None) -> ITATrainer | None:
@@ -79,11 +140,12 @@ def run(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
     )
+    config, checkpoint = check_run(model_args, data_args, training_args)
     if data_args.precompute_dominant_categories_to:
         explicit_names = explicit_class_names(data_args)
         rows = load_training_rows(data_args, explicit_names)
-        class_names = resolve_class_names(rows, class_names=explicit_names)
-        model = load_model(model_args, class_names).to(training_args.device)  # type: ignore[arg-type]
+        class_names = class_names_of(rows, explicit_names, "the training data")
+        model = load_model(model_args, class_names, config).to(training_args.device)  # type: ignore[arg-type]
         processor = load_processor(model_args, config=cast(ITAConfig, model.config))
         rows = precompute_dominant_categories(
             model,
@@ -103,12 +165,8 @@ def run(
         )
         return None
 
-    check_output_dir(training_args)
-    trainer = build_trainer(model_args, data_args, training_args)
-    resume: str | bool | None = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        resume = True
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer = build_trainer(model_args, data_args, training_args, config=config)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)

@@ -1,5 +1,6 @@
 """The model and processor a training run starts from: a trained or converted checkpoint, or a new model."""
 
+import copy
 import logging
 from collections.abc import Sequence
 
@@ -10,33 +11,41 @@ from modeling_ita.loading import check_model_location, load_segmentation_model
 from modeling_ita.modeling import ITAForOpenVocabSegmentation
 from processing_ita import ITAProcessor
 
+from ..errors import ITAUsageError
 from .arguments import ITADataArguments, ITAModelArguments
 
-__all__ = ["load_model", "load_processor"]
+__all__ = ["load_model", "load_processor", "planned_config"]
 
 logger = logging.getLogger(__name__)
 
 
-def load_model(model_args: ITAModelArguments, class_names: Sequence[str] | None = None) -> ITAForOpenVocabSegmentation:
-    """The model to train: `model_name_or_path` (fine-tuning), or a new one from `config_path`/`variant` with the
-    CLIP weights of `clip_checkpoint`. `class_names` become the config's training vocabulary."""
+def planned_config(model_args: ITAModelArguments) -> ITAConfig:
+    """The config of the model `model_args` name, read without loading any weights: `model_name_or_path`'s, the
+    `config_path` file, or the defaults of `variant`. Conflicting arguments raise `ITAUsageError`."""
     if model_args.model_name_or_path:
         if model_args.config_path or model_args.clip_checkpoint or model_args.variant:
-            raise ValueError("Give model_name_or_path alone, or a new model's config_path/variant/clip_checkpoint")
+            raise ITAUsageError("Give model_name_or_path alone, or a new model's config_path/variant/clip_checkpoint")
         check_model_location(model_args.model_name_or_path)
-        config = ITAConfig.from_pretrained(model_args.model_name_or_path)
-        if class_names:
-            config.train_vocabulary = list(class_names)
-        # Strict: a checkpoint that lacks weights would fine-tune from random ones without a word.
-        return load_segmentation_model(model_args.model_name_or_path, config=config)
+        return ITAConfig.from_pretrained(model_args.model_name_or_path)
     if model_args.config_path:
         if model_args.variant:
-            raise ValueError("Give config_path or variant, not both (the config decides the variant)")
-        config = ITAConfig.from_json_file(model_args.config_path)
-    else:
-        config = ITAConfig.fcclip() if model_args.variant == "fcclip" else ITAConfig()
+            raise ITAUsageError("Give config_path or variant, not both (the config decides the variant)")
+        return ITAConfig.from_json_file(model_args.config_path)
+    return ITAConfig.fcclip() if model_args.variant == "fcclip" else ITAConfig()
+
+
+def load_model(
+    model_args: ITAModelArguments, class_names: Sequence[str] | None = None, config: ITAConfig | None = None
+) -> ITAForOpenVocabSegmentation:
+    """The model to train: `model_name_or_path` (fine-tuning), or a new one from `config_path`/`variant` with the
+    CLIP weights of `clip_checkpoint`. `class_names` become the config's training vocabulary. `config` is the
+    model's config when already read (`planned_config`)."""
+    config = copy.deepcopy(config) if config is not None else planned_config(model_args)
     if class_names:
         config.train_vocabulary = list(class_names)
+    if model_args.model_name_or_path:
+        # Strict: a checkpoint that lacks weights would fine-tune from random ones without a word.
+        return load_segmentation_model(model_args.model_name_or_path, config=config)
     model = ITAForOpenVocabSegmentation(config)
     if model_args.clip_checkpoint:
         load_open_clip_weights(model.backbone, model_args.clip_checkpoint)

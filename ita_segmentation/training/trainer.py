@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import datasets
 import torch
+from datasets.data_files import EmptyDatasetError
 from torch import nn
 from transformers import (
     PreTrainedModel,
@@ -32,6 +33,7 @@ from configuration_ita import COCO_PANOPTIC_VOCABULARY, ITAConfig
 from image_processing_ita import ITAImageProcessor
 from processing_ita import ITAProcessor
 
+from ..errors import ITADataError, ITAUsageError
 from ..evaluation.data_check import check_segmentation_data
 from ..segmentation_data import Unpaired, load_segmentation_dataset, resolve_class_names
 from ..vocabulary_files import read_vocabulary_file
@@ -43,7 +45,7 @@ from .data import (
     LargeScaleJitter,
     label_map_from_targets,
 )
-from .loading import load_model, load_processor
+from .loading import load_model, load_processor, planned_config
 from .metrics import ITASegmentationMetrics
 from .recipe import BACKBONE_LR_MULTIPLIER, StepLRSchedule, build_parameter_groups, scaled_decay_steps
 from .training_arguments import ITATrainingArguments
@@ -52,6 +54,7 @@ __all__ = [
     "ITATrainer",
     "build_trainer",
     "checked_rows",
+    "class_names_of",
     "explicit_class_names",
     "load_split_rows",
     "load_training_rows",
@@ -210,9 +213,25 @@ def load_split_rows(
         kwargs.update(image_subdir=data_args.image_subdir, label_subdir=data_args.label_subdir, unpaired=unpaired)
         if data_args.dataset_layout == "auto" and data_args.dataset_config_name:
             kwargs["name"] = data_args.dataset_config_name
-    return load_segmentation_dataset(
-        data_args.dataset_name_or_path, split, layout=data_args.dataset_layout, max_samples=max_samples, **kwargs
-    )
+    try:
+        return load_segmentation_dataset(
+            data_args.dataset_name_or_path, split, layout=data_args.dataset_layout, max_samples=max_samples, **kwargs
+        )
+    except (FileNotFoundError, EmptyDatasetError) as error:
+        # The user's data is not where the options say (a folder without label maps, an empty folder).
+        raise ITADataError(
+            f"--dataset_name_or_path {data_args.dataset_name_or_path} (split {split!r}): {error}; check the path, "
+            "--dataset_layout and the split names"
+        ) from error
+
+
+def class_names_of(rows: datasets.Dataset, explicit_names: Sequence[str] | None, what: str) -> list[str]:
+    """The vocabulary of `rows` (`segmentation_data.resolve_class_names`); a dataset that does not say its classes,
+    or class names that cannot be used, raise `ITAUsageError` naming the options that give them."""
+    try:
+        return resolve_class_names(rows, class_names=explicit_names)
+    except ValueError as error:
+        raise ITAUsageError(f"the classes of {what}: {error} (--vocabulary_file or --class_names)") from None
 
 
 def load_training_rows(
@@ -252,13 +271,19 @@ def checked_rows(
         description=f"Checking {what}",
         progress=not training_args.disable_tqdm,
     )
-    return report.raise_or_keep_good(rows, data_args.skip_bad_samples, what, log=logger.warning)
+    kept = report.raise_or_keep_good(rows, data_args.skip_bad_samples, what, log=logger.warning)
+    if len(kept) == 0:
+        raise ITADataError(
+            f"every one of the {len(rows)} samples of {what} was left out as bad (--skip_bad_samples): nothing "
+            "is left to train on; fix the data (run without --skip_bad_samples for the list of problems)"
+        )
+    return kept
 
 
 def explicit_class_names(data_args: ITADataArguments) -> list[str] | None:
     """The classes the data arguments name (`vocabulary_file` or `class_names`), or None: the dataset's own."""
     if data_args.vocabulary_file and data_args.class_names:
-        raise ValueError("Give vocabulary_file or class_names, not both")
+        raise ITAUsageError("--vocabulary_file and --class_names both name the classes; give one of them")
     if data_args.vocabulary_file:
         return read_vocabulary_file(data_args.vocabulary_file)
     return list(data_args.class_names) if data_args.class_names else None
@@ -274,14 +299,31 @@ def build_trainer(
     data_args: ITADataArguments,
     training_args: TrainingArguments,
     callbacks: list[TrainerCallback] | None = None,
+    config: ITAConfig | None = None,
 ) -> ITATrainer:
     """Model, processor, datasets, metrics and `ITATrainer` from the three argument groups (what
-    `scripts/train.py` runs)."""
+    `scripts/train.py` runs); `config` is the model's when already read (`loading.planned_config`).
+
+    The order keeps long work last: the processor (from the config) and the crop size it allows, then the data
+    and its check, then the model."""
     set_seed(training_args.seed)
+    config = planned_config(model_args) if config is None else config
+    if data_args.dominant_categories == "column" and not config.num_dominant_categories:
+        raise ITAUsageError(
+            "--dominant_categories column needs a model with dominant-category text queries (ITA); this one is "
+            "FC-CLIP (num_dominant_categories 0): leave the option out"
+        )
+    processor = load_processor(model_args, data_args, config)
+    divisor = getattr(processor.image_processor, "size_divisor", 1) or 1
+    if data_args.crop_size % divisor:
+        raise ITAUsageError(
+            f"--crop_size {data_args.crop_size}: must be a multiple of {divisor} (the model's largest stride; the "
+            f"crop is padded to crop_size); give e.g. {max(divisor, round(data_args.crop_size / divisor) * divisor)}"
+        )
     explicit_names = explicit_class_names(data_args)
     unpaired: Unpaired = []
     train_rows = load_training_rows(data_args, explicit_names, unpaired)
-    class_names = resolve_class_names(train_rows, class_names=explicit_names)
+    class_names = class_names_of(train_rows, explicit_names, "the training data")
     train_rows = checked_rows(train_rows, class_names, data_args, training_args, unpaired, "the training data")
     eval_rows = eval_names = None
     if data_args.eval_split:
@@ -294,17 +336,14 @@ def build_trainer(
             explicit_names,
             unpaired,
         )
-        eval_names = resolve_class_names(eval_rows, class_names=explicit_names)
+        eval_names = class_names_of(eval_rows, explicit_names, "the evaluation data")
         eval_rows = checked_rows(eval_rows, eval_names, data_args, training_args, unpaired, "the evaluation data")
 
-    model = load_model(model_args, class_names)
-    processor = load_processor(model_args, data_args, cast(ITAConfig, model.config))
+    model = load_model(model_args, class_names, config)
 
     column = None
     candidate_names = None
     if data_args.dominant_categories == "column":
-        if model.dominant_categories is None:
-            raise ValueError("--dominant_categories column needs a model with dominant-category text queries (ITA)")
         column = data_args.dominant_categories_column
         candidate_names = model.encode_vocabulary(class_names).candidate_names
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
