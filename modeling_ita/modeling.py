@@ -3,7 +3,7 @@
 import difflib
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,7 +110,11 @@ class ITAPreTrainedModel(PreTrainedModel):  # type: ignore[no-untyped-call]
             module.reset_parameters()
 
     def save_pretrained(  # type: ignore[override]
-        self, save_directory: str | os.PathLike[str], is_main_process: bool = True, **kwargs: Any
+        self,
+        save_directory: str | os.PathLike[str],
+        is_main_process: bool = True,
+        vocabularies: Sequence[Sequence[str]] | Mapping[str, Sequence[str]] | None = None,
+        **kwargs: Any,
     ) -> None:
         """transformers' `save_pretrained`, and the folder describes itself: the model's source files (flat, see
         `remote_code`) and, in `config.json`, the `auto_map` and `custom_pipelines` entries that name them, so that
@@ -119,11 +123,20 @@ class ITAPreTrainedModel(PreTrainedModel):  # type: ignore[no-untyped-call]
         Trainer's checkpoints are written through here.
 
         The entries are set on the config only while it is written: the model in memory is left as it was.
+
+        `vocabularies` (a list of vocabularies, each a list of class names, or a dict label -> class names) are
+        encoded and stored in the folder (`vocabularies/<key>.safetensors`, see `store_vocabularies`), so a model
+        loaded from it finds them without running its text tower.
         """
         if is_main_process:
             # Before the weights: `push_to_hub=True` uploads the folder at the end of transformers' method.
             export_remote_code(save_directory)
             describe_processor_config(save_directory)
+            if vocabularies is not None:
+                store = getattr(self, "store_vocabularies", None)
+                if store is None:
+                    raise ValueError(f"{type(self).__name__} has no vocabulary encoder: it cannot store vocabularies")
+                store(save_directory, vocabularies)
         entries = config_entries(save_directory) if is_main_process else {}
         before = {name: self.config.__dict__[name] for name in entries if name in self.config.__dict__}
         try:
@@ -175,12 +188,43 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untype
     ) -> nn.Embedding:
         raise NotImplementedError(_NO_TOKEN_EMBEDDINGS)
 
-    def encode_vocabulary(self, class_names: list[str] | None = None) -> ITAVocabulary:
-        """Encode (or fetch from the cache) a vocabulary; defaults to the config's training vocabulary."""
+    def encode_vocabulary(self, class_names: Sequence[str] | None = None) -> ITAVocabulary:
+        """Encode (or fetch from the caches) a vocabulary; defaults to the config's training vocabulary. The
+        vocabularies stored in the model's folder (`save_pretrained(..., vocabularies=...)`) are looked up first,
+        then the disk cache (see `modeling_ita.vocabulary`)."""
         class_names = self.config.train_vocabulary if class_names is None else class_names
         return self.vocabulary_encoder.encode(
-            self.backbone, class_names, with_name_embeddings=self.dominant_categories is not None
+            self.backbone,
+            class_names,
+            with_name_embeddings=self.dominant_categories is not None,
+            model_folder=self.name_or_path or None,
         )
+
+    def store_vocabularies(
+        self,
+        save_directory: str | os.PathLike[str],
+        vocabularies: Sequence[Sequence[str]] | Mapping[str, Sequence[str]],
+    ) -> list[str]:
+        """Encode `vocabularies` (a list of vocabularies, each a list of class names, or a dict label -> class
+        names) and store them in the model folder `save_directory` as `vocabularies/<key>.safetensors`, keyed as
+        the disk cache is (the text tower's weights, the templates, the names, the dtype): a model loaded from the
+        folder uses them instead of encoding. Returns the files' paths."""
+        if isinstance(vocabularies, Mapping):
+            labelled = [(str(label), names) for label, names in vocabularies.items()]
+        else:
+            if isinstance(vocabularies, str) or any(isinstance(names, str) for names in vocabularies):
+                raise ValueError(
+                    "vocabularies must be a list of vocabularies, each a list of class names (e.g. "
+                    "vocabularies=[['cat', 'sofa,couch']]) or a dict label -> class names; got a list of strings"
+                )
+            labelled = [(None, names) for names in vocabularies]
+        paths = []
+        for label, names in labelled:
+            path = self.vocabulary_encoder.store(
+                self.backbone, save_directory, names, self.dominant_categories is not None, label=label
+            )
+            paths.append(str(path))
+        return paths
 
     @staticmethod
     def _image_sizes(

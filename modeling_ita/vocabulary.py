@@ -9,12 +9,20 @@ Encoded vocabularies are kept in memory (the last few) and, for large ones, on d
 for A-847 (1,342 synonyms x 14 templates) take a quarter of an hour on a CPU, and they depend only on the text
 tower's weights, the templates and the names. The disk cache lives under the Hugging Face home
 (`$HF_HOME/ita/vocabularies`); `ITA_VOCABULARY_CACHE=DIR` moves it, `ITA_VOCABULARY_CACHE=off` turns it off.
+
+A model folder can also hold encoded vocabularies (`vocabularies/<key>.safetensors`, keyed as the disk cache is:
+`model.save_pretrained(folder, vocabularies=[...])`, `ita-convert --store-vocabularies`), so the first run of a
+fresh machine with such a vocabulary starts at once. The encoder looks in the model's folder first, then in the
+disk cache, and encodes only when neither holds the vocabulary. A stored file of other text-tower weights,
+templates or dtype is never used: it is passed over with a warning that says what differs.
 """
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from huggingface_hub import constants as hf_constants
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers.utils.logging import tqdm
 
@@ -34,6 +43,7 @@ from processing_ita import ITAClassNames, parse_vocabulary
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "STORED_VOCABULARIES_DIR",
     "VOCABULARY_CACHE_ENV",
     "default_vocabulary_cache_dir",
     "ITAVocabulary",
@@ -42,8 +52,22 @@ __all__ = [
 
 VOCABULARY_CACHE_ENV = "ITA_VOCABULARY_CACHE"
 _CACHE_OFF = ("0", "off", "false", "no", "none")
-# Bumped when what a cache file holds, or how it is computed, changes.
-_CACHE_FORMAT = 1
+# Bumped when what a cache file holds, or how it is computed, changes. 2: the key no longer holds the device type
+# (a vocabulary encoded on one device serves every other one in the same dtype), the file holds its description.
+_CACHE_FORMAT = 2
+# The folder of a model folder that holds its stored vocabularies (`<key>.safetensors`, keyed as the disk cache).
+STORED_VOCABULARIES_DIR = "vocabularies"
+# The safetensors metadata entry that holds a cache file's description (what its key is the hash of).
+_DESCRIPTION_METADATA = "ita_vocabulary"
+# What a description's entries mean, for the warning about a stored file of another encoding.
+_DESCRIPTION_FIELDS = {
+    "format": "the file format",
+    "text_tower": "the text tower's weights",
+    "templates": "the prompt templates",
+    "extra_candidates": "the dominant-category candidates",
+    "dtype": "the dtype",
+    "batch_size": "the text batch size",
+}
 
 
 def default_vocabulary_cache_dir() -> Path | None:
@@ -61,6 +85,7 @@ class ITATextTower(Protocol):
     """What the encoder needs of a CLIP text side: `ITACLIPBackbone`, or the ONNX runtime's exported text tower."""
 
     clip_model: Any  # its `text_projection` tells the device and dtype; the PyTorch model's also holds the weights
+    context_length: int  # tokens the text tower reads; longer prompts are cut (and reported)
 
     @property
     def embed_dim(self) -> int: ...
@@ -156,6 +181,7 @@ class ITAVocabularyEncoder:
             None,
             "",
         )  # (identity of the text tower's tensors, their hash)
+        self._warned: set[Any] = set()  # what was warned about once (long names, stored files of other weights)
 
     def clear_cache(self) -> None:
         """Forget the vocabularies kept in memory (the disk cache stays)."""
@@ -209,11 +235,24 @@ class ITAVocabularyEncoder:
         return None if folder is None else Path(folder)
 
     def text_tower_fingerprint(self, backbone: ITATextTower) -> str:
-        """SHA-256 of the text tower's weights (names, shapes, dtypes and bytes), computed once per set of
-        tensors: loading other weights (new tensors, or in-place copies, which bump their version) recomputes it."""
+        """A SHA-256 that names the text tower's weights: equal for equal weights, whatever runs them.
+
+        A text tower with its own `weights_fingerprint()` (the ONNX runtime's exported one) gives it. For a PyTorch
+        CLIP it is the hash of the text side's tensors (names, shapes, dtypes and bytes), computed once per set of
+        tensors: loading other weights (new tensors, or in-place copies, which bump their version) recomputes it.
+        The device the tensors are on changes nothing."""
+        own = getattr(backbone, "weights_fingerprint", None)
+        if callable(own):
+            return str(own())
+        state_dict = getattr(backbone.clip_model, "state_dict", None)
+        if state_dict is None:
+            raise TypeError(
+                f"{type(backbone).__name__} has neither a weights_fingerprint() nor a PyTorch clip_model: the "
+                "vocabulary cache cannot tell its weights"
+            )
         tensors = [
             (name, tensor)
-            for name, tensor in backbone.clip_model.state_dict(keep_vars=True).items()
+            for name, tensor in state_dict(keep_vars=True).items()
             if not name.startswith("visual.") and name not in ("logit_scale", "logit_bias", "attn_mask")
         ]
         identity = tuple((name, tensor.data_ptr(), tensor._version) for name, tensor in tensors)
@@ -226,64 +265,215 @@ class ITAVocabularyEncoder:
             self._fingerprint = (identity, digest.hexdigest())
         return self._fingerprint[1]
 
-    def _disk_cache_path(
+    def vocabulary_description(
         self,
         backbone: ITATextTower,
         class_names: Sequence[str],
         with_name_embeddings: bool,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> Path | None:
-        folder = self._cache_folder()
-        if folder is None:
-            return None
-        description = {
+        dtype: torch.dtype | None = None,
+    ) -> dict[str, Any]:
+        """What an encoded vocabulary depends on: the text tower's weights, the templates, the names, the extra
+        candidates, the dtype (the text tower's by default) and the batch size. Not the device: a vocabulary
+        encoded on `cuda:0` serves `cuda:1` and the CPU alike (float rounding apart, as the batch order's)."""
+        dtype = backbone.clip_model.text_projection.dtype if dtype is None else dtype
+        return {
             "format": _CACHE_FORMAT,
             "text_tower": self.text_tower_fingerprint(backbone),
             "templates": list(self.templates),
             "class_names": list(class_names),
             "extra_candidates": list(self.extra_candidates) if with_name_embeddings else None,
-            "device": device.type,
             "dtype": str(dtype),
             "batch_size": self.batch_size,
         }
-        key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
-        return folder / f"{key}.safetensors"
+
+    @staticmethod
+    def vocabulary_key(description: Mapping[str, Any]) -> str:
+        """The file name stem of a vocabulary in the disk cache and in a model folder: the SHA-256 of its
+        description (`vocabulary_description`)."""
+        return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+
+    def _disk_cache_path(self, key: str) -> Path | None:
+        folder = self._cache_folder()
+        return None if folder is None else folder / f"{key}.safetensors"
 
     @staticmethod
     def _read_cache_file(
-        path: Path, num_synonyms: int, num_candidates: int | None
+        path: Path,
+        num_synonyms: int,
+        num_candidates: int | None,
+        description: Mapping[str, Any] | None = None,
+        what: str = "vocabulary cache file",
     ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The file's `(text_classifier, name_embeddings)`, or None (with a warning) when it cannot be read or holds
+        another vocabulary. With `description`, a file that describes itself must describe exactly this one."""
         try:
             tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
         except (OSError, SafetensorError) as error:
-            logger.warning("Ignoring the unreadable vocabulary cache file %s (%s); encoding again", path, error)
+            logger.warning("Ignoring the unreadable %s %s (%s); encoding again", what, path, error)
             return None
         classifier, names = tensors.get("text_classifier"), tensors.get("name_embeddings")
+        differences: list[str] = []
+        if description is not None and _DESCRIPTION_METADATA in metadata:
+            differences = _description_differences(_parse_description(metadata[_DESCRIPTION_METADATA]), description)
         if (
             classifier is None
             or classifier.shape[0] != num_synonyms
             or (num_candidates is not None and (names is None or names.shape[0] != num_candidates))
+            or differences
         ):
-            logger.warning("Ignoring the vocabulary cache file %s: it does not hold this vocabulary", path)
+            because = f" (it differs in {', '.join(differences)})" if differences else ""
+            logger.warning("Ignoring the %s %s: it does not hold this vocabulary%s", what, path, because)
             return None
         return classifier, names
 
     @staticmethod
-    def _write_cache_file(path: Path, tensors: dict[str, torch.Tensor], class_names: Sequence[str]) -> None:
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    def _write_cache_file(
+        path: Path,
+        tensors: dict[str, torch.Tensor],
+        class_names: Sequence[str],
+        description: Mapping[str, Any] | None = None,
+        label: str | None = None,
+        raise_errors: bool = False,
+    ) -> None:
+        """Write atomically: to a temporary file of a name no other writer uses (process or thread), then renamed
+        over `path`, so a reader sees the old file or the new one, never half of one, and writers at once only
+        replace a whole file by another whole one."""
+        temporary: Path | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(handle)
+            temporary = Path(name)
             metadata = {"format": "pt", "num_classes": str(len(class_names)), "first_class": class_names[0]}
+            if description is not None:
+                metadata[_DESCRIPTION_METADATA] = json.dumps(description, sort_keys=True)
+            if label is not None:
+                metadata["label"] = label
             save_file({key: value.contiguous().cpu() for key, value in tensors.items()}, str(temporary), metadata)
             os.replace(temporary, path)  # atomic: processes encoding the same vocabulary at once never see half a file
         except OSError as error:
-            temporary.unlink(missing_ok=True)
+            if temporary is not None:
+                temporary.unlink(missing_ok=True)
+            if raise_errors:
+                raise
             logger.warning(
                 "Cannot write the vocabulary cache %s (%s); set %s=off to stop trying",
                 path,
                 error,
                 VOCABULARY_CACHE_ENV,
+            )
+
+    # ---------------------------------------------------------------------------------------- stored vocabularies
+    def _stored_file(self, model_folder: str | os.PathLike[str], key: str) -> Path | None:
+        """The stored vocabulary `key` of a model folder (a local folder, or a Hub repository's file when it can be
+        had), or None."""
+        relative = f"{STORED_VOCABULARIES_DIR}/{key}.safetensors"
+        folder = Path(model_folder)
+        if folder.is_dir():
+            path = folder / relative
+            return path if path.is_file() else None
+        if folder.exists() or os.path.isabs(model_folder) or str(model_folder).count("/") > 1:
+            return None  # a file, or no Hub id
+        try:
+            from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+            cached = try_to_load_from_cache(str(model_folder), relative)
+            if isinstance(cached, str):
+                return Path(cached)
+            if cached is not None or hf_constants.HF_HUB_OFFLINE:  # known to be absent, or no asking
+                return None
+            return Path(hf_hub_download(str(model_folder), relative))
+        except Exception as error:  # noqa: BLE001 - no such file, no network, not a repository: encode instead
+            logger.debug("No stored vocabulary %s in %s (%s)", relative, model_folder, error)
+            return None
+
+    def _warn_other_stored(self, model_folder: str | os.PathLike[str], description: Mapping[str, Any]) -> None:
+        """Warn, once, about the stored files of a local model folder that hold this vocabulary encoded otherwise
+        (other weights, templates, dtype...): they are not used, and the user should know why."""
+        folder = Path(model_folder) / STORED_VOCABULARIES_DIR
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    stored = _parse_description((handle.metadata() or {}).get(_DESCRIPTION_METADATA, ""))
+            except (OSError, SafetensorError):
+                continue
+            if stored is None or stored.get("class_names") != description["class_names"]:
+                continue
+            if (path, self.vocabulary_key(description)) in self._warned:
+                continue
+            self._warned.add((path, self.vocabulary_key(description)))
+            differences = _description_differences(stored, description)
+            logger.warning(
+                "The stored vocabulary %s (%d classes) was encoded with other %s than this model's: it is not used, "
+                "and the vocabulary is encoded again. Store it again for these weights: "
+                "model.save_pretrained(folder, vocabularies=[...]) or ita-convert --store-vocabularies",
+                path,
+                len(description["class_names"]),
+                " and ".join(differences) or "settings",
+            )
+
+    def store(
+        self,
+        backbone: ITATextTower,
+        model_folder: str | os.PathLike[str],
+        class_names: ITAClassNames | Sequence[str],
+        with_name_embeddings: bool = False,
+        label: str | None = None,
+    ) -> Path:
+        """Encode `class_names` (or take it from the caches) and store it in `model_folder`
+        (`vocabularies/<key>.safetensors`, keyed as the disk cache); returns the file's path."""
+        vocabulary = self.encode(backbone, class_names, with_name_embeddings)
+        description = self.vocabulary_description(backbone, vocabulary.class_names, with_name_embeddings)
+        path = Path(model_folder) / STORED_VOCABULARIES_DIR / f"{self.vocabulary_key(description)}.safetensors"
+        tensors = {"text_classifier": vocabulary.text_classifier}
+        if vocabulary.name_embeddings is not None:
+            tensors["name_embeddings"] = vocabulary.name_embeddings
+        self._write_cache_file(path, tensors, vocabulary.class_names, description, label, raise_errors=True)
+        return path
+
+    # --------------------------------------------------------------------------------------------- long names
+    def _report_long_names(
+        self, backbone: ITATextTower, parsed: Sequence[Sequence[str]], class_names: Sequence[str]
+    ) -> None:
+        """One warning per vocabulary naming the classes whose prompts are longer than the text tower reads: the
+        tokens after its context are cut, and the class is encoded from the beginning of its name alone."""
+        context = getattr(backbone, "context_length", None)
+        if not isinstance(context, int) or tuple(class_names) in self._warned:
+            return
+        cut: list[str] = []
+        for index, class_synonyms in enumerate(parsed):
+            for synonym in class_synonyms:
+                longest = 0
+                kept = ""
+                for template in self.templates:
+                    prompt = template.format(synonym)
+                    if len(prompt.encode("utf-8")) + 2 <= context:  # a token holds at least one byte
+                        continue
+                    tokens = _bpe_tokenizer().encode(prompt)
+                    if len(tokens) + 2 > longest:
+                        longest = len(tokens) + 2
+                        kept = _bpe_tokenizer().decode(tokens[: context - 2]).strip()
+                if longest > context:
+                    shown = synonym if len(synonym) <= 40 else f"{synonym[:37]}..."
+                    cut.append(
+                        f"class {index} ({shown!r}, {len(synonym):,} characters): {longest:,} tokens given, "
+                        f"{context} used (read up to {kept[-30:]!r})"
+                    )
+        if cut:
+            self._warned.add(tuple(class_names))
+            listed = "; ".join(cut[:5]) + (f"; and {len(cut) - 5} more" if len(cut) > 5 else "")
+            logger.warning(
+                "%d class name%s longer than the text tower's context of %d tokens (prompt included): the rest is "
+                "cut and plays no part in the classification. %s. Shorten the names or split them into synonyms "
+                "('sofa,couch').",
+                len(cut),
+                "s are" if len(cut) > 1 else " is",
+                context,
+                listed,
             )
 
     # ---------------------------------------------------------------------------------------------------- encode
@@ -305,11 +495,19 @@ class ITAVocabularyEncoder:
         return text_classifier, name_embeddings
 
     def encode(
-        self, backbone: ITATextTower, class_names: ITAClassNames | Sequence[str], with_name_embeddings: bool = False
+        self,
+        backbone: ITATextTower,
+        class_names: ITAClassNames | Sequence[str],
+        with_name_embeddings: bool = False,
+        model_folder: str | os.PathLike[str] | None = None,
     ) -> ITAVocabulary:
         """Encode a vocabulary into an `ITAVocabulary`: an `ITAClassNames` (`parse_vocabulary`'s, read as it is) or a
         list of comma-separated synonym strings (parsed here, once). Synonyms shared by two classes are accepted:
-        FC-CLIP's own A-847 and PC-459 lists have some."""
+        FC-CLIP's own A-847 and PC-459 lists have some.
+
+        Looks in the memory cache, then in `model_folder`'s stored vocabularies (a local model folder, or a Hub
+        repository, for large vocabularies), then in the disk cache; encodes with the text tower only when none
+        holds it. Class names longer than the text tower's context are reported once per vocabulary."""
         parsed = parse_vocabulary(class_names, allow_shared_synonyms=True).synonyms
         weight = backbone.clip_model.text_projection
         key = (
@@ -323,19 +521,40 @@ class ITAVocabularyEncoder:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
+        self._report_long_names(backbone, parsed, class_names)
 
         synonyms = [synonym for class_synonyms in parsed for synonym in class_synonyms]
         synonym_to_class = torch.tensor(
             [index for index, class_synonyms in enumerate(parsed) for _ in class_synonyms], dtype=torch.long
         )
         num_candidates = len(synonyms) + len(self.extra_candidates) if with_name_embeddings else None
+        large = len(synonyms) * len(self.templates) >= self.disk_cache_min_prompts
         cached = path = None
-        if len(synonyms) * len(self.templates) >= self.disk_cache_min_prompts:
-            path = self._disk_cache_path(backbone, class_names, with_name_embeddings, weight.device, weight.dtype)
-            if path is not None and path.is_file():
-                cached = self._read_cache_file(path, len(synonyms), num_candidates)
+        # A local model folder with stored vocabularies is worth hashing the text tower for, whatever the size.
+        stored = model_folder is not None and (large or (Path(model_folder) / STORED_VOCABULARIES_DIR).is_dir())
+        description: dict[str, Any] | None = None
+        if stored or large:
+            description = self.vocabulary_description(backbone, class_names, with_name_embeddings, weight.dtype)
+            file_key = self.vocabulary_key(description)
+            if stored:
+                assert model_folder is not None
+                stored_path = self._stored_file(model_folder, file_key)
+                if stored_path is not None:
+                    cached = self._read_cache_file(
+                        stored_path, len(synonyms), num_candidates, description, "stored vocabulary"
+                    )
+                    if cached is not None:
+                        logger.info("Read the stored vocabulary (%d classes) from %s", len(class_names), stored_path)
+                else:
+                    self._warn_other_stored(model_folder, description)
+            if cached is None and large:
+                path = self._disk_cache_path(file_key)
+                if path is not None and path.is_file():
+                    cached = self._read_cache_file(path, len(synonyms), num_candidates, description)
+                    if cached is not None:
+                        logger.info("Read the encoded vocabulary (%d classes) from %s", len(class_names), path)
+                        path = None  # nothing to write
         if cached is not None:
-            logger.info("Read the encoded vocabulary (%d classes) from %s", len(class_names), path)
             text_classifier, name_embeddings = cached
         else:
             text_classifier, name_embeddings = self._encode_uncached(backbone, synonyms, with_name_embeddings)
@@ -343,7 +562,7 @@ class ITAVocabularyEncoder:
                 tensors = {"text_classifier": text_classifier}
                 if name_embeddings is not None:
                     tensors["name_embeddings"] = name_embeddings
-                self._write_cache_file(path, tensors, list(class_names))
+                self._write_cache_file(path, tensors, list(class_names), description)
         overlap_mask = torch.tensor(
             [float(any(s in self.train_synonyms for s in class_synonyms)) for class_synonyms in parsed]
         )
@@ -369,3 +588,28 @@ class ITAVocabularyEncoder:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return vocabulary
+
+
+@functools.lru_cache(maxsize=1)
+def _bpe_tokenizer() -> Any:
+    """open_clip's BPE tokenizer, to count a prompt's tokens before the context cuts them (the text towers'
+    own tokenizers cut at their context)."""
+    return open_clip.tokenizer.SimpleTokenizer()
+
+
+def _parse_description(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _description_differences(stored: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> list[str]:
+    """What differs between a stored file's description and the wanted one, in words (empty: the same)."""
+    if stored is None:
+        return ["its description (unreadable)"]
+    differences = [meaning for field, meaning in _DESCRIPTION_FIELDS.items() if stored.get(field) != wanted.get(field)]
+    if stored.get("class_names") != wanted.get("class_names"):
+        differences.append("the class names")
+    return differences

@@ -6,6 +6,7 @@ exported text tower (the same templates, synonyms, cache and category bank as th
 evaluation take it in place of the PyTorch model. Inference only, on the CPU, in float32.
 """
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -142,16 +143,51 @@ def _session(ort, path, providers, session_options):
 
 class ITAOnnxTextEncoder:
     """The exported CLIP text tower, with the backbone methods `ITAVocabularyEncoder` calls (`tokenize`,
-    `encode_text`, `embed_dim`), so vocabularies are encoded exactly as the PyTorch model encodes them."""
+    `encode_text`, `embed_dim`, `weights_fingerprint`), so vocabularies are encoded exactly as the PyTorch model
+    encodes them, and kept in the same caches.
 
-    def __init__(self, session, context_length, embed_dim):
+    `path` is the exported text tower's file, whose bytes name its weights for the caches (`weights_fingerprint`);
+    `fingerprint`, when the export recorded it, is the PyTorch text tower's own (`ITAVocabularyEncoder.
+    text_tower_fingerprint`), so that the vocabularies stored with the PyTorch model serve its export too."""
+
+    def __init__(self, session, context_length, embed_dim, path=None, fingerprint=None):
         self.session = session
         self.context_length = context_length
         self.embed_dim = embed_dim
+        self.path = None if path is None else Path(path)
+        self._fingerprint = fingerprint
         self._tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
-        # `ITAVocabularyEncoder` keys its cache by the text projection's device and dtype: the embeddings come
-        # out on the CPU in float32.
+        # `ITAVocabularyEncoder` keys its caches by the text projection's dtype (and its memory cache by the
+        # device): the embeddings come out on the CPU in float32.
         self.clip_model = SimpleNamespace(text_projection=torch.empty(0))
+
+    def weights_fingerprint(self):
+        """A SHA-256 naming the text tower's weights: the one the export recorded (the PyTorch model's), else the
+        hash of the exported file's bytes (and of its external data, if any), computed once. Equal for equal
+        files wherever they lie."""
+        if self._fingerprint is None:
+            files = self._weight_files()
+            if not files:
+                raise ValueError(
+                    "This exported text tower has no file to name its weights by (no path given): the vocabulary "
+                    "cache cannot tell them; load the model with ITAOnnxModel.from_pretrained(folder)"
+                )
+            digest = hashlib.sha256()
+            for file in files:
+                digest.update(f"{file.name};".encode())
+                with open(file, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 24), b""):
+                        digest.update(block)
+            self._fingerprint = f"onnx-sha256:{digest.hexdigest()}"
+        return self._fingerprint
+
+    def _weight_files(self):
+        """The exported file and its external-data files (`<name>.data`, or any file its graph names), if any."""
+        if self.path is None or not self.path.is_file():
+            return []
+        files = [self.path]
+        files += sorted(p for p in self.path.parent.glob(f"{self.path.name}.*") if p.is_file())
+        return files
 
     def tokenize(self, texts):
         """open_clip BPE tokens `[N, context_length]`."""
@@ -192,7 +228,11 @@ class ITAOnnxModel:
         self.folder = folder  # the local folder it was read from (its processor files are there too)
         self.segmentation_session = segmentation_session
         self.text_encoder = ITAOnnxTextEncoder(
-            text_session, manifest["text_context_length"], manifest["text_embed_dim"]
+            text_session,
+            manifest["text_context_length"],
+            manifest["text_embed_dim"],
+            path=None if folder is None else Path(folder) / manifest["text_encoder_file"],
+            fingerprint=manifest.get("text_tower_fingerprint"),
         )
         self.vocabulary_encoder = ITAVocabularyEncoder(
             config.prompt_templates,
@@ -275,12 +315,39 @@ class ITAOnnxModel:
         return False
 
     def encode_vocabulary(self, class_names=None):
-        """Encode (or fetch from the cache) a vocabulary with the exported text tower; defaults to the config's
-        training vocabulary. The same `ITAVocabulary` as the PyTorch model's `encode_vocabulary`."""
+        """Encode (or fetch from the caches) a vocabulary with the exported text tower; defaults to the config's
+        training vocabulary. The same `ITAVocabulary` as the PyTorch model's `encode_vocabulary`. The vocabularies
+        stored in the exported folder (`store_vocabularies`) are looked up first, then the disk cache."""
         class_names = self.config.train_vocabulary if class_names is None else class_names
         return self.vocabulary_encoder.encode(
-            self.text_encoder, class_names, with_name_embeddings=self.config.num_dominant_categories > 0
+            self.text_encoder,
+            class_names,
+            with_name_embeddings=self.config.num_dominant_categories > 0,
+            model_folder=self.folder,
         )
+
+    def store_vocabularies(self, vocabularies, save_directory=None):
+        """Encode `vocabularies` (a list of vocabularies, each a list of class names, or a dict label -> class
+        names) with the exported text tower and store them in `save_directory` (default: the exported folder this
+        model was read from) as `vocabularies/<key>.safetensors`, keyed as the disk cache is; returns the paths.
+        `ITAOnnxModel.from_pretrained` of that folder then uses them instead of encoding."""
+        save_directory = self.folder if save_directory is None else save_directory
+        if save_directory is None:
+            raise ValueError("Name the folder to store the vocabularies in: store_vocabularies(..., save_directory)")
+        if isinstance(vocabularies, dict):
+            labelled = [(str(label), names) for label, names in vocabularies.items()]
+        elif isinstance(vocabularies, str) or any(isinstance(names, str) for names in vocabularies):
+            raise ValueError(
+                "vocabularies must be a list of vocabularies, each a list of class names (e.g. "
+                "[['cat', 'sofa,couch']]) or a dict label -> class names; got a list of strings"
+            )
+        else:
+            labelled = [(None, names) for names in vocabularies]
+        with_names = self.config.num_dominant_categories > 0
+        return [
+            str(self.vocabulary_encoder.store(self.text_encoder, save_directory, names, with_names, label=label))
+            for label, names in labelled
+        ]
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
