@@ -61,12 +61,12 @@ STORED_VOCABULARIES_DIR = "vocabularies"
 _DESCRIPTION_METADATA = "ita_vocabulary"
 # What a description's entries mean, for the warning about a stored file of another encoding.
 _DESCRIPTION_FIELDS = {
-    "format": "the file format",
-    "text_tower": "the text tower's weights",
-    "templates": "the prompt templates",
-    "extra_candidates": "the dominant-category candidates",
-    "dtype": "the dtype",
-    "batch_size": "the text batch size",
+    "format": "file format",
+    "text_tower": "text-tower weights",
+    "templates": "prompt templates",
+    "extra_candidates": "dominant-category candidates",
+    "dtype": "dtype",
+    "batch_size": "text batch size",
 }
 
 
@@ -408,8 +408,8 @@ class ITAVocabularyEncoder:
             self._warned.add((path, self.vocabulary_key(description)))
             differences = _description_differences(stored, description)
             logger.warning(
-                "The stored vocabulary %s (%d classes) was encoded with other %s than this model's: it is not used, "
-                "and the vocabulary is encoded again. Store it again for these weights: "
+                "The stored vocabulary %s (%d classes) was encoded with other %s than this model's: "
+                "it is not used, and the vocabulary is encoded again. Store it again for this model: "
                 "model.save_pretrained(folder, vocabularies=[...]) or ita-convert --store-vocabularies",
                 path,
                 len(description["class_names"]),
@@ -608,8 +608,8 @@ def _parse_description(text: str) -> dict[str, Any] | None:
 def _description_differences(stored: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> list[str]:
     """What differs between a stored file's description and the wanted one, in words (empty: the same)."""
     if stored is None:
-        return ["its description (unreadable)"]
+        return ["description (unreadable)"]
     differences = [meaning for field, meaning in _DESCRIPTION_FIELDS.items() if stored.get(field) != wanted.get(field)]
     if stored.get("class_names") != wanted.get("class_names"):
-        differences.append("the class names")
+        differences.append("class names")
     return differences
