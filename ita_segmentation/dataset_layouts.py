@@ -5,6 +5,7 @@ is loaded."""
 __all__ = ["LAYOUTS"]
 
 # auto: label-map folders when DATASET/images/<split> and DATASET/annotations/<split> exist, else what
-# datasets.load_dataset reads; coco_panoptic: COCO's panoptic layout; label_folders: images and label maps in
-# two folder trees; synthetic: generated scenes.
+# datasets.load_dataset reads (and the results-*.parquet folders of ita-segment --format parquet);
+# coco_panoptic: COCO's panoptic layout; label_folders: images and label maps in two folder trees;
+# synthetic: generated scenes.
 LAYOUTS = ("auto", "coco_panoptic", "label_folders", "synthetic")

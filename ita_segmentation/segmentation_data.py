@@ -240,7 +240,9 @@ def load_segmentation_dataset(
           dataset id or a local path for `datasets.load_dataset` (a folder of parquet/arrow files, an
           imagefolder with `metadata.jsonl`, a single `.parquet`/`.arrow`/`.jsonl` file, or a builder name such
           as `"parquet"` with `data_files=` in `load_kwargs`), or a folder written by `save_to_disk` (read with
-          `load_from_disk`).
+          `load_from_disk`), or the results folder of `ita-segment --format parquet` (its `results-*.parquet`
+          shards are the rows of whichever split is asked for; `classes.txt` beside them is the vocabulary, which
+          the rows' `ClassLabel`s also carry).
         - `"coco_panoptic"`: `source` is COCO's root (`annotations/panoptic_<split>.json`, `panoptic_<split>/`,
           `<split>/`); see `load_coco_panoptic`.
         - `"label_folders"`: `source/<image_subdir>/<split>` images and `source/<label_subdir>/<split>` label
@@ -248,6 +250,10 @@ def load_segmentation_dataset(
         - `"synthetic"`: generated shapes (`synthetic.make_synthetic_dataset`); `source` is ignored, the
           validation split uses other scenes than the training split.
     `max_samples` keeps the first N rows. `unpaired` (label-map folders) is `load_label_map_folders`'s.
+
+    Raises `ITAUsageError` for a name that is neither a file or folder here nor a dataset the Hub answers for
+    (saying both, and that `HF_HUB_OFFLINE` is set when it is) and for a split the dataset lacks, and
+    `ITADataError` for a split without rows.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"Unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
