@@ -1,61 +1,122 @@
 """The web demo page (Gradio): upload an image, name the classes, see the segmentation.
 
-`python app.py` (or `ita-web`; arguments parsed by `web_cli.build_web_parser`) serves the model that `make demo` writes
+`python app.py` (or `ita-web`; arguments parsed and checked by `web_cli`) serves the model that `make demo` writes
 (`demo_output/model`), or the folder / Hub id given with `--model`, on http://127.0.0.1:7860. The page:
 
-- takes an image file, the classes (one per line, synonyms separated by commas, `[stuff]` at the end of a line
-  for a stuff class), or a benchmark's class list, and semantic / panoptic / instance segmentation;
-- shows the overlay and a table per class (semantic) or per segment (panoptic, instance), and offers the label
-  map (semantic: class ids; panoptic: COCO panoptic's RGB ids; instance: 16-bit ids) as a PNG to download.
+- names the model it serves (the folder or the Hub id) in its header;
+- takes an image file (previewed as soon as it is uploaded), the classes (one per line, synonyms separated by
+  commas, `[stuff]` at the end of a line for a stuff class), or a benchmark's class list, and semantic /
+  panoptic / instance segmentation, with the score threshold of panoptic and instance on a slider;
+- shows the overlay (its legend beside it, no toolbar over it), a note (for panoptic and instance: how many
+  segments reached the threshold, and when none did, that lowering it shows weaker ones), a table per class
+  (semantic) or per segment (panoptic, instance) whose long synonym lists are shortened and wrapped in a fixed
+  column, and offers the label map (semantic: class ids; panoptic: COCO panoptic's RGB ids; instance: 16-bit ids)
+  and the overlay as PNGs to download.
 
 Safe to leave running: it listens on 127.0.0.1 unless `--host` says otherwise; the model is loaded once at
 launch and no input of the page names a model or a file to read (nor enables remote code); uploads are limited
 in bytes and in pixels, checked from the file's header before any decoding (a decompression bomb or a
 100-megapixel PNG gets a message, and is never decoded); so are the number and length of class names; and
 segmentations run one at a time from a queue of bounded length (a full queue answers "queue is full"), while
-the page's light events (filling a class list) bypass it, so a slow request never freezes the page for others.
+the page's light events (filling a class list, the preview) bypass it, so a slow request never freezes the page
+for others. Every refused request is shown on the page and logged as one line on the server's standard error
+(`ita-web: refused a request: ...`), never with a traceback.
 
 Everything but the page itself (`build_demo`, `launch`) works without Gradio: `WebLimits`, `parse_classes`,
-`check_upload` and `SegmentationService` are plain Python, tested without a browser.
+`check_upload`, `check_threshold` and `SegmentationService` are plain Python, tested without a browser.
 """
 
+import html
+import math
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from image_processing_ita import open_image
-from modeling_ita.pipeline import SUBTASKS, ZERO_SHOT_IMAGE_SEGMENTATION_TASK
+from modeling_ita.pipeline import INSTANCE_THRESHOLD, SUBTASKS, ZERO_SHOT_IMAGE_SEGMENTATION_TASK
 from processing_ita import parse_vocabulary
 
+from ..errors import ITADataError, ITAUsageError, user_error
 from .outputs import write_instance_png, write_label_map, write_panoptic_png
 from .visualization import overlay, segment_overlay
 from .web_settings import DEFAULT_MODEL, WebLimits
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_THRESHOLDS",
     "STUFF_MARKER",
+    "PageResult",
     "WebInputError",
     "WebLimits",
     "SegmentationService",
     "benchmark_class_lists",
     "build_demo",
+    "check_threshold",
     "check_upload",
     "launch",
+    "log_refusal",
+    "megabytes",
+    "model_display_name",
     "parse_classes",
     "serve",
+    "table_name",
 ]
 
 STUFF_MARKER = "[stuff]"
 
+# The score threshold of each task with segments: panoptic's is `ITAImageProcessor.post_process_panoptic_segmentation`'s
+# default (FC-CLIP's), instance's the pipeline's. Semantic segmentation gives every pixel a class: no threshold.
+DEFAULT_THRESHOLDS = {"panoptic": 0.8, "instance": INSTANCE_THRESHOLD}
 
-class WebInputError(ValueError):
-    """A visitor's input the page refuses, with the message it shows."""
+# Characters of a class's synonyms shown in the table; the rest is counted ("+12 more").
+TABLE_NAME_LENGTH = 60
+
+# Width of the table's columns: the names wrap inside theirs, the numbers keep theirs in view.
+_COLUMN_WIDTHS = {
+    "semantic": ["56%", "24%", "20%"],
+    "segments": ["12%", "40%", "14%", "20%", "14%"],
+}
+
+# The longest side of the upload's preview, in pixels.
+PREVIEW_SIZE = 512
+
+_LOG_PREFIX = "ita-web: refused a request: "
+
+
+class WebInputError(ITAUsageError, ValueError):
+    """A visitor's input the page refuses, with the message it shows (a usage error of the page: it is found
+    before the segmentation runs)."""
+
+
+def log_refusal(error: BaseException, stream: Any = None) -> str:
+    """Log a refused request as one line on the server's standard error (no traceback); returns its message."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"{_LOG_PREFIX}{message}", file=sys.stderr if stream is None else stream, flush=True)
+    return message
+
+
+def megabytes(size: int) -> str:
+    """`size` bytes in MB, as the page's messages write it (`20`, `0.5`, `0.0095`)."""
+    return f"{size / 1024**2:.3g}"
+
+
+def model_display_name(model: str | os.PathLike[str]) -> str:
+    """How the page names the model it serves: a folder's path (relative to the working folder when inside it),
+    or the Hub id as given."""
+    text = os.fspath(model)
+    path = Path(text)
+    if not path.is_absolute():
+        return text
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return text
 
 
 def parse_classes(text: object, limits: WebLimits) -> tuple[list[str], list[str]]:
@@ -102,7 +163,7 @@ def check_upload(path: str | os.PathLike[str] | None, limits: WebLimits) -> Imag
     size = os.path.getsize(path)
     if size > limits.max_upload_bytes:
         raise WebInputError(
-            f"The file has {size / 1024**2:.1f} MB: at most {limits.max_upload_bytes / 1024**2:.0f} MB per image"
+            f"The file has {megabytes(size)} MB: at most {megabytes(limits.max_upload_bytes)} MB per image"
         )
     try:
         with Image.open(path) as header:  # reads the header only
@@ -114,12 +175,47 @@ def check_upload(path: str | os.PathLike[str] | None, limits: WebLimits) -> Imag
     if width * height > limits.max_pixels:
         raise WebInputError(
             f"The image is {width} x {height} = {width * height / 1e6:.1f} megapixels: at most "
-            f"{limits.max_pixels / 1e6:.0f} megapixels"
+            f"{limits.max_pixels / 1e6:g} megapixels"
         )
     try:
         return open_image(path, where="The image")
     except ValueError as error:
         raise WebInputError(str(error).replace(path, "").replace("  ", " ")) from None
+
+
+def check_threshold(value: object, task: str) -> float | None:
+    """The score threshold of a request: None for semantic segmentation (which has none, whatever is given),
+    the task's default for None, else a number from 0 to 1. Raises `WebInputError`."""
+    if task == "semantic":
+        return None
+    if value is None:
+        return DEFAULT_THRESHOLDS[task]
+    try:
+        number = float(value)  # type: ignore[arg-type]  # checked here: the API may send anything
+    except (TypeError, ValueError):
+        raise WebInputError(f"The threshold must be a number from 0 to 1, not {value!r}") from None
+    if math.isnan(number) or not 0 <= number <= 1:
+        raise WebInputError(f"The threshold must be a number from 0 to 1, not {value!r}")
+    return number
+
+
+def table_name(label: str, length: int = TABLE_NAME_LENGTH) -> str:
+    """A class's synonyms as the table shows them: `", "`-separated, the synonyms beyond `length` characters
+    counted (`"sofa, couch, settee (+12 more)"`), a first synonym longer than that cut with an ellipsis."""
+    synonyms = [synonym.strip() for synonym in label.split(",")]
+    shown: list[str] = []
+    used = 0
+    for synonym in synonyms:
+        if shown and used + len(synonym) + 2 > length:
+            break
+        shown.append(synonym)
+        used += len(synonym) + 2 * (len(shown) > 1)
+    text = ", ".join(shown)
+    if len(text) > length:
+        text = text[: length - 1].rstrip() + "…"
+    if len(shown) < len(synonyms):
+        text += f" (+{len(synonyms) - len(shown)} more)"
+    return text
 
 
 def benchmark_class_lists() -> dict[str, str]:
@@ -141,6 +237,19 @@ def benchmark_class_lists() -> dict[str, str]:
         names = read_vocabulary_file(benchmark_vocabulary_file(name), allow_shared_synonyms=True)
         lists[f"{display_name} ({len(names)})"] = "\n".join(names)
     return lists
+
+
+class PageResult(NamedTuple):
+    """What one request shows: the overlay, the table (rows, header, column widths), the files to download
+    (label map, overlay) and a note (how many segments reached the threshold; why there are none)."""
+
+    picture: Image.Image
+    rows: list[list[Any]]
+    header: list[str]
+    column_widths: list[str]
+    label_path: str
+    overlay_path: str
+    note: str
 
 
 class SegmentationService:
@@ -168,58 +277,108 @@ class SegmentationService:
             from transformers import pipeline
 
             if isinstance(model, Path) and not model.exists():
-                raise FileNotFoundError(
-                    f"No model at {model}: run `make demo` first (it writes the demo model there), or pass --model"
+                raise ITAUsageError(
+                    f"no model at {model}: run `make demo` first (it writes the demo model there), or pass --model"
                 )
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             build: Any = pipeline  # the task is registered at run time: no overload of `pipeline` names it
-            segmenter = build(
-                ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=str(model), device=device, trust_remote_code=False
-            )
+            try:
+                segmenter = build(
+                    ZERO_SHOT_IMAGE_SEGMENTATION_TASK, model=str(model), device=device, trust_remote_code=False
+                )
+            except (OSError, ValueError) as error:  # an unknown Hub id, a broken checkpoint, ...
+                found = user_error(error)
+                raise ITADataError(f"cannot load model {model}: {found or error}") from None
         self.segmenter = segmenter
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="ita-web-"))
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def display_name(self) -> str:
+        """The model's name as the page shows it (`model_display_name`)."""
+        return model_display_name(self.model_name)
+
+    def preview(self, image_path: str | os.PathLike[str] | None) -> Image.Image | None:
+        """The upload, checked as a segmentation request checks it, at most `PREVIEW_SIZE` pixels on its longest
+        side (None when there is no upload); raises `WebInputError`."""
+        if image_path is None:
+            return None
+        image = check_upload(image_path, self.limits)
+        image.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+        return image
+
+    def _new_file(self, prefix: str) -> str:
+        # A new file per request, never overwriting another visitor's.
+        handle, path = tempfile.mkstemp(prefix=prefix, suffix=".png", dir=self.output_dir)
+        os.close(handle)
+        return path
+
     def segment(
-        self, image_path: str | os.PathLike[str] | None, class_text: str, task: str = "semantic"
-    ) -> tuple[Image.Image, list[list[Any]], list[str], str]:
-        """One request -> `(overlay PIL image, table rows, header, label-map PNG path)`; raises `WebInputError`."""
+        self,
+        image_path: str | os.PathLike[str] | None,
+        class_text: str,
+        task: str = "semantic",
+        threshold: object = None,
+    ) -> PageResult:
+        """One request -> a `PageResult`; raises `WebInputError`. `threshold` is the score a panoptic or instance
+        segment must reach (None: the task's default, `DEFAULT_THRESHOLDS`); semantic segmentation ignores it."""
         if task not in SUBTASKS:
             raise WebInputError(f"Choose one of {', '.join(SUBTASKS)}")
+        score_threshold = check_threshold(threshold, task)
         classes, stuff = parse_classes(class_text, self.limits)
         image = check_upload(image_path, self.limits)
         if task == "semantic":
             result = self.segmenter(image, candidate_labels=classes)
         else:
-            result = self.segmenter(image, candidate_labels=classes, subtask=task, stuff_labels=stuff)
-        # A new file per request, never overwriting another visitor's.
-        handle, label_path = tempfile.mkstemp(prefix=f"{task}-", suffix=".png", dir=self.output_dir)
-        os.close(handle)
+            result = self.segmenter(
+                image, candidate_labels=classes, subtask=task, stuff_labels=stuff, threshold=score_threshold
+            )
+        label_path = self._new_file(f"{task}-")
+        segments = result["segments"]
         if task == "semantic":
             picture = overlay(image, result["label_map"], classes)
             header = ["class", "pixel share (%)", "score"]
-            rows = [
-                [segment["label"], round(100 * segment["pixel_share"], 2), round(segment["score"], 4)]
-                for segment in result["segments"]
-            ]
+            rows = [[table_name(s["label"]), round(100 * s["pixel_share"], 2), round(s["score"], 4)] for s in segments]
             write_label_map(result["label_map"], len(classes), label_path)
+            widths = _COLUMN_WIDTHS["semantic"]
+            note = f"{len(segments)} of {len(classes)} classes present."
         else:
-            masks = [np.asarray(segment["mask"]) == 255 for segment in result["segments"]]
-            names = [f"{s['label'].split(',')[0]} {s['score']:.2f}" for s in result["segments"]]
+            masks = [np.asarray(segment["mask"]) == 255 for segment in segments]
+            names = [f"{s['label'].split(',')[0]} {s['score']:.2f}" for s in segments]
             if task == "instance":  # lowest score drawn first: the best instance on top
                 picture = segment_overlay(image, masks[::-1], names[::-1])
             else:
                 picture = segment_overlay(image, masks, names)
             header = ["segment", "class", "score", "pixel share (%)", "stuff"]
             rows = [
-                [s["id"], s["label"], round(s["score"], 4), round(100 * s["pixel_share"], 2), s["was_fused"]]
-                for s in result["segments"]
+                [
+                    s["id"],
+                    table_name(s["label"]),
+                    round(s["score"], 4),
+                    round(100 * s["pixel_share"], 2),
+                    s["was_fused"],
+                ]
+                for s in segments
             ]
             if task == "panoptic":
                 write_panoptic_png(result["segment_map"], label_path)
             else:
-                write_instance_png(result["segments"], masks, (image.height, image.width), label_path)
-        return picture, rows, header, label_path
+                write_instance_png(segments, masks, (image.height, image.width), label_path)
+            widths = _COLUMN_WIDTHS["segments"]
+            note = _segments_note(task, len(segments), score_threshold)
+        overlay_path = self._new_file(f"{task}-overlay-")
+        picture.save(overlay_path)
+        return PageResult(picture, rows, header, widths, label_path, overlay_path, note)
+
+
+def _segments_note(task: str, count: int, threshold: float | None) -> str:
+    """The note of a panoptic or instance result: the count at the threshold, or why there is no segment."""
+    if count:
+        return f"{count} segment{'s' * (count != 1)} reached the score threshold {threshold:.2f}."
+    return (
+        f"No segment reached the score threshold {threshold:.2f}: lower the threshold (the slider) and segment "
+        f"again to see weaker {task} segments; a model trained only briefly (such as `make demo`'s) scores low."
+    )
 
 
 def build_demo(service: SegmentationService) -> Any:
@@ -230,28 +389,49 @@ def build_demo(service: SegmentationService) -> Any:
 
     class_lists = benchmark_class_lists()
 
-    def segment(image_file: str | None, class_text: str, task: str) -> tuple[Image.Image, Any, str]:
+    def refuse(error: BaseException) -> Exception:
+        message = log_refusal(error)
+        # The page shows the message as HTML: a class name such as `<b>` is shown as typed.
+        return gr.Error(html.escape(message, quote=False), duration=None, print_exception=False)
+
+    def segment(
+        image_file: str | None, class_text: str, task: str, threshold: float | None
+    ) -> tuple[Image.Image, Any, list[str], str]:
         try:
-            picture, rows, header, label_path = service.segment(image_file, class_text, task)
+            result = service.segment(image_file, class_text, task, threshold)
         except WebInputError as error:
-            raise gr.Error(str(error)) from None
-        return picture, gr.update(value=rows, headers=header), label_path
+            raise refuse(error) from None
+        table = gr.update(value=result.rows, headers=result.header, column_widths=result.column_widths)
+        return result.picture, table, [result.label_path, result.overlay_path], result.note
+
+    def preview(image_file: str | None) -> Image.Image | None:
+        try:
+            return service.preview(image_file)
+        except WebInputError as error:
+            raise refuse(error) from None
 
     def pick_list(name: str) -> str:
         return class_lists.get(name, "")
 
+    def pick_task(task: str) -> Any:
+        if task == "semantic":
+            return gr.update(visible=False)
+        return gr.update(visible=True, value=DEFAULT_THRESHOLDS[task], label=f"Score threshold ({task})")
+
     limits = service.limits
-    with gr.Blocks(title="ITA open-vocabulary segmentation", delete_cache=(3600, 3600)) as demo:
+    with gr.Blocks(title=f"ITA segmentation: {service.display_name}", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# ITA / FC-CLIP open-vocabulary segmentation\n"
-            f"Model: `{Path(service.model_name).name}`. Upload an image (at most "
-            f"{limits.max_upload_bytes // 1024**2} MB and {limits.max_pixels // 1_000_000} megapixels), name the "
+            f"Model: **{service.display_name}**. Upload an image (at most "
+            f"{megabytes(limits.max_upload_bytes)} MB and {limits.max_pixels / 1e6:g} megapixels), name the "
             f"classes (one per line; synonyms separated by commas; end a line with `{STUFF_MARKER}` for a stuff "
-            "class such as sky or wall), and choose the task."
+            "class such as sky or wall), and choose the task.",
+            elem_id="header",
         )
         with gr.Row():
             with gr.Column():
                 image_file = gr.File(label="Image", file_types=["image"], type="filepath")
+                shown = gr.Image(label="Your image", type="pil", interactive=False, buttons=[], height=240)
                 benchmark = gr.Dropdown(choices=list(class_lists), value=None, label="Or pick a benchmark's class list")
                 classes = gr.Textbox(
                     label=f"Classes (one per line, at most {limits.max_classes})",
@@ -259,27 +439,84 @@ def build_demo(service: SegmentationService) -> Any:
                     value="person\nsofa,couch\nwall [stuff]\nfloor [stuff]",
                 )
                 task = gr.Radio(choices=list(SUBTASKS), value="semantic", label="Task")
+                threshold = gr.Slider(
+                    minimum=0.0,
+                    maximum=1.0,
+                    step=0.05,
+                    value=DEFAULT_THRESHOLDS["panoptic"],
+                    label="Score threshold (panoptic)",
+                    info="the score a segment must reach to be shown (panoptic and instance only)",
+                    visible=False,
+                )
                 run = gr.Button("Segment", variant="primary")
             with gr.Column():
-                picture = gr.Image(label="Overlay", type="pil", format="png", interactive=False)
-                table = gr.Dataframe(label="Per class / per segment", interactive=False)
-                download = gr.File(label="Label map (PNG)", interactive=False)
-        # A light event: no queue, so it answers even while segmentations are waiting.
+                # No toolbar: its icons would hide the legend's first entry (the overlay is offered below).
+                picture = gr.Image(label="Overlay", type="pil", format="png", interactive=False, buttons=[])
+                note = gr.Markdown(elem_id="note")
+                table = gr.Dataframe(
+                    label="Per class / per segment",
+                    interactive=False,
+                    wrap=True,
+                    column_widths=_COLUMN_WIDTHS["semantic"],
+                )
+                download = gr.File(label="Label map and overlay (PNG)", file_count="multiple", interactive=False)
+        # Light events: no queue, so they answer even while segmentations are waiting.
         benchmark.change(pick_list, inputs=benchmark, outputs=classes, queue=False, api_name=False)  # type: ignore[arg-type]  # False: no API endpoint
+        task.change(pick_task, inputs=task, outputs=threshold, queue=False, api_name=False)  # type: ignore[arg-type]
+        image_file.change(preview, inputs=image_file, outputs=shown, queue=False, api_name="preview")
         run.click(
             segment,
-            inputs=[image_file, classes, task],
-            outputs=[picture, table, download],
+            inputs=[image_file, classes, task, threshold],
+            outputs=[picture, table, download, note],
             api_name="segment",
             concurrency_limit=limits.concurrency,
         )
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=limits.concurrency)
+
+    # Gradio's components refuse some inputs themselves before `segment` runs (a threshold beyond the slider,
+    # a task that is not a choice, a wrong number of inputs through the API), with a traceback on the console:
+    # refused here as the page's own refusals are, in one line.
+    check_inputs = demo.preprocess_data
+
+    async def preprocess_data(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await check_inputs(*args, **kwargs)
+        except gr.Error as error:
+            raise refuse(WebInputError(str(error.message))) from None
+        except (TypeError, ValueError) as error:
+            raise refuse(WebInputError(f"The request's inputs were refused: {error}")) from None
+
+    demo.preprocess_data = preprocess_data
     return demo
+
+
+class _LogTooLargeUploads:
+    """ASGI middleware: Gradio itself refuses an upload over the size limit (HTTP 413) before the page's code
+    sees it; this logs that refusal as the page's own refusals are logged, in one line."""
+
+    def __init__(self, app: Any, limit_bytes: int) -> None:
+        self.app = app
+        self.limit_bytes = limit_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_and_log(message: Any) -> None:
+            if message.get("type") == "http.response.start" and message.get("status") == 413:
+                log_refusal(
+                    f"An upload was larger than the limit: at most {megabytes(self.limit_bytes)} MB per image "
+                    "(HTTP 413)"
+                )
+            await send(message)
+
+        await self.app(scope, receive, send_and_log)
 
 
 def launch(service: SegmentationService, host: str = "127.0.0.1", port: int = 7860, **kwargs: Any) -> Any:
     """Build the page and serve it (returns the running `gr.Blocks`; pass `prevent_thread_lock=True` to keep
-    the calling thread)."""
+    the calling thread). A port taken since `web_cli.check_listen_address` looked is an `ITAUsageError`."""
     demo = build_demo(service)
     import gradio as gr
 
@@ -287,14 +524,30 @@ def launch(service: SegmentationService, host: str = "127.0.0.1", port: int = 78
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    demo.launch(
-        server_name=host,
-        server_port=port,
-        max_file_size=service.limits.max_upload_bytes,
-        show_error=True,
-        theme=theme,
-        **kwargs,
-    )
+    from starlette.middleware import Middleware
+
+    app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+    app_kwargs["middleware"] = [
+        *app_kwargs.get("middleware", []),
+        Middleware(_LogTooLargeUploads, limit_bytes=service.limits.max_upload_bytes),
+    ]
+    try:
+        demo.launch(
+            server_name=host,
+            server_port=port,
+            max_file_size=service.limits.max_upload_bytes,
+            show_error=True,
+            theme=theme,
+            app_kwargs=app_kwargs,
+            **kwargs,
+        )
+    except OSError as error:  # Gradio's "Cannot find empty port", which names its own `server_port`
+        if "port" not in str(error).lower():
+            raise
+        raise ITAUsageError(
+            f"--port {port} is taken on {host}: another program (perhaps another ita-web) listens there; stop it, "
+            "or choose another port with --port"
+        ) from None
     return demo
 
 
@@ -305,18 +558,14 @@ def serve(
     device: str | None = None,
     limits: WebLimits = WebLimits(),
 ) -> int:
-    """Load `model` and serve the page until stopped (`ita-web`, `python app.py`); returns the exit status (1 the
-    model could not be loaded, 2 Gradio is missing)."""
+    """Load `model` and serve the page until stopped (`ita-web`, `python app.py`); returns 0 once stopped.
+    Raises `ITAUsageError` when Gradio is missing or the port is taken, `ITADataError` when the model cannot be
+    loaded."""
     try:
         import gradio  # noqa: F401
     except ImportError:
-        print("The web page needs Gradio: pip install -e '.[demo]'", file=sys.stderr)
-        return 2
-    try:
-        service = SegmentationService(model, limits=limits, device=device)
-    except Exception as error:  # a missing folder, an unknown Hub id, a broken checkpoint, ...
-        print(f"cannot load model {model}: {error}", file=sys.stderr)
-        return 1
-    print(f"Serving {model} on http://{host}:{port} (Ctrl+C stops)", flush=True)
+        raise ITAUsageError("the web page needs Gradio: pip install -e '.[demo]'") from None
+    service = SegmentationService(model, limits=limits, device=device)
+    print(f"Serving {service.display_name} on http://{host}:{port} (Ctrl+C stops)", flush=True)
     launch(service, host=host, port=port)
     return 0
