@@ -307,7 +307,13 @@ class ParquetResultsWriter:
     ) -> None:
         # Rows added are complete results: keep them even when the run stops on an error. The ids are lost to
         # the caller here: call `close()` yourself to write their manifest lines.
-        self.close()
+        if error is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the error that stopped the run is the one to report
+            self._closed = True
 
 
 def _sync_folder(folder: Path) -> None:
