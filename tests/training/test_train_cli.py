@@ -113,7 +113,9 @@ def test_what_only_the_full_parser_can_judge_is_let_through():
 
 
 def test_a_stray_value_is_a_usage_error_after_the_full_parser(tmp_path, capsys):
-    assert cli.main(["stray", "--output_dir", str(tmp_path / "run")]) == 2
+    import ita_cli
+
+    assert ita_cli.train(["stray", "--dataset_layout", "synthetic", "--output_dir", str(tmp_path / "run")]) == 2
     assert "ita-train: error: Some specified arguments are not used" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import EvalPrediction
 
 from image_processing_ita import ITAImageProcessor
+from ita_segmentation.errors import ITAUsageError
 from ita_segmentation.segmentation_data import load_segmentation_dataset
 from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES
 from ita_segmentation.training.arguments import ITADataArguments, ITAModelArguments
@@ -186,7 +187,7 @@ def test_clip_checkpoint_fills_a_new_models_clip(tmp_path):
     assert model.config.train_vocabulary == list(SYNTHETIC_CLASS_NAMES)
     for key, value in source.backbone.clip_model.state_dict().items():
         assert torch.equal(model.backbone.clip_model.state_dict()[key], value), key
-    with pytest.raises(ValueError, match="model_name_or_path alone"):
+    with pytest.raises(ITAUsageError, match="model_name_or_path alone"):
         load_model(ITAModelArguments(model_name_or_path=str(tmp_path), clip_checkpoint="clip.bin"))
 
 
@@ -563,7 +564,7 @@ def test_an_earlier_run_is_not_overwritten_silently(tmp_path, capsys):
         "--save_strategy",
         "no",
     ]
-    assert ita_cli.train(argv) == 1
+    assert ita_cli.train(argv) == 2  # a usage error: found before any work
     assert f"output_dir {tmp_path / 'run'} is not empty (model.safetensors)" in capsys.readouterr().err
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == b"an earlier run's weights"
     assert ita_cli.train(argv + ["--overwrite_output_dir"]) == 0
