@@ -8,56 +8,98 @@ ADE20K panoptic, as detectron2's preparation scripts lay them out under $DETECTR
 Writes OUTPUT/<benchmark>/results.json (scores in percent) and OUTPUT/<benchmark>/per_class.csv; refuses an
 output folder that already holds results. Rules: FC-CLIP's panoptic inference, panopticapi's PQ (see
 `ita_segmentation.evaluation.panoptic`). Each image is run alone at the processor's resolution.
+
+Like the `ita-*` commands, it runs through `ita_segmentation.errors.run_door`: exit status 0 done, 1 the data or
+the model was refused, 2 a usage error (found before torch is imported where it can be: a missing model folder,
+an exported ONNX folder, a device this machine lacks, float16 on the CPU, a missing --data-dir, results already in
+the output folder), 70 a bug (its traceback).
 """
 
 import argparse
 import sys
 from pathlib import Path
 
+from ita_segmentation.backends import check_backend_argument
 from ita_segmentation.dtypes import DTYPES
-from ita_segmentation.evaluation.panoptic import (
-    PANOPTIC_BENCHMARKS,
-    evaluate_panoptic,
-    find_panoptic_split,
-    write_panoptic_results,
-)
-from ita_segmentation.evaluation.runner import load_model_and_processor
+from ita_segmentation.errors import ITADataError, ITAUsageError, run_door
+from ita_segmentation.evaluation.benchmark_names import PANOPTIC_BENCHMARK_NAMES
+from ita_segmentation.locations import check_device_argument, check_model_argument
+
+PROG = "evaluate_panoptic.py"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="model folder or Hub id (ITAForOpenVocabSegmentation)")
-    parser.add_argument("--benchmark", required=True, nargs="+", choices=list(PANOPTIC_BENCHMARKS))
+    parser.add_argument("--benchmark", required=True, nargs="+", choices=PANOPTIC_BENCHMARK_NAMES)
     parser.add_argument("--data-dir", required=True, type=Path, help="prepared datasets root ($DETECTRON2_DATASETS)")
     parser.add_argument("--output", required=True, type=Path, help="folder for the results")
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N images of each split")
     parser.add_argument("--device", default="auto", help="torch device; auto: CUDA when available, else CPU")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_samples is not None and args.max_samples < 1:
+        parser.error(f"--max-samples must be at least 1, got {args.max_samples}")
+    if len(set(args.benchmark)) != len(args.benchmark):
+        parser.error(f"a benchmark is listed twice: {' '.join(args.benchmark)}")
+    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def check_arguments(args: argparse.Namespace) -> None:
+    """What needs no torch: the model (a folder written by ita-export is refused: this evaluation runs PyTorch
+    models), the device, float16 on the CPU, the data root and the output folder."""
+    check_model_argument(args.model)
+    check_device_argument(args.device)
+    check_backend_argument(args.model, "pytorch", args.device, args.dtype)
+    if args.dtype == "float16" and args.device.strip().lower().startswith("cpu"):
+        raise ITAUsageError(
+            "--dtype float16 runs on a GPU only, and the device is the CPU: use --dtype bfloat16 or leave --dtype "
+            "out (float32)"
+        )
+    if not args.data_dir.is_dir():
+        raise ITAUsageError(
+            f"--data-dir {args.data_dir} is not a folder: give the prepared datasets root ($DETECTRON2_DATASETS)"
+        )
+    if args.output.exists() and not args.output.is_dir():
+        raise ITAUsageError(f"--output {args.output} is a file: give a new or empty folder for the results")
     for name in args.benchmark:
-        if (args.output / name / "results.json").exists():
-            print(f"{args.output / name / 'results.json'} exists; choose another --output", file=sys.stderr)
-            return 2
+        for file in ("results.json", "per_class.csv"):
+            if (args.output / name / file).exists():
+                raise ITAUsageError(f"{args.output / name / file} exists; choose another --output")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ita_segmentation.evaluation.panoptic import (
+        PANOPTIC_BENCHMARKS,
+        evaluate_panoptic,
+        find_panoptic_split,
+        write_panoptic_results,
+    )
+    from ita_segmentation.evaluation.runner import load_model_and_processor
+    from modeling_ita.loading import check_device
+
     splits = {}
     for name in args.benchmark:
-        try:
-            splits[name] = find_panoptic_split(PANOPTIC_BENCHMARKS[name], args.data_dir)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"{name}: {error}", file=sys.stderr)
-            return 2
+        splits[name] = find_panoptic_split(PANOPTIC_BENCHMARKS[name], args.data_dir)
         classes = len(PANOPTIC_BENCHMARKS[name].class_names())
         if classes != len(splits[name][1]):
-            print(
-                f"{name}: the split has {len(splits[name][1])} categories but the class list {classes} classes",
-                file=sys.stderr,
+            raise ITADataError(
+                f"{name}: the split has {len(splits[name][1])} categories but the class list {classes} classes; "
+                f"is --data-dir {args.data_dir} the root that detectron2's prepare scripts wrote?"
             )
-            return 2
-    model, processor = load_model_and_processor(args.model, device=args.device, dtype=args.dtype)
+    try:
+        device = check_device(args.device)
+    except ValueError as problem:  # a device this machine lacks, found by torch
+        raise ITAUsageError(f"--device {args.device}: {problem}") from problem
+    if args.dtype == "float16" and device.type == "cpu":
+        raise ITAUsageError("--dtype float16 runs on a GPU only, and the device is the CPU: use --dtype bfloat16")
+    try:
+        model, processor = load_model_and_processor(args.model, device=device, dtype=args.dtype, backend="pytorch")
+    except (ValueError, TypeError) as problem:  # transformers' refusals of the folder's files
+        raise ITADataError(f"cannot load model {args.model}: {problem}") from problem
     for name, (records, categories) in splits.items():
         benchmark = PANOPTIC_BENCHMARKS[name]
         print(f"{benchmark.display_name}: {min(len(records), args.max_samples or len(records))} images", flush=True)
@@ -79,6 +121,17 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     return 0
+
+
+def _main(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    check_arguments(args)
+    return run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The script with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    return run_door(PROG, lambda: _main(argv))
 
 
 if __name__ == "__main__":

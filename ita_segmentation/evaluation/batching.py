@@ -16,13 +16,15 @@ from PIL import ExifTags, Image
 
 from image_processing_ita import ITAImageProcessor, open_image
 
+from .errors import EvaluationDataError
+
 __all__ = ["BenchmarkDataError", "plan_batches"]
 
 # EXIF orientations that turn the image by 90 degrees (its upright width and height swap).
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
-class BenchmarkDataError(ValueError):
+class BenchmarkDataError(EvaluationDataError):
     """A benchmark file that cannot be scored: an image and its label of different sizes, a label that is not
     a single-channel map."""
 

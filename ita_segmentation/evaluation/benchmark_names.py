@@ -2,14 +2,18 @@
 `ita-evaluate --benchmark` is checked before torch and `datasets` are imported. `benchmarks.BENCHMARKS` holds
 the rest of each benchmark (class list, ignore index, folders)."""
 
+import os
+import re
 from pathlib import Path
 
 __all__ = [
     "BENCHMARK_DISPLAY_NAMES",
+    "PANOPTIC_BENCHMARK_NAMES",
     "PUBLISHED_FC_CLIP_MIOU",
     "VOCABULARY_DIR",
     "benchmark_name",
     "benchmark_vocabulary_file",
+    "dataset_result_name",
 ]
 
 # FC-CLIP's class lists of the benchmarks, `<name>.txt` each.
@@ -44,3 +48,14 @@ def benchmark_name(value: str) -> str:
 def benchmark_vocabulary_file(name: str) -> Path:
     """FC-CLIP's class list of the benchmark `name` (given as `benchmark_name` takes it)."""
     return VOCABULARY_DIR / f"{benchmark_name(name)}.txt"
+
+
+def dataset_result_name(source: str | os.PathLike[str]) -> str:
+    """The results subfolder (and table name) of a dataset given by path or Hub id: the last part of it, with
+    anything but letters, digits, `.`, `_` and `-` replaced by `_`."""
+    name = os.path.basename(str(source).rstrip("/\\")) or str(source)
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
+# The registered panoptic benchmarks (`panoptic.PANOPTIC_BENCHMARKS` holds the rest of each).
+PANOPTIC_BENCHMARK_NAMES = ("coco_panoptic", "ade20k_panoptic")

@@ -28,7 +28,6 @@ convention, the dataset's metadata says `reduce_labels=True` and the metric appl
 import json
 import logging
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -37,9 +36,17 @@ from typing import Any
 
 import datasets
 
+from ..errors import ITAUserError
 from ..segmentation_data import PathLike, Unpaired, load_segmentation_dataset, resolve_class_names
 from ..vocabulary_files import read_vocabulary_file
-from .benchmark_names import BENCHMARK_DISPLAY_NAMES, VOCABULARY_DIR, benchmark_name, benchmark_vocabulary_file
+from .benchmark_names import (
+    BENCHMARK_DISPLAY_NAMES,
+    VOCABULARY_DIR,
+    benchmark_name,
+    benchmark_vocabulary_file,
+    dataset_result_name,
+)
+from .errors import EvaluationDataError, MissingColumnError, MissingDataError
 
 logger = logging.getLogger(__name__)
 
@@ -248,12 +255,12 @@ def _find_layout(benchmark: SegmentationBenchmark, data_dir: PathLike) -> tuple[
             if image_dir.is_dir() and label_dir.is_dir():
                 return layout, root
             tried.append(f"{image_dir} + {label_dir}")
-    raise FileNotFoundError(
+    raise MissingDataError(
         f"No {benchmark.display_name} ({benchmark.name}) validation split under {data_dir}. Expected the image and "
         "label folders of one of:\n  "
         + "\n  ".join(tried)
         + "\nPrepare it with detectron2/FC-CLIP's datasets/prepare_*.py scripts, and pass the datasets root "
-        "($DETECTRON2_DATASETS) as data_dir."
+        "($DETECTRON2_DATASETS) as --data-dir."
     )
 
 
@@ -266,7 +273,7 @@ def _list_pairs(layout: BenchmarkLayout, root: Path, unpaired: Unpaired | None =
     if layout.split_file is not None:
         split_file = root / layout.split_file
         if not split_file.is_file():
-            raise FileNotFoundError(f"Split file {split_file} does not exist")
+            raise MissingDataError(f"Split file {split_file} does not exist")
         stems = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
     else:
         stems = sorted(path.name[: -len(layout.label_suffix)] for path in label_dir.glob(f"*{layout.label_suffix}"))
@@ -275,7 +282,7 @@ def _list_pairs(layout: BenchmarkLayout, root: Path, unpaired: Unpaired | None =
             if image.name[: -len(layout.image_suffix)] not in labelled:
                 problems.append((image, f"its label map {label_dir / (image.stem + layout.label_suffix)} is missing"))
     if not stems:
-        raise FileNotFoundError(f"No {layout.label_suffix} label files in {label_dir}")
+        raise MissingDataError(f"No {layout.label_suffix} label files in {label_dir}: the split is empty")
     pairs = []
     for stem in stems:
         image, label = image_dir / f"{stem}{layout.image_suffix}", label_dir / f"{stem}{layout.label_suffix}"
@@ -294,7 +301,7 @@ def _list_pairs(layout: BenchmarkLayout, root: Path, unpaired: Unpaired | None =
                 )
             )
     if problems and unpaired is None:
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"{len(problems)} files have no pair:\n" + "\n".join(f"  {path}: {message}" for path, message in problems)
         )
     if unpaired is not None:
@@ -330,7 +337,7 @@ def _class_names(
     if vocabulary_file is not None and class_names is not None:
         raise ValueError("Give vocabulary_file or class_names, not both")
     if vocabulary_file is not None:
-        class_names = read_vocabulary_file(vocabulary_file)
+        class_names = _read_class_list(vocabulary_file)
     elif class_names is None and benchmark is not None:
         class_names = benchmark.class_names
     if class_names is None:
@@ -338,7 +345,10 @@ def _class_names(
     class_names = list(class_names)
     if num_labels is not None and len(class_names) != num_labels:
         source = vocabulary_file or "class_names"
-        raise ValueError(f"{source} lists {len(class_names)} classes but the benchmark has {num_labels}")
+        raise EvaluationDataError(
+            f"{source} lists {len(class_names)} classes but the benchmark has {num_labels}: give a class list with "
+            f"{num_labels} classes (one per line, in the order of the label ids)"
+        )
     return class_names
 
 
@@ -436,9 +446,9 @@ def load_hub_benchmark(
             raise ValueError("Give ignore_index (or a registered benchmark name)")
         ignore_index = registered.ignore_index
 
-    dataset = datasets.load_dataset(path_or_id, split=split, **load_kwargs)
+    dataset = _load_rows(path_or_id, split, "auto", load_kwargs)
     dataset = _evaluation_columns(dataset, image_column, label_column, max_samples, f"{path_or_id} ({split})")
-    name = registered.name if registered else _dataset_name(path_or_id)
+    name = registered.name if registered else dataset_result_name(path_or_id)
     metadata = {
         "name": name,
         "display_name": registered.display_name if registered else name,
@@ -451,10 +461,32 @@ def load_hub_benchmark(
     return _with_metadata(dataset, metadata)
 
 
-def _dataset_name(source: PathLike) -> str:
-    """A folder name for a dataset's results: the last part of its path or Hub id."""
-    name = os.path.basename(str(source).rstrip("/\\")) or str(source)
-    return re.sub(r"[^\w.-]+", "_", name)
+def _read_class_list(vocabulary_file: PathLike) -> list[str]:
+    """`read_vocabulary_file`, its refusals of the user's file (missing, not UTF-8, malformed lines) as
+    `EvaluationDataError`s naming it."""
+    try:
+        return read_vocabulary_file(vocabulary_file)
+    except ITAUserError:
+        raise
+    except (OSError, ValueError) as error:  # FileNotFoundError, UnicodeDecodeError, a malformed line
+        raise EvaluationDataError(f"--vocabulary-file {vocabulary_file}: {error}") from error
+
+
+def _load_rows(
+    source: PathLike, split: str, layout: str, load_kwargs: dict[str, Any], **options: Any
+) -> datasets.Dataset:
+    """`load_segmentation_dataset` for the user's `source`: its refusals are the project's user errors already
+    (a dataset that is neither here nor on the Hub, a split it lacks, no rows); what the loaders below it raise
+    for the user's files (a missing folder, no label maps, a format that cannot be told, a column it lacks) becomes
+    an `EvaluationDataError` naming `source`."""
+    try:
+        return load_segmentation_dataset(source, split, layout=layout, **options, **load_kwargs)
+    except ITAUserError:
+        raise
+    except (FileNotFoundError, ValueError) as error:
+        raise EvaluationDataError(f"{source}: {error}") from error
+    except KeyError as error:
+        raise EvaluationDataError(f"{source}: {error.args[0] if error.args else error}") from error
 
 
 def _evaluation_columns(
@@ -463,7 +495,10 @@ def _evaluation_columns(
     """`image` and `label` (both `datasets.Image`) and `file_name` columns, the first `max_samples` rows."""
     for column in (image_column, label_column):
         if column not in dataset.column_names:
-            raise KeyError(f"{where} has no column {column!r}; its columns: {dataset.column_names}")
+            raise MissingColumnError(
+                f"{where} has no column {column!r}; its columns: {', '.join(dataset.column_names)} (choose with "
+                "--image-column and --label-column)"
+            )
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
@@ -504,18 +539,19 @@ def load_segmentation_split(
     `ClassLabel` feature. The result has the columns and metadata of `load_benchmark`, named `name` (default:
     the last part of `source`). `unpaired` receives label-map folders' files without their pair.
     """
-    rows = load_segmentation_dataset(
-        source,
-        split,
-        layout=layout,
-        image_subdir=image_subdir,
-        label_subdir=label_subdir,
-        unpaired=unpaired,
-        **load_kwargs,
+    rows = _load_rows(
+        source, split, layout, load_kwargs, image_subdir=image_subdir, label_subdir=label_subdir, unpaired=unpaired
     )
-    names = resolve_class_names(rows, class_names=class_names, vocabulary_file=vocabulary_file)
+    if vocabulary_file is not None and class_names is not None:
+        raise ValueError("Give vocabulary_file or class_names, not both")
+    if vocabulary_file is not None:
+        class_names = _read_class_list(vocabulary_file)
+    try:
+        names = resolve_class_names(rows, class_names=class_names)
+    except ValueError as error:  # no class names: neither given nor in the dataset's features
+        raise EvaluationDataError(f"{source}: {error} (--vocabulary-file FILE)") from error
     dataset = _evaluation_columns(rows, image_column, label_column, max_samples, f"{source} ({split})")
-    name = name or _dataset_name(source)
+    name = name or dataset_result_name(source)
     metadata = {
         "name": name,
         "display_name": name,

@@ -10,8 +10,11 @@ Data parallel: `accelerate launch --multi_gpu --num_processes N scripts/evaluate
 --nproc_per_node N`) starts N processes; each predicts its share of the images and the confusion matrices are
 summed, so the scores are those of one process. The first process writes the results.
 
-Exit status: 0 done; 1 the data, the model or the run failed (what was computed before is written); 2 usage
-error (including a device this machine lacks, results already in the output folder, no such model folder).
+Refusals are raised as the project's user errors (`ita_segmentation.errors`) and reported by `ita_cli.evaluate`'s
+`run_door`: exit status 0 done; 1 the data, the model or the run failed (`ITADataError`; what was computed before is
+written); 2 usage error (`ITAUsageError`, found before torch is imported where it can be: a missing model folder, a
+device this machine lacks, a PyTorch folder given to `--backend onnxruntime` or the reverse, float16 on the CPU, a
+data path that does not exist, results already in the output folder); 70 a bug (its traceback).
 """
 
 import argparse
@@ -23,11 +26,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..backends import add_backend_argument
+from ..backends import add_backend_argument, check_backend_argument
 from ..dtypes import DTYPES
-from .benchmark_names import BENCHMARK_DISPLAY_NAMES, benchmark_name
+from ..errors import ITADataError, ITAUsageError, ITAUserError, user_error
+from ..locations import check_device_argument, check_model_argument, looks_like_hub_id
+from .benchmark_names import BENCHMARK_DISPLAY_NAMES, benchmark_name, dataset_result_name
+from .output_check import check_output_folders
 
-__all__ = ["EVALUATION_LAYOUTS", "PROG", "build_parser", "main", "parse_args", "run"]
+__all__ = ["EVALUATION_LAYOUTS", "PROG", "build_parser", "check_arguments", "main", "parse_args", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +156,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = PROG) -> argparse.
         parser.error("--num-workers must be at least 0")
     args.vocabulary_files = _vocabulary_files(parser, args.vocabulary_file or [], args.benchmark)
     for path in args.vocabulary_files.values():
+        if path.is_dir():
+            parser.error(f"--vocabulary-file {path} is a folder: give the class list file (one class per line)")
         if not path.is_file():
             parser.error(f"--vocabulary-file {path} does not exist")
     args.command = shlex.join([prog, *(sys.argv[1:] if argv is None else argv)])
@@ -181,19 +189,83 @@ def _vocabulary_files(
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """`ita-evaluate` with the arguments `argv` (default: `sys.argv[1:]`); returns the exit status (0 done, 1 the
-    data, the model or the run failed, 2 usage error)."""
-    return run(parse_args(argv, prog))
+    """`ita-evaluate` with the arguments `argv` (default: `sys.argv[1:]`); returns 0 when done. A refusal is
+    raised (`ITAUsageError`: exit status 2, found before any long work; `ITADataError`: 1, the data, the model
+    or the run failed) for `ita_cli.evaluate`'s `run_door` to report."""
+    args = parse_args(argv, prog)
+    check_arguments(args)
+    return run(args)
 
 
-def _resolve_backend(args: argparse.Namespace) -> None:
-    """`--backend auto` -> onnxruntime for a folder written by ita-export, else pytorch; with onnxruntime,
-    `--device auto` means the CPU. Raises `ValueError` for a device or dtype that backend lacks."""
-    from ..onnx import resolve_backend
+def _looks_like_a_path(value: str) -> bool:
+    """Whether a `--dataset`/`--hub-dataset` value that does not exist here is meant as a path, not a Hub id."""
+    return value.startswith((".", "/", "~")) or "\\" in value or value.count("/") > 1 or not looks_like_hub_id(value)
 
-    args.backend, device = resolve_backend(args.model, args.backend, args.device, args.dtype)
+
+def _check_data_arguments(args: argparse.Namespace) -> None:
+    """The data's locations, before torch: a `--data-dir` that is missing or a file, a `--dataset` path that
+    does not exist (a Hub id is for the loader to ask), label-map folders that are not a folder."""
+    if args.data_dir is not None:
+        data_dir = args.data_dir.expanduser()
+        if not data_dir.exists():
+            raise ITAUsageError(
+                f"--data-dir {args.data_dir} does not exist: give the prepared datasets root ($DETECTRON2_DATASETS, "
+                "the folder holding ADEChallengeData2016/, pascal_ctx_d2/, ...)"
+            )
+        if not data_dir.is_dir():
+            raise ITAUsageError(f"--data-dir {args.data_dir} is a file: give the prepared datasets root (a folder)")
+    for option, value in (("--dataset", args.dataset), ("--hub-dataset", args.hub_dataset)):
+        if value is None or os.path.exists(os.path.expanduser(value)):
+            continue
+        if _looks_like_a_path(value):
+            raise ITAUsageError(
+                f"{option} {value} does not exist (no file or folder {Path(value).expanduser().resolve()}), and it "
+                "is not a Hub dataset id (owner/name) either: check the path for typos"
+            )
+    dataset = Path(os.path.expanduser(args.dataset)) if args.dataset is not None else None
+    if dataset is not None and dataset.is_dir() and not any(dataset.iterdir()):
+        raise ITAUsageError(
+            f"--dataset {args.dataset} is an empty folder: give the dataset's folder (label-map folders "
+            f"{args.image_subdir}/{args.split} + {args.label_subdir}/{args.split}, parquet or arrow files, an "
+            "imagefolder) or a Hub dataset id"
+        )
+    if args.dataset is not None and args.dataset_layout == "label_folders":
+        if not os.path.isdir(os.path.expanduser(args.dataset)):
+            raise ITAUsageError(
+                f"--dataset {args.dataset} is not a folder: --dataset-layout label_folders reads "
+                f"{args.dataset}/{args.image_subdir}/{args.split} and {args.dataset}/{args.label_subdir}/{args.split}"
+            )
+
+
+def _result_names(args: argparse.Namespace) -> list[str]:
+    """The results subfolders this run writes: the benchmarks' names, or the dataset's."""
+    if args.benchmark is not None:
+        return list(args.benchmark)
+    return [args.name or dataset_result_name(args.dataset)]
+
+
+def _check_half_precision(dtype: str, device: str) -> None:
+    """float16 on the CPU is refused: PyTorch's CPU kernels lack half precision for parts of the model, and the
+    ones it has are slower than float32."""
+    if dtype == "float16" and device.strip().lower().startswith("cpu"):
+        raise ITAUsageError(
+            "--dtype float16 runs on a GPU only, and the device is the CPU: use --dtype bfloat16 (half the memory, "
+            "on the CPU too) or leave --dtype out (float32), or give --device cuda on a machine with a GPU"
+        )
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything that needs neither torch nor the data, before either is imported (an `ITAUsageError` naming
+    the value and the way out): the model's location and backend, the device, half precision on the CPU, the
+    data's locations, and the output folder (results are never replaced silently)."""
+    check_model_argument(args.model)
+    check_device_argument(args.device)
+    args.backend = check_backend_argument(args.model, args.backend, args.device, args.dtype)
     if args.backend == "onnxruntime":
-        args.device = device
+        args.device = "cpu"
+    _check_half_precision(args.dtype, args.device)
+    _check_data_arguments(args)
+    check_output_folders(args.output, _result_names(args), args.overwrite)
 
 
 def _process_state(device_name: str) -> tuple[int, int, Any]:
@@ -253,7 +325,8 @@ def _load_datasets(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate with parsed arguments (`parse_args`); returns the exit status."""
+    """Evaluate with parsed and checked arguments (`parse_args`, `check_arguments`); returns 0 when done, raises
+    the user errors described in `main`."""
     from transformers.utils import logging as transformers_logging
 
     bars_were_on = transformers_logging.is_progress_bar_enabled()
@@ -264,66 +337,13 @@ def run(args: argparse.Namespace) -> int:
             transformers_logging.enable_progress_bar()
 
 
-def _run(args: argparse.Namespace) -> int:
-    from transformers.utils import logging as transformers_logging
-
-    from modeling_ita.loading import ModelLoadingError, check_model_location
-
-    from .data_check import DataCheckError
-    from .runner import (
-        PUBLISHED_FC_CLIP_MIOU,
-        check_evaluation_data,
-        check_output_folders,
-        evaluate_datasets,
-        load_model_and_processor,
-    )
-
-    def error(message: object) -> None:
-        print(f"{args.prog}: error: {message}", file=sys.stderr)
+def _load_model(args: argparse.Namespace, device: Any) -> tuple[Any, Any]:
+    """The model and processor; what the model folder's loaders refuse in the user's folder (a config value of
+    the wrong type, processor files that do not fit) becomes an `ITADataError` naming the folder."""
+    from .runner import load_model_and_processor
 
     try:
-        _resolve_backend(args)
-    except ValueError as problem:
-        error(problem)
-        return 2
-    try:
-        rank, num_processes, device = _process_state(args.device)
-    except ValueError as problem:
-        error(f"--device: {problem}")
-        return 2
-    try:
-        check_model_location(args.model)
-    except ModelLoadingError as problem:
-        error(f"--model: {problem}")
-        return 2
-    main_process = rank == 0
-    if args.no_progress or not main_process:
-        transformers_logging.disable_progress_bar()  # the vocabulary encoding's bar too
-
-    try:
-        datasets_by_name, unpaired, vocabulary_files, data_sources = _load_datasets(args)
-        check_output_folders(args.output, datasets_by_name, args.overwrite)
-    except FileExistsError as problem:
-        error(problem)
-        return 2
-    except (ValueError, FileNotFoundError, KeyError) as problem:
-        error(problem)
-        return 1
-    try:
-        datasets_by_name = check_evaluation_data(
-            datasets_by_name,
-            unpaired,
-            skip_bad_samples=args.skip_bad_samples,
-            num_workers=args.num_workers,
-            progress=not args.no_progress,
-            log=lambda message: main_process and print(message, file=sys.stderr),
-        )
-    except DataCheckError as problem:
-        error(problem)
-        return 1
-
-    try:
-        model, processor = load_model_and_processor(
+        return load_model_and_processor(
             args.model,
             device,
             args.dtype,
@@ -331,9 +351,39 @@ def _run(args: argparse.Namespace) -> int:
             longest_edge=args.longest_edge,
             backend=args.backend,
         )
-    except (ModelLoadingError, ValueError) as problem:
-        error(f"cannot load model {args.model}: {problem}")
-        return 1
+    except ITAUserError:
+        raise
+    except (ValueError, TypeError, OSError) as problem:  # transformers' refusals of the folder's files
+        if user_error(problem) is not None:  # a full disk, a missing permission, a broken checkpoint: as it is
+            raise
+        raise ITADataError(f"cannot load model {args.model}: {problem}") from problem
+
+
+def _run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
+    from .runner import PUBLISHED_FC_CLIP_MIOU, check_evaluation_data, evaluate_datasets
+
+    try:
+        rank, num_processes, device = _process_state(args.device)
+    except ValueError as problem:  # a device this machine lacks, found by torch
+        raise ITAUsageError(f"--device {args.device}: {problem}") from problem
+    _check_half_precision(args.dtype, device.type)
+    main_process = rank == 0
+    if args.no_progress or not main_process:
+        transformers_logging.disable_progress_bar()  # the vocabulary encoding's bar too
+
+    datasets_by_name, unpaired, vocabulary_files, data_sources = _load_datasets(args)
+    check_output_folders(args.output, datasets_by_name, args.overwrite)  # the names the data gave
+    datasets_by_name = check_evaluation_data(
+        datasets_by_name,
+        unpaired,
+        skip_bad_samples=args.skip_bad_samples,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+        log=lambda message: main_process and print(message, file=sys.stderr),
+    )
+    model, processor = _load_model(args, device)
     try:
         reports = evaluate_datasets(
             model,
@@ -349,9 +399,13 @@ def _run(args: argparse.Namespace) -> int:
             command=args.command,
             progress=not args.no_progress,
         )
-    except (ValueError, OSError, RuntimeError) as problem:  # BenchmarkDataError is a ValueError
-        error(f"evaluation failed: {problem}; what was computed before is in {args.output}")
-        return 1
+    except Exception as problem:
+        kept = f"what was computed before is in {args.output}"
+        found = user_error(problem)
+        if found is None:  # a bug: run_door prints its traceback next
+            print(f"{args.prog}: the evaluation failed; {kept}", file=sys.stderr)
+            raise
+        raise ITADataError(f"evaluation failed: {found}; {kept}") from problem
     if main_process:
         for report in reports:
             published = PUBLISHED_FC_CLIP_MIOU.get(report["benchmark"])

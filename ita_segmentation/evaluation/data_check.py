@@ -32,6 +32,7 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..errors import ITADataError
 from ..label_maps import label_map_array
 
 __all__ = ["DataCheckError", "DataCheckReport", "DataProblem", "check_segmentation_data"]
@@ -54,7 +55,7 @@ class DataProblem:
         return f"{self.file}: {self.message}"
 
 
-class DataCheckError(ValueError):
+class DataCheckError(ITADataError, ValueError):
     """The data has problems; `report` holds them all and the message lists them."""
 
     def __init__(self, report: "DataCheckReport", what: str = "the dataset") -> None:

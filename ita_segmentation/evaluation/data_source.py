@@ -10,6 +10,7 @@ import datasets
 from ..segmentation_data import Unpaired
 from .benchmarks import _with_metadata, benchmark_metadata, get_benchmark, load_benchmark, load_hub_benchmark
 from .data_check import DataCheckError, DataCheckReport, check_segmentation_data
+from .errors import EvaluationDataError
 
 __all__ = ["check_evaluation_data", "load_benchmark_datasets", "load_evaluation_dataset"]
 
@@ -98,6 +99,11 @@ def check_evaluation_data(
                 {"file": problem.file, "problem": problem.message} for problem in report.problems
             ]
             kept = _with_metadata(kept, metadata)
+        if len(kept) == 0:
+            raise EvaluationDataError(
+                f"every one of the {len(dataset)} samples of {metadata['display_name']} was left out "
+                "(--skip-bad-samples), so there is nothing to evaluate: fix the files listed above"
+            )
         checked[name] = kept
     return checked
 

@@ -10,6 +10,7 @@ from modeling_ita.loading import check_device, load_segmentation_model
 from processing_ita import ITAProcessor
 
 from ..dtypes import torch_dtype
+from ..errors import ITAUsageError
 from ..onnx import ITAOnnxModel, resolve_backend
 
 __all__ = ["load_model_and_processor"]
@@ -49,7 +50,10 @@ def load_model_and_processor(
         shortest_edge = shortest_edge if shortest_edge is not None else size.shortest_edge
         longest_edge = longest_edge if longest_edge is not None else size.longest_edge
         if not shortest_edge:
-            raise ValueError("The processor resizes to a fixed size; give --shortest-edge to resize by the short side")
+            raise ITAUsageError(
+                f"The processor of {model_name_or_path} resizes to a fixed size; give --shortest-edge to resize by "
+                "the short side"
+            )
         # The face declares `size` as a dict; it holds a SizeDict.
         new_size = type(size)(shortest_edge=shortest_edge, longest_edge=longest_edge)
         processor.image_processor.size = new_size  # type: ignore[assignment]

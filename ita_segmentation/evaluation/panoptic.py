@@ -36,6 +36,7 @@ from processing_ita import ITAProcessor
 
 from ..vocabulary_files import read_vocabulary_file
 from .benchmarks import VOCABULARY_DIR
+from .errors import EvaluationDataError, MissingDataError, OutputFolderTakenError
 from .panoptic_quality import PanopticQuality
 
 logger = logging.getLogger(__name__)
@@ -112,17 +113,19 @@ def read_panoptic_split(
     missing or malformed."""
     annotation_file, png_dir, image_dir = Path(annotation_file), Path(png_dir), Path(image_dir)
     if not annotation_file.is_file():
-        raise FileNotFoundError(f"Panoptic annotations {annotation_file} do not exist")
+        raise MissingDataError(f"Panoptic annotations {annotation_file} do not exist")
     info = json.loads(annotation_file.read_text())
     for key in ("annotations", "categories", "images"):
         if not isinstance(info.get(key), list):
-            raise ValueError(f"{annotation_file} has no {key!r} list; is it a COCO panoptic annotation file?")
+            raise EvaluationDataError(f"{annotation_file} has no {key!r} list; is it a COCO panoptic annotation file?")
     categories = sorted((int(c["id"]), c["name"], bool(c.get("isthing", 0))) for c in info["categories"])
     image_files = {image["id"]: image["file_name"] for image in info["images"]}
     records = []
     for annotation in info["annotations"]:
         if annotation["image_id"] not in image_files:
-            raise ValueError(f"{annotation_file}: annotation {annotation['file_name']} names an unknown image_id")
+            raise EvaluationDataError(
+                f"{annotation_file}: annotation {annotation['file_name']} names an unknown image_id"
+            )
         records.append(
             {
                 "image": image_dir / image_files[annotation["image_id"]],
@@ -141,7 +144,10 @@ def find_panoptic_split(
     png_dir = next((data_dir / d for d in benchmark.png_dirs if (data_dir / d).is_dir()), None)
     if png_dir is None:
         tried = ", ".join(str(data_dir / d) for d in benchmark.png_dirs)
-        raise FileNotFoundError(f"{benchmark.display_name}: no panoptic PNG folder under {data_dir} (tried {tried})")
+        raise MissingDataError(
+            f"{benchmark.display_name}: no panoptic PNG folder under {data_dir} (tried {tried}); pass the datasets "
+            "root ($DETECTRON2_DATASETS) prepared by detectron2's prepare_*_panoptic scripts as --data-dir"
+        )
     return read_panoptic_split(data_dir / benchmark.annotation_file, png_dir, data_dir / benchmark.image_dir)
 
 
@@ -208,7 +214,7 @@ def write_panoptic_results(
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in ("results.json", "per_class.csv"):
         if (output_dir / name).exists():
-            raise FileExistsError(f"{output_dir / name} exists; choose another output folder")
+            raise OutputFolderTakenError(f"{output_dir / name} exists; choose another output folder")
 
     def percent(group: Mapping[str, Any]) -> dict[str, Any]:
         return {

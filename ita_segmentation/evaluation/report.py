@@ -5,7 +5,6 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,6 +17,7 @@ from processing_ita import ITAProcessor
 from .benchmark_names import PUBLISHED_FC_CLIP_MIOU
 from .benchmarks import BENCHMARKS, SegmentationBenchmark
 from .evaluator import BenchmarkEvaluation
+from .output_check import TABLE_HEADING, check_output_folders, is_results_report
 
 __all__ = [
     "PUBLISHED_FC_CLIP_MIOU",
@@ -169,11 +169,18 @@ def write_results_table(output_dir: str | os.PathLike[str]) -> Path:
     earlier ones in the folder), in the registry's order, with FC-CLIP's published mIoU beside each for
     reference. Returns the path."""
     output_dir = Path(output_dir)
-    reports = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(output_dir.glob("*/results.json"))]
+    reports = []
+    for path in sorted(output_dir.glob("*/results.json")):
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not an evaluation's results.json: a file of the user's
+            continue
+        if is_results_report(report):
+            reports.append(report)
     order = {name: index for index, name in enumerate(BENCHMARKS)}
     reports.sort(key=lambda report: (order.get(report["benchmark"], len(order)), report["benchmark"]))
     lines = [
-        "# Evaluation results",
+        TABLE_HEADING,
         "",
         "mIoU, fwIoU, mACC and pACC in percent (detectron2's SemSegEvaluator; means over the classes present in "
         "the split). One scale, no flip; see each benchmark's results.json for the full protocol.",
@@ -207,19 +214,3 @@ def write_results_table(output_dir: str | os.PathLike[str]) -> Path:
     path = output_dir / "results.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-def check_output_folders(output_dir: str | os.PathLike[str], names: Iterable[str], overwrite: bool = False) -> None:
-    """Raise `FileExistsError` when `output_dir/<name>` already holds results for one of `names`, unless
-    `overwrite`: results are never replaced silently (other results in `output_dir` are kept, and
-    `results.md` lists them all)."""
-    taken = [
-        Path(output_dir) / name
-        for name in names
-        if (Path(output_dir) / name).is_dir() and any((Path(output_dir) / name).iterdir())
-    ]
-    if taken and not overwrite:
-        raise FileExistsError(
-            f"{', '.join(str(path) for path in taken)} already hold(s) results; choose another output folder, or "
-            "give --overwrite to replace them"
-        )

@@ -1,17 +1,21 @@
 """`ita-export` (also `scripts/export_onnx.py`): export a model to an ONNX model folder, checked against PyTorch.
 
-Exit status: 0 when the folder is written and its graphs match PyTorch on the sample; 1 when the model cannot be
-loaded or exported, or the export does not match (the output folder is then left as it was); 2 for a usage error
-(a non-empty output folder without --overwrite, bad tolerances, the `onnx` extra missing), reported before the
-model is loaded. The arguments are parsed with the standard library only; torch and the model folder are
-imported once they are well formed.
+Exit status (through `ita_cli.export`'s `run_door`): 0 when the folder is written and its graphs match PyTorch on
+the sample; 1 when the model cannot be loaded or exported, or the export does not match (the output folder is then
+left as it was); 2 for a usage error (a missing model folder, a model folder that is already an export, an output
+folder that is the model's own or not empty without --overwrite, bad tolerances, the `onnx` extra missing),
+reported before the model is loaded. The arguments and folders are checked with the standard library only; torch
+and the model folder are imported once they pass.
 """
 
 import argparse
 import sys
 from collections.abc import Sequence
 
+from ..errors import ITAUsageError
+from ..locations import check_model_argument
 from .options import DEFAULT_ATOL, DEFAULT_RTOL
+from .output_folder import check_export_model, check_output_dir
 
 __all__ = ["PROG", "build_parser", "main", "run"]
 
@@ -54,39 +58,51 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """Run `ita-export` with `argv` (default `sys.argv[1:]`); returns the exit status (0 written, 1 failed or
-    mismatched, 2 usage error)."""
+    """Run `ita-export` with `argv` (default `sys.argv[1:]`); returns 0 when the folder is written and checked.
+    Refusals are raised (`ITAUsageError`: exit status 2, `ITAExportError`: 1) for `ita_cli.export`'s `run_door`
+    to report: usage errors, the model and output folders and the `onnx` extra are checked before torch is
+    imported."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     if not (args.atol >= 0 and args.rtol >= 0):
         parser.error(f"--atol and --rtol must be >= 0, got {args.atol} and {args.rtol}")
+    check_arguments(args)
     return run(args, prog)
 
 
-def run(args: argparse.Namespace, prog: str = PROG) -> int:
-    """`ita-export` with parsed arguments (`build_parser`); returns the exit status."""
-    from .export import ITAExportError, ITAExportMismatchError, Tolerances, check_output_dir, export_onnx  # torch
-    from .runtime import import_onnx_extra
+def check_arguments(args: argparse.Namespace) -> None:
+    """The checks that need no model, before torch is imported (each an `ITAUsageError` naming the way out): the
+    model's location (a missing folder, a folder that holds no ITA model, a Hub id offline and not cached), a model
+    folder that is already an export, and the output folder (a file, the model's own folder, a non-empty folder
+    without --overwrite, one holding files that ita-export did not write)."""
+    check_model_argument(args.model)
+    check_export_model(args.model)
+    check_output_dir(args.output, args.overwrite, model=args.model)
 
-    def report(message: object) -> None:
-        print(f"{prog}: error: {message}", file=sys.stderr)
+
+def _import_the_extra(prog: str) -> None:
+    """The `onnx` extra's packages, or an `ITAUsageError` naming the extra and how to install it."""
+    from .runtime import import_onnx_extra  # torch
 
     try:
         import_onnx_extra("onnx", "onnxscript", "onnxruntime", purpose=prog)
-        check_output_dir(args.output, args.overwrite)
-    except (ITAExportError, ImportError) as error:
-        report(error)
-        return 2
+    except ImportError as error:
+        raise ITAUsageError(str(error)) from error
+
+
+def run(args: argparse.Namespace, prog: str = PROG) -> int:
+    """`ita-export` with parsed arguments (`build_parser`); returns 0 when written and checked, raises
+    `ITAExportError` (exit status 1: the model cannot be loaded or exported, or the export does not match, and
+    nothing was written) or `ITAUsageError` (exit status 2)."""
+    _import_the_extra(prog)
+    from .export import ITAExportMismatchError, Tolerances, export_onnx  # torch
+
     tolerances = Tolerances(atol=args.atol, rtol=args.rtol)
     log = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     try:
         manifest = export_onnx(args.model, args.output, overwrite=args.overwrite, tolerances=tolerances, log=log)
     except ITAExportMismatchError as error:
-        report(f"{error}. Nothing was written to {args.output}.")
-        return 1
-    except ITAExportError as error:
-        report(error)
-        return 1
+        raise ITAExportMismatchError(f"{error}. Nothing was written to {args.output}.") from error
     check = manifest["check"]
     worst = max(
         (entry["max_abs_diff"] / entry["allowed"], name)
@@ -102,4 +118,6 @@ def run(args: argparse.Namespace, prog: str = PROG) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..errors import run_door
+
+    sys.exit(run_door(PROG, main))

@@ -40,8 +40,9 @@ from .check import (
     pooling_flips,
     top_two_margin,
 )
-from .errors import ITAExportError, ITAExportMismatchError
+from .errors import ITAExportError, ITAExportMismatchError, ITAExportUsageError
 from .manifest import CATEGORY_BANK_FILE, MODEL_FILE, TEXT_ENCODER_FILE, build_manifest, write_manifest
+from .output_folder import check_export_model, check_output_dir
 from .replay import attention_masks_given, graph_attention_masks
 from .runtime import ITAOnnxModel, import_onnx_extra
 from .tracing import export_segmentation_graph, export_text_encoder
@@ -52,8 +53,10 @@ __all__ = [
     "Tolerances",
     "ITAExportError",
     "ITAExportMismatchError",
+    "ITAExportUsageError",
     "attention_masks_given",
     "check_export",
+    "check_export_model",
     "check_output_dir",
     "export_onnx",
     "export_segmentation_graph",
@@ -73,19 +76,6 @@ def _log_to(log: Callable[[str], Any] | None) -> Callable[[str], None]:
             log(f"[{time.perf_counter() - start:6.1f} s] {message}")
 
     return say
-
-
-def check_output_dir(output_dir: str | os.PathLike[str], overwrite: bool) -> Path:
-    """`output_dir` as an absolute path, after refusing a file or (without `overwrite`) a non-empty folder."""
-    output_dir = Path(output_dir).resolve()
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ITAExportError(f"--output {output_dir} is a file, not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ITAExportError(
-            f"--output {output_dir} is not empty: choose an empty or new folder, or pass --overwrite to replace its "
-            "files of the same names"
-        )
-    return output_dir
 
 
 def load_model_and_processor(
@@ -133,12 +123,18 @@ def export_onnx(
 
     The files are written to a temporary folder beside `output_dir` and moved into it only when the check passes,
     so a failed export leaves `output_dir` as it was. Returns the manifest written to `onnx_export.json`. Raises
-    `ITAExportError` (missing model, non-empty output folder) or `ITAExportMismatchError` (the check failed).
+    `ITAExportUsageError` (the output folder is the model's, or not empty, or holds files of another program with
+    `overwrite`; the model is already an export), `ITAExportError` (the model cannot be loaded) or
+    `ITAExportMismatchError` (the check failed).
     """
     import_onnx_extra("onnx", "onnxscript", "onnxruntime", purpose="ita-export")
     say = _log_to(log)
-    output_dir = check_output_dir(output_dir, overwrite)
     model_name_or_path = None
+    if not isinstance(model, ITAForOpenVocabSegmentation):
+        check_export_model(model)
+    output_dir = check_output_dir(
+        output_dir, overwrite, model=None if isinstance(model, ITAForOpenVocabSegmentation) else model
+    )
     if not isinstance(model, ITAForOpenVocabSegmentation):
         model_name_or_path = model
         say(f"loading {model_name_or_path}")

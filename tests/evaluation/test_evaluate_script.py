@@ -18,6 +18,7 @@ import torch
 from conftest import save_tiny_model
 from PIL import Image
 
+import ita_cli
 from image_processing_ita import ITAImageProcessor
 from ita_segmentation.evaluation import BENCHMARKS, SegmentationConfusionMatrix, get_benchmark, load_benchmark
 from ita_segmentation.evaluation import cli as evaluate_cli
@@ -406,7 +407,7 @@ def test_mismatched_image_and_label_sizes_name_the_file(
         "0",
         "--no-progress",
     ]
-    assert evaluate_cli.main(argv) == 1
+    assert ita_cli.evaluate(argv) == 1
     assert str(image_path) in capsys.readouterr().err
     assert not (tmp_path / "out" / "ade150" / "results.json").exists()
 
@@ -544,7 +545,7 @@ def test_every_bad_label_map_is_named_before_the_model_is_loaded(tmp_path, model
         "0",
         "--no-progress",
     ]
-    assert evaluate_cli.main(argv) == 1
+    assert ita_cli.evaluate(argv) == 1
     err = capsys.readouterr().err
     assert "4 problem(s) in 3 of the 5 samples and 1 unpaired file(s) of A-150" in err
     assert f"{out_of_range}: class ids [200] are outside the vocabulary of 150 classes" in err
@@ -577,7 +578,7 @@ def test_results_computed_before_a_failure_are_kept(
     def failing_forward(*args, **kwargs):  # the fifth forward pass: the second image of PC-59
         calls.append(1)
         if len(calls) == 5:
-            raise RuntimeError("CUDA out of memory (simulated)")
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return forward(*args, **kwargs)
 
     model.forward = failing_forward
@@ -596,15 +597,17 @@ def test_results_computed_before_a_failure_are_kept(
             "0",
             "--no-progress",
         ]
-        assert evaluate_cli.main(argv) == 1
+        assert ita_cli.evaluate(argv) == 1
     finally:
         del model.forward
-    assert "CUDA out of memory (simulated)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "CUDA out of memory (simulated)" in err and "--batch-size" in err and "Traceback" not in err
+    assert f"what was computed before is in {tmp_path / 'out'}" in err
     complete = json.loads((tmp_path / "out" / "pas21" / "results.json").read_text())
     assert complete["complete"] is True and complete["num_images"] == 3
     partial = json.loads((tmp_path / "out" / "pc59" / "results.json").read_text())
     assert partial["complete"] is False and partial["num_images"] == 1
-    assert "RuntimeError: CUDA out of memory (simulated)" in partial["interrupted"]
+    assert "OutOfMemoryError: CUDA out of memory (simulated)" in partial["interrupted"]
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| PAS-21 |" in table and "| PC-59 | " in table and "1 of 5104 (interrupted)" in table
 
@@ -626,7 +629,7 @@ def test_results_already_in_the_output_folder_are_not_replaced(tmp_path, model_d
     ]
     assert evaluate_cli.main(argv) == 0
     first = (tmp_path / "out" / "pas21" / "results.json").stat().st_mtime_ns
-    assert evaluate_cli.main(argv) == 2
+    assert ita_cli.evaluate(argv) == 2
     assert "already hold(s) results" in capsys.readouterr().err
     assert (tmp_path / "out" / "pas21" / "results.json").stat().st_mtime_ns == first
     assert evaluate_cli.main(argv + ["--overwrite"]) == 0
@@ -687,7 +690,7 @@ def test_own_dataset_with_its_class_list(tmp_path, model_dir, model_and_processo
 def test_own_dataset_needs_its_class_list(tmp_path, model_dir, capsys):
     write_own_dataset(tmp_path / "mine")
     argv = ["--model", str(model_dir), "--dataset", str(tmp_path / "mine"), "--output", str(tmp_path / "out")]
-    assert evaluate_cli.main(argv) == 1
+    assert ita_cli.evaluate(argv) == 1
     assert "Cannot tell the class names" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # --data-dir is the benchmarks' root
         parse_evaluate_args(argv + ["--data-dir", str(tmp_path)])

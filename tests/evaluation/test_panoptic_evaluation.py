@@ -97,9 +97,11 @@ def test_script_names_a_class_list_mismatch_before_loading_the_model(coco_root, 
     spec = importlib.util.spec_from_file_location("evaluate_panoptic", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    (tmp_path / "model").mkdir()  # an ITA model folder to the pre-torch check; never loaded
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "ita"}')
     arguments = [
         "--model",
-        str(tmp_path / "no-model"),
+        str(tmp_path / "model"),
         "--benchmark",
         "coco_panoptic",
         "--data-dir",
@@ -108,5 +110,16 @@ def test_script_names_a_class_list_mismatch_before_loading_the_model(coco_root, 
         str(tmp_path / "pq"),
     ]
     # The COCO vocabulary has 133 classes, the generated split 5 categories: named before any model is loaded.
-    assert script.main(arguments) == 2
-    assert "the split has 5 categories but the class list 133 classes" in capsys.readouterr().err
+    assert script.main(arguments) == 1
+    error = capsys.readouterr().err
+    assert "the split has 5 categories but the class list 133 classes" in error and "Traceback" not in error
+    assert not (tmp_path / "pq").exists()
+    # A missing model folder is a usage error, found before torch is imported.
+    assert script.main([*arguments[:1], str(tmp_path / "no-model"), *arguments[2:]]) == 2
+    assert "no-model does not exist" in capsys.readouterr().err
+
+
+def test_panoptic_benchmark_names_match_the_registry():
+    from ita_segmentation.evaluation.benchmark_names import PANOPTIC_BENCHMARK_NAMES
+
+    assert tuple(PANOPTIC_BENCHMARKS) == PANOPTIC_BENCHMARK_NAMES

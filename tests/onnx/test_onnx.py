@@ -22,6 +22,7 @@ from conftest import ONNX_MODELS, ONNX_SPREAD, ONNX_TEST_SIZE, save_tiny_model, 
 from PIL import Image
 from transformers import pipeline
 
+import ita_cli
 from ita_segmentation.apps.cli import main as segment_main
 from ita_segmentation.onnx import ITAOnnxModel
 from ita_segmentation.onnx import export as onnx_export
@@ -254,26 +255,26 @@ def test_the_onnx_extra_stays_optional(ita_onnx_export, tmp_path, monkeypatch):
                 name for name in names if name.split(".")[0] in ("onnx", "onnxscript", "onnxruntime", "onnx_ir")
             ], path
 
-    _, exported = ita_onnx_export
+    source, exported = ita_onnx_export
     for name in ("onnx", "onnxscript", "onnxruntime"):
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed
     with pytest.raises(ImportError, match="ITAOnnxModel needs onnxruntime.*pip install 'ita-segmentation\\[onnx\\]'"):
         ITAOnnxModel.from_pretrained(exported)
     with pytest.raises(ImportError, match="ita-export needs onnx.*the `onnx` extra"):
         onnx_export.export_onnx(exported, tmp_path / "out")
-    assert export_main(["--model", str(exported), "--output", str(tmp_path / "out")]) == 2
+    assert ita_cli.export(["--model", str(source), "--output", str(tmp_path / "out")]) == 2
 
 
 # ------------------------------------------------------------------------------------------------ the command
 def test_export_command_refuses_bad_input(ita_onnx_export, tmp_path, capsys):
     source, _ = ita_onnx_export
-    assert export_main(["--model", str(tmp_path / "no-such-model"), "--output", str(tmp_path / "out"), "-q"]) == 1
+    assert ita_cli.export(["--model", str(tmp_path / "no-such-model"), "--output", str(tmp_path / "out"), "-q"]) == 2
     assert "no-such-model does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("keep me")
-    assert export_main(["--model", str(source), "--output", str(tmp_path / "full"), "-q"]) == 2
+    assert ita_cli.export(["--model", str(source), "--output", str(tmp_path / "full"), "-q"]) == 2
     error = capsys.readouterr().err
     assert "full is not empty" in error and "--overwrite" in error
     assert [path.name for path in (tmp_path / "full").iterdir()] == ["notes.txt"]
@@ -299,7 +300,7 @@ def test_export_command_refuses_an_export_that_does_not_match(ita_onnx_export, t
 
     monkeypatch.setattr(onnx_export, "export_segmentation_graph", copy_graph("model.onnx"))
     monkeypatch.setattr(onnx_export, "export_text_encoder", copy_graph("text_encoder.onnx"))
-    assert export_main(["--model", str(other), "--output", str(tmp_path / "out"), "-q"]) == 1
+    assert ita_cli.export(["--model", str(other), "--output", str(tmp_path / "out"), "-q"]) == 1
     error = capsys.readouterr().err
     assert (
         "do not match PyTorch" in error and "text_encoder:text_classifier" in error and "Nothing was written" in error
