@@ -34,7 +34,7 @@ class ITAClassNames(Sequence[str]):
     strings), so code that passes `class_names` as a list keeps working, while the synonyms travel with it.
 
     Attributes:
-        names: the K class strings as given (`"sofa, couch"`).
+        names: the K class strings as given (`"sofa, couch"`), less any byte-order mark (U+FEFF).
         synonyms: per class, its synonyms with surrounding spaces stripped (`("sofa", "couch")`).
         shared_synonyms: `(synonym, first_class, other_class)` for each synonym that names more than one class,
             compared as CLIP reads them (case and repeated spaces ignored).
@@ -94,6 +94,11 @@ def shared_synonyms(parsed: ITAClassNames | Iterable[Sequence[str]]) -> list[Sha
     return shared
 
 
+# U+FEFF: a byte-order mark, which a text file saved "with BOM" starts with; a reader that decodes it as plain UTF-8
+# keeps it in the first class's name, where CLIP would read it. It never belongs to a class name.
+_BYTE_ORDER_MARK = "\ufeff"
+
+
 def _split_classes(class_names: object) -> ITAClassNames:
     """The parsing rule: validate a vocabulary and split each class into its synonyms (see `parse_vocabulary`)."""
     if isinstance(class_names, str):
@@ -109,6 +114,7 @@ def _split_classes(class_names: object) -> ITAClassNames:
     for index, name in enumerate(names):
         if not isinstance(name, str):
             raise ValueError(f"Class {index} of the vocabulary is {type(name).__name__}, not a string: {name!r}")
+        name = names[index] = name.replace(_BYTE_ORDER_MARK, "")  # a text file's BOM, kept by a reader: not a name
         synonyms = tuple(synonym.strip() for synonym in name.split(","))
         if not name.strip():
             raise ValueError(f"Class {index} of the vocabulary is an empty string")
@@ -130,7 +136,8 @@ def parse_vocabulary(class_names: object, allow_shared_synonyms: bool = False) -
     that is empty, a non-string entry, duplicate class names, or (unless `allow_shared_synonyms`) a synonym given
     to two classes (`"sofa,couch"` and `"couch,sofa"`): the classes would tie on it. The user's doors (the
     processor, the pipeline, the apps) refuse shared synonyms; the model accepts them, because FC-CLIP's own
-    A-847 and PC-459 class lists have some and the published protocol uses them as they are.
+    A-847 and PC-459 class lists have some and the published protocol uses them as they are. A byte-order mark
+    (U+FEFF, which a class file saved "with BOM" starts with) is removed from every name.
     """
     vocabulary = class_names if isinstance(class_names, ITAClassNames) else _split_classes(class_names)
     if not allow_shared_synonyms and vocabulary.shared_synonyms:

@@ -4,6 +4,7 @@ Shared by the wings: evaluation's benchmark vocabularies, training's `--vocabula
 `--labels_file` all read their classes with `read_vocabulary_file`.
 """
 
+import codecs
 import os
 import re
 from pathlib import Path
@@ -26,13 +27,13 @@ def read_vocabulary_file(path: str | os.PathLike[str], allow_shared_synonyms: bo
     are FC-CLIP's `0:invalid_class_id` placeholders. Raises `ValueError` naming the file and line for a
     malformed line, an empty class name or synonym, a duplicate id, a gap in the ids, a duplicate class, or
     (unless `allow_shared_synonyms`, which the shipped A-847 and PC-459 lists need) a synonym of two classes.
+    The file is UTF-8 (a byte-order mark is removed) or UTF-16 with its mark; `FileNotFoundError` for a missing
+    file, `IsADirectoryError` for a folder, `ValueError` for other text.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Vocabulary file {path} does not exist")
     entries: list[tuple[int | None, int, str]] = []  # (id or None, line number, class)
     with_ids: bool | None = None
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
         where = f"{path}, line {number}"
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -88,3 +89,25 @@ def read_vocabulary_file(path: str | os.PathLike[str], allow_shared_synonyms: bo
                 f"(line {first_number}); give each synonym to one class"
             )
     return [name for _, _, name in entries]
+
+
+def _read_text(path: Path) -> str:
+    """The text of a class file: UTF-8, with or without a byte-order mark, or UTF-16 with its mark (what Windows
+    editors save as "Unicode"). Byte-order marks are removed wherever they are (a file concatenated from files
+    saved with one has them inside). Raises `FileNotFoundError` for a missing file, `IsADirectoryError` for a
+    folder, and `ValueError` for text that is neither, each naming the file."""
+    if path.is_dir():
+        raise IsADirectoryError(f"Vocabulary file {path} is a folder; give a text file with one class per line")
+    if not path.exists():
+        raise FileNotFoundError(f"Vocabulary file {path} does not exist")
+    data = path.read_bytes()
+    try:
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            text = data.decode("utf-16")
+        else:
+            text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"Vocabulary file {path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8"
+        ) from None
+    return text.replace("\ufeff", "")

@@ -135,3 +135,37 @@ def test_checks_import_no_torch():
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert completed.stdout.strip() == "ok", completed.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Byte-order marks and class files
+
+
+def test_byte_order_mark_is_no_part_of_a_class_name():
+    from processing_ita import parse_vocabulary
+
+    vocabulary = parse_vocabulary(["\ufeffcat,kitty", "dog"])
+    assert vocabulary.names == ("cat,kitty", "dog")
+    assert vocabulary.synonyms[0] == ("cat", "kitty")
+    # the BOM alone does not make a second "cat" a different class
+    with pytest.raises(ValueError, match="Duplicate class name"):
+        parse_vocabulary(["\ufeffcat", "cat"])
+
+
+def test_class_files_with_byte_order_marks_and_other_encodings(tmp_path):
+    from ita_segmentation.vocabulary_files import read_vocabulary_file
+
+    path = tmp_path / "classes.txt"
+    path.write_bytes("\ufeffcat,kitty\ndog\n".encode())
+    assert read_vocabulary_file(path) == ["cat,kitty", "dog"]
+    path.write_bytes("\ufeffcat\n".encode() + "\ufeffdog\n".encode())  # two files saved with a BOM, concatenated
+    assert read_vocabulary_file(path) == ["cat", "dog"]
+    path.write_text("cat\ndög\n", encoding="utf-16")  # Windows' "Unicode": UTF-16 with its mark
+    assert read_vocabulary_file(path) == ["cat", "dög"]
+    path.write_bytes(b"cat\nd\xf6g\n")  # Latin-1
+    with pytest.raises(ValueError, match=r"classes.txt is not UTF-8 text.*save it as UTF-8"):
+        read_vocabulary_file(path)
+    with pytest.raises(IsADirectoryError, match=r"is a folder; give a text file"):
+        read_vocabulary_file(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"missing.txt does not exist"):
+        read_vocabulary_file(tmp_path / "missing.txt")
