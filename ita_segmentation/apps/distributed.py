@@ -111,11 +111,22 @@ class Processes:
 
 def start_processes(device_name: str | None) -> Processes:
     """This process's place in the run: the only one, unless started by `accelerate launch` or `torchrun` (which
-    set `WORLD_SIZE`), whose processes join accelerate's process group (CPU processes when `--device cpu`)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    set `WORLD_SIZE`), whose processes join accelerate's process group: CPU processes (gloo) when `--device cpu`
+    is given, `accelerate launch --cpu` was used or the machine has no accelerator, else one per accelerator."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
         return Processes()
     from accelerate import PartialState
 
-    cpu = device_name is not None and device_name.strip().lower().startswith("cpu")
+    cpu = (
+        (device_name is not None and device_name.strip().lower().startswith("cpu"))
+        or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        or not torch.accelerator.is_available()
+    )
     state = PartialState(cpu=cpu)
+    if state.num_processes != world_size:
+        raise ITAUsageError(
+            f"{world_size} processes were started, but accelerate found no way to join them on this machine's "
+            f"{state.device.type}; give --device cpu, or start one process"
+        )
     return Processes(state.process_index, state.num_processes, state)
