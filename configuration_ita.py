@@ -11,7 +11,7 @@ import difflib
 import inspect
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from transformers import PreTrainedConfig
@@ -234,6 +234,71 @@ def _drop_pipelines_served_here(kwargs: dict[str, Any]) -> None:
         del kwargs["custom_pipelines"]
 
 
+def _string_list(value: Any) -> Any:
+    """A list of a sequence's items (a tuple, a list); anything else (a single string, a number) as it is, for
+    `ITAConfig._validate_types` to name (`list("a photo of {}")` would split it into characters)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+# The type of each ITAConfig field that config.json gives (`list` is a list of strings; `float` takes an int).
+_FIELD_TYPES: dict[str, type] = {
+    "clip_config": dict,
+    "dominant_category_features": str,
+    "dominant_category_extra_names": list,
+    "prompt_templates": list,
+    "train_vocabulary": list,
+    **{
+        field: int
+        for field in (
+            "num_queries",
+            "num_dominant_categories",
+            "dominant_category_image_size",
+            "hidden_dim",
+            "decoder_layers",
+            "decoder_attention_heads",
+            "decoder_ffn_dim",
+            "num_feature_levels",
+            "pixel_decoder_dim",
+            "mask_dim",
+            "pixel_decoder_encoder_layers",
+            "pixel_decoder_attention_heads",
+            "pixel_decoder_num_points",
+            "pixel_decoder_ffn_dim",
+            "group_norm_groups",
+            "train_num_points",
+            "text_batch_size",
+        )
+    },
+    **{
+        field: float
+        for field in (
+            "decoder_dropout",
+            "pixel_decoder_dropout",
+            "logit_scale_init",
+            "logit_scale_max",
+            "ensemble_alpha",
+            "ensemble_beta",
+            "class_weight",
+            "mask_weight",
+            "dice_weight",
+            "no_object_weight",
+            "oversample_ratio",
+            "importance_sample_ratio",
+            "init_std",
+        )
+    },
+    **{field: bool for field in ("decoder_self_attention", "ensemble_on_valid_mask", "deep_supervision")},
+}
+_TYPE_NAMES = {
+    bool: "true or false (a JSON boolean)",
+    int: "an integer",
+    float: "a finite number",
+    str: "a string",
+    dict: "a JSON object (a dict)",
+    list: "a list of strings",
+}
+
+
 class ITAConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]  # PreTrainedConfig's __init_subclass__
     r"""
     Configuration of [`ITAForOpenVocabSegmentation`]. The defaults build ITA with the frozen OpenCLIP
@@ -404,7 +469,7 @@ class ITAConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]  # PreTraine
         self.clip_config = copy.deepcopy(clip_config if clip_config is not None else CONVNEXT_LARGE_D_320_CLIP_CONFIG)
         self.num_queries = num_queries
         self.num_dominant_categories = num_dominant_categories
-        self.dominant_category_extra_names = list(dominant_category_extra_names)
+        self.dominant_category_extra_names = _string_list(dominant_category_extra_names)
         self.dominant_category_image_size = dominant_category_image_size
         self.dominant_category_features = dominant_category_features
         self.decoder_self_attention = decoder_self_attention
@@ -422,8 +487,12 @@ class ITAConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]  # PreTraine
         self.pixel_decoder_ffn_dim = pixel_decoder_ffn_dim
         self.pixel_decoder_dropout = pixel_decoder_dropout
         self.group_norm_groups = group_norm_groups
-        self.prompt_templates = list(prompt_templates if prompt_templates is not None else VILD_PROMPT_TEMPLATES)
-        self.train_vocabulary = list(train_vocabulary if train_vocabulary is not None else COCO_PANOPTIC_VOCABULARY)
+        self.prompt_templates = _string_list(
+            prompt_templates if prompt_templates is not None else VILD_PROMPT_TEMPLATES
+        )
+        self.train_vocabulary = _string_list(
+            train_vocabulary if train_vocabulary is not None else COCO_PANOPTIC_VOCABULARY
+        )
         self.logit_scale_init = logit_scale_init
         self.logit_scale_max = logit_scale_max
         self.ensemble_alpha = ensemble_alpha
@@ -481,12 +550,37 @@ class ITAConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]  # PreTraine
         embed_dim: int = self.clip_config["embed_dim"]
         return embed_dim
 
+    def _validate_types(self, fail: Callable[[str, str], NoReturn]) -> None:
+        """Each field's type (`_FIELD_TYPES`), before any value is compared: a config.json value of the wrong
+        type (`"ensemble_alpha": "high"`) is named with its field, its value and the type it needs."""
+        for field, kind in _FIELD_TYPES.items():
+            value = getattr(self, field)
+            if kind is bool:
+                valid = isinstance(value, bool)
+            elif kind is int:
+                valid = isinstance(value, int) and not isinstance(value, bool)
+            elif kind is float:
+                valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            elif kind is str:
+                valid = isinstance(value, str)
+            elif kind is dict:
+                valid = isinstance(value, dict)
+            else:  # a list of strings
+                valid = isinstance(value, list) and all(isinstance(item, str) for item in value)
+            if not valid:
+                fail(
+                    field,
+                    f"must be {_TYPE_NAMES[kind]}, got {value!r} ({type(value).__name__}); fix it in config.json "
+                    f"or where the config is made",
+                )
+
     def validate_ita(self) -> None:
         """Raise a `ValueError` naming the field of any invalid value or combination."""
 
         def fail(field: str, message: str) -> NoReturn:
             raise ValueError(f"ITAConfig.{field}: {message}")
 
+        self._validate_types(fail)
         clip = self.clip_config
         if not isinstance(clip, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(clip):
             fail("clip_config", "must be an open_clip config dict with 'embed_dim', 'vision_cfg' and 'text_cfg'")
@@ -540,6 +634,15 @@ class ITAConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]  # PreTraine
             value = getattr(self, field)
             if not 0.0 <= value <= 1.0:
                 fail(field, f"must lie in [0, 1], got {value!r}")
+        for field in ("decoder_dropout", "pixel_decoder_dropout"):
+            value = getattr(self, field)
+            if not 0.0 <= value < 1.0:
+                fail(field, f"must lie in [0, 1), got {value!r}")
+        for field in ("class_weight", "mask_weight", "dice_weight", "no_object_weight", "init_std"):
+            if getattr(self, field) < 0:
+                fail(field, f"must be >= 0, got {getattr(self, field)!r}")
+        if self.logit_scale_max <= 0:
+            fail("logit_scale_max", f"must be > 0, got {self.logit_scale_max!r}")
         if self.oversample_ratio < 1.0:
             fail("oversample_ratio", f"must be >= 1, got {self.oversample_ratio!r}")
         if not self.prompt_templates:

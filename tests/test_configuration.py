@@ -101,3 +101,33 @@ def test_unknown_config_keys_are_named_in_a_warning(tmp_path):
     assert "'colour'" in captured.out
     assert "'decoder_layerz' (did you mean 'decoder_layers'?)" in captured.out
     assert loaded.decoder_layers == ITAConfig().decoder_layers  # the misspelt value was not used
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("ensemble_alpha", "high", "a finite number"),
+        ("ensemble_alpha", float("nan"), "a finite number"),
+        ("num_queries", "12", "an integer"),
+        ("num_queries", True, "an integer"),
+        ("decoder_self_attention", "yes", "true or false"),
+        ("prompt_templates", "a photo of {}", "a list of strings"),
+        ("train_vocabulary", 5, "a list of strings"),
+        ("clip_config", "convnext", "a JSON object"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_field_value_and_type(field, value, expected):
+    with pytest.raises(ValueError, match=rf"ITAConfig\.{field}: must be {expected}.*got {value!r:.8}") as error:
+        tiny_config(**{field: value})
+    assert not isinstance(error.value, TypeError)
+
+
+def test_a_config_json_value_of_the_wrong_type_is_named_when_loading(tmp_path):
+    import json
+
+    tiny_config().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["ensemble_alpha"] = "high"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"ITAConfig\.ensemble_alpha: must be a finite number, got 'high' \(str\)"):
+        AutoConfig.from_pretrained(tmp_path)
