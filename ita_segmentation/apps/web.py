@@ -419,10 +419,11 @@ def build_demo(service: SegmentationService) -> Any:
         return gr.update(visible=True, value=DEFAULT_THRESHOLDS[task], label=f"Score threshold ({task})")
 
     limits = service.limits
+    shown_name = service.display_name.replace("`", "'")  # in a code span: underscores and stars stay as typed
     with gr.Blocks(title=f"ITA segmentation: {service.display_name}", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# ITA / FC-CLIP open-vocabulary segmentation\n"
-            f"Model: **{service.display_name}**. Upload an image (at most "
+            f"Model: `{shown_name}`. Upload an image (at most "
             f"{megabytes(limits.max_upload_bytes)} MB and {limits.max_pixels / 1e6:g} megapixels), name the "
             f"classes (one per line; synonyms separated by commas; end a line with `{STUFF_MARKER}` for a stuff "
             "class such as sky or wall), and choose the task.",
@@ -431,7 +432,9 @@ def build_demo(service: SegmentationService) -> Any:
         with gr.Row():
             with gr.Column():
                 image_file = gr.File(label="Image", file_types=["image"], type="filepath")
-                shown = gr.Image(label="Your image", type="pil", interactive=False, buttons=[], height=240)
+                shown = gr.Image(
+                    label="Your image", type="pil", interactive=False, buttons=[], height=240, elem_id="preview"
+                )
                 benchmark = gr.Dropdown(choices=list(class_lists), value=None, label="Or pick a benchmark's class list")
                 classes = gr.Textbox(
                     label=f"Classes (one per line, at most {limits.max_classes})",
@@ -451,19 +454,37 @@ def build_demo(service: SegmentationService) -> Any:
                 run = gr.Button("Segment", variant="primary")
             with gr.Column():
                 # No toolbar: its icons would hide the legend's first entry (the overlay is offered below).
-                picture = gr.Image(label="Overlay", type="pil", format="png", interactive=False, buttons=[])
+                picture = gr.Image(
+                    label="Overlay",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    buttons=[],
+                    height=420,
+                    elem_id="overlay",
+                )
                 note = gr.Markdown(elem_id="note")
                 table = gr.Dataframe(
                     label="Per class / per segment",
+                    elem_id="table",
                     interactive=False,
                     wrap=True,
+                    headers=["class", "pixel share (%)", "score"],
                     column_widths=_COLUMN_WIDTHS["semantic"],
                 )
                 download = gr.File(label="Label map and overlay (PNG)", file_count="multiple", interactive=False)
         # Light events: no queue, so they answer even while segmentations are waiting.
         benchmark.change(pick_list, inputs=benchmark, outputs=classes, queue=False, api_name=False)  # type: ignore[arg-type]  # False: no API endpoint
         task.change(pick_task, inputs=task, outputs=threshold, queue=False, api_name=False)  # type: ignore[arg-type]
-        image_file.change(preview, inputs=image_file, outputs=shown, queue=False, api_name="preview")
+        # Queued (a refusal's message shows only for queued events) but never behind a segmentation.
+        image_file.change(
+            preview,
+            inputs=image_file,
+            outputs=shown,
+            api_name="preview",
+            concurrency_limit=None,
+            concurrency_id="preview",
+        )
         run.click(
             segment,
             inputs=[image_file, classes, task, threshold],

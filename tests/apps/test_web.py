@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from ita_segmentation.apps.web import (
+    DEFAULT_THRESHOLDS,
     STUFF_MARKER,
     SegmentationService,
     WebInputError,
@@ -82,6 +83,82 @@ def test_files_that_are_not_images_are_named(tmp_path):
         check_upload(None, WebLimits())
 
 
+def test_web_input_errors_are_usage_errors_logged_in_one_line():
+    import io
+
+    from ita_segmentation.apps.web import log_refusal
+    from ita_segmentation.errors import ITAUsageError
+
+    assert issubclass(WebInputError, ITAUsageError) and issubclass(WebInputError, ValueError)
+    stream = io.StringIO()
+    assert log_refusal(WebInputError("two\nlines  here"), stream) == "two lines here"
+    assert stream.getvalue() == "ita-web: refused a request: two lines here\n"
+
+
+def test_threshold_is_checked_and_semantic_ignores_it():
+    from ita_segmentation.apps.web import check_threshold
+
+    assert check_threshold("anything", "semantic") is None
+    assert check_threshold(None, "panoptic") == DEFAULT_THRESHOLDS["panoptic"] == 0.8
+    assert check_threshold(None, "instance") == DEFAULT_THRESHOLDS["instance"] == 0.5
+    assert check_threshold(0, "instance") == 0.0 and check_threshold("0.25", "panoptic") == 0.25
+    for bad in (1.5, -0.1, float("nan"), "high", [0.5]):
+        with pytest.raises(WebInputError, match="threshold must be a number from 0 to 1"):
+            check_threshold(bad, "panoptic")
+    # The panoptic default is the processor's own.
+    import inspect
+
+    from image_processing_ita import ITAImageProcessor
+
+    signature = inspect.signature(ITAImageProcessor.post_process_panoptic_segmentation)
+    assert signature.parameters["threshold"].default == DEFAULT_THRESHOLDS["panoptic"]
+
+
+def test_table_names_are_shortened_by_whole_synonyms():
+    from ita_segmentation.apps.web import table_name
+
+    assert table_name("sofa,couch") == "sofa, couch"
+    long_list = ",".join(f"synonym{number}" for number in range(30))
+    shown = table_name(long_list, length=40)
+    assert shown.startswith("synonym0, synonym1, ") and shown.endswith("more)") and len(shown) <= 40 + 12
+    kept = shown.split(" (+")[0].split(", ")
+    assert shown.endswith(f"(+{30 - len(kept)} more)")
+    assert table_name("x" * 100, length=10) == "x" * 9 + "…"
+
+
+def test_model_display_name(tmp_path, monkeypatch):
+    from ita_segmentation.apps.web import megabytes, model_display_name
+
+    monkeypatch.chdir(tmp_path)
+    assert model_display_name(tmp_path / "demo_output" / "model") == "demo_output/model"
+    assert model_display_name("owner/name") == "owner/name"
+    assert model_display_name("/elsewhere/model") == "/elsewhere/model"
+    assert (megabytes(20 * 1024**2), megabytes(1024**2 // 2)) == ("20", "0.5")
+
+
+def test_listen_address_checks(monkeypatch):
+    from ita_segmentation.apps.web_cli import check_listen_address, check_web_model
+    from ita_segmentation.apps.web_settings import DEFAULT_MODEL
+    from ita_segmentation.errors import ITAUsageError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ITAUsageError, match=rf"--port {port} is taken on 127.0.0.1: .*--port"):
+            check_listen_address("127.0.0.1", port)
+    with pytest.raises(ITAUsageError, match="--port 70000: a port is a number from 1 to 65535"):
+        check_listen_address("127.0.0.1", 70000)
+    with pytest.raises(ITAUsageError, match="--host no.such.host.invalid: not a known address"):
+        check_listen_address("no.such.host.invalid", free_port())
+    check_listen_address("127.0.0.1", free_port())
+    if not DEFAULT_MODEL.exists():
+        with pytest.raises(ITAUsageError, match="make demo"):
+            check_web_model(str(DEFAULT_MODEL))
+    with pytest.raises(ITAUsageError, match="./missing does not exist"):
+        check_web_model("./missing")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The service (the page's work, without Gradio)
 # ----------------------------------------------------------------------------------------------------------
@@ -90,17 +167,39 @@ def test_files_that_are_not_images_are_named(tmp_path):
 @pytest.mark.parametrize("task", ["semantic", "panoptic", "instance"])
 def test_service_tasks(service, tmp_path, task):
     image = save_image(tmp_path / "photo.jpg")
-    picture, rows, header, label_path = service.segment(image, CLASSES, task)
+    picture, rows, header, widths, label_path, overlay_path, note = service.segment(image, CLASSES, task)
     assert picture.height == 40 and picture.width >= 56 and picture.mode == "RGB"  # a legend beside, if any
     with Image.open(label_path) as label_map:
         assert label_map.size == (56, 40)
         expected_mode = {"semantic": "L", "panoptic": "RGB", "instance": "I;16"}[task]
         assert label_map.mode == expected_mode
     assert len(header) == len(rows[0]) if rows else True
+    assert len(widths) == len(header)
+    with Image.open(overlay_path) as saved:
+        assert saved.size == picture.size
     if task == "semantic":
         assert rows and sum(row[1] for row in rows) == pytest.approx(100, abs=0.1)
-    # Each request writes its own file: an earlier visitor's download is never overwritten.
-    assert service.segment(image, CLASSES, task)[3] != label_path
+        assert note.endswith("of 3 classes present.")
+    else:
+        assert f"the score threshold {DEFAULT_THRESHOLDS[task]:.2f}" in note
+    # Each request writes its own files: an earlier visitor's download is never overwritten.
+    again = service.segment(image, CLASSES, task)
+    assert again.label_path != label_path and again.overlay_path != overlay_path
+
+
+def test_service_preview_and_threshold(service, tmp_path):
+    image = save_image(tmp_path / "photo.png", 600, 900)
+    assert service.preview(image).size == (512, 341) and service.preview(None) is None
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(WebInputError, match="not an image"):
+        service.preview(tmp_path / "notes.png")
+    small = save_image(tmp_path / "small.png")
+    none = service.segment(small, CLASSES, "panoptic", threshold=1.0)
+    assert none.rows == [] and none.note.startswith("No segment reached the score threshold 1.00: lower the")
+    every = service.segment(small, CLASSES, "instance", threshold=0.0)
+    assert every.rows and every.note.endswith("reached the score threshold 0.00.")
+    with pytest.raises(WebInputError, match="threshold"):
+        service.segment(small, CLASSES, "instance", threshold=3)
 
 
 def test_service_refuses_bad_requests(service, tmp_path):
@@ -155,11 +254,15 @@ def test_page_segments_through_gradio_client(page, tmp_path):
     demo, url = page
     assert demo.server_name == "127.0.0.1"  # the default: this machine only
     client = Client(url, verbose=False, analytics_enabled=False)
-    assert list(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == ["/segment"]
+    assert sorted(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == [
+        "/preview",
+        "/segment",
+    ]
     image = save_image(tmp_path / "photo.png")
-    picture, table, label_path = client.predict(handle_file(str(image)), CLASSES, "panoptic", api_name="/segment")
-    with Image.open(picture) as overlay_image:
-        assert overlay_image.size == (56, 40)
+    picture, table, files, note = client.predict(handle_file(str(image)), CLASSES, "panoptic", 0.8, api_name="/segment")
+    label_path, overlay_path = files
+    with Image.open(picture) as overlay_image, Image.open(overlay_path) as saved:
+        assert overlay_image.size[1] == 40 and saved.size == overlay_image.size
     with Image.open(label_path) as label_map:
         assert label_map.mode == "RGB" and label_map.size == (56, 40)
     assert table["headers"] == ["segment", "class", "score", "pixel share (%)", "stuff"]
@@ -173,9 +276,11 @@ def test_page_reports_limits(page, tmp_path):
     huge = tmp_path / "huge.png"
     Image.new("1", (10_000, 10_000)).save(huge)
     with pytest.raises(Exception, match="megapixels"):
-        client.predict(handle_file(str(huge)), CLASSES, "semantic", api_name="/segment")
+        client.predict(handle_file(str(huge)), CLASSES, "semantic", 0.8, api_name="/segment")
     with pytest.raises(Exception, match="at most 300"):
-        client.predict(handle_file(str(save_image(tmp_path / "a.png"))), "x" * 301, "semantic", api_name="/segment")
+        client.predict(
+            handle_file(str(save_image(tmp_path / "a.png"))), "x" * 301, "semantic", 0.8, api_name="/segment"
+        )
 
 
 def test_upload_byte_limit_is_enforced_by_the_server(service, tmp_path):
@@ -196,7 +301,7 @@ def test_upload_byte_limit_is_enforced_by_the_server(service, tmp_path):
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False)
         image = save_image(tmp_path / "big.png", 80, 80)  # about 19 kB of noise
         with pytest.raises(Exception, match="(?i)file.*(large|size|exceed)"):
-            client.predict(handle_file(str(image)), CLASSES, "semantic", api_name="/segment")
+            client.predict(handle_file(str(image)), CLASSES, "semantic", 0.8, api_name="/segment")
     finally:
         demo.close()
 
@@ -227,7 +332,7 @@ def test_queue_runs_one_at_a_time_and_turns_away_the_excess(service, tmp_path):
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False)
         image = handle_file(str(save_image(tmp_path / "photo.png")))
-        jobs = [client.submit(image, CLASSES, "semantic", api_name="/segment") for _ in range(4)]
+        jobs = [client.submit(image, CLASSES, "semantic", 0.8, api_name="/segment") for _ in range(4)]
         outcomes = []
         for job in jobs:
             try:
