@@ -461,7 +461,7 @@ class ITAVocabularyEncoder:
                     shown = synonym if len(synonym) <= 40 else f"{synonym[:37]}..."
                     cut.append(
                         f"class {index} ({shown!r}, {len(synonym):,} characters): {longest:,} tokens given, "
-                        f"{context} used (read up to {kept[-30:]!r})"
+                        f"{context} used (read up to {' '.join(kept.split()[-4:])[-40:]!r})"
                     )
         if cut:
             self._warned.add(tuple(class_names))
