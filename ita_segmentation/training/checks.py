@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -29,13 +30,16 @@ from ..locations import check_model_argument
 
 __all__ = [
     "CHECKPOINT_FOLDER",
+    "HALF_EVALUATION",
     "LAST_CHECKPOINT",
     "check_locations",
     "check_output_folders",
     "check_values",
     "compare_configs",
+    "cpu_run",
     "last_checkpoint",
     "light_values",
+    "refuse_half_precision_evaluation_on_cpu",
     "resolve_checkpoint",
 ]
 
@@ -192,7 +196,13 @@ _LIGHT_TRAINING_OPTIONS: dict[str, Callable[[str], Any]] = {
     "dataloader_num_workers": int,
     "output_dir": str,
     "resume_from_checkpoint": str,
+    "use_cpu": bool,
+    "bf16_full_eval": bool,
+    "fp16_full_eval": bool,
 }
+_TRUE = ("yes", "true", "t", "y", "1")
+# The options that evaluate the whole model in half precision.
+HALF_EVALUATION = ("bf16_full_eval", "fp16_full_eval")
 
 
 def light_values(argv: Sequence[str]) -> dict[str, Any]:
@@ -201,7 +211,8 @@ def light_values(argv: Sequence[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for name in _LIGHT_TRAINING_OPTIONS:
         spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        parser.add_argument(*spellings, dest=name, default=None)
+        flag = {"nargs": "?", "const": "true"} if _LIGHT_TRAINING_OPTIONS[name] is bool else {}
+        parser.add_argument(*spellings, dest=name, default=None, **flag)
     try:
         found, _ = parser.parse_known_args(list(argv))
     except SystemExit:  # e.g. an option without its value: the full parser says so
@@ -210,6 +221,9 @@ def light_values(argv: Sequence[str]) -> dict[str, Any]:
     for name, kind in _LIGHT_TRAINING_OPTIONS.items():
         text = getattr(found, name)
         if text is None:
+            continue
+        if kind is bool:
+            values[name] = text.strip().lower() in _TRUE
             continue
         try:
             values[name] = kind(text)
@@ -323,7 +337,7 @@ def check_output_folders(values: Mapping[str, Any]) -> None:
         return
     if output.is_dir() and any(output.iterdir()):
         raise ITAUsageError(
-            f"output_dir {output_dir} is not empty ({_listing(output)}); resume that run with "
+            f"--output_dir {output_dir} is not empty ({_listing(output)}); resume that run with "
             "--resume_from_checkpoint last, choose another --output_dir, or give --overwrite_output_dir to train "
             "anew into it"
         )
@@ -425,6 +439,13 @@ def compare_configs(checkpoint: str, checkpoint_config: Mapping[str, Any], confi
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cpu_run(values: Mapping[str, Any]) -> bool:
+    """Whether a run with the options `values` trains on the CPU, as far as the command line and this machine tell
+    without torch: `--use_cpu`, or no NVIDIA (or ROCm) driver."""
+    drivers = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")
+    return bool(values.get("use_cpu")) or (sys.platform == "linux" and not any(map(os.path.exists, drivers)))
 
 
 def refuse_half_precision_evaluation_on_cpu(flags: Iterable[tuple[str, bool]]) -> None:

@@ -35,7 +35,16 @@ from typing import Any
 
 from ..errors import ITADataError, ITAUsageError, ITAUserError
 from .arguments import ITADataArguments, ITAModelArguments, ITARecipeArguments
-from .checks import check_locations, check_output_folders, check_values, light_values, resolve_checkpoint
+from .checks import (
+    HALF_EVALUATION,
+    check_locations,
+    check_output_folders,
+    check_values,
+    cpu_run,
+    light_values,
+    refuse_half_precision_evaluation_on_cpu,
+    resolve_checkpoint,
+)
 
 __all__ = [
     "COMMON_TRAINING_OPTIONS",
@@ -313,6 +322,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         check_values(values)
         check_locations(values)
         check_output_folders(values)
+        if cpu_run(values):
+            refuse_half_precision_evaluation_on_cpu([(name, values.get(name, False)) for name in HALF_EVALUATION])
         if not values.get("precompute_dominant_categories_to"):
             resolve_checkpoint(values.get("resume_from_checkpoint"), values.get("output_dir"))
 

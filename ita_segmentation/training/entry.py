@@ -23,6 +23,7 @@ from configuration_ita import ITAConfig
 from ..errors import ITADataError, ITAUsageError
 from .arguments import ITADataArguments, ITAModelArguments
 from .checks import (
+    HALF_EVALUATION,
     check_locations,
     check_output_folders,
     check_values,
@@ -83,9 +84,7 @@ def check_run(
     check_locations(values)
     check_output_folders(values)
     if training_args.device.type == "cpu":
-        refuse_half_precision_evaluation_on_cpu(
-            [("bf16_full_eval", training_args.bf16_full_eval), ("fp16_full_eval", training_args.fp16_full_eval)]
-        )
+        refuse_half_precision_evaluation_on_cpu([(name, getattr(training_args, name)) for name in HALF_EVALUATION])
     config = planned_config(model_args)
     without_ranking = not config.num_dominant_categories
     if without_ranking and data_args.precompute_dominant_categories_to:
