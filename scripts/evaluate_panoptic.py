@@ -52,8 +52,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     """What needs no torch: the model (a folder written by ita-export is refused: this evaluation runs PyTorch
     models), the device, float16 on the CPU, the data root and the output folder."""
     check_model_argument(args.model)
-    check_device_argument(args.device)
     check_backend_argument(args.model, "pytorch", args.device, args.dtype)
+    check_device_argument(args.device)
     if args.dtype == "float16" and args.device.strip().lower().startswith("cpu"):
         raise ITAUsageError(
             "--dtype float16 runs on a GPU only, and the device is the CPU: use --dtype bfloat16 or leave --dtype "

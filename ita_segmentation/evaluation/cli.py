@@ -259,8 +259,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     the value and the way out): the model's location and backend, the device, half precision on the CPU, the
     data's locations, and the output folder (results are never replaced silently)."""
     check_model_argument(args.model)
-    check_device_argument(args.device)
+    # The backend before the device: an exported folder with --device cuda is told that onnxruntime runs on the CPU.
     args.backend = check_backend_argument(args.model, args.backend, args.device, args.dtype)
+    check_device_argument(args.device)
     if args.backend == "onnxruntime":
         args.device = "cpu"
     _check_half_precision(args.dtype, args.device)
@@ -340,6 +341,8 @@ def run(args: argparse.Namespace) -> int:
 def _load_model(args: argparse.Namespace, device: Any) -> tuple[Any, Any]:
     """The model and processor; what the model folder's loaders refuse in the user's folder (a config value of
     the wrong type, processor files that do not fit) becomes an `ITADataError` naming the folder."""
+    from safetensors import SafetensorError
+
     from .runner import load_model_and_processor
 
     try:
@@ -353,8 +356,8 @@ def _load_model(args: argparse.Namespace, device: Any) -> tuple[Any, Any]:
         )
     except ITAUserError:
         raise
-    except (ValueError, TypeError, OSError) as problem:  # transformers' refusals of the folder's files
-        if user_error(problem) is not None:  # a full disk, a missing permission, a broken checkpoint: as it is
+    except (ValueError, TypeError, OSError, SafetensorError) as problem:  # refusals of the folder's files
+        if user_error(problem) is not None:  # a full disk, a missing permission: as it is
             raise
         raise ITADataError(f"cannot load model {args.model}: {problem}") from problem
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from safetensors import SafetensorError
 
 from configuration_ita import ITAConfig
 from image_processing_ita import ITAImageProcessor
@@ -88,6 +89,10 @@ def load_model_and_processor(
         model = load_segmentation_model(model_name_or_path, device="cpu", dtype=torch.float32)
     except (ModelLoadingError, ValueError) as error:  # no such folder or Hub id, missing or unexpected weights
         raise ITAExportError(f"--model: {error}") from error
+    except SafetensorError as error:  # a truncated or damaged weights file
+        raise ITAExportError(
+            f"--model {model_name_or_path}: its weights file cannot be read ({error}); save or download the model again"
+        ) from error
     model.cpu().eval()
     try:
         processor = ITAProcessor.from_pretrained(model_name_or_path)
