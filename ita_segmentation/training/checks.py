@@ -268,7 +268,17 @@ def check_locations(values: Mapping[str, Any]) -> None:
             check_model_argument(model)
         except ITAUsageError as error:
             raise ITAUsageError(f"--model_name_or_path: {error}") from None
-    if values.get("dataset_layout", "auto") != "synthetic" and not values.get("dataset_name_or_path"):
+    dataset = values.get("dataset_name_or_path")
+    if values.get("dataset_layout", "auto") != "synthetic" and dataset and dataset.startswith(("/", ".", "~")):
+        path = Path(os.path.expanduser(dataset))
+        if not path.exists():  # written as a path, so no Hub dataset id either
+            parent = path.parent
+            where = f" (nor does {parent})" if not parent.exists() else ""
+            raise ITAUsageError(
+                f"--dataset_name_or_path {dataset} does not exist{where}; check the path for typos (a Hub dataset "
+                "id is written owner/name)"
+            )
+    if values.get("dataset_layout", "auto") != "synthetic" and not dataset:
         raise ITAUsageError(
             "no data: give --dataset_name_or_path (a folder, a file or a Hub dataset id), or --dataset_layout "
             "synthetic for generated shapes"

@@ -119,9 +119,12 @@ def test_data_that_is_not_there_or_empty_is_refused_by_name(user_files):
     datasets.Dataset.from_dict({"image": [], "label": []}).to_parquet(empty)
     before = file_hashes(root)
     data = ["--config_path", config, "--class_names", "cat", "dog", "--output_dir", output, *QUICK]
-    typo = root / "dta" / "mine"  # a mistyped folder, offline
+    typo = root / "dta" / "mine"  # a mistyped folder: written as a path, refused before torch
     refused = run_command("ita-train", *data, "--dataset_name_or_path", typo, "--max_steps", "1")
-    assert_refused(refused, 2, str(typo), "Hub")
+    assert_refused(refused, 2, f"--dataset_name_or_path {typo} does not exist (nor does {root / 'dta'})")
+    # Written as a Hub id, offline: neither a folder here nor reachable on the Hub (segmentation_data says both).
+    refused = run_command("ita-train", *data, "--dataset_name_or_path", "dta/mine", "--max_steps", "1", cwd=root)
+    assert_refused(refused, 2, "dta/mine", "not on the Hub either", "HF_HUB_OFFLINE")
     refused = run_command("ita-train", *data, "--dataset_name_or_path", empty, "--max_steps", "1")
     assert_refused(refused, 1, str(empty), "has no rows")
     assert file_hashes(root) == before and not output.exists()
