@@ -466,6 +466,12 @@ class ITAConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]  # PreTraine
         init_std: float = 0.02,
         **kwargs: Any,
     ) -> None:
+        other_type = kwargs.get("model_type")
+        if other_type not in (None, self.model_type):  # from_pretrained of another model's folder (BERT's)
+            raise ValueError(
+                f"ITAConfig.model_type: this config.json holds a {other_type!r} model, not ITA/FC-CLIP (model_type "
+                f"{self.model_type!r}); give the folder or Hub id of an ITA model"
+            )
         self.clip_config = copy.deepcopy(clip_config if clip_config is not None else CONVNEXT_LARGE_D_320_CLIP_CONFIG)
         self.num_queries = num_queries
         self.num_dominant_categories = num_dominant_categories

@@ -123,7 +123,7 @@ def _check_model_folder(value: str, folder: Path) -> None:
             else ": give the folder that holds the model's config.json and weights (one saved with "
             "save_pretrained, an ita-convert or ita-export-onnx output) or a Hub id"
         )
-        raise ITAUsageError(f"model folder {value} holds no config.json, so it is not a saved model{hint}")
+        raise ITAUsageError(f"model folder {value} has no config.json, so it is not a saved model{hint}")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError) as error:

@@ -7,7 +7,10 @@ mistakes get messages that say what they are before anything heavy runs: a model
 Hub id that is not in the cache when offline, a device the machine does not have.
 """
 
+import json
 import os
+import pickle
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +22,13 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .modeling import ITAForOpenVocabSegmentation
 
-__all__ = ["ModelLoadingError", "check_device", "check_model_location", "load_segmentation_model"]
+__all__ = [
+    "ModelLoadingError",
+    "check_device",
+    "check_model_location",
+    "check_model_type",
+    "load_segmentation_model",
+]
 
 # How many names of missing or unexpected weights an error lists before counting the rest.
 _SHOWN_KEYS = 12
@@ -80,22 +89,63 @@ def check_model_location(name_or_path: str | os.PathLike[str]) -> None:
                 f"model folder {name} has no config.json, so it is not a saved model (it holds {content or 'nothing'}); "
                 "give the folder that save_pretrained, scripts/train.py or scripts/convert_checkpoint.py wrote"
             )
+        check_model_type(path / "config.json", name)
         return
     if path.exists():
         raise ModelLoadingError(
             f"{name} is a file, not a model folder; give the folder holding config.json, or a Hub id"
         )
     if _looks_like_a_path(name):
-        raise ModelLoadingError(f"model folder {name} does not exist")
+        raise ModelLoadingError(
+            f"model folder {name} does not exist: give a folder saved with save_pretrained (or by ita-convert, "
+            "ita-train, ita-export-onnx) or a Hugging Face Hub id such as owner/name"
+        )
     try:
         validate_repo_id(name)
     except HFValidationError:
         raise ModelLoadingError(f"{name!r} is neither an existing model folder nor a valid Hub model id") from None
-    if hf_constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+    cached = try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        check_model_type(Path(cached), name)
+    elif hf_constants.HF_HUB_OFFLINE:
         raise ModelLoadingError(
             f"{name!r} is not a folder here, and as a Hub model id it is not in the local cache "
             f"({hf_constants.HF_HUB_CACHE}); the Hub cannot be asked because HF_HUB_OFFLINE is set"
         )
+
+
+def check_model_type(config_file: Path, name: str) -> None:
+    """Refuse a config.json that is not JSON or not an ITA/FC-CLIP model's (a BERT folder given as the model):
+    `ModelLoadingError` naming the folder and the model type it holds, before the config is built."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelLoadingError(
+            f"model {name}: its config.json cannot be read ({error}); save the model again or give another folder"
+        ) from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != ITAForOpenVocabSegmentation.config_class.model_type:
+        what = f"a {model_type!r} model" if isinstance(model_type, str) and model_type else "no model_type"
+        raise ModelLoadingError(
+            f"model folder {name} holds {what}, not ITA/FC-CLIP (its config.json needs model_type "
+            f"{ITAForOpenVocabSegmentation.config_class.model_type!r}): give an ITA model folder or Hub id"
+        )
+
+
+def _weights_refused(name: str, error: pickle.UnpicklingError) -> ModelLoadingError:
+    """What an `UnpicklingError` of the weights means: a pickle that `torch.load(weights_only=True)` refused
+    because it would run code (or build objects other than tensors), or a file that is damaged."""
+    text = str(error)
+    if "Weights only load failed" in text or "weights_only" in text:
+        found = re.search(r"GLOBAL (\S+)", text)
+        what = f" (it calls {found.group(1)})" if found else ""
+        return ModelLoadingError(
+            f"the weights of {name} are a pickled checkpoint that would run code when loaded{what}, so they were "
+            "not loaded (torch.load(weights_only=True) refuses it). Load only checkpoints from a source you trust; "
+            "if you trust this one, re-save its weights as safetensors where it was made (model.save_pretrained)"
+        )
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return ModelLoadingError(f"the weights of {name} cannot be read, the file is damaged: {first_line}")
 
 
 def _listed(keys: Iterable[Any]) -> str:
@@ -122,8 +172,9 @@ def load_segmentation_model(
         The model, in eval mode.
 
     Raises:
-        ModelLoadingError: no such folder or Hub model, a file that is not a model, or weights missing from the
-            checkpoint, left over in it, or of another shape (each named).
+        ModelLoadingError: no such folder or Hub model, a file that is not a model, a folder of another model type
+            (BERT), a config.json value of the wrong type, a pickled checkpoint that would run code, or weights
+            missing from the checkpoint, left over in it, or of another shape (each named).
         ValueError: an unknown or unavailable device.
     """
     if device is not None and not isinstance(device, torch.device):
@@ -141,6 +192,20 @@ def load_segmentation_model(
         model, info = cast(tuple[ITAForOpenVocabSegmentation, dict[str, Any]], loaded)
     except OSError as error:  # unreadable or truncated weight files, no weights at all, Hub errors
         raise ModelLoadingError(f"cannot load the model {os.fspath(name_or_path)}: {error}") from error
+    except pickle.UnpicklingError as error:  # a pytorch_model.bin that weights_only refuses, or a damaged one
+        raise _weights_refused(os.fspath(name_or_path), error) from error
+    except RuntimeError as error:  # torch.load of a truncated or damaged pytorch_model.bin
+        if "PytorchStreamReader" in str(error) or "corrupted" in str(error):
+            first_line = str(error).strip().splitlines()[0]
+            raise ModelLoadingError(
+                f"the weights of {os.fspath(name_or_path)} cannot be read, the file is damaged (truncated or not "
+                f"a PyTorch checkpoint): {first_line.split('. This is')[0]}; save or download the model again"
+            ) from error
+        raise
+    except ValueError as error:
+        if str(error).startswith("ITAConfig."):  # a config.json value ITAConfig refuses (`validate_ita`)
+            raise ModelLoadingError(f"the config.json of {os.fspath(name_or_path)} is invalid: {error}") from error
+        raise
     problems = []
     if info.get("missing_keys"):
         problems.append(

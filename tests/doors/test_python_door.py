@@ -65,7 +65,7 @@ def test_neither_folder_nor_hub_id(tmp_path, monkeypatch):
 def test_folder_without_config_names_the_model_folders_inside(tmp_path):
     empty = tmp_path / "run"
     empty.mkdir()
-    with pytest.raises(ITAUsageError, match=r"holds no config.json.*save_pretrained"):
+    with pytest.raises(ITAUsageError, match=r"has no config.json.*save_pretrained"):
         check_model_argument(str(empty))
     _write_config(empty / "checkpoint-500", model_type="ita")
     with pytest.raises(ITAUsageError, match=r"model folders inside it: checkpoint-500"):
@@ -169,3 +169,68 @@ def test_class_files_with_byte_order_marks_and_other_encodings(tmp_path):
         read_vocabulary_file(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"missing.txt does not exist"):
         read_vocabulary_file(tmp_path / "missing.txt")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The strict loader, from_pretrained and the pipeline factory
+
+
+@pytest.fixture
+def bert_folder(tmp_path):
+    return _write_config(tmp_path / "bert", model_type="bert", hidden_size=768, num_attention_heads=12)
+
+
+def test_a_bert_folder_is_named_as_such_at_every_loader(bert_folder):
+    from transformers import pipeline
+
+    from modeling_ita import ITAForOpenVocabSegmentation
+    from modeling_ita.loading import ModelLoadingError, load_segmentation_model
+
+    with pytest.raises(ModelLoadingError, match=r"holds a 'bert' model, not ITA/FC-CLIP"):
+        load_segmentation_model(bert_folder)
+    with pytest.raises(ModelLoadingError, match=r"holds a 'bert' model, not ITA/FC-CLIP"):
+        pipeline("zero-shot-image-segmentation", model=str(bert_folder))
+    with pytest.raises(ValueError, match=r"holds a 'bert' model, not ITA/FC-CLIP") as error:
+        ITAForOpenVocabSegmentation.from_pretrained(bert_folder)
+    assert "hidden_dim" not in str(error.value)
+
+
+def test_a_config_value_of_the_wrong_type_is_named_by_the_loader(tiny_model_dir, tmp_path):
+    import shutil
+
+    from modeling_ita.loading import ModelLoadingError, load_segmentation_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["ensemble_alpha"] = "high"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadingError, match=r"config.json of .* is invalid: ITAConfig.ensemble_alpha: .*'high'"):
+        load_segmentation_model(folder)
+
+
+def test_a_pickle_that_runs_code_is_called_so_and_a_truncated_one_damaged(tiny_model_dir, tmp_path):
+    import os
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from modeling_ita.loading import ModelLoadingError, load_segmentation_model
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    weights = load_file(tiny_model_dir / "model.safetensors")
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", folder)
+    torch.save({**weights, "extra": RunsCode()}, folder / "pytorch_model.bin")
+    with pytest.raises(ModelLoadingError, match=r"pickled checkpoint that would run code.*source you trust") as error:
+        load_segmentation_model(folder)
+    assert "damaged" not in str(error.value)
+    data = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadingError, match=r"cannot be read, the file is damaged"):
+        load_segmentation_model(folder)
