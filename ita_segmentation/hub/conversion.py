@@ -18,7 +18,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,11 @@ from safetensors.torch import save_file
 
 from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG, ITAConfig
 from modeling_ita.modeling import ITAForOpenVocabSegmentation
+from modeling_ita.remote_code import REMOTE_CODE_FILES
 
+from ..errors import ITADataError, ITAUsageError
 from . import folder as hub_folder
+from .checks import WRITTEN_FILES, OutputFolderError, check_output_folder
 from .folder import CATEGORY_BANK_FILE
 from .remote_code import describe_folder
 
@@ -40,7 +43,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CATEGORY_BANK_FILE",
     "CheckpointConversionError",
+    "CheckpointNotFoundError",
     "ConversionResult",
+    "OutputFolderError",
+    "check_output_folder",
     "DROPPED_ORIGINAL_KEYS",
     "KEY_RENAMES",
     "convert_checkpoint",
@@ -124,12 +130,39 @@ def hf_to_original_key(key: str) -> str | None:
     return _rename(key, _BACKWARD)
 
 
-class CheckpointConversionError(ValueError):
-    """The checkpoint does not fit the model; `problems` lists every reason, one line each."""
+class CheckpointConversionError(ITADataError, ValueError):
+    """The checkpoint (or the category bank, or the original config) cannot be converted: unreadable, refused for
+    safety, or not fitting the model; `problems` lists every reason, one line each. A data error of every door
+    (exit status 1), and a `ValueError` for Python callers."""
 
-    def __init__(self, summary: str, problems: Iterable[str]) -> None:
+    def __init__(self, summary: str, problems: Iterable[str] = ()) -> None:
         self.problems = list(problems)
-        super().__init__(summary + "\n" + "\n".join(f"  - {line}" for line in self.problems))
+        super().__init__(summary + "".join(f"\n  - {line}" for line in self.problems))
+
+
+class CheckpointNotFoundError(ITAUsageError, FileNotFoundError):
+    """A file named for the conversion does not exist (exit status 2)."""
+
+
+# Modules a checkpoint's pickle names when it would run a program or Python code on loading.
+_CODE_RUNNING_MODULES = {
+    "builtins",
+    "code",
+    "codeop",
+    "commands",
+    "importlib",
+    "nt",
+    "os",
+    "posix",
+    "pty",
+    "runpy",
+    "shutil",
+    "socket",
+    "subprocess",
+    "sys",
+    "webbrowser",
+    "__builtin__",
+}
 
 
 # ------------------------------------------------------------------------------------------------------ reading
@@ -157,44 +190,69 @@ def _torch_file_problem(path: Path) -> str | None:
     )
 
 
+def _torch_load(path: Path) -> Any:
+    """`torch.load(path, weights_only=True)`, its refusals named: a pickle that would run code (or build Python
+    objects) is refused for safety and said so, never called damaged; a truncated archive is called that."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found is not None:
+            name = found.group(1)
+            if name.split(".")[0] in _CODE_RUNNING_MODULES:
+                raise CheckpointConversionError(
+                    f"{path} is a pickle that would run code when loaded (it calls {name}); it was not loaded: "
+                    "torch.load(weights_only=True) refuses it, for safety. Do not load this file unless you trust "
+                    "its source and know why it runs code; convert a checkpoint of weights alone."
+                ) from None
+            raise CheckpointConversionError(
+                f"{path} holds Python objects besides tensors (e.g. {name}); they are not read, for safety (a "
+                "pickle can run any code). Where the checkpoint was made, save its weights alone: "
+                "torch.save({'model': model.state_dict()}, 'weights.pth'), and convert that file."
+            ) from None
+        if "Weights only load failed" in text:  # an instruction the weights-only unpickler refuses
+            detail = re.search(r"(Unsupported operand \d+|Unsupported class \S+)", text)
+            raise CheckpointConversionError(
+                f"{path} is a pickle that torch.load(weights_only=True) refuses "
+                f"({detail.group(1) if detail else 'instructions other than tensors and containers'}): it could run "
+                "code when loaded, so it was not loaded. Save the weights alone where the checkpoint was made: "
+                "torch.save({'model': model.state_dict()}, 'weights.pth'), and convert that file."
+            ) from None
+        raise CheckpointConversionError(f"{path}: its pickled index cannot be read; the file is damaged") from None
+    except (RuntimeError, EOFError, OSError) as error:  # a truncated or damaged archive
+        raise CheckpointConversionError(
+            f"{path} looks like a PyTorch checkpoint but cannot be read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'}); the file is probably truncated or damaged"
+        ) from None
+
+
 def load_original_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read an original checkpoint: `{"model": state_dict, ...}` (detectron2) or a bare state dict.
 
-    Raises `FileNotFoundError` for a missing file and `ValueError` saying what is wrong with any other: a
-    detectron2 .pkl, a file that is no PyTorch checkpoint, a damaged archive, or Python objects other than tensors
-    (which `weights_only=True` refuses to build, for safety).
+    Raises `CheckpointNotFoundError` (a `FileNotFoundError`) for a missing file and `CheckpointConversionError` (a
+    `ValueError`) saying what is wrong with any other: a detectron2 .pkl, a file that is no PyTorch checkpoint, a
+    damaged archive, a pickle that would run code or Python objects other than tensors (which `weights_only=True`
+    refuses to build, for safety).
     """
     path = Path(path)
     if path.suffix == ".pkl":
-        raise ValueError(
+        raise CheckpointConversionError(
             f"{path}: detectron2 .pkl checkpoints (numpy arrays) are not supported. Load the model in detectron2 "
             "and save `{'model': model.state_dict()}` with torch.save, then convert that .pth file."
         )
     problem = _torch_file_problem(path)
     if problem is not None:
-        raise (FileNotFoundError if not path.exists() else ValueError)(problem)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if found is None:  # torch's message then advises weights_only=False, which would not help
-            raise ValueError(f"{path}: its pickled index cannot be read; the file is damaged") from None
-        raise ValueError(
-            f"{path} holds Python objects besides tensors (e.g. {found.group(1)}); they are not read, for safety (a "
-            "pickle can run any code). Where the checkpoint was made, save its weights alone: "
-            "torch.save({'model': model.state_dict()}, 'weights.pth'), and convert that file."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:  # a truncated or damaged archive
-        raise ValueError(
-            f"{path} looks like a PyTorch checkpoint but cannot be read ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no detail'}); the file is probably truncated or damaged"
-        ) from None
+        raise (CheckpointNotFoundError if not path.exists() else CheckpointConversionError)(problem)
+    checkpoint = _torch_load(path)
     state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     if not isinstance(state_dict, dict) or not state_dict:
-        raise ValueError(f"{path}: expected a state dict or a dict with one under 'model', got {type(state_dict)}")
+        raise CheckpointConversionError(
+            f"{path}: expected a state dict or a dict with one under 'model', got {type(state_dict)}"
+        )
     not_tensors = sorted(key for key, value in state_dict.items() if not isinstance(value, torch.Tensor))
     if not_tensors:
-        raise ValueError(f"{path}: these entries are not tensors: {not_tensors}")
+        raise CheckpointConversionError(f"{path}: these entries are not tensors: {not_tensors}")
     return state_dict
 
 
@@ -291,9 +349,9 @@ def read_original_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     def load(file: str | os.PathLike[str], seen: frozenset[Path]) -> dict[str, Any]:
         file = Path(file).resolve()
         if file in seen:
-            raise ValueError(f"{file}: _BASE_ files form a cycle")
+            raise CheckpointConversionError(f"{file}: _BASE_ files form a cycle")
         if not file.is_file():
-            raise FileNotFoundError(f"original config {file} not found (named as _BASE_ or given directly)")
+            raise CheckpointNotFoundError(f"original config {file} not found (named as _BASE_ or given directly)")
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         base = data.pop("_BASE_", None)
         merged = load(file.parent / base, seen | {file}) if base else {}
@@ -503,29 +561,31 @@ def load_category_bank(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             if "names" not in metadata:
-                raise ValueError(f"{path}: not a category bank (no 'names' in the safetensors metadata)")
+                raise CheckpointConversionError(f"{path}: not a category bank (no 'names' in the safetensors metadata)")
             names = json.loads(metadata["names"])
             embeddings = handle.get_tensor("embeddings")
         if len(names) != embeddings.shape[0]:
-            raise ValueError(f"{path}: {len(names)} names for {embeddings.shape[0]} embeddings")
+            raise CheckpointConversionError(f"{path}: {len(names)} names for {embeddings.shape[0]} embeddings")
         return dict(zip(names, embeddings))
     problem = _torch_file_problem(path)
     if problem is not None:
-        raise (FileNotFoundError if not path.exists() else ValueError)(
+        raise (CheckpointNotFoundError if not path.exists() else CheckpointConversionError)(
             problem.replace("checkpoint", "category bank", 1)
         )
-    bank = torch.load(path, map_location="cpu", weights_only=True)
+    bank = _torch_load(path)
     if not isinstance(bank, dict) or not bank:
-        raise ValueError(f"{path}: expected a dict name -> embedding, got {type(bank).__name__}")
+        raise CheckpointConversionError(f"{path}: expected a dict name -> embedding, got {type(bank).__name__}")
     result = {}
     for name, value in bank.items():
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
-            raise ValueError(f"{path}: entry {name!r} is not a name with a tensor")
+            raise CheckpointConversionError(f"{path}: entry {name!r} is not a name with a tensor")
         if value.numel() != value.shape[-1]:
-            raise ValueError(f"{path}: the embedding of {name!r} has shape {list(value.shape)}, expected [1, D] or [D]")
+            raise CheckpointConversionError(
+                f"{path}: the embedding of {name!r} has shape {list(value.shape)}, expected [1, D] or [D]"
+            )
         result[name] = value.reshape(-1)
     if len({value.shape[0] for value in result.values()}) != 1:
-        raise ValueError(f"{path}: the embeddings differ in size")
+        raise CheckpointConversionError(f"{path}: the embeddings differ in size")
     return result
 
 
@@ -558,6 +618,7 @@ class ConversionResult:
     category_bank_size: int | None = None
     verified: bool = False
     provenance: dict[str, str] = field(default_factory=dict)
+    stored_vocabularies: dict[str, str] = field(default_factory=dict)  # label -> file in the folder
 
 
 def _sha256(path: str | os.PathLike[str]) -> str:
@@ -590,6 +651,7 @@ def convert_checkpoint(
     original_config: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: Callable[[str], object] | None = None,
+    vocabularies: Mapping[str, Sequence[str]] | None = None,
 ) -> ConversionResult:
     """Convert an original FC-CLIP or ITA checkpoint into a model folder; returns a `ConversionResult`.
 
@@ -599,21 +661,23 @@ def convert_checkpoint(
     the folder is reloaded and every tensor compared with the checkpoint's. `repo_id` only names the repository
     in the model card's examples.
 
-    `output_dir` must be new or empty unless `overwrite` (then the files above are replaced, others left alone):
-    raises `FileExistsError` before reading anything. `progress`, a callable taking a message, hears of each step
+    `vocabularies` (label -> class names, e.g. the benchmarks' lists) are encoded and stored in the folder
+    (`vocabularies/<key>.safetensors`, keyed as the disk cache: see `ITAForOpenVocabSegmentation.store_vocabularies`),
+    so that the first run of a fresh machine with one of them needs no text-tower forward.
+
+    `output_dir` must be new or empty unless `overwrite` (then the files above are replaced, others left alone),
+    and never a place where a file written would replace an input: raises `OutputFolderError` (a
+    `FileExistsError`) before reading anything. `progress`, a callable taking a message, hears of each step
     (reading a large checkpoint and verifying it are the slow ones).
     """
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     progress = progress or logger.info
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"output {output_dir} is a file, not a folder")
-    content = sorted(path.name for path in output_dir.iterdir()) if output_dir.is_dir() else []
-    if content and not overwrite:
-        shown = ", ".join(content[:6]) + (f" and {len(content) - 6} more" if len(content) > 6 else "")
-        raise FileExistsError(
-            f"output folder {output_dir} is not empty ({shown}); choose a new or empty folder, or overwrite "
-            "(--overwrite) to replace its model files"
-        )
+    written = WRITTEN_FILES | set(REMOTE_CODE_FILES)
+    check_output_folder(output_dir, overwrite, [checkpoint, category_bank, original_config], written)
+    if original_config is not None and not Path(original_config).is_file():
+        raise CheckpointNotFoundError(f"original config {original_config} not found")
+    if category_bank is not None and not Path(category_bank).exists():
+        raise CheckpointNotFoundError(f"category bank {category_bank} does not exist")
     size = checkpoint.stat().st_size if checkpoint.is_file() else 0
     progress(f"Reading {checkpoint} ({size / 2**20:,.0f} MiB) with torch.load(weights_only=True)")
     state_dict = load_original_state_dict(checkpoint)
@@ -627,11 +691,15 @@ def convert_checkpoint(
     bank = None
     if category_bank is not None:
         if config.num_dominant_categories == 0:
-            raise ValueError(f"{category_bank}: a category bank serves ITA's text queries; this checkpoint is FC-CLIP")
+            raise CheckpointConversionError(
+                f"{category_bank}: a category bank serves ITA's text queries; this checkpoint is FC-CLIP"
+            )
         bank = load_category_bank(category_bank)
         dim = next(iter(bank.values())).shape[0]
         if dim != config.clip_embed_dim:
-            raise ValueError(f"{category_bank}: embeddings of size {dim}, the CLIP's are {config.clip_embed_dim}")
+            raise CheckpointConversionError(
+                f"{category_bank}: embeddings of size {dim}, the CLIP's are {config.clip_embed_dim}"
+            )
 
     progress(f"Writing {variant} ({len(converted)} tensors) to {output_dir}")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -655,10 +723,19 @@ def convert_checkpoint(
         category_bank_size=None if bank is None else len(bank),
         provenance=provenance,
     )
+    model = None
     if verify:
         progress(f"Verifying: reloading {output_dir} and comparing every tensor with the checkpoint's")
-        verify_folder(output_dir, converted)
+        model = verify_folder(output_dir, converted)
         result.verified = True
+    if vocabularies:
+        if model is None:
+            model = ITAForOpenVocabSegmentation.from_pretrained(output_dir)
+        for label, names in vocabularies.items():
+            prompts = sum(len(name.split(",")) for name in names) * len(config.prompt_templates)
+            progress(f"Encoding and storing the vocabulary {label} ({len(names)} classes, {prompts:,} prompts)")
+            (path,) = model.store_vocabularies(output_dir, {label: names})
+            result.stored_vocabularies[label] = str(Path(path).relative_to(output_dir))
     hub_folder.write_model_card(output_dir, result, repo_id=repo_id)
     return result
 

@@ -18,6 +18,7 @@ from configuration_ita import CONVNEXT_LARGE_D_320_CLIP_CONFIG, ITAConfig
 from image_processing_ita import ITAImageProcessor
 from processing_ita import ITAProcessor
 
+from ..errors import ITADataError
 from ..evaluation.benchmark_names import PUBLISHED_FC_CLIP_MIOU
 from .remote_code import REMOTE_CODE_ENTRY_POINTS, describe_processor_config
 
@@ -102,8 +103,9 @@ def save_processor(folder: str | os.PathLike[str], config: ITAConfig) -> ITAProc
 
 
 # -------------------------------------------------------------------------------------------------------- push
-class HubPushError(RuntimeError):
-    """Pushing a converted folder failed; the folder itself is complete."""
+class HubPushError(ITADataError, RuntimeError):
+    """Pushing a converted folder failed; the folder itself is complete (a data error of the doors: exit status 1,
+    the message says how to push it later)."""
 
 
 def push_folder_to_hub(
