@@ -77,6 +77,10 @@ def test_python_examples_run(index, model_dir, image_path):
     assert int(label_map.max()) < 4
 
 
+# What every ita-segment run writes beside the images' files: one line per finished image, and the run's summary.
+RUN_RECORDS = ("manifest.jsonl", "run_summary.json")
+
+
 def commands(prefix):
     """The README's shell commands that start with `prefix`, continuation lines joined, split like a shell."""
     found = []
@@ -96,7 +100,9 @@ def test_command_line_examples_run(model_dir, image_path, tmp_path, capsys):
     import ita_cli
 
     first, second = [
-        command for command in commands("ita-segment") if "--task" not in command and "ita-onnx" not in command
+        command
+        for command in commands("ita-segment")
+        if "--task" not in command and "ita-onnx" not in command and "demo_output/model" not in command
     ]
     (tmp_path / "photos").mkdir()
     Image.open(image_path).save(tmp_path / "photos" / "kitchen.png")
@@ -110,7 +116,8 @@ def test_command_line_examples_run(model_dir, image_path, tmp_path, capsys):
     assert ita_cli.segment(substitute(first[1:], {**replacements, "out/": str(tmp_path / "out")})) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == sorted(
-        f"{stem}{suffix}" for stem in ("living_room", "kitchen") for suffix in (".json", "_labels.png", "_overlay.png")
+        [f"{stem}{suffix}" for stem in ("living_room", "kitchen") for suffix in (".json", "_labels.png", "_overlay.png")]
+        + list(RUN_RECORDS)
     )
 
     # The GPU example runs where there is a GPU, and says why not where there is none.
@@ -119,6 +126,17 @@ def test_command_line_examples_run(model_dir, image_path, tmp_path, capsys):
         assert status == 0
     else:
         assert status == 2 and "CUDA is not available on this machine" in capsys.readouterr().err
+
+
+def test_first_contact_example_names_what_make_demo_writes():
+    """The example after `make demo` segments the demo's samples with its model and its classes."""
+    from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES
+
+    (example,) = [command for command in commands("ita-segment") if "demo_output/model" in command]
+    demo = (Path(__file__).resolve().parents[1] / "scripts" / "demo.py").read_text()
+    assert example[1] == "demo_output/samples" and '"samples"' in demo and '"model"' in demo
+    assert example[example.index("--labels") + 1 : example.index("--labels") + 6] == list(SYNTHETIC_CLASS_NAMES)
+    assert "source .venv/bin/activate" in README.read_text()
 
 
 def test_json_fields_are_documented():
@@ -303,7 +321,7 @@ def test_panoptic_and_instance_command_lines_run(model_dir, image_path, tmp_path
     assert main([*args, "--quiet"]) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     picture = {"panoptic": "living_room_panoptic.png", "instance": "living_room_instances.png"}[task]
-    assert written == sorted(["living_room.json", "living_room_overlay.png", picture])
+    assert written == sorted(["living_room.json", "living_room_overlay.png", picture, *RUN_RECORDS])
 
 
 def test_web_page_example_runs(model_dir, image_path, tmp_path):
@@ -382,8 +400,6 @@ def test_onnx_examples_run(ita_onnx_export, image_path, tmp_path):
     args = [str(image_path) if a == "photo.jpg" else str(exported) if a == "ita-onnx" else a for a in args]
     args = [str(tmp_path / "out") if a == "out-onnx/" else a for a in args]
     assert main([*args, "--quiet"]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "living_room.json",
-        "living_room_labels.png",
-        "living_room_overlay.png",
-    ]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["living_room.json", "living_room_labels.png", "living_room_overlay.png", *RUN_RECORDS]
+    )
