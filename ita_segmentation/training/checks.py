@@ -211,7 +211,7 @@ def light_values(argv: Sequence[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for name in _LIGHT_TRAINING_OPTIONS:
         spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        flag = {"nargs": "?", "const": "true"} if _LIGHT_TRAINING_OPTIONS[name] is bool else {}
+        flag: dict[str, Any] = {"nargs": "?", "const": "true"} if _LIGHT_TRAINING_OPTIONS[name] is bool else {}
         parser.add_argument(*spellings, dest=name, default=None, **flag)
     try:
         found, _ = parser.parse_known_args(list(argv))
