@@ -159,6 +159,10 @@ def semantic_targets(
     return masks, classes
 
 
+# Up to this many times `size` on its long side, `clip_view` resizes the whole image and crops, as the original.
+_CLIP_VIEW_FULL_RESIZE = 16
+
+
 def clip_view(image: torch.Tensor, size: int) -> torch.Tensor:
     """open_clip's eval view `[3, size, size]` of one `[3, H, W]` image on the 0..255 scale, made with PIL on its
     8-bit values as the original ITA makes it: shortest side resized to `size` (bicubic; the long side by
@@ -174,10 +178,25 @@ def clip_view(image: torch.Tensor, size: int) -> torch.Tensor:
     short, long = min(height, width), max(height, width)
     new_long = int(size * long / short)
     new_width, new_height = (new_long, size) if height <= width else (size, new_long)
-    pil_image = pil_image.resize((new_width, new_height), Image.Resampling.BICUBIC)
     top = int(round((new_height - size) / 2.0))
     left = int(round((new_width - size) / 2.0))
-    pil_image = pil_image.crop((left, top, left + size, top + size))
+    if new_long <= _CLIP_VIEW_FULL_RESIZE * size:
+        pil_image = pil_image.resize((new_width, new_height), Image.Resampling.BICUBIC)
+        pil_image = pil_image.crop((left, top, left + size, top + size))
+    else:
+        # An image of extreme aspect ratio (a 1333 x 1 strip) would be resized to 426,560 x 320 pixels before the
+        # crop: only the crop's source region is resampled instead (PIL's `box`, at the same scale; its filter
+        # still reads the pixels around the box, so the values are those of the full resize and crop, up to one
+        # 8-bit level where the filter's centres round differently). PIL's two passes (columns, then rows, 8-bit
+        # in between) made one at a time: one call with a box of fractional offset in both directions rounds
+        # differently (by up to 24 levels).
+        scale_x, scale_y = width / new_width, height / new_height
+        pil_image = pil_image.resize(
+            (size, height), Image.Resampling.BICUBIC, box=(left * scale_x, 0, (left + size) * scale_x, height)
+        )
+        pil_image = pil_image.resize(
+            (size, size), Image.Resampling.BICUBIC, box=(0, top * scale_y, size, (top + size) * scale_y)
+        )
     view = torch.from_numpy(np.array(pil_image)).permute(2, 0, 1).to(torch.float32).div(255)
     mean = torch.tensor(CLIP_VIEW_MEAN, dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(CLIP_VIEW_STD, dtype=torch.float32).view(-1, 1, 1)
@@ -703,7 +722,8 @@ class ITAImageProcessor(TorchvisionBackend):
 
     @staticmethod
     def resized_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
-        """Output (height, width) of detectron2's `ResizeShortestEdge` for `size` (a `SizeDict`)."""
+        """Output (height, width) of detectron2's `ResizeShortestEdge` for `size` (a `SizeDict`), each side at least
+        one pixel (detectron2's rule rounds the short side of an image of extreme aspect ratio to 0)."""
         if size.shortest_edge:
             short_side = size.shortest_edge
             scale = short_side / min(height, width)
@@ -716,7 +736,9 @@ class ITAImageProcessor(TorchvisionBackend):
             if size.longest_edge and max(new_height, new_width) > size.longest_edge:
                 scale = size.longest_edge / max(new_height, new_width)
                 new_height, new_width = new_height * scale, new_width * scale
-            return int(new_height + 0.5), int(new_width + 0.5)
+            # An extreme aspect ratio (40000 x 10) would round its short side to 0 pixels: it keeps one pixel (the
+            # model pads every side to a multiple of `size_divisor`), so such an image is segmented, not refused.
+            return max(1, int(new_height + 0.5)), max(1, int(new_width + 0.5))
         return cast(int, size.height), cast(int, size.width)
 
     def _preprocess_image_like_inputs(  # type: ignore[override]

@@ -1117,6 +1117,38 @@ def _size_pair(size: Iterable[Any]) -> tuple[int, int]:
     return cast(tuple[int, int], tuple(int(value) for value in size))
 
 
+def _keeps_aspect_ratio(frames: ITAOutputFrames) -> bool:
+    """Whether the processor keeps each image's aspect ratio, so that `image_sizes` tell the original image's
+    (a resize by the shortest edge, or none); a fixed `{"height", "width"}` resize does not."""
+    if not getattr(frames, "do_resize", True):
+        return True
+    size = getattr(frames, "size", None)
+    shortest = size.get("shortest_edge") if isinstance(size, Mapping) else getattr(size, "shortest_edge", None)
+    return bool(shortest)
+
+
+def _same_shape(size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    """Whether `size` (height, width) has the aspect ratio of `image_size`, which was resized from it with each
+    side rounded to whole pixels (and at least one pixel): the cross products differ by at most half the sides'
+    sum for that rounding; twice that is allowed."""
+    (height, width), (image_height, image_width) = size, image_size
+    return abs(height * image_width - width * image_height) <= height + width
+
+
+def _refuse_swapped_target(image_size: tuple[int, int], target_size: tuple[int, int], index: int) -> None:
+    """A `ValueError` when `target_size` is evidently (width, height): it does not have the aspect ratio of the
+    image the outputs came from and its transpose does. A square target, or one of yet another shape (a
+    deliberate stretch), passes."""
+    if target_size[0] == target_size[1] or _same_shape(target_size, image_size):
+        return
+    if _same_shape((target_size[1], target_size[0]), image_size):
+        raise ValueError(
+            f"target_sizes[{index}] is {target_size}, but image {index} was processed at {image_size} (height, "
+            f"width): the target looks like (width, height), which would return a transposed map; give each target "
+            f"size as (height, width), e.g. {(target_size[1], target_size[0])} (for a PIL image, image.size[::-1])"
+        )
+
+
 def checked_outputs(
     frames: ITAOutputFrames, outputs: Any, target_sizes: Sequence[Sequence[int]] | Tensor | None
 ) -> tuple[Tensor, Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
@@ -1154,6 +1186,9 @@ def checked_outputs(
         targets = [_size_pair(size) for size in target_sizes]
         if len(targets) != batch:
             raise ValueError(f"Got {len(targets)} target_sizes for a batch of {batch}")
+        if _keeps_aspect_ratio(frames):
+            for index, (image_size, target_size) in enumerate(zip(sizes, targets)):
+                _refuse_swapped_target(image_size, target_size, index)
     if frames.size_divisor % frames.mask_stride:
         raise ValueError(
             f"size_divisor={frames.size_divisor} must be a multiple of the mask stride {frames.mask_stride} to locate "

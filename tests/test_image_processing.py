@@ -594,3 +594,35 @@ def test_mask_stride_is_the_processor_attribute():
         coarse["class_queries_logits"][0], coarse["masks_queries_logits"][0], (64, 96), (64, 96), stride=8
     )
     assert torch.equal(label_map, expected) and (label_map == 2).any()
+
+
+@pytest.mark.parametrize("shape", [(10, 40000), (40000, 10), (1, 5000)])
+def test_an_extreme_aspect_ratio_keeps_one_pixel_on_its_short_side(shape):
+    """detectron2's rule rounds the short side of a 40000 x 10 image to 0 pixels; it keeps 1 (the model pads it)."""
+    processor = ITAImageProcessor()  # 800 / 1333
+    height, width = shape
+    assert min(processor.resized_size(height, width, processor.size)) == 1
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    outputs = processor(image, return_tensors="pt")
+    resized = outputs["image_sizes"][0].tolist()
+    assert min(resized) == 1 and max(resized) == 1333
+    assert tuple(outputs["pixel_values"].shape[-2:]) == processor.padded_frame(height, width)
+
+
+def test_clip_view_of_a_long_strip_resamples_only_its_crop():
+    """A 1333 x 3 strip's CLIP view equals the full resize and crop of the original (PIL), up to one 8-bit level,
+    without the 142,000-pixel-long intermediate."""
+    import image_processing_ita
+
+    image = torch.randint(0, 256, (3, 3, 1333), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    view = image_processing_ita.clip_view(image, 320)
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    new_width = int(320 * 1333 / 3)
+    full = np.array(pil.resize((new_width, 320), Image.Resampling.BICUBIC))
+    left = int(round((new_width - 320) / 2.0))
+    expected = torch.from_numpy(full[:, left : left + 320]).permute(2, 0, 1).float() / 255
+    mean = torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
+    got = view * std + mean
+    assert view.shape == (3, 320, 320)
+    assert (got - expected).abs().max() <= 1 / 255 + 1e-5

@@ -370,3 +370,43 @@ def test_ensemble_log_probs_field_is_preferred():
     result = ITAImageProcessor().post_process_panoptic_segmentation(renamed, threshold=0.5)[0]
     assert expected["segments_info"] and result["segments_info"] == expected["segments_info"]
     assert torch.equal(result["segmentation"], expected["segmentation"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# target_sizes given as (width, height)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["post_process_semantic_segmentation", "post_process_panoptic_segmentation", "post_process_instance_segmentation"],
+)
+def test_a_swapped_target_size_is_refused_naming_height_width(method):
+    processor = ITAImageProcessor()
+    outputs = random_outputs(1, 6, 3, (16, 24), [[64, 96]])  # resized from a 480 x 720 (height x width) photo
+    with pytest.raises(
+        ValueError, match=r"target_sizes\[0\] is \(720, 480\).*looks like \(width, height\).*\(480, 720\)"
+    ):
+        getattr(processor, method)(outputs, target_sizes=[(720, 480)])
+    # the right order, a deliberate stretch to another shape and a square target all pass
+    for target in [(480, 720), (481, 719), (100, 100), (300, 900)]:
+        result = getattr(processor, method)(outputs, target_sizes=[target])[0]
+        segmentation = result if isinstance(result, torch.Tensor) else result["segmentation"]
+        assert tuple(segmentation.shape[-2:]) == target
+
+
+def test_target_sizes_are_not_checked_when_the_processor_does_not_keep_the_aspect_ratio():
+    processor = ITAImageProcessor(size={"height": 64, "width": 96})  # a fixed resize: image_sizes tell nothing
+    outputs = random_outputs(1, 6, 3, (16, 24), [[64, 96]])
+    label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[(720, 480)])[0]
+    assert tuple(label_map.shape) == (720, 480)
+
+
+def test_a_swap_is_told_for_an_image_of_extreme_aspect_ratio_too():
+    processor = ITAImageProcessor()
+    # 40000 x 10 resized to 1333 x 1 (its short side kept at one pixel)
+    outputs = random_outputs(1, 6, 3, (8, 336), [[1, 1333]])
+    label_map = processor.post_process_semantic_segmentation(outputs, target_sizes=[(10, 40000)])[0]
+    assert tuple(label_map.shape) == (10, 40000)
+    with pytest.raises(ValueError, match=r"looks like \(width, height\)"):
+        processor.post_process_semantic_segmentation(outputs, target_sizes=[(40000, 10)])
