@@ -209,6 +209,7 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untype
         names) and store them in the model folder `save_directory` as `vocabularies/<key>.safetensors`, keyed as
         the disk cache is (the text tower's weights, the templates, the names, the dtype): a model loaded from the
         folder uses them instead of encoding. Returns the files' paths."""
+        labelled: list[tuple[str | None, Sequence[str]]]
         if isinstance(vocabularies, Mapping):
             labelled = [(str(label), names) for label, names in vocabularies.items()]
         else:

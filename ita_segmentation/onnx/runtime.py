@@ -334,6 +334,7 @@ class ITAOnnxModel:
         save_directory = self.folder if save_directory is None else save_directory
         if save_directory is None:
             raise ValueError("Name the folder to store the vocabularies in: store_vocabularies(..., save_directory)")
+        labelled: list[tuple[str | None, Any]]
         if isinstance(vocabularies, dict):
             labelled = [(str(label), names) for label, names in vocabularies.items()]
         elif isinstance(vocabularies, str) or any(isinstance(names, str) for names in vocabularies):
