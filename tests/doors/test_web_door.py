@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from doors.conftest import ROOT, assert_refused, command_line, file_hashes, run_command
 from PIL import Image
-
-from .conftest import ROOT, assert_refused, command_line, file_hashes, run_command
 
 pytest.importorskip("gradio", reason="the web page needs the `demo` extra (Gradio)")
 
@@ -307,7 +306,7 @@ NOTE = "document.querySelector('#note').innerText"
 def test_page_in_headless_chromium(server, tmp_path):
     assert CHROMIUM is not None
     shots = shots_folder(tmp_path)
-    photo = save_noise(tmp_path / "photo.png", 120, 168)
+    photo = save_noise(tmp_path / "photo.png", 64, 96)  # about 18 kB: under --max-upload-mb
     (tmp_path / "notes.png").write_text("not an image")
     browser = Chromium(CHROMIUM)
     try:
@@ -319,10 +318,10 @@ def test_page_in_headless_chromium(server, tmp_path):
 
         # The upload is previewed; panoptic shows its threshold; an empty result says why.
         browser.upload(photo)
-        browser.wait_for("document.querySelector('#preview img')", 30)
-        assert not browser.evaluate("document.querySelector('input[type=range]')")  # semantic: no threshold
+        browser.wait_for("!!document.querySelector('#preview img')", 30)
+        assert not browser.evaluate("!!document.querySelector('input[type=range]')")  # semantic: no threshold
         browser.click("panoptic", "input[type=radio]")
-        browser.wait_for("document.querySelector('input[type=range]')")
+        browser.wait_for("!!document.querySelector('input[type=range]')")
         assert browser.evaluate("document.querySelector('input[type=range]').value") == "0.8"
         browser.click("Segment")
         note = browser.wait_for(f"{NOTE}.includes('threshold') && {NOTE}", 60)
@@ -340,12 +339,12 @@ def test_page_in_headless_chromium(server, tmp_path):
             "(() => { const table = document.querySelector('#table table'); const box = document.querySelector('#table')"
             ".getBoundingClientRect(); return {right: box.right, page: document.documentElement.clientWidth, "
             "headers: [...table.querySelectorAll('th')].map(e => [e.innerText.trim(), e.getBoundingClientRect()"
-            ".right]), cell: table.querySelector('tbody td').innerText}; })()"
+            ".right]), cells: document.querySelector('#table').innerText}; })()"
         )
         assert isinstance(columns, dict)
         assert [name for name, _ in columns["headers"]] == ["class", "pixel share (%)", "score"]
         assert all(right <= min(columns["right"], columns["page"]) + 1 for _, right in columns["headers"]), columns
-        assert "more)" in columns["cell"], columns
+        assert "variant (+16 more)" in columns["cells"], columns
         browser.screenshot(shots / "3-semantic-long-synonyms.png")
 
         # Refusals: the message on the page, one line each on the server's console.
@@ -354,6 +353,8 @@ def test_page_in_headless_chromium(server, tmp_path):
         browser.click("Segment")
         browser.wait_for("document.body.innerText.includes('Type at least one class')", 30)
         browser.screenshot(shots / "4-refused-empty-vocabulary.png")
+        browser.call("Page.navigate", url=server.url)  # a fresh page: its file input is empty again
+        browser.wait_for("[...document.querySelectorAll('button')].some(e => e.innerText.trim() === 'Segment')", 90)
         browser.upload(tmp_path / "notes.png")
         browser.wait_for("document.body.innerText.includes('not an image PIL can read')", 30)
         browser.screenshot(shots / "5-refused-not-an-image.png")
@@ -361,5 +362,8 @@ def test_page_in_headless_chromium(server, tmp_path):
         logged = server.refusals()[before:]
         assert len(logged) == 2 and "Type at least one class" in logged[0] and "not an image" in logged[1], logged
         assert "Traceback" not in server.stderr()
+    except Exception:
+        browser.screenshot(shots / "failed.png")
+        raise
     finally:
         browser.close()
