@@ -135,15 +135,42 @@ def write_samples(trainer, args):
     return samples
 
 
+DEMO_MARKER = ".ita-demo"  # written first into the demo's folder: an interrupted demo's folder is its own too
+
+
+def _is_demo_folder(folder):
+    """Whether `folder` holds an earlier demo's results (its marker, or its results.json with the demo's notice)."""
+    if (folder / DEMO_MARKER).is_file():
+        return True
+    try:
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and results.get("notice") == NOTICE
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     transformers_logging.set_verbosity_error()
     start = time.perf_counter()
     print(NOTICE, flush=True)
+    if args.output.exists() and not args.output.is_dir():
+        print(f"demo: error: --output {args.output} is a file, not a folder", file=sys.stderr)
+        return 2
     if args.output.is_dir() and any(args.output.iterdir()):
-        # The demo's folder is its own: a second `make demo` replaces the first one's results, and says so.
+        # A second `make demo` replaces the first one's results, and says so; a folder the demo did not write
+        # (no results.json of its own) is never emptied.
+        if not _is_demo_folder(args.output):
+            print(
+                f"demo: error: --output {args.output} is not empty and is not an earlier demo's folder (no "
+                f"{DEMO_MARKER} or results.json of the demo); choose a new or empty folder",
+                file=sys.stderr,
+            )
+            return 2
         print(f"Replacing the results of an earlier demo in {args.output}", flush=True)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / DEMO_MARKER).write_text("written by scripts/demo.py (make demo)\n", encoding="utf-8")
 
     trainer = build_demo_trainer(args)
     print(
@@ -165,9 +192,6 @@ def main(argv=None):
 
     samples = write_samples(trainer, args)
     segmentations = args.output / "segmentations"
-    if segmentations.is_dir():  # an earlier demo's (announced above): ita-segment writes only into empty folders
-        for stale in segmentations.iterdir():
-            stale.unlink()
     status = ita_segment(
         [
             str(samples),
@@ -180,6 +204,8 @@ def main(argv=None):
             "--device",
             "cpu",
             "--quiet",
+            # An earlier demo's files are replaced (ita-segment's manifest names them); a file of yours is not.
+            "--overwrite",
         ]
     )
     if status != 0:
