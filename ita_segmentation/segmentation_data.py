@@ -28,6 +28,10 @@ from .vocabulary_files import read_vocabulary_file
 
 __all__ = [
     "LAYOUTS",
+    "DatasetArgumentError",
+    "DatasetContentError",
+    "DatasetFilesMissingError",
+    "DatasetLocationError",
     "coco_panoptic_paths",
     "is_label_map_folders",
     "load_coco_panoptic",
@@ -38,6 +42,24 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class DatasetLocationError(ITAUsageError, FileNotFoundError):
+    """A data set's file or folder that is not there (a usage error: exit status 2)."""
+
+
+class DatasetArgumentError(ITAUsageError, ValueError):
+    """Data-set arguments that cannot work together or name nothing readable (a usage error: exit status 2)."""
+
+
+class DatasetContentError(ITADataError, ValueError):
+    """A data set that is there but cannot be read as the layout says: a malformed annotation file, files it
+    lists that are missing, images without their label maps (a data error: exit status 1)."""
+
+
+class DatasetFilesMissingError(ITADataError, FileNotFoundError):
+    """Files a data set needs are missing from it (a data error: exit status 1)."""
+
 
 PathLike = str | os.PathLike[str]
 # `(file, message)` for each file found without its pair (an image without a label map, or the reverse).
@@ -74,15 +96,15 @@ def load_coco_panoptic(
     """
     panoptic_json, panoptic_dir, image_dir = Path(panoptic_json), Path(panoptic_dir), Path(image_dir)
     if not panoptic_json.is_file():
-        raise FileNotFoundError(f"COCO panoptic annotations {panoptic_json} do not exist")
+        raise DatasetLocationError(f"COCO panoptic annotations {panoptic_json} do not exist")
     info = json.loads(panoptic_json.read_text())
     for key in ("annotations", "categories"):
         if key not in info:
-            raise ValueError(f"{panoptic_json} has no {key!r} list; is it a COCO panoptic annotation file?")
+            raise DatasetContentError(f"{panoptic_json} has no {key!r} list; is it a COCO panoptic annotation file?")
     class_names = list(class_names)
     categories = sorted(info["categories"], key=lambda category: category["id"])
     if len(categories) != len(class_names):
-        raise ValueError(
+        raise DatasetContentError(
             f"{panoptic_json} has {len(categories)} categories but the vocabulary has {len(class_names)} classes; "
             "give a vocabulary with one class per category, in the order of the category ids"
         )
@@ -95,7 +117,7 @@ def load_coco_panoptic(
         segments = []
         for segment in annotation["segments_info"]:
             if segment["category_id"] not in contiguous:
-                raise ValueError(
+                raise DatasetContentError(
                     f"{panoptic_json}: image {annotation['image_id']} has segment {segment['id']} of category_id "
                     f"{segment['category_id']}, which is not among the {len(categories)} categories"
                 )
@@ -111,10 +133,12 @@ def load_coco_panoptic(
         rows["segments_info"].append(segments)
         rows["file_name"].append(image_name)
     if not rows["image"]:
-        raise ValueError(f"{panoptic_json} lists no annotated image")
+        raise DatasetContentError(f"{panoptic_json} lists no annotated image")
     missing = [path for path in rows["image"] + rows["label"] if not os.path.isfile(path)]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} files listed by {panoptic_json} are missing, e.g. {missing[:5]}")
+        raise DatasetFilesMissingError(
+            f"{len(missing)} files listed by {panoptic_json} are missing, e.g. {missing[:5]}"
+        )
     features = datasets.Features(
         {
             "image": datasets.Image(),
@@ -144,10 +168,10 @@ def load_label_map_folders(
     image_dir, label_dir = Path(image_dir), Path(label_dir)
     for folder in (image_dir, label_dir):
         if not folder.is_dir():
-            raise FileNotFoundError(f"Folder {folder} does not exist")
+            raise DatasetLocationError(f"Folder {folder} does not exist")
     labels = sorted(label_dir.glob(f"*{label_suffix}"))
     if not labels:
-        raise FileNotFoundError(f"No {label_suffix} label maps in {label_dir}")
+        raise DatasetFilesMissingError(f"No {label_suffix} label maps in {label_dir}")
     stems = {label.name[: -len(label_suffix)] for label in labels}
     problems, pairs = [], []
     for label in labels:
@@ -162,14 +186,14 @@ def load_label_map_folders(
         if image.suffix.lower() in _IMAGE_SUFFIXES and image.stem not in stems and not image.name.startswith("."):
             problems.append((image, f"its label map {label_dir / (image.stem + label_suffix)} is missing"))
     if problems and unpaired is None:
-        raise FileNotFoundError(
+        raise DatasetFilesMissingError(
             f"{len(problems)} files in {image_dir} and {label_dir} have no pair:\n"
             + "\n".join(f"  {path}: {message}" for path, message in problems)
         )
     if unpaired is not None:
         unpaired.extend(problems)
     if not pairs:
-        raise FileNotFoundError(f"No label map in {label_dir} has its image in {image_dir}")
+        raise DatasetFilesMissingError(f"No label map in {label_dir} has its image in {image_dir}")
     return datasets.Dataset.from_dict(
         {
             "image": [os.fspath(image) for image, _ in pairs],
@@ -256,7 +280,7 @@ def load_segmentation_dataset(
     `ITADataError` for a split without rows.
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"Unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
+        raise DatasetArgumentError(f"Unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
     if layout == "auto" and not load_kwargs and is_label_map_folders(source, split, image_subdir, label_subdir):
         logger.info(
             "%s holds %s/%s and %s/%s: reading it as label-map folders",
@@ -271,7 +295,7 @@ def load_segmentation_dataset(
         seed = 0 if split == "train" else 1
         dataset = make_synthetic_dataset(synthetic_num_images, synthetic_image_size, seed=seed)
     elif source is None:
-        raise ValueError(f"Give the dataset's location (dataset_name_or_path) for the {layout!r} layout")
+        raise DatasetArgumentError(f"Give the dataset's location (dataset_name_or_path) for the {layout!r} layout")
     elif layout == "coco_panoptic":
         panoptic_json, panoptic_dir, image_dir = coco_panoptic_paths(source, split)
         dataset = load_coco_panoptic(panoptic_json, panoptic_dir, image_dir, **load_kwargs)
@@ -291,7 +315,7 @@ def load_segmentation_dataset(
         elif path.is_file():
             builder = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json"}.get(path.suffix)
             if builder is None:
-                raise ValueError(
+                raise DatasetArgumentError(
                     f"Cannot tell the format of {source}; use a .parquet, .arrow or .jsonl file or a folder"
                 )
             dataset = _load_split(source, builder, split, data_files={split: os.fspath(path)}, **load_kwargs)
@@ -365,7 +389,7 @@ def resolve_class_names(
     `vocabulary_files.read_vocabulary_file`), else `class_names`, else the names of the dataset's `ClassLabel`
     feature (e.g. COCO panoptic's `segments_info.category_id`). Raises a `ValueError` when none applies."""
     if vocabulary_file is not None and class_names:
-        raise ValueError("Give a vocabulary file or class names, not both")
+        raise DatasetArgumentError("Give a vocabulary file or class names, not both")
     if vocabulary_file is not None:
         names = read_vocabulary_file(vocabulary_file)
     elif class_names:
@@ -374,7 +398,7 @@ def resolve_class_names(
         found = sorted(set(_class_label_names(dataset.features)))
         if len(found) != 1:
             problem = f"{len(found)} different ClassLabel features" if found else "no ClassLabel feature"
-            raise ValueError(
+            raise DatasetArgumentError(
                 f"Cannot tell the class names: the dataset has {problem}; give a vocabulary file (one "
                 "`id:name,synonym,...` line per class) or the class names"
             )
