@@ -41,6 +41,9 @@ __all__ = [
     "commit",
     "complete",
     "consolidate",
+    "discard",
+    "file_record",
+    "owned_names",
     "is_temporary_name",
     "read_manifest",
     "remove_temporary_files",
@@ -74,18 +77,22 @@ class Staged:
     record: dict[str, Any]
 
 
+def file_record(path: Path) -> dict[str, Any]:
+    """What the manifest keeps of a file written: `bytes`, `sha256`, `mtime_ns`."""
+    data = path.read_bytes()
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "mtime_ns": path.stat().st_mtime_ns}
+
+
 def stage(path: Path, write: Callable[[Path], None]) -> Staged:
     """Write one output with `write(temporary_path)` (it must not infer the format from the suffix); returns it
     staged, with its record (`bytes`, `sha256`, `mtime_ns`). A failed write leaves no temporary file."""
     temporary = _temporary_path(path)
     try:
         write(temporary)
-        data = temporary.read_bytes()
-        status = temporary.stat()
+        record = file_record(temporary)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    record = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "mtime_ns": status.st_mtime_ns}
     return Staged(path, temporary, record)
 
 
@@ -192,10 +199,10 @@ def complete(folder: Path, entry: Mapping[str, Any]) -> bool:
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def consolidate(folder: Path) -> None:
-    """Merge the parts of earlier runs into `manifest.jsonl` (one line per image, the latest; failures dropped) and
-    remove them. Called by the main process while no other process writes."""
-    entries = read_manifest(folder)
+def consolidate(folder: Path, keep: Callable[[dict[str, Any]], bool] | None = None) -> None:
+    """Merge the parts of earlier runs into `manifest.jsonl` (one line per image, the latest; failures dropped, and
+    the lines `keep` refuses) and remove them. Called by the main process while no other process writes."""
+    entries = {key: entry for key, entry in read_manifest(folder).items() if keep is None or keep(entry)}
     lines = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in sorted(entries.values(), key=_order))
     temporary = _temporary_path(folder / MANIFEST_NAME)
     temporary.write_text(lines, encoding="utf-8")

@@ -12,6 +12,7 @@ all processes, from which the main process writes `run_summary.json` and every p
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +52,11 @@ from .run_manifest import MANIFEST_NAME, PARTS_FOLDER, RESERVED_NAMES, SUMMARY_N
 from .visualization import overlay, segment_overlay
 
 __all__ = ["PAUSE_ENV", "UsageError", "read_image", "read_vocabulary", "segment_images"]
+
+# `--format parquet`'s shards (`parquet_output.shard_name`) and class list (`parquet_output.CLASS_FILE`); named here
+# so that the checks need not import pyarrow.
+_SHARD = re.compile(r"^results-\d{5}-\d{5}\.parquet$")
+CLASS_FILE = "classes.txt"
 
 # For tests and benchmarks only: seconds each process sleeps after each image, so that a kill lands mid-run.
 PAUSE_ENV = "ITA_SEGMENT_PAUSE_PER_IMAGE"
@@ -105,6 +111,7 @@ class Item:
     path: Path | None = None
     image: Image.Image | None = None
     error: str | None = None
+    image_bytes: bytes | None = None
 
     def read(self) -> Image.Image:
         if self.path is not None:
@@ -257,7 +264,7 @@ def _check_output_folder(args: argparse.Namespace, items: Sequence[Item]) -> tup
     every image, and the manifest and the summary) held by a file this program did not write. Returns the
     folder's manifest entries and the names of the files it wrote."""
     output: Path = args.output
-    for item in items:
+    for item in items if args.format == "png" else ():
         for name in output_names(item.key, args.task):
             if name in RESERVED_NAMES:
                 raise UsageError(
@@ -278,7 +285,14 @@ def _check_output_folder(args: argparse.Namespace, items: Sequence[Item]) -> tup
     entries = run_manifest.read_manifest(output)
     owned = run_manifest.owned_names(output, entries) | {path.name for path in recognised_outputs(output)}
     existing = {path.name for path in content}
-    for name in [*RESERVED_NAMES, *(name for item in items for name in output_names(item.key, args.task))]:
+    if args.format == "parquet":  # the shards (named as only ita-segment names them) and the class list
+        owned |= {name for name in existing if _SHARD.match(name)}
+        if any(_SHARD.match(name) for entry in entries.values() for name in entry["outputs"]):
+            owned.add(CLASS_FILE)
+        planned = [CLASS_FILE]
+    else:
+        planned = [name for item in items for name in output_names(item.key, args.task)]
+    for name in [*RESERVED_NAMES, *planned]:
         if name in existing and name not in owned:
             raise UsageError(
                 f"{output / name} exists and was not written by ita-segment (its {MANIFEST_NAME} does not name it): "
@@ -302,7 +316,11 @@ def _still_to_do(
             entry is not None
             and entry.get("settings") == settings
             and entry.get("input") == item.input
-            and sorted(entry["outputs"]) == sorted(output_names(item.key, args.task))
+            and (
+                sorted(entry["outputs"]) == sorted(output_names(item.key, args.task))
+                if args.format == "png"
+                else all(_SHARD.match(name) for name in entry["outputs"])
+            )
             and run_manifest.complete(args.output, entry)
         ):
             done.add(item.key)
@@ -364,8 +382,9 @@ class Outcome:
 
 
 class _Writer:
-    """Writes one image's outputs through temporary names, records them in this process's manifest part, then
-    renames them into place."""
+    """Writes one image's outputs: with `--format png` its files, through temporary names, recorded in this
+    process's manifest part, then renamed into place; with `--format parquet` a row of this process's shards, its
+    manifest line written once the shard holding it is complete on disk."""
 
     def __init__(self, args: argparse.Namespace, plan: Plan, processes: Processes) -> None:
         self.args = args
@@ -373,9 +392,36 @@ class _Writer:
         self.process = processes.index
         self.parts = ManifestParts(args.output, processes.index)
         self.check_names = args.dataset is not None  # file inputs were checked up front
+        self.pending: dict[str, tuple[Item, float]] = {}
+        self.parquet: Any = None
+        if args.format == "parquet":
+            from .parquet_output import ParquetResultsWriter
+
+            self.parquet = ParquetResultsWriter(
+                args.output, plan.vocabulary, task=args.task, process_index=self.process
+            )
+
+    def _line(self, item: Item, outputs: dict[str, Any], seconds: float) -> dict[str, Any]:
+        return {
+            "id": item.key,
+            "input": item.input,
+            "position": item.position,
+            "task": self.args.task,
+            "settings": self.plan.settings,
+            "outputs": outputs,
+            "process": self.process,
+            "seconds": round(seconds, 4),
+        }
 
     def write(self, item: Item, image: Image.Image, result: dict[str, Any], seconds: float) -> None:
         started = time.perf_counter()
+        if self.parquet is not None:
+            if item.image_bytes is None and item.path is not None:
+                item.image_bytes = item.path.read_bytes()  # the file as it is, not re-encoded
+            durable = self.parquet.add(item.key, image, result, image_bytes=item.image_bytes)
+            self.pending[item.key] = (item, seconds + time.perf_counter() - started)
+            self._record(durable)
+            return
         renderers = _renderers(image, item, result, self.plan.vocabulary, self.args)
         if self.check_names:
             for name in renderers:
@@ -388,22 +434,29 @@ class _Writer:
         try:
             for name, render in renderers.items():
                 staged.append(run_manifest.stage(self.args.output / name, render))
-            self.parts.append(
-                {
-                    "id": item.key,
-                    "input": item.input,
-                    "position": item.position,
-                    "task": self.args.task,
-                    "settings": self.plan.settings,
-                    "outputs": {entry.path.name: entry.record for entry in staged},
-                    "process": self.process,
-                    "seconds": round(seconds + time.perf_counter() - started, 4),
-                }
-            )
+            outputs = {entry.path.name: entry.record for entry in staged}
+            self.parts.append(self._line(item, outputs, seconds + time.perf_counter() - started))
         except BaseException:
             run_manifest.discard(staged)
             raise
         run_manifest.commit(staged)
+
+    def _record(self, durable: list[str]) -> None:
+        """Manifest lines for the rows of the shard just written."""
+        if not durable:
+            return
+        shard = self.parquet.shards[-1]
+        record = run_manifest.file_record(shard)
+        for key in durable:
+            item, seconds = self.pending.pop(key)
+            self.parts.append(self._line(item, {shard.name: record}, seconds))
+
+    def close(self) -> None:
+        try:
+            if self.parquet is not None:
+                self._record(self.parquet.close())
+        finally:
+            self.parts.close()
 
     def failed(self, item: Item, message: str) -> None:
         self.parts.append({"id": item.key, "input": item.input, "failed": message, "process": self.process})
@@ -416,10 +469,11 @@ def _items_of_this_process(plan: Plan, processes: Processes) -> Iterator[Item]:
     for record in plan.source.records(processes.index, processes.count, skip_ids=plan.done_ids):
         yield Item(
             record.record_id,
-            f"{plan.source.name}#{record.record_id}" if hasattr(plan.source, "name") else record.record_id,
+            f"{plan.source.name}#{record.record_id}",
             record.position,
             image=record.image,
             error=record.error,
+            image_bytes=record.image_bytes,
         )
 
 
@@ -500,7 +554,7 @@ def _segment_share(segmenter: Any, plan: Plan, args: argparse.Namespace, process
                     if pause:
                         time.sleep(pause)
         finally:
-            writer.parts.close()
+            writer.close()
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -675,6 +729,8 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
         if processes.is_main:  # nobody writes yet: merge earlier runs' parts, drop their temporary files
             run_manifest.remove_temporary_files(args.output)
             run_manifest.consolidate(args.output)
+            if args.format == "parquet":
+                _drop_stale_shards(args)
             (args.output / PARTS_FOLDER / _FAIL_FAST_FLAG).unlink(missing_ok=True)
         else:  # reads what the main process stored in the disk cache
             _encode_vocabulary(segmenter, plan.vocabulary)
@@ -688,6 +744,21 @@ def _run(args: argparse.Namespace, processes: Processes) -> int:
     if processes.is_main:
         _finish(args, plan, processes, outcomes, failures, done, loaded - started, time.perf_counter() - started)
     return EXIT_DATA if failures else EXIT_OK
+
+
+def _drop_stale_shards(args: argparse.Namespace) -> None:
+    """`--format parquet`, before writing: remove the shards that a killed run renamed into place but never
+    recorded (their rows are done again), and with `--overwrite` every earlier shard and its manifest lines, so that
+    no row is in the results twice."""
+    entries = run_manifest.read_manifest(args.output)
+    recorded = {name for entry in entries.values() for name in entry["outputs"]}
+    for shard in args.output.iterdir():
+        if _SHARD.match(shard.name) and (args.overwrite or shard.name not in recorded):
+            shard.unlink()
+    if args.overwrite:
+        run_manifest.consolidate(
+            args.output, keep=lambda entry: not any(_SHARD.match(name) for name in entry["outputs"])
+        )
 
 
 def _finish(
@@ -735,5 +806,5 @@ def _finish(
             f"(failures listed in {SUMMARY_NAME})",
             file=sys.stderr,
         )
-    elif plan.done_before and not args.quiet:
+    elif plan.done_before:
         print(f"{args.prog}: {done} image(s) segmented{already}; outputs in {args.output}", file=sys.stderr)
