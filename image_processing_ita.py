@@ -51,6 +51,7 @@ __all__ = [
     "ITAImageProcessorKwargs",
     "ITA_PIXEL_MEAN",
     "ITA_PIXEL_STD",
+    "MIXED_FRAMES_WARNING",
     "TARGET_NAMES",
     "clip_view",
     "image_to_tensor",
@@ -103,6 +104,17 @@ def open_image(image: str | os.PathLike[str] | Image.Image, where: str = "image"
     if image.width == 0 or image.height == 0:
         raise ValueError(f"{where} has zero size ({image.width}x{image.height} pixels)")
     return image
+
+
+# What a processor call of images with different padded frames says, once per process: the model reads the
+# padding (its convolutions and attention), so an image padded beyond its own frame is predicted differently.
+MIXED_FRAMES_WARNING = (
+    "ITAImageProcessor: images of different sizes were padded to one frame in this call. The model reads the "
+    "padding, so an image padded beyond its own frame gets a different prediction than it gets alone. For each "
+    "image's own result, call the processor and the model per image (or per group of images with the same padded "
+    "frame, ITAImageProcessor.padded_frame), or use the zero-shot-image-segmentation pipeline or ita-segment, "
+    "which batch that way."
+)
 
 
 def padded_size(height: int, width: int, divisor: int) -> tuple[int, int]:
@@ -800,6 +812,8 @@ class ITAImageProcessor(TorchvisionBackend):
             (image_mean, image_std) if do_normalize else None,
         )
         pixel_values, pixel_mask = _padded_batch(processed, image_sizes, do_pad, size_divisor, pad_size)
+        if segmentation_maps is None and len({_padded_frame(size, do_pad, size_divisor) for size in image_sizes}) > 1:
+            logger.warning_once(MIXED_FRAMES_WARNING)  # targets (training, evaluation) are padded on purpose
         device = pixel_values.device
         data: dict[str, Any] = {
             "pixel_values": pixel_values,

@@ -626,3 +626,29 @@ def test_clip_view_of_a_long_strip_resamples_only_its_crop():
     got = view * std + mean
     assert view.shape == (3, 320, 320)
     assert (got - expected).abs().max() <= 1 / 255 + 1e-5
+
+
+def test_images_padded_beyond_their_own_frame_warn_once(caplog):
+    """Images of different padded frames in one call: the model's results differ from their single runs, which
+    is said once per process (the pipeline and the commands batch by frame and never see it)."""
+    from transformers.utils import logging as transformers_logging
+
+    import image_processing_ita
+
+    transformers_logging.warning_once.cache_clear()
+    processor = ITAImageProcessor(size=SMALL_SIZE)
+    wide, tall = np.zeros((64, 96, 3), np.uint8), np.zeros((96, 64, 3), np.uint8)
+
+    def warnings_of(*args, **kwargs):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="image_processing_ita"):
+            processor(*args, **kwargs)
+        return [record.getMessage() for record in caplog.records]
+
+    assert warnings_of([wide, wide.copy()]) == []  # one frame: as alone
+    labels = [np.zeros((64, 96), np.uint8), np.zeros((96, 64), np.uint8)]
+    assert warnings_of([wide, tall], segmentation_maps=labels) == []  # training/evaluation targets: on purpose
+    said = warnings_of([wide, tall])
+    assert said == [image_processing_ita.MIXED_FRAMES_WARNING]
+    assert "call the processor and the model per image" in said[0] and "pipeline" in said[0]
+    assert warnings_of([tall, wide]) == []  # once
