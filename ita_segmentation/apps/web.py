@@ -80,7 +80,7 @@ TABLE_NAME_LENGTH = 60
 # Width of the table's columns: the names wrap inside theirs, the numbers keep theirs in view.
 _COLUMN_WIDTHS = {
     "semantic": ["56%", "24%", "20%"],
-    "segments": ["12%", "40%", "14%", "20%", "14%"],
+    "segments": ["15%", "35%", "14%", "22%", "14%"],
 }
 
 # The longest side of the upload's preview, in pixels.

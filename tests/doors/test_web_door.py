@@ -326,6 +326,17 @@ def test_page_in_headless_chromium(server, tmp_path):
         browser.click("Segment")
         note = browser.wait_for(f"{NOTE}.includes('threshold') && {NOTE}", 60)
         assert "No segment reached the score threshold 0.80: lower the threshold" in str(note)
+        browser.wait_for("!!document.querySelector('#overlay img')", 30)
+        # No toolbar over the overlay: its icons would hide the legend's first entry.
+        over_picture = browser.evaluate(
+            "(() => { const img = document.querySelector('#overlay img'); const picture = img.getBoundingClientRect(); "
+            "return [...document.querySelectorAll('#overlay button')].filter(button => { if (button.contains(img)) "
+            "return false; "
+            "const box = button.getBoundingClientRect(); return box.width > 0 && box.left < picture.right && "
+            "box.right > picture.left && box.top < picture.bottom && box.bottom > picture.top; })"
+            ".map(button => button.outerHTML.slice(0, 200)); })()"
+        )
+        assert over_picture == [], over_picture
         browser.screenshot(shots / "2-panoptic-empty.png")
 
         # Long synonym lists: shortened and wrapped in their column; the share and score columns stay in view.
@@ -335,6 +346,7 @@ def test_page_in_headless_chromium(server, tmp_path):
         browser.click("Segment")
         browser.wait_for(f"{NOTE}.includes('classes present')", 60)
         browser.wait_for("document.querySelectorAll('#table th').length === 3")
+        browser.wait_for("!!document.querySelector('#overlay img')", 30)
         columns = browser.evaluate(
             "(() => { const table = document.querySelector('#table table'); const box = document.querySelector('#table')"
             ".getBoundingClientRect(); return {right: box.right, page: document.documentElement.clientWidth, "
