@@ -34,8 +34,8 @@ def evaluate(argv: Sequence[str] | None = None, prog: str = "ita-evaluate") -> i
 
 
 def convert(argv: Sequence[str] | None = None, prog: str = "ita-convert") -> int:
-    """`ita-convert`: returns the exit status (0 written, 1 the conversion failed, 2 usage error or the upload
-    failed after writing)."""
+    """`ita-convert`: returns the exit status (0 written, 1 the conversion or the upload failed, 2 usage error or
+    a taken output folder)."""
     from ita_segmentation.hub.cli import main
 
     return run_door(prog, lambda: main(argv, prog))
