@@ -78,7 +78,7 @@ DEFAULT_THRESHOLDS = {"panoptic": 0.8, "instance": INSTANCE_THRESHOLD}
 TABLE_NAME_LENGTH = 60
 
 # Width of the table's columns: the names wrap inside theirs, the numbers keep theirs in view.
-_COLUMN_WIDTHS = {
+_COLUMN_WIDTHS: dict[str, list[str | int]] = {
     "semantic": ["56%", "24%", "20%"],
     "segments": ["15%", "35%", "14%", "22%", "14%"],
 }
@@ -94,7 +94,7 @@ class WebInputError(ITAUsageError, ValueError):
     before the segmentation runs)."""
 
 
-def log_refusal(error: BaseException, stream: Any = None) -> str:
+def log_refusal(error: BaseException | str, stream: Any = None) -> str:
     """Log a refused request as one line on the server's standard error (no traceback); returns its message."""
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"{_LOG_PREFIX}{message}", file=sys.stderr if stream is None else stream, flush=True)
@@ -246,7 +246,7 @@ class PageResult(NamedTuple):
     picture: Image.Image
     rows: list[list[Any]]
     header: list[str]
-    column_widths: list[str]
+    column_widths: list[str | int]
     label_path: str
     overlay_path: str
     note: str
