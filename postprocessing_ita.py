@@ -22,7 +22,7 @@ Class probabilities are the softmax of the ensemble's log-probabilities (`ensemb
 import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, NoReturn, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -1149,6 +1149,13 @@ def _refuse_swapped_target(image_size: tuple[int, int], target_size: tuple[int, 
         )
 
 
+def _refuse_overflow(name: str, dtype: torch.dtype) -> NoReturn:
+    raise ValueError(
+        f"{name} of the model's outputs hold NaN or infinite values ({dtype}), so no class can be chosen; in "
+        "float16 a sum that passes 65504 overflows: run the model in bfloat16 or float32"
+    )
+
+
 def checked_outputs(
     frames: ITAOutputFrames, outputs: Any, target_sizes: Sequence[Sequence[int]] | Tensor | None
 ) -> tuple[Tensor, Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
@@ -1175,6 +1182,11 @@ def checked_outputs(
         raise ValueError(
             f"masks_queries_logits has shape {tuple(mask_logits.shape)}; expected [{batch}, {num_queries}, h, w]"
         )
+    # NaN (or +inf log-probabilities) come from an overflow, e.g. in float16; -inf is a probability of 0.
+    if class_scores.is_floating_point() and bool((class_scores.isnan() | class_scores.isposinf()).any()):
+        _refuse_overflow("the class scores", class_scores.dtype)
+    if mask_logits.is_floating_point() and bool(mask_logits.isnan().any()):
+        _refuse_overflow("masks_queries_logits", mask_logits.dtype)
     sizes = [_size_pair(size) for size in torch.as_tensor(image_sizes).view(-1, 2).tolist()]
     if len(sizes) != batch:
         raise ValueError(f"Got {len(sizes)} image_sizes for a batch of {batch}")

@@ -410,3 +410,16 @@ def test_a_swap_is_told_for_an_image_of_extreme_aspect_ratio_too():
     assert tuple(label_map.shape) == (10, 40000)
     with pytest.raises(ValueError, match=r"looks like \(width, height\)"):
         processor.post_process_semantic_segmentation(outputs, target_sizes=[(40000, 10)])
+
+
+@pytest.mark.parametrize("field", ["class_queries_logits", "masks_queries_logits"])
+def test_outputs_with_nan_are_refused_naming_the_precision(field):
+    """A model overflowing in float16 gave NaN class scores, which died deep in the resize (`max(): Expected
+    reduction dim 1 to have non-zero size`); the outputs are checked first."""
+    processor = ITAImageProcessor()
+    outputs = random_outputs(1, 6, 3, (16, 24), [[64, 96]])
+    outputs[field] = outputs[field].clone()
+    outputs[field][0, 0, 0] = float("nan")
+    for method in ("post_process_semantic_segmentation", "post_process_panoptic_segmentation"):
+        with pytest.raises(ValueError, match=r"NaN or infinite values.*bfloat16 or float32"):
+            getattr(processor, method)(outputs)
