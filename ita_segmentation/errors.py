@@ -17,6 +17,7 @@ Standard library only: every `--help` and usage error answers before torch is im
 """
 
 import errno
+import importlib.metadata
 import sys
 import traceback
 from collections.abc import Callable
@@ -28,10 +29,10 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
-    "ISSUES_URL",
     "ITADataError",
     "ITAUsageError",
     "ITAUserError",
+    "issue_tracker",
     "report_error",
     "run_door",
     "user_error",
@@ -43,7 +44,19 @@ EXIT_USAGE = 2
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 130
 
-ISSUES_URL = "https://github.com/ita-segmentation/ita-segmentation/issues"
+
+def issue_tracker() -> str:
+    """Where to report a bug: the package's declared issue tracker (its `Project-URL`), else its home page."""
+    try:
+        metadata = importlib.metadata.metadata("ita-segmentation")
+    except importlib.metadata.PackageNotFoundError:
+        return "this project's issue tracker"
+    for entry in metadata.get_all("Project-URL") or []:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() in {"issues", "bug tracker", "tracker"}:
+            return url.strip()
+    home = (metadata.get_all("Home-page") or [""])[0]
+    return home if home and home != "UNKNOWN" else "this project's issue tracker"
 
 
 class ITAUserError(Exception):
@@ -98,7 +111,7 @@ def report_error(prog: str, error: BaseException, stream: TextIO | None = None) 
     traceback.print_exception(type(error), error, error.__traceback__, file=stream)
     print(
         f"{prog}: internal error: this is a bug in ita-segmentation, not a problem with what you gave it; please "
-        f"report it at {ISSUES_URL} with the command line and the traceback above",
+        f"report it ({issue_tracker()}) with the command line and the traceback above",
         file=stream,
     )
     return EXIT_BUG
