@@ -7,7 +7,15 @@ of the picture, in text scaled to it, so that it hides nothing and stays readabl
 24-megapixel photo alike.
 """
 
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,11 +114,159 @@ def legend_entries(label_map: ArrayLike, class_names: Sequence[str]) -> list[tup
     return [(class_id, class_names[class_id].split(",")[0].strip(), counts[class_id] / total) for class_id in present]
 
 
-def _legend_font(font_size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+logger = logging.getLogger(__name__)
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+# Fonts tried, in this order, for a legend text that Pillow's own font (Latin letters only) cannot draw: broad
+# Unicode fonts first, then CJK and emoji ones, under the usual font folders of Linux, macOS and Windows.
+_FALLBACK_FONT_FILES = (
+    "DejaVuSans.ttf",
+    "NotoSans-Regular.ttf",
+    "NotoSansCJK-Regular.ttc",
+    "NotoSansCJKsc-Regular.otf",
+    "NotoSansSC-Regular.otf",
+    "NotoSansJP-Regular.otf",
+    "DroidSansFallbackFull.ttf",
+    "DroidSansFallback.ttf",
+    "wqy-zenhei.ttc",
+    "wqy-microhei.ttc",
+    "NotoSansSymbols2-Regular.ttf",
+    "NotoEmoji-Regular.ttf",
+    "Arial Unicode.ttf",
+    "PingFang.ttc",
+    "Hiragino Sans GB.ttc",
+    "Apple Color Emoji.ttc",
+    "arialuni.ttf",
+    "msyh.ttc",
+    "seguisym.ttf",
+    "seguiemj.ttf",
+)
+_FONT_FOLDERS = (
+    "/usr/share/fonts",
+    "/usr/local/share/fonts",
+    "~/.local/share/fonts",
+    "~/.fonts",
+    "/System/Library/Fonts",
+    "/Library/Fonts",
+    "~/Library/Fonts",
+    os.path.join(os.environ.get("WINDIR", r"C:\Windows"), "Fonts"),
+)
+# Characters that draw nothing or join others (spaces, controls, combining marks, variation selectors, joiners):
+# never checked for a glyph of their own.
+_UNCHECKED_CATEGORIES = {"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"}
+# A character no font has (a private-use code point of plane 16): what a font draws for a missing glyph.
+_NO_GLYPH = "\U0010fffd"
+_warned_names: set[str] = set()
+
+
+@functools.lru_cache(maxsize=64)
+def _legend_font(font_size: int) -> Font:
+    """Pillow's own font at `font_size` (the same on every machine; Latin letters only)."""
     try:
         return ImageFont.load_default(size=font_size)
     except (ImportError, OSError, TypeError):  # Pillow built without FreeType: the fixed bitmap font
         return ImageFont.load_default()
+
+
+def _drawing(font: Font, text: str) -> tuple[tuple[int, int], bytes]:
+    mask = font.getmask(text)
+    return tuple(mask.size), bytes(mask)  # type: ignore[arg-type]  # ImagingCore: size and the buffer
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_glyph(font: Font, character: str) -> bool:
+    """Whether `font` has a glyph for `character`: it draws it otherwise than its missing-glyph box."""
+    if unicodedata.category(character) in _UNCHECKED_CATEGORIES:
+        return True
+    return _drawing(font, character) != _missing_glyph_drawing(font)
+
+
+@functools.lru_cache(maxsize=64)
+def _missing_glyph_drawing(font: Font) -> tuple[tuple[int, int], bytes]:
+    return _drawing(font, _NO_GLYPH)
+
+
+def _missing_characters(font: Font, text: str) -> list[str]:
+    return [character for character in dict.fromkeys(text) if not _has_glyph(font, character)]
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_font_files() -> tuple[str, ...]:
+    """The fallback fonts installed here, in `_FALLBACK_FONT_FILES`' order."""
+    wanted = {name.lower(): rank for rank, name in enumerate(_FALLBACK_FONT_FILES)}
+    found: dict[int, str] = {}
+    for folder in _FONT_FOLDERS:
+        root = Path(os.path.expanduser(folder))
+        if not root.is_dir():
+            continue
+        try:
+            for path in root.rglob("*"):
+                rank = wanted.get(path.name.lower())
+                if rank is not None and rank not in found:
+                    found[rank] = str(path)
+        except OSError:
+            continue
+    return tuple(found[rank] for rank in sorted(found))
+
+
+@functools.lru_cache(maxsize=256)
+def _fonts_with(character: str) -> tuple[str, ...]:
+    """Font files that fontconfig says have `character` (none where fontconfig's `fc-list` is missing)."""
+    fc_list = shutil.which("fc-list")
+    if fc_list is None or sys.platform == "win32":
+        return ()
+    try:
+        listed = subprocess.run(
+            [fc_list, f":charset={ord(character):x}", "file"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(sorted(line.strip().rstrip(":") for line in listed.splitlines() if line.strip()))
+
+
+@functools.lru_cache(maxsize=256)
+def _truetype(path: str, font_size: int) -> Font | None:
+    try:
+        return ImageFont.truetype(path, font_size)
+    except (OSError, ValueError):  # a bitmap-only font (colour emoji) that has no glyphs at this size
+        return None
+
+
+def _font_for_text(text: str, font_size: int) -> Font:
+    """The font to draw `text` with: Pillow's own when it has every glyph, else the first installed font that
+    has them all (`_FALLBACK_FONT_FILES`, then the fonts fontconfig names for the missing characters), else the
+    one that misses fewest, with a warning, once per text, that names the characters drawn as empty boxes."""
+    default = _legend_font(font_size)
+    missing = _missing_characters(default, text)
+    if not missing:
+        return default
+    best, best_missing = default, missing
+    tried: set[str] = set()
+    candidates = list(_installed_font_files())
+    for round_ in range(2):
+        if round_ == 1:  # fontconfig knows fonts outside the usual names
+            candidates = [path for character in best_missing for path in _fonts_with(character)]
+        for path in candidates:
+            if path in tried:
+                continue
+            tried.add(path)
+            font = _truetype(path, font_size)
+            if font is None:
+                continue
+            still_missing = _missing_characters(font, text)
+            if not still_missing:
+                return font
+            if len(still_missing) < len(best_missing):
+                best, best_missing = font, still_missing
+    if text not in _warned_names:
+        _warned_names.add(text)
+        shown = ", ".join(f"{character!r} (U+{ord(character):04X})" for character in best_missing[:5])
+        logger.warning(
+            f"legend: no installed font has a glyph for {shown} in the class name {text!r}, drawn as an empty box; "
+            "install a font that has it (e.g. Noto Sans CJK for Chinese, Japanese and Korean, Noto Emoji for emoji)"
+        )
+    return best
 
 
 def legend_font_size(image_height: int) -> int:
@@ -129,10 +285,9 @@ def legend_panel(
     """A legend, to stand beside an image `height` pixels high: an RGB image of that height (taller only when
     `max_columns` columns cannot hold the entries) listing `entries`, `(rgb, text)` pairs, one per row: a swatch
     of the colour and the text, in as many columns as the height needs. Nothing is cut off."""
-    font = _legend_font(font_size)
+    fonts = [_font_for_text(text, font_size) for _, text in entries]
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (font_size, 0)
-    line = ascent + descent
+    line = max(sum(font.getmetrics()) if hasattr(font, "getmetrics") else font_size for font in fonts)
     margin = max(4, line // 2)
     row_height = line + max(2, line // 3)
     swatch = line
@@ -141,14 +296,14 @@ def legend_panel(
     if columns > max_columns:
         columns = max_columns
         rows_per_column = -(-len(entries) // columns)
-    text_width = int(max(measure.textlength(text, font=font) for _, text in entries))
+    text_width = int(max(measure.textlength(text, font=font) for (_, text), font in zip(entries, fonts)))
     column_width = swatch + margin // 2 + text_width + margin
     width = margin + columns * column_width
     panel_height = max(height, 2 * margin + rows_per_column * row_height)
     panel = Image.new("RGB", (width, panel_height), background)
     draw = ImageDraw.Draw(panel)
     outline = max(1, swatch // 12)
-    for index, (rgb, text) in enumerate(entries):
+    for index, ((rgb, text), font) in enumerate(zip(entries, fonts)):
         column, row = divmod(index, rows_per_column)
         left, top = margin + column * column_width, margin + row * row_height
         draw.rectangle(

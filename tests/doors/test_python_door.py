@@ -234,3 +234,38 @@ def test_a_pickle_that_runs_code_is_called_so_and_a_truncated_one_damaged(tiny_m
     (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelLoadingError, match=r"cannot be read, the file is damaged"):
         load_segmentation_model(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Legend fonts
+
+
+def test_legend_draws_accented_names_with_a_font_that_has_them():
+    from ita_segmentation.apps import visualization
+
+    font_size = 20
+    assert visualization._font_for_text("cat", font_size) is visualization._legend_font(font_size)  # as before
+    # Pillow's own font has no "é": a name with one is drawn with an installed font that has it
+    assert not visualization._has_glyph(visualization._legend_font(font_size), "é")
+    if not visualization._installed_font_files() and not visualization._fonts_with("é"):
+        pytest.skip("no font with accented letters is installed here")
+    font = visualization._font_for_text("café", font_size)
+    assert font is not visualization._legend_font(font_size)
+    assert all(visualization._has_glyph(font, character) for character in "café")
+
+
+def test_a_glyph_no_font_has_is_named_once_with_its_class(caplog):
+    import logging
+
+    from ita_segmentation.apps import visualization
+    from ita_segmentation.apps.visualization import color_palette, legend_panel
+
+    name = "\U000f0001 widget"  # a private-use character: no font draws it
+    visualization._warned_names.discard(name)
+    with caplog.at_level(logging.WARNING, logger=visualization.__name__):
+        first = legend_panel(list(zip(color_palette(2), ["cat", name])), 120, 14)
+        legend_panel(list(zip(color_palette(2), ["cat", name])), 120, 14)
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 1, said
+    assert "U+F0001" in said[0] and repr(name) in said[0] and "install a font" in said[0]
+    assert first.height == 120  # still drawn
