@@ -831,8 +831,8 @@ def build_cases() -> list[Case]:  # noqa: C901 - one declaration per case
         segmenter(IMAGES + '/scene.jpg', candidate_labels=['cat', 'dog'], subtask='panoptic', stuff_labels=['sky'])
         """), "refuse", phrases=["sky", r"not (one of|in|among)|unknown|candidate_labels"]))  # fmt: skip
     add(Case("python-automodel-empty-folder", py, "import os\nfrom transformers import AutoModel\nimport modeling_ita\n"
-             "os.makedirs(CASE + '/empty', exist_ok=True)\nAutoModel.from_pretrained(CASE + '/empty')\n", "refuse",
-             phrases=[r"config\.json", r"empty"], what="AutoModel.from_pretrained('empty/')"))  # fmt: skip
+             "os.makedirs(CASE + '/new-model', exist_ok=True)\nAutoModel.from_pretrained(CASE + '/new-model')\n", "refuse",
+             phrases=[r"config\.json", r"empty"], what="AutoModel.from_pretrained('new-model/') (an empty folder)"))  # fmt: skip
     add(Case("python-model-class-on-bert", py, "from modeling_ita import ITAForOpenVocabSegmentation\n"
              "ITAForOpenVocabSegmentation.from_pretrained(FIXTURES + '/bert')\n", "refuse",
              phrases=[r"bert", r"\bita\b|model_type"], wrong=[r"hidden_dim must"],
