@@ -269,3 +269,61 @@ def test_a_glyph_no_font_has_is_named_once_with_its_class(caplog):
     assert len(said) == 1, said
     assert "U+F0001" in said[0] and repr(name) in said[0] and "install a font" in said[0]
     assert first.height == 120  # still drawn
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Through the model: the pipeline, the processor + model, post-processing
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tiny_model_dir):
+    from transformers import pipeline
+
+    import modeling_ita  # noqa: F401  (registers the task)
+
+    return pipeline("zero-shot-image-segmentation", model=str(tiny_model_dir), device="cpu")
+
+
+def test_pipeline_labels_lose_their_byte_order_mark(tiny_pipeline):
+    import numpy as np
+
+    result = tiny_pipeline(np.zeros((48, 64, 3), np.uint8), candidate_labels=["\ufeffcat", "dog"])
+    assert result["segments"] and all("\ufeff" not in segment["label"] for segment in result["segments"])
+    assert {segment["label"] for segment in result["segments"]} <= {"cat", "dog"}
+
+
+def test_pipeline_segments_an_image_of_extreme_aspect_ratio(tiny_pipeline):
+    """10 x 4000 at the tiny processor's 96/160 sizes: detectron2's rule gives a short side of 0.4 -> 0 pixels."""
+    import numpy as np
+
+    image = np.random.default_rng(0).integers(0, 256, (10, 4000, 3), dtype=np.uint8)
+    result = tiny_pipeline(image, candidate_labels=["cat", "dog"])
+    assert result["label_map"].shape == (10, 4000)
+    assert abs(sum(segment["pixel_share"] for segment in result["segments"]) - 1) < 1e-6
+
+
+def test_processor_and_model_batch_of_mixed_sizes_warns_and_swapped_targets_are_refused(tiny_model_dir, caplog):
+    import logging
+
+    import numpy as np
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    import image_processing_ita
+    from modeling_ita import ITAForOpenVocabSegmentation, ITAProcessor
+
+    processor = ITAProcessor.from_pretrained(tiny_model_dir)
+    model = ITAForOpenVocabSegmentation.from_pretrained(tiny_model_dir).eval()
+    wide, tall = np.zeros((60, 90, 3), np.uint8), np.zeros((90, 60, 3), np.uint8)
+    transformers_logging.warning_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="image_processing_ita"):
+        inputs = processor(images=[wide, tall], text=["cat", "dog"], return_tensors="pt")
+    assert [record.getMessage() for record in caplog.records] == [image_processing_ita.MIXED_FRAMES_WARNING]
+    with torch.no_grad():
+        outputs = model(**inputs)
+    maps = processor.post_process_semantic_segmentation(outputs, target_sizes=[(60, 90), (90, 60)])
+    assert [tuple(label_map.shape) for label_map in maps] == [(60, 90), (90, 60)]
+    with pytest.raises(ValueError, match=r"target_sizes\[0\] is \(90, 60\).*\(height, width\)"):
+        processor.post_process_semantic_segmentation(outputs, target_sizes=[(90, 60), (90, 60)])
+    with pytest.raises(ValueError, match=r"target_sizes\[1\] is \(60, 90\)"):
+        processor.post_process_panoptic_segmentation(outputs, target_sizes=[(60, 90), (60, 90)])
