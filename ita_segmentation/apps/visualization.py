@@ -171,7 +171,7 @@ def _legend_font(font_size: int) -> Font:
 
 def _drawing(font: Font, text: str) -> tuple[tuple[int, int], bytes]:
     mask = font.getmask(text)
-    return tuple(mask.size), bytes(mask)  # type: ignore[arg-type]  # ImagingCore: size and the buffer
+    return tuple(mask.size), bytes(mask)
 
 
 @functools.lru_cache(maxsize=4096)
