@@ -120,6 +120,16 @@ def readme_export_command():
     return line.split("#")[0].split()[1:]
 
 
+# The vocabulary the ONNX test models' folders store (`vocabularies/`) before they are exported.
+ONNX_STORED_VOCABULARY = ["cat,kitty", "sofa,couch", "wall"]
+
+
+def store_vocabulary_in(folder):
+    from modeling_ita import ITAForOpenVocabSegmentation
+
+    ITAForOpenVocabSegmentation.from_pretrained(folder).store_vocabularies(folder, [ONNX_STORED_VOCABULARY])
+
+
 def _export_once(tmp_path_factory, name):
     """A tiny model folder and its ONNX export made by the README's `ita-export` command, once per test run: the
     pytest-xdist workers share them through locks (an export takes a minute or so). A worker that finds its
@@ -142,6 +152,7 @@ def _export_once(tmp_path_factory, name):
         if (exported / "onnx_export.json").is_file():
             return
         save_tiny_model(source, size=ONNX_TEST_SIZE, spread_weights=ONNX_SPREAD[variant], **ONNX_MODELS[variant])
+        store_vocabulary_in(source)  # the export carries the vocabularies stored in its model folder
         arguments = readme_export_command()
         arguments = [str(source) if a == "MODEL" else str(exported) if a == "ita-onnx" else a for a in arguments]
         status = main([*arguments, "--quiet"])

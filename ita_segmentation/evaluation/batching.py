@@ -18,7 +18,7 @@ from image_processing_ita import ITAImageProcessor, open_image
 
 from .errors import EvaluationDataError
 
-__all__ = ["BenchmarkDataError", "plan_batches"]
+__all__ = ["BenchmarkDataError", "plan_batches", "undecoded_images"]
 
 # EXIF orientations that turn the image by 90 degrees (its upright width and height swap).
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
@@ -82,7 +82,7 @@ class _BatchPreparer:
         self.image_processor = image_processor
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        images = [open_image(row["image"]) for row in rows]
+        images = [_decode_image(row["image"], row.get("file_name")) for row in rows]
         encoded = self.image_processor(images, return_tensors="pt")
         views = {}
         if "dominant_category_pixel_values" in encoded:
@@ -93,9 +93,41 @@ class _BatchPreparer:
             "image_sizes": encoded["image_sizes"],
             "labels": [np.asarray(row["label"]) for row in rows],
             "original_sizes": [(image.height, image.width) for image in images],
-            "image_files": [getattr(row["image"], "filename", "") or row["file_name"] for row in rows],
+            "image_files": [_image_name(row["image"], row.get("file_name")) for row in rows],
             "label_files": [getattr(row["label"], "filename", "") or f"label of {row['file_name']}" for row in rows],
         }
+
+
+def undecoded_images(dataset: datasets.Dataset) -> datasets.Dataset:
+    """`dataset` with its `image` column left undecoded (`{"path", "bytes"}`): the batch preparer decodes each
+    image itself, so an image that cannot be read is named as the user's data, not raised from inside `datasets`."""
+    if isinstance(dataset.features.get("image"), datasets.Image):
+        return dataset.cast_column("image", datasets.Image(decode=False))
+    return dataset
+
+
+def _image_name(value: Any, file_name: str | None) -> str:
+    if isinstance(value, dict):
+        return value.get("path") or file_name or "an image stored in the dataset"
+    return getattr(value, "filename", "") or file_name or "an image of the dataset"
+
+
+def _decode_image(value: Any, file_name: str | None) -> Image.Image:
+    """A row's image (a PIL image, a path, or datasets' undecoded `{"path", "bytes"}`) fully decoded and upright;
+    `BenchmarkDataError` naming the file when it cannot be read (truncated, not an image, empty)."""
+    name = _image_name(value, file_name)
+    try:
+        if isinstance(value, dict):
+            if value.get("bytes") is not None:
+                with Image.open(io.BytesIO(value["bytes"])) as opened:
+                    opened.load()  # decode now: a truncated file fails here
+                    return open_image(opened)  # upright: a copy, independent of the closed file
+            return open_image(value["path"])
+        return open_image(value)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise BenchmarkDataError(
+            f"{name}: cannot read the image ({error}); replace the file, or leave it out with --skip-bad-samples"
+        ) from None
 
 
 def _check_labels(batch: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from processing_ita import ITAProcessor
 
-from .batching import _BatchPreparer, _check_labels, _upright_image_sizes, plan_batches
+from .batching import _BatchPreparer, _check_labels, _upright_image_sizes, plan_batches, undecoded_images
 from .benchmarks import BENCHMARKS, benchmark_metadata
 from .metric import SegmentationConfusionMatrix
 
@@ -122,7 +122,7 @@ def evaluate_dataset(
         batches = [[index] for index in range(len(dataset))]
     batches = batches[rank::world_size]
     loader = DataLoader(
-        dataset,
+        undecoded_images(dataset),
         batch_sampler=batches,
         collate_fn=_BatchPreparer(processor.image_processor),
         num_workers=num_workers,

@@ -30,6 +30,7 @@ from image_processing_ita import ITAImageProcessor
 from modeling_ita.loading import ModelLoadingError, load_segmentation_model
 from modeling_ita.modeling import ITAForOpenVocabSegmentation
 from modeling_ita.remote_code import describe_folder
+from modeling_ita.vocabulary import STORED_VOCABULARIES_DIR
 from processing_ita import ITAProcessor
 
 from .check import (
@@ -175,10 +176,19 @@ def export_onnx(
         onnx_model = ITAOnnxModel.from_pretrained(staging)
         manifest["check"] = check_export(model, processor, onnx_model, check_class_names, tolerances=tolerances)
         del onnx_model
+        # Only after the check, which must encode with the exported text tower and no cache: the PyTorch tower's
+        # fingerprint (its encodings are the export's, within the check's tolerance), so that the disk cache and
+        # the vocabularies stored in the model folder serve the export too.
+        manifest["text_tower_fingerprint"] = model.vocabulary_encoder.text_tower_fingerprint(model.backbone)
+        stored = Path(model_name_or_path) / STORED_VOCABULARIES_DIR if model_name_or_path is not None else None
+        if stored is not None and stored.is_dir():
+            shutil.copytree(stored, staging / STORED_VOCABULARIES_DIR)
         manifest["files"] = sorted(path.name for path in staging.iterdir())
         write_manifest(staging, manifest)
         output_dir.mkdir(parents=True, exist_ok=True)
         for path in staging.iterdir():
+            if path.is_dir() and (output_dir / path.name).is_dir():  # an earlier export's (--overwrite)
+                shutil.rmtree(output_dir / path.name)
             os.replace(path, output_dir / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -27,7 +27,7 @@ from modeling_ita.modeling import (
 )
 from modeling_ita.vocabulary import ITAVocabulary, ITAVocabularyEncoder
 
-from ..backends import BACKENDS
+from ..backends import BACKENDS, export_folder_suggestion
 from .graph import (
     TEXT_ENCODER_INPUT,
     TEXT_ENCODER_OUTPUT,
@@ -101,8 +101,8 @@ def read_manifest(folder):
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         raise ValueError(
-            f"{folder} is not an exported ONNX model folder (no {MANIFEST_FILE}); write one with "
-            f"`ita-export --model MODEL --output {folder}`"
+            f"{folder} is not an exported ONNX model folder (no {MANIFEST_FILE}); write one beside it with "
+            f"`ita-export --model {folder} --output {export_folder_suggestion(folder)}`"
         )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != MANIFEST_FORMAT or manifest.get("format_version") != MANIFEST_VERSION:

@@ -127,7 +127,8 @@ def test_panoptic_script_refuses_before_torch(user_files):
 def test_refused_by_the_data_loaders(user_files, tmp_path):
     """Each refusal needs the data loaders (torch imported): a dataset name that is neither a folder here nor
     reachable on the Hub (offline), a dataset without its class list, label maps that fail the check (listed,
-    nothing computed), a class list of the wrong length for a benchmark."""
+    nothing computed), an image cut short (named, not a traceback), a class list of the wrong length for a
+    benchmark."""
     root, model = user_files
     bad = tmp_path / "bad"  # a copy of the dataset whose first label map holds class 200
     shutil.copytree(root / "mine", bad)
@@ -136,6 +137,10 @@ def test_refused_by_the_data_loaders(user_files, tmp_path):
     label.putpixel((0, 0), 200)
     label.save(first)
     (tmp_path / "two.txt").write_text("red circle\nblue square\n")
+    truncated = tmp_path / "truncated"  # a copy whose first image is cut halfway: its header reads, its pixels not
+    shutil.copytree(root / "mine", truncated)
+    first_image = sorted((truncated / "images" / "validation").iterdir())[0]
+    first_image.write_bytes(first_image.read_bytes()[: first_image.stat().st_size // 2])
     cases = [
         (
             ["--model", model, "--dataset", "no_such_dataset", "--output", tmp_path / "out"],
@@ -152,6 +157,12 @@ def test_refused_by_the_data_loaders(user_files, tmp_path):
             + ["--output", tmp_path / "out", "--num-workers", "0", "--no-progress"],
             1,
             ["class ids [200] are outside the vocabulary of 5 classes", "--skip-bad-samples", "nothing was computed"],
+        ),
+        (
+            ["--model", model, "--dataset", truncated, "--vocabulary-file", root / "classes.txt"]
+            + ["--output", tmp_path / "out-truncated", "--num-workers", "0", "--no-progress"],
+            1,
+            [f"{first_image}: the image cannot be read (image file is truncated)", "nothing was computed"],
         ),
         (
             ["--model", model, "--benchmark", "pas21", "--data-dir", tmp_path, "--vocabulary-file"]

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import ONNX_STORED_VOCABULARY
 from doors.conftest import run_command
 from PIL import Image
 
@@ -62,13 +63,32 @@ def test_both_backends_keep_a_large_vocabulary_in_the_disk_cache(ita_onnx_export
     assert list(cache.glob(".*.tmp")) == []
 
 
-def test_the_exported_text_tower_fingerprint(ita_onnx_export, tmp_path):
+def test_the_exported_text_tower_fingerprint(ita_onnx_export, tmp_path, monkeypatch):
     source, exported = ita_onnx_export
-    fingerprint = ITAOnnxModel.from_pretrained(exported).text_encoder.weights_fingerprint()
-    assert fingerprint.startswith("onnx-sha256:")
-    # Equal for equal weights: a copy of the folder elsewhere names the same weights.
+    # ita-export records the PyTorch tower's fingerprint (after its check) and copies the stored vocabularies, so
+    # both serve the export: the source folder's stored vocabulary is used without the exported text tower.
+    pytorch = ITAForOpenVocabSegmentation.from_pretrained(source)
+    recorded = pytorch.vocabulary_encoder.text_tower_fingerprint(pytorch.backbone)
+    assert ITAOnnxModel.from_pretrained(exported).text_encoder.weights_fingerprint() == recorded
+    assert sorted(p.name for p in (exported / STORED_VOCABULARIES_DIR).iterdir()) == sorted(
+        p.name for p in (source / STORED_VOCABULARIES_DIR).iterdir()
+    )
+    monkeypatch.setenv("ITA_VOCABULARY_CACHE", "off")
+    model = ITAOnnxModel.from_pretrained(exported)
+    calls = count_text_forwards(monkeypatch, model.text_encoder)
+    model.encode_vocabulary(ONNX_STORED_VOCABULARY)
+    assert calls == []
+
+    # A manifest that records no fingerprint: the exported file's hash, equal for equal weights (a copy of the
+    # folder elsewhere names the same weights).
     shutil.copytree(exported, tmp_path / "copy")
-    assert ITAOnnxModel.from_pretrained(tmp_path / "copy").text_encoder.weights_fingerprint() == fingerprint
+    manifest = json.loads((tmp_path / "copy" / "onnx_export.json").read_text())
+    del manifest["text_tower_fingerprint"]
+    (tmp_path / "copy" / "onnx_export.json").write_text(json.dumps(manifest))
+    fingerprint = ITAOnnxModel.from_pretrained(tmp_path / "copy").text_encoder.weights_fingerprint()
+    assert fingerprint.startswith("onnx-sha256:")
+    shutil.copytree(tmp_path / "copy", tmp_path / "copy2")
+    assert ITAOnnxModel.from_pretrained(tmp_path / "copy2").text_encoder.weights_fingerprint() == fingerprint
     # Other weights: another fingerprint.
     text_file = tmp_path / "copy" / "text_encoder.onnx"
     model = ITAOnnxModel.from_pretrained(tmp_path / "copy")
