@@ -133,9 +133,9 @@ def _check_model_folder(value: str, folder: Path) -> None:
         ) from None
     if not isinstance(config, dict):
         raise ITAUsageError(f"model folder {value}: its config.json is not a JSON object; save the model again")
-    model_type = config.get("model_type")
-    if model_type not in ITA_MODEL_TYPES:
-        what = f"a {model_type!r} model" if isinstance(model_type, str) and model_type else "no model_type"
+    model_type = config.get("model_type")  # none: ITAConfig's defaults (the checkpoint decides)
+    if model_type is not None and model_type not in ITA_MODEL_TYPES:
+        what = f"a {model_type!r} model" if isinstance(model_type, str) and model_type else f"model_type {model_type!r}"
         raise ITAUsageError(
             f"model folder {value} holds {what}, not ITA/FC-CLIP (its config.json needs model_type "
             f"{ITA_MODEL_TYPES[0]!r}): give an ITA model folder or Hub id"

@@ -115,17 +115,20 @@ def check_model_location(name_or_path: str | os.PathLike[str]) -> None:
 
 
 def check_model_type(config_file: Path, name: str) -> None:
-    """Refuse a config.json that is not JSON or not an ITA/FC-CLIP model's (a BERT folder given as the model):
-    `ModelLoadingError` naming the folder and the model type it holds, before the config is built."""
+    """Refuse a config.json that is not JSON or names another model type than ITA's (a BERT folder given as the
+    model): `ModelLoadingError` naming the folder and the model type it holds, before the config is built. A
+    config without `model_type` passes (ITAConfig reads it with its defaults)."""
     try:
         config = json.loads(config_file.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise ModelLoadingError(
             f"model {name}: its config.json cannot be read ({error}); save the model again or give another folder"
         ) from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type != ITAForOpenVocabSegmentation.config_class.model_type:
-        what = f"a {model_type!r} model" if isinstance(model_type, str) and model_type else "no model_type"
+    if not isinstance(config, dict):
+        raise ModelLoadingError(f"model {name}: its config.json is not a JSON object; save the model again")
+    model_type = config.get("model_type")  # none: ITAConfig's defaults (the checkpoint decides)
+    if model_type is not None and model_type != ITAForOpenVocabSegmentation.config_class.model_type:
+        what = f"a {model_type!r} model" if isinstance(model_type, str) and model_type else f"model_type {model_type!r}"
         raise ModelLoadingError(
             f"model folder {name} holds {what}, not ITA/FC-CLIP (its config.json needs model_type "
             f"{ITAForOpenVocabSegmentation.config_class.model_type!r}): give an ITA model folder or Hub id"

@@ -327,3 +327,13 @@ def test_processor_and_model_batch_of_mixed_sizes_warns_and_swapped_targets_are_
         processor.post_process_semantic_segmentation(outputs, target_sizes=[(90, 60), (90, 60)])
     with pytest.raises(ValueError, match=r"target_sizes\[1\] is \(60, 90\)"):
         processor.post_process_panoptic_segmentation(outputs, target_sizes=[(60, 90), (60, 90)])
+
+
+def test_a_config_without_model_type_is_left_to_itaconfig(tmp_path):
+    """Only a model type other than ITA's is refused up front; a config.json without one is read with ITAConfig's
+    defaults (the weights then decide)."""
+    from modeling_ita.loading import check_model_location
+
+    folder = _write_config(tmp_path / "plain")
+    check_model_argument(str(folder))
+    check_model_location(folder)
