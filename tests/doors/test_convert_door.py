@@ -4,7 +4,7 @@ user's files unchanged."""
 import pickle
 
 import torch
-from doors.conftest import assert_refused, file_hashes, run_command
+from doors.door_commands import assert_refused, file_hashes, run_command
 
 
 class RunsCode:

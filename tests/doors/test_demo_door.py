@@ -3,7 +3,7 @@
 import importlib.util
 import json
 
-from doors.conftest import ROOT, file_hashes
+from doors.door_commands import ROOT, file_hashes
 
 
 def load_demo():

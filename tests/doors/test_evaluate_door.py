@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from doors.conftest import assert_refused, file_hashes, run_command
+from doors.door_commands import assert_refused, file_hashes, run_command
 from PIL import Image
 
 from ita_segmentation.synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic_dataset, write_label_map_folders

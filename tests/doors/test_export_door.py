@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from doors.conftest import assert_refused, file_hashes, run_command
+from doors.door_commands import assert_refused, file_hashes, run_command
 
 
 @pytest.fixture(scope="module")

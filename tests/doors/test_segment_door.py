@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from doors.conftest import assert_refused, file_hashes, run_command
+from doors.door_commands import assert_refused, file_hashes, run_command
 from PIL import Image
 
 from ita_cli import segment

@@ -6,38 +6,18 @@ The refusals of the first test are answered before torch is imported (well under
 the full parser, the data or a checkpoint (a few seconds each). The checkpoint is written in this process by a tiny
 run (`build_trainer`), which is cheaper than a command of its own."""
 
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import datasets
 import pytest
+from conftest import tiny_config
+from doors.door_commands import assert_refused, file_hashes, run_command
 
-from ita_segmentation.synthetic import toy_clip_config, toy_config
 from ita_segmentation.training.arguments import ITADataArguments, ITAModelArguments
 from ita_segmentation.training.trainer import build_trainer
 from ita_segmentation.training.training_arguments import ITATrainingArguments
-
-# The door helpers, loaded by path: `conftest` names tests/conftest.py or this folder's, whichever came last.
-_spec = importlib.util.spec_from_file_location("train_door_helpers", Path(__file__).with_name("conftest.py"))
-assert _spec is not None and _spec.loader is not None
-_helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_helpers)
-assert_refused, file_hashes, run_command = _helpers.assert_refused, _helpers.file_hashes, _helpers.run_command
-
-
-def tiny_config(**overrides):
-    """ITA at toy size (tests/conftest.py's `tiny_config`)."""
-    values = dict(
-        clip_config=toy_clip_config(width=32, heads=2),
-        num_queries=6,
-        dominant_category_image_size=32,
-        train_vocabulary=["cat,kitty", "dog", "sofa,couch", "wall", "grass", "sky"],
-        train_num_points=64,
-    )
-    return toy_config(width=32, **{**values, **overrides})
-
 
 QUICK = ("--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from doors.conftest import ROOT, assert_refused, command_line, file_hashes, run_command
+from doors.door_commands import ROOT, assert_refused, command_line, file_hashes, run_command
 from PIL import Image
 
 pytest.importorskip("gradio", reason="the web page needs the `demo` extra (Gradio)")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ONNX_STORED_VOCABULARY
-from doors.conftest import run_command
+from doors.door_commands import run_command
 from PIL import Image
 
 from ita_segmentation.onnx import ITAOnnxModel
