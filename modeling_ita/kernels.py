@@ -537,8 +537,11 @@ def mask_pool_reference(features: Tensor, mask_logits: Tensor) -> Tensor:
     area-normalised binary masks times the features.
 
     Masks are resized bilinearly to the feature size first and detached, so no gradient flows through the mask
-    (as in FC-CLIP's `MaskPooling`).
+    (as in FC-CLIP's `MaskPooling`). Float16 features are pooled in float32: the sums over up to H*W pixels pass
+    float16's largest value (65504), and inf / inf would give NaN class scores.
     """
+    if features.dtype == torch.float16:
+        return mask_pool_reference(features.float(), mask_logits.float()).to(torch.float16)
     with torch.no_grad():
         mask_logits = F.interpolate(mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False)
         masks = (mask_logits > 0).to(features.dtype)
@@ -553,6 +556,8 @@ mask_pool = kernel(mask_pool_reference, "mask_pool")
 def mask_pool_fast(features: Tensor, mask_logits: Tensor, query_chunk: int | None = None) -> Tensor:
     """`mask_pool`, the queries binarised `query_chunk` at a time (default `MASK_POOL_QUERY_CHUNK`), so the float
     copy of the masks stays small, and the pooled sums divided by the areas (no area-normalised mask copy)."""
+    if features.dtype == torch.float16:  # as `mask_pool_reference`: float16 sums overflow
+        return mask_pool_fast(features.float(), mask_logits.float(), query_chunk).to(torch.float16)
     query_chunk = query_chunk or MASK_POOL_QUERY_CHUNK
     with torch.no_grad():
         if mask_logits.shape[-2:] != features.shape[-2:]:

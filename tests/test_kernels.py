@@ -242,6 +242,16 @@ def test_mask_pool_averages_features_inside_each_binarised_mask(query_chunk):
     torch.testing.assert_close(pooled, mask_pool_reference(features, mask_logits), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pool", [mask_pool_reference, mask_pool_fast])
+def test_mask_pool_of_float16_features_does_not_overflow(pool):
+    """Sums over many pixels of float16 features pass 65504: pooled in float32, the averages stay finite."""
+    features = torch.full((1, 2, 128, 128), 60.0, dtype=torch.float16)  # 16,384 pixels x 60 = 983,040
+    mask_logits = torch.ones(1, 3, 128, 128, dtype=torch.float16)
+    pooled = pool(features, mask_logits)
+    assert pooled.dtype == torch.float16 and torch.isfinite(pooled).all()
+    torch.testing.assert_close(pooled, torch.full((1, 3, 2), 60.0, dtype=torch.float16))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The registry and the fast-path switch
 # ----------------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Standard library only, so that the command line can name the extensions in its `--help` before torch is imported.
 """
 
+import errno
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -64,7 +66,12 @@ def find_images(
             own_outputs = recognised_outputs(path)
             found = []
             for child in sorted(path.iterdir()):
-                if not child.is_file() or child.suffix.lower() not in IMAGE_EXTENSIONS or child.name.startswith("."):
+                if child.name.startswith(".") or child.suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                if child.is_symlink() and not child.exists():  # an image name that leads nowhere: said, not skipped
+                    problems.append((child, _broken_link(child)))
+                    continue
+                if not child.is_file():
                     continue
                 if child in own_outputs:
                     if skipped is not None:
@@ -76,6 +83,28 @@ def find_images(
             images.extend(found)
         elif path.is_file():
             images.append(path)
+        elif path.is_symlink():
+            problems.append((path, _broken_link(path)))
         else:
             problems.append((path, "no such file or folder"))
-    return images, problems
+    # The same file named twice (directly, or by a folder and by name) is segmented once, and said once.
+    unique: dict[Path, Path] = {}
+    for image in images:
+        unique.setdefault(image.resolve(), image)
+    return list(unique.values()), list(dict.fromkeys(problems))
+
+
+def _broken_link(path: Path) -> str:
+    """What is wrong with a symbolic link that leads to no file: a loop, or a target that is not there."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return "a symbolic link that cannot be read"
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13
+        return f"a symbolic link in a loop (it leads to {target}, which leads back)"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"a symbolic link in a loop (it leads to {target}, which leads back)"
+    return f"a symbolic link to {target}, which does not exist"

@@ -81,11 +81,11 @@ def read_vocabulary(args: argparse.Namespace) -> list[str]:
     else:
         vocabulary = args.labels
     try:
-        parse_vocabulary(vocabulary)
+        parsed = parse_vocabulary(vocabulary)  # the one parse: byte-order marks gone, empty names refused, ...
     except ValueError as error:
         raise UsageError(str(error)) from None
     # The same spelling as read_vocabulary_file: "sofa , couch " -> "sofa,couch".
-    return [",".join(name.strip() for name in label.split(",")) for label in vocabulary]
+    return [",".join(name.strip() for name in label.split(",")) for label in parsed.names]
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -212,7 +212,10 @@ def _plan(args: argparse.Namespace, processes: Processes) -> Plan:
     clashes = [paths for paths in stems.values() if len(paths) > 1]
     if clashes:
         names = "; ".join(" and ".join(str(path) for path in paths) for paths in clashes)
-        raise UsageError(f"these inputs would write the same output files (same file stem): {names}")
+        raise UsageError(
+            f"these inputs would write the same output files (same file stem): {names}; rename one of them, or "
+            "segment them into separate --output folders"
+        )
     items = [Item(path.stem, str(path), position, path=path) for position, path in enumerate(images)]
     inputs = {path.resolve() for path in images}
     for item in items:
