@@ -116,7 +116,11 @@ def test_command_line_examples_run(model_dir, image_path, tmp_path, capsys):
     assert ita_cli.segment(substitute(first[1:], {**replacements, "out/": str(tmp_path / "out")})) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == sorted(
-        [f"{stem}{suffix}" for stem in ("living_room", "kitchen") for suffix in (".json", "_labels.png", "_overlay.png")]
+        [
+            f"{stem}{suffix}"
+            for stem in ("living_room", "kitchen")
+            for suffix in (".json", "_labels.png", "_overlay.png")
+        ]
         + list(RUN_RECORDS)
     )
 
