@@ -18,6 +18,7 @@ __all__ = [
     "ITA_MODEL_TYPES",
     "check_device_argument",
     "check_model_argument",
+    "has_nvidia_driver",
     "hub_cache_folder",
     "hub_offline",
     "looks_like_hub_id",
@@ -110,7 +111,7 @@ def _check_model_folder(value: str, folder: Path) -> None:
     if not folder.is_dir():
         raise ITAUsageError(
             f"model {value} is a file, not a folder: give the folder that holds the model's config.json and "
-            f"weights (one saved with save_pretrained, an ita-convert or ita-export-onnx output) or a Hub id"
+            f"weights (one saved with save_pretrained, an ita-convert or ita-export output) or a Hub id"
         )
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -121,7 +122,7 @@ def _check_model_folder(value: str, folder: Path) -> None:
             f"; the model folders inside it: {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}"
             if inside
             else ": give the folder that holds the model's config.json and weights (one saved with "
-            "save_pretrained, an ita-convert or ita-export-onnx output) or a Hub id"
+            "save_pretrained, an ita-convert or ita-export output) or a Hub id"
         )
         raise ITAUsageError(f"model folder {value} has no config.json, so it is not a saved model{hint}")
     try:
@@ -178,7 +179,7 @@ def check_model_argument(value: str) -> None:
         where = f" (nor does {parent})" if str(parent) not in ("", ".") and not parent.exists() else ""
         raise ITAUsageError(
             f"model folder {value} does not exist{where}: give a folder saved with save_pretrained (or by "
-            f"ita-convert, ita-train, ita-export-onnx) or a Hugging Face Hub id such as owner/name"
+            f"ita-convert, ita-train, ita-export) or a Hugging Face Hub id such as owner/name"
         )
     if hub_offline() and not _cached_on_hub(value):
         raise ITAUsageError(
@@ -188,7 +189,7 @@ def check_model_argument(value: str) -> None:
         )
 
 
-def _has_nvidia_driver() -> bool:
+def has_nvidia_driver() -> bool:
     """Whether this machine has a CUDA-capable driver loaded (NVIDIA's, or ROCm's, which torch calls cuda too)."""
     return any(os.path.exists(path) for path in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")) or (
         sys.platform == "win32"
@@ -213,7 +214,7 @@ def check_device_argument(value: str | None) -> None:
             f"(Apple silicon) or auto"
         )
     kind = match["type"]
-    if kind == "cuda" and not _has_nvidia_driver():
+    if kind == "cuda" and not has_nvidia_driver():
         raise ITAUsageError(
             f"--device {value}: this machine has no NVIDIA driver (no /proc/driver/nvidia, no /dev/nvidiactl), "
             f"so CUDA cannot be used: use --device cpu (or leave --device out to pick the best one)"
@@ -221,5 +222,5 @@ def check_device_argument(value: str | None) -> None:
     if kind == "mps" and sys.platform != "darwin":
         raise ITAUsageError(
             f"--device {value}: mps is Apple's GPU backend and runs only on macOS; this is {sys.platform}: use "
-            f"--device cpu{' or cuda' if _has_nvidia_driver() else ''}"
+            f"--device cpu{' or cuda' if has_nvidia_driver() else ''}"
         )

@@ -98,7 +98,7 @@ def check_model_location(name_or_path: str | os.PathLike[str]) -> None:
     if _looks_like_a_path(name):
         raise ModelLoadingError(
             f"model folder {name} does not exist: give a folder saved with save_pretrained (or by ita-convert, "
-            "ita-train, ita-export-onnx) or a Hugging Face Hub id such as owner/name"
+            "ita-train, ita-export) or a Hugging Face Hub id such as owner/name"
         )
     try:
         validate_repo_id(name)

@@ -12,6 +12,7 @@ Importing `modeling_ita` registers the task with transformers' `PIPELINE_REGISTR
 ```
 """
 
+import inspect
 import os
 from collections.abc import Iterable, Sequence, Sized
 from pathlib import Path
@@ -36,7 +37,7 @@ from .modeling import ITAForOpenVocabSegmentation
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["ZeroShotImageSegmentationPipeline", "ZERO_SHOT_IMAGE_SEGMENTATION_TASK", "SUBTASKS"]
+__all__ = ["DEFAULT_THRESHOLDS", "ZeroShotImageSegmentationPipeline", "ZERO_SHOT_IMAGE_SEGMENTATION_TASK", "SUBTASKS"]
 
 ZERO_SHOT_IMAGE_SEGMENTATION_TASK = "zero-shot-image-segmentation"
 
@@ -45,6 +46,13 @@ SUBTASKS = ("semantic", "panoptic", "instance")
 # The pipeline's default instance score threshold: transformers' Mask2Former default, which keeps a picture of the
 # result readable. The processor's own default, 0, keeps FC-CLIP's 100 top-scoring candidates (for mask AP).
 INSTANCE_THRESHOLD = 0.5
+
+# The score threshold each subtask with segments applies when none is given: panoptic's is the image processor's
+# (FC-CLIP's), instance's the pipeline's. Semantic segmentation gives every pixel a class: no threshold.
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "panoptic": inspect.signature(ITAImageProcessor.post_process_panoptic_segmentation).parameters["threshold"].default,
+    "instance": INSTANCE_THRESHOLD,
+}
 
 
 def _check_candidate_labels(candidate_labels: object) -> ITAClassNames:

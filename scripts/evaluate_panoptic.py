@@ -11,7 +11,7 @@ output folder that already holds results. Rules: FC-CLIP's panoptic inference, p
 
 Like the `ita-*` commands, it runs through `ita_segmentation.errors.run_door`: exit status 0 done, 1 the data or
 the model was refused, 2 a usage error (found before torch is imported where it can be: a missing model folder,
-an exported ONNX folder, a device this machine lacks, float16 on the CPU, a missing --data-dir, results already in
+an exported ONNX folder, a device this machine lacks, a missing --data-dir, results already in
 the output folder), 70 a bug (its traceback).
 """
 
@@ -50,15 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """What needs no torch: the model (a folder written by ita-export is refused: this evaluation runs PyTorch
-    models), the device, float16 on the CPU, the data root and the output folder."""
+    models), the device, the data root and the output folder."""
     check_model_argument(args.model)
     check_backend_argument(args.model, "pytorch", args.device, args.dtype)
     check_device_argument(args.device)
-    if args.dtype == "float16" and args.device.strip().lower().startswith("cpu"):
-        raise ITAUsageError(
-            "--dtype float16 runs on a GPU only, and the device is the CPU: use --dtype bfloat16 or leave --dtype "
-            "out (float32)"
-        )
     if not args.data_dir.is_dir():
         raise ITAUsageError(
             f"--data-dir {args.data_dir} is not a folder: give the prepared datasets root ($DETECTRON2_DATASETS)"
@@ -94,8 +89,6 @@ def run(args: argparse.Namespace) -> int:
         device = check_device(args.device)
     except ValueError as problem:  # a device this machine lacks, found by torch
         raise ITAUsageError(f"--device {args.device}: {problem}") from problem
-    if args.dtype == "float16" and device.type == "cpu":
-        raise ITAUsageError("--dtype float16 runs on a GPU only, and the device is the CPU: use --dtype bfloat16")
     try:
         model, processor = load_model_and_processor(args.model, device=device, dtype=args.dtype, backend="pytorch")
     except (ValueError, TypeError) as problem:  # transformers' refusals of the folder's files

@@ -76,3 +76,25 @@ def test_every_command_returns_usage_errors_to_python_callers(command):
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "usage:" in completed.stderr and ": error: " in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_ita_segment_refuses_a_missing_model_and_a_missing_gpu_before_torch(tmp_path):
+    """What needs no model is checked before torch is imported: a model folder that is not there, a CUDA device
+    on a machine without an NVIDIA driver."""
+    from ita_segmentation.locations import has_nvidia_driver
+
+    cases = [(["--model", str(tmp_path / "missing")], "does not exist")]
+    if not has_nvidia_driver():
+        (tmp_path / "model").mkdir()
+        (tmp_path / "model" / "config.json").write_text('{"model_type": "ita"}')
+        cases.append((["--model", str(tmp_path / "model"), "--device", "cuda"], "cuda"))
+    for arguments, phrase in cases:
+        code = (
+            "import sys, ita_cli\n"
+            f"status = ita_cli.segment(['photo.jpg', '--labels', 'cat', '--output', 'out', *{arguments!r}])\n"
+            "assert status == 2, status\n"
+            "assert 'torch' not in sys.modules\n"
+        )
+        completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        assert phrase in completed.stderr and "Traceback" not in completed.stderr

@@ -272,7 +272,7 @@ def test_conversion_examples_run(tmp_path, capsys, monkeypatch):
         "ita-convnext-large": str(tmp_path / "ita"),
     }
     assert ita_cli.convert(substitute(first, replacements) + toy) == 0
-    assert ita_cli.convert(substitute(second, replacements) + toy) == 2  # written, then no network for the upload
+    assert ita_cli.convert(substitute(second, replacements) + toy) == 1  # written, then no network for the upload
     assert "hf upload my-user/ita-convnext-large" in capsys.readouterr().err
     for folder in ("fcclip", "ita"):
         assert (tmp_path / folder / "model.safetensors").is_file()
@@ -358,9 +358,11 @@ def test_web_page_example_runs(model_dir, image_path, tmp_path):
         else:
             pytest.fail("the page did not start listening within 120 s")
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, analytics_enabled=False)
-        picture, table, label_path = client.predict(
-            handle_file(str(image_path)), "cat\nwall [stuff]", "semantic", api_name="/segment"
+        picture, table, files, note = client.predict(
+            handle_file(str(image_path)), "cat\nwall [stuff]", "semantic", 0.5, api_name="/segment"
         )
+        label_path, overlay_path = files
+        assert "classes present" in note
         with Image.open(label_path) as label_map:
             assert label_map.size == (80, 60)
     finally:

@@ -47,8 +47,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..backends import add_backend_argument
+from ..backends import add_backend_argument, check_backend_argument
 from ..dtypes import DTYPES
+from ..locations import check_device_argument, check_model_argument
 from .inputs import IMAGE_EXTENSIONS
 
 __all__ = ["OUTPUT_FORMATS", "PROG", "build_parser", "main", "run"]
@@ -193,6 +194,10 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     _check_sources(parser, args)
+    # What needs no model and no torch, as every command checks it: the model's location, the device, the backend.
+    check_model_argument(args.model)
+    check_device_argument(args.device)
+    check_backend_argument(args.model, args.backend, args.device, args.dtype)
     return run(args, prog)
 
 

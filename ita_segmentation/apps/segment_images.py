@@ -29,7 +29,7 @@ from transformers.utils import logging as transformers_logging
 
 from image_processing_ita import open_image
 from modeling_ita.loading import ModelLoadingError, check_model_location
-from modeling_ita.pipeline import SUBTASKS, ZERO_SHOT_IMAGE_SEGMENTATION_TASK
+from modeling_ita.pipeline import DEFAULT_THRESHOLDS, SUBTASKS, ZERO_SHOT_IMAGE_SEGMENTATION_TASK
 from postprocessing_ita import binary_mask_to_coco_rle
 from processing_ita import parse_vocabulary
 
@@ -382,6 +382,7 @@ class Outcome:
     done: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    without_segments: int = 0  # panoptic / instance: images where no segment reached the threshold
 
 
 class _Writer:
@@ -553,6 +554,7 @@ def _segment_share(segmenter: Any, plan: Plan, args: argparse.Namespace, process
                         fail(item, f"cannot write outputs: {error}")
                         continue
                     outcome.done += 1
+                    outcome.without_segments += args.task != "semantic" and not result["segments"]
                     advance(1)
                     if pause:
                         time.sleep(pause)
@@ -793,6 +795,7 @@ def _finish(
         "already_done": plan.done_before,
         "failed": len(failures),
         "failures": [{"input": name, "error": message} for name, message in failures],
+        "without_segments": sum(outcome.without_segments for outcome in outcomes),
         "seconds": round(seconds, 3),
         "start_seconds": round(start_seconds, 3),
         "images_per_second": round(done / work_seconds, 3) if work_seconds > 0 else None,
@@ -802,6 +805,14 @@ def _finish(
         ],
     }
     run_manifest.write_json_atomically(args.output / SUMMARY_NAME, summary)
+    if summary["without_segments"]:
+        threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLDS[args.task]
+        print(
+            f"{args.prog}: {summary['without_segments']} of {done} image(s) have no {args.task} segment: none reached "
+            f"the score threshold {threshold:g}; lower it with --threshold to see weaker segments (a briefly trained "
+            "model scores low)",
+            file=sys.stderr,
+        )
     already = f", {plan.done_before} already done" if plan.done_before else ""
     if failures:
         print(

@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 from image_processing_ita import open_image
-from modeling_ita.pipeline import INSTANCE_THRESHOLD, SUBTASKS, ZERO_SHOT_IMAGE_SEGMENTATION_TASK
+from modeling_ita.pipeline import DEFAULT_THRESHOLDS, SUBTASKS, ZERO_SHOT_IMAGE_SEGMENTATION_TASK
 from processing_ita import parse_vocabulary
 
 from ..errors import ITADataError, ITAUsageError, user_error
@@ -70,9 +70,6 @@ __all__ = [
 
 STUFF_MARKER = "[stuff]"
 
-# The score threshold of each task with segments: panoptic's is `ITAImageProcessor.post_process_panoptic_segmentation`'s
-# default (FC-CLIP's), instance's the pipeline's. Semantic segmentation gives every pixel a class: no threshold.
-DEFAULT_THRESHOLDS = {"panoptic": 0.8, "instance": INSTANCE_THRESHOLD}
 
 # Characters of a class's synonyms shown in the table; the rest is counted ("+12 more").
 TABLE_NAME_LENGTH = 60

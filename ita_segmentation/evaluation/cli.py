@@ -13,7 +13,7 @@ summed, so the scores are those of one process. The first process writes the res
 Refusals are raised as the project's user errors (`ita_segmentation.errors`) and reported by `ita_cli.evaluate`'s
 `run_door`: exit status 0 done; 1 the data, the model or the run failed (`ITADataError`; what was computed before is
 written); 2 usage error (`ITAUsageError`, found before torch is imported where it can be: a missing model folder, a
-device this machine lacks, a PyTorch folder given to `--backend onnxruntime` or the reverse, float16 on the CPU, a
+device this machine lacks, a PyTorch folder given to `--backend onnxruntime` or the reverse, a
 data path that does not exist, results already in the output folder); 70 a bug (its traceback).
 """
 
@@ -244,19 +244,9 @@ def _result_names(args: argparse.Namespace) -> list[str]:
     return [args.name or dataset_result_name(args.dataset)]
 
 
-def _check_half_precision(dtype: str, device: str) -> None:
-    """float16 on the CPU is refused: PyTorch's CPU kernels lack half precision for parts of the model, and the
-    ones it has are slower than float32."""
-    if dtype == "float16" and device.strip().lower().startswith("cpu"):
-        raise ITAUsageError(
-            "--dtype float16 runs on a GPU only, and the device is the CPU: use --dtype bfloat16 (half the memory, "
-            "on the CPU too) or leave --dtype out (float32), or give --device cuda on a machine with a GPU"
-        )
-
-
 def check_arguments(args: argparse.Namespace) -> None:
     """Everything that needs neither torch nor the data, before either is imported (an `ITAUsageError` naming
-    the value and the way out): the model's location and backend, the device, half precision on the CPU, the
+    the value and the way out): the model's location and backend, the device, the
     data's locations, and the output folder (results are never replaced silently)."""
     check_model_argument(args.model)
     # The backend before the device: an exported folder with --device cuda is told that onnxruntime runs on the CPU.
@@ -264,7 +254,6 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_device_argument(args.device)
     if args.backend == "onnxruntime":
         args.device = "cpu"
-    _check_half_precision(args.dtype, args.device)
     _check_data_arguments(args)
     check_output_folders(args.output, _result_names(args), args.overwrite)
 
@@ -371,7 +360,6 @@ def _run(args: argparse.Namespace) -> int:
         rank, num_processes, device = _process_state(args.device)
     except ValueError as problem:  # a device this machine lacks, found by torch
         raise ITAUsageError(f"--device {args.device}: {problem}") from problem
-    _check_half_precision(args.dtype, device.type)
     main_process = rank == 0
     if args.no_progress or not main_process:
         transformers_logging.disable_progress_bar()  # the vocabulary encoding's bar too

@@ -526,6 +526,47 @@ def test_panoptic_task_writes_coco_panoptic_png_and_json(model_dir, tmp_path):
         assert overlay_image.mode == "RGB" and overlay_image.height == 60 and overlay_image.width > 84
 
 
+def test_a_run_whose_images_have_no_segment_says_so(model_dir, tmp_path, capsys):
+    """Nothing above the threshold is not a silent success: the last line says how many images have no segment
+    and which option lowers the threshold; run_summary.json counts them."""
+    image = save_image(tmp_path / "room.png", 60, 84)
+    assert (
+        run(
+            model_dir,
+            image,
+            "--labels",
+            *LABELS,
+            "--output",
+            tmp_path / "out",
+            "--task",
+            "panoptic",
+            "--threshold",
+            "1",
+        )
+        == 0
+    )
+    error = capsys.readouterr().err
+    assert "1 of 1 image(s) have no panoptic segment: none reached the score threshold 1" in error
+    assert "--threshold" in error
+    assert json.loads((tmp_path / "out" / "run_summary.json").read_text())["without_segments"] == 1
+    assert (
+        run(
+            model_dir,
+            image,
+            "--labels",
+            *LABELS,
+            "--output",
+            tmp_path / "out0",
+            "--task",
+            "panoptic",
+            "--threshold",
+            "0",
+        )
+        == 0
+    )
+    assert "have no panoptic segment" not in capsys.readouterr().err
+
+
 def test_instance_task_writes_masks(model_dir, tmp_path):
     image = save_image(tmp_path / "room.png", 60, 84)
     output = tmp_path / "out"

@@ -112,11 +112,11 @@ def test_unknown_device_names(value):
 
 
 def test_cuda_without_a_driver(monkeypatch):
-    monkeypatch.setattr(locations, "_has_nvidia_driver", lambda: False)
+    monkeypatch.setattr(locations, "has_nvidia_driver", lambda: False)
     for value in ("cuda", "cuda:1"):
         with pytest.raises(ITAUsageError, match=r"no NVIDIA driver.*--device cpu"):
             check_device_argument(value)
-    monkeypatch.setattr(locations, "_has_nvidia_driver", lambda: True)
+    monkeypatch.setattr(locations, "has_nvidia_driver", lambda: True)
     check_device_argument("cuda:0")
 
 

@@ -37,10 +37,10 @@ def backends(ita_onnx_export):
 
 
 def test_both_backends_keep_a_large_vocabulary_in_the_disk_cache(ita_onnx_export, tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("ITA_VOCABULARY_CACHE", str(cache))
     encoded = {}
     for name, folder, load, text_tower in backends(ita_onnx_export):
+        cache = tmp_path / f"cache-{name}"
+        monkeypatch.setenv("ITA_VOCABULARY_CACHE", str(cache))
         before = set(cache.glob("*.safetensors"))
         model = load(folder)
         calls = count_text_forwards(monkeypatch, text_tower(model))
@@ -60,6 +60,13 @@ def test_both_backends_keep_a_large_vocabulary_in_the_disk_cache(ita_onnx_export
     torch.testing.assert_close(
         encoded["onnxruntime"].text_classifier, encoded["pytorch"].text_classifier, atol=1e-5, rtol=1e-4
     )
+    # The export's manifest records the PyTorch tower's fingerprint: one cache serves both backends.
+    monkeypatch.setenv("ITA_VOCABULARY_CACHE", str(tmp_path / "cache-onnxruntime"))
+    source, _ = ita_onnx_export
+    model = ITAForOpenVocabSegmentation.from_pretrained(source)
+    calls = count_text_forwards(monkeypatch, model.backbone)
+    model.encode_vocabulary(LARGE)
+    assert calls == [] and len(list((tmp_path / "cache-onnxruntime").glob("*.safetensors"))) == 1
     assert list(cache.glob(".*.tmp")) == []
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from transformers import pipeline
 
 import ita_cli
-from ita_segmentation.apps.cli import main as segment_main
+from ita_cli import segment as segment_main
 from ita_segmentation.onnx import ITAOnnxModel
 from ita_segmentation.onnx import export as onnx_export
 from ita_segmentation.onnx.cli import main as export_main
