@@ -151,9 +151,9 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = PROG) -> argparse.
     for option in ("max_samples", "batch_size", "shortest_edge", "longest_edge"):
         value = getattr(args, option)
         if value is not None and value < 1:
-            parser.error(f"--{option.replace('_', '-')} must be at least 1")
+            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {value}")
     if args.num_workers < 0:
-        parser.error("--num-workers must be at least 0")
+        parser.error(f"--num-workers must be at least 0, got {args.num_workers}")
     args.vocabulary_files = _vocabulary_files(parser, args.vocabulary_file or [], args.benchmark)
     for path in args.vocabulary_files.values():
         if path.is_dir():

@@ -74,7 +74,7 @@ def test_refused_before_torch_is_imported(user_files):
         (["--model", root / "exported", *base[2:], "--dtype", "bfloat16"], ["--dtype bfloat16", "float32"]),
         ([*base, "--dtype", "float16", "--device", "cpu"], ["float16", "CPU", "--dtype bfloat16"]),
         ([*base, "--device", "gpu"], ["--device 'gpu'", "cuda"]),
-        ([*base, "--batch-size", "0"], ["--batch-size must be at least 1"]),
+        ([*base, "--batch-size", "0"], ["--batch-size must be at least 1, got 0"]),
         ([*base, "--max-samples", "0"], ["--max-samples must be at least 1"]),
         (["--model", model, "--dataset", root / "typo", *base[4:]], ["--dataset", "typo does not exist"]),
         (["--model", model, "--dataset", root / "empty", *base[4:]], ["is an empty folder"]),
