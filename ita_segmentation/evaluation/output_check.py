@@ -31,12 +31,16 @@ def _written_by_us(folder: Path) -> bool:
         return False
 
 
-def _table_written_by_us(path: Path) -> bool:
+def _first_line(path: Path) -> str | None:
     try:
         with open(path, encoding="utf-8") as file:
-            return file.readline().rstrip("\n") == TABLE_HEADING
+            return file.readline().rstrip("\n")
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def _table_written_by_us(path: Path) -> bool:
+    return _first_line(path) == TABLE_HEADING
 
 
 def check_output_folders(output_dir: str | os.PathLike[str], names: Iterable[str], overwrite: bool = False) -> None:
@@ -55,9 +59,12 @@ def check_output_folders(output_dir: str | os.PathLike[str], names: Iterable[str
         raise OutputFolderTakenError(f"--output {output} is a file, not a folder: give a new or empty folder")
     table = output / TABLE_FILE
     if table.exists() and (not table.is_file() or not _table_written_by_us(table)):
+        first = _first_line(table) if table.is_file() else None
+        found = "it is a folder" if table.is_dir() else f"it starts {first!r}, not {TABLE_HEADING!r}"
         raise OutputFolderTakenError(
-            f"{table} exists and was not written by ita-evaluate (it rewrites {TABLE_FILE} after each result), so "
-            "it would be replaced: choose another output folder"
+            f"{table} exists and was not written by ita-evaluate ({found}); ita-evaluate rewrites {TABLE_FILE} "
+            f"after each result, so it would replace this file (--overwrite does not change that): choose another "
+            f"--output, or move the file out of {output}"
         )
     taken, foreign = [], []
     for name in names:
@@ -74,8 +81,8 @@ def check_output_folders(output_dir: str | os.PathLike[str], names: Iterable[str
             foreign.append(f"{folder} ({', '.join(present)})")
     if taken and not overwrite:
         raise OutputFolderTakenError(
-            f"{', '.join(str(path) for path in taken)} already hold(s) results; choose another output folder, or "
-            "give --overwrite to replace them"
+            f"{output} holds an earlier evaluation's results ({', '.join(str(path) for path in taken)} already "
+            "hold(s) results); give --overwrite to replace them, or another --output"
         )
     if foreign:
         raise OutputFolderTakenError(

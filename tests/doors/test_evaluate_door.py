@@ -92,9 +92,15 @@ def test_refused_before_torch_is_imported(user_files):
             ["--data-dir", "nowhere does not exist", "DETECTRON2_DATASETS"],
         ),
         ([*base[:with_output], root / "a_file.txt", *base[with_output + 1 :]], ["a_file.txt is a file"]),
-        ([*base[:with_output], taken, *base[with_output + 1 :]], ["already hold(s) results", "--overwrite"]),
+        (
+            [*base[:with_output], taken, *base[with_output + 1 :]],
+            ["holds an earlier evaluation's results", "--overwrite"],
+        ),
         ([*base[:with_output], foreign, *base[with_output + 1 :], "--overwrite"], ["did not write", "another output"]),
-        ([*base[:with_output], notes, *base[with_output + 1 :], "--overwrite"], ["results.md", "not written by"]),
+        (
+            [*base[:with_output], notes, *base[with_output + 1 :], "--overwrite"],
+            ["results.md", "not written by", "starts '# my notes'"],
+        ),
     ]
     before = file_hashes(root, model)
     started = time.perf_counter()
