@@ -206,6 +206,29 @@ def load_label_map_folders(
     )
 
 
+def label_map_splits(root: PathLike, image_subdir: str = "images", label_subdir: str = "annotations") -> list[str]:
+    """The splits of label-map folders at `root`: the names of the subfolders that both `<image_subdir>` and
+    `<label_subdir>` hold (empty when `root` is not in that layout)."""
+    root = Path(os.fspath(root))
+    found = []
+    for subdir in (image_subdir, label_subdir):
+        folder = root / subdir
+        found.append({path.name for path in folder.iterdir() if path.is_dir()} if folder.is_dir() else set())
+    return sorted(found[0] & found[1])
+
+
+def _check_label_map_split(root: Path, split: str, image_subdir: str, label_subdir: str) -> None:
+    """Refuse (`DatasetLocationError`) a split that label-map folders at `root` lack, naming the splits there."""
+    if (root / image_subdir / split).is_dir() and (root / label_subdir / split).is_dir():
+        return
+    splits = label_map_splits(root, image_subdir, label_subdir)
+    if splits:
+        raise DatasetLocationError(
+            f"{root} has no split {split!r} ({image_subdir}/{split} and {label_subdir}/{split}); its splits: "
+            f"{', '.join(splits)}; choose one of them"
+        )
+
+
 def is_label_map_folders(
     source: PathLike | None, split: str, image_subdir: str = "images", label_subdir: str = "annotations"
 ) -> bool:
@@ -291,6 +314,10 @@ def load_segmentation_dataset(
             split,
         )
         layout = "label_folders"
+    elif layout == "auto" and not load_kwargs and source is not None and Path(os.fspath(source)).is_dir():
+        # Label-map folders without the split asked for: say which splits they have, rather than reading the
+        # folder as an imagefolder.
+        _check_label_map_split(Path(os.fspath(source)), split, image_subdir, label_subdir)
     if layout == "synthetic":
         seed = 0 if split == "train" else 1
         dataset = make_synthetic_dataset(synthetic_num_images, synthetic_image_size, seed=seed)
@@ -301,6 +328,7 @@ def load_segmentation_dataset(
         dataset = load_coco_panoptic(panoptic_json, panoptic_dir, image_dir, **load_kwargs)
     elif layout == "label_folders":
         root = Path(source)
+        _check_label_map_split(root, split, image_subdir, label_subdir)
         dataset = load_label_map_folders(
             root / image_subdir / split, root / label_subdir / split, unpaired=unpaired, **load_kwargs
         )

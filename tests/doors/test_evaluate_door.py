@@ -171,6 +171,12 @@ def test_refused_by_the_data_loaders(user_files, tmp_path):
             [f"{first_image}: the image cannot be read (image file is truncated)", "nothing was computed"],
         ),
         (
+            ["--model", model, "--dataset", root / "mine", "--dataset-layout", "label_folders", "--split", "test"]
+            + ["--vocabulary-file", root / "classes.txt", "--output", tmp_path / "out", "--no-progress"],
+            2,
+            ["has no split 'test'", "its splits: validation"],
+        ),
+        (
             ["--model", model, "--benchmark", "pas21", "--data-dir", tmp_path, "--vocabulary-file"]
             + [tmp_path / "two.txt", "--output", tmp_path / "out", "--no-progress"],
             1,
