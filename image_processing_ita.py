@@ -15,6 +15,7 @@ import difflib
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
@@ -55,6 +56,7 @@ __all__ = [
     "TARGET_NAMES",
     "clip_view",
     "image_to_tensor",
+    "is_url_or_base64",
     "open_image",
     "padded_size",
     "resize_nearest",
@@ -84,20 +86,37 @@ _SIZE_KEYS = tuple(field.name for field in dataclasses.fields(SizeDict))
 TARGET_NAMES = ("mask_labels", "class_labels")
 
 
+def is_url_or_base64(text: str) -> bool:
+    """Whether a string that names no file is one `transformers.image_utils.load_image` reads: a URL, or a
+    base64-encoded image (long, one word, no file-name suffix)."""
+    if text.startswith(("http://", "https://", "data:image/")):
+        return True
+    return len(text) >= 64 and re.fullmatch(r"[A-Za-z0-9+/=\s]+", text) is not None
+
+
 def open_image(image: str | os.PathLike[str] | Image.Image, where: str = "image") -> Image.Image:
     """A path or PIL image -> a fully decoded PIL image, turned upright by its EXIF orientation (as detectron2's
     `read_image`). Raises `ValueError` naming what is wrong: empty, truncated or not an image, zero size."""
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if not os.path.isfile(path):
-            return load_image(path)  # a URL
+            if os.path.isdir(path):
+                raise ValueError(f"{where} {path} is a folder, not an image file")
+            if not is_url_or_base64(path):
+                raise ValueError(f"{where} {path}: no such file (nor a URL or a base64-encoded image)")
+            return load_image(path)  # a URL, or base64
         if os.path.getsize(path) == 0:
             raise ValueError(f"{where} {path}: empty file (0 bytes)")
         try:
             with Image.open(path) as opened:
                 opened.load()  # decode now: a truncated file fails here, not halfway through the model
                 image = ImageOps.exif_transpose(opened)
-        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        except Image.DecompressionBombError as error:
+            raise ValueError(
+                f"{where} {path}: cannot read image: {error} Resize it to fewer pixels first (or, for a file you "
+                "trust, raise PIL.Image.MAX_IMAGE_PIXELS)"
+            ) from error
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ...
             raise ValueError(f"{where} {path}: cannot read image: {error}") from error
     elif isinstance(image, Image.Image):
         image = ImageOps.exif_transpose(image)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.utils import logging
 from transformers.utils.generic import ModelOutput
 
 from configuration_ita import ITAConfig
@@ -30,6 +31,19 @@ __all__ = [
     "ITAPreTrainedModel",
     "ITAForOpenVocabSegmentation",
 ]
+
+logger = logging.get_logger(__name__)
+
+
+def _names_a_local_folder(name: str) -> bool:
+    """Whether a model name can only be a local path (a Hub id is `name` or `owner/name`, never `./x`, `/x`,
+    `~/x`, `a/b/c` or `C:\\x`)."""
+    return (
+        name.startswith((".", "/", "~", "\\"))
+        or os.path.isabs(name)
+        or name.replace("\\", "/").count("/") > 1
+        or (len(name) > 1 and name[1] == ":")
+    )
 
 
 @dataclass
@@ -108,6 +122,20 @@ class ITAPreTrainedModel(PreTrainedModel):  # type: ignore[no-untyped-call]
             reset_parameters()
         elif isinstance(module, (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.GroupNorm, nn.Embedding)):
             module.reset_parameters()
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike[str] | None, *args: Any, **kwargs: Any
+    ) -> Any:
+        """transformers' `from_pretrained`, after refusing a local folder that does not exist by its name
+        (transformers would take `./checkpoints/my-ita` for a malformed Hub id)."""
+        name = os.fspath(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
+        if name is not None and _names_a_local_folder(name) and not os.path.exists(os.path.expanduser(name)):
+            raise OSError(
+                f"model folder {name} does not exist: give a folder saved with save_pretrained (or by ita-convert or "
+                "ita-train) or a Hugging Face Hub id such as owner/name"
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def save_pretrained(  # type: ignore[override]
         self,
@@ -340,6 +368,13 @@ class ITAForOpenVocabSegmentation(ITAPreTrainedModel):  # type: ignore[no-untype
         if output_attentions is None:
             output_attentions = self.config.output_attentions
         if vocabulary is None:
+            if class_names is None and not self.training:
+                # Training reads its vocabulary from the config; at inference a forgotten vocabulary is said once.
+                logger.warning_once(
+                    "ITAForOpenVocabSegmentation: no class_names (or vocabulary) given, so the model segments into "
+                    f"its training vocabulary ({len(self.config.train_vocabulary)} classes, config.train_vocabulary); "
+                    "pass class_names=[...] (or the processor's class_names) to choose the classes"
+                )
             vocabulary = self.encode_vocabulary(class_names)
         image_sizes = self._image_sizes(pixel_values, pixel_mask, image_sizes)
 

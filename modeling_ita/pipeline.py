@@ -29,7 +29,7 @@ from transformers.pipelines.base import Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 from transformers.utils import logging
 
-from image_processing_ita import ITAImageProcessor, open_image
+from image_processing_ita import ITAImageProcessor, is_url_or_base64, open_image
 from processing_ita import ITAClassNames, ITAProcessor, parse_vocabulary
 
 from .loading import load_segmentation_model
@@ -328,8 +328,9 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         if isinstance(image, os.PathLike):
             image = os.fspath(image)
         if isinstance(image, str):
-            if os.path.isfile(image):
-                # Not transformers' load_image: it would convert 16-bit files to 8-bit RGB.
+            if os.path.isfile(image) or not is_url_or_base64(image):
+                # Not transformers' load_image: it would convert 16-bit files to 8-bit RGB, and call a missing file
+                # an incorrect image source.
                 return open_image(image, where="Image file")
             return load_image(image, timeout=timeout)
         if isinstance(image, Image.Image):

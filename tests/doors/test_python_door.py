@@ -337,3 +337,47 @@ def test_a_config_without_model_type_is_left_to_itaconfig(tmp_path):
     folder = _write_config(tmp_path / "plain")
     check_model_argument(str(folder))
     check_model_location(folder)
+
+
+def test_an_image_file_that_is_not_there_is_named(tiny_pipeline, tmp_path):
+    with pytest.raises(ValueError, match="holiday.jpg: no such file"):
+        tiny_pipeline(str(tmp_path / "holiday.jpg"), candidate_labels=["cat"])
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
+        tiny_pipeline(str(tmp_path), candidate_labels=["cat"])
+
+
+def test_an_image_whose_header_claims_too_many_pixels_says_the_way_out(tmp_path):
+    from PIL import Image
+
+    from image_processing_ita import open_image
+
+    Image.new("L", (64, 64)).save(tmp_path / "bomb.png")
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 1000  # 4,096 pixels is more than twice this: PIL's decompression-bomb error
+    try:
+        with pytest.raises(ValueError, match="Resize it to fewer pixels first"):
+            open_image(tmp_path / "bomb.png")
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def test_from_pretrained_names_a_local_folder_that_is_not_there(tmp_path):
+    from modeling_ita import ITAForOpenVocabSegmentation
+
+    for name in ("./checkpoints/my-ita", str(tmp_path / "missing")):
+        with pytest.raises(OSError, match=f"model folder {name} does not exist"):
+            ITAForOpenVocabSegmentation.from_pretrained(name)
+
+
+def test_a_forward_without_class_names_says_which_vocabulary_it_used(tiny_model_dir, caplog):
+    import logging
+
+    import torch
+
+    from modeling_ita import ITAForOpenVocabSegmentation
+
+    model = ITAForOpenVocabSegmentation.from_pretrained(tiny_model_dir).eval()
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        model(pixel_values=torch.zeros(1, 3, 64, 64))
+    assert "no class_names (or vocabulary) given" in caplog.text
+    assert f"training vocabulary ({len(model.config.train_vocabulary)} classes" in caplog.text
