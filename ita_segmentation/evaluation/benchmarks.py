@@ -561,6 +561,13 @@ def load_segmentation_split(
         "reduce_labels": bool(reduce_labels),
         "source": str(source),
         "split": split,
+        "vocabulary_source": (
+            f"--vocabulary-file {vocabulary_file}"
+            if vocabulary_file is not None
+            else "the given class names"
+            if class_names is not None
+            else f"the class names in {source}"
+        ),
     }
     return _with_metadata(dataset, metadata)
 

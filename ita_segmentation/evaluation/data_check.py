@@ -64,6 +64,7 @@ class DataCheckError(ITADataError, ValueError):
             f"{len(report.problems)} problem(s) in {report.num_files(what)} of {what}; nothing was computed. "
             "Fix the files, or leave them out with --skip-bad-samples (--skip_bad_samples for training):\n"
             + "\n".join(f"  {problem}" for problem in report.problems)
+            + report.vocabulary_hint()
         )
 
 
@@ -73,6 +74,17 @@ class DataCheckReport:
 
     num_rows: int
     problems: list[DataProblem] = field(default_factory=list)
+    vocabulary: str | None = None  # where the class list came from, e.g. "--vocabulary-file two.txt (2 classes)"
+
+    def vocabulary_hint(self) -> str:
+        """A closing line naming the class list when some label maps hold ids outside it (the list may be the
+        problem, not the files), else ''."""
+        if self.vocabulary is None or not any("outside the" in problem.message for problem in self.problems):
+            return ""
+        return (
+            f"\nThe class list is {self.vocabulary}: if the label maps use more classes than it lists, the class "
+            "list is what to fix (one class per line, in the order of the label ids)."
+        )
 
     @property
     def bad_rows(self) -> list[int]:
@@ -272,6 +284,7 @@ def check_segmentation_data(
     num_workers: int = 0,
     description: str = "Checking label maps",
     progress: bool = True,
+    vocabulary: str | None = None,
 ) -> DataCheckReport:
     """Check every row of a segmentation dataset (see the module docstring); returns a `DataCheckReport`.
 
@@ -281,6 +294,7 @@ def check_segmentation_data(
         num_labels / ignore_index / reduce_labels: the label space: ids in `[0, num_labels)` or `ignore_index`.
         unpaired: `(file, message)` pairs for files the loader found without their pair; reported as they are.
         num_workers: DataLoader processes sharing the work.
+        vocabulary: where the class list came from, named in `DataCheckError`'s message when ids fall outside it.
     """
     for column in (image_column, label_column, segments_column):
         if column and column not in dataset.column_names:
@@ -314,4 +328,4 @@ def check_segmentation_data(
         problems = [problem for part in gathered for problem in part]
     problems.sort(key=lambda problem: problem.row)
     problems += [DataProblem(os.fspath(path), message) for path, message in unpaired]
-    return DataCheckReport(num_rows=len(dataset), problems=problems)
+    return DataCheckReport(num_rows=len(dataset), problems=problems, vocabulary=vocabulary)

@@ -80,12 +80,14 @@ def check_evaluation_data(
             num_workers=num_workers,
             description=f"Checking {metadata['display_name']} label maps",
             progress=progress,
+            vocabulary=f"{metadata.get('vocabulary_source', 'the class list')} ({metadata['num_labels']} classes)",
         )
     failed = {name: report for name, report in reports.items() if report.problems}
     if failed and not skip_bad_samples:
         combined = DataCheckReport(
             num_rows=sum(report.num_rows for report in failed.values()),
             problems=[problem for report in failed.values() for problem in report.problems],
+            vocabulary="; ".join(report.vocabulary for report in failed.values() if report.vocabulary) or None,
         )
         raise DataCheckError(
             combined, " and ".join(benchmark_metadata(datasets_by_name[name])["display_name"] for name in failed)

@@ -162,7 +162,12 @@ def test_refused_by_the_data_loaders(user_files, tmp_path):
             ["--model", model, "--dataset", bad, "--vocabulary-file", root / "classes.txt"]
             + ["--output", tmp_path / "out", "--num-workers", "0", "--no-progress"],
             1,
-            ["class ids [200] are outside the vocabulary of 5 classes", "--skip-bad-samples", "nothing was computed"],
+            [
+                "class ids [200] are outside the vocabulary of 5 classes",
+                "--skip-bad-samples",
+                "nothing was computed",
+                f"The class list is --vocabulary-file {root / 'classes.txt'} (5 classes)",
+            ],
         ),
         (
             ["--model", model, "--dataset", truncated, "--vocabulary-file", root / "classes.txt"]
