@@ -143,6 +143,19 @@ def test_first_contact_example_names_what_make_demo_writes():
     assert "source .venv/bin/activate" in README.read_text()
 
 
+def test_collection_examples_parse_as_ita_segment_arguments():
+    """Every `accelerate launch ... -m ita_segmentation` line of *Labelling a collection* is a valid ita-segment
+    command line (the launch itself is tested by tests/apps/test_segment_many.py)."""
+    from ita_segmentation.apps.cli import build_parser
+
+    launched = [c for c in commands("accelerate launch") if "ita_segmentation" in c]
+    assert len(launched) >= 4
+    for command in launched:
+        args = build_parser().parse_args(command[command.index("ita_segmentation") + 1 :])
+        assert args.model == "MODEL" and str(args.output) == "labels"
+    assert any("--resume" in c for c in launched) and any("--format" in c for c in launched)
+
+
 def test_json_fields_are_documented():
     from ita_segmentation.apps.outputs import SEGMENT_FIELDS, SUMMARY_FIELDS
 
@@ -168,7 +181,8 @@ def test_training_examples_run(model_dir, tmp_path):
 
     coco, finetune, resume = (
         command[command.index("scripts/train.py") + 1 :]
-        for command in commands("accelerate launch")[:1] + commands("python scripts/train.py")
+        for command in [c for c in commands("accelerate launch") if "scripts/train.py" in c][:1]
+        + commands("python scripts/train.py")
     )
     model_args, data_args, training_args = parse_arguments(coco + ["--use_cpu"])  # --bf16 needs a GPU or this
     assert data_args.dataset_layout == "coco_panoptic" and training_args.max_steps == 368750
