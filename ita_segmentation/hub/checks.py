@@ -41,6 +41,12 @@ def check_output_folder(
         for path in given:
             if path.exists() and path.resolve() == output_dir.resolve():
                 raise OutputFolderError(f"--output {output_dir} is the input {path}; choose a new or empty folder")
+        for path in given:
+            if path.exists() and path.resolve().parent == output_dir.resolve():
+                raise OutputFolderError(
+                    f"--output {output_dir} holds the input {path}: the conversion would write its model files beside "
+                    "it (even with --overwrite); choose a new or empty folder"
+                )
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputFolderError(f"output {output_dir} is a file, not a folder; choose a new or empty folder")
     content = sorted(path.name for path in output_dir.iterdir()) if output_dir.is_dir() else []
@@ -50,10 +56,3 @@ def check_output_folder(
             f"output folder {output_dir} is not empty ({shown}); choose a new or empty folder, or overwrite "
             "(--overwrite) to replace its model files"
         )
-    names = set(written)
-    for path in given:
-        if path.exists() and path.resolve().parent == output_dir.resolve() and path.name in names:
-            raise OutputFolderError(
-                f"writing {output_dir} would replace the input {path} (the conversion writes its own {path.name}); "
-                "choose another output folder"
-            )

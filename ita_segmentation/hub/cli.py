@@ -145,6 +145,11 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     args = parser.parse_args(argv)
     for option in ("checkpoint", "category_bank", "original_config"):
         path = getattr(args, option)
+        if path is not None and path.is_dir():
+            parser.error(
+                f"--{option.replace('_', '-')} {path} is a folder; give the checkpoint file itself (a .pth or .pkl "
+                "file written by the original code)"
+            )
         if path is not None and not path.is_file():
             parser.error(f"--{option.replace('_', '-')} {path}: no such file")
     if args.store_vocabularies:

@@ -251,6 +251,11 @@ def load_original_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Te
             f"{path}: expected a state dict or a dict with one under 'model', got {type(state_dict)}"
         )
     not_tensors = sorted(key for key, value in state_dict.items() if not isinstance(value, torch.Tensor))
+    if len(not_tensors) == len(state_dict):
+        raise CheckpointConversionError(
+            f"{path} holds no model weights: no 'model' entry and no tensors, only {not_tensors} (a training state "
+            "without the model?); give the checkpoint that holds the model's state dict (under 'model', or at its top)"
+        )
     if not_tensors:
         raise CheckpointConversionError(f"{path}: these entries are not tensors: {not_tensors}")
     return state_dict

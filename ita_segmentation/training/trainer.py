@@ -270,6 +270,7 @@ def checked_rows(
         num_workers=training_args.dataloader_num_workers,
         description=f"Checking {what}",
         progress=not training_args.disable_tqdm,
+        vocabulary=f"{_vocabulary_source(data_args)} ({len(class_names)} classes)",
     )
     kept = report.raise_or_keep_good(rows, data_args.skip_bad_samples, what, log=logger.warning)
     if len(kept) == 0:
@@ -381,3 +382,12 @@ def build_trainer(
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
+
+
+def _vocabulary_source(data_args: ITADataArguments) -> str:
+    """Where the class list came from, as the user gave it (named when label ids fall outside it)."""
+    if data_args.vocabulary_file:
+        return f"--vocabulary_file {data_args.vocabulary_file}"
+    if data_args.class_names:
+        return "--class_names"
+    return "the dataset's ClassLabel feature"

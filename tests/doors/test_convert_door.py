@@ -30,7 +30,17 @@ def test_ita_convert_refuses_clearly_and_leaves_files_alone(tmp_path):
     (user / "taken").mkdir()
     (user / "taken" / "notes.txt").write_text("mine")
     (user / "classes.txt").write_text("cat\ndog\n")
+    torch.save({"epoch": 3, "optimizer": {"lr": 1e-4}}, user / "optimizer_only.pth")
     before = file_hashes(user)
+
+    completed = run_command("ita-convert", "--checkpoint", user / "taken", "--output", tmp_path / "out")
+    assert_refused(completed, 2, "is a folder; give the checkpoint file itself")
+
+    completed = run_command("ita-convert", "--checkpoint", user / "wrong_keys.pth", "--output", user, "--overwrite")
+    assert_refused(completed, 2, f"--output {user} holds the input", "even with --overwrite")
+
+    completed = run_command("ita-convert", "--checkpoint", user / "optimizer_only.pth", "--output", tmp_path / "out")
+    assert_refused(completed, 1, "holds no model weights", "'epoch', 'optimizer'")
 
     completed = run_command("ita-convert", "--checkpoint", user / "missing.pth", "--output", tmp_path / "out")
     assert_refused(completed, 2, "missing.pth: no such file")

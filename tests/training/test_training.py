@@ -497,6 +497,7 @@ def test_a_bad_label_map_stops_training_before_the_model_is_built(tmp_path, monk
         build_trainer(model_args, data_args, args)
     assert f"{bad}: class ids [9] are outside the vocabulary of 5 classes" in str(error.value)
     assert "--skip_bad_samples" in str(error.value)
+    assert f"--vocabulary_file {data_args.vocabulary_file} (5 classes)" in str(error.value)  # the list to fix
 
     monkeypatch.undo()
     data_args.skip_bad_samples = True
