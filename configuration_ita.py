@@ -240,6 +240,25 @@ def _string_list(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+# The integer fields that must be at least 1 (the others: `num_dominant_categories` and
+# `pixel_decoder_encoder_layers` may be 0, `num_feature_levels` is 3).
+_POSITIVE_INT_FIELDS = (
+    "num_queries",
+    "hidden_dim",
+    "decoder_layers",
+    "decoder_attention_heads",
+    "decoder_ffn_dim",
+    "pixel_decoder_dim",
+    "mask_dim",
+    "pixel_decoder_attention_heads",
+    "pixel_decoder_num_points",
+    "pixel_decoder_ffn_dim",
+    "group_norm_groups",
+    "train_num_points",
+    "text_batch_size",
+    "dominant_category_image_size",
+)
+
 # The type of each ITAConfig field that config.json gives (`list` is a list of strings; `float` takes an int).
 _FIELD_TYPES: dict[str, type] = {
     "clip_config": dict,
@@ -247,28 +266,8 @@ _FIELD_TYPES: dict[str, type] = {
     "dominant_category_extra_names": list,
     "prompt_templates": list,
     "train_vocabulary": list,
-    **{
-        field: int
-        for field in (
-            "num_queries",
-            "num_dominant_categories",
-            "dominant_category_image_size",
-            "hidden_dim",
-            "decoder_layers",
-            "decoder_attention_heads",
-            "decoder_ffn_dim",
-            "num_feature_levels",
-            "pixel_decoder_dim",
-            "mask_dim",
-            "pixel_decoder_encoder_layers",
-            "pixel_decoder_attention_heads",
-            "pixel_decoder_num_points",
-            "pixel_decoder_ffn_dim",
-            "group_norm_groups",
-            "train_num_points",
-            "text_batch_size",
-        )
-    },
+    **{field: int for field in (*_POSITIVE_INT_FIELDS, "num_dominant_categories", "num_feature_levels")},
+    "pixel_decoder_encoder_layers": int,
     **{
         field: float
         for field in (
@@ -593,22 +592,7 @@ class ITAConfig(PreTrainedConfig):  # type: ignore[no-untyped-call]  # PreTraine
         timm_name = clip["vision_cfg"].get("timm_model_name")
         if not timm_name or "convnext" not in timm_name:
             fail("clip_config", f"the vision tower must be a timm ConvNeXt trunk, got timm_model_name={timm_name!r}")
-        for field in (
-            "num_queries",
-            "hidden_dim",
-            "decoder_layers",
-            "decoder_attention_heads",
-            "decoder_ffn_dim",
-            "pixel_decoder_dim",
-            "mask_dim",
-            "pixel_decoder_attention_heads",
-            "pixel_decoder_num_points",
-            "pixel_decoder_ffn_dim",
-            "group_norm_groups",
-            "train_num_points",
-            "text_batch_size",
-            "dominant_category_image_size",
-        ):
+        for field in _POSITIVE_INT_FIELDS:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(field, f"must be a positive integer, got {value!r}")

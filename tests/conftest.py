@@ -17,6 +17,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 TINY_CLIP_CONFIG = toy_clip_config(width=32, heads=2)
 
+# `accelerate launch` options that start two processes on one machine, CPU processes (gloo) where there is no GPU
+# (accelerate 1.15's launcher has no --use_cpu; the commands pick CPU processes themselves).
+TWO_LOCAL_PROCESSES = [
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
+
 TINY_TRAIN_VOCABULARY = ["cat,kitty", "dog", "sofa,couch", "wall", "grass", "sky"]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TWO_LOCAL_PROCESSES
 from PIL import Image
 
 from ita_cli import segment
@@ -77,15 +78,7 @@ def test_two_accelerate_processes_write_what_one_writes(tiny_model_dir, one_proc
     command = [
         str(Path(sys.executable).parent / "accelerate"),
         "launch",
-        "--multi_gpu",  # with no GPU: two CPU processes (gloo)
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *TWO_LOCAL_PROCESSES,
         "-m",
         "ita_segmentation",
         str(root / "photos"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny_model
+from conftest import TWO_LOCAL_PROCESSES, save_tiny_model
 from PIL import Image
 
 import ita_cli
@@ -705,15 +705,7 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, model_dir, model_and_pr
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *TWO_LOCAL_PROCESSES,
         "scripts/evaluate.py",
         "--model",
         str(model_dir),
