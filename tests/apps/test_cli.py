@@ -215,7 +215,7 @@ def test_a_device_the_machine_lacks_is_a_usage_error(model_dir, tmp_path, capsys
     if torch.cuda.is_available():
         assert "CUDA device(s), numbered from 0" in err
     else:
-        assert "CUDA is not available on this machine" in err and "cannot load model" not in err
+        assert "no NVIDIA driver" in err and "CUDA cannot be used" in err and "cannot load model" not in err
     assert run(model_dir, image, "--labels", "cat", "--output", tmp_path / "out", "--device", "gpu") == 2
     assert "'gpu' is not a torch device" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
