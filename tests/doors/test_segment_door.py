@@ -133,3 +133,38 @@ def test_resume_of_a_parquet_run_adds_no_row_twice(tiny_model_dir, tmp_path):
     assert sorted(rows["id"]) == ["p0", "p1", "p2"]
     lines = (output / "manifest.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in lines) == ["p0", "p1", "p2"]
+
+
+def test_a_parquet_dataset_in_and_parquet_results_out(tiny_model_dir, tmp_path):
+    """`--dataset FILE.parquet --id-column name --format parquet`: one row per image, loaded back by
+    `datasets.load_dataset("parquet")` with its id, the image as given and a label map of the image's size."""
+    import io
+
+    import datasets
+
+    names, images = [], []
+    for index, size in enumerate([(40, 52), (36, 60), (48, 40)]):
+        buffer = io.BytesIO()
+        photo(tmp_path / f"x{index}.png", seed=index, size=size)
+        buffer.write((tmp_path / f"x{index}.png").read_bytes())
+        names.append(f"photo-{index}")
+        images.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features({"name": datasets.Value("string"), "image": datasets.Image()})
+    datasets.Dataset.from_dict({"name": names, "image": images}, features=features).to_parquet(tmp_path / "d.parquet")
+    output = tmp_path / "out"
+    arguments = ["--dataset", tmp_path / "d.parquet", "--id-column", "name", "--model", tiny_model_dir]
+    arguments += ["--labels", *LABELS, "--output", output, "--format", "parquet", "--quiet"]
+    threads = torch.get_num_threads()
+    try:
+        assert segment([str(argument) for argument in arguments]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = datasets.load_dataset("parquet", data_files=str(output / "results-*.parquet"), split="train")
+    assert sorted(rows["id"]) == names
+    for row in rows:
+        index = names.index(row["id"])
+        with Image.open(tmp_path / f"x{index}.png") as original:
+            assert row["image"].size == original.size
+            assert row["label"].size == original.size  # the label map, at the image's size
+        assert np.asarray(row["label"]).max() < len(LABELS)
+    assert (output / "classes.txt").is_file()
