@@ -619,7 +619,7 @@ def build_cases() -> list[Case]:  # noqa: C901 - one declaration per case
              "accept", prepare=copies("scene.jpg"), check=segment_outputs(["scene"], [(96, 128)]),
              or_refuse=["float16", r"cpu", r"float32|bfloat16"], wrong=[r"reduction dim|non-zero size"]))  # fmt: skip
     add(Case("segment-device-cuda-without-gpu", "ita-segment", seg("@case@/in/scene.jpg", extra=["--device", "cuda:1"]),
-             "refuse", phrases=[r"cuda", r"not available|no (cuda|gpu)|does not have|not found", r"--device cpu|cpu"],
+             "refuse", phrases=[r"cuda", r"not available|no (cuda|gpu)|does not have|not found|no nvidia driver|cannot be used", r"--device cpu|cpu"],
              prepare=copies("scene.jpg")))  # fmt: skip
     add(Case("segment-device-gpu-word", "ita-segment", seg("@case@/in/scene.jpg", extra=["--device", "gpu"]),
              "refuse", phrases=[r"'?gpu'?", r"cuda", r"cpu"], prepare=copies("scene.jpg"),
@@ -888,7 +888,9 @@ def empty_result_explained(stem: str) -> Callable[[Run], str | None]:
         segments = data.get("segments_info", data.get("segments", data.get("instances")))
         if segments:
             return None
-        if re.search(r"no segment|nothing|0 segments", run.output, re.I) and re.search(r"threshold", run.output, re.I):
+        if re.search(r"no (\w+ )?segment|nothing|0 segments", run.output, re.I) and re.search(
+            r"threshold", run.output, re.I
+        ):
             return None
         return "0 segments written, exit 0, no word of it (or of --threshold)"
 
